@@ -1,0 +1,5 @@
+import sys
+
+from botfactory.cli import main
+
+sys.exit(main())

@@ -1,0 +1,102 @@
+"""NATS / JetStream connection and idempotent provisioning of the platform's streams and buckets.
+
+DESIGN.md "State": KV `trackers`, `rpa_runs`, `bots`; object store `models`; streams `CONV`
+(conversation events), `RPA` (work queue), `EVENTS` (model published, feedback, audit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from services.common.logging import get_logger
+
+log = get_logger(__name__)
+
+KV_TRACKERS = "trackers"
+KV_RPA_RUNS = "rpa_runs"
+KV_BOTS = "bots"
+OBJ_MODELS = "models"
+
+STREAMS = (
+    StreamConfig(name="CONV", subjects=["conv.>"], retention=RetentionPolicy.LIMITS,
+                 storage=StorageType.FILE, duplicate_window=120.0),
+    StreamConfig(name="RPA", subjects=["rpa.jobs.>"], retention=RetentionPolicy.WORK_QUEUE,
+                 storage=StorageType.FILE, duplicate_window=120.0),
+    StreamConfig(name="EVENTS", subjects=["events.>"], retention=RetentionPolicy.LIMITS,
+                 storage=StorageType.FILE, duplicate_window=120.0),
+)
+KV_BUCKETS = ((KV_TRACKERS, 1), (KV_RPA_RUNS, 1), (KV_BOTS, 5))
+
+
+@dataclass
+class Bus:
+    """A connected client with its JetStream context."""
+
+    nc: Client
+    js: JetStreamContext
+
+    async def kv(self, bucket: str) -> KeyValue:
+        return await self.js.key_value(bucket)
+
+    async def object_store(self, bucket: str) -> ObjectStore:
+        return await self.js.object_store(bucket)
+
+    async def drain(self) -> None:
+        if self.nc.is_connected:
+            await self.nc.drain()
+        elif not self.nc.is_closed:
+            await self.nc.close()
+
+
+async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> Bus:
+    """Connect (retrying in the background after the first success) and return the bus."""
+    nc = await nats.connect(
+        servers=[u.strip() for u in url.split(",")],
+        name=name,
+        connect_timeout=connect_timeout,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+    )
+    return Bus(nc=nc, js=nc.jetstream())
+
+
+async def provision(bus: Bus) -> None:
+    """Create the streams, KV buckets and object store if missing; safe to run concurrently."""
+    for config in STREAMS:
+        await _ensure_stream(bus.js, config)
+    for bucket, history in KV_BUCKETS:
+        await _ensure_kv(bus.js, bucket, history)
+    await _ensure_object_store(bus.js, OBJ_MODELS)
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+        log.info("stream_created", stream=config.name)
+
+
+async def _ensure_kv(js: JetStreamContext, bucket: str, history: int) -> None:
+    try:
+        await js.key_value(bucket)
+    except BucketNotFoundError:
+        await js.create_key_value(bucket=bucket, history=history)
+        log.info("kv_created", bucket=bucket)
+
+
+async def _ensure_object_store(js: JetStreamContext, bucket: str) -> None:
+    try:
+        await js.object_store(bucket)
+    except (BucketNotFoundError, NotFoundError):
+        await js.create_object_store(bucket=bucket)
+        log.info("object_store_created", bucket=bucket)

