@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.nats_server import NatsServer
+from botfactory.local.nats_server import NatsServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

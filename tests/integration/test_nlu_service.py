@@ -1,0 +1,270 @@
+"""The NLU service over real gRPC, with a real nats-server for the model store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+
+from botfactory.local.nats_server import NatsServer
+from services.common.modelstore import ModelRef, activate, publish, upload
+from services.common.nats import connect, provision
+from services.common.pb.botfactory.v1 import nlu_pb2, nlu_pb2_grpc
+from services.nlu.app import NluServer
+from services.nlu.config import NluConfig
+from services.nlu.engine import content_version
+from tests.integration.conftest import TinyModels
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = NluConfig(grpc_port=0, metrics_port=0, max_batch_wait_ms=2.0, shutdown_grace_s=2.0)
+
+
+async def _serve(config: NluConfig) -> tuple[NluServer, grpc.aio.Channel]:
+    server = NluServer(config)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    return server, channel
+
+
+@pytest.fixture
+async def local_server(tiny_models: TinyModels,
+                       tmp_path: Path) -> AsyncIterator[tuple[NluServer, nlu_pb2_grpc.NluServiceStub]]:
+    config = replace(BASE, models=(str(tiny_models.v1),), model_cache_dir=tmp_path / "cache",
+                     max_text_chars=200, max_batch_texts=16)
+    server, channel = await _serve(config)
+    yield server, nlu_pb2_grpc.NluServiceStub(channel)
+    await channel.close()
+    await server.stop()
+
+
+async def test_parse_returns_ranking_entities_and_version(local_server, tiny_models) -> None:  # type: ignore[no-untyped-def]
+    server, stub = local_server
+    reply = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="send 300 dollars to gina"))
+    version = json.loads((tiny_models.v1 / "metadata.json").read_text())["version"]
+    assert reply.model_version == version and reply.bot_id == "tiny"
+    assert reply.intent.name == "transfer_money"
+    assert [r.name for r in reply.ranking][0] == "transfer_money"
+    assert sorted(r.name for r in reply.ranking) == ["check_balance", "greet", "transfer_money"]
+    confidences = [r.confidence for r in reply.ranking]
+    assert confidences == sorted(confidences, reverse=True)
+    assert abs(sum(confidences) - 1.0) < 1e-3
+    found = {(e.entity, e.raw) for e in reply.entities}
+    assert ("amount", "300") in found and ("recipient", "gina") in found
+    for entity in reply.entities:
+        assert reply.text[entity.start:entity.end] == entity.raw
+
+
+async def test_synonyms_normalise_and_regex_extractor_runs(local_server) -> None:  # type: ignore[no-untyped-def]
+    _, stub = local_server
+    reply = await stub.Parse(nlu_pb2.ParseRequest(
+        bot_id="tiny", text="what is the balance of my current account DE89370400440532013000"))
+    by_entity = {e.entity: e for e in reply.entities}
+    assert by_entity["account_type"].raw == "current"
+    assert by_entity["account_type"].value == "checking"
+    assert by_entity["iban"].extractor == "regex"
+    assert by_entity["iban"].raw == "DE89370400440532013000"
+
+
+async def test_parse_batch_keeps_request_order(local_server) -> None:  # type: ignore[no-untyped-def]
+    _, stub = local_server
+    texts = ["hello", "send 50 dollars to anna", "what is the balance of my savings account"]
+    reply = await stub.ParseBatch(nlu_pb2.ParseBatchRequest(bot_id="tiny", texts=texts))
+    assert [r.text for r in reply.results] == texts
+    assert [r.intent.name for r in reply.results] == ["greet", "transfer_money", "check_balance"]
+
+
+@pytest.mark.parametrize(("request_factory", "code", "detail"), [
+    (lambda: nlu_pb2.ParseRequest(bot_id="tiny", text=""), grpc.StatusCode.INVALID_ARGUMENT,
+     "empty"),
+    (lambda: nlu_pb2.ParseRequest(bot_id="tiny", text="   \n"), grpc.StatusCode.INVALID_ARGUMENT,
+     "empty"),
+    (lambda: nlu_pb2.ParseRequest(bot_id="tiny", text="x" * 201),
+     grpc.StatusCode.INVALID_ARGUMENT, "limit is 200"),
+    (lambda: nlu_pb2.ParseRequest(bot_id="nope", text="hi"), grpc.StatusCode.NOT_FOUND,
+     "unknown bot"),
+    (lambda: nlu_pb2.ParseRequest(bot_id="", text="hi"), grpc.StatusCode.INVALID_ARGUMENT,
+     "bot_id"),
+])
+async def test_bad_requests_get_clear_status(local_server, request_factory: Callable[[], nlu_pb2.ParseRequest],  # type: ignore[no-untyped-def]
+                                             code: grpc.StatusCode, detail: str) -> None:
+    _, stub = local_server
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await stub.Parse(request_factory())
+    assert error.value.code() == code
+    assert detail in (error.value.details() or "")
+    # the server still answers afterwards
+    assert (await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hi"))).intent.name
+
+
+async def test_batch_limits(local_server) -> None:  # type: ignore[no-untyped-def]
+    _, stub = local_server
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await stub.ParseBatch(nlu_pb2.ParseBatchRequest(bot_id="tiny", texts=["hi"] * 17))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await stub.ParseBatch(nlu_pb2.ParseBatchRequest(bot_id="tiny", texts=["hi", ""]))
+    assert "texts[1] is empty" in (error.value.details() or "")
+
+
+async def test_concurrent_requests_are_batched_and_metrics_exposed(local_server) -> None:  # type: ignore[no-untyped-def]
+    server, stub = local_server
+    texts = [f"send {n} dollars to bob" for n in range(64)]
+    replies = await asyncio.gather(*(stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text=t))
+                                     for t in texts))
+    assert [r.text for r in replies] == texts
+    assert server.metrics_server is not None
+    url = f"http://127.0.0.1:{server.metrics_server.port}/metrics"
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    assert 'botfactory_nlu_requests_total{bot="tiny",method="Parse",status="OK"}' in body
+    assert "botfactory_nlu_batch_size_bucket" in body
+    assert "botfactory_nlu_model_load_duration_seconds" in body
+    assert 'botfactory_nlu_model_loaded{bot="tiny"' in body
+    sizes = server.metrics.batch_size.labels(bot="tiny")
+    count = sizes._sum.get()  # texts inferred; batches are fewer than requests
+    assert count >= 64
+
+
+async def test_health_reports_serving(local_server) -> None:  # type: ignore[no-untyped-def]
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server, _ = local_server
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service="botfactory.v1.NluService"))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _corrupt_copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    (target / "model.int8.onnx").write_bytes(b"not an onnx graph")
+    meta = json.loads((target / "metadata.json").read_text())
+    meta["version"] = content_version(target)
+    (target / "metadata.json").write_text(json.dumps(meta))
+    return target
+
+
+async def test_store_load_hot_swap_under_load_and_corrupt_model_rejected(
+        tiny_models: TinyModels, nats_server: NatsServer, tmp_path: Path) -> None:
+    bus = await connect(nats_server.url, name="test")
+    await provision(bus)
+    v1 = await publish(bus, tiny_models.v1)
+    config = replace(BASE, nats_url=nats_server.url, model_cache_dir=tmp_path / "cache")
+    server, channel = await _serve(config)
+    stub = nlu_pb2_grpc.NluServiceStub(channel)
+    try:
+        reply = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hello"))
+        assert reply.model_version == v1.version
+
+        versions: list[str] = []
+        failures: list[BaseException] = []
+        stop = asyncio.Event()
+
+        async def client() -> None:
+            while not stop.is_set():
+                try:
+                    r = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hi there"))
+                    versions.append(r.model_version)
+                except grpc.aio.AioRpcError as exc:
+                    failures.append(exc)
+
+        clients = [asyncio.create_task(client()) for _ in range(16)]
+        await asyncio.sleep(0.3)
+        v2 = await publish(bus, tiny_models.v2)
+        assert v2.version != v1.version
+        await _wait_for(lambda: bool(versions) and versions[-1] == v2.version)
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*clients)
+        assert failures == []
+        assert v1.version in versions and v2.version in versions
+        assert versions.index(v2.version) > 0
+        # after the swap only v2 answers
+        tail = versions[-20:]
+        assert set(tail) == {v2.version}
+
+        corrupt = await upload(bus, _corrupt_copy(tiny_models.v1, tmp_path / "corrupt"))
+        before = server.metrics.load_failures.labels(source=f"store:{corrupt.version}")._value.get()
+        await activate(bus, ModelRef("tiny", corrupt.version))
+        await _wait_for(lambda: server.metrics.load_failures.labels(
+            source=f"store:{corrupt.version}")._value.get() > before)
+        reply = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hello"))
+        assert reply.model_version == v2.version
+        listed = await stub.ListModels(nlu_pb2.ListModelsRequest())
+        assert [(m.bot_id, m.version) for m in listed.models] == [("tiny", v2.version)]
+    finally:
+        await channel.close()
+        await server.stop()
+        await bus.drain()
+
+
+async def _wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+def _service_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTFACTORY_")}
+    env.update(values)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def test_process_fails_fast_on_bad_config() -> None:
+    result = subprocess.run([sys.executable, "-m", "services.nlu"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60,
+                            env=_service_env(BOTFACTORY_NLU_MODELS="/x",
+                                             BOTFACTORY_NLU_GRPC_PORT="http"))
+    assert result.returncode == 2
+    assert "BOTFACTORY_NLU_GRPC_PORT='http': expected an integer" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_process_serves_and_stops_on_sigterm(tiny_models: TinyModels, tmp_path: Path) -> None:
+    log = tmp_path / "nlu.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.nlu"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            env=_service_env(BOTFACTORY_NLU_MODELS=str(tiny_models.v1),
+                             BOTFACTORY_NLU_GRPC_PORT="0", BOTFACTORY_NLU_METRICS_PORT="0"))
+        try:
+            port = _wait_for_started(log, process)
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = nlu_pb2_grpc.NluServiceStub(channel)
+                reply = stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hello"), timeout=10)
+            assert reply.intent.name == "greet"
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()
+              if line.startswith("{")]
+    assert "nlu_started" in events and "shutdown_requested" in events and "nlu_stopped" in events
+
+
+def _wait_for_started(log: Path, process: subprocess.Popen[bytes]) -> int:
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"nlu exited: {log.read_text()}")
+        for line in log.read_text().splitlines():
+            if line.startswith("{") and json.loads(line).get("event") == "nlu_started":
+                return int(json.loads(line)["grpc_port"])
+        time.sleep(0.1)
+    raise AssertionError("nlu did not start")
