@@ -24,8 +24,10 @@ def generate(out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     sources = sorted(PROTOS.rglob("*.proto"))
     include = str(Path(protoc.__file__).parent / "_proto")
+    plugin = Path(sys.executable).parent / "protoc-gen-mypy_grpc"
     args = ["protoc", f"-I{PROTOS}", f"-I{include}", f"--python_out={out}", f"--pyi_out={out}",
-            f"--grpc_python_out={out}", *map(str, sources)]
+            f"--grpc_python_out={out}", f"--plugin=protoc-gen-mypy_grpc={plugin}",
+            f"--mypy_grpc_out={out}", *map(str, sources)]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     written = sorted(p for p in out.rglob("*") if p.suffix in {".py", ".pyi"})

@@ -27,6 +27,7 @@ from services.nlu.engine import content_version
 from tests.integration.conftest import TinyModels
 
 ROOT = Path(__file__).resolve().parents[2]
+Served = tuple[NluServer, nlu_pb2_grpc.NluServiceStub]
 BASE = NluConfig(grpc_port=0, metrics_port=0, max_batch_wait_ms=2.0, shutdown_grace_s=2.0)
 
 
@@ -38,8 +39,7 @@ async def _serve(config: NluConfig) -> tuple[NluServer, grpc.aio.Channel]:
 
 
 @pytest.fixture
-async def local_server(tiny_models: TinyModels,
-                       tmp_path: Path) -> AsyncIterator[tuple[NluServer, nlu_pb2_grpc.NluServiceStub]]:
+async def local_server(tiny_models: TinyModels, tmp_path: Path) -> AsyncIterator[Served]:
     config = replace(BASE, models=(str(tiny_models.v1),), model_cache_dir=tmp_path / "cache",
                      max_text_chars=200, max_batch_texts=16)
     server, channel = await _serve(config)
@@ -48,13 +48,14 @@ async def local_server(tiny_models: TinyModels,
     await server.stop()
 
 
-async def test_parse_returns_ranking_entities_and_version(local_server, tiny_models) -> None:  # type: ignore[no-untyped-def]
-    server, stub = local_server
+async def test_parse_returns_ranking_entities_and_version(local_server: Served,
+                                                          tiny_models: TinyModels) -> None:
+    _server, stub = local_server
     reply = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="send 300 dollars to gina"))
     version = json.loads((tiny_models.v1 / "metadata.json").read_text())["version"]
     assert reply.model_version == version and reply.bot_id == "tiny"
     assert reply.intent.name == "transfer_money"
-    assert [r.name for r in reply.ranking][0] == "transfer_money"
+    assert next(r.name for r in reply.ranking) == "transfer_money"
     assert sorted(r.name for r in reply.ranking) == ["check_balance", "greet", "transfer_money"]
     confidences = [r.confidence for r in reply.ranking]
     assert confidences == sorted(confidences, reverse=True)
@@ -65,7 +66,7 @@ async def test_parse_returns_ranking_entities_and_version(local_server, tiny_mod
         assert reply.text[entity.start:entity.end] == entity.raw
 
 
-async def test_synonyms_normalise_and_regex_extractor_runs(local_server) -> None:  # type: ignore[no-untyped-def]
+async def test_synonyms_normalise_and_regex_extractor_runs(local_server: Served) -> None:
     _, stub = local_server
     reply = await stub.Parse(nlu_pb2.ParseRequest(
         bot_id="tiny", text="what is the balance of my current account DE89370400440532013000"))
@@ -76,7 +77,7 @@ async def test_synonyms_normalise_and_regex_extractor_runs(local_server) -> None
     assert by_entity["iban"].raw == "DE89370400440532013000"
 
 
-async def test_parse_batch_keeps_request_order(local_server) -> None:  # type: ignore[no-untyped-def]
+async def test_parse_batch_keeps_request_order(local_server: Served) -> None:
     _, stub = local_server
     texts = ["hello", "send 50 dollars to anna", "what is the balance of my savings account"]
     reply = await stub.ParseBatch(nlu_pb2.ParseBatchRequest(bot_id="tiny", texts=texts))
@@ -96,8 +97,9 @@ async def test_parse_batch_keeps_request_order(local_server) -> None:  # type: i
     (lambda: nlu_pb2.ParseRequest(bot_id="", text="hi"), grpc.StatusCode.INVALID_ARGUMENT,
      "bot_id"),
 ])
-async def test_bad_requests_get_clear_status(local_server, request_factory: Callable[[], nlu_pb2.ParseRequest],  # type: ignore[no-untyped-def]
-                                             code: grpc.StatusCode, detail: str) -> None:
+async def test_bad_requests_get_clear_status(
+        local_server: Served, request_factory: Callable[[], nlu_pb2.ParseRequest],
+        code: grpc.StatusCode, detail: str) -> None:
     _, stub = local_server
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stub.Parse(request_factory())
@@ -107,7 +109,7 @@ async def test_bad_requests_get_clear_status(local_server, request_factory: Call
     assert (await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hi"))).intent.name
 
 
-async def test_batch_limits(local_server) -> None:  # type: ignore[no-untyped-def]
+async def test_batch_limits(local_server: Served) -> None:
     _, stub = local_server
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stub.ParseBatch(nlu_pb2.ParseBatchRequest(bot_id="tiny", texts=["hi"] * 17))
@@ -117,7 +119,7 @@ async def test_batch_limits(local_server) -> None:  # type: ignore[no-untyped-de
     assert "texts[1] is empty" in (error.value.details() or "")
 
 
-async def test_concurrent_requests_are_batched_and_metrics_exposed(local_server) -> None:  # type: ignore[no-untyped-def]
+async def test_concurrent_requests_are_batched_and_metrics_exposed(local_server: Served) -> None:
     server, stub = local_server
     texts = [f"send {n} dollars to bob" for n in range(64)]
     replies = await asyncio.gather(*(stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text=t))
@@ -135,7 +137,7 @@ async def test_concurrent_requests_are_batched_and_metrics_exposed(local_server)
     assert count >= 64
 
 
-async def test_health_reports_serving(local_server) -> None:  # type: ignore[no-untyped-def]
+async def test_health_reports_serving(local_server: Served) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     server, _ = local_server
@@ -208,8 +210,8 @@ async def test_store_load_hot_swap_under_load_and_corrupt_model_rejected(
         await bus.drain()
 
 
-async def _wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _wait_for(condition: Callable[[], bool], within: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while not condition():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")

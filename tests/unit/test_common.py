@@ -57,7 +57,8 @@ def test_nlu_config_needs_a_model_source() -> None:
                                             "BOTFACTORY_NLU_MAX_BATCH_SIZE": "8"})
     assert config.models == ("/m/a", "/m/b") and config.max_batch_size == 8
     with pytest.raises(ConfigError, match="MAX_BATCH_SIZE"):
-        load_config(NluConfig, "nlu", {"BOTFACTORY_NLU_MODELS": "/m", "BOTFACTORY_NLU_MAX_BATCH_SIZE": "0"})
+        load_config(NluConfig, "nlu", {"BOTFACTORY_NLU_MODELS": "/m",
+                                       "BOTFACTORY_NLU_MAX_BATCH_SIZE": "0"})
 
 
 def test_logs_are_json_with_service_and_correlation_id(capsys: pytest.CaptureFixture[str]) -> None:

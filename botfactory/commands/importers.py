@@ -1,0 +1,166 @@
+"""`botfactory import bio|csv|rasa ...` (data set -> bot folder) and `botfactory validate`.
+
+The bot-definition library is imported when a command runs, so `botfactory --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.botdef import BotDefinition, EntityDef, Example
+
+SPLIT_NAMES = frozenset({"train", "training", "valid", "validation", "dev", "test", "nlu", "data"})
+MIN_EXAMPLES = 2
+EXIT_INVALID = 1
+EXIT_BAD_INPUT = 2
+
+Imported = tuple[list["Example"], list["EntityDef"]]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `import` and `validate` commands."""
+    _register_import(subparsers)
+    validate = subparsers.add_parser(
+        "validate", help="check a bot folder and list every problem in it"
+    )
+    validate.add_argument("bot_dir", metavar="BOT_DIR", type=Path, help="the bot folder")
+    validate.set_defaults(func=run_validate)
+
+
+def _register_import(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("import", help="turn an NLU data set into a bot folder")
+    formats = parser.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    bio = formats.add_parser("bio", help="SNIPS/ATIS-style folder: seq.in, seq.out, label")
+    bio.add_argument("source", metavar="DIR", type=Path, help="data set folder or split folder")
+    bio.add_argument(
+        "--split", help="sub-folder to read (default: train/ when DIR has one, else DIR)"
+    )
+    csv = formats.add_parser("csv", help="CSV with a header: text, and intent|category|label")
+    csv.add_argument("source", metavar="FILE", type=Path, help="the CSV file")
+    rasa = formats.add_parser("rasa", help="Rasa 3 NLU training data (YAML)")
+    rasa.add_argument("source", metavar="FILE.yml", type=Path, help="the Rasa NLU file")
+    for sub in (bio, csv, rasa):
+        _add_output_options(sub)
+        sub.set_defaults(func=run_import)
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, metavar="BOT_DIR", help="bot folder")
+    parser.add_argument("--name", help="bot name (default: derived from the input's name)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty BOT_DIR (overwrites bot.yml, data/intents.yml, "
+        "data/entities.yml)",
+    )
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Read the data set, write the bot folder, print a one-line summary."""
+    from services.botdef import write_bot
+
+    try:
+        examples, entities = _read_source(args)
+        examples = _drop_rare_intents(examples)
+        name = args.name or derive_name(args.source)
+        _check_out_dir(args.out, force=args.force)
+        write_bot(
+            args.out,
+            name,
+            examples,
+            description=f"Imported from {args.source} ({args.format}).",
+            entities=entities,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote {args.out}: bot {name!r}, {_summary(examples, entities)}")
+    return 0
+
+
+def _read_source(args: argparse.Namespace) -> Imported:
+    from services.botdef import import_bio, import_csv, import_rasa
+
+    if args.format == "bio":
+        return import_bio(bio_folder(args.source, args.split)), []
+    if args.format == "csv":
+        return import_csv(args.source), []
+    return import_rasa(args.source)
+
+
+def bio_folder(source: Path, split: str | None) -> Path:
+    """DIR/SPLIT when a split is given; else DIR/train when it exists; else DIR."""
+    if split is not None:
+        folder = source / split
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: no such split folder")
+        return folder
+    train = source / "train"
+    return train if train.is_dir() else source
+
+
+def _drop_rare_intents(examples: Sequence[Example]) -> list[Example]:
+    counts = Counter(example.intent for example in examples)
+    rare = {intent: n for intent, n in counts.items() if n < MIN_EXAMPLES}
+    if rare:
+        listed = ", ".join(f"{intent} ({n})" for intent, n in sorted(rare.items()))
+        print(
+            f"warning: skipped intents with fewer than {MIN_EXAMPLES} examples: {listed}",
+            file=sys.stderr,
+        )
+    return [example for example in examples if example.intent not in rare]
+
+
+def derive_name(source: Path) -> str:
+    """A bot name from the input path: its stem, or its parent's name for a split name."""
+    path = source.resolve()
+    stem = path.stem if path.suffix else path.name
+    if stem.lower() in SPLIT_NAMES and path.parent.name:
+        stem = path.parent.name
+    slug = re.sub(r"[^a-z0-9_-]+", "-", stem.lower()).strip("-")
+    return slug or "bot"
+
+
+def _check_out_dir(out: Path, *, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ValueError(f"--out {out} is not empty (use --force to overwrite the bot files)")
+
+
+def _summary(examples: Sequence[Example], entities: Sequence[EntityDef]) -> str:
+    intents = {example.intent for example in examples}
+    names = {entity.name for entity in entities}
+    names.update(span.entity for example in examples for span in example.entities)
+    return f"{len(intents)} intents, {len(examples)} examples, {len(names)} entities"
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    """Load the bot folder: print a summary, or every issue (stdout) and return 1."""
+    from services.botdef import BotDefinitionError, load_bot
+
+    try:
+        bot = load_bot(args.bot_dir)
+    except BotDefinitionError as exc:
+        for issue in exc.issues:
+            print(issue)
+        print(f"error: {len(exc.issues)} issue(s) in {args.bot_dir}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"ok: {bot_summary(bot)}")
+    return 0
+
+
+def bot_summary(bot: BotDefinition) -> str:
+    """`bot 'name': N intents, N examples, N entities`."""
+    examples = bot.examples()
+    return (
+        f"bot {bot.name!r} ({bot.path}): {len(bot.intents)} intents, {len(examples)} examples, "
+        f"{len(bot.entities)} entities"
+    )

@@ -1,0 +1,308 @@
+"""Read public NLU data sets into `Example`s: BIO folders, CSV files, Rasa 3 NLU YAML.
+
+Every importer raises `DataImportError` (a ValueError) naming the file and line of the
+first problem it meets.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.botdef.annotation import ENTITY_NAME_RE, parse_annotated
+from services.botdef.model import EntityDef, EntitySpan, Example
+from services.botdef.schema import INTENT_NAME_PATTERN
+from services.botdef.yamlio import YamlSyntaxError, line_of, read_yaml, value_line
+
+log = logging.getLogger(__name__)
+
+BIO_FILES = ("seq.in", "seq.out", "label")
+CSV_TEXT_COLUMN = "text"
+CSV_INTENT_COLUMNS = ("intent", "category", "label")
+RASA_KINDS = ("intent", "synonym", "regex", "lookup")
+
+
+class DataImportError(ValueError):
+    """Input data that cannot be imported; the message names the file and line."""
+
+
+def _check_intent(name: str, where: str) -> str:
+    if not re.fullmatch(INTENT_NAME_PATTERN, name):
+        raise DataImportError(
+            f"{where}: invalid intent name {name!r} (letters, digits, '_', '.', '#', '-')"
+        )
+    return name
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataImportError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataImportError(f"{path}: cannot read: {exc}") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+# -- BIO folders (SNIPS / ATIS joint NLU format) ---------------------------------------------
+
+
+def import_bio(directory: str | Path) -> list[Example]:
+    """Read `seq.in` (tokens), `seq.out` (BIO tags) and `label` (intents), one per line."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise DataImportError(f"{folder}: no such directory")
+    paths = [folder / name for name in BIO_FILES]
+    tokens_lines, tags_lines, labels = (_read_lines(path) for path in paths)
+    for path, lines in zip(paths[1:], (tags_lines, labels), strict=True):
+        if len(lines) != len(tokens_lines):
+            raise DataImportError(
+                f"{path}:{min(len(lines), len(tokens_lines)) + 1}: {path.name} has "
+                f"{len(lines)} lines but seq.in has {len(tokens_lines)}"
+            )
+    rows = zip(tokens_lines, tags_lines, labels, strict=True)
+    return [_bio_example(paths, number, *row) for number, row in enumerate(rows, start=1)]
+
+
+def _bio_example(paths: Sequence[Path], number: int, line: str, tags: str, label: str) -> Example:
+    tokens, tag_list = line.split(), tags.split()
+    if not tokens:
+        raise DataImportError(f"{paths[0]}:{number}: empty utterance")
+    if len(tag_list) != len(tokens):
+        raise DataImportError(
+            f"{paths[1]}:{number}: {len(tag_list)} tags for {len(tokens)} tokens in seq.in"
+        )
+    intent = _check_intent(label.strip(), f"{paths[2]}:{number}")
+    try:
+        spans = bio_spans(tokens, tag_list)
+    except ValueError as exc:
+        raise DataImportError(f"{paths[1]}:{number}: {exc}") from None
+    return Example(" ".join(tokens), intent, spans)
+
+
+def bio_spans(tokens: Sequence[str], tags: Sequence[str]) -> tuple[EntitySpan, ...]:
+    """Char spans over `" ".join(tokens)` from BIO tags; an I- without its B- opens a span."""
+    spans: list[EntitySpan] = []
+    current: EntitySpan | None = None
+    offset = 0
+    for index, (token, tag) in enumerate(zip(tokens, tags, strict=True)):
+        start, end = offset, offset + len(token)
+        offset = end + 1
+        kind, entity = _split_tag(tag, index)
+        if kind == "I" and current is not None and current.entity == entity:
+            current = EntitySpan(current.start, end, entity)
+            continue
+        if current is not None:
+            spans.append(current)
+        current = EntitySpan(start, end, entity) if kind != "O" else None
+    if current is not None:
+        spans.append(current)
+    return tuple(spans)
+
+
+def _split_tag(tag: str, index: int) -> tuple[str, str]:
+    if tag == "O":
+        return "O", ""
+    kind, _, entity = tag.partition("-")
+    if kind not in ("B", "I") or not ENTITY_NAME_RE.fullmatch(entity):
+        raise ValueError(
+            f"invalid tag {tag!r} for token {index + 1} (expected O, B-<entity> or I-<entity>)"
+        )
+    return kind, entity
+
+
+# -- CSV (text,intent / Banking77 text,category) ---------------------------------------------
+
+
+def import_csv(file: str | Path) -> list[Example]:
+    """Read a CSV with a header: `text` and one of `intent`, `category`, `label`."""
+    path = Path(file)
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as stream:
+            return _csv_examples(path, csv.DictReader(stream))
+    except FileNotFoundError:
+        raise DataImportError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataImportError(f"{path}: cannot read: {exc}") from None
+
+
+def _csv_examples(path: Path, reader: csv.DictReader[str]) -> list[Example]:
+    header = [name.strip().lower() for name in reader.fieldnames or []]
+    if not header:
+        raise DataImportError(f"{path}:1: empty file (expected a header: text,intent)")
+    intent_column = next((c for c in CSV_INTENT_COLUMNS if c in header), None)
+    if CSV_TEXT_COLUMN not in header or intent_column is None:
+        raise DataImportError(
+            f"{path}:1: header {','.join(header)!r} needs a 'text' column and one of "
+            f"{', '.join(CSV_INTENT_COLUMNS)}"
+        )
+    reader.fieldnames = header
+    examples = []
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        text = (row.get(CSV_TEXT_COLUMN) or "").strip()
+        intent = (row.get(intent_column) or "").strip()
+        if not text or not intent:
+            raise DataImportError(f"{where}: empty {'text' if not text else intent_column}")
+        examples.append(Example(text, _check_intent(intent, where)))
+    return examples
+
+
+# -- Rasa 3 NLU YAML -------------------------------------------------------------------------
+
+
+@dataclass
+class _RasaData:
+    examples: list[Example] = field(default_factory=list)
+    synonyms: dict[str, list[str]] = field(default_factory=dict)
+    regex: dict[str, list[str]] = field(default_factory=dict)
+    lookup: dict[str, list[str]] = field(default_factory=dict)
+
+
+def import_rasa(file: str | Path) -> tuple[list[Example], list[EntityDef]]:
+    """Read the `nlu:` section of a Rasa 3 training data file.
+
+    Intents give examples; `regex:` and `lookup:` items give the entity of that name its
+    patterns / values; each `synonym:` goes to the entities whose annotations or lookup
+    values use its canonical value or a variant (dropped with a warning when none do).
+    """
+    path = Path(file)
+    doc = _rasa_document(path)
+    data = _RasaData()
+    for index, item in enumerate(doc["nlu"]):
+        _rasa_item(path, doc, index, item, data)
+    return data.examples, _rasa_entities(data)
+
+
+def _rasa_document(path: Path) -> Any:
+    try:
+        doc = read_yaml(path)
+    except FileNotFoundError:
+        raise DataImportError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataImportError(f"{path}: cannot read: {exc}") from None
+    except YamlSyntaxError as exc:
+        raise DataImportError(f"{path}:{exc.line}: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("nlu"), list):
+        raise DataImportError(f"{path}:1: no 'nlu:' list (not a Rasa NLU training file)")
+    return doc
+
+
+def _rasa_item(path: Path, doc: Any, index: int, item: Any, data: _RasaData) -> None:
+    where = f"{path}:{line_of(doc, ['nlu', index])}"
+    kind = next((k for k in RASA_KINDS if isinstance(item, dict) and k in item), None)
+    if kind is None:
+        raise DataImportError(f"{where}: an nlu item needs one of {', '.join(RASA_KINDS)}")
+    name = str(item[kind])
+    texts = _rasa_examples(path, where, item)
+    if kind == "intent":
+        _check_intent(name, where)
+        data.examples.extend(_rasa_parse(path, name, texts))
+    elif kind == "synonym":
+        data.synonyms.setdefault(name, []).extend(text for _, text in texts)
+    elif kind == "regex":
+        _rasa_regex(path, texts)
+        data.regex.setdefault(_rasa_entity_name(name, where), []).extend(t for _, t in texts)
+    else:
+        data.lookup.setdefault(_rasa_entity_name(name, where), []).extend(t for _, t in texts)
+
+
+def _rasa_entity_name(name: str, where: str) -> str:
+    if not ENTITY_NAME_RE.fullmatch(name):
+        raise DataImportError(f"{where}: invalid entity name {name!r}")
+    return name
+
+
+def _rasa_examples(path: Path, where: str, item: Any) -> list[tuple[int, str]]:
+    """(line, text) of each example of an nlu item: a `- ...` block or a list."""
+    examples = item.get("examples")
+    if isinstance(examples, list):
+        return [_rasa_list_entry(path, examples, i) for i in range(len(examples))]
+    if not isinstance(examples, str):
+        raise DataImportError(f"{where}: 'examples' must be a '|' block of '- ...' lines")
+    first = value_line(item, "examples") + 1
+    found = []
+    for offset, raw in enumerate(examples.splitlines()):
+        text = raw.strip()
+        if not text:
+            continue
+        if not text.startswith("-"):
+            raise DataImportError(f"{path}:{first + offset}: expected '- example', got {text!r}")
+        found.append((first + offset, text[1:].strip()))
+    return found
+
+
+def _rasa_list_entry(path: Path, examples: Any, index: int) -> tuple[int, str]:
+    entry = examples[index]
+    text = entry.get("text") if isinstance(entry, dict) else entry
+    line = line_of(examples, [index])
+    if not isinstance(text, str):
+        raise DataImportError(f"{path}:{line}: an example must be a string or have 'text'")
+    return line, text.strip()
+
+
+def _rasa_parse(path: Path, intent: str, texts: Iterable[tuple[int, str]]) -> list[Example]:
+    examples = []
+    for line, text in texts:
+        try:
+            example = parse_annotated(text, intent=intent)
+        except ValueError as exc:
+            raise DataImportError(f"{path}:{line}: {exc}") from None
+        if example.text.strip():
+            examples.append(example)
+    return examples
+
+
+def _rasa_regex(path: Path, texts: Iterable[tuple[int, str]]) -> None:
+    for line, pattern in texts:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise DataImportError(f"{path}:{line}: invalid regex {pattern!r}: {exc}") from None
+
+
+def _rasa_entities(data: _RasaData) -> list[EntityDef]:
+    names = [span.entity for example in data.examples for span in example.entities]
+    ordered = list(dict.fromkeys([*names, *data.regex, *data.lookup]))
+    synonyms = _assign_synonyms(data, ordered)
+    return [
+        EntityDef(
+            name,
+            synonyms.get(name, {}),
+            tuple(dict.fromkeys(data.regex.get(name, []))),
+            tuple(dict.fromkeys(data.lookup.get(name, []))),
+        )
+        for name in ordered
+    ]
+
+
+def _assign_synonyms(data: _RasaData, names: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+    used = _values_by_entity(data, names)
+    out: dict[str, dict[str, list[str]]] = {}
+    for canonical, variants in data.synonyms.items():
+        keys = {canonical.lower(), *(v.lower() for v in variants)}
+        targets = [name for name in names if keys & used[name]]
+        if not targets:
+            log.warning("synonym %r is used by no entity annotation or lookup; dropped", canonical)
+        for name in targets:
+            out.setdefault(name, {})[canonical] = list(variants)
+    return out
+
+
+def _values_by_entity(data: _RasaData, names: Sequence[str]) -> dict[str, set[str]]:
+    used: dict[str, set[str]] = {name: set() for name in names}
+    for example in data.examples:
+        for span in example.entities:
+            used[span.entity].add(example.text[span.start : span.end].lower())
+            if span.value is not None:
+                used[span.entity].add(span.value.lower())
+    for name, values in data.lookup.items():
+        used[name].update(value.lower() for value in values)
+    return used

@@ -1,0 +1,357 @@
+"""Load and validate a bot folder: `bot.yml`, `data/**/*.yml`, `workflows/**/*.yml`.
+
+All problems are collected (YAML syntax, JSON Schema, semantic checks), then raised
+together as one `BotDefinitionError`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.botdef.annotation import parse_annotated
+from services.botdef.model import (
+    BotDefinition,
+    BotDefinitionError,
+    DefinitionIssue,
+    EntityDef,
+    Example,
+    Intent,
+    NluSettings,
+)
+from services.botdef.schema import (
+    BOT_FILE_SCHEMA,
+    DATA_FILE_SCHEMA,
+    SECTION_KEYS,
+    check_schema,
+)
+from services.botdef.yamlio import PathPart, YamlSyntaxError, line_of, read_yaml, to_plain
+
+BOT_FILE = "bot.yml"
+DATA_DIR = "data"
+WORKFLOWS_DIR = "workflows"
+MIN_EXAMPLES = 2
+YAML_SUFFIXES = (".yml", ".yaml")
+
+
+@dataclass
+class _Origin:
+    file: str
+    line: int
+    field: str
+
+    def issue(self, message: str) -> DefinitionIssue:
+        return DefinitionIssue(self.file, self.line, self.field, message)
+
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass
+class _IntentAcc:
+    origin: _Origin
+    examples: list[Example] = field(default_factory=list)
+    count: int = 0
+
+
+@dataclass
+class _Mention:
+    origin: _Origin
+    entity: str
+
+
+@dataclass
+class _Section:
+    origin: _Origin
+    value: Any
+    keys: dict[str, _Origin] = field(default_factory=dict)
+
+
+class _Loader:
+    """Accumulates the content of all files of one bot folder, and its issues."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.issues: list[DefinitionIssue] = []
+        self.intents: dict[str, _IntentAcc] = {}
+        self.entities: dict[str, EntityDef] = {}
+        self.entity_origins: dict[str, _Origin] = {}
+        self.mentions: list[_Mention] = []
+        self.sections: dict[str, _Section] = {}
+        self.workflows: dict[str, Any] = {}
+        self.intents_complete = True
+        self.entities_complete = True
+
+    # -- files ---------------------------------------------------------------------------
+
+    def read(self, path: Path, schema: dict[str, Any]) -> tuple[Any, set[tuple[PathPart, ...]]]:
+        """The document of one file and its paths in schema error (issues recorded).
+
+        The document is None when the file cannot be read or parsed, or is empty.
+        """
+        file = str(path)
+        try:
+            doc = read_yaml(path)
+        except YamlSyntaxError as exc:
+            self.issues.append(DefinitionIssue(file, exc.line, "", str(exc)))
+            self.intents_complete = self.entities_complete = False
+            return None, set()
+        except (OSError, UnicodeDecodeError) as exc:
+            self.issues.append(DefinitionIssue(file, 0, "", f"cannot read: {exc}"))
+            self.intents_complete = self.entities_complete = False
+            return None, set()
+        if doc is None and schema is DATA_FILE_SCHEMA:
+            return None, set()
+        problems, bad = check_schema(doc, file, schema)
+        self.issues.extend(problems)
+        if not isinstance(doc, dict):
+            self.intents_complete = self.entities_complete = False
+            return None, bad
+        return doc, bad
+
+    def add_document(self, path: Path, doc: Any, bad: set[tuple[PathPart, ...]]) -> None:
+        """Add the schema-valid parts of a file (an item with an error is left out)."""
+        file = str(path)
+        for index, entity in enumerate(self._valid_items(doc, "entities", bad)):
+            if entity is not None:
+                self._add_entity(file, doc, index, entity)
+        for index, intent in enumerate(self._valid_items(doc, "intents", bad)):
+            if intent is not None:
+                self._add_intent(file, doc, index, intent)
+        for key in SECTION_KEYS:
+            if key in doc and (key,) not in bad:
+                self._add_section(_Origin(file, line_of(doc, [key]), key), key, doc[key])
+
+    def _valid_items(self, doc: Any, key: str, bad: set[tuple[PathPart, ...]]) -> list[Any]:
+        """The items of a list section, None for those in schema error (marks incomplete)."""
+        if key not in doc or doc[key] is None:
+            return []
+        if (key,) in bad:
+            self._mark_incomplete(key)
+            return []
+        items = list(doc[key])
+        for index in range(len(items)):
+            if (key, index) in bad:
+                items[index] = None
+                self._mark_incomplete(key)
+        return items
+
+    def _mark_incomplete(self, key: str) -> None:
+        if key == "intents":
+            self.intents_complete = False
+        else:
+            self.entities_complete = False
+
+    # -- entities ------------------------------------------------------------------------
+
+    def _add_entity(self, file: str, doc: Any, index: int, entity: Any) -> None:
+        name = str(entity["name"])
+        origin = _Origin(file, line_of(doc, ["entities", index]), f"entities[{index}]")
+        if name in self.entities:
+            first = self.entity_origins[name]
+            self.issues.append(
+                origin.issue(f"duplicate entity {name!r} (first at {first.where()})")
+            )
+            return
+        synonyms = self._synonyms(file, doc, index, entity.get("synonyms") or {})
+        regex = tuple(str(p) for p in entity.get("regex") or [])
+        self._check_regex(file, doc, index, regex)
+        lookup = tuple(str(v) for v in entity.get("lookup") or [])
+        self.entities[name] = EntityDef(name, synonyms, regex, lookup)
+        self.entity_origins[name] = origin
+
+    def _synonyms(self, file: str, doc: Any, index: int, raw: Any) -> dict[str, list[str]]:
+        synonyms: dict[str, list[str]] = {}
+        seen: dict[str, str] = {}
+        for canonical, variants in raw.items():
+            path: list[str | int] = ["entities", index, "synonyms", canonical]
+            origin = _Origin(file, line_of(doc, path), f"entities[{index}].synonyms.{canonical}")
+            if not isinstance(canonical, str):
+                self.issues.append(origin.issue(f"canonical value {canonical!r} must be a string"))
+                continue
+            for variant in [canonical, *variants]:
+                other = seen.setdefault(str(variant).lower(), canonical)
+                if other != canonical:
+                    message = f"variant {variant!r} is also a synonym of {other!r}"
+                    self.issues.append(origin.issue(message))
+            synonyms[canonical] = [str(v) for v in variants]
+        return synonyms
+
+    def _check_regex(self, file: str, doc: Any, index: int, patterns: tuple[str, ...]) -> None:
+        for number, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                origin = _Origin(
+                    file,
+                    line_of(doc, ["entities", index, "regex", number]),
+                    f"entities[{index}].regex[{number}]",
+                )
+                self.issues.append(origin.issue(f"invalid regex {pattern!r}: {exc}"))
+
+    # -- intents -------------------------------------------------------------------------
+
+    def _add_intent(self, file: str, doc: Any, index: int, intent: Any) -> None:
+        name = str(intent["name"])
+        origin = _Origin(file, line_of(doc, ["intents", index]), f"intents[{index}]")
+        acc = self.intents.setdefault(name, _IntentAcc(origin))
+        for number, text in enumerate(intent["examples"]):
+            acc.count += 1
+            place = _Origin(
+                file,
+                line_of(doc, ["intents", index, "examples", number]),
+                f"intents[{index}].examples[{number}]",
+            )
+            self._add_example(acc, place, name, str(text))
+
+    def _add_example(self, acc: _IntentAcc, place: _Origin, intent: str, text: str) -> None:
+        try:
+            example = parse_annotated(text, intent=intent)
+        except ValueError as exc:
+            self.issues.append(place.issue(f"malformed annotation: {exc}"))
+            return
+        if not example.text.strip():
+            self.issues.append(place.issue("example text is empty"))
+            return
+        acc.examples.append(example)
+        self.mentions.extend(_Mention(place, span.entity) for span in example.entities)
+
+    # -- raw sections --------------------------------------------------------------------
+
+    def _add_section(self, origin: _Origin, key: str, value: Any) -> None:
+        plain = to_plain(value)
+        section = self.sections.get(key)
+        if section is None:
+            self.sections[key] = _Section(origin, plain)
+            if isinstance(plain, dict):
+                self.sections[key].keys = {str(k): origin for k in plain}
+        elif isinstance(section.value, list) and isinstance(plain, list):
+            section.value.extend(plain)
+        elif isinstance(section.value, dict) and isinstance(plain, dict):
+            self._merge_mapping(section, origin, key, plain)
+        else:
+            message = f"{key!r} must be of the same kind (mapping or list) in every file"
+            self.issues.append(origin.issue(f"{message} (see {section.origin.where()})"))
+
+    def _merge_mapping(
+        self, section: _Section, origin: _Origin, key: str, plain: dict[str, Any]
+    ) -> None:
+        for name, value in plain.items():
+            first = section.keys.get(str(name))
+            if first is not None:
+                message = f"duplicate {key} entry {name!r} (first at {first.where()})"
+                self.issues.append(origin.issue(message))
+                continue
+            section.value[name] = value
+            section.keys[str(name)] = origin
+
+    def add_workflow(self, path: Path) -> None:
+        file = str(path)
+        try:
+            doc = read_yaml(path)
+        except YamlSyntaxError as exc:
+            self.issues.append(DefinitionIssue(file, exc.line, "", str(exc)))
+            return
+        if not isinstance(doc, dict):
+            self.issues.append(DefinitionIssue(file, 1, "", "a workflow file must hold a mapping"))
+            return
+        name = doc["name"] if isinstance(doc.get("name"), str) else path.stem
+        if name in self.workflows:
+            self.issues.append(DefinitionIssue(file, 1, "name", f"duplicate workflow {name!r}"))
+            return
+        self.workflows[name] = to_plain(doc)
+
+    # -- cross-file checks ---------------------------------------------------------------
+
+    def check(self, bot_file: str) -> None:
+        if self.entities_complete:
+            self._check_mentions()
+        if self.intents_complete:
+            self._check_intents(bot_file)
+
+    def _check_mentions(self) -> None:
+        declared = ", ".join(sorted(self.entities)) or "none"
+        for mention in self.mentions:
+            if mention.entity not in self.entities:
+                message = f"unknown entity {mention.entity!r} (declared: {declared})"
+                self.issues.append(mention.origin.issue(message))
+
+    def _check_intents(self, bot_file: str) -> None:
+        if not self.intents:
+            message = "the bot defines no intents (add an `intents:` list under data/)"
+            self.issues.append(DefinitionIssue(bot_file, 0, "", message))
+        for name, acc in self.intents.items():
+            if acc.count < MIN_EXAMPLES:
+                message = (
+                    f"intent {name!r} has {acc.count} example(s); "
+                    f"at least {MIN_EXAMPLES} are needed"
+                )
+                self.issues.append(acc.origin.issue(message))
+
+
+def load_bot(path: str | Path) -> BotDefinition:
+    """Load, validate and merge a bot folder; raises BotDefinitionError listing all issues."""
+    root = Path(path)
+    loader = _Loader(root)
+    bot_path = root / BOT_FILE
+    if not bot_path.is_file():
+        where = str(root) if not root.is_dir() else str(bot_path)
+        what = "not a bot folder (no such directory)" if not root.is_dir() else "missing bot.yml"
+        raise BotDefinitionError([DefinitionIssue(where, 0, "", what)])
+    bot_doc, bad = loader.read(bot_path, BOT_FILE_SCHEMA)
+    if bot_doc is not None:
+        loader.add_document(bot_path, bot_doc, bad)
+    for data_path in yaml_files(root / DATA_DIR):
+        doc, bad = loader.read(data_path, DATA_FILE_SCHEMA)
+        if doc is not None:
+            loader.add_document(data_path, doc, bad)
+    for workflow_path in yaml_files(root / WORKFLOWS_DIR):
+        loader.add_workflow(workflow_path)
+    loader.check(str(bot_path))
+    if loader.issues or bot_doc is None:
+        raise BotDefinitionError(sorted(loader.issues, key=lambda i: (i.file, i.line)))
+    return _build(root, bot_doc, loader)
+
+
+def yaml_files(directory: Path) -> list[Path]:
+    """The YAML files under `directory` (recursive), sorted by relative path."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file()]
+    return sorted(found, key=lambda p: p.relative_to(directory).as_posix())
+
+
+def _build(root: Path, bot_doc: Any, loader: _Loader) -> BotDefinition:
+    raw = {k: v for k, v in to_plain(bot_doc).items() if k not in ("intents", "entities")}
+    raw.update({key: section.value for key, section in loader.sections.items()})
+    raw["workflows"] = loader.workflows
+    intents = tuple(Intent(name, tuple(acc.examples)) for name, acc in loader.intents.items())
+    return BotDefinition(
+        name=str(bot_doc["name"]),
+        path=root,
+        description=str(bot_doc.get("description", "")),
+        nlu=nlu_settings(to_plain(bot_doc.get("nlu") or {}), str(bot_doc.get("language", "en"))),
+        intents=intents,
+        entities=dict(loader.entities),
+        raw=raw,
+    )
+
+
+def nlu_settings(nlu: dict[str, Any], language: str = "en") -> NluSettings:
+    """NluSettings from a validated `nlu:` mapping (absent keys take the defaults)."""
+    defaults = NluSettings()
+    threshold = nlu.get("confidence_threshold", defaults.confidence_threshold)
+    rate = nlu.get("learning_rate")
+    return NluSettings(
+        language=language,
+        base_model=nlu.get("base_model"),
+        confidence_threshold=float(threshold),
+        out_of_scope_intent=str(nlu.get("out_of_scope_intent", defaults.out_of_scope_intent)),
+        max_length=int(nlu.get("max_length", defaults.max_length)),
+        epochs=nlu.get("epochs"),
+        learning_rate=float(rate) if rate is not None else None,
+        batch_size=nlu.get("batch_size"),
+        seed=nlu.get("seed"),
+    )

@@ -1,0 +1,144 @@
+"""The in-memory form of a bot definition: frozen dataclasses shared by every service."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EntitySpan:
+    """An entity mention: the char span [start, end) of `Example.text`.
+
+    `value` is the normalised value given in a long-form annotation, else None.
+    """
+
+    start: int
+    end: int
+    entity: str
+    value: str | None = None
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training utterance of an intent, with its entity spans (sorted by start)."""
+
+    text: str
+    intent: str
+    entities: tuple[EntitySpan, ...] = ()
+
+
+@dataclass(frozen=True)
+class Intent:
+    """An intent and all its examples (merged over the data files, in file order)."""
+
+    name: str
+    examples: tuple[Example, ...]
+
+
+@dataclass(frozen=True)
+class EntityDef:
+    """A declared entity: synonyms (canonical -> variants), regex patterns, lookup values."""
+
+    name: str
+    synonyms: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    regex: tuple[str, ...] = ()
+    lookup: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NluSettings:
+    """The `nlu:` section of bot.yml (plus the bot's language)."""
+
+    language: str = "en"
+    base_model: str | None = None
+    confidence_threshold: float = 0.5
+    out_of_scope_intent: str = "out_of_scope"
+    max_length: int = 64
+    epochs: int | None = None
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class BotDefinition:
+    """A loaded, validated bot folder.
+
+    `raw` holds the bot.yml mapping as plain Python data, plus the merged `slots`,
+    `responses` and `flows` sections of all files and the `workflows` read from the
+    `workflows/` folder (name -> definition).
+    """
+
+    name: str
+    path: Path
+    description: str
+    nlu: NluSettings
+    intents: tuple[Intent, ...]
+    entities: dict[str, EntityDef]
+    raw: dict[str, Any]
+
+    def examples(self) -> list[Example]:
+        """All examples: intent order, then file order within an intent."""
+        return [example for intent in self.intents for example in intent.examples]
+
+    def intent_names(self) -> list[str]:
+        """The intent names in definition order."""
+        return [intent.name for intent in self.intents]
+
+    def entities_runtime_config(self) -> dict[str, Any]:
+        """What the NLU runtime needs to normalise and match entities.
+
+        `{"synonyms": {entity: {variant_lower: canonical}}, "regex": {entity: [pattern]},
+        "lookup": {entity: [value]}}`, each holding only the entities that have some.
+        Synonyms come from the declarations and from long-form annotations whose value
+        differs from the annotated text; a declared synonym wins over an annotation.
+        """
+        return {
+            "synonyms": _synonym_maps(self),
+            "regex": {name: list(e.regex) for name, e in self.entities.items() if e.regex},
+            "lookup": {name: list(e.lookup) for name, e in self.entities.items() if e.lookup},
+        }
+
+
+def _synonym_maps(bot: BotDefinition) -> dict[str, dict[str, str]]:
+    maps: dict[str, dict[str, str]] = {}
+    for example in bot.examples():
+        for span in example.entities:
+            text = example.text[span.start : span.end]
+            if span.value is not None and span.value != text:
+                entry = maps.setdefault(span.entity, {})
+                entry.setdefault(text.lower(), span.value)
+                entry.setdefault(span.value.lower(), span.value)
+    for name, entity in bot.entities.items():
+        for canonical, variants in entity.synonyms.items():
+            entry = maps.setdefault(name, {})
+            entry.update({variant.lower(): canonical for variant in variants})
+            entry[canonical.lower()] = canonical
+    return {name: maps[name] for name in bot.entities if name in maps}
+
+
+@dataclass(frozen=True)
+class DefinitionIssue:
+    """One problem found in a bot folder. `line` is 1-based; 0 when no line applies."""
+
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
+
+
+class BotDefinitionError(Exception):
+    """Raised by `load_bot` with every issue found; `str()` lists them one per line."""
+
+    def __init__(self, issues: list[DefinitionIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))

@@ -1,0 +1,356 @@
+"""Data importers (BIO folders, CSV, Rasa YAML) and the `import` / `validate` CLI commands."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+import botfactory.cli
+from services.botdef import (
+    DataImportError,
+    EntityDef,
+    EntitySpan,
+    Example,
+    import_bio,
+    import_csv,
+    import_rasa,
+    load_bot,
+)
+from services.botdef.importers import bio_spans
+
+DATA = Path(__file__).resolve().parent / "data" / "botdef"
+SNIPS = DATA / "snips"
+BANKING77 = DATA / "banking77.csv"
+RASA = DATA / "rasa_nlu.yml"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def span_texts(example: Example) -> list[tuple[str, str]]:
+    return [(example.text[s.start : s.end], s.entity) for s in example.entities]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def bio_folder(root: Path, seq_in: str, seq_out: str, label: str) -> Path:
+    write(root / "seq.in", seq_in)
+    write(root / "seq.out", seq_out)
+    write(root / "label", label)
+    return root
+
+
+# -- BIO --------------------------------------------------------------------------------------
+
+
+def test_import_bio_snips_fixture() -> None:
+    examples = import_bio(SNIPS / "train")
+    assert [e.intent for e in examples] == [
+        "AddToPlaylist",
+        "BookRestaurant",
+        "GetWeather",
+        "AddToPlaylist",
+        "BookRestaurant",
+    ]
+    first = examples[0]
+    assert first.text == "add sabrina salerno to the grime instrumentals playlist"
+    assert span_texts(first) == [("sabrina salerno", "artist"), ("grime instrumentals", "playlist")]
+    assert first.entities[0] == EntitySpan(4, 19, "artist")
+    assert span_texts(examples[1]) == [
+        ("3", "party_size_number"),
+        ("restaurant", "restaurant_type"),
+        ("san francisco", "city"),
+    ]
+    assert span_texts(examples[2]) == [("london", "city"), ("tomorrow", "timeRange")]
+    assert span_texts(examples[3]) == [
+        ("tune", "music_item"),
+        ("my", "playlist_owner"),
+        ("rock classics", "playlist"),
+    ]
+    # an I- tag without its B- opens a span
+    assert span_texts(examples[4]) == [
+        ("restaurant", "restaurant_type"),
+        ("eight", "party_size_number"),
+        ("rome", "city"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        (["B-a", "I-a", "I-a"], [(0, 5, "a")]),
+        (["I-a", "I-a", "O"], [(0, 3, "a")]),
+        (["B-a", "B-a", "I-a"], [(0, 1, "a"), (2, 5, "a")]),
+        (["B-a", "I-b", "I-b"], [(0, 1, "a"), (2, 5, "b")]),
+        (["O", "O", "B-x.y"], [(4, 5, "x.y")]),
+        (["O", "O", "O"], []),
+    ],
+)
+def test_bio_spans(tags: list[str], expected: list[tuple[int, int, str]]) -> None:
+    spans = bio_spans(["a", "b", "c"], tags)
+    assert [(s.start, s.end, s.entity) for s in spans] == expected
+
+
+def test_bio_token_count_mismatch_names_file_and_line(tmp_path: Path) -> None:
+    folder = bio_folder(tmp_path, "a b\nc d e\n", "O O\nO O\n", "x\nx\n")
+    with pytest.raises(DataImportError, match=re.escape(f"{folder}/seq.out:2: 2 tags for 3")):
+        import_bio(folder)
+
+
+def test_bio_line_count_mismatch(tmp_path: Path) -> None:
+    folder = bio_folder(tmp_path, "a\nb\nc\n", "O\nO\nO\n", "x\nx\n")
+    with pytest.raises(DataImportError, match=re.escape(f"{folder}/label:3: label has 2 lines")):
+        import_bio(folder)
+
+
+@pytest.mark.parametrize(
+    ("seq_in", "seq_out", "label", "message"),
+    [
+        ("a b\n", "O X-city\n", "x\n", "seq.out:1: invalid tag 'X-city' for token 2"),
+        ("a b\n", "O B-\n", "x\n", "seq.out:1: invalid tag 'B-'"),
+        ("a\n\nb\n", "O\n\nO\n", "x\nx\nx\n", "seq.in:2: empty utterance"),
+        ("a\n", "O\n", "bad intent\n", "label:1: invalid intent name 'bad intent'"),
+    ],
+)
+def test_bio_bad_lines(tmp_path: Path, seq_in: str, seq_out: str, label: str, message: str) -> None:
+    with pytest.raises(DataImportError, match=re.escape(message)):
+        import_bio(bio_folder(tmp_path, seq_in, seq_out, label))
+
+
+def test_bio_missing_file(tmp_path: Path) -> None:
+    write(tmp_path / "seq.in", "a\n")
+    with pytest.raises(DataImportError, match=re.escape(f"{tmp_path}/seq.out: no such file")):
+        import_bio(tmp_path)
+    with pytest.raises(DataImportError, match="no such directory"):
+        import_bio(tmp_path / "missing")
+
+
+# -- CSV --------------------------------------------------------------------------------------
+
+
+def test_import_csv_banking77_fixture() -> None:
+    examples = import_csv(BANKING77)
+    assert len(examples) == 7
+    assert examples[0] == Example("I am still waiting on my card?", "card_arrival")
+    assert examples[4] == Example("How do I change my PIN, and where?", "change_pin")
+    assert {e.intent for e in examples} == {"card_arrival", "change_pin", "declined_card_payment"}
+    assert all(e.entities == () for e in examples)
+
+
+@pytest.mark.parametrize("column", ["intent", "label", "Category"])
+def test_csv_intent_column_names_and_extra_columns(tmp_path: Path, column: str) -> None:
+    path = write(
+        tmp_path / "d.csv", f"id,text,{column},source\n1, hi there ,greet,web\n2,yo,greet,\n"
+    )
+    assert import_csv(path) == [Example("hi there", "greet"), Example("yo", "greet")]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("text,intent\nhello,greet\n,greet\n", ":3: empty text"),
+        ('text,intent\n"multi\nline",greet\nhey,\n', ":4: empty intent"),
+        ("text,category\nhello\n", ":2: empty category"),
+        ("sentence,intent\nhello,greet\n", ":1: header 'sentence,intent' needs a 'text' column"),
+        ("text,intent\nhello,greet me\n", ":2: invalid intent name 'greet me'"),
+        ("", ":1: empty file"),
+    ],
+)
+def test_csv_errors_name_the_line(tmp_path: Path, content: str, message: str) -> None:
+    path = write(tmp_path / "bad.csv", content)
+    with pytest.raises(DataImportError, match=re.escape(f"{path}{message}")):
+        import_csv(path)
+
+
+def test_csv_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DataImportError, match="no such file"):
+        import_csv(tmp_path / "nope.csv")
+
+
+# -- Rasa -------------------------------------------------------------------------------------
+
+
+def test_import_rasa_fixture(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        examples, entities = import_rasa(RASA)
+    assert [e.intent for e in examples] == ["greet"] * 2 + ["check_balance"] * 3 + [
+        "inform_city"
+    ] * 2
+    assert examples[3] == Example(
+        "how much is in my current account",
+        "check_balance",
+        (EntitySpan(18, 25, "account", "checking"),),
+    )
+    assert span_texts(examples[5]) == [("Berlin", "city")]
+    assert entities == [
+        EntityDef("account", {"checking": ["current", "current account"]}, (), ()),
+        EntityDef("city", {}, (), ("Berlin", "Paris", "London")),
+        EntityDef("account_number", {}, (r"\d{10,12}",), ()),
+    ]
+    assert "synonym 'unrelated' is used by no entity" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("nlu:\n- intent: x\n  examples: |\n    - a\n    - b [c](d\n", ":5: unclosed '('"),
+        ("nlu:\n- intent: x\n  examples: |\n    - a\n    b\n", ":5: expected '- example'"),
+        ("nlu:\n- intent: x y\n  examples: |\n    - a\n", ":2: invalid intent name 'x y'"),
+        ("nlu:\n- foo: x\n", ":2: an nlu item needs one of intent, synonym, regex, lookup"),
+        ("nlu:\n- regex: r\n  examples: |\n    - '[0-9'\n", ":4: invalid regex"),
+        ("nlu:\n- intent: x\n  examples: 3\n", ":2: 'examples' must be a '|' block"),
+        ("stories: []\n", ":1: no 'nlu:' list"),
+        ("nlu: [\n", ":2: invalid YAML"),
+    ],
+)
+def test_rasa_errors_name_the_line(tmp_path: Path, content: str, message: str) -> None:
+    path = write(tmp_path / "nlu.yml", content)
+    with pytest.raises(DataImportError, match=re.escape(f"{path}{message}")):
+        import_rasa(path)
+
+
+def test_rasa_examples_as_a_list(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "nlu.yml",
+        "nlu:\n- intent: x\n  examples:\n  - text: hi [there](who)\n  - plain\n",
+    )
+    examples, entities = import_rasa(path)
+    assert [e.text for e in examples] == ["hi there", "plain"]
+    assert entities == [EntityDef("who", {}, (), ())]
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def only_importer_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Build the CLI with this module's commands only (the others may load heavy stacks)."""
+    monkeypatch.setattr(botfactory.cli, "COMMAND_MODULES", ("importers",))
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = botfactory.cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def test_cli_import_bio_uses_train_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "snips_bot"
+    code, out, err = run_cli(capsys, "import", "bio", str(SNIPS), "--out", str(out_dir))
+    assert code == 0
+    assert out.strip() == (f"wrote {out_dir}: bot 'snips', 2 intents, 4 examples, 7 entities")
+    assert "skipped intents with fewer than 2 examples: GetWeather (1)" in err
+    bot = load_bot(out_dir)
+    assert bot.name == "snips"
+    assert bot.intent_names() == ["AddToPlaylist", "BookRestaurant"]
+    assert bot.examples()[0] == import_bio(SNIPS / "train")[0]
+
+
+def test_cli_import_bio_split_and_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "b"
+    argv = ["import", "bio", str(SNIPS), "--split", "valid", "--name", "weather", "--out"]
+    code, out, _ = run_cli(capsys, *argv, str(out_dir))
+    assert code == 0
+    assert "bot 'weather', 1 intents, 2 examples, 2 entities" in out
+    assert load_bot(out_dir).examples() == import_bio(SNIPS / "valid")[:2]
+
+
+def test_cli_import_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    copy = tmp_path / "banking77" / "train.csv"
+    copy.parent.mkdir()
+    shutil.copy(BANKING77, copy)
+    out_dir = tmp_path / "bot"
+    code, out, err = run_cli(capsys, "import", "csv", str(copy), "--out", str(out_dir))
+    assert (code, err) == (0, "")
+    assert out.strip() == f"wrote {out_dir}: bot 'banking77', 3 intents, 7 examples, 0 entities"
+    bot = load_bot(out_dir)
+    assert bot.examples() == import_csv(BANKING77)
+
+
+def test_cli_import_rasa(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "bot"
+    code, out, _ = run_cli(capsys, "import", "rasa", str(RASA), "--out", str(out_dir))
+    assert code == 0
+    assert "bot 'rasa_nlu', 3 intents, 7 examples, 3 entities" in out
+    bot = load_bot(out_dir)
+    assert bot.entities_runtime_config()["synonyms"]["account"]["current account"] == "checking"
+    assert bot.entities["city"].lookup == ("Berlin", "Paris", "London")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bio", "{data}/nope"], "error: {data}/nope: no such directory"),
+        (["bio", "{data}"], "error: {data}/seq.in: no such file"),
+        (["bio", "{snips}", "--split", "dev"], "error: {snips}/dev: no such split folder"),
+        (["csv", "{rasa}"], "error: {rasa}:1: header"),
+        (["rasa", "{csv}"], "error: {csv}:1: no 'nlu:' list"),
+        (["csv", "{csv}", "--name", "Bad Name"], "error: bot name 'Bad Name'"),
+    ],
+)
+def test_cli_import_bad_input_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    names = {"data": str(tmp_path), "snips": str(SNIPS), "rasa": str(RASA), "csv": str(BANKING77)}
+    args = [arg.format(**names) for arg in argv]
+    code, out, err = run_cli(capsys, "import", *args, "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert out == ""
+    assert err.startswith(message.format(**names))
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_import_refuses_non_empty_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "bot"
+    write(out_dir / "notes.txt", "keep me")
+    code, _, err = run_cli(capsys, "import", "csv", str(BANKING77), "--out", str(out_dir))
+    assert code == 2
+    assert "is not empty (use --force" in err
+    code, _, _ = run_cli(capsys, "import", "csv", str(BANKING77), "--out", str(out_dir), "--force")
+    assert code == 0
+    assert (out_dir / "notes.txt").read_text() == "keep me"
+    assert load_bot(out_dir).name == "banking77"
+
+
+def test_cli_import_requires_out(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        botfactory.cli.main(["import", "csv", str(BANKING77)])
+    assert caught.value.code == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_cli_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "validate", str(REPO / "bots" / "banking"))
+    assert (code, err) == (0, "")
+    assert re.fullmatch(r"ok: bot 'banking' \(.*\): 15 intents, \d+ examples, 6 entities\n", out)
+
+
+def test_cli_validate_lists_every_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path / "bot.yml", 'version: "1"\nname: Bad\n')
+    write(tmp_path / "data" / "i.yml", "intents:\n  - name: a\n    examples: ['[x](nope)']\n")
+    code, out, err = run_cli(capsys, "validate", str(tmp_path))
+    assert code == 1
+    assert out.splitlines() == [
+        f"{tmp_path}/bot.yml:2: name: 'Bad' is not a valid bot name "
+        "(lower-case letters, digits, '_', '-')",
+        f"{tmp_path}/data/i.yml:2: intents[0]: intent 'a' has 1 example(s); at least 2 are needed",
+        f"{tmp_path}/data/i.yml:3: intents[0].examples[0]: unknown entity 'nope' (declared: none)",
+    ]
+    assert err == f"error: 3 issue(s) in {tmp_path}\n"
+
+
+def test_cli_validate_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "validate", str(tmp_path / "none"))
+    assert code == 1
+    assert "no such directory" in out
