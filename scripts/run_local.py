@@ -5,6 +5,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from botfactory.local.stack import main  # noqa: E402
+from botfactory.local.stack import main
 
 sys.exit(main())
