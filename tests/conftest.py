@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from botfactory.local.nats_server import NatsServer
 
@@ -22,3 +24,15 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """Tests that configure logging must not leave a logger bound to a closed capture."""
+    handlers = list(logging.root.handlers)
+    level = logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()

@@ -45,6 +45,16 @@ class ResourceExhausted(DomainError):
     http_status = 429
 
 
+class Unauthenticated(DomainError):
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
+
+
+class PermissionDenied(DomainError):
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403
+
+
 def grpc_errors(
     method: Callable[..., Awaitable[R]],
 ) -> Callable[..., Awaitable[R]]:

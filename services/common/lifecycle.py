@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from services.common.logging import get_logger
 
@@ -24,3 +25,16 @@ async def serve_until_signal(start: Callable[[], Awaitable[None]],
         log.info("shutdown_requested")
     finally:
         await stop()
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def run_service(factory: Callable[[], Service]) -> None:
+    """Build the service inside the running event loop (gRPC aio servers bind to the loop
+    they are created in), then serve it until SIGTERM/SIGINT."""
+    service = factory()
+    await serve_until_signal(service.start, service.stop)

@@ -23,6 +23,7 @@ log = get_logger(__name__)
 KV_TRACKERS = "trackers"
 KV_RPA_RUNS = "rpa_runs"
 KV_BOTS = "bots"
+KV_HANDOFFS = "handoffs"
 OBJ_MODELS = "models"
 
 STREAMS = (
@@ -33,7 +34,7 @@ STREAMS = (
     StreamConfig(name="EVENTS", subjects=["events.>"], retention=RetentionPolicy.LIMITS,
                  storage=StorageType.FILE, duplicate_window=120.0),
 )
-KV_BUCKETS = ((KV_TRACKERS, 1), (KV_RPA_RUNS, 1), (KV_BOTS, 5))
+KV_BUCKETS = ((KV_TRACKERS, 1), (KV_RPA_RUNS, 1), (KV_BOTS, 5), (KV_HANDOFFS, 1))
 
 
 @dataclass

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 
 from services.common.config import ConfigError
-from services.common.lifecycle import serve_until_signal
+from services.common.lifecycle import run_service
 from services.common.logging import configure_logging
 from services.nlu import config as nlu_config
 from services.nlu.app import NluServer
@@ -20,9 +21,8 @@ def main() -> int:
     except (ConfigError, ValueError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    server = NluServer(config)
     try:
-        asyncio.run(serve_until_signal(server.start, server.stop))
+        asyncio.run(run_service(functools.partial(NluServer, config)))
     except ModelLoadError as exc:
         print(f"cannot load model: {exc}", file=sys.stderr)
         return 1

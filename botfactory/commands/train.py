@@ -1,0 +1,148 @@
+"""`botfactory train` and `botfactory train-sentiment`: fine-tune, export, check and write a
+model directory (docs/model-format.md).
+
+Bad input (missing bot folder or data, invalid bot definition, a base model that cannot be
+loaded) exits 2 with `error: ...` on stderr; a failed export check (ONNX vs torch, int8 vs
+fp32) exits 1. Either way no model directory is written. torch and transformers are
+imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+EXIT_CHECK = 1
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR",
+                        help="model directory to write (replaced atomically when it exists)")
+    parser.add_argument("--base-model", default=None, metavar="PATH_OR_NAME",
+                        help="base encoder: a local folder or a Hugging Face hub name "
+                             "(default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--epochs", type=_positive_int, default=None,
+                        help="maximum epochs (default: the bot's nlu.epochs, else chosen "
+                             "from the data size; early stopping may end sooner)")
+    parser.add_argument("--seed", type=_non_negative_int, default=None,
+                        help="random seed (default: the bot's nlu.seed, else 13)")
+    parser.add_argument("--patience", type=_positive_int, default=3,
+                        help="epochs without held-out improvement before stopping (default 3)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `train` and `train-sentiment` commands."""
+    train = subparsers.add_parser(
+        "train", help="fine-tune a bot's NLU model and write a model directory",
+        description="Fine-tune the joint intent + entity model of a bot folder, export it to "
+                    "ONNX (fp32 and int8), check both and write a model directory.")
+    train.add_argument("bot_dir", type=Path, metavar="BOT_DIR", help="bot folder (bot.yml)")
+    _common(train)
+    train.set_defaults(func=run_train)
+
+    sentiment = subparsers.add_parser(
+        "train-sentiment", help="train the platform sentiment model",
+        description="Train the 3-class sentiment model (negative, neutral, positive) from "
+                    "GoEmotions files or a text,label CSV, and write a model directory.")
+    sentiment.add_argument("--data", type=Path, required=True, metavar="DIR_OR_CSV",
+                           help="GoEmotions folder (train/dev/test.tsv, emotions.txt) or a "
+                                "CSV with columns text,label")
+    _common(sentiment)
+    sentiment.add_argument("--max-train", type=_positive_int, default=None, metavar="N",
+                           help="train on a seeded, stratified subsample of N examples")
+    sentiment.add_argument("--max-heldout", type=_positive_int, default=None, metavar="N",
+                           help="subsample the held-out split to N examples")
+    sentiment.add_argument("--max-length", type=_positive_int, default=64,
+                           help="tokens per text after truncation (default 64)")
+    sentiment.set_defaults(func=run_train_sentiment)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Entry point of `botfactory train`."""
+    bot_dir: Path = args.bot_dir
+    if not bot_dir.is_dir():
+        return _usage(f"bot folder not found: {bot_dir}")
+    from services.botdef import BotDefinitionError, load_bot
+
+    try:
+        bot = load_bot(bot_dir)
+    except BotDefinitionError as exc:
+        return _usage(f"invalid bot definition in {bot_dir}:\n{exc}")
+    from botfactory.training import TrainConfig, train_bot
+
+    return _guarded(lambda: train_bot(
+        bot, args.out, base_model=args.base_model, epochs=args.epochs, seed=args.seed,
+        progress=not args.quiet, config=TrainConfig(patience=args.patience)), args.out)
+
+
+def run_train_sentiment(args: argparse.Namespace) -> int:
+    """Entry point of `botfactory train-sentiment`."""
+    data: Path = args.data
+    if not data.exists():
+        return _usage(f"sentiment data not found: {data}")
+    from botfactory.training import TrainConfig, train_sentiment
+
+    return _guarded(lambda: train_sentiment(
+        data, args.out, base_model=args.base_model, epochs=args.epochs, seed=args.seed,
+        max_train=args.max_train, max_heldout=args.max_heldout, max_length=args.max_length,
+        progress=not args.quiet, config=TrainConfig(patience=args.patience)), args.out)
+
+
+def _guarded(job: Callable[[], dict[str, Any]], out: Path) -> int:
+    from botfactory.training import BaseModelError, DataError, ExportCheckError, TrainingError
+
+    try:
+        metadata = job()
+    except (DataError, BaseModelError) as exc:
+        return _usage(str(exc))
+    except ExportCheckError as exc:
+        print(f"error: export check failed: {exc}; nothing written to {out}", file=sys.stderr)
+        return EXIT_CHECK
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CHECK
+    print(_summary(metadata, out))
+    return EXIT_OK
+
+
+def _usage(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _summary(metadata: dict[str, Any], out: Path) -> str:
+    lines = [f"wrote {out} ({metadata['kind']} model of {metadata['bot']}, "
+             f"version {metadata['version']})"]
+    for split, metrics in metadata["metrics"].items():
+        if metrics:
+            parts = [f"intent accuracy {metrics['intent_accuracy']:.3f}"]
+            if metrics.get("entity_micro_f1") is not None:
+                parts.append(f"entity F1 {metrics['entity_micro_f1']:.3f}")
+            lines.append(f"  {split} (int8, n={metrics['n']}): {', '.join(parts)}")
+    checks = metadata["checks"]
+    training = metadata["training"]
+    lines.append(f"  checks: ONNX max abs diff {checks['onnx_max_abs_diff']:.2e}, "
+                 f"int8 agreement {checks['int8_intent_agreement']:.3f}")
+    lines.append(f"  epochs run {training['epochs_run']} (best {training['best_epoch']}), "
+                 f"{training['seconds_per_epoch']:.1f} s/epoch")
+    return "\n".join(lines)

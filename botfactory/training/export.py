@@ -1,0 +1,205 @@
+"""ONNX export, the torch/ONNX and int8/fp32 checks, int8 quantisation, the version hash and
+the atomic write of a model directory (docs/model-format.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import shutil
+import uuid
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from botfactory.training.data import Encoded, batches, collate
+from botfactory.training.errors import ExportCheckError, TrainingError
+from botfactory.training.model import ExportWrapper, JointModel
+
+OPSET = 18
+FP32_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+METADATA_FILE = "metadata.json"
+INPUT_NAMES = ("input_ids", "attention_mask")
+
+
+@dataclass(frozen=True)
+class CheckThresholds:
+    """An export fails when ONNX fp32 differs from torch by more than `max_abs_diff`, or
+    when the int8 model's argmax agrees with fp32 on less than `min_int8_agreement`."""
+
+    max_abs_diff: float = 1e-3
+    min_int8_agreement: float = 0.99
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Logits of a set of items: classes `[n, n_classes]`, per item tags `[tokens, n_tags]`."""
+
+    intent_logits: np.ndarray
+    tag_logits: list[np.ndarray] | None
+
+
+def export_onnx(model: JointModel, sample: Sequence[Encoded], pad_id: int, path: Path) -> None:
+    """Export the eval-mode model with `torch.onnx.export` (the dynamo exporter, opset 18,
+    one self-contained file); inputs int64 `[batch, sequence]`, both axes dynamic."""
+    model.eval()
+    wrapper = ExportWrapper(model).eval()
+    items = list(sample[:2]) if len(sample) >= 2 else [sample[0], sample[0]]
+    example = collate(items, pad_id, min_length=3)  # sizes > 1: no specialisation
+    batch = torch.export.Dim("batch")
+    sequence = torch.export.Dim("sequence")
+    dims = {0: batch, 1: sequence}
+    log_level = logging.getLogger("torch").level
+    logging.getLogger("torch").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper, (example.input_ids, example.attention_mask), str(path),
+                input_names=list(INPUT_NAMES), output_names=wrapper.output_names,
+                dynamic_shapes={"input_ids": dims, "attention_mask": dims},
+                opset_version=OPSET, dynamo=True, external_data=False, optimize=True,
+                verbose=False, report=False)
+    except Exception as exc:  # the exporter raises many exception types
+        raise TrainingError(f"ONNX export failed: {exc}") from exc
+    finally:
+        logging.getLogger("torch").setLevel(log_level)
+
+
+def session(path: Path) -> Any:
+    """An onnxruntime CPU session for `path`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(path: Path, items: Sequence[Encoded], pad_id: int,
+             batch_size: int = 32) -> Outputs:
+    """Logits of `items` from the ONNX model at `path`, in padded batches."""
+    onnx_session = session(path)
+    names = [output.name for output in onnx_session.get_outputs()]
+    intents: list[np.ndarray] = []
+    tags: list[np.ndarray] | None = [] if "tag_logits" in names else None
+    for batch in batches(items, batch_size, pad_id):
+        feeds = {"input_ids": batch.input_ids.numpy(),
+                 "attention_mask": batch.attention_mask.numpy()}
+        results = dict(zip(names, onnx_session.run(names, feeds), strict=True))
+        intents.append(results["intent_logits"])
+        if tags is not None:
+            tags.extend(results["tag_logits"])
+    return Outputs(np.concatenate(intents), tags)
+
+
+def max_abs_diff(items: Sequence[Encoded], a: Outputs, b: Outputs) -> float:
+    """Largest absolute difference of the logits (tag logits on each item's real tokens)."""
+    diff = float(np.abs(a.intent_logits - b.intent_logits).max())
+    if a.tag_logits is not None and b.tag_logits is not None:
+        for item, x, y in zip(items, a.tag_logits, b.tag_logits, strict=True):
+            n = len(item.encoding.ids)
+            diff = max(diff, float(np.abs(x[:n] - y[:n]).max()))
+    return diff
+
+
+def intent_agreement(a: Outputs, b: Outputs) -> float:
+    """Fraction of items whose class argmax is the same in both."""
+    return float(np.mean(a.intent_logits.argmax(axis=-1) == b.intent_logits.argmax(axis=-1)))
+
+
+def check_onnx(torch_outputs: Outputs, onnx_outputs: Outputs, items: Sequence[Encoded],
+               thresholds: CheckThresholds) -> float:
+    """The fp32 ONNX vs torch max abs diff; raises ExportCheckError above the threshold."""
+    diff = max_abs_diff(items, torch_outputs, onnx_outputs)
+    if not diff <= thresholds.max_abs_diff:  # NaN fails too
+        raise ExportCheckError(f"ONNX fp32 output differs from torch by {diff:.3g} "
+                               f"(> {thresholds.max_abs_diff:g}) on {len(items)} examples")
+    return diff
+
+
+def check_int8(fp32_outputs: Outputs, int8_outputs: Outputs,
+               thresholds: CheckThresholds) -> float:
+    """int8 vs fp32 class argmax agreement; raises ExportCheckError below the threshold."""
+    agreement = intent_agreement(fp32_outputs, int8_outputs)
+    if not agreement >= thresholds.min_int8_agreement:
+        raise ExportCheckError(f"int8 model agrees with fp32 on {agreement:.1%} of the "
+                               f"examples (< {thresholds.min_int8_agreement:.0%}); an "
+                               "undertrained model with near-tied logits is sensitive to "
+                               "quantisation, train more epochs")
+    return agreement
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 quantisation of the weights (onnxruntime), after its pre-processing
+    (ONNX shape inference and graph optimisation) when that succeeds."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = target.with_name(target.name + ".pre.onnx")
+    quant_logger = logging.getLogger()
+    level = quant_logger.level
+    quant_logger.setLevel(logging.ERROR)  # quantize_dynamic logs advice on the root logger
+    try:
+        try:
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            model_input = prepared
+        except Exception:  # pre-processing is an optimisation: quantise the export as is
+            model_input = source
+        quantize_dynamic(str(model_input), str(target), weight_type=QuantType.QInt8)
+    except Exception as exc:
+        raise TrainingError(f"int8 quantisation failed: {exc}") from exc
+    finally:
+        quant_logger.setLevel(level)
+        prepared.unlink(missing_ok=True)
+
+
+def content_version(directory: Path) -> str:
+    """sha256 over the bytes of every file but metadata.json, in sorted name order: the
+    first 12 hex digits."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.iterdir() if p.is_file() and p.name != METADATA_FILE):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def staging_dir(out_dir: Path) -> Iterator[Path]:
+    """A fresh temp folder beside `out_dir`; on success it replaces `out_dir` (an existing
+    model directory is swapped out and removed), on failure it is removed and `out_dir`
+    is left as it was."""
+    out_dir = out_dir.absolute()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainingError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / METADATA_FILE).is_file():
+        raise TrainingError(f"{out_dir}: not empty and not a model directory; "
+                            "refusing to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    temp = out_dir.with_name(f".{out_dir.name}.tmp-{token}")
+    temp.mkdir()
+    try:
+        yield temp
+        old = out_dir.with_name(f".{out_dir.name}.old-{token}")
+        if out_dir.exists():
+            out_dir.rename(old)
+        try:
+            temp.rename(out_dir)
+        except OSError:
+            if old.exists():
+                old.rename(out_dir)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)

@@ -1,0 +1,61 @@
+"""Train a bot's joint intent + entity model into a model directory (docs/model-format.md)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from botfactory.training import pipeline
+from botfactory.training.data import from_examples, stratified_split
+from botfactory.training.export import CheckThresholds
+from botfactory.training.trainer import TrainConfig
+
+if TYPE_CHECKING:
+    from services.botdef import BotDefinition
+
+
+def train_bot(bot: BotDefinition, out_dir: Path, *, base_model: str | None = None,
+              epochs: int | None = None, seed: int | None = None, progress: bool = True,
+              config: TrainConfig | None = None,
+              checks: CheckThresholds | None = None) -> dict[str, Any]:
+    """Fine-tune the bot's NLU model and write it to `out_dir`; returns its metadata.
+
+    Precedence for each setting: the keyword argument, then the bot's `nlu:` section, then
+    `config` (default `TrainConfig()`). `base_model=None` uses the bot's `nlu.base_model`
+    (a path relative to the bot folder works), else the packaged all-MiniLM-L6-v2.
+    Raises `TrainingError` subclasses: `DataError`, `BaseModelError`, `ExportCheckError`.
+    """
+    settings = bot.nlu
+    config = config or TrainConfig()
+    overrides: dict[str, Any] = {}
+    for name, value in (("epochs", settings.epochs), ("learning_rate", settings.learning_rate),
+                        ("batch_size", settings.batch_size), ("seed", settings.seed)):
+        if value is not None:
+            overrides[name] = value
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    if seed is not None:
+        overrides["seed"] = seed
+    config = replace(config, **overrides)
+    if base_model is None and settings.base_model is not None:
+        relative = Path(bot.path) / settings.base_model
+        base_model = str(relative) if relative.exists() else settings.base_model
+
+    texts = from_examples(bot.examples())
+    pipeline.require(bool(texts), f"bot {bot.name!r} has no examples")
+    train, heldout = stratified_split(texts, lambda t: t.label, config.heldout_fraction,
+                                      config.seed)
+    job = pipeline.Job(
+        kind="nlu",
+        bot=bot.name,
+        train=train,
+        heldout=heldout,
+        with_tags=True,
+        max_length=settings.max_length,
+        confidence_threshold=settings.confidence_threshold,
+        out_of_scope_intent=settings.out_of_scope_intent or None,
+        entities_config=bot.entities_runtime_config(),
+    )
+    return pipeline.run(job, Path(out_dir), base_model=base_model, config=config,
+                        checks=checks, progress=progress)

@@ -1,0 +1,98 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Button(_message.Message):
+    __slots__ = ("title", "payload")
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    title: str
+    payload: str
+    def __init__(self, title: _Optional[str] = ..., payload: _Optional[str] = ...) -> None: ...
+
+class UserMessage(_message.Message):
+    __slots__ = ("bot_id", "conversation_id", "message_id", "text", "channel", "sender", "sent_at_unix_ms", "role", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    BOT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    bot_id: str
+    conversation_id: str
+    message_id: str
+    text: str
+    channel: str
+    sender: str
+    sent_at_unix_ms: int
+    role: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, bot_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., text: _Optional[str] = ..., channel: _Optional[str] = ..., sender: _Optional[str] = ..., sent_at_unix_ms: _Optional[int] = ..., role: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class BotMessage(_message.Message):
+    __slots__ = ("bot_id", "conversation_id", "message_id", "in_reply_to", "text", "buttons", "index", "last", "sent_at_unix_ms", "role")
+    BOT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    IN_REPLY_TO_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    BUTTONS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    bot_id: str
+    conversation_id: str
+    message_id: str
+    in_reply_to: str
+    text: str
+    buttons: _containers.RepeatedCompositeFieldContainer[Button]
+    index: int
+    last: bool
+    sent_at_unix_ms: int
+    role: str
+    def __init__(self, bot_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., in_reply_to: _Optional[str] = ..., text: _Optional[str] = ..., buttons: _Optional[_Iterable[_Union[Button, _Mapping]]] = ..., index: _Optional[int] = ..., last: _Optional[bool] = ..., sent_at_unix_ms: _Optional[int] = ..., role: _Optional[str] = ...) -> None: ...
+
+class ConversationEvent(_message.Message):
+    __slots__ = ("bot_id", "conversation_id", "type", "at_unix_ms", "correlation_id", "data_json")
+    BOT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    bot_id: str
+    conversation_id: str
+    type: str
+    at_unix_ms: int
+    correlation_id: str
+    data_json: str
+    def __init__(self, bot_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., type: _Optional[str] = ..., at_unix_ms: _Optional[int] = ..., correlation_id: _Optional[str] = ..., data_json: _Optional[str] = ...) -> None: ...
+
+class Feedback(_message.Message):
+    __slots__ = ("bot_id", "conversation_id", "message_id", "rating", "comment")
+    BOT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    bot_id: str
+    conversation_id: str
+    message_id: str
+    rating: int
+    comment: str
+    def __init__(self, bot_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., rating: _Optional[int] = ..., comment: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,316 @@
+"""API keys: issued with a random secret shown once, stored only as a peppered hash.
+
+A key is `bfk_<key id>_<secret>`; the store holds HMAC-SHA256(pepper, key) and the key's scope:
+one tenant, a list of bots (`*`: all) and a role (client < agent < admin, each including the
+ones before). Every failure to authenticate (missing, malformed, unknown, revoked) gives the
+same error, so the answer tells nothing about which keys exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+)
+from nats.js.kv import KeyValue
+
+from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.logging import get_logger
+from services.common.nats import Bus
+from services.gateway.ports import ALL_BOTS, ApiKeyRecord, KeyStore, Role
+
+log = get_logger(__name__)
+
+KEY_PREFIX = "bfk_"
+KV_APIKEYS = "apikeys"
+BOOTSTRAP_KEY_ID = "bootstrap"
+ALL_TENANTS = "*"
+INVALID_KEY = "missing or invalid API key"
+TENANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_CACHED_KEYS = 10_000
+
+
+class KeyExists(Exception):
+    """A key with the same id or hash is already stored (a random collision: retry)."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def hash_secret(pepper: str, token: str) -> str:
+    """The stored form of a presented key: HMAC-SHA256 keyed by the server's pepper (hex)."""
+    return hmac.new(pepper.encode(), token.encode(), hashlib.sha256).hexdigest()
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh (key id, full key); the secret part has 256 random bits."""
+    key_id = secrets.token_hex(8)
+    return key_id, f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the scope of the key that authenticated the request."""
+
+    key_id: str
+    tenant: str
+    bots: tuple[str, ...]
+    role: Role
+
+    @classmethod
+    def of(cls, record: ApiKeyRecord) -> Principal:
+        return cls(record.key_id, record.tenant, record.bots, record.role)
+
+    def allows_bot(self, bot: str) -> bool:
+        return ALL_BOTS in self.bots or bot in self.bots
+
+    def manages_tenant(self, tenant: str) -> bool:
+        return self.role is Role.ADMIN and self.tenant in (ALL_TENANTS, tenant)
+
+    def covers_bots(self, bots: Iterable[str]) -> bool:
+        """Whether every bot in `bots` is within this key's scope (`*` only within `*`)."""
+        return all(self.allows_bot(bot) for bot in bots)
+
+
+BOOTSTRAP_PRINCIPAL = Principal(BOOTSTRAP_KEY_ID, ALL_TENANTS, (ALL_BOTS,), Role.ADMIN)
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    record: ApiKeyRecord
+    secret: str
+
+
+@dataclass
+class _Cached:
+    principal: Principal
+    expires: float
+
+
+class Authenticator:
+    """Verifies bearer keys against the store (with a short cache) and checks scopes."""
+
+    def __init__(self, store: KeyStore, pepper: str, *, bootstrap_key: str = "",
+                 cache_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self._pepper = pepper
+        self._bootstrap_hash = hash_secret(pepper, bootstrap_key) if bootstrap_key else ""
+        self._cache_s = cache_s
+        self._clock = clock
+        self._cache: dict[str, _Cached] = {}
+
+    async def authenticate(self, token: str | None) -> Principal:
+        if not token or len(token) > 256:
+            raise Unauthenticated(INVALID_KEY)
+        key_hash = hash_secret(self._pepper, token)
+        if self._bootstrap_hash and hmac.compare_digest(key_hash, self._bootstrap_hash):
+            return BOOTSTRAP_PRINCIPAL
+        cached = self._cache.get(key_hash)
+        if cached is not None and cached.expires > self._clock():
+            return cached.principal
+        return await self._lookup(key_hash)
+
+    async def _lookup(self, key_hash: str) -> Principal:
+        record = await self.store.get_by_hash(key_hash)
+        if record is None or record.revoked or not hmac.compare_digest(record.key_hash, key_hash):
+            self._cache.pop(key_hash, None)
+            raise Unauthenticated(INVALID_KEY)
+        principal = Principal.of(record)
+        if self._cache_s > 0:
+            if len(self._cache) >= MAX_CACHED_KEYS:
+                self._cache.clear()
+            self._cache[key_hash] = _Cached(principal, self._clock() + self._cache_s)
+        return principal
+
+    async def issue(self, tenant: str, bots: Iterable[str], role: Role,
+                    description: str = "") -> IssuedKey:
+        """Create and store a new key; the returned secret is never stored nor shown again."""
+        for _ in range(3):
+            key_id, token = new_token()
+            record = ApiKeyRecord(key_id=key_id, key_hash=hash_secret(self._pepper, token),
+                                  tenant=tenant, bots=tuple(bots), role=role,
+                                  created_at_unix_ms=now_ms(), description=description)
+            try:
+                await self.store.create(record)
+            except KeyExists:
+                continue
+            log.info("api_key_created", key_id=key_id, tenant=tenant, role=role.value)
+            return IssuedKey(record, token)
+        raise KeyExists("could not allocate a unique key id")
+
+    async def revoke(self, key_id: str) -> ApiKeyRecord | None:
+        record = await self.store.revoke(key_id)
+        if record is not None:
+            self._cache.pop(record.key_hash, None)
+            log.info("api_key_revoked", key_id=key_id, tenant=record.tenant)
+        return record
+
+
+def authorize(principal: Principal, role: Role, bot: str | None = None) -> None:
+    """Raise PermissionDenied unless the principal has `role` (or more) and access to `bot`."""
+    if not principal.role.includes(role):
+        raise PermissionDenied(f"this API key's role ({principal.role.value}) "
+                               f"may not do this (needs {role.value})")
+    if bot is not None and not principal.allows_bot(bot):
+        raise PermissionDenied(f"this API key has no access to bot {bot!r}")
+
+
+# --- stores -----------------------------------------------------------------------------------
+
+
+class InMemoryKeyStore:
+    """A KeyStore in process memory (tests, single-process development)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, ApiKeyRecord] = {}
+        self._id_by_hash: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+
+    async def create(self, record: ApiKeyRecord) -> None:
+        async with self._lock:
+            if record.key_id in self._by_id or record.key_hash in self._id_by_hash:
+                raise KeyExists(record.key_id)
+            self._by_id[record.key_id] = record
+            self._id_by_hash[record.key_hash] = record.key_id
+
+    async def get_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
+        key_id = self._id_by_hash.get(key_hash)
+        return self._by_id.get(key_id) if key_id is not None else None
+
+    async def get(self, key_id: str) -> ApiKeyRecord | None:
+        return self._by_id.get(key_id)
+
+    async def revoke(self, key_id: str) -> ApiKeyRecord | None:
+        async with self._lock:
+            record = self._by_id.get(key_id)
+            if record is None or record.revoked:
+                return record
+            record = replace(record, revoked_at_unix_ms=now_ms())
+            self._by_id[key_id] = record
+            return record
+
+    async def list_keys(self, tenant: str | None = None) -> list[ApiKeyRecord]:
+        records = [r for r in self._by_id.values() if tenant is None or r.tenant == tenant]
+        return sorted(records, key=lambda r: (r.created_at_unix_ms, r.key_id))
+
+
+def record_to_json(record: ApiKeyRecord) -> bytes:
+    data: dict[str, Any] = {
+        "key_id": record.key_id, "key_hash": record.key_hash, "tenant": record.tenant,
+        "bots": list(record.bots), "role": record.role.value,
+        "created_at_unix_ms": record.created_at_unix_ms,
+        "revoked_at_unix_ms": record.revoked_at_unix_ms, "description": record.description,
+    }
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def record_from_json(raw: bytes) -> ApiKeyRecord:
+    data = json.loads(raw)
+    return ApiKeyRecord(
+        key_id=str(data["key_id"]), key_hash=str(data["key_hash"]), tenant=str(data["tenant"]),
+        bots=tuple(str(b) for b in data["bots"]), role=Role(data["role"]),
+        created_at_unix_ms=int(data["created_at_unix_ms"]),
+        revoked_at_unix_ms=data.get("revoked_at_unix_ms"),
+        description=str(data.get("description", "")),
+    )
+
+
+async def ensure_apikeys_bucket(bus: Bus, bucket: str = KV_APIKEYS) -> KeyValue:
+    """The API key bucket, created if missing (safe to run concurrently)."""
+    try:
+        return await bus.js.key_value(bucket)
+    except BucketNotFoundError:
+        kv = await bus.js.create_key_value(bucket=bucket, history=5)
+        log.info("kv_created", bucket=bucket)
+        return kv
+
+
+class NatsKeyStore:
+    """A KeyStore in the JetStream KV bucket `apikeys`, shared by every gateway replica.
+
+    `h.<hash>` holds the record (JSON); `i.<key id>` holds the hash (the index by id).
+    """
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, bus: Bus, bucket: str = KV_APIKEYS) -> NatsKeyStore:
+        return cls(await ensure_apikeys_bucket(bus, bucket))
+
+    async def create(self, record: ApiKeyRecord) -> None:
+        try:
+            await self.kv.create(f"i.{record.key_id}", record.key_hash.encode())
+        except KeyWrongLastSequenceError as exc:
+            raise KeyExists(record.key_id) from exc
+        try:
+            await self.kv.create(f"h.{record.key_hash}", record_to_json(record))
+        except KeyWrongLastSequenceError as exc:
+            await self.kv.delete(f"i.{record.key_id}")
+            raise KeyExists(record.key_id) from exc
+
+    async def get_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
+        if not re.fullmatch(r"[0-9a-f]{64}", key_hash):
+            return None
+        try:
+            entry = await self.kv.get(f"h.{key_hash}")
+        except KeyNotFoundError:
+            return None
+        return record_from_json(entry.value) if entry.value else None
+
+    async def get(self, key_id: str) -> ApiKeyRecord | None:
+        key_hash = await self._hash_of(key_id)
+        return await self.get_by_hash(key_hash) if key_hash else None
+
+    async def _hash_of(self, key_id: str) -> str | None:
+        if not re.fullmatch(r"[0-9a-f]{1,64}", key_id):
+            return None
+        try:
+            entry = await self.kv.get(f"i.{key_id}")
+        except KeyNotFoundError:
+            return None
+        return entry.value.decode() if entry.value else None
+
+    async def revoke(self, key_id: str) -> ApiKeyRecord | None:
+        key_hash = await self._hash_of(key_id)
+        if key_hash is None:
+            return None
+        for _ in range(10):
+            try:
+                entry = await self.kv.get(f"h.{key_hash}")
+            except KeyNotFoundError:
+                return None
+            record = record_from_json(entry.value or b"{}")
+            if record.revoked:
+                return record
+            revoked = replace(record, revoked_at_unix_ms=now_ms())
+            try:
+                await self.kv.update(f"h.{key_hash}", record_to_json(revoked), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue
+            return revoked
+        raise RuntimeError(f"could not revoke key {key_id}: concurrent updates")
+
+    async def list_keys(self, tenant: str | None = None) -> list[ApiKeyRecord]:
+        try:
+            names = [name for name in await self.kv.keys() if name.startswith("h.")]
+        except NoKeysError:
+            return []
+        found = [await self.get_by_hash(name[2:]) for name in names]
+        records = [r for r in found if r is not None]
+        selected = [r for r in records if tenant is None or r.tenant == tenant]
+        return sorted(selected, key=lambda r: (r.created_at_unix_ms, r.key_id))

@@ -1,0 +1,184 @@
+"""Admin routes (role admin): API keys, the active model version, bot definitions.
+
+An admin key manages only its own tenant and only bots within its own scope; the bootstrap key
+(config) manages every tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from aiohttp import web
+
+from services.botdef import BotDefinitionError, DefinitionIssue, load_bot
+from services.common.errors import NotFound, PermissionDenied, Unavailable
+from services.gateway.auth import ALL_TENANTS, TENANT_RE
+from services.gateway.http.problems import DefinitionInvalid, RequestInvalid
+from services.gateway.http.state import principal_of, state_of
+from services.gateway.http.wire import BOT_ID, Fields, json_response, read_json
+from services.gateway.ports import ApiKeyRecord, DefinitionStore, ModelAdmin, Role
+
+BOT_SCOPE = re.compile(r"^(\*|[A-Za-z0-9_-]{1,64})$")
+VERSION = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")
+YAML_SUFFIXES = (".yml", ".yaml")
+MAX_DEFINITION_FILES = 200
+MAX_DESCRIPTION_CHARS = 200
+
+
+def key_json(record: ApiKeyRecord) -> dict[str, Any]:
+    return {
+        "key_id": record.key_id, "tenant": record.tenant, "bots": list(record.bots),
+        "role": record.role.value, "description": record.description,
+        "created_at_unix_ms": record.created_at_unix_ms,
+        "revoked_at_unix_ms": record.revoked_at_unix_ms, "revoked": record.revoked,
+    }
+
+
+async def create_key(request: web.Request) -> web.Response:
+    state = state_of(request)
+    fields = Fields(await read_json(request, state.config.body_limit_bytes))
+    tenant = fields.identifier("tenant", TENANT_RE)
+    bots = fields.string_list("bots", BOT_SCOPE)
+    role = fields.choice("role", tuple(r.value for r in Role))
+    description = fields.text("description", max_chars=MAX_DESCRIPTION_CHARS, required=False,
+                              allow_empty=True)
+    fields.done()
+    assert tenant is not None and bots is not None
+    principal = principal_of(request)
+    if not principal.manages_tenant(tenant):
+        raise PermissionDenied(f"this API key cannot manage tenant {tenant!r}")
+    if not principal.covers_bots(bots):
+        raise PermissionDenied("a new key's bots must be within this API key's bots")
+    issued = await state.auth.issue(tenant, bots, Role(role), description or "")
+    return json_response({**key_json(issued.record), "secret": issued.secret}, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    state = state_of(request)
+    principal = principal_of(request)
+    tenant = request.query.get("tenant") or None
+    if principal.tenant != ALL_TENANTS:
+        if tenant not in (None, principal.tenant):
+            raise PermissionDenied(f"this API key cannot manage tenant {tenant!r}")
+        tenant = principal.tenant
+    records = await state.auth.store.list_keys(tenant)
+    return json_response({"keys": [key_json(r) for r in records]})
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    state = state_of(request)
+    key_id = request.match_info["key_id"]
+    record = await state.auth.store.get(key_id)
+    if record is None or not principal_of(request).manages_tenant(record.tenant):
+        raise NotFound(f"no API key {key_id!r}")
+    revoked = await state.auth.revoke(key_id)
+    if revoked is None:
+        raise NotFound(f"no API key {key_id!r}")
+    return json_response(key_json(revoked))
+
+
+def model_admin(request: web.Request) -> ModelAdmin:
+    models = state_of(request).models
+    if models is None:
+        raise Unavailable("model administration is not available on this gateway")
+    return models
+
+
+async def list_models(request: web.Request) -> web.Response:
+    bot = request.match_info["bot"]
+    versions = await model_admin(request).versions(bot)
+    return json_response({"bot_id": bot, "versions": versions})
+
+
+async def put_model(request: web.Request) -> web.Response:
+    state = state_of(request)
+    bot = request.match_info["bot"]
+    fields = Fields(await read_json(request, state.config.body_limit_bytes))
+    version = fields.identifier("version", VERSION)
+    fields.done()
+    assert version is not None
+    models = model_admin(request)
+    if version not in await models.versions(bot):
+        raise NotFound(f"bot {bot!r} has no model version {version!r} in the store")
+    await models.activate(bot, version)
+    return json_response({"bot_id": bot, "version": version, "active": True})
+
+
+# --- bot definitions --------------------------------------------------------------------------
+
+
+def definition_store(request: web.Request) -> DefinitionStore:
+    definitions = state_of(request).definitions
+    if definitions is None:
+        raise Unavailable("bot definition deployment is not available on this gateway")
+    return definitions
+
+
+def check_definition_path(name: str) -> str | None:
+    """Why `name` is not an acceptable file of a bot folder (None when it is)."""
+    path = PurePosixPath(name)
+    if "\\" in name or path.is_absolute() or any(p in ("", ".", "..") for p in name.split("/")):
+        return "must be a relative path with no '.', '..' or empty parts"
+    if any(part.startswith(".") for part in path.parts):
+        return "hidden files are not allowed"
+    if path.suffix not in YAML_SUFFIXES:
+        return "must be a YAML file (.yml or .yaml)"
+    return None
+
+
+def definition_files(body: Any) -> dict[str, str]:
+    fields = Fields(body)
+    files = fields.string_dict("files")
+    fields.done()
+    assert files is not None
+    if len(files) > MAX_DEFINITION_FILES:
+        raise RequestInvalid.one("files", f"at most {MAX_DEFINITION_FILES} files")
+    if "bot.yml" not in files:
+        raise RequestInvalid.one("files", "bot.yml is required")
+    for name in files:
+        problem = check_definition_path(name)
+        if problem is not None:
+            raise RequestInvalid.one(f"files.{name}", problem)
+    return files
+
+
+def validate_definition(bot: str, files: dict[str, str]) -> list[dict[str, Any]]:
+    """Load the files as a bot folder (in a temp dir); the issues found, [] when valid."""
+    with tempfile.TemporaryDirectory(prefix="botdef-") as tmp:
+        root = Path(tmp)
+        for name, text in files.items():
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        try:
+            definition = load_bot(root)
+        except BotDefinitionError as exc:
+            return [issue_json(issue, root) for issue in exc.issues]
+    if definition.name != bot:
+        return [{"file": "bot.yml", "line": 0, "field": "name",
+                 "message": f"is {definition.name!r}; it must be the bot id {bot!r}"}]
+    return []
+
+
+def issue_json(issue: DefinitionIssue, root: Path) -> dict[str, Any]:
+    file = issue.file
+    for prefix in (f"{root}/", f"{root.resolve()}/"):
+        file = file.removeprefix(prefix)
+    return {"file": file, "line": issue.line, "field": issue.field, "message": issue.message}
+
+
+async def put_definition(request: web.Request) -> web.Response:
+    state = state_of(request)
+    bot = request.match_info["bot"]
+    assert BOT_ID.match(bot)
+    files = definition_files(await read_json(request, state.config.definition_body_limit_bytes))
+    store = definition_store(request)
+    issues = await asyncio.to_thread(validate_definition, bot, files)
+    if issues:
+        raise DefinitionInvalid(issues)
+    revision = await store.put(bot, files)
+    return json_response({"bot_id": bot, "revision": revision, "files": sorted(files)})

@@ -1,0 +1,60 @@
+"""The application factory: routes, middlewares and the shared state, from the ports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import WSCloseCode, web
+
+from services.gateway.auth import Authenticator
+from services.gateway.config import GatewayConfig
+from services.gateway.http import middlewares, routes
+from services.gateway.http.metrics import GatewayMetrics
+from services.gateway.http.openapi import build_document
+from services.gateway.http.state import STATE, GatewayState
+from services.gateway.http.system import OPENAPI
+from services.gateway.ports import ConversationHub, DefinitionStore, KeyStore, ModelAdmin
+from services.gateway.ratelimit import RateLimiter
+
+
+def create_app(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
+               metrics: GatewayMetrics, *, models: ModelAdmin | None = None,
+               definitions: DefinitionStore | None = None,
+               ready: Callable[[], bool] | None = None,
+               clock: Callable[[], float] | None = None) -> web.Application:
+    """The gateway's aiohttp application.
+
+    `ready` answers /readyz (pass e.g. `lambda: bus.nc.is_connected`; default: always ready).
+    Without `models` / `definitions` the admin routes for them answer 503. `clock` (monotonic
+    seconds) drives the key cache and rate limits; tests pass a fake one.
+    """
+    app = web.Application(
+        client_max_size=config.definition_body_limit_bytes,
+        middlewares=[middlewares.observe, middlewares.problems, middlewares.guard],
+    )
+    app[STATE] = build_state(hub, keys, config, metrics, models, definitions, ready, clock)
+    routes.register(app)
+    app[OPENAPI] = build_document(routes.ROUTES)
+    app.on_shutdown.append(close_sockets)
+    return app
+
+
+def build_state(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
+                metrics: GatewayMetrics, models: ModelAdmin | None,
+                definitions: DefinitionStore | None, ready: Callable[[], bool] | None,
+                clock: Callable[[], float] | None) -> GatewayState:
+    timing = {} if clock is None else {"clock": clock}
+    auth = Authenticator(keys, config.api_key_pepper, bootstrap_key=config.admin_bootstrap_key,
+                         cache_s=config.key_cache_s, **timing)
+    limiter = RateLimiter(config.rate_limit_rps, config.rate_limit_burst, **timing)
+    return GatewayState(hub=hub, auth=auth, limiter=limiter, config=config, metrics=metrics,
+                        models=models, definitions=definitions,
+                        ready=ready if ready is not None else (lambda: True))
+
+
+async def close_sockets(app: web.Application) -> None:
+    """On shutdown: /readyz turns 503 and open WebSockets are closed (clients reconnect)."""
+    state = app[STATE]
+    state.stopping = True
+    for ws in list(state.sockets):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")

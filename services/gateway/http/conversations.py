@@ -1,0 +1,236 @@
+"""Conversation routes: send a message, read the transcript, rate a bot message, and the
+conversation's WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from services.common.errors import DomainError, PermissionDenied, Unauthenticated
+from services.common.logging import get_logger
+from services.common.pb.botfactory.v1 import conversation_pb2
+from services.gateway.auth import Principal, authorize
+from services.gateway.http.problems import RequestInvalid
+from services.gateway.http.state import PRINCIPAL, TOKEN, GatewayState, state_of
+from services.gateway.http.wire import (
+    MAX_SENDER_CHARS,
+    MESSAGE_ID,
+    Fields,
+    json_response,
+    read_json,
+    reply_json,
+)
+from services.gateway.ports import Role, SendResult
+from services.gateway.ratelimit import RateLimited
+
+log = get_logger(__name__)
+
+WS_PROTOCOL = "botfactory.v1"
+WS_TOKEN_PREFIX = "bearer."
+DEFAULT_TRANSCRIPT_LIMIT = 100
+WS_POLICY_VIOLATION = 4401
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def ids(request: web.Request) -> tuple[str, str]:
+    return request.match_info["bot"], request.match_info["conversation"]
+
+
+def user_message(body: Any, bot: str, conversation: str, *, max_chars: int,
+                 channel: str, role: str = "user") -> conversation_pb2.UserMessage:
+    """The UserMessage a client's JSON body asks to send (400 with every bad field)."""
+    fields = Fields(body)
+    text = fields.text("text", max_chars=max_chars)
+    message_id = fields.identifier("message_id", MESSAGE_ID, required=False)
+    sender = fields.text("sender", max_chars=MAX_SENDER_CHARS, required=False, allow_empty=True)
+    metadata = fields.string_map("metadata")
+    fields.done()
+    return conversation_pb2.UserMessage(
+        bot_id=bot, conversation_id=conversation, message_id=message_id or uuid.uuid4().hex,
+        text=text, channel=channel, sender=sender or "", sent_at_unix_ms=now_ms(), role=role,
+        metadata=metadata)
+
+
+def wait_requested(request: web.Request) -> bool:
+    raw = request.query.get("wait", "true").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise RequestInvalid.one("wait", "must be true or false")
+    return raw in ("true", "1")
+
+
+def send_response(message_id: str, result: SendResult, waited: bool) -> web.Response:
+    body = {
+        "message_id": message_id,
+        "replies": [reply_json(r) for r in result.replies],
+        "complete": result.complete,
+        "duplicate": result.duplicate,
+    }
+    return json_response(body, status=200 if waited and result.complete else 202)
+
+
+async def post_message(request: web.Request) -> web.Response:
+    state = state_of(request)
+    bot, conversation = ids(request)
+    waited = wait_requested(request)
+    body = await read_json(request, state.config.body_limit_bytes)
+    message = user_message(body, bot, conversation, max_chars=state.config.max_text_chars,
+                           channel="http")
+    result = await state.hub.send(message, wait_s=state.config.sync_wait_s if waited else 0.0)
+    return send_response(message.message_id, result, waited)
+
+
+def transcript_limit(request: web.Request, maximum: int) -> int:
+    raw = request.query.get("limit", str(min(DEFAULT_TRANSCRIPT_LIMIT, maximum)))
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise RequestInvalid.one("limit", f"must be an integer from 1 to {maximum}")
+    return int(raw)
+
+
+async def get_transcript(request: web.Request) -> web.Response:
+    state = state_of(request)
+    bot, conversation = ids(request)
+    limit = transcript_limit(request, state.config.transcript_max_limit)
+    entries = await state.hub.transcript(bot, conversation, limit)
+    return json_response({"bot_id": bot, "conversation_id": conversation, "entries": entries})
+
+
+async def post_feedback(request: web.Request) -> web.Response:
+    state = state_of(request)
+    bot, conversation = ids(request)
+    message_id = request.match_info["message_id"]
+    fields = Fields(await read_json(request, state.config.body_limit_bytes))
+    rating = fields.choice("rating", (1, -1))
+    comment = fields.text("comment", max_chars=state.config.max_comment_chars, required=False,
+                          allow_empty=True)
+    fields.done()
+    await state.hub.feedback(conversation_pb2.Feedback(
+        bot_id=bot, conversation_id=conversation, message_id=message_id, rating=rating,
+        comment=comment or ""))
+    state.metrics.feedback.labels(bot=bot, rating="up" if rating == 1 else "down").inc()
+    return json_response({"message_id": message_id, "rating": rating}, status=202)
+
+
+# --- WebSocket --------------------------------------------------------------------------------
+
+
+def socket_token(request: web.Request) -> str | None:
+    """A browser cannot set headers on a WebSocket: it offers `bearer.<key>` as a subprotocol."""
+    offered = request.headers.get("Sec-WebSocket-Protocol", "")
+    for protocol in (p.strip() for p in offered.split(",")):
+        if protocol.startswith(WS_TOKEN_PREFIX):
+            return protocol[len(WS_TOKEN_PREFIX):]
+    return None
+
+
+async def conversation_socket(request: web.Request) -> web.WebSocketResponse:
+    state = state_of(request)
+    bot, conversation = ids(request)
+    ws = web.WebSocketResponse(protocols=(WS_PROTOCOL,), heartbeat=state.config.ws_heartbeat_s,
+                               max_msg_size=state.config.body_limit_bytes)
+    if not ws.can_prepare(request).ok:
+        raise RequestInvalid.one("Upgrade", "a WebSocket handshake is required")
+    # Subscribe before the handshake completes, so that no reply to the client's first message
+    # is missed; pushing waits for the handshake.
+    replies = state.hub.subscribe(bot, conversation)
+    open_ = asyncio.Event()
+    pusher = asyncio.create_task(push_replies(ws, replies, open_))
+    try:
+        await ws.prepare(request)
+        open_.set()
+        state.sockets.add(ws)
+        await receive_loop(ws, request, state)
+    finally:
+        pusher.cancel()
+        # Shielded: the server cancels the handler when the client goes away.
+        await asyncio.shield(close_socket(ws, pusher, replies))
+    return ws
+
+
+async def close_socket(ws: web.WebSocketResponse, pusher: asyncio.Task[None],
+                       replies: AsyncIterator[conversation_pb2.BotMessage]) -> None:
+    await asyncio.gather(pusher, return_exceptions=True)
+    closer = getattr(replies, "aclose", None)
+    if closer is not None:
+        await closer()
+    if ws.prepared:
+        await ws.close()
+
+
+async def push_replies(ws: web.WebSocketResponse,
+                       replies: AsyncIterator[conversation_pb2.BotMessage],
+                       open_: asyncio.Event) -> None:
+    try:
+        async for reply in replies:
+            await open_.wait()
+            if ws.closed:
+                break
+            await ws.send_json({"type": "message", **reply_json(reply)})
+    except ConnectionError:
+        pass
+    except Exception:
+        log.exception("ws_push_failed")
+        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
+
+
+async def receive_loop(ws: web.WebSocketResponse, request: web.Request,
+                       state: GatewayState) -> None:
+    async for frame in ws:
+        if frame.type is not WSMsgType.TEXT:
+            continue
+        answer, key_invalid = await socket_answer(frame.data, request, state)
+        await ws.send_json(answer)
+        if key_invalid:
+            await ws.close(code=WS_POLICY_VIOLATION, message=b"API key no longer valid")
+            return
+
+
+async def socket_answer(raw: str, request: web.Request,
+                        state: GatewayState) -> tuple[dict[str, Any], bool]:
+    """The answer frame to one client frame, and whether the session's key stopped working."""
+    try:
+        return await socket_message(raw, request, state), False
+    except RateLimited as exc:
+        state.metrics.rate_limited.inc()
+        return error_frame(exc.http_status, str(exc)), False
+    except DomainError as exc:
+        return (error_frame(exc.http_status, str(exc)),
+                isinstance(exc, (Unauthenticated, PermissionDenied)))
+    except Exception:
+        log.exception("ws_message_failed")
+        return error_frame(500, "internal error"), False
+
+
+def error_frame(status: int, detail: str) -> dict[str, Any]:
+    return {"type": "error", "status": status, "detail": detail}
+
+
+async def socket_message(raw: str, request: web.Request, state: GatewayState) -> dict[str, Any]:
+    """One `{"text": ...}` frame from the client: sent with no wait; replies come as pushes."""
+    principal = await recheck(request, state)
+    state.limiter.check(principal.key_id)
+    bot, conversation = ids(request)
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise RequestInvalid.one("body", "not valid JSON") from None
+    message = user_message(body, bot, conversation, max_chars=state.config.max_text_chars,
+                           channel="websocket")
+    result = await state.hub.send(message, wait_s=0.0)
+    return {"type": "ack", "message_id": message.message_id, "duplicate": result.duplicate}
+
+
+async def recheck(request: web.Request, state: GatewayState) -> Principal:
+    """Re-authenticate a long-lived socket's key (cached), so revocation ends the session."""
+    principal = await state.auth.authenticate(request.get(TOKEN))
+    authorize(principal, Role.CLIENT, ids(request)[0])
+    request[PRINCIPAL] = principal
+    return principal

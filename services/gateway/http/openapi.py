@@ -1,0 +1,176 @@
+"""The OpenAPI 3.1 document, written from the route table (`routes.ROUTES`)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from services.gateway.http.problems import PROBLEM_CONTENT_TYPE
+from services.gateway.http.routes import RouteSpec
+from services.gateway.http.wire import BOT_ID, CONVERSATION_ID, MESSAGE_ID
+
+ERROR_TEXT = {
+    400: "Invalid request (field-level `errors`)",
+    401: "Missing, invalid or revoked API key",
+    403: "The key's role or bots do not allow this",
+    404: "Not found",
+    413: "Request body too large",
+    422: "Invalid bot definition (`issues`)",
+    429: "Rate limit exceeded (see Retry-After)",
+    500: "Internal error",
+    503: "Unavailable",
+}
+PATH_PARAMS = {
+    "bot": ("Bot id", BOT_ID.pattern),
+    "conversation": ("Conversation id (chosen by the client)", CONVERSATION_ID.pattern),
+    "message_id": ("A bot message's id", MESSAGE_ID.pattern),
+    "key_id": ("API key id", r"^[0-9a-f]{1,64}$"),
+    "name": ("File name", r"^[A-Za-z0-9_.-]+$"),
+}
+
+
+def _obj(required: Iterable[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": list(required), "properties": properties}
+
+
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_BUTTON = _obj(["title", "payload"], title=_STR, payload=_STR)
+_REPLY = _obj(["message_id", "text", "buttons", "role"], message_id=_STR, text=_STR,
+              buttons={"type": "array", "items": {"$ref": "#/components/schemas/Button"}},
+              role={"enum": ["bot", "agent"]}, in_reply_to=_STR, at_unix_ms=_INT)
+_KEY = _obj(["key_id", "tenant", "bots", "role", "revoked"], key_id=_STR, tenant=_STR,
+            bots={"type": "array", "items": _STR}, role={"enum": ["client", "agent", "admin"]},
+            description=_STR, created_at_unix_ms=_INT,
+            revoked_at_unix_ms={"type": ["integer", "null"]}, revoked={"type": "boolean"})
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 2000}
+
+SCHEMAS: dict[str, Any] = {
+    "Problem": _obj(["type", "title", "status", "detail"], type=_STR, title=_STR, status=_INT,
+                    detail=_STR,
+                    errors={"type": "array", "items": _obj(["field", "message"], field=_STR,
+                                                           message=_STR)},
+                    issues={"type": "array", "items": {"type": "object"}}),
+    "Button": _BUTTON,
+    "Reply": _REPLY,
+    "UserMessageRequest": {**_obj(["text"], text=_TEXT, message_id={
+        "type": "string", "pattern": MESSAGE_ID.pattern,
+        "description": "Idempotency key (generated when absent)"}, sender=_STR,
+        metadata={"type": "object", "additionalProperties": _STR}),
+        "additionalProperties": False},
+    "SendResult": _obj(["message_id", "replies", "complete"], message_id=_STR,
+                       replies={"type": "array", "items": {"$ref": "#/components/schemas/Reply"}},
+                       complete={"type": "boolean"}, duplicate={"type": "boolean"}),
+    "Transcript": _obj(["bot_id", "conversation_id", "entries"], bot_id=_STR,
+                       conversation_id=_STR, entries={"type": "array", "items": _obj(
+                           ["type"], type={"enum": ["user", "bot", "agent", "event"]},
+                           message_id=_STR, text=_STR, at_unix_ms=_INT,
+                           buttons={"type": "array",
+                                    "items": {"$ref": "#/components/schemas/Button"}})}),
+    "FeedbackRequest": {**_obj(["rating"], rating={"enum": [1, -1]},
+                               comment={"type": "string", "maxLength": 1000}),
+                        "additionalProperties": False},
+    "FeedbackAccepted": _obj(["message_id", "rating"], message_id=_STR, rating=_INT),
+    "Handoffs": _obj(["bot_id", "handoffs"], bot_id=_STR,
+                     handoffs={"type": "array", "items": {"type": "object"}}),
+    "AgentMessageRequest": {**_obj(["text"], text=_TEXT, message_id=_STR, sender=_STR),
+                            "additionalProperties": False},
+    "AgentMessageAccepted": _obj(["message_id"], message_id=_STR,
+                                 duplicate={"type": "boolean"}),
+    "Released": _obj(["bot_id", "conversation_id", "released"], bot_id=_STR,
+                     conversation_id=_STR, released={"type": "boolean"}),
+    "CreateKeyRequest": {**_obj(["tenant", "bots", "role"], tenant=_STR,
+                                bots={"type": "array", "items": _STR, "minItems": 1,
+                                      "description": "Bot ids, or [\"*\"] for all"},
+                                role={"enum": ["client", "agent", "admin"]},
+                                description=_STR),
+                         "additionalProperties": False},
+    "Key": _KEY,
+    "CreatedKey": {"allOf": [{"$ref": "#/components/schemas/Key"},
+                             _obj(["secret"], secret={
+                                 "type": "string",
+                                 "description": "The API key; shown only in this response"})]},
+    "KeyList": _obj(["keys"],
+                    keys={"type": "array", "items": {"$ref": "#/components/schemas/Key"}}),
+    "ModelVersions": _obj(["bot_id", "versions"], bot_id=_STR,
+                          versions={"type": "array", "items": _STR}),
+    "ActivateModelRequest": {**_obj(["version"], version=_STR), "additionalProperties": False},
+    "ActiveModel": _obj(["bot_id", "version", "active"], bot_id=_STR, version=_STR,
+                        active={"type": "boolean"}),
+    "DefinitionRequest": {**_obj(["files"], files={
+        "type": "object", "additionalProperties": _STR,
+        "description": "Relative path in the bot folder (bot.yml, data/...) → YAML text"}),
+        "additionalProperties": False},
+    "DeployedDefinition": _obj(["bot_id", "revision", "files"], bot_id=_STR, revision=_INT,
+                               files={"type": "array", "items": _STR}),
+    "Status": _obj(["status"], status=_STR),
+}
+
+
+def build_document(routes: Iterable[RouteSpec], version: str = "1.0.0") -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for spec in routes:
+        paths.setdefault(spec.path, {})[spec.method.lower()] = operation(spec)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "botfactory gateway", "version": version,
+                 "description": "Chat with bots, hand conversations to agents, administer "
+                                "keys, models and bot definitions. Errors are "
+                                "application/problem+json (RFC 9457)."},
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer",
+                                           "description": "An API key: `Bearer bfk_...`"}},
+        },
+    }
+
+
+def operation(spec: RouteSpec) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": spec.name, "summary": spec.summary, "tags": [spec.tag],
+        "parameters": parameters(spec), "responses": responses(spec),
+        "security": [] if spec.role is None else [{"apiKey": []}],
+    }
+    if spec.role is not None:
+        op["x-required-role"] = spec.role.value
+    if spec.request is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{spec.request}"}}}}
+    return op
+
+
+def parameters(spec: RouteSpec) -> list[dict[str, Any]]:
+    found = []
+    for name in re.findall(r"\{(\w+)\}", spec.path):
+        description, pattern = PATH_PARAMS[name]
+        found.append({"name": name, "in": "path", "required": True, "description": description,
+                      "schema": {"type": "string", "pattern": pattern}})
+    for query in spec.query:
+        found.append({"name": query.name, "in": "query", "required": False,
+                      "description": query.description, "schema": query.schema})
+    return found
+
+
+def responses(spec: RouteSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for status, (description, schema) in spec.responses.items():
+        out[str(status)] = {"description": description}
+        if schema is not None:
+            out[str(status)]["content"] = {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{schema}"}}}
+        elif status != 101:
+            kind = "object" if spec.content_type == "application/json" else "string"
+            out[str(status)]["content"] = {spec.content_type: {"schema": {"type": kind}}}
+    for status in error_statuses(spec):
+        out[str(status)] = {"description": ERROR_TEXT[status], "content": {
+            PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    return out
+
+
+def error_statuses(spec: RouteSpec) -> list[int]:
+    statuses = {500, *spec.extra_errors}
+    if spec.role is not None:
+        statuses |= {400, 401, 403, 429}
+    return sorted(statuses)

@@ -1,0 +1,128 @@
+"""The route table: one entry per operation, used to register the routes, to guard them (role,
+bot scope) and to write the OpenAPI document, so the three cannot drift apart."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from services.gateway.http import admin, conversations, handoff, system
+from services.gateway.ports import Role
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CONVERSATION = "/v1/bots/{bot}/conversations/{conversation}"
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    description: str
+    schema: dict[str, object]
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    method: str
+    path: str
+    handler: Handler
+    name: str
+    summary: str
+    tag: str
+    # None: public (no API key); else the least role that may call it.
+    role: Role | None
+    # status → (description, component schema name or None)
+    responses: dict[int, tuple[str, str | None]]
+    request: str | None = None
+    query: tuple[Query, ...] = ()
+    websocket: bool = False
+    content_type: str = "application/json"
+    extra_errors: tuple[int, ...] = field(default=())
+
+
+WAIT = Query("wait", "false: answer 202 at once; the replies come on the WebSocket, webhook "
+             "or transcript.", {"type": "boolean", "default": True})
+LIMIT = Query("limit", "Most recent entries to return.",
+              {"type": "integer", "minimum": 1, "default": 100})
+TENANT = Query("tenant", "Only this tenant's keys (an admin of one tenant sees only its own).",
+               {"type": "string"})
+
+
+ROUTES: tuple[RouteSpec, ...] = (
+    RouteSpec("POST", f"{CONVERSATION}/messages", conversations.post_message, "post_message",
+              "Send a user message; the bot's replies come in the response", "conversations",
+              Role.CLIENT, {200: ("All replies", "SendResult"),
+                            202: ("Accepted; replies so far (complete: false)", "SendResult")},
+              request="UserMessageRequest", query=(WAIT,), extra_errors=(413,)),
+    RouteSpec("GET", f"{CONVERSATION}/transcript", conversations.get_transcript,
+              "get_transcript", "The conversation's messages and events, oldest first",
+              "conversations", Role.CLIENT, {200: ("Transcript", "Transcript")}, query=(LIMIT,)),
+    RouteSpec("GET", f"{CONVERSATION}/ws", conversations.conversation_socket,
+              "conversation_socket",
+              "WebSocket: the server pushes {type: message, ...Reply}; the client may send "
+              "{text, message_id?} frames (acknowledged with {type: ack}). Browsers pass the "
+              "key as the subprotocol `bearer.<key>` beside `botfactory.v1`.",
+              "conversations", Role.CLIENT, {101: ("Switching protocols", None)},
+              websocket=True),
+    RouteSpec("POST", f"{CONVERSATION}/messages/{{message_id}}/feedback",
+              conversations.post_feedback, "post_feedback",
+              "Rate a bot message (+1 / -1, optional comment)", "conversations", Role.CLIENT,
+              {202: ("Recorded", "FeedbackAccepted")}, request="FeedbackRequest",
+              extra_errors=(413,)),
+    RouteSpec("GET", "/v1/bots/{bot}/handoffs", handoff.list_handoffs, "list_handoffs",
+              "Conversations handed off to a human agent", "handoff", Role.AGENT,
+              {200: ("Handed-off conversations", "Handoffs")}),
+    RouteSpec("POST", f"{CONVERSATION}/agent-messages", handoff.post_agent_message,
+              "post_agent_message", "Reply to the user as a human agent", "handoff", Role.AGENT,
+              {202: ("Sent", "AgentMessageAccepted")}, request="AgentMessageRequest",
+              extra_errors=(413,)),
+    RouteSpec("POST", f"{CONVERSATION}/release", handoff.post_release, "post_release",
+              "Give a handed-off conversation back to the bot", "handoff", Role.AGENT,
+              {200: ("Released", "Released")}),
+    RouteSpec("POST", "/v1/admin/keys", admin.create_key, "create_key",
+              "Create an API key; the secret is in this response only", "admin", Role.ADMIN,
+              {201: ("Created", "CreatedKey")}, request="CreateKeyRequest", extra_errors=(413,)),
+    RouteSpec("GET", "/v1/admin/keys", admin.list_keys, "list_keys",
+              "List API keys (never their secrets)", "admin", Role.ADMIN,
+              {200: ("Keys", "KeyList")}, query=(TENANT,)),
+    RouteSpec("DELETE", "/v1/admin/keys/{key_id}", admin.revoke_key, "revoke_key",
+              "Revoke an API key", "admin", Role.ADMIN, {200: ("Revoked", "Key")},
+              extra_errors=(404,)),
+    RouteSpec("GET", "/v1/admin/bots/{bot}/models", admin.list_models, "list_models",
+              "The bot's model versions in the store", "admin", Role.ADMIN,
+              {200: ("Versions", "ModelVersions")}, extra_errors=(503,)),
+    RouteSpec("PUT", "/v1/admin/bots/{bot}/model", admin.put_model, "put_model",
+              "Activate a model version for the bot", "admin", Role.ADMIN,
+              {200: ("Activated", "ActiveModel")}, request="ActivateModelRequest",
+              extra_errors=(404, 413, 503)),
+    RouteSpec("PUT", "/v1/admin/bots/{bot}/definition", admin.put_definition, "put_definition",
+              "Validate and deploy a bot definition", "admin", Role.ADMIN,
+              {200: ("Deployed", "DeployedDefinition")}, request="DefinitionRequest",
+              extra_errors=(413, 422, 503)),
+    RouteSpec("GET", "/healthz", system.healthz, "healthz", "Liveness", "system", None,
+              {200: ("Alive", "Status")}),
+    RouteSpec("GET", "/readyz", system.readyz, "readyz", "Readiness (message bus connected)",
+              "system", None, {200: ("Ready", "Status")}, extra_errors=(503,)),
+    RouteSpec("GET", "/openapi.json", system.openapi, "openapi", "This document", "system",
+              None, {200: ("OpenAPI 3.1 document", None)}),
+    RouteSpec("GET", "/", system.index, "index", "The web chat page", "webchat", None,
+              {200: ("HTML page", None)}, content_type="text/html"),
+    RouteSpec("GET", "/static/{name}", system.static_file, "static_file",
+              "The web chat page's scripts and styles", "webchat", None,
+              {200: ("File", None)}, content_type="text/plain", extra_errors=(404,)),
+)
+
+SPEC = web.AppKey("route_specs", dict)
+
+
+def register(app: web.Application) -> None:
+    for spec in ROUTES:
+        app.router.add_route(spec.method, spec.path, spec.handler, name=spec.name)
+    app[SPEC] = {spec.name: spec for spec in ROUTES}
+
+
+def spec_of(request: web.Request) -> RouteSpec | None:
+    name = request.match_info.route.name
+    found = request.app[SPEC].get(name) if name else None
+    return found if isinstance(found, RouteSpec) else None

@@ -1,0 +1,176 @@
+"""JSON in and out: reading bodies within a size limit, field-level validation, and the JSON
+form of bot messages (shared by the HTTP responses, the WebSocket and webhooks)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from services.common.pb.botfactory.v1 import conversation_pb2
+from services.gateway.http.problems import FieldError, PayloadTooLarge, RequestInvalid
+
+# Ids end up in NATS subjects and KV keys: no dots, wildcards or spaces.
+BOT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+MESSAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+MAX_METADATA_ENTRIES = 32
+MAX_METADATA_CHARS = 512
+MAX_SENDER_CHARS = 256
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The raw body, refusing (413) anything over `limit` bytes before reading it all."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    raw = await read_body(request, limit)
+    if not raw.strip():
+        raise RequestInvalid.one("body", "a JSON object is required")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestInvalid.one("body", f"not valid JSON: {exc}") from None
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def check_id(field: str, value: str, pattern: re.Pattern[str]) -> str:
+    if not pattern.match(value):
+        raise RequestInvalid.one(field, f"must match {pattern.pattern}")
+    return value
+
+
+class Fields:
+    """Reads fields of one JSON object, collecting every problem; `done()` raises them all."""
+
+    def __init__(self, body: Any, *, where: str = "") -> None:
+        self.errors: list[FieldError] = []
+        self._where = where
+        self._seen: set[str] = set()
+        self.body: dict[str, Any] = body if isinstance(body, dict) else {}
+        if not isinstance(body, dict):
+            self.errors.append(FieldError(where or "body", "must be a JSON object"))
+
+    def _get(self, name: str, required: bool) -> Any:
+        self._seen.add(name)
+        if name not in self.body or self.body[name] is None:
+            if required:
+                self.fail(name, "is required")
+            return None
+        return self.body[name]
+
+    def fail(self, name: str, message: str) -> None:
+        self.errors.append(FieldError(f"{self._where}{name}", message))
+
+    def text(self, name: str, *, max_chars: int, required: bool = True,
+             allow_empty: bool = False) -> str | None:
+        value = self._get(name, required)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.fail(name, "must be a string")
+            return None
+        if not allow_empty and not value.strip():
+            self.fail(name, "must not be empty")
+            return None
+        if len(value) > max_chars:
+            self.fail(name, f"must be at most {max_chars} characters")
+            return None
+        return value
+
+    def identifier(self, name: str, pattern: re.Pattern[str], *,
+                   required: bool = True) -> str | None:
+        value = self._get(name, required)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not pattern.match(value):
+            self.fail(name, f"must be a string matching {pattern.pattern}")
+            return None
+        return value
+
+    def choice(self, name: str, allowed: tuple[Any, ...]) -> Any:
+        value = self._get(name, True)
+        if value is None:
+            return None
+        if type(value) not in {type(a) for a in allowed} or value not in allowed:
+            choices = ", ".join(json.dumps(a) for a in allowed)
+            self.fail(name, f"must be one of {choices}")
+            return None
+        return value
+
+    def string_map(self, name: str, *, max_entries: int = MAX_METADATA_ENTRIES,
+                   max_chars: int = MAX_METADATA_CHARS) -> dict[str, str]:
+        value = self._get(name, False)
+        if value is None:
+            return {}
+        ok = isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= max_chars and
+            len(v) <= max_chars for k, v in value.items())
+        if not ok or len(value) > max_entries:
+            self.fail(name, f"must be an object of at most {max_entries} string values "
+                            f"(keys and values up to {max_chars} characters)")
+            return {}
+        return dict(value)
+
+    def string_list(self, name: str, pattern: re.Pattern[str], *,
+                    max_items: int = 100) -> list[str] | None:
+        value = self._get(name, True)
+        if value is None:
+            return None
+        ok = isinstance(value, list) and 0 < len(value) <= max_items and all(
+            isinstance(v, str) and pattern.match(v) for v in value)
+        if not ok:
+            self.fail(name, f"must be a list of 1..{max_items} strings matching "
+                            f"{pattern.pattern}")
+            return None
+        return list(dict.fromkeys(value))
+
+    def string_dict(self, name: str) -> dict[str, str] | None:
+        value = self._get(name, True)
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not value or not all(
+                isinstance(v, str) for v in value.values()):
+            self.fail(name, "must be a non-empty object of strings")
+            return None
+        return dict(value)
+
+    def done(self) -> None:
+        for name in sorted(set(self.body) - self._seen):
+            self.fail(name, "unknown field")
+        if self.errors:
+            raise RequestInvalid(self.errors)
+
+
+def button_json(button: conversation_pb2.Button) -> dict[str, str]:
+    return {"title": button.title, "payload": button.payload}
+
+
+def reply_json(message: conversation_pb2.BotMessage) -> dict[str, Any]:
+    return {
+        "message_id": message.message_id,
+        "text": message.text,
+        "buttons": [button_json(b) for b in message.buttons],
+        "role": message.role or "bot",
+        "in_reply_to": message.in_reply_to,
+        "at_unix_ms": message.sent_at_unix_ms,
+    }

@@ -1,0 +1,131 @@
+"""The interfaces the gateway's HTTP layer is written against.
+
+The bus side (publishing user messages to JetStream, collecting replies, the model registry,
+deployed definitions) implements these; the tests use in-memory fakes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from services.common.pb.botfactory.v1 import conversation_pb2
+
+ALL_BOTS = "*"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What `ConversationHub.send` collected within its wait.
+
+    `complete` is False when the wait ran out: the message is kept and the remaining replies
+    arrive later (WebSocket, webhook, transcript). `duplicate` is True when the message id was
+    seen before (the message is not processed twice).
+    """
+
+    replies: list[conversation_pb2.BotMessage] = field(default_factory=list)
+    complete: bool = True
+    duplicate: bool = False
+
+
+class ConversationHub(Protocol):
+    async def send(self, message: conversation_pb2.UserMessage, *, wait_s: float) -> SendResult:
+        """Publish `message` and wait up to `wait_s` seconds for its replies (0: don't wait)."""
+        ...
+
+    async def transcript(self, bot_id: str, conversation_id: str,
+                         limit: int) -> list[dict[str, Any]]:
+        """The last `limit` entries, chronological: {"type": "user"|"bot"|"agent"|"event",
+        "message_id", "text", "buttons", "at_unix_ms", ...}."""
+        ...
+
+    def subscribe(self, bot_id: str,
+                  conversation_id: str) -> AsyncIterator[conversation_pb2.BotMessage]:
+        """Live bot (and agent) messages of one conversation, until the iterator is closed."""
+        ...
+
+    async def feedback(self, feedback: conversation_pb2.Feedback) -> None:
+        ...
+
+    async def handoffs(self, bot_id: str) -> list[dict[str, Any]]:
+        """The conversations of `bot_id` currently handed off to a human agent."""
+        ...
+
+    async def release(self, bot_id: str, conversation_id: str) -> None:
+        """Give a handed-off conversation back to the bot."""
+        ...
+
+
+class Role(enum.StrEnum):
+    """What a key may do; each role includes the ones before it."""
+
+    CLIENT = "client"
+    AGENT = "agent"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+    def includes(self, other: Role) -> bool:
+        return self.rank >= other.rank
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """A stored API key: never the secret, only its keyed hash (see `auth.hash_secret`)."""
+
+    key_id: str
+    key_hash: str
+    tenant: str
+    bots: tuple[str, ...]
+    role: Role
+    created_at_unix_ms: int
+    revoked_at_unix_ms: int | None = None
+    description: str = ""
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at_unix_ms is not None
+
+    def allows_bot(self, bot: str) -> bool:
+        return ALL_BOTS in self.bots or bot in self.bots
+
+
+class KeyStore(Protocol):
+    async def create(self, record: ApiKeyRecord) -> None:
+        """Store a new key; raises `KeyExists` when its id or hash is taken."""
+        ...
+
+    async def get_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
+        ...
+
+    async def get(self, key_id: str) -> ApiKeyRecord | None:
+        ...
+
+    async def revoke(self, key_id: str) -> ApiKeyRecord | None:
+        """Mark the key revoked now (the record is kept for audit); None when there is no such
+        key. Revoking a revoked key returns it unchanged."""
+        ...
+
+    async def list_keys(self, tenant: str | None = None) -> list[ApiKeyRecord]:
+        """All keys (of one tenant when given), revoked ones included, oldest first."""
+        ...
+
+
+class ModelAdmin(Protocol):
+    async def activate(self, bot: str, version: str) -> None:
+        """Make `version` the bot's active model (services.common.modelstore.activate)."""
+        ...
+
+    async def versions(self, bot: str) -> list[str]:
+        """The model versions of `bot` in the store."""
+        ...
+
+
+class DefinitionStore(Protocol):
+    async def put(self, bot: str, files: dict[str, str]) -> int:
+        """Store a validated bot definition (relative path → YAML text); returns its revision."""
+        ...

@@ -1,0 +1,184 @@
+"""Webhook delivery of bot messages to asynchronous channels.
+
+Each POST carries `X-Botfactory-Signature: sha256=<hex HMAC-SHA256 of the raw body, keyed by
+the channel's secret>` and `X-Botfactory-Delivery: <id>` (the same on every retry, so the
+receiver can drop duplicates). Failed attempts (connection errors, timeouts, 408, 429, 5xx) are
+retried with exponential backoff and jitter, up to `max_attempts`; other answers are final.
+The dispatcher queues deliveries in memory, bounded: when full, new ones are dropped (counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from services.common.logging import get_logger
+from services.common.pb.botfactory.v1 import conversation_pb2
+from services.gateway.config import GatewayConfig
+from services.gateway.http.metrics import GatewayMetrics
+from services.gateway.http.wire import reply_json
+
+log = get_logger(__name__)
+
+SIGNATURE_HEADER = "X-Botfactory-Signature"
+DELIVERY_HEADER = "X-Botfactory-Delivery"
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, body: bytes, signature: str) -> bool:
+    """For receivers (and tests): does `signature` match `body` under `secret`?"""
+    return hmac.compare_digest(sign(secret, body), signature)
+
+
+@dataclass(frozen=True)
+class Webhook:
+    url: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    timeout_s: float = 5.0
+    max_attempts: int = 5
+    backoff_s: float = 0.5
+    backoff_max_s: float = 30.0
+    max_pending: int = 1000
+    concurrency: int = 8
+
+    @classmethod
+    def of(cls, config: GatewayConfig) -> WebhookSettings:
+        return cls(config.webhook_timeout_s, config.webhook_max_attempts,
+                   config.webhook_backoff_s, config.webhook_backoff_max_s,
+                   config.webhook_max_pending, config.webhook_concurrency)
+
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """Backoff before attempt `attempt + 1` (attempt counts from 1): exponential, capped,
+        with jitter in [half, full]."""
+        full = min(self.backoff_max_s, self.backoff_s * 2.0 ** (attempt - 1))
+        return full * (0.5 + 0.5 * rand())
+
+
+def message_payload(message: conversation_pb2.BotMessage) -> dict[str, Any]:
+    return {"type": "message", "bot_id": message.bot_id,
+            "conversation_id": message.conversation_id, "message": reply_json(message)}
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    delivered: bool
+    retry: bool
+    retry_after_s: float | None = None
+
+
+class WebhookSender:
+    """Delivers one payload with retries; `session` is owned by the caller."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: WebhookSettings,
+                 metrics: GatewayMetrics | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.session = session
+        self.settings = settings
+        self.metrics = metrics
+        self._sleep = sleep
+
+    async def deliver(self, hook: Webhook, payload: dict[str, Any]) -> bool:
+        """POST `payload` until it is accepted (2xx) or the attempts run out; True if accepted."""
+        delivery_id = uuid.uuid4().hex
+        body = json.dumps({**payload, "delivery_id": delivery_id}, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(hook.secret, body),
+                   DELIVERY_HEADER: delivery_id}
+        for attempt in range(1, self.settings.max_attempts + 1):
+            outcome = await self._attempt(hook.url, body, headers)
+            if outcome.delivered or not outcome.retry or attempt == self.settings.max_attempts:
+                self.count("delivered" if outcome.delivered else "failed")
+                return outcome.delivered
+            await self._sleep(self._wait(attempt, outcome.retry_after_s))
+        return False
+
+    def _wait(self, attempt: int, retry_after_s: float | None) -> float:
+        wait = self.settings.delay(attempt)
+        if retry_after_s is not None:
+            wait = max(wait, min(retry_after_s, self.settings.backoff_max_s))
+        return wait
+
+    async def _attempt(self, url: str, body: bytes, headers: dict[str, str]) -> _Outcome:
+        if self.metrics is not None:
+            self.metrics.webhook_attempts.inc()
+        timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
+        try:
+            async with self.session.post(url, data=body, headers=headers, timeout=timeout,
+                                         allow_redirects=False) as response:
+                return _outcome(response.status, response.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("webhook_attempt_failed", url=url, error=type(exc).__name__)
+            return _Outcome(delivered=False, retry=True)
+
+    def count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.webhook_deliveries.labels(outcome=outcome).inc()
+
+
+def _outcome(status: int, retry_after: str | None) -> _Outcome:
+    if 200 <= status < 300:
+        return _Outcome(delivered=True, retry=False)
+    seconds = float(retry_after) if retry_after and retry_after.isdigit() else None
+    if status not in RETRY_STATUSES:
+        log.warning("webhook_rejected", status=status)
+    return _Outcome(delivered=False, retry=status in RETRY_STATUSES, retry_after_s=seconds)
+
+
+class WebhookDispatcher:
+    """A bounded in-memory queue of deliveries worked by `concurrency` tasks."""
+
+    def __init__(self, sender: WebhookSender) -> None:
+        self.sender = sender
+        self._queue: asyncio.Queue[tuple[Webhook, dict[str, Any]]] = asyncio.Queue(
+            maxsize=sender.settings.max_pending)
+        self._workers: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._workers = [asyncio.create_task(self._work(), name=f"webhook-{i}")
+                         for i in range(self.sender.settings.concurrency)]
+
+    def submit(self, hook: Webhook, payload: dict[str, Any]) -> bool:
+        """Queue a delivery; False (and counted as dropped) when the queue is full."""
+        try:
+            self._queue.put_nowait((hook, payload))
+        except asyncio.QueueFull:
+            self.sender.count("dropped")
+            log.warning("webhook_dropped", url=hook.url, pending=self._queue.qsize())
+            return False
+        return True
+
+    async def _work(self) -> None:
+        while True:
+            hook, payload = await self._queue.get()
+            try:
+                await self.sender.deliver(hook, payload)
+            except Exception:
+                log.exception("webhook_delivery_crashed", url=hook.url)
+            finally:
+                self._queue.task_done()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Finish queued deliveries for up to `grace_s`, then cancel the rest."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout=grace_s)
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []

@@ -1,0 +1,912 @@
+"""The gateway's HTTP layer against an in-memory hub: routes, auth and tenant isolation, rate
+limits, validation, the problem format, OpenAPI, WebSocket, admin API, webhooks, chat CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from services.common.errors import Unavailable
+from services.common.pb.botfactory.v1 import conversation_pb2
+from services.gateway.auth import InMemoryKeyStore
+from services.gateway.config import GatewayConfig
+from services.gateway.http import GatewayMetrics, create_app
+from services.gateway.http.routes import ROUTES
+from services.gateway.http.state import STATE
+from services.gateway.ports import Role, SendResult
+from services.gateway.webhooks import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    Webhook,
+    WebhookDispatcher,
+    WebhookSender,
+    WebhookSettings,
+    message_payload,
+    verify,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+PEPPER = "test-pepper-0123456789abcdef"
+BOOTSTRAP = "bootstrap-admin-key-0123456789"
+CONV = "/v1/bots/{bot}/conversations/{conv}"
+PROBLEM = "application/problem+json"
+
+
+# --- fakes ------------------------------------------------------------------------------------
+
+
+class FakeHub:
+    """Echoes: "echo: <text>"; the text "menu" gets two quick-reply buttons."""
+
+    def __init__(self) -> None:
+        self.sent: list[conversation_pb2.UserMessage] = []
+        self.feedbacks: list[conversation_pb2.Feedback] = []
+        self.released: list[tuple[str, str]] = []
+        self.waits: list[float] = []
+        self.transcript_limits: list[int] = []
+        self.replies: dict[str, list[conversation_pb2.BotMessage]] = {}
+        self.log: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        self.subscribers: dict[tuple[str, str], list[asyncio.Queue[Any]]] = defaultdict(list)
+        self.handoff_list: dict[str, list[dict[str, Any]]] = {}
+        self.complete = True
+        self.fail: Exception | None = None
+
+    async def send(self, message: conversation_pb2.UserMessage, *, wait_s: float) -> SendResult:
+        if self.fail is not None:
+            raise self.fail
+        self.waits.append(wait_s)
+        if message.message_id in self.replies:
+            return SendResult(self.replies[message.message_id], complete=True, duplicate=True)
+        self.sent.append(message)
+        replies = self.answer(message)
+        self.replies[message.message_id] = replies
+        key = (message.bot_id, message.conversation_id)
+        self.log[key].append({"type": message.role or "user", "message_id": message.message_id,
+                              "text": message.text, "buttons": [], "at_unix_ms": 1})
+        for reply in replies:
+            self.log[key].append({"type": "bot", "message_id": reply.message_id,
+                                  "text": reply.text, "at_unix_ms": 2, "buttons": [
+                                      {"title": b.title, "payload": b.payload}
+                                      for b in reply.buttons]})
+            for queue in self.subscribers[key]:
+                queue.put_nowait(reply)
+        if wait_s == 0 or not self.complete:
+            return SendResult([], complete=False)
+        return SendResult(replies, complete=True)
+
+    def answer(self, message: conversation_pb2.UserMessage) -> list[conversation_pb2.BotMessage]:
+        if message.role == "agent":
+            return []
+        buttons = [conversation_pb2.Button(title="Yes", payload="/affirm"),
+                   conversation_pb2.Button(title="No", payload="/deny")]
+        reply = conversation_pb2.BotMessage(
+            bot_id=message.bot_id, conversation_id=message.conversation_id,
+            message_id=f"r-{message.message_id}", in_reply_to=message.message_id,
+            text=f"echo: {message.text}", index=0, last=True, role="bot",
+            buttons=buttons if message.text == "menu" else [])
+        return [reply]
+
+    async def transcript(self, bot_id: str, conversation_id: str,
+                         limit: int) -> list[dict[str, Any]]:
+        self.transcript_limits.append(limit)
+        return self.log[(bot_id, conversation_id)][-limit:]
+
+    def subscribe(self, bot_id: str, conversation_id: str) -> Subscription:
+        return Subscription(self.subscribers[(bot_id, conversation_id)])
+
+    async def feedback(self, feedback: conversation_pb2.Feedback) -> None:
+        self.feedbacks.append(feedback)
+
+    async def handoffs(self, bot_id: str) -> list[dict[str, Any]]:
+        return self.handoff_list.get(bot_id, [])
+
+    async def release(self, bot_id: str, conversation_id: str) -> None:
+        self.released.append((bot_id, conversation_id))
+
+    def push(self, bot: str, conversation: str, text: str) -> None:
+        message = conversation_pb2.BotMessage(bot_id=bot, conversation_id=conversation,
+                                              message_id=f"async-{text}", text=text, role="bot")
+        for queue in self.subscribers[(bot, conversation)]:
+            queue.put_nowait(message)
+
+
+class Subscription:
+    """Subscribed at once (not at the first `__anext__`); `aclose` unsubscribes."""
+
+    def __init__(self, subscribers: list[asyncio.Queue[Any]]) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.subscribers = subscribers
+        subscribers.append(self.queue)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> conversation_pb2.BotMessage:
+        message: conversation_pb2.BotMessage = await self.queue.get()
+        return message
+
+    async def aclose(self) -> None:
+        if self.queue in self.subscribers:
+            self.subscribers.remove(self.queue)
+
+
+class FakeModels:
+    def __init__(self) -> None:
+        self.active: dict[str, str] = {}
+
+    async def activate(self, bot: str, version: str) -> None:
+        self.active[bot] = version
+
+    async def versions(self, bot: str) -> list[str]:
+        return ["v1", "v2"] if bot == "alpha" else []
+
+
+class FakeDefinitions:
+    def __init__(self) -> None:
+        self.stored: dict[str, list[dict[str, str]]] = defaultdict(list)
+
+    async def put(self, bot: str, files: dict[str, str]) -> int:
+        self.stored[bot].append(files)
+        return len(self.stored[bot])
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_config(**overrides: Any) -> GatewayConfig:
+    base = GatewayConfig(api_key_pepper=PEPPER, admin_bootstrap_key=BOOTSTRAP, sync_wait_s=0.5,
+                         rate_limit_rps=1000.0, rate_limit_burst=1000)
+    return replace(base, **overrides)
+
+
+@dataclass
+class Gateway:
+    client: TestClient[Any, Any]
+    hub: FakeHub
+    keys: InMemoryKeyStore
+    metrics: GatewayMetrics
+    clock: FakeClock
+    models: FakeModels = field(default_factory=FakeModels)
+    definitions: FakeDefinitions = field(default_factory=FakeDefinitions)
+    readiness: list[bool] = field(default_factory=lambda: [True])
+
+    @property
+    def app(self) -> web.Application:
+        app = self.client.server.app  # type: ignore[attr-defined]
+        assert isinstance(app, web.Application)
+        return app
+
+    async def key(self, role: Role = Role.CLIENT, bots: tuple[str, ...] = ("alpha",),
+                  tenant: str = "t1") -> str:
+        issued = await self.app[STATE].auth.issue(tenant, bots, role)
+        return issued.secret
+
+
+async def start_gateway(config: GatewayConfig | None = None, *, models: bool = True) -> Gateway:
+    hub, keys, clock = FakeHub(), InMemoryKeyStore(), FakeClock()
+    metrics = GatewayMetrics.create(CollectorRegistry())
+    fake_models, definitions, readiness = FakeModels(), FakeDefinitions(), [True]
+    app = create_app(hub, keys, config or make_config(), metrics,
+                     models=fake_models if models else None,
+                     definitions=definitions if models else None,
+                     ready=lambda: readiness[0], clock=clock)
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    return Gateway(client, hub, keys, metrics, clock, fake_models, definitions, readiness)
+
+
+@pytest.fixture
+async def gw() -> AsyncIterator[Gateway]:
+    gateway = await start_gateway()
+    try:
+        yield gateway
+    finally:
+        await gateway.client.close()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def conv(bot: str = "alpha", conversation: str = "c1") -> str:
+    return CONV.format(bot=bot, conv=conversation)
+
+
+async def problem_of(response: Any, status: int) -> dict[str, Any]:
+    assert response.status == status, await response.text()
+    assert response.content_type == PROBLEM
+    body: dict[str, Any] = await response.json()
+    assert {"type", "title", "status", "detail"} <= set(body)
+    assert body["status"] == status
+    return body
+
+
+def metric(gw: Gateway, name: str, **labels: str) -> float:
+    value = gw.metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+# --- health, page, OpenAPI --------------------------------------------------------------------
+
+
+async def test_health_and_readiness(gw: Gateway) -> None:
+    assert (await gw.client.get("/healthz")).status == 200
+    response = await gw.client.get("/readyz")
+    assert response.status == 200 and (await response.json())["status"] == "ready"
+    gw.readiness[0] = False
+    await problem_of(await gw.client.get("/readyz"), 503)
+
+
+async def test_chat_page_and_static_files(gw: Gateway) -> None:
+    page = await gw.client.get("/")
+    assert page.status == 200 and page.content_type == "text/html"
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    assert "/static/chat.js" in await page.text()
+    script = await gw.client.get("/static/chat.js")
+    assert script.status == 200 and script.content_type == "text/javascript"
+    assert (await gw.client.get("/static/chat.css")).content_type == "text/css"
+    await problem_of(await gw.client.get("/static/nope.js"), 404)
+    await problem_of(await gw.client.get("/static/..%2Fauth.py"), 404)
+
+
+async def test_every_route_is_documented_in_openapi(gw: Gateway) -> None:
+    response = await gw.client.get("/openapi.json")
+    document = await response.json()
+    assert document["openapi"].startswith("3.1")
+    documented = {(method.upper(), path) for path, ops in document["paths"].items()
+                  for method in ops}
+    served = {(route.method, route.resource.canonical) for route in gw.app.router.routes()
+              if route.resource is not None}
+    assert served == documented
+    assert {(r.method, r.path) for r in ROUTES} == served
+
+
+async def test_openapi_references_resolve_and_errors_are_problems(gw: Gateway) -> None:
+    document = await (await gw.client.get("/openapi.json")).json()
+    refs = set(re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(document)))
+    assert refs <= set(document["components"]["schemas"])
+    post = document["paths"]["/v1/bots/{bot}/conversations/{conversation}/messages"]["post"]
+    assert {"200", "202", "400", "401", "403", "413", "429", "500"} <= set(post["responses"])
+    assert PROBLEM in post["responses"]["401"]["content"]
+    assert post["security"] == [{"apiKey": []}]
+    assert document["paths"]["/healthz"]["get"]["security"] == []
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+async def test_post_message_returns_replies_with_buttons(gw: Gateway) -> None:
+    key = await gw.key()
+    response = await gw.client.post(f"{conv()}/messages", headers=auth(key),
+                                    json={"text": "menu", "message_id": "m-1", "sender": "u1",
+                                          "metadata": {"locale": "en"}})
+    assert response.status == 200
+    body = await response.json()
+    assert body["message_id"] == "m-1" and body["complete"] is True
+    assert body["replies"][0]["text"] == "echo: menu"
+    assert body["replies"][0]["buttons"] == [{"title": "Yes", "payload": "/affirm"},
+                                             {"title": "No", "payload": "/deny"}]
+    assert body["replies"][0]["role"] == "bot"
+    sent = gw.hub.sent[0]
+    assert (sent.bot_id, sent.conversation_id, sent.text, sent.role) == ("alpha", "c1", "menu",
+                                                                          "user")
+    assert sent.sender == "u1" and dict(sent.metadata) == {"locale": "en"}
+    assert sent.sent_at_unix_ms > 0 and gw.hub.waits == [0.5]
+
+
+async def test_message_id_is_generated_and_idempotent(gw: Gateway) -> None:
+    key = await gw.key()
+    first = await (await gw.client.post(f"{conv()}/messages", headers=auth(key),
+                                        json={"text": "hi"})).json()
+    assert re.fullmatch(r"[0-9a-f]{32}", first["message_id"])
+    again = await gw.client.post(f"{conv()}/messages", headers=auth(key),
+                                 json={"text": "hi", "message_id": first["message_id"]})
+    body = await again.json()
+    assert again.status == 200 and body["duplicate"] is True
+    assert body["replies"] == first["replies"] and len(gw.hub.sent) == 1
+
+
+async def test_timeout_gives_202_and_wait_false_does_not_wait(gw: Gateway) -> None:
+    key = await gw.key()
+    gw.hub.complete = False
+    slow = await gw.client.post(f"{conv()}/messages", headers=auth(key), json={"text": "a"})
+    assert slow.status == 202 and (await slow.json())["complete"] is False
+    gw.hub.complete = True
+    quick = await gw.client.post(f"{conv()}/messages?wait=false", headers=auth(key),
+                                 json={"text": "b"})
+    assert quick.status == 202 and gw.hub.waits[-1] == 0.0
+    bad = await gw.client.post(f"{conv()}/messages?wait=maybe", headers=auth(key),
+                               json={"text": "c"})
+    assert (await problem_of(bad, 400))["errors"][0]["field"] == "wait"
+
+
+@pytest.mark.parametrize(("body", "field", "message"), [
+    ({}, "text", "is required"),
+    ({"text": 5}, "text", "must be a string"),
+    ({"text": "   "}, "text", "must not be empty"),
+    ({"text": "x" * 2001}, "text", "at most 2000"),
+    ({"text": "hi", "color": "red"}, "color", "unknown field"),
+    ({"text": "hi", "metadata": {"a": 1}}, "metadata", "string values"),
+    ({"text": "hi", "message_id": "a.b"}, "message_id", "must be a string matching"),
+    ([1, 2], "body", "JSON object"),
+])
+async def test_invalid_message_bodies_get_field_level_400(gw: Gateway, body: Any, field: str,
+                                                          message: str) -> None:
+    key = await gw.key()
+    response = await gw.client.post(f"{conv()}/messages", headers=auth(key), json=body)
+    problem = await problem_of(response, 400)
+    assert {"field": field, "message": problem["errors"][0]["message"]} in problem["errors"]
+    assert any(e["field"] == field and message in e["message"] for e in problem["errors"])
+    assert gw.hub.sent == []
+
+
+async def test_bad_json_and_bad_path_ids_are_400(gw: Gateway) -> None:
+    key = await gw.key()
+    response = await gw.client.post(f"{conv()}/messages", headers=auth(key), data=b"{nope")
+    assert "not valid JSON" in (await problem_of(response, 400))["detail"]
+    response = await gw.client.post(f"{conv()}/messages", headers=auth(key), data=b"")
+    await problem_of(response, 400)
+    response = await gw.client.post(f"{conv('alpha', 'a.b')}/messages", headers=auth(key),
+                                    json={"text": "x"})
+    assert (await problem_of(response, 400))["errors"][0]["field"] == "conversation"
+
+
+async def test_body_over_the_limit_is_413(gw: Gateway) -> None:
+    key = await gw.key()
+    big = json.dumps({"text": "x" * (70 * 1024)}).encode()
+    response = await gw.client.post(f"{conv()}/messages", headers=auth(key), data=big)
+    await problem_of(response, 413)
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while reading
+        for _ in range(70):
+            yield b" " * 1024
+
+    response = await gw.client.post(f"{conv()}/messages", headers=auth(key), data=chunks())
+    await problem_of(response, 413)
+    assert gw.hub.sent == []
+
+
+async def test_transcript_with_limit(gw: Gateway) -> None:
+    key = await gw.key()
+    await gw.client.post(f"{conv()}/messages", headers=auth(key), json={"text": "menu"})
+    response = await gw.client.get(f"{conv()}/transcript?limit=10", headers=auth(key))
+    body = await response.json()
+    assert response.status == 200 and body["conversation_id"] == "c1"
+    assert [e["type"] for e in body["entries"]] == ["user", "bot"]
+    assert body["entries"][1]["buttons"][0]["title"] == "Yes"
+    assert gw.hub.transcript_limits == [10]
+    for bad in ("0", "abc", "1001", "-1"):
+        response = await gw.client.get(f"{conv()}/transcript?limit={bad}", headers=auth(key))
+        assert (await problem_of(response, 400))["errors"][0]["field"] == "limit"
+
+
+async def test_feedback_is_forwarded_and_counted(gw: Gateway) -> None:
+    key = await gw.key()
+    url = f"{conv()}/messages/r-m1/feedback"
+    response = await gw.client.post(url, headers=auth(key),
+                                    json={"rating": -1, "comment": "wrong answer"})
+    assert response.status == 202
+    feedback = gw.hub.feedbacks[0]
+    assert (feedback.bot_id, feedback.conversation_id, feedback.message_id) == (
+        "alpha", "c1", "r-m1")
+    assert (feedback.rating, feedback.comment) == (-1, "wrong answer")
+    assert metric(gw, "botfactory_feedback_total", bot="alpha", rating="down") == 1.0
+    for rating in (2, "1", 1.0, True, None):
+        bad = await gw.client.post(url, headers=auth(key), json={"rating": rating})
+        assert (await problem_of(bad, 400))["errors"][0]["field"] == "rating"
+    long = await gw.client.post(url, headers=auth(key), json={"rating": 1, "comment": "x" * 1001})
+    await problem_of(long, 400)
+    assert len(gw.hub.feedbacks) == 1
+
+
+# --- problems ---------------------------------------------------------------------------------
+
+
+async def test_unexpected_errors_are_500_problems_without_details(gw: Gateway) -> None:
+    key = await gw.key()
+    gw.hub.fail = RuntimeError("secret internals at /srv/x.py line 3")
+    response = await gw.client.post(f"{conv()}/messages", headers=auth(key), json={"text": "x"})
+    problem = await problem_of(response, 500)
+    text = json.dumps(problem)
+    assert "secret internals" not in text and "Traceback" not in text
+    gw.hub.fail = Unavailable("the message bus is not connected")
+    response = await gw.client.post(f"{conv()}/messages", headers=auth(key), json={"text": "x"})
+    assert (await problem_of(response, 503))["detail"] == "the message bus is not connected"
+
+
+async def test_unknown_route_and_method_are_problems(gw: Gateway) -> None:
+    await problem_of(await gw.client.get("/v1/nope"), 404)
+    response = await gw.client.delete("/healthz")
+    await problem_of(response, 405)
+    assert response.headers["Allow"] == "GET"
+
+
+async def test_correlation_id_is_echoed_or_made(gw: Gateway) -> None:
+    response = await gw.client.get("/healthz", headers={"X-Correlation-Id": "abc-123"})
+    assert response.headers["X-Correlation-Id"] == "abc-123"
+    response = await gw.client.get("/healthz", headers={"X-Correlation-Id": "bad id!"})
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Correlation-Id"])
+
+
+async def test_request_metrics_use_route_templates(gw: Gateway) -> None:
+    key = await gw.key()
+    await gw.client.post(f"{conv()}/messages", headers=auth(key), json={"text": "x"})
+    await gw.client.get("/v1/nope")
+    route = "/v1/bots/{bot}/conversations/{conversation}/messages"
+    labels = {"route": route, "method": "POST"}
+    assert metric(gw, "botfactory_gateway_http_requests_total", status="200", **labels) == 1.0
+    assert metric(gw, "botfactory_gateway_http_request_duration_seconds_count", **labels) == 1.0
+    assert metric(gw, "botfactory_gateway_http_requests_total", route="unmatched",
+                  method="GET", status="404") == 1.0
+
+
+# --- authentication and authorization ---------------------------------------------------------
+
+
+async def test_missing_invalid_and_revoked_keys_are_the_same_401(gw: Gateway) -> None:
+    key = await gw.key()
+    record = (await gw.keys.list_keys())[0]
+    await gw.app[STATE].auth.revoke(record.key_id)
+    details = set()
+    for headers in ({}, auth("bfk_nope_nope"), auth(key), {"Authorization": f"Basic {key}"},
+                    {"Authorization": "Bearer"}):
+        response = await gw.client.get(f"{conv()}/transcript", headers=headers)
+        details.add((await problem_of(response, 401))["detail"])
+    assert details == {"missing or invalid API key"}
+
+
+def _fill(path: str, bot: str) -> str:
+    values = {"bot": bot, "conversation": "c1", "message_id": "m1", "key_id": "abc"}
+    return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
+
+
+BOT_ROUTES = [r for r in ROUTES if "{bot}" in r.path]
+
+
+@pytest.mark.parametrize("spec", BOT_ROUTES, ids=[r.name for r in BOT_ROUTES])
+async def test_a_key_for_bot_a_never_reaches_bot_b(gw: Gateway, spec: Any) -> None:
+    key = await gw.key(Role.ADMIN, bots=("alpha",))
+    response = await gw.client.request(spec.method, _fill(spec.path, "beta"),
+                                       headers=auth(key), json={"text": "x"})
+    assert "alpha" not in json.dumps(await problem_of(response, 403))
+    assert gw.hub.sent == [] and gw.hub.feedbacks == [] and gw.hub.released == []
+    assert gw.hub.transcript_limits == [] and gw.models.active == {}
+    assert gw.definitions.stored == {}
+
+
+@pytest.mark.parametrize("spec", [r for r in ROUTES if r.role is not None],
+                         ids=[r.name for r in ROUTES if r.role is not None])
+async def test_every_api_route_needs_a_key(gw: Gateway, spec: Any) -> None:
+    response = await gw.client.request(spec.method, _fill(spec.path, "alpha"), json={})
+    await problem_of(response, 401)
+
+
+@pytest.mark.parametrize("spec", [r for r in ROUTES if r.role in (Role.AGENT, Role.ADMIN)],
+                         ids=[r.name for r in ROUTES if r.role in (Role.AGENT, Role.ADMIN)])
+async def test_client_keys_cannot_use_agent_or_admin_routes(gw: Gateway, spec: Any) -> None:
+    key = await gw.key(Role.CLIENT, bots=("*",))
+    response = await gw.client.request(spec.method, _fill(spec.path, "alpha"),
+                                       headers=auth(key), json={})
+    assert "role" in (await problem_of(response, 403))["detail"]
+
+
+async def test_a_key_for_all_bots_reaches_any_bot(gw: Gateway) -> None:
+    key = await gw.key(bots=("*",))
+    response = await gw.client.post(f"{conv('beta')}/messages", headers=auth(key),
+                                    json={"text": "x"})
+    assert response.status == 200
+
+
+async def test_rate_limit_per_key_gives_429_with_retry_after() -> None:
+    gw = await start_gateway(make_config(rate_limit_rps=0.5, rate_limit_burst=2))
+    try:
+        first, second = await gw.key(), await gw.key()
+        url = f"{conv()}/transcript"
+        for _ in range(2):
+            assert (await gw.client.get(url, headers=auth(first))).status == 200
+        limited = await gw.client.get(url, headers=auth(first))
+        await problem_of(limited, 429)
+        assert limited.headers["Retry-After"] == "2"
+        assert (await gw.client.get(url, headers=auth(second))).status == 200
+        assert metric(gw, "botfactory_gateway_rate_limited_total") == 1.0
+        gw.clock.now += 2.0
+        assert (await gw.client.get(url, headers=auth(first))).status == 200
+    finally:
+        await gw.client.close()
+
+
+# --- WebSocket --------------------------------------------------------------------------------
+
+
+async def test_websocket_pushes_replies_and_accepts_messages(gw: Gateway) -> None:
+    key = await gw.key()
+    async with gw.client.ws_connect(f"{conv()}/ws", headers=auth(key)) as ws:
+        await ws.send_json({"text": "menu", "message_id": "w1"})
+        ack = await ws.receive_json(timeout=5)
+        pushed = await ws.receive_json(timeout=5)
+        gw.hub.push("alpha", "c1", "your transfer is done")
+        later = await ws.receive_json(timeout=5)
+        await ws.send_str("{broken")
+        error = await ws.receive_json(timeout=5)
+    assert ack == {"type": "ack", "message_id": "w1", "duplicate": False}
+    assert pushed["type"] == "message" and pushed["text"] == "echo: menu"
+    assert pushed["buttons"][0]["payload"] == "/affirm"
+    assert later["text"] == "your transfer is done"
+    assert error["type"] == "error" and error["status"] == 400
+    assert gw.hub.sent[0].channel == "websocket" and gw.hub.waits == [0.0]
+    await asyncio.sleep(0.05)
+    assert gw.hub.subscribers[("alpha", "c1")] == []
+
+
+async def test_websocket_key_as_subprotocol(gw: Gateway) -> None:
+    key = await gw.key()
+    async with gw.client.ws_connect(f"{conv()}/ws",
+                                    protocols=("botfactory.v1", f"bearer.{key}")) as ws:
+        assert ws.protocol == "botfactory.v1"
+        gw.hub.push("alpha", "c1", "hello")
+        assert (await ws.receive_json(timeout=5))["text"] == "hello"
+
+
+async def test_websocket_refuses_bad_keys_and_other_bots(gw: Gateway) -> None:
+    key = await gw.key()
+    for headers, path, status in (({}, conv(), 401), (auth(key), conv("beta"), 403)):
+        response = await gw.client.get(f"{path}/ws", headers={
+            **headers, "Upgrade": "websocket", "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        await problem_of(response, status)
+
+
+async def test_websocket_ends_when_the_key_is_revoked(gw: Gateway) -> None:
+    key = await gw.key()
+    record = (await gw.keys.list_keys())[0]
+    async with gw.client.ws_connect(f"{conv()}/ws", headers=auth(key)) as ws:
+        await gw.app[STATE].auth.revoke(record.key_id)
+        await ws.send_json({"text": "still there?"})
+        error = await ws.receive_json(timeout=5)
+        closing = await ws.receive(timeout=5)
+    assert error["status"] == 401
+    assert closing.type in (WSMsgType.CLOSE, WSMsgType.CLOSED) and ws.close_code == 4401
+    assert gw.hub.sent == []
+
+
+async def test_websocket_errors_are_frames_and_the_session_goes_on() -> None:
+    gw = await start_gateway(make_config(rate_limit_rps=0.001, rate_limit_burst=3))
+    try:
+        key = await gw.key()
+        async with gw.client.ws_connect(f"{conv()}/ws", headers=auth(key)) as ws:
+            gw.hub.fail = RuntimeError("boom at /srv/secret.py")
+            await ws.send_json({"text": "a"})
+            crashed = await ws.receive_json(timeout=5)
+            gw.hub.fail = None
+            await ws.send_json({"text": "b"})
+            ack = await ws.receive_json(timeout=5)
+            pushed = await ws.receive_json(timeout=5)
+            await ws.send_json({"text": "c"})
+            limited = await ws.receive_json(timeout=5)
+        assert pushed["text"] == "echo: b"
+        assert crashed == {"type": "error", "status": 500, "detail": "internal error"}
+        assert ack["type"] == "ack"
+        assert limited["status"] == 429
+    finally:
+        await gw.client.close()
+
+
+async def test_websocket_route_without_upgrade_is_a_400_problem(gw: Gateway) -> None:
+    key = await gw.key()
+    await problem_of(await gw.client.get(f"{conv()}/ws", headers=auth(key)), 400)
+    await asyncio.sleep(0.05)
+    assert gw.hub.subscribers[("alpha", "c1")] == []
+
+
+async def test_shutdown_closes_sockets_and_turns_not_ready(gw: Gateway) -> None:
+    from services.gateway.http.app import close_sockets
+
+    key = await gw.key()
+    async with gw.client.ws_connect(f"{conv()}/ws", headers=auth(key)) as ws:
+        await close_sockets(gw.app)
+        message = await ws.receive(timeout=5)
+        assert message.type is WSMsgType.CLOSE and ws.close_code == 1001
+    await problem_of(await gw.client.get("/readyz"), 503)
+
+
+# --- handoff ----------------------------------------------------------------------------------
+
+
+async def test_agents_list_reply_and_release(gw: Gateway) -> None:
+    key = await gw.key(Role.AGENT)
+    gw.hub.handoff_list["alpha"] = [{"conversation_id": "c1", "reason": "fallback"}]
+    listed = await gw.client.get("/v1/bots/alpha/handoffs", headers=auth(key))
+    assert (await listed.json())["handoffs"] == [{"conversation_id": "c1", "reason": "fallback"}]
+    sent = await gw.client.post(f"{conv()}/agent-messages", headers=auth(key),
+                                json={"text": "Hi, I am Ana from support"})
+    assert sent.status == 202
+    message = gw.hub.sent[0]
+    assert (message.role, message.channel, message.text) == ("agent", "agent",
+                                                             "Hi, I am Ana from support")
+    assert message.sender == (await gw.keys.list_keys())[0].key_id
+    released = await gw.client.post(f"{conv()}/release", headers=auth(key))
+    assert released.status == 200 and gw.hub.released == [("alpha", "c1")]
+
+
+# --- admin ------------------------------------------------------------------------------------
+
+
+async def test_bootstrap_admin_creates_keys_shown_once(gw: Gateway) -> None:
+    created = await gw.client.post("/v1/admin/keys", headers=auth(BOOTSTRAP), json={
+        "tenant": "acme", "bots": ["alpha"], "role": "client", "description": "web"})
+    assert created.status == 201
+    body = await created.json()
+    secret = body["secret"]
+    assert secret.startswith(f"bfk_{body['key_id']}_") and body["role"] == "client"
+    listed = await (await gw.client.get("/v1/admin/keys", headers=auth(BOOTSTRAP))).json()
+    assert secret not in json.dumps(listed) and "key_hash" not in json.dumps(listed)
+    assert [k["key_id"] for k in listed["keys"]] == [body["key_id"]]
+    stored = await gw.keys.get(body["key_id"])
+    assert stored is not None and secret not in repr(stored)
+    response = await gw.client.post(f"{conv()}/messages", headers=auth(secret),
+                                    json={"text": "hi"})
+    assert response.status == 200
+    revoked = await gw.client.delete(f"/v1/admin/keys/{body['key_id']}", headers=auth(BOOTSTRAP))
+    assert (await revoked.json())["revoked"] is True
+    response = await gw.client.post(f"{conv()}/messages", headers=auth(secret),
+                                    json={"text": "hi"})
+    await problem_of(response, 401)
+
+
+async def test_tenant_admins_stay_in_their_tenant_and_scope(gw: Gateway) -> None:
+    other = await gw.app[STATE].auth.issue("t2", ("gamma",), Role.CLIENT)
+    admin = await gw.key(Role.ADMIN, bots=("alpha",), tenant="t1")
+    for body in ({"tenant": "t2", "bots": ["alpha"], "role": "client"},
+                 {"tenant": "t1", "bots": ["beta"], "role": "client"},
+                 {"tenant": "t1", "bots": ["*"], "role": "client"}):
+        response = await gw.client.post("/v1/admin/keys", headers=auth(admin), json=body)
+        await problem_of(response, 403)
+    listed = await (await gw.client.get("/v1/admin/keys", headers=auth(admin))).json()
+    assert {k["tenant"] for k in listed["keys"]} == {"t1"}
+    await problem_of(await gw.client.get("/v1/admin/keys?tenant=t2", headers=auth(admin)), 403)
+    response = await gw.client.delete(f"/v1/admin/keys/{other.record.key_id}",
+                                      headers=auth(admin))
+    await problem_of(response, 404)
+    record = await gw.keys.get(other.record.key_id)
+    assert record is not None and not record.revoked
+    ok = await gw.client.post("/v1/admin/keys", headers=auth(admin),
+                              json={"tenant": "t1", "bots": ["alpha"], "role": "agent"})
+    assert ok.status == 201
+
+
+async def test_create_key_validation(gw: Gateway) -> None:
+    response = await gw.client.post("/v1/admin/keys", headers=auth(BOOTSTRAP), json={
+        "tenant": "a b", "bots": [], "role": "root"})
+    problem = await problem_of(response, 400)
+    assert {e["field"] for e in problem["errors"]} == {"tenant", "bots", "role"}
+
+
+async def test_model_activation(gw: Gateway) -> None:
+    admin = await gw.key(Role.ADMIN)
+    listed = await gw.client.get("/v1/admin/bots/alpha/models", headers=auth(admin))
+    assert (await listed.json())["versions"] == ["v1", "v2"]
+    response = await gw.client.put("/v1/admin/bots/alpha/model", headers=auth(admin),
+                                   json={"version": "v2"})
+    assert response.status == 200 and gw.models.active == {"alpha": "v2"}
+    response = await gw.client.put("/v1/admin/bots/alpha/model", headers=auth(admin),
+                                   json={"version": "v9"})
+    await problem_of(response, 404)
+    response = await gw.client.put("/v1/admin/bots/alpha/model", headers=auth(admin),
+                                   json={"version": 2})
+    await problem_of(response, 400)
+
+
+async def test_model_and_definition_admin_unavailable_when_not_wired() -> None:
+    gw = await start_gateway(models=False)
+    try:
+        admin = await gw.key(Role.ADMIN)
+        response = await gw.client.put("/v1/admin/bots/alpha/model", headers=auth(admin),
+                                       json={"version": "v1"})
+        await problem_of(response, 503)
+    finally:
+        await gw.client.close()
+
+
+def banking_files() -> dict[str, str]:
+    root = ROOT / "bots" / "banking"
+    return {p.relative_to(root).as_posix(): p.read_text(encoding="utf-8")
+            for p in sorted(root.rglob("*.yml"))}
+
+
+async def test_definition_deploys_when_valid(gw: Gateway) -> None:
+    admin = await gw.key(Role.ADMIN, bots=("banking",))
+    # Bigger than the chat body limit (64 KiB), within the definition limit (1 MiB).
+    files = {**banking_files(), "data/notes.yml": "# note\n" * 12_000}
+    response = await gw.client.put("/v1/admin/bots/banking/definition", headers=auth(admin),
+                                   json={"files": files})
+    body = await response.json()
+    assert response.status == 200, body
+    assert body["revision"] == 1 and gw.definitions.stored["banking"] == [files]
+    huge = {**files, "data/notes.yml": "# note\n" * 200_000}
+    response = await gw.client.put("/v1/admin/bots/banking/definition", headers=auth(admin),
+                                   json={"files": huge})
+    await problem_of(response, 413)
+
+
+async def test_definition_issues_are_422(gw: Gateway) -> None:
+    admin = await gw.key(Role.ADMIN, bots=("banking", "alpha"))
+    files = banking_files()
+    broken = {**files, "data/extra.yml": "intents:\n  - name: lonely\n    examples: [one]\n"}
+    response = await gw.client.put("/v1/admin/bots/banking/definition", headers=auth(admin),
+                                   json={"files": broken})
+    problem = await problem_of(response, 422)
+    assert any(i["file"] == "data/extra.yml" and "lonely" in i["message"]
+               for i in problem["issues"]), problem
+    response = await gw.client.put("/v1/admin/bots/alpha/definition", headers=auth(admin),
+                                   json={"files": files})
+    problem = await problem_of(response, 422)
+    assert problem["issues"][0]["field"] == "name"
+    assert gw.definitions.stored == {}
+
+
+@pytest.mark.parametrize("name", ["../bot.yml", "/etc/x.yml", "data/../../x.yml", "data/x.txt",
+                                  "data//x.yml", "data/.hidden.yml", "data\\x.yml"])
+async def test_definition_paths_are_checked(gw: Gateway, name: str) -> None:
+    files = {**banking_files(), name: "a: 1\n"}
+    response = await gw.client.put("/v1/admin/bots/banking/definition", headers=auth(BOOTSTRAP),
+                                   json={"files": files})
+    assert (await problem_of(response, 400))["errors"][0]["field"] == f"files.{name}"
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Receiver:
+    statuses: list[int]
+    seen: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append((await request.read(), dict(request.headers)))
+        status = self.statuses.pop(0) if self.statuses else 200
+        return web.Response(status=status)
+
+
+async def deliver_to(statuses: list[int], attempts: int = 4) -> tuple[bool, Receiver, list[float]]:
+    receiver = Receiver(list(statuses))
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    async with TestClient(TestServer(app)) as client:
+        metrics = GatewayMetrics.create()
+        settings = WebhookSettings(timeout_s=2, max_attempts=attempts, backoff_s=1,
+                                   backoff_max_s=3)
+        sender = WebhookSender(client.session, settings, metrics, sleep=sleep)
+        message = conversation_pb2.BotMessage(bot_id="alpha", conversation_id="c1",
+                                              message_id="b1", text="done")
+        ok = await sender.deliver(Webhook(str(client.make_url("/hook")), "s3cret"),
+                                  message_payload(message))
+    return ok, receiver, delays
+
+
+async def test_webhook_is_signed_and_retried_with_backoff() -> None:
+    ok, receiver, delays = await deliver_to([500, 503, 200])
+    assert ok and len(receiver.seen) == 3
+    bodies = {body for body, _ in receiver.seen}
+    deliveries = {headers[DELIVERY_HEADER] for _, headers in receiver.seen}
+    assert len(bodies) == 1 and len(deliveries) == 1
+    body, headers = receiver.seen[0]
+    assert verify("s3cret", body, headers[SIGNATURE_HEADER])
+    assert not verify("other", body, headers[SIGNATURE_HEADER])
+    assert json.loads(body)["message"]["text"] == "done"
+    assert 0.5 <= delays[0] <= 1.0 and 1.0 <= delays[1] <= 2.0
+
+
+async def test_webhook_gives_up_bounded_and_on_client_errors() -> None:
+    ok, receiver, delays = await deliver_to([500] * 10, attempts=4)
+    assert not ok and len(receiver.seen) == 4 and len(delays) == 3
+    assert all(d <= 3.0 for d in delays)
+    ok, receiver, delays = await deliver_to([400])
+    assert not ok and len(receiver.seen) == 1 and delays == []
+
+
+async def test_webhook_dispatcher_queue_is_bounded() -> None:
+    metrics = GatewayMetrics.create()
+    settings = WebhookSettings(max_pending=2, concurrency=1)
+    sender = WebhookSender(None, settings, metrics)  # type: ignore[arg-type]
+    dispatcher = WebhookDispatcher(sender)  # not started: nothing is taken off the queue
+    hook = Webhook("http://127.0.0.1:9/hook", "s")
+    assert [dispatcher.submit(hook, {}) for _ in range(3)] == [True, True, False]
+    value = metrics.registry.get_sample_value("botfactory_gateway_webhook_deliveries_total",
+                                              {"outcome": "dropped"})
+    assert value == 1.0
+
+
+# --- terminal chat client ---------------------------------------------------------------------
+
+
+async def test_chat_command_talks_to_the_gateway(gw: Gateway) -> None:
+    from botfactory.commands.chat import ChatClient, chat_loop
+
+    key = await gw.key()
+    lines = iter(["hello", "menu", "1", "/quit"])
+    out = io.StringIO()
+
+    async def read_line() -> str | None:
+        return next(lines, None)
+
+    async with ChatClient(str(gw.client.make_url("")), key, "alpha", "cli-1") as client:
+        code = await chat_loop(client, read_line, out, live=False)
+    text = out.getvalue()
+    assert code == 0
+    assert "echo: hello" in text and "[1] Yes" in text and "echo: /affirm" in text
+    assert [m.text for m in gw.hub.sent] == ["hello", "menu", "/affirm"]
+    assert {m.conversation_id for m in gw.hub.sent} == {"cli-1"}
+
+
+async def test_chat_command_reports_bad_keys(gw: Gateway) -> None:
+    from botfactory.commands.chat import ChatClient, ChatError
+
+    async with ChatClient(str(gw.client.make_url("")), "bfk_wrong", "alpha", "c") as client:
+        with pytest.raises(ChatError, match="401"):
+            await client.send("hi")
+
+
+async def until(condition: Any, timeout_s: float = 5.0) -> None:
+    for _ in range(int(timeout_s / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+async def test_chat_command_shows_live_messages_once(gw: Gateway) -> None:
+    from botfactory.commands.chat import ChatClient, chat_loop
+
+    key = await gw.key()
+    out = io.StringIO()
+    steps = iter(["hello", "wait", "/quit"])
+
+    async def read_line() -> str | None:
+        step = next(steps, None)
+        if step == "wait":  # a message the bot sends later arrives on the socket
+            await until(lambda: bool(gw.hub.subscribers[("alpha", "live-1")]))
+            gw.hub.push("alpha", "live-1", "transfer done")
+            await until(lambda: "transfer done" in out.getvalue())
+            return ""
+        return step
+
+    async with ChatClient(str(gw.client.make_url("")), key, "alpha", "live-1") as client:
+        assert await asyncio.wait_for(chat_loop(client, read_line, out, live=True), 10) == 0
+    assert out.getvalue().count("echo: hello") == 1
+    assert "bot: transfer done" in out.getvalue()
+
+
+def test_chat_command_arguments() -> None:
+    import argparse
+
+    from botfactory.commands import chat
+
+    parser = argparse.ArgumentParser()
+    chat.register(parser.add_subparsers())
+    args = parser.parse_args(["chat", "banking", "--gateway", "http://gw:1", "--api-key", "k",
+                              "--conversation", "c9"])
+    assert (args.bot, args.gateway, args.api_key, args.conversation) == (
+        "banking", "http://gw:1", "k", "c9")
+    assert args.func is chat.run_chat
