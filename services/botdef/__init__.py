@@ -1,10 +1,39 @@
 """Bot definitions: the YAML bot folder format, its loader and validation, and importers.
 
 Shared library code (beside `services.common`): every service and the CLI read bots with
-`load_bot`. See docs/bot-definition.md for the folder format.
+`load_bot`; `BotDefinition.conversation` holds the typed slots, responses and flows. See
+docs/bot-definition.md for the folder format.
 """
 
 from services.botdef.annotation import format_annotated, parse_annotated
+from services.botdef.conversation import (
+    BUILTIN_RESPONSES,
+    Branch,
+    ButtonDef,
+    Call,
+    Collect,
+    Condition,
+    ConversationDefinition,
+    End,
+    FlowDef,
+    Handoff,
+    MessageRef,
+    ResponseDef,
+    RunWorkflow,
+    Say,
+    SetSlots,
+    SlotDef,
+    SlotValue,
+    Step,
+    Validation,
+    Variation,
+    WorkflowInput,
+    format_number,
+    humanize,
+    parse_payload,
+    template_environment,
+    value_problem,
+)
 from services.botdef.importers import DataImportError, import_bio, import_csv, import_rasa
 from services.botdef.loader import load_bot
 from services.botdef.model import (
@@ -17,26 +46,53 @@ from services.botdef.model import (
     Intent,
     NluSettings,
 )
-from services.botdef.schema import BOT_FILE_SCHEMA, DATA_FILE_SCHEMA
+from services.botdef.schema import BOT_FILE_SCHEMA, CONVERSATION_SCHEMA, DATA_FILE_SCHEMA
 from services.botdef.writer import write_bot
 
 __all__ = [
     "BOT_FILE_SCHEMA",
+    "BUILTIN_RESPONSES",
+    "CONVERSATION_SCHEMA",
     "DATA_FILE_SCHEMA",
     "BotDefinition",
     "BotDefinitionError",
+    "Branch",
+    "ButtonDef",
+    "Call",
+    "Collect",
+    "Condition",
+    "ConversationDefinition",
     "DataImportError",
     "DefinitionIssue",
+    "End",
     "EntityDef",
     "EntitySpan",
     "Example",
+    "FlowDef",
+    "Handoff",
     "Intent",
+    "MessageRef",
     "NluSettings",
+    "ResponseDef",
+    "RunWorkflow",
+    "Say",
+    "SetSlots",
+    "SlotDef",
+    "SlotValue",
+    "Step",
+    "Validation",
+    "Variation",
+    "WorkflowInput",
     "format_annotated",
+    "format_number",
+    "humanize",
     "import_bio",
     "import_csv",
     "import_rasa",
     "load_bot",
     "parse_annotated",
+    "parse_payload",
+    "template_environment",
+    "value_problem",
     "write_bot",
 ]

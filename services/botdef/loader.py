@@ -1,4 +1,5 @@
-"""Load and validate a bot folder: `bot.yml`, `data/**/*.yml`, `workflows/**/*.yml`.
+"""Load and validate a bot folder: `bot.yml`, `data/**/*.yml`, `domain/**/*.yml`,
+`workflows/**/*.yml`.
 
 All problems are collected (YAML syntax, JSON Schema, semantic checks), then raised
 together as one `BotDefinitionError`.
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from services.botdef.annotation import parse_annotated
+from services.botdef.conversation import ConversationDefinition, SectionEntry, build_conversation
 from services.botdef.model import (
     BotDefinition,
     BotDefinitionError,
@@ -31,6 +33,7 @@ from services.botdef.yamlio import PathPart, YamlSyntaxError, line_of, read_yaml
 
 BOT_FILE = "bot.yml"
 DATA_DIR = "data"
+DOMAIN_DIR = "domain"
 WORKFLOWS_DIR = "workflows"
 MIN_EXAMPLES = 2
 YAML_SUFFIXES = (".yml", ".yaml")
@@ -83,6 +86,9 @@ class _Loader:
         self.workflows: dict[str, Any] = {}
         self.intents_complete = True
         self.entities_complete = True
+        self.entries: list[SectionEntry] = []
+        self.conversation_complete = True
+        self.conversation = ConversationDefinition()
 
     # -- files ---------------------------------------------------------------------------
 
@@ -121,8 +127,10 @@ class _Loader:
             if intent is not None:
                 self._add_intent(file, doc, index, intent)
         for key in SECTION_KEYS:
-            if key in doc and (key,) not in bad:
-                self._add_section(_Origin(file, line_of(doc, [key]), key), key, doc[key])
+            if key in doc and (key,) in bad:
+                self.conversation_complete = False
+            elif key in doc:
+                self._add_section(_Origin(file, line_of(doc, [key]), key), key, doc, doc[key])
 
     def _valid_items(self, doc: Any, key: str, bad: set[tuple[PathPart, ...]]) -> list[Any]:
         """The items of a list section, None for those in schema error (marks incomplete)."""
@@ -220,32 +228,34 @@ class _Loader:
 
     # -- raw sections --------------------------------------------------------------------
 
-    def _add_section(self, origin: _Origin, key: str, value: Any) -> None:
+    def _add_section(self, origin: _Origin, key: str, doc: Any, value: Any) -> None:
         plain = to_plain(value)
         section = self.sections.get(key)
         if section is None:
-            self.sections[key] = _Section(origin, plain)
-            if isinstance(plain, dict):
-                self.sections[key].keys = {str(k): origin for k in plain}
-        elif isinstance(section.value, list) and isinstance(plain, list):
+            section = self.sections[key] = _Section(origin, type(plain)())
+        if isinstance(section.value, list) and isinstance(plain, list):
             section.value.extend(plain)
+            self.entries.extend(_list_entries(origin.file, doc, key, plain))
         elif isinstance(section.value, dict) and isinstance(plain, dict):
-            self._merge_mapping(section, origin, key, plain)
+            self._merge_mapping(section, origin, key, doc, plain)
         else:
             message = f"{key!r} must be of the same kind (mapping or list) in every file"
             self.issues.append(origin.issue(f"{message} (see {section.origin.where()})"))
+            self.conversation_complete = False
 
     def _merge_mapping(
-        self, section: _Section, origin: _Origin, key: str, plain: dict[str, Any]
+        self, section: _Section, origin: _Origin, key: str, doc: Any, plain: dict[str, Any]
     ) -> None:
         for name, value in plain.items():
             first = section.keys.get(str(name))
             if first is not None:
                 message = f"duplicate {key} entry {name!r} (first at {first.where()})"
                 self.issues.append(origin.issue(message))
+                self.conversation_complete = False
                 continue
             section.value[name] = value
             section.keys[str(name)] = origin
+            self.entries.append(SectionEntry(key, str(name), value, origin.file, doc, (key, name)))
 
     def add_workflow(self, path: Path) -> None:
         file = str(path)
@@ -270,6 +280,14 @@ class _Loader:
             self._check_mentions()
         if self.intents_complete:
             self._check_intents(bot_file)
+        if self.conversation_complete and self.entries:
+            self.conversation, issues = build_conversation(
+                self.entries,
+                intents=set(self.intents) if self.intents_complete else None,
+                entities=self.entities if self.entities_complete else None,
+                workflows=set(self.workflows),
+            )
+            self.issues.extend(issues)
 
     def _check_mentions(self) -> None:
         declared = ", ".join(sorted(self.entities)) or "none"
@@ -303,7 +321,7 @@ def load_bot(path: str | Path) -> BotDefinition:
     bot_doc, bad = loader.read(bot_path, BOT_FILE_SCHEMA)
     if bot_doc is not None:
         loader.add_document(bot_path, bot_doc, bad)
-    for data_path in yaml_files(root / DATA_DIR):
+    for data_path in [*yaml_files(root / DATA_DIR), *yaml_files(root / DOMAIN_DIR)]:
         doc, bad = loader.read(data_path, DATA_FILE_SCHEMA)
         if doc is not None:
             loader.add_document(data_path, doc, bad)
@@ -313,6 +331,19 @@ def load_bot(path: str | Path) -> BotDefinition:
     if loader.issues or bot_doc is None:
         raise BotDefinitionError(sorted(loader.issues, key=lambda i: (i.file, i.line)))
     return _build(root, bot_doc, loader)
+
+
+def _list_entries(file: str, doc: Any, key: str, items: list[Any]) -> list[SectionEntry]:
+    """The entries of a section written as a list: each named by its `name` (or a flow's
+    `id`)."""
+    entries = []
+    for index, item in enumerate(items):
+        name = None
+        if isinstance(item, dict):
+            name = item.get("name") or (item.get("id") if key == "flows" else None)
+        entries.append(SectionEntry(key, None if name is None else str(name), item, file, doc,
+                                    (key, index)))
+    return entries
 
 
 def yaml_files(directory: Path) -> list[Path]:
@@ -336,6 +367,7 @@ def _build(root: Path, bot_doc: Any, loader: _Loader) -> BotDefinition:
         intents=intents,
         entities=dict(loader.entities),
         raw=raw,
+        conversation=loader.conversation,
     )
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.botdef.conversation import ConversationDefinition
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,8 @@ class BotDefinition:
 
     `raw` holds the bot.yml mapping as plain Python data, plus the merged `slots`,
     `responses` and `flows` sections of all files and the `workflows` read from the
-    `workflows/` folder (name -> definition).
+    `workflows/` folder (name -> definition). `conversation` is the typed, validated form
+    of `slots`, `responses` and `flows` (empty when the bot has none).
     """
 
     name: str
@@ -79,6 +83,9 @@ class BotDefinition:
     intents: tuple[Intent, ...]
     entities: dict[str, EntityDef]
     raw: dict[str, Any]
+    conversation: ConversationDefinition = dataclasses.field(
+        default_factory=lambda: _empty_conversation()
+    )
 
     def examples(self) -> list[Example]:
         """All examples: intent order, then file order within an intent."""
@@ -101,6 +108,12 @@ class BotDefinition:
             "regex": {name: list(e.regex) for name, e in self.entities.items() if e.regex},
             "lookup": {name: list(e.lookup) for name, e in self.entities.items() if e.lookup},
         }
+
+
+def _empty_conversation() -> ConversationDefinition:
+    from services.botdef.conversation import ConversationDefinition
+
+    return ConversationDefinition()
 
 
 def _synonym_maps(bot: BotDefinition) -> dict[str, dict[str, str]]:

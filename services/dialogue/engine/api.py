@@ -1,0 +1,109 @@
+"""The data the dialogue engine takes and gives: NLU results, replies, events, workflow jobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.dialogue.engine.tracker import Tracker
+
+EVENT_TYPES = (
+    "user_message",
+    "bot_message",
+    "slot_set",
+    "flow_started",
+    "flow_completed",
+    "flow_cancelled",
+    "fallback",
+    "clarification",
+    "handoff",
+    "handoff_released",
+    "workflow_started",
+    "workflow_finished",
+    "session_expired",
+)
+"""Every event type. The engine itself emits all but user_message and bot_message, which
+the service writes from the inbound message and from `TurnResult.replies`."""
+
+
+@dataclass(frozen=True)
+class EntityValue:
+    """An entity found by NLU: `value` is normalised (synonyms applied), `raw` as written,
+    `[start, end)` its char span in the text."""
+
+    entity: str
+    value: str
+    raw: str = ""
+    start: int = 0
+    end: int = 0
+
+
+@dataclass(frozen=True)
+class NluResult:
+    """What NLU understood of one message. `ranking`: (intent, confidence), best first."""
+
+    intent: str
+    confidence: float
+    ranking: list[tuple[str, float]] = field(default_factory=list)
+    entities: list[EntityValue] = field(default_factory=list)
+    out_of_scope: bool = False
+    sentiment: str = ""
+    sentiment_score: float = 0.0
+
+
+@dataclass(frozen=True)
+class Button:
+    """A quick reply: show `title`; a click sends `payload` as the user's text."""
+
+    title: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One bot message; `role` is "bot", or "agent" for a human agent's relayed text."""
+
+    text: str
+    buttons: list[Button] = field(default_factory=list)
+    role: str = "bot"
+
+
+@dataclass(frozen=True)
+class WorkflowRequest:
+    """A job for the RPA runner. `run_id` is derived from the conversation, the message and
+    the flow step, so a redelivered message asks for the same run."""
+
+    run_id: str
+    workflow: str
+    inputs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WorkflowResult:
+    """The end of a workflow run: status is "succeeded", "failed" or "compensated"."""
+
+    run_id: str
+    workflow: str
+    status: str
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A conversation event (one of EVENT_TYPES) for the transcript and analytics."""
+
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """What one call did: the new tracker (the input one is never changed), the replies to
+    send, the events to record and the workflow jobs to start."""
+
+    tracker: Tracker
+    replies: list[Reply]
+    events: list[Event]
+    workflows: list[WorkflowRequest]

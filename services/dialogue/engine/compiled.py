@@ -1,0 +1,119 @@
+"""A bot definition prepared for the engine: programs, matchers, renderer, intent sets.
+
+Built once per bot and only read afterwards (shared by every turn and thread).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from services.botdef import BotDefinition, ConversationDefinition, FlowDef, SlotDef, humanize
+from services.dialogue.engine.api import Button
+from services.dialogue.engine.program import (
+    Instruction,
+    collected_slots,
+    compile_flow,
+    referenced_slots,
+)
+from services.dialogue.engine.render import Renderer
+from services.dialogue.engine.values import EntityMatcher
+
+GREET = frozenset({"greet", "greeting", "hello"})
+GOODBYE = frozenset({"goodbye", "bye"})
+THANKS = frozenset({"thanks", "thank_you", "thankyou"})
+HELP = frozenset({"help"})
+HANDOFF = frozenset({"human_handoff", "handoff", "agent", "talk_to_human"})
+CANCEL = frozenset({"cancel", "stop"})
+AFFIRM = frozenset({"affirm", "yes", "confirm"})
+DENY = frozenset({"deny", "no"})
+CANCEL_TEXTS = frozenset({"cancel", "stop", "stop it", "cancel that", "cancel it", "abort",
+                          "quit", "never mind", "nevermind", "forget it"})
+BUILTIN_REPLIES: Mapping[str, str] = MappingProxyType({
+    **{intent: "utter_greet" for intent in GREET},
+    **{intent: "utter_goodbye" for intent in GOODBYE},
+    **{intent: "utter_thanks" for intent in THANKS},
+    **{intent: "utter_help" for intent in HELP},
+})
+"""Intents answered out of the box when no flow is triggered by them (response names)."""
+BUILTIN_TITLES: Mapping[str, str] = MappingProxyType({
+    "greet": "Say hello", "goodbye": "Say goodbye", "thanks": "Say thanks",
+    "help": "What can you do?", "human_handoff": "Talk to a person",
+})
+HELP_BUTTONS = 6
+
+
+@dataclass(frozen=True)
+class CompiledBot:
+    bot_id: str
+    conversation: ConversationDefinition
+    programs: Mapping[str, tuple[Instruction, ...]]
+    resets: Mapping[str, frozenset[str]]
+    referenced: Mapping[str, frozenset[str]]
+    matchers: Mapping[str, EntityMatcher]
+    renderer: Renderer
+    threshold: float
+    out_of_scope_intent: str
+    intents: frozenset[str]
+    handoff_after: int
+    max_depth: int
+
+    @classmethod
+    def build(cls, bot: BotDefinition, *, handoff_after: int, max_depth: int) -> CompiledBot:
+        conversation = bot.conversation
+        programs = {name: compile_flow(flow) for name, flow in conversation.flows.items()}
+        synonyms = bot.entities_runtime_config()["synonyms"]
+        matchers = {name: EntityMatcher.of(entity, synonyms.get(name, {}))
+                    for name, entity in bot.entities.items()}
+        return cls(
+            bot_id=bot.name,
+            conversation=conversation,
+            programs=MappingProxyType(programs),
+            resets=MappingProxyType({n: _resets(conversation, p) for n, p in programs.items()}),
+            referenced=MappingProxyType({n: referenced_slots(p) for n, p in programs.items()}),
+            matchers=MappingProxyType(matchers),
+            renderer=Renderer(conversation, _help_buttons(conversation)),
+            threshold=bot.nlu.confidence_threshold,
+            out_of_scope_intent=bot.nlu.out_of_scope_intent,
+            intents=frozenset(bot.intent_names()) | frozenset(conversation.triggers)
+            | BUILTIN_REPLIES.keys() | HANDOFF | CANCEL | AFFIRM | DENY,
+            handoff_after=handoff_after,
+            max_depth=max_depth,
+        )
+
+    def slot(self, name: str) -> SlotDef:
+        return self.conversation.slots[name]
+
+    def matcher(self, slot: SlotDef) -> EntityMatcher | None:
+        return self.matchers.get(slot.entity) if slot.entity is not None else None
+
+    def flow_for(self, intent: str) -> FlowDef | None:
+        return self.conversation.flow_for_intent(intent)
+
+    def handles(self, intent: str) -> bool:
+        """Whether the bot does something for `intent` (a flow or a built-in answer)."""
+        return (self.flow_for(intent) is not None or intent in BUILTIN_REPLIES
+                or intent in HANDOFF)
+
+    def title(self, intent: str) -> str:
+        flow = self.flow_for(intent)
+        if flow is not None:
+            return flow.title
+        return BUILTIN_TITLES.get(intent) or humanize(intent).capitalize()
+
+
+def _resets(
+    conversation: ConversationDefinition, program: tuple[Instruction, ...]
+) -> frozenset[str]:
+    """The slots reset when the flow starts: those it collects, and the entity-filled ones
+    it uses (they come from the triggering message), except slots marked `keep`."""
+    slots = conversation.slots
+    used = {name for name in referenced_slots(program) if slots[name].entity is not None}
+    return frozenset(n for n in collected_slots(program) | used if not slots[n].keep)
+
+
+def _help_buttons(conversation: ConversationDefinition) -> list[Button]:
+    buttons = [Button(flow.title, f"/{flow.triggers[0]}")
+               for flow in conversation.flows.values() if flow.triggers]
+    return buttons[:HELP_BUTTONS]

@@ -1,0 +1,304 @@
+"""What a user message does: start a flow, answer a question, digress, correct, cancel,
+clarify, fall back or hand off. The rules are documented in docs/bot-definition.md
+("Dialogue behaviour")."""
+
+from __future__ import annotations
+
+import re
+
+from services.botdef import Collect, SlotDef, parse_payload
+from services.dialogue.engine.api import Button, EntityValue, NluResult
+from services.dialogue.engine.compiled import (
+    AFFIRM,
+    BUILTIN_REPLIES,
+    CANCEL,
+    CANCEL_TEXTS,
+    DENY,
+    GOODBYE,
+    HANDOFF,
+    CompiledBot,
+)
+from services.dialogue.engine.program import same
+from services.dialogue.engine.runner import ask, run
+from services.dialogue.engine.turn import Turn
+from services.dialogue.engine.values import Parsed, from_entity, from_text
+
+CLARIFY_OPTIONS = 2
+
+
+def payload_nlu(bot: CompiledBot, text: str) -> NluResult | None:
+    """A button payload `/intent` or `/intent{"entity": "value"}` naming an intent the bot
+    knows: that intent with confidence 1.0 and those entities (no NLU needed)."""
+    parsed = parse_payload(text)
+    if parsed is None or parsed[0] not in bot.intents:
+        return None
+    intent, entities = parsed
+    values = [EntityValue(name, value, value) for name, value in entities.items()]
+    return NluResult(intent, 1.0, [(intent, 1.0)], values, False)
+
+
+def understood(bot: CompiledBot, nlu: NluResult) -> bool:
+    """Confident enough to act on, and not out of scope."""
+    return (bool(nlu.intent) and not nlu.out_of_scope and nlu.intent != bot.out_of_scope_intent
+            and nlu.confidence >= bot.threshold)
+
+
+def handle_user(turn: Turn, text: str, nlu: NluResult) -> None:
+    if turn.handed_off:
+        return
+    nlu = payload_nlu(turn.bot, text) or nlu
+    if turn.waiting is not None:
+        _while_waiting(turn, nlu)
+    elif _is_cancel(turn.bot, text, nlu):
+        _cancel(turn)
+    elif isinstance(turn.current(), Collect):
+        _answer(turn, text, nlu)
+    else:
+        _idle(turn, nlu)
+
+
+def _is_cancel(bot: CompiledBot, text: str, nlu: NluResult) -> bool:
+    words = " ".join(re.sub(r"[^\w' ]+", " ", text.lower()).split())
+    return words in CANCEL_TEXTS or (understood(bot, nlu) and nlu.intent in CANCEL)
+
+
+def _while_waiting(turn: Turn, nlu: NluResult) -> None:
+    """A workflow is running: small talk is answered, anything else gets "still working"."""
+    if understood(turn.bot, nlu) and nlu.intent in BUILTIN_REPLIES:
+        turn.say(BUILTIN_REPLIES[nlu.intent])
+    turn.say("utter_workflow_pending")
+
+
+def _cancel(turn: Turn) -> None:
+    turn.streak = 0
+    if not turn.stack:
+        turn.say("utter_nothing_to_cancel")
+        return
+    turn.cancel_task("user")
+    turn.say("utter_cancelled")
+    run(turn)
+
+
+def _idle(turn: Turn, nlu: NluResult) -> None:
+    """No question is pending: start the intent's flow or answer it, else fall back."""
+    bot = turn.bot
+    if not understood(bot, nlu):
+        fallback(turn, "out_of_scope" if _out_of_scope(bot, nlu) else "low_confidence", nlu)
+        return
+    flow = bot.flow_for(nlu.intent)
+    if flow is not None:
+        turn.streak = 0
+        start_flow(turn, flow.name, "trigger", nlu)
+    elif not _builtin(turn, nlu.intent):
+        fallback(turn, "no_handler", nlu)
+
+
+def _out_of_scope(bot: CompiledBot, nlu: NluResult) -> bool:
+    return nlu.out_of_scope or nlu.intent == bot.out_of_scope_intent
+
+
+def _builtin(turn: Turn, intent: str) -> bool:
+    """Answer greet / goodbye / thanks / help, or hand off; False for other intents."""
+    if intent in HANDOFF:
+        turn.handoff("requested")
+        return True
+    if intent not in BUILTIN_REPLIES:
+        return False
+    turn.streak = 0
+    if intent in GOODBYE:
+        turn.cancel_all("goodbye")
+    turn.say(BUILTIN_REPLIES[intent])
+    return True
+
+
+def fallback(turn: Turn, reason: str, nlu: NluResult | None) -> None:
+    """The bot did not understand: clarify with the best intents as buttons (or ask to
+    rephrase); the Nth fallback in a row (N = handoff_after) hands off instead."""
+    turn.streak += 1
+    turn.event("fallback", reason=reason, intent=nlu.intent if nlu else "",
+               confidence=round(nlu.confidence, 4) if nlu else 0.0)
+    if turn.streak >= turn.bot.handoff_after:
+        turn.handoff("fallbacks")
+        return
+    options = _options(turn.bot, nlu) if nlu is not None and reason != "no_handler" else []
+    if not options:
+        turn.say("utter_default")
+        return
+    turn.event("clarification", intents=[button.payload[1:] for button in options])
+    name = "utter_out_of_scope" if reason == "out_of_scope" else "utter_clarify"
+    turn.say(name, buttons=options)
+
+
+def _options(bot: CompiledBot, nlu: NluResult) -> list[Button]:
+    ranking = sorted(nlu.ranking or [(nlu.intent, nlu.confidence)], key=lambda r: -r[1])
+    intents: list[str] = []
+    for intent, _ in ranking:
+        if intent != bot.out_of_scope_intent and bot.handles(intent) and intent not in intents:
+            intents.append(intent)
+    return [Button(bot.title(intent), f"/{intent}") for intent in intents[:CLARIFY_OPTIONS]]
+
+
+def start_flow(turn: Turn, flow: str, entry: str, nlu: NluResult) -> None:
+    """Push `flow`, fill its slots from the message's entities, and run it."""
+    turn.push(flow, entry)
+    filled: set[str] = set()
+    for entity in nlu.entities:
+        for slot in _slots_of(turn, entity.entity, flow):
+            if slot.name not in filled:
+                filled.add(slot.name)
+                _fill(turn, slot, entity)
+    run(turn)
+
+
+def _slots_of(turn: Turn, entity: str, flow: str) -> list[SlotDef]:
+    names = turn.bot.referenced.get(flow, frozenset())
+    return [slot for name, slot in turn.bot.conversation.slots.items()
+            if slot.entity == entity and name in names]
+
+
+def _fill(turn: Turn, slot: SlotDef, entity: EntityValue) -> bool:
+    parsed = from_entity(slot, entity.value, turn.bot.matcher(slot))
+    if not parsed.ok:
+        turn.say(slot.invalid or "utter_invalid", slot=turn.slot_context(slot, parsed.problem))
+        return False
+    turn.set_slot(slot.name, parsed.value)
+    return True
+
+
+# -- answering a question ---------------------------------------------------------------------
+
+
+def _answer(turn: Turn, text: str, nlu: NluResult) -> None:
+    """A question (collect step) is pending. In order: the entity of the asked slot; yes/no
+    intents for a boolean slot; another flow's intent (digression); small talk; entities
+    of other slots of the flow (filling or correcting them); the raw text."""
+    step = turn.current()
+    assert isinstance(step, Collect)
+    bot = turn.bot
+    slot = bot.slot(step.slot)
+    confident = understood(bot, nlu)
+    own = [e for e in nlu.entities if slot.entity is not None and e.entity == slot.entity]
+    if own:
+        _other_entities(turn, nlu, skip=slot.name)
+        _take(turn, step, from_entity(slot, own[0].value, bot.matcher(slot), step.validation))
+        return
+    if confident and slot.type == "boolean" and nlu.intent in AFFIRM | DENY:
+        _accept(turn, nlu.intent in AFFIRM)
+        return
+    if confident and _digress(turn, nlu):
+        return
+    if confident and _smalltalk(turn, nlu.intent):
+        return
+    if _other_entities(turn, nlu, skip=slot.name):
+        run(turn)
+        return
+    _by_text(turn, step, slot, text, nlu)
+
+
+def _by_text(turn: Turn, step: Collect, slot: SlotDef, text: str, nlu: NluResult) -> None:
+    parsed = Parsed(None, "I couldn't find it in your answer")
+    if slot.from_text:
+        parsed = from_text(slot, text, turn.bot.matcher(slot), step.validation)
+    flow = turn.bot.flow_for(nlu.intent) if understood(turn.bot, nlu) else None
+    if not parsed.ok and flow is not None and turn.top is not None and flow.name == turn.top.flow:
+        ask(turn, step)  # the flow's own intent again, without an answer: just ask again
+        return
+    _take(turn, step, parsed)
+
+
+def _take(turn: Turn, step: Collect, parsed: Parsed) -> None:
+    if parsed.ok:
+        _accept(turn, parsed.value)
+    else:
+        _invalid(turn, step, parsed.problem)
+
+
+def _accept(turn: Turn, value: object) -> None:
+    step = turn.current()
+    assert isinstance(step, Collect)
+    turn.streak = 0
+    turn.set_slot(step.slot, value)
+    turn.advance()
+    run(turn)
+
+
+def _invalid(turn: Turn, step: Collect, problem: str | None) -> None:
+    frame = turn.top
+    assert frame is not None
+    attempts = frame.attempts + 1
+    if attempts >= step.max_attempts:
+        _give_up(turn, step)
+        return
+    turn.update_top(attempts=attempts)
+    slot = turn.bot.slot(step.slot)
+    turn.say(step.invalid or "utter_invalid", slot=turn.slot_context(slot, problem))
+    ask(turn, step)
+
+
+def _give_up(turn: Turn, step: Collect) -> None:
+    """Too many invalid answers: a fallback; the flow is cancelled."""
+    turn.cancel_task("max_attempts")
+    if turn.streak + 1 >= turn.bot.handoff_after:
+        fallback(turn, "max_attempts", None)
+        return
+    turn.say(step.fallback or "utter_collect_failed")
+    turn.streak += 1
+    turn.event("fallback", reason="max_attempts", intent="", confidence=0.0)
+    run(turn)
+
+
+def _digress(turn: Turn, nlu: NluResult) -> bool:
+    """Another flow's intent while a question is pending: run that flow on top (the
+    interrupted flow asks again when it ends). A flow already running (lower in the stack)
+    is not started again, nor one past `max_depth` flows: the question is asked again."""
+    flow = turn.bot.flow_for(nlu.intent)
+    top = turn.top
+    if flow is None or top is None or flow.name == top.flow:
+        return False
+    step = turn.current()
+    running = any(frame.flow == flow.name for frame in turn.stack)
+    if running or len(turn.stack) >= turn.bot.max_depth:
+        assert isinstance(step, Collect)
+        ask(turn, step)
+        return True
+    turn.streak = 0
+    start_flow(turn, flow.name, "digression", nlu)
+    return True
+
+
+def _smalltalk(turn: Turn, intent: str) -> bool:
+    """Greet / thanks / help while a question is pending: answer, then ask again. Goodbye
+    and handoff leave the flows."""
+    if intent not in BUILTIN_REPLIES and intent not in HANDOFF:
+        return False
+    _builtin(turn, intent)
+    if intent not in GOODBYE and intent not in HANDOFF:
+        run(turn)
+    return True
+
+
+def _other_entities(turn: Turn, nlu: NluResult, skip: str) -> bool:
+    """Fill or correct the innermost flow's slots (other than `skip`) from the message's
+    entities. A correction (a filled slot given a new value) is confirmed. True when
+    anything changed or was rejected."""
+    frame = turn.top
+    if frame is None:
+        return False
+    changed = False
+    for entity in nlu.entities:
+        for slot in _slots_of(turn, entity.entity, frame.flow):
+            if slot.name != skip:
+                changed = _correct(turn, slot, entity) or changed
+    return changed
+
+
+def _correct(turn: Turn, slot: SlotDef, entity: EntityValue) -> bool:
+    current = turn.value(slot.name)
+    parsed = from_entity(slot, entity.value, turn.bot.matcher(slot))
+    if parsed.ok and same(current, parsed.value):
+        return False
+    if current is None or not parsed.ok:
+        return _fill(turn, slot, entity) or not parsed.ok
+    turn.set_slot(slot.name, parsed.value, correction=True, previous=current)
+    turn.say("utter_corrected", slot=turn.slot_context(slot))
+    return True

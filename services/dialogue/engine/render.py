@@ -1,0 +1,131 @@
+"""Response rendering: sandboxed Jinja templates compiled once, variations chosen by seed."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from jinja2 import Template
+
+from services.botdef import (
+    BUILTIN_RESPONSES,
+    Branch,
+    ButtonDef,
+    Collect,
+    ConversationDefinition,
+    Handoff,
+    MessageRef,
+    RunWorkflow,
+    Say,
+    Step,
+    Variation,
+    template_environment,
+)
+from services.dialogue.engine.api import Button, Reply
+
+_EXPRESSION = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    source: str
+    text: Template
+    buttons: tuple[tuple[Template, str], ...]
+
+
+class Renderer:
+    """Renders responses (by name, the bot's or a built-in one) and inline messages.
+
+    Everything is compiled in the constructor; `render` only reads, so one Renderer can
+    serve many threads.
+    """
+
+    def __init__(self, conversation: ConversationDefinition, help_buttons: list[Button]) -> None:
+        env = template_environment()
+        self._env = env
+        responses: dict[str, tuple[_Compiled, ...]] = {}
+        for name, text in BUILTIN_RESPONSES.items():
+            buttons = help_buttons if name == "utter_help" else []
+            variation = Variation(text, tuple(ButtonDef(b.title, b.payload) for b in buttons))
+            responses[name] = (self._compile(variation),)
+        for name, response in conversation.responses.items():
+            responses[name] = tuple(self._compile(v) for v in response.variations)
+        self._responses: Mapping[str, tuple[_Compiled, ...]] = MappingProxyType(responses)
+        inline = {v: self._compile(v) for v in _inline_variations(conversation)}
+        self._inline: Mapping[Variation, _Compiled] = MappingProxyType(inline)
+
+    def _compile(self, variation: Variation) -> _Compiled:
+        buttons = tuple((self._env.from_string(b.title), b.payload) for b in variation.buttons)
+        return _Compiled(variation.text, self._env.from_string(variation.text), buttons)
+
+    def has(self, name: str) -> bool:
+        return name in self._responses
+
+    def render(
+        self,
+        message: MessageRef | str,
+        context: dict[str, Any],
+        seed: str,
+        extra_buttons: list[Button] | None = None,
+    ) -> Reply:
+        """The reply for `message` (a response name or a MessageRef) in `context`.
+
+        The variation is chosen by `seed` (same seed, same variation). A template that
+        fails at run time is sent with its expressions left out.
+        """
+        compiled = self._pick(message, seed)
+        text = _render(compiled.text, compiled.source, context)
+        buttons = [Button(_render(t, "", context), payload) for t, payload in compiled.buttons]
+        return Reply(text=text.strip(), buttons=[*buttons, *(extra_buttons or [])])
+
+    def _pick(self, message: MessageRef | str, seed: str) -> _Compiled:
+        if isinstance(message, MessageRef) and message.inline is not None:
+            found = self._inline.get(message.inline)
+            return found if found is not None else self._compile(message.inline)
+        name = message if isinstance(message, str) else str(message.response)
+        variations = self._responses.get(name) or self._responses["utter_default"]
+        return variations[choose(seed, len(variations))]
+
+
+def choose(seed: str, count: int) -> int:
+    """A stable index in [0, count) for `seed` (the same in every process)."""
+    digest = hashlib.sha256(seed.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def _render(template: Template, source: str, context: dict[str, Any]) -> str:
+    try:
+        return template.render(context)
+    except Exception:  # a bot's template must not break the conversation
+        return _EXPRESSION.sub("", source)
+
+
+def _inline_variations(conversation: ConversationDefinition) -> Iterator[Variation]:
+    refs: list[MessageRef | None] = []
+    for slot in conversation.slots.values():
+        refs.extend((slot.ask, slot.invalid))
+    for flow in conversation.flows.values():
+        refs.extend(_step_messages(flow.steps))
+    for ref in refs:
+        if ref is not None and ref.inline is not None:
+            yield ref.inline
+
+
+def _step_messages(steps: tuple[Step, ...]) -> Iterator[MessageRef | None]:
+    for step in steps:
+        if isinstance(step, Say):
+            yield step.message
+        elif isinstance(step, Collect):
+            yield from (step.ask, step.invalid, step.fallback)
+        elif isinstance(step, RunWorkflow):
+            yield from (step.started, step.on_success, step.on_failure)
+        elif isinstance(step, Handoff):
+            yield step.message
+        elif isinstance(step, Branch):
+            for _, case in step.cases:
+                yield from _step_messages(case)
+            yield from _step_messages(step.otherwise)

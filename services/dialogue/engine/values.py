@@ -1,0 +1,250 @@
+"""Slot values from what users write: numbers, yes/no, choices, entity values."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from services.botdef import EntityDef, SlotDef, SlotValue, Validation, value_problem
+
+YES_WORDS = frozenset({
+    "yes", "y", "yeah", "yea", "yep", "yup", "sure", "ok", "okay", "correct", "right", "true",
+    "affirmative", "confirm", "confirmed", "absolutely", "definitely", "certainly", "indeed",
+})
+NO_WORDS = frozenset({"no", "n", "nope", "nah", "false", "negative", "wrong", "incorrect",
+                      "never"})
+YES_PHRASES = frozenset({"of course", "go ahead", "do it", "please do", "sounds good",
+                         "that's right", "that is right", "why not"})
+NO_PHRASES = frozenset({"not really", "don't", "do not", "dont", "not now", "no way"})
+
+_UNIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+               "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
+               "seventeen", "eighteen", "nineteen")
+_TEN_WORDS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+_UNITS: Mapping[str, int] = MappingProxyType({w: v for v, w in enumerate(_UNIT_WORDS)})
+_TENS: Mapping[str, int] = MappingProxyType({w: 10 * (i + 2) for i, w in enumerate(_TEN_WORDS)})
+_SCALES: Mapping[str, int] = MappingProxyType({"thousand": 1000, "million": 1_000_000})
+_NUMERIC = re.compile(r"(?<![\w.,])[-+]?\d(?:[\d.,']*\d)?(?:\s?[kK]\b)?")
+_WORD = re.compile(r"[a-z]+")
+
+
+def parse_number(text: str) -> int | float | None:
+    """The one number in `text`: digits with optional sign, currency, thousands separators
+    (`1,000`, `1.000,50`, `1'000`), decimals, a `k` suffix (`10k`); or English words
+    (`fifty`, `a hundred and twenty`). None when there is none or more than one."""
+    found = _NUMERIC.findall(text)
+    if len(found) > 1:
+        return None
+    if found:
+        return _digits(found[0])
+    return _words(text.lower())
+
+
+def _digits(token: str) -> int | float | None:
+    thousands = token[-1] in "kK"
+    body = token.rstrip("kK").strip()
+    number = _decimal(body)
+    if number is None:
+        return None
+    return _tidy(number * 1000 if thousands else number)
+
+
+def _decimal(body: str) -> float | None:
+    digits = body.replace("'", "")
+    if "," in digits and "." in digits:
+        decimal = "," if digits.rfind(",") > digits.rfind(".") else "."
+        other = "." if decimal == "," else ","
+        digits = digits.replace(other, "").replace(decimal, ".")
+    elif "," in digits:
+        grouped = re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+", digits) is not None
+        if not grouped and digits.count(",") > 1:
+            return None
+        digits = digits.replace(",", "" if grouped else ".")
+    elif digits.count(".") > 1:
+        if re.fullmatch(r"[-+]?\d{1,3}(\.\d{3})+", digits) is None:
+            return None
+        digits = digits.replace(".", "")
+    try:
+        return float(digits)
+    except ValueError:
+        return None
+
+
+def _tidy(number: float) -> int | float:
+    return int(number) if number.is_integer() else number
+
+
+def _words(text: str) -> int | None:
+    tokens = _WORD.findall(text)
+    total, current, started = 0, 0, False
+    for index, token in enumerate(tokens):
+        following = tokens[index + 1] if index + 1 < len(tokens) else ""
+        if token in ("a", "an") and following in ("hundred", *_SCALES) and not started:
+            current, started = 1, True
+        elif token in _UNITS or token in _TENS:
+            current += _UNITS.get(token, 0) + _TENS.get(token, 0)
+            started = True
+        elif token == "hundred" and started:
+            current = max(current, 1) * 100
+        elif token in _SCALES and started:
+            total, current = total + max(current, 1) * _SCALES[token], 0
+        elif started and token != "and":
+            break
+    return total + current if started else None
+
+
+def parse_boolean(text: str) -> bool | None:
+    """True / False from yes / no words (`yes please`, `nope`, `of course`), else None."""
+    words = _normal(text)
+    if words in YES_PHRASES:
+        return True
+    if words in NO_PHRASES:
+        return False
+    first = words.split(" ", 1)[0]
+    if first in YES_WORDS:
+        return True
+    if first in NO_WORDS:
+        return False
+    return None
+
+
+def _normal(text: str) -> str:
+    return " ".join(re.sub(r"[^\w' ]+", " ", text.lower()).split())
+
+
+@dataclass(frozen=True)
+class EntityMatcher:
+    """Finds the values of one declared entity in plain text (for answers NLU did not tag):
+    its synonyms (lower-cased variant -> canonical), lookup values and regexes."""
+
+    synonyms: Mapping[str, str]
+    lookup: tuple[str, ...]
+    patterns: tuple[re.Pattern[str], ...]
+
+    @classmethod
+    def of(cls, entity: EntityDef, synonyms: Mapping[str, str]) -> EntityMatcher:
+        patterns = tuple(re.compile(p) for p in entity.regex)
+        return cls(MappingProxyType(dict(synonyms)), entity.lookup, patterns)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.synonyms or self.lookup or self.patterns)
+
+    def find(self, text: str) -> str | None:
+        for pattern in self.patterns:
+            match = pattern.search(text)
+            if match is not None:
+                return match.group(0)
+        phrase = _find_phrase(text, list(self.synonyms))
+        if phrase is not None:
+            return self.synonyms[phrase]
+        return _find_phrase(text, list(self.lookup))
+
+    def canonical(self, value: str) -> str:
+        return self.synonyms.get(value.lower(), value)
+
+
+def _find_phrase(text: str, phrases: list[str]) -> str | None:
+    """The longest of `phrases` found in `text` as whole words (case-insensitive)."""
+    folded = f" {_normal(text)} "
+    for phrase in sorted(phrases, key=len, reverse=True):
+        if f" {_normal(phrase)} " in folded:
+            return phrase
+    return None
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A converted slot value, or why it could not be had (`problem`)."""
+
+    value: SlotValue = None
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None and self.value is not None
+
+
+def from_text(
+    slot: SlotDef, text: str, matcher: EntityMatcher | None, rules: Validation | None = None
+) -> Parsed:
+    """The value of `slot` given by a raw answer, converted by the slot's type, validated."""
+    value: SlotValue = None
+    if slot.type == "number":
+        value = parse_number(text)
+    elif slot.type == "boolean":
+        value = parse_boolean(text)
+    elif slot.type == "categorical":
+        value = match_choice(slot, text, matcher, rules)
+    elif slot.type == "entity" and matcher is not None and not matcher.empty:
+        value = matcher.find(text)
+    else:
+        value = text.strip() or None
+    return _checked(slot, value, rules)
+
+
+def from_entity(
+    slot: SlotDef, raw: str, matcher: EntityMatcher | None, rules: Validation | None = None
+) -> Parsed:
+    """The value of `slot` given by an entity value found by NLU."""
+    if slot.type in ("number", "boolean"):
+        return from_text(slot, raw, matcher, rules)
+    if slot.type == "categorical":
+        return _checked(slot, match_choice(slot, raw, matcher, rules), rules)
+    value = matcher.canonical(raw) if matcher is not None else raw
+    return _checked(slot, value.strip() or None, rules)
+
+
+def coerce(slot: SlotDef, value: Any) -> Parsed:
+    """A value from a workflow output or a payload, made the slot's type if it can be."""
+    if value is None or (isinstance(value, bool) and slot.type == "boolean"):
+        return Parsed(value)
+    if slot.type == "number" and isinstance(value, int | float) and not isinstance(value, bool):
+        return _checked(slot, _tidy(float(value)), None)
+    if isinstance(value, str | int | float):
+        return from_entity(slot, str(value), None)
+    return Parsed(None, "it is not a plain value")
+
+
+def match_choice(
+    slot: SlotDef, text: str, matcher: EntityMatcher | None, rules: Validation | None = None
+) -> str | None:
+    """The choice of a categorical slot that `text` is or names (its entity's synonyms
+    count), None when there is none or more than one."""
+    choices = [str(c) for c in slot.validation.merged(rules).choices]
+    names = {choice.lower(): choice for choice in choices}
+    if matcher is not None:
+        names.update({variant: canonical for variant, canonical in matcher.synonyms.items()
+                      if canonical.lower() in (c.lower() for c in choices)})
+    exact = names.get(_normal(text))
+    if exact is not None:
+        return _choice_case(exact, choices)
+    found = {_choice_case(names[p], choices) for p in names if _find_phrase(text, [p])}
+    return found.pop() if len(found) == 1 else None
+
+
+def _choice_case(value: str, choices: list[str]) -> str:
+    return next((c for c in choices if c.lower() == value.lower()), value)
+
+
+def _checked(slot: SlotDef, value: SlotValue, rules: Validation | None) -> Parsed:
+    if value is None:
+        return Parsed(None, _missing(slot, rules))
+    problem = value_problem(slot, value, rules)
+    return Parsed(value, problem)
+
+
+def _missing(slot: SlotDef, rules: Validation | None) -> str:
+    if slot.type == "number":
+        return "it must be a number"
+    if slot.type == "boolean":
+        return "please answer yes or no"
+    choices = slot.validation.merged(rules).choices
+    if choices:
+        return f"it must be one of: {', '.join(str(c) for c in choices)}"
+    if slot.type == "entity":
+        return f"I don't know that {slot.label}"
+    return f"the {slot.label} is empty"

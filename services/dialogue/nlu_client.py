@@ -1,0 +1,46 @@
+"""NLU over gRPC with a deadline; maps ParseResponse to the engine's NluResult."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.common.logging import CORRELATION_METADATA
+from services.common.pb.botfactory.v1 import nlu_pb2, nlu_pb2_grpc
+from services.dialogue.engine import EntityValue, NluResult
+
+
+class NluUnavailable(Exception):
+    """NLU did not answer in time or failed; the user gets a 'try again' reply."""
+
+
+class NluClient:
+    def __init__(self, address: str, timeout_s: float) -> None:
+        options = [("grpc.lb_policy_name", "round_robin"), ("grpc.enable_retries", 1)]
+        self._channel = grpc.aio.insecure_channel(address, options=options)
+        self._stub = nlu_pb2_grpc.NluServiceStub(self._channel)
+        self._timeout = timeout_s
+
+    async def parse(self, bot_id: str, text: str, correlation_id: str) -> NluResult:
+        try:
+            reply = await self._stub.Parse(
+                nlu_pb2.ParseRequest(bot_id=bot_id, text=text), timeout=self._timeout,
+                metadata=((CORRELATION_METADATA, correlation_id),))
+        except grpc.aio.AioRpcError as exc:
+            raise NluUnavailable(f"{exc.code().name}: {exc.details()}") from exc
+        return to_result(reply)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+def to_result(reply: nlu_pb2.ParseResponse) -> NluResult:
+    return NluResult(
+        intent=reply.intent.name,
+        confidence=reply.intent.confidence,
+        ranking=[(r.name, r.confidence) for r in reply.ranking],
+        entities=[EntityValue(entity=e.entity, value=e.value, raw=e.raw, start=e.start, end=e.end)
+                  for e in reply.entities],
+        out_of_scope=reply.out_of_scope,
+        sentiment=reply.sentiment.label,
+        sentiment_score=reply.sentiment.score,
+    )

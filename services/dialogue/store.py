@@ -1,0 +1,110 @@
+"""Conversation state in KV `trackers`: the engine's tracker plus the service's outbox.
+
+The record written after a turn holds the turn's outgoing messages (the outbox). If the worker
+dies after the write but before publishing, the redelivered message finds its id already
+applied and publishes the outbox again; the publishes carry deterministic `Nats-Msg-Id`s, so
+JetStream drops what already went out. Writes are compare-and-set on the KV revision.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KeyValue
+
+from services.dialogue.engine import Tracker
+
+FORMAT = 1
+RECENT_IDS = 32
+
+
+class ConcurrentUpdate(Exception):
+    """The record changed since it was read (another worker won the compare-and-set)."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    subject: str
+    msg_id: str
+    data: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"subject": self.subject, "msg_id": self.msg_id, "headers": self.headers,
+                "data": base64.b64encode(self.data).decode()}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Outgoing:
+        return cls(raw["subject"], raw["msg_id"], base64.b64decode(raw["data"]),
+                   dict(raw.get("headers", {})))
+
+
+@dataclass(frozen=True)
+class Record:
+    tracker: Tracker
+    revision: int | None
+    applied: tuple[str, ...] = ()
+    outbox_for: str | None = None
+    outbox: tuple[Outgoing, ...] = ()
+
+    def seen(self, message_id: str) -> bool:
+        return message_id in self.applied
+
+    def encode(self) -> bytes:
+        return json.dumps({
+            "format": FORMAT,
+            "tracker": json.loads(self.tracker.to_json()),
+            "applied": list(self.applied),
+            "outbox_for": self.outbox_for,
+            "outbox": [o.to_json() for o in self.outbox],
+        }, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes, revision: int) -> Record:
+        raw = json.loads(data)
+        tracker = Tracker.from_json(json.dumps(raw["tracker"]).encode())
+        return cls(tracker, revision, tuple(raw.get("applied", ())), raw.get("outbox_for"),
+                   tuple(Outgoing.from_json(o) for o in raw.get("outbox", ())))
+
+    def after_turn(self, tracker: Tracker, message_id: str,
+                   outbox: tuple[Outgoing, ...]) -> Record:
+        applied = (*self.applied, message_id)[-RECENT_IDS:] if message_id else self.applied
+        return Record(tracker, self.revision, applied, message_id or None, outbox)
+
+
+class TrackerStore:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    async def load(self, key: str) -> Record | None:
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        assert entry.revision is not None
+        return Record.decode(entry.value, entry.revision)
+
+    async def save(self, key: str, record: Record) -> int:
+        """Write with compare-and-set; returns the new revision."""
+        try:
+            if record.revision is None:
+                return int(await self._kv.create(key, record.encode()))
+            return int(await self._kv.update(key, record.encode(), last=record.revision))
+        except KeyWrongLastSequenceError as exc:
+            raise ConcurrentUpdate(key) from exc
+
+    async def delete(self, key: str) -> None:
+        await self._kv.delete(key)
+
+    async def keys(self, prefix: str, limit: int) -> list[str]:
+        try:
+            keys = await self._kv.keys(filters=[f"{prefix}>"])
+        except NoKeysError:
+            return []
+        return sorted(keys)[:limit]

@@ -1,0 +1,329 @@
+"""Consumes inbound conversation messages, one partition consumer at a time per message.
+
+For each message: load the tracker (KV), call NLU, advance the engine, write the tracker back
+with compare-and-set (the record carries the turn's outbox), publish the replies (to the
+waiting gateway's inbox and to `conv.out`), events and workflow jobs, and only then ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from services.common.logging import bind_correlation_id, get_logger
+from services.common.nats import KV_HANDOFFS, Bus
+from services.common.pb.botfactory.v1 import conversation_pb2
+from services.common.subjects import (
+    HEADER_CORRELATION,
+    HEADER_KIND,
+    HEADER_MSG_ID,
+    HEADER_REPLY_INBOX,
+    KIND_AGENT,
+    KIND_MESSAGE,
+    KIND_RELEASE,
+    KIND_WORKFLOW_RESULT,
+    events,
+    inbound_filter,
+    outbound,
+    parse_inbound,
+    tracker_key,
+)
+from services.dialogue.bots import BotRegistry
+from services.dialogue.engine import (
+    DialogueEngine,
+    NluResult,
+    Reply,
+    Tracker,
+    TurnResult,
+    WorkflowResult,
+)
+from services.dialogue.metrics import DialogueMetrics
+from services.dialogue.nlu_client import NluClient, NluUnavailable
+from services.dialogue.store import ConcurrentUpdate, Outgoing, Record, TrackerStore
+
+log = get_logger(__name__)
+MAX_ATTEMPTS_BEFORE_DEAD_LETTER = 5
+CAS_RETRIES = 5
+UNKNOWN_BOT_TEXT = "Sorry, this assistant is not available right now."
+BROKEN_TEXT = "Sorry, something went wrong on our side. Your message was kept; please try again."
+
+
+@dataclass(frozen=True)
+class Inbound:
+    bot_id: str
+    conversation_id: str
+    kind: str
+    message_id: str
+    correlation_id: str
+    reply_inbox: str | None
+    user: conversation_pb2.UserMessage | None
+    workflow: WorkflowResult | None
+
+
+def decode(msg: Msg) -> Inbound:
+    bot_id, conversation_id = parse_inbound(msg.subject)
+    headers = msg.headers or {}
+    kind = headers.get(HEADER_KIND, KIND_MESSAGE)
+    user, workflow = None, None
+    if kind == KIND_WORKFLOW_RESULT:
+        raw = json.loads(msg.data)
+        workflow = WorkflowResult(run_id=raw["run_id"], workflow=raw["workflow"],
+                                  status=raw["status"], outputs=raw.get("outputs", {}),
+                                  error=raw.get("error"))
+        message_id = f"wf-{workflow.run_id}"
+    else:
+        user = conversation_pb2.UserMessage.FromString(msg.data)
+        message_id = user.message_id or headers.get(HEADER_MSG_ID, "")
+    return Inbound(bot_id, conversation_id, kind, message_id,
+                   headers.get(HEADER_CORRELATION, ""), headers.get(HEADER_REPLY_INBOX), user,
+                   workflow)
+
+
+class DialogueWorker:
+    def __init__(self, bus: Bus, registry: BotRegistry, nlu: NluClient, store: TrackerStore,
+                 metrics: DialogueMetrics, *, partitions: int, ack_wait_s: float,
+                 session_idle_s: float) -> None:
+        self._bus = bus
+        self._registry = registry
+        self._nlu = nlu
+        self._store = store
+        self._metrics = metrics
+        self._partitions = partitions
+        self._ack_wait = ack_wait_s
+        self._idle = session_idle_s
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
+        self._busy: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._running = True
+        for part in range(self._partitions):
+            sub = await self._subscribe(part)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._consume(sub)))
+
+    async def _subscribe(self, part: int) -> Any:
+        durable = f"dialogue-p{part}"
+        config = ConsumerConfig(
+            durable_name=durable, filter_subject=inbound_filter(part),
+            ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+            max_ack_pending=1, ack_wait=self._ack_wait, max_waiting=512,
+        )
+        return await self._bus.js.pull_subscribe(inbound_filter(part), durable=durable,
+                                                 stream="CONV", config=config)
+
+    async def stop(self) -> None:
+        """Stop fetching, let the messages being handled finish (they are acked)."""
+        self._running = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._busy:
+            await asyncio.gather(*self._busy, return_exceptions=True)
+
+    async def _consume(self, sub: Any) -> None:
+        while self._running:
+            try:
+                messages = await sub.fetch(1, timeout=5)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
+                return
+            for msg in messages:
+                # shielded: a stop request lets the message finish and be acked
+                task = asyncio.get_running_loop().create_task(self.handle(msg))
+                self._busy.add(task)
+                task.add_done_callback(self._busy.discard)
+                await asyncio.shield(task)
+
+    async def handle(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        try:
+            inbound = decode(msg)
+        except Exception as exc:  # undecodable: keep it in the dead-letter subject, move on
+            await self._dead_letter(msg, f"undecodable: {exc}")
+            return
+        bind_correlation_id(inbound.correlation_id or inbound.message_id)
+        outcome = "ok"
+        try:
+            outcome = await self._process(inbound)
+            await msg.ack()
+        except Exception as exc:
+            outcome = "error"
+            await self._failed(msg, inbound, exc)
+        finally:
+            self._metrics.messages.labels(bot=inbound.bot_id, kind=inbound.kind,
+                                          outcome=outcome).inc()
+            self._metrics.latency.observe(time.perf_counter() - started)
+
+    async def _process(self, inbound: Inbound) -> str:
+        engine = self._registry.get(inbound.bot_id)
+        if engine is None:
+            await self._reply_unavailable(inbound)
+            return "unknown_bot"
+        nlu = await self._understand(engine, inbound)
+        key = tracker_key(inbound.bot_id, inbound.conversation_id)
+        for _ in range(CAS_RETRIES):
+            record = await self._store.load(key) or Record(
+                Tracker.new(inbound.bot_id, inbound.conversation_id, time.time()), None)
+            if record.seen(inbound.message_id):
+                if record.outbox_for == inbound.message_id:
+                    await self._publish(record.outbox, inbound.reply_inbox)
+                return "duplicate"
+            result = self._turn(engine, record.tracker, inbound, nlu)
+            outbox = self._outgoing(inbound, result, nlu)
+            try:
+                await self._store.save(key, record.after_turn(result.tracker, inbound.message_id,
+                                                              outbox))
+            except ConcurrentUpdate:
+                self._metrics.cas_conflicts.inc()
+                continue
+            await self._side_effects(inbound, record.tracker, result.tracker)
+            await self._publish(outbox, inbound.reply_inbox)
+            return "ok"
+        raise ConcurrentUpdate(key)
+
+    async def _understand(self, engine: DialogueEngine, inbound: Inbound) -> NluResult | None:
+        if inbound.kind != KIND_MESSAGE or inbound.user is None:
+            return None
+        if inbound.user.text.startswith("/"):
+            return None  # a button payload names its intent: no NLU needed
+        try:
+            return await self._nlu.parse(inbound.bot_id, inbound.user.text,
+                                         inbound.correlation_id)
+        except NluUnavailable as exc:
+            self._metrics.nlu_failures.inc()
+            log.warning("nlu_unavailable", error=str(exc))
+            return None
+
+    def _turn(self, engine: DialogueEngine, tracker: Tracker, inbound: Inbound,
+              nlu: NluResult | None) -> TurnResult:
+        now = time.time()
+        if engine.expired(tracker, now, self._idle):
+            tracker = engine.new_session(tracker, now)
+        if inbound.workflow is not None:
+            return engine.handle_workflow_result(tracker, inbound.workflow, now)
+        assert inbound.user is not None
+        text = inbound.user.text
+        if inbound.kind == KIND_RELEASE:
+            return engine.release_handoff(tracker, now)
+        if inbound.kind == KIND_AGENT:
+            return engine.handle_agent_message(tracker, inbound.message_id, text, now)
+        if nlu is None and not text.startswith("/"):
+            return engine.handle_nlu_unavailable(tracker, inbound.message_id, text, now)
+        return engine.handle_message(tracker, inbound.message_id, text,
+                                     nlu or payload_nlu(text), now)
+
+    def _outgoing(self, inbound: Inbound, result: TurnResult,
+                  nlu: NluResult | None) -> tuple[Outgoing, ...]:
+        bot, conv = inbound.bot_id, inbound.conversation_id
+        headers = {"Correlation-Id": inbound.correlation_id} if inbound.correlation_id else {}
+        now_ms = int(time.time() * 1000)
+        out: list[Outgoing] = []
+        in_reply_to = inbound.message_id if inbound.kind in (KIND_MESSAGE, KIND_AGENT) else ""
+        for index, reply in enumerate(result.replies):
+            message = bot_message(bot, conv, inbound.message_id, in_reply_to, index,
+                                  len(result.replies), reply, now_ms)
+            out.append(Outgoing(outbound(bot, conv), message.message_id,
+                                message.SerializeToString(), headers))
+        for index, (kind, data) in enumerate(self._events(inbound, result, nlu)):
+            event = conversation_pb2.ConversationEvent(
+                bot_id=bot, conversation_id=conv, type=kind, at_unix_ms=now_ms,
+                correlation_id=inbound.correlation_id, data_json=json.dumps(data, default=str))
+            out.append(Outgoing(events(bot, conv), f"{inbound.message_id}:e{index}",
+                                event.SerializeToString(), headers))
+        for job in result.workflows:
+            body = {"run_id": job.run_id, "workflow": job.workflow, "inputs": job.inputs,
+                    "bot_id": bot, "conversation_id": conv,
+                    "correlation_id": inbound.correlation_id}
+            out.append(Outgoing(f"rpa.jobs.{bot}", job.run_id,
+                                json.dumps(body, default=str).encode(), headers))
+        return tuple(out)
+
+    @staticmethod
+    def _events(inbound: Inbound, result: TurnResult,
+                nlu: NluResult | None) -> list[tuple[str, dict[str, Any]]]:
+        found: list[tuple[str, dict[str, Any]]] = []
+        if inbound.user is not None and inbound.kind in (KIND_MESSAGE, KIND_AGENT):
+            found.append(("user_message" if inbound.kind == KIND_MESSAGE else "agent_message", {
+                "message_id": inbound.message_id, "text": inbound.user.text,
+                "nlu": nlu_json(nlu)}))
+        found.extend((e.type, e.data) for e in result.events)
+        found.extend(("bot_message", {"text": r.text, "role": r.role}) for r in result.replies)
+        return found
+
+    async def _side_effects(self, inbound: Inbound, before: Tracker, after: Tracker) -> None:
+        if before.handed_off == after.handed_off:
+            return
+        kv = await self._bus.kv(KV_HANDOFFS)
+        key = tracker_key(inbound.bot_id, inbound.conversation_id)
+        if after.handed_off:
+            await kv.put(key, json.dumps({"since": time.time()}).encode())
+        else:
+            await kv.delete(key)
+
+    async def _publish(self, outbox: tuple[Outgoing, ...], inbox: str | None) -> None:
+        if inbox:
+            for item in outbox:
+                if item.subject.startswith("conv.out."):
+                    await self._bus.nc.publish(inbox, item.data)
+        await asyncio.gather(*(
+            self._bus.js.publish(item.subject, item.data,
+                                 headers={**item.headers, HEADER_MSG_ID: item.msg_id})
+            for item in outbox))
+
+    async def _reply_unavailable(self, inbound: Inbound, text: str = UNKNOWN_BOT_TEXT) -> None:
+        reply = Reply(text=text, buttons=[])
+        message = bot_message(inbound.bot_id, inbound.conversation_id, inbound.message_id,
+                              inbound.message_id, 0, 1, reply, int(time.time() * 1000))
+        item = Outgoing(outbound(inbound.bot_id, inbound.conversation_id), message.message_id,
+                        message.SerializeToString())
+        await self._publish((item,), inbound.reply_inbox)
+
+    async def _failed(self, msg: Msg, inbound: Inbound, exc: Exception) -> None:
+        delivered = msg.metadata.num_delivered if msg.metadata else 1
+        log.error("message_failed", bot=inbound.bot_id, conversation=inbound.conversation_id,
+                  attempt=delivered, error=repr(exc))
+        if delivered < MAX_ATTEMPTS_BEFORE_DEAD_LETTER:
+            await msg.nak(delay=min(0.2 * 2 ** delivered, 5.0))
+            return
+        await self._reply_unavailable(inbound, BROKEN_TEXT)
+        await self._dead_letter(msg, repr(exc))
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        """Keep the message on EVENTS (`events.deadletter.dialogue`) and ack it."""
+        self._metrics.dead_letters.inc()
+        headers = {**(msg.headers or {}), "Bf-Original-Subject": msg.subject,
+                   "Bf-Reason": reason[:500]}
+        await self._bus.js.publish("events.deadletter.dialogue", msg.data, headers=headers)
+        await msg.ack()
+
+
+def payload_nlu(text: str) -> NluResult:
+    """A button payload `/intent` is that intent with full confidence."""
+    intent = text[1:].split("{", 1)[0].strip()
+    return NluResult(intent=intent, confidence=1.0, ranking=[(intent, 1.0)], entities=[],
+                     out_of_scope=False)
+
+
+def nlu_json(nlu: NluResult | None) -> dict[str, Any] | None:
+    if nlu is None:
+        return None
+    return {"intent": nlu.intent, "confidence": round(nlu.confidence, 4),
+            "entities": [{"entity": e.entity, "value": e.value} for e in nlu.entities],
+            "out_of_scope": nlu.out_of_scope, "sentiment": nlu.sentiment}
+
+
+def bot_message(bot: str, conv: str, message_id: str, in_reply_to: str, index: int, count: int,
+                reply: Reply, now_ms: int) -> conversation_pb2.BotMessage:
+    return conversation_pb2.BotMessage(
+        bot_id=bot, conversation_id=conv, message_id=f"{message_id}:{index}",
+        in_reply_to=in_reply_to, text=reply.text,
+        buttons=[conversation_pb2.Button(title=b.title, payload=b.payload) for b in reply.buttons],
+        index=index, last=index == count - 1, sent_at_unix_ms=now_ms, role=reply.role)

@@ -1,0 +1,411 @@
+"""Conversation tests: the YAML format and its loader, the runner, and the demo bot's
+conversations run offline through the dialogue engine with a fake NLU."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from botfactory.conversation_tests import (
+    ConversationStep,
+    ConversationTest,
+    ConversationTestError,
+    NluHint,
+    ReplyExpectation,
+    check_replies,
+    load_conversation_tests,
+    run_conversation_tests,
+    same_value,
+)
+from services.botdef import BotDefinition, load_bot
+from services.dialogue.engine import (
+    DialogueEngine,
+    EntityValue,
+    NluResult,
+    Reply,
+    Tracker,
+    WorkflowResult,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+BANKING = REPO / "bots" / "banking"
+NO_NLU = NluResult(intent="", confidence=0.0, ranking=[], entities=[], out_of_scope=False)
+
+
+def hint_nlu(hint: NluHint | None, text: str) -> NluResult:
+    """The NluResult a test step's `nlu:` hint stands for (no hint: nothing understood)."""
+    if hint is None:
+        return NO_NLU
+    entities = [_entity(text, entity, value, raw) for entity, value, raw in hint.entities]
+    ranking = list(hint.ranking) or [(hint.intent, hint.confidence)]
+    return NluResult(hint.intent, hint.confidence, ranking, entities, hint.out_of_scope)
+
+
+def _entity(text: str, entity: str, value: str, raw: str) -> EntityValue:
+    start = max(text.lower().find(raw.lower()), 0)
+    return EntityValue(entity, value, raw, start, start + len(raw))
+
+
+class EngineClient:
+    """A ChatClient that drives a DialogueEngine in-process.
+
+    NLU comes from `nlu` (exact text -> NluResult) or, for a bound test, from the current
+    step's hint. Workflows are completed at once with the step's or the file's result.
+    """
+
+    def __init__(self, bot: BotDefinition, nlu: Mapping[str, NluResult] | None = None) -> None:
+        self.engine = DialogueEngine(bot)
+        self.nlu = dict(nlu or {})
+        self.trackers: dict[str, Tracker] = {}
+        self.tests: dict[str, ConversationTest] = {}
+        self.sent: dict[str, int] = {}
+        self.clock = 1000.0
+
+    def bind(self, conversation_id: str, test: ConversationTest) -> None:
+        self.tests[conversation_id] = test
+
+    async def start(self, conversation_id: str) -> None:
+        self.trackers[conversation_id] = Tracker.new(self.engine.bot.name, conversation_id,
+                                                     self.clock)
+        self.sent[conversation_id] = 0
+
+    async def send(self, conversation_id: str, text: str) -> list[Reply]:
+        step = self._step(conversation_id)
+        nlu = self.nlu.get(text) or hint_nlu(step.nlu if step else None, text)
+        self.clock += 1
+        number = self.sent[conversation_id]
+        result = self.engine.handle_message(self.trackers[conversation_id], f"m{number}", text,
+                                            nlu, self.clock)
+        replies = list(result.replies)
+        pending = list(result.workflows)
+        tracker = result.tracker
+        while pending:
+            job = pending.pop(0)
+            spec = self._result(conversation_id, step, job.workflow)
+            done = self.engine.handle_workflow_result(
+                tracker, WorkflowResult(job.run_id, job.workflow, spec["status"],
+                                        dict(spec["outputs"]), spec["error"]), self.clock)
+            tracker = done.tracker
+            replies.extend(done.replies)
+            pending.extend(done.workflows)
+        self.trackers[conversation_id] = tracker
+        self.sent[conversation_id] = number + 1
+        return replies
+
+    async def state(self, conversation_id: str) -> dict[str, Any]:
+        tracker = self.trackers[conversation_id]
+        return {"slots": self.engine.slot_values(tracker), "active_flow": tracker.active_flow}
+
+    def _step(self, conversation_id: str) -> ConversationStep | None:
+        test = self.tests.get(conversation_id)
+        number = self.sent[conversation_id]
+        return test.steps[number] if test is not None and number < len(test.steps) else None
+
+    def _result(self, conversation_id: str, step: ConversationStep | None,
+                workflow: str) -> dict[str, Any]:
+        test = self.tests.get(conversation_id)
+        if test is None or step is None:
+            return {"status": "succeeded", "outputs": {}, "error": None}
+        return test.workflow_result(step, workflow)
+
+
+@pytest.fixture(scope="module")
+def banking() -> BotDefinition:
+    return load_bot(BANKING)
+
+
+# -- the demo bot's conversations ---------------------------------------------------------------
+
+
+async def test_banking_conversations_pass_offline(banking: BotDefinition) -> None:
+    tests = load_conversation_tests(BANKING)
+    assert len(tests) >= 20
+    report = await run_conversation_tests(tests, EngineClient(banking))
+    assert report.passed, "\n" + report.render()
+    assert len(report.results) == len(tests)
+    assert all(r.steps_run == len(r.test.steps) for r in report.results)
+
+
+def test_banking_conversations_cover_every_repair_case() -> None:
+    tests = load_conversation_tests(BANKING / "tests" / "conversations.yml")
+    names = " | ".join(test.name for test in tests)
+    for case in ("digression", "correcting", "cancel", "low confidence", "out of scope",
+                 "two fallbacks", "human", "greeting", "help", "thanks and goodbye",
+                 "failed transfer", "invalid amounts"):
+        assert case in names, case
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+GOOD = """\
+version: "1"
+workflow_results:
+  pay: {status: succeeded, outputs: {ref: R1}}
+tests:
+  - name: greets
+    steps:
+      - user: hi
+        nlu: greet
+        bot: hello
+        flow: null
+  - name: pays
+    steps:
+      - user: pay 5 to Al
+        nlu: {intent: pay, confidence: 0.9, entities: {amount: 5, recipient: Al},
+              ranking: {pay: 0.9, greet: 0.1}}
+        bot: [{regex: '^Pay \\d+'}, {text: sure, buttons: ["Yes"]}]
+        slots: {amount: 5, recipient: al}
+        workflow_result: {status: failed, error: down}
+      - user: quiet
+        no_reply: true
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "tests.yml") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def test_load_a_file(tmp_path: Path) -> None:
+    greets, pays = load_conversation_tests(write(tmp_path, GOOD))
+    assert (greets.name, greets.line) == ("greets", 5)
+    step = greets.steps[0]
+    assert step == ConversationStep("hi", 7, (ReplyExpectation("hello"),), flow=None,
+                                    check_flow=True, nlu=NluHint("greet"))
+    step = pays.steps[0]
+    assert step.replies == (ReplyExpectation(regex="^Pay \\d+"),
+                            ReplyExpectation("sure", buttons=("Yes",)))
+    assert step.nlu == NluHint("pay", 0.9, (("amount", "5", "5"), ("recipient", "Al", "Al")),
+                               (("pay", 0.9), ("greet", 0.1)))
+    assert step.slots == {"amount": 5, "recipient": "al"} and not step.check_flow
+    assert pays.workflow_result(step, "pay") == {"status": "failed", "outputs": {},
+                                                 "error": "down"}
+    assert pays.workflow_result(pays.steps[1], "pay")["outputs"] == {"ref": "R1"}
+    assert pays.workflow_result(pays.steps[1], "other")["status"] == "succeeded"
+    assert pays.steps[1].no_reply
+
+
+def test_load_a_folder_or_a_bot(tmp_path: Path) -> None:
+    write(tmp_path, GOOD, "bot/tests/a.yml")
+    write(tmp_path, GOOD.replace("greets", "g2").replace("pays", "p2"), "bot/tests/sub/b.yaml")
+    (tmp_path / "bot" / "bot.yml").write_text('version: "1"\nname: x\n', encoding="utf-8")
+    names = [t.name for t in load_conversation_tests(tmp_path / "bot")]
+    assert names == ["greets", "pays", "g2", "p2"]
+    assert len(load_conversation_tests(tmp_path / "bot" / "tests")) == 4
+
+
+@pytest.mark.parametrize(("text", "line", "field", "message"), [
+    ("tests:\n  - name: x\n    steps:\n      - {}\n", 4, "tests[0].steps[0]",
+     "'user' is a required property"),
+    ("tests:\n  - name: x\n    steps:\n      - {user: hi, colour: red}\n", 4,
+     "tests[0].steps[0].colour", "unknown key 'colour'"),
+    ("tests:\n  - name: x\n    steps:\n      - {user: hi, bot: {regex: '[a'}}\n", 4,
+     "tests[0].steps[0].bot[0]", "invalid regex '[a'"),
+    ("tests:\n  - name: x\n    steps:\n      - {user: hi, bot: a, no_reply: true}\n", 4,
+     "tests[0].steps[0]", "`no_reply` and `bot` exclude each other"),
+    ("tests:\n  - name: x\n    steps: []\n", 3, "tests[0].steps", "should be non-empty"),
+    ("tests:\n  - name: x\n    steps:\n      - {user: hi, workflow_result: {status: ok}}\n",
+     4, "tests[0].steps[0].workflow_result.status", "is not one of"),
+    ("tests:\n  - name: x\n    steps: [{user: a}]\n  - name: x\n    steps: [{user: b}]\n",
+     4, "name", "duplicate test name 'x' (first at"),
+    ("tests: [\n", 2, "", "invalid YAML"),
+])
+def test_load_errors(tmp_path: Path, text: str, line: int, field: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConversationTestError) as caught:
+        load_conversation_tests(path)
+    [issue] = caught.value.issues
+    assert (issue.file, issue.line, issue.field) == (str(path), line, field), str(issue)
+    assert message in issue.message, str(issue)
+    assert str(caught.value).startswith(f"{path}:{line}:")
+
+
+def test_missing_tests(tmp_path: Path) -> None:
+    with pytest.raises(ConversationTestError, match="no such file or folder"):
+        load_conversation_tests(tmp_path / "nope")
+    with pytest.raises(ConversationTestError, match="no YAML test files"):
+        load_conversation_tests(tmp_path)
+
+
+# -- running ----------------------------------------------------------------------------------
+
+MINI = {
+    "bot.yml": 'version: "1"\nname: mini\n',
+    "data/nlu.yml": (
+        "entities:\n  - name: amount\nintents:\n"
+        + "".join(f"  - name: {n}\n    examples: [{n} a, {n} b]\n"
+                  for n in ("greet", "affirm", "pay"))
+    ),
+    "domain/d.yml": textwrap.dedent("""\
+        slots:
+          amount: {type: number, entity: amount}
+          ok: boolean
+        responses:
+          utter_ask_amount: How much?
+        flows:
+          pay:
+            title: Pay
+            trigger: pay
+            steps:
+              - collect: amount
+              - collect:
+                  slot: ok
+                  ask:
+                    text: "Pay {{ slots.amount }}?"
+                    buttons: [{title: "Yes", payload: /affirm}]
+              - workflow: {name: pay, save: {ref: amount}}
+              - Paid.
+        """),
+}
+
+
+@pytest.fixture
+def mini(tmp_path: Path) -> BotDefinition:
+    for name, text in MINI.items():
+        write(tmp_path, text, name)
+    return load_bot(tmp_path)
+
+
+def mini_nlu() -> dict[str, NluResult]:
+    return {
+        "hi": NluResult("greet", 0.99, [("greet", 0.99)], [], False),
+        "pay 5": NluResult("pay", 0.9, [("pay", 0.9)], [EntityValue("amount", "5", "5", 4, 5)],
+                           False),
+        "yes": NluResult("affirm", 0.95, [("affirm", 0.95)], [], False),
+    }
+
+
+def script(tmp_path: Path, text: str) -> list[ConversationTest]:
+    return load_conversation_tests(write(tmp_path, text, "scripts/tests.yml"))
+
+
+async def test_runner_passes_and_renders(mini: BotDefinition, tmp_path: Path) -> None:
+    tests = script(tmp_path, """\
+        tests:
+          - name: pay flow
+            steps:
+              - user: hi
+                bot: How can I help
+              - user: pay 5
+                bot: {text: "Pay 5?", buttons: ["yes"]}
+                slots: {amount: 5, ok: null}
+                flow: pay
+              - user: "yes"
+                bot: ["paid"]
+                flow: null
+        """)
+    report = await run_conversation_tests(tests, EngineClient(mini, mini_nlu()))
+    assert report.passed
+    assert report.render().splitlines() == [
+        "      test      steps",
+        "PASS  pay flow  3/3",
+        "1 passed, 0 failed, 1 total",
+    ]
+
+
+async def test_runner_reports_each_kind_of_failure(
+    mini: BotDefinition, tmp_path: Path
+) -> None:
+    tests = script(tmp_path, """\
+        tests:
+          - name: wrong text
+            steps:
+              - {user: hi, bot: Goodbye}
+          - name: wrong order
+            steps:
+              - {user: pay 5, bot: ["Pay 5?", "How much"]}
+          - name: wrong button
+            steps:
+              - {user: pay 5, bot: {text: "Pay", buttons: [Maybe]}}
+          - name: wrong regex
+            steps:
+              - {user: pay 5, bot: {regex: "^Paid"}}
+          - name: wrong slot and flow
+            steps:
+              - {user: hi}
+              - {user: pay 5, slots: {amount: 6, ok: false}, flow: other}
+          - name: unexpected reply
+            steps:
+              - {user: hi, no_reply: true}
+          - name: stops at the first failure
+            steps:
+              - {user: hi, bot: nope}
+              - {user: pay 5}
+        """)
+    report = await run_conversation_tests(tests, EngineClient(mini, mini_nlu()))
+    assert not report.passed
+    failures = {r.test.name: r.failures for r in report.results}
+    assert failures["wrong text"][1] == (
+        "  expected a reply containing 'Goodbye'; got 'Hello! How can I help you today?'")
+    assert failures["wrong order"][1].startswith("  expected a reply containing 'How much'")
+    assert "with buttons ['Maybe']" in failures["wrong button"][1]
+    assert "matching /^Paid/" in failures["wrong regex"][1]
+    assert failures["wrong slot and flow"][0].startswith("step 2 (tests.yml:")
+    assert failures["wrong slot and flow"][1:] == (
+        "  slot amount: expected 6, got 5", "  slot ok: expected False, got None",
+        "  active flow: expected 'other', got 'pay'")
+    assert failures["unexpected reply"][1].startswith("  expected no reply; got 'Hello!")
+    stopped = next(r for r in report.results if r.test.name == "stops at the first failure")
+    assert stopped.steps_run == 1
+    text = report.render()
+    assert "FAIL  wrong text" in text and text.endswith("0 passed, 7 failed, 7 total")
+
+
+TWO = "tests:\n  - {name: a, steps: [{user: hi}]}\n  - {name: b, steps: [{user: hi}]}\n"
+
+
+class BrokenClient:
+    async def start(self, conversation_id: str) -> None:
+        if conversation_id.endswith("-1"):
+            raise ConnectionError("gateway down")
+
+    async def send(self, conversation_id: str, text: str) -> list[Reply]:
+        raise TimeoutError("no reply")
+
+    async def state(self, conversation_id: str) -> dict[str, Any]:
+        return {}
+
+
+async def test_client_errors_fail_the_test_not_the_run(tmp_path: Path) -> None:
+    tests = script(tmp_path, TWO)
+    report = await run_conversation_tests(tests, BrokenClient())
+    assert report.results[0].failures == (
+        "could not start the conversation: ConnectionError('gateway down')",)
+    assert report.results[1].failures[1] == "  error: TimeoutError('no reply')"
+
+
+async def test_each_test_gets_its_own_conversation(
+    mini: BotDefinition, tmp_path: Path
+) -> None:
+    client = EngineClient(mini, mini_nlu())
+    tests = script(tmp_path, TWO)
+    await run_conversation_tests(tests, client, prefix="run")
+    ids = list(client.trackers)
+    assert len(ids) == 2 and all(i.startswith("run-") for i in ids)
+    assert set(client.tests) == set(ids)
+
+
+def test_matching_helpers() -> None:
+    reply = Reply("Send 50.00 EUR to  Liam?", [])
+    dict_buttons = type("R", (), {"text": "x", "buttons": [{"title": "Yes", "payload": "/a"}]})()
+    assert ReplyExpectation("send 50.00 eur to liam").matches(reply)
+    assert ReplyExpectation(buttons=("yes",)).matches(dict_buttons)
+    assert not ReplyExpectation(regex="^Liam").matches(reply)
+    assert check_replies(ConversationStep("u", 1, (ReplyExpectation("a"),)), []) == [
+        "expected a reply containing 'a'; got no reply"]
+    assert same_value(50, 50.0) and same_value("Credit", "credit") and same_value(None, None)
+    assert not same_value(True, 1) and not same_value("5", 5)
+
+
+def test_hint_nlu() -> None:
+    hint = NluHint("pay", 0.8, (("amount", "5", "five"),), (("pay", 0.8),))
+    result = hint_nlu(hint, "send five now")
+    assert result.entities == [EntityValue("amount", "5", "five", 5, 9)]
+    assert result.ranking == [("pay", 0.8)]
+    assert hint_nlu(None, "x") == NO_NLU
