@@ -29,7 +29,7 @@ class DialogueConfig:
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50061
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9102
+    metrics_port: int = 9103
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
 

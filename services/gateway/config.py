@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.common.config import load_config, require
+from services.common.subjects import DEFAULT_PARTITIONS
 
 SECTION = "gateway"
 PREFIX = "BOTFACTORY_GATEWAY_"
@@ -19,6 +20,11 @@ class GatewayConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9102
     nats_url: str = "nats://127.0.0.1:4222"
+    # Public gRPC API (ChatService).
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50071
+    # Inbound conversation partitions (see services/common/partitions.py).
+    partitions: int = DEFAULT_PARTITIONS
     # Server-side secret mixed into every API key hash (HMAC-SHA256 key). Required.
     api_key_pepper: str = ""
     # A key that acts as an admin of every tenant, so the first admin can create keys.

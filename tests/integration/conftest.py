@@ -24,6 +24,23 @@ def _train(bot_dir: Path, out: Path) -> Path:
     return out
 
 
+BANKING = Path(__file__).resolve().parents[2] / "bots" / "banking"
+
+
+@pytest.fixture(scope="session")
+def tiny_banking_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo bot's NLU on a tiny random encoder: real files, real serving path, meaningless
+    predictions (conversation tests that need a given intent send `/intent` payloads)."""
+    from botfactory.training import CheckThresholds, train_bot
+
+    root = tmp_path_factory.mktemp("tiny-banking")
+    encoder = make_tiny_encoder(root / "encoder")
+    out = root / "model"
+    train_bot(load_bot(BANKING), out, base_model=str(encoder), epochs=1, progress=False,
+              checks=CheckThresholds(min_int8_agreement=0.0))
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyModels]:
     """Two versions of a tiny bot's model (different seeds), trained once per session."""

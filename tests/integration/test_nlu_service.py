@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -25,6 +24,7 @@ from services.nlu.app import NluServer
 from services.nlu.config import NluConfig
 from services.nlu.engine import content_version
 from tests.integration.conftest import TinyModels
+from tests.support.processes import log_events, service_env, start_service, wait_for_event
 
 ROOT = Path(__file__).resolve().parents[2]
 Served = tuple[NluServer, nlu_pb2_grpc.NluServiceStub]
@@ -218,18 +218,11 @@ async def _wait_for(condition: Callable[[], bool], within: float = 20.0) -> None
         await asyncio.sleep(0.05)
 
 
-def _service_env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTFACTORY_")}
-    env.update(values)
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
 def test_process_fails_fast_on_bad_config() -> None:
     result = subprocess.run([sys.executable, "-m", "services.nlu"], cwd=ROOT, capture_output=True,
                             text=True, timeout=60,
-                            env=_service_env(BOTFACTORY_NLU_MODELS="/x",
-                                             BOTFACTORY_NLU_GRPC_PORT="http"))
+                            env=service_env(BOTFACTORY_NLU_MODELS="/x",
+                                            BOTFACTORY_NLU_GRPC_PORT="http"))
     assert result.returncode == 2
     assert "BOTFACTORY_NLU_GRPC_PORT='http': expected an integer" in result.stderr
     assert "Traceback" not in result.stderr
@@ -237,36 +230,18 @@ def test_process_fails_fast_on_bad_config() -> None:
 
 def test_process_serves_and_stops_on_sigterm(tiny_models: TinyModels, tmp_path: Path) -> None:
     log = tmp_path / "nlu.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.nlu"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-            env=_service_env(BOTFACTORY_NLU_MODELS=str(tiny_models.v1),
-                             BOTFACTORY_NLU_GRPC_PORT="0", BOTFACTORY_NLU_METRICS_PORT="0"))
-        try:
-            port = _wait_for_started(log, process)
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = nlu_pb2_grpc.NluServiceStub(channel)
-                reply = stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hello"), timeout=10)
-            assert reply.intent.name == "greet"
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=30) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
-    events = [json.loads(line)["event"] for line in log.read_text().splitlines()
-              if line.startswith("{")]
+    process = start_service("services.nlu", log, BOTFACTORY_NLU_MODELS=str(tiny_models.v1),
+                            BOTFACTORY_NLU_GRPC_PORT="0", BOTFACTORY_NLU_METRICS_PORT="0")
+    try:
+        port = int(str(wait_for_event(log, process, "nlu_started")["grpc_port"]))
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = nlu_pb2_grpc.NluServiceStub(channel)
+            reply = stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hello"), timeout=10)
+        assert reply.intent.name == "greet"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    events = log_events(log)
     assert "nlu_started" in events and "shutdown_requested" in events and "nlu_stopped" in events
-
-
-def _wait_for_started(log: Path, process: subprocess.Popen[bytes]) -> int:
-    import time
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"nlu exited: {log.read_text()}")
-        for line in log.read_text().splitlines():
-            if line.startswith("{") and json.loads(line).get("event") == "nlu_started":
-                return int(json.loads(line)["grpc_port"])
-        time.sleep(0.1)
-    raise AssertionError("nlu did not start")

@@ -1,0 +1,70 @@
+"""Wires the gateway from its config: bus, hub, key store, HTTP app, metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from services.common.definitions import DefinitionStore
+from services.common.logging import get_logger
+from services.common.metrics import MetricsServer, start_metrics_server
+from services.common.nats import Bus, connect, provision
+from services.common.partitions import agreed_partitions
+from services.gateway.auth import NatsKeyStore
+from services.gateway.config import GatewayConfig
+from services.gateway.http.app import create_app
+from services.gateway.http.metrics import GatewayMetrics
+from services.gateway.hub import BusHub, BusModelAdmin
+
+log = get_logger(__name__)
+
+
+class GatewayServer:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics.create()
+        self.bus: Bus | None = None
+        self.hub: BusHub | None = None
+        self.runner: web.AppRunner | None = None
+        self.metrics_server: MetricsServer | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.bus = await connect(self.config.nats_url, name="gateway")
+        await provision(self.bus)
+        partitions = await agreed_partitions(self.bus, self.config.partitions)
+        self.hub = BusHub(self.bus, partitions)
+        await self.hub.start()
+        keys = await NatsKeyStore.open(self.bus)
+        hub, bus = self.hub, self.bus
+        app = create_app(hub, keys, self.config, self.metrics, models=BusModelAdmin(bus),
+                         definitions=DefinitionStore(bus), ready=lambda: hub.connected)
+        self.runner = web.AppRunner(app, access_log=None,
+                                    shutdown_timeout=self.config.shutdown_grace_s)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.config.http_host, self.config.http_port)
+        await site.start()
+        self.port = _bound_port(site)
+        self.metrics_server = start_metrics_server(self.metrics.registry,
+                                                   self.config.metrics_host,
+                                                   self.config.metrics_port)
+        log.info("gateway_started", http_port=self.port, metrics_port=self.metrics_server.port,
+                 partitions=partitions)
+
+    async def stop(self) -> None:
+        """Stop accepting HTTP, finish in-flight requests, drain NATS."""
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.hub is not None:
+            await self.hub.stop()
+        if self.bus is not None:
+            await self.bus.drain()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        log.info("gateway_stopped")
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server: Any = site._server  # aiohttp keeps the asyncio server here
+    return int(server.sockets[0].getsockname()[1])

@@ -1,0 +1,106 @@
+"""The whole conversation path in one process: NLU, dialogue worker(s) and gateway on a real
+nats-server, every server on port 0."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from services.dialogue.app import DialogueServer
+from services.dialogue.config import DialogueConfig
+from services.gateway.app import GatewayServer
+from services.gateway.config import GatewayConfig
+from services.nlu.app import NluServer
+from services.nlu.config import NluConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOTSTRAP = "bootstrap-admin-key-for-tests"
+
+
+@dataclass
+class Stack:
+    nats_url: str
+    nlu: NluServer
+    gateway: GatewayServer
+    dialogues: list[DialogueServer] = field(default_factory=list)
+    session: aiohttp.ClientSession | None = None
+    client_key: str = ""
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.port}"
+
+    def dialogue_config(self, **overrides: Any) -> DialogueConfig:
+        base = DialogueConfig(nats_url=self.nats_url, nlu_address=f"127.0.0.1:{self.nlu.port}",
+                              bots=(str(ROOT / "bots" / "banking"),), partitions=4,
+                              grpc_port=0, metrics_port=0, ack_wait_s=2.0, nlu_timeout_s=2.0)
+        return replace(base, **overrides)
+
+    async def add_dialogue(self, **overrides: Any) -> DialogueServer:
+        server = DialogueServer(self.dialogue_config(**overrides))
+        await server.start()
+        self.dialogues.append(server)
+        return server
+
+    async def post(self, conversation: str, text: str, *, key: str | None = None,
+                   bot: str = "banking", wait: bool = True,
+                   **body: Any) -> tuple[int, dict[str, Any]]:
+        assert self.session is not None
+        url = f"{self.base_url}/v1/bots/{bot}/conversations/{conversation}/messages"
+        if not wait:
+            url += "?wait=false"
+        headers = {"Authorization": f"Bearer {key or self.client_key}"}
+        async with self.session.post(url, json={"text": text, **body}, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    async def transcript(self, conversation: str, bot: str = "banking") -> list[dict[str, Any]]:
+        assert self.session is not None
+        url = f"{self.base_url}/v1/bots/{bot}/conversations/{conversation}/transcript"
+        headers = {"Authorization": f"Bearer {self.client_key}"}
+        async with self.session.get(url, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            body = await resp.json()
+        entries: list[dict[str, Any]] = body["entries"] if isinstance(body, dict) else body
+        return entries
+
+
+async def issue_key(session: aiohttp.ClientSession, base_url: str, role: str = "client",
+                    bots: tuple[str, ...] = ("banking",)) -> str:
+    headers = {"Authorization": f"Bearer {BOOTSTRAP}"}
+    body = {"tenant": "acme", "bots": list(bots), "role": role}
+    async with session.post(f"{base_url}/v1/admin/keys", json=body, headers=headers) as resp:
+        assert resp.status == 201, await resp.text()
+        secret: str = (await resp.json())["secret"]
+        return secret
+
+
+@contextlib.asynccontextmanager
+async def running_stack(nats_url: str, model: Path, *, dialogues: int = 1,
+                        sync_wait_s: float = 5.0) -> AsyncIterator[Stack]:
+    nlu = NluServer(NluConfig(grpc_port=0, metrics_port=0, models=(str(model),),
+                              shutdown_grace_s=1.0))
+    await nlu.start()
+    gateway = GatewayServer(GatewayConfig(
+        http_port=0, metrics_port=0, grpc_port=0, nats_url=nats_url, partitions=4,
+        api_key_pepper="pepper-for-tests-only", admin_bootstrap_key=BOOTSTRAP,
+        sync_wait_s=sync_wait_s, rate_limit_rps=1000, rate_limit_burst=1000,
+        shutdown_grace_s=1.0))
+    stack = Stack(nats_url, nlu, gateway)
+    try:
+        for _ in range(dialogues):
+            await stack.add_dialogue()
+        await gateway.start()
+        async with aiohttp.ClientSession() as session:
+            stack.session = session
+            stack.client_key = await issue_key(session, stack.base_url)
+            yield stack
+    finally:
+        await gateway.stop()
+        for dialogue in stack.dialogues:
+            await dialogue.stop()
+        await nlu.stop()
