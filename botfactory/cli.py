@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = ("importers", "train", "evaluate", "models", "chat")
+COMMAND_MODULES = ("importers", "train", "evaluate", "models", "chat", "report", "conversations")
 
 
 def build_parser() -> argparse.ArgumentParser:

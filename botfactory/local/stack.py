@@ -8,11 +8,14 @@ processes, prints the endpoints, and stops everything on Ctrl-C / SIGTERM.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from botfactory.local.nats_server import NatsServer
@@ -52,6 +55,60 @@ def _start(name: str, module: str, env: dict[str, str], logs: Path) -> subproces
     return process
 
 
+def _secret(path: Path) -> str:
+    """A random secret kept under the data dir (so keys survive restarts)."""
+    if not path.is_file():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"a service exited while starting (see .botfactory/logs): {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f}s")
+
+
+def _wait_grpc_serving(target: str, process: subprocess.Popen[bytes],
+                      timeout: float = 120.0) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"a service exited while starting (see .botfactory/logs): "
+                                   f"{target}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    raise RuntimeError(f"{target} not serving after {timeout:.0f}s")
+
+
+def _demo_key(base_url: str, admin_key: str, bot: str) -> str:
+    body = json.dumps({"tenant": "demo", "bots": [bot], "role": "agent",
+                       "description": "make run demo key"}).encode()
+    request = urllib.request.Request(f"{base_url}/v1/admin/keys", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {admin_key}",
+                                              "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(json.loads(response.read())["secret"])
+
+
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
     for process in reversed(processes):
         if process.poll() is None:
@@ -69,12 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".botfactory")
     parser.add_argument("--nats-port", type=int, default=4222)
     parser.add_argument("--nlu-port", type=int, default=50051)
+    parser.add_argument("--http-port", type=int, default=8080)
     args = parser.parse_args(argv)
     logs = args.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    model = prepare_model(args.bot, args.data_dir / "models")
-    nats = NatsServer(args.data_dir / "nats")
-    nats.start(port=args.nats_port)
+    try:
+        model = prepare_model(args.bot, args.data_dir / "models")
+        nats = NatsServer(args.data_dir / "nats")
+        nats.start(port=args.nats_port)
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     processes: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -92,12 +154,38 @@ def main(argv: list[str] | None = None) -> int:
             BOTFACTORY_NLU_GRPC_PORT=str(args.nlu_port),
             BOTFACTORY_NLU_MODEL_CACHE_DIR=str(args.data_dir / "model-cache"),
         ), logs))
-        print(f"\nbotfactory is running: NATS {nats.url}, NLU gRPC 127.0.0.1:{args.nlu_port}, "
-              f"NLU metrics http://127.0.0.1:9101/metrics\nCtrl-C stops it.", flush=True)
+        _wait_grpc_serving(f"127.0.0.1:{args.nlu_port}", processes[-1])
+        processes.append(_start("dialogue", "services.dialogue", _env(
+            BOTFACTORY_DIALOGUE_NATS_URL=nats.url,
+            BOTFACTORY_DIALOGUE_NLU_ADDRESS=f"127.0.0.1:{args.nlu_port}",
+            BOTFACTORY_DIALOGUE_BOTS=str(args.bot),
+        ), logs))
+        admin_key = _secret(args.data_dir / "admin-key")
+        processes.append(_start("gateway", "services.gateway", _env(
+            BOTFACTORY_GATEWAY_NATS_URL=nats.url,
+            BOTFACTORY_GATEWAY_HTTP_PORT=str(args.http_port),
+            BOTFACTORY_GATEWAY_API_KEY_PEPPER=_secret(args.data_dir / "pepper"),
+            BOTFACTORY_GATEWAY_ADMIN_BOOTSTRAP_KEY=admin_key,
+        ), logs))
+        base_url = f"http://127.0.0.1:{args.http_port}"
+        _wait_ready(f"{base_url}/readyz", processes[-1])
+        key = _demo_key(base_url, admin_key, args.bot.name)
+        print(f"\nbotfactory is running.\n  web chat:  {base_url}/  (bot: {args.bot.name}, "
+              f"API key: {key})\n  HTTP API:  {base_url}/openapi.json\n"
+              f"  terminal:  .venv/bin/botfactory chat {args.bot.name} --gateway {base_url} "
+              f"--api-key {key}\n  admin key: {args.data_dir / 'admin-key'}\n"
+              f"  NATS {nats.url}, NLU gRPC 127.0.0.1:{args.nlu_port}, metrics on :9101 (nlu), "
+              f":9102 (gateway), :9103 (dialogue); logs in {logs}\nCtrl-C stops it.", flush=True)
         while not stopping and all(p.poll() is None for p in processes):
             time.sleep(0.5)
         failed = [p for p in processes if p.poll() not in (None, 0)]
-        return 1 if failed and not stopping else 0
+        if failed and not stopping:
+            print(f"error: a service exited; see {logs}", file=sys.stderr)
+            return 1
+        return 0
+    except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
+        print(f"error: {exc} (logs in {logs})", file=sys.stderr)
+        return 1
     finally:
         _stop(processes)
         nats.stop()

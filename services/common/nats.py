@@ -65,8 +65,24 @@ async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> Bus:
         connect_timeout=connect_timeout,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
+        error_cb=_on_error,
+        disconnected_cb=_on_disconnected,
+        reconnected_cb=_on_reconnected,
     )
     return Bus(nc=nc, js=nc.jetstream())
+
+
+async def _on_error(exc: Exception) -> None:
+    # One structured line instead of the client's default traceback print.
+    log.warning("nats_error", error=repr(exc))
+
+
+async def _on_disconnected() -> None:
+    log.warning("nats_disconnected")
+
+
+async def _on_reconnected() -> None:
+    log.info("nats_reconnected")
 
 
 async def provision(bus: Bus) -> None:

@@ -26,6 +26,8 @@ KIND_MESSAGE = "message"
 KIND_AGENT = "agent"
 KIND_RELEASE = "release"
 KIND_WORKFLOW_RESULT = "workflow_result"
+# A message a workflow sends into the conversation (relayed as a bot message).
+KIND_NOTIFY = "notify"
 
 
 def check_id(value: str, what: str) -> str:

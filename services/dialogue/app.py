@@ -11,6 +11,7 @@ from services.common.nats import KV_TRACKERS, Bus, connect, provision
 from services.common.partitions import agreed_partitions
 from services.common.pb.botfactory.v1 import dialogue_pb2, dialogue_pb2_grpc
 from services.dialogue.admin import DialogueAdminServicer
+from services.dialogue.analytics import AnalyticsConsumer
 from services.dialogue.bots import BotRegistry
 from services.dialogue.config import DialogueConfig
 from services.dialogue.metrics import DialogueMetrics
@@ -31,6 +32,7 @@ class DialogueServer:
         self.grpc = GrpcServer([SERVICE_NAME], config.grpc_host, config.grpc_port)
         self.bus: Bus | None = None
         self.worker: DialogueWorker | None = None
+        self.analytics: AnalyticsConsumer | None = None
         self.metrics_server: MetricsServer | None = None
 
     @property
@@ -51,6 +53,10 @@ class DialogueServer:
                                      partitions=partitions, ack_wait_s=self.config.ack_wait_s,
                                      session_idle_s=self.config.session_idle_s)
         await self.worker.start()
+        if self.config.analytics:
+            self.analytics = AnalyticsConsumer(self.bus, self.metrics.analytics,
+                                               ack_wait_s=self.config.ack_wait_s)
+            await self.analytics.start()
         self.metrics_server = start_metrics_server(self.metrics.registry,
                                                    self.config.metrics_host,
                                                    self.config.metrics_port)
@@ -62,6 +68,8 @@ class DialogueServer:
         """Stop fetching, finish in-flight messages, drain NATS."""
         if self.worker is not None:
             await self.worker.stop()
+        if self.analytics is not None:
+            await self.analytics.stop()
         await self.grpc.stop(self.config.shutdown_grace_s)
         await self.registry.stop()
         await self.nlu.close()

@@ -26,6 +26,9 @@ class DialogueConfig:
     # Seconds a worker may hold a message before JetStream redelivers it to another worker.
     ack_wait_s: float = 30.0
     session_idle_s: float = 1800.0
+    # Count conversation events into the analytics metrics (botfactory_conversations_total,
+    # ...; docs/observability.md) through the `analytics` consumer shared by all replicas.
+    analytics: bool = True
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50061
     metrics_host: str = "127.0.0.1"

@@ -10,6 +10,43 @@ from services.common.metrics import LATENCY_BUCKETS
 
 
 @dataclass
+class AnalyticsMetrics:
+    """Conversation analytics by bot, counted from the `conv.event.>` events by the shared
+    `analytics` consumer (services/dialogue/analytics.py): each event counted once across the
+    dialogue replicas, so sum them over replicas. Rates are PromQL (docs/observability.md)."""
+
+    conversations: Counter
+    user_messages: Counter
+    fallbacks: Counter
+    handoffs: Counter
+    flows_started: Counter
+    flows_completed: Counter
+    flows_cancelled: Counter
+    feedback: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> AnalyticsMetrics:
+        def counter(name: str, help_: str, labels: tuple[str, ...] = ("bot",)) -> Counter:
+            return Counter(name, help_, list(labels), registry=registry)
+
+        flow = ("bot", "flow")
+        return cls(
+            conversations=counter("botfactory_conversations",
+                                  "Conversation sessions started (first user message of a "
+                                  "conversation, or of a session after the idle timeout)."),
+            user_messages=counter("botfactory_user_messages", "User messages."),
+            fallbacks=counter("botfactory_fallbacks", "Fallbacks (the bot did not understand)."),
+            handoffs=counter("botfactory_handoffs", "Conversations handed to a human."),
+            flows_started=counter("botfactory_flows_started", "Flows started.", flow),
+            flows_completed=counter("botfactory_flows_completed", "Flows completed.", flow),
+            flows_cancelled=counter("botfactory_flows_cancelled", "Flows cancelled.", flow),
+            feedback=counter("botfactory_feedback_events",
+                             "User ratings of bot messages (rating: up or down).",
+                             ("bot", "rating")),
+        )
+
+
+@dataclass
 class DialogueMetrics:
     registry: CollectorRegistry
     messages: Counter
@@ -17,6 +54,7 @@ class DialogueMetrics:
     nlu_failures: Counter
     cas_conflicts: Counter
     dead_letters: Counter
+    analytics: AnalyticsMetrics
 
     @classmethod
     def create(cls) -> DialogueMetrics:
@@ -36,4 +74,5 @@ class DialogueMetrics:
             dead_letters=Counter("botfactory_dialogue_dead_letters",
                                  "Messages moved to events.deadletter after repeated failure.",
                                  registry=registry),
+            analytics=AnalyticsMetrics.create(registry),
         )

@@ -8,6 +8,7 @@ waiting gateway's inbox and to `conv.out`), events and workflow jobs, and only t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from services.common.subjects import (
     HEADER_REPLY_INBOX,
     KIND_AGENT,
     KIND_MESSAGE,
+    KIND_NOTIFY,
     KIND_RELEASE,
     KIND_WORKFLOW_RESULT,
     events,
@@ -99,6 +101,7 @@ class DialogueWorker:
         self._ack_wait = ack_wait_s
         self._idle = session_idle_s
         self._tasks: list[asyncio.Task[None]] = []
+        self._subs: list[Any] = []
         self._running = False
         self._busy: set[asyncio.Task[None]] = set()
 
@@ -106,6 +109,7 @@ class DialogueWorker:
         self._running = True
         for part in range(self._partitions):
             sub = await self._subscribe(part)
+            self._subs.append(sub)
             self._tasks.append(asyncio.get_running_loop().create_task(self._consume(sub)))
 
     async def _subscribe(self, part: int) -> Any:
@@ -126,6 +130,9 @@ class DialogueWorker:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._busy:
             await asyncio.gather(*self._busy, return_exceptions=True)
+        for sub in self._subs:  # pending pull requests would hold up the drain
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _consume(self, sub: Any) -> None:
         while self._running:
@@ -215,6 +222,8 @@ class DialogueWorker:
             return engine.release_handoff(tracker, now)
         if inbound.kind == KIND_AGENT:
             return engine.handle_agent_message(tracker, inbound.message_id, text, now)
+        if inbound.kind == KIND_NOTIFY:  # a workflow's message: relayed, no state change
+            return TurnResult(tracker, [Reply(text=text, buttons=[])], [], [])
         if nlu is None and not text.startswith("/"):
             return engine.handle_nlu_unavailable(tracker, inbound.message_id, text, now)
         return engine.handle_message(tracker, inbound.message_id, text,

@@ -1,19 +1,23 @@
-"""Wires the gateway from its config: bus, hub, key store, HTTP app, metrics."""
+"""Wires the gateway from its config: bus, hub, key store, HTTP app, gRPC API, metrics."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
 
 from services.common.definitions import DefinitionStore
+from services.common.grpc_server import GrpcServer
 from services.common.logging import get_logger
 from services.common.metrics import MetricsServer, start_metrics_server
 from services.common.nats import Bus, connect, provision
 from services.common.partitions import agreed_partitions
 from services.gateway.auth import NatsKeyStore
 from services.gateway.config import GatewayConfig
-from services.gateway.http.app import create_app
+from services.gateway.grpc_api import SERVICE_NAME, ChatServicer, add_chat_service
+from services.gateway.http.app import build_authenticator, build_limiter, create_app
 from services.gateway.http.metrics import GatewayMetrics
 from services.gateway.hub import BusHub, BusModelAdmin
 
@@ -28,7 +32,10 @@ class GatewayServer:
         self.hub: BusHub | None = None
         self.runner: web.AppRunner | None = None
         self.metrics_server: MetricsServer | None = None
+        self.grpc: GrpcServer | None = None
+        self.chat: ChatServicer | None = None
         self.port = 0
+        self.grpc_port = 0
 
     async def start(self) -> None:
         self.bus = await connect(self.config.nats_url, name="gateway")
@@ -38,24 +45,40 @@ class GatewayServer:
         await self.hub.start()
         keys = await NatsKeyStore.open(self.bus)
         hub, bus = self.hub, self.bus
+        # One Authenticator and RateLimiter for HTTP and gRPC: a key's rate is shared by both.
+        auth = build_authenticator(keys, self.config)
+        limiter = build_limiter(self.config)
         app = create_app(hub, keys, self.config, self.metrics, models=BusModelAdmin(bus),
-                         definitions=DefinitionStore(bus), ready=lambda: hub.connected)
+                         definitions=DefinitionStore(bus), ready=lambda: hub.connected,
+                         auth=auth, limiter=limiter)
         self.runner = web.AppRunner(app, access_log=None,
                                     shutdown_timeout=self.config.shutdown_grace_s)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.config.http_host, self.config.http_port)
         await site.start()
         self.port = _bound_port(site)
+        self.grpc = GrpcServer([SERVICE_NAME], self.config.grpc_host, self.config.grpc_port)
+        self.chat = add_chat_service(self.grpc.server, hub, auth, limiter, self.config,
+                                     self.metrics)
+        await self.grpc.start()
+        self.grpc_port = self.grpc.port
         self.metrics_server = start_metrics_server(self.metrics.registry,
                                                    self.config.metrics_host,
                                                    self.config.metrics_port)
-        log.info("gateway_started", http_port=self.port, metrics_port=self.metrics_server.port,
-                 partitions=partitions)
+        log.info("gateway_started", http_port=self.port, grpc_port=self.grpc_port,
+                 metrics_port=self.metrics_server.port, partitions=partitions)
 
     async def stop(self) -> None:
-        """Stop accepting HTTP, finish in-flight requests, drain NATS."""
+        """Stop accepting HTTP and gRPC, finish in-flight requests, drain NATS."""
+        if self.chat is not None:
+            self.chat.close()
+        # HTTP and gRPC drain their in-flight calls at once (each within the grace period).
+        draining: list[Coroutine[Any, Any, None]] = []
+        if self.grpc is not None:
+            draining.append(self.grpc.stop(self.config.shutdown_grace_s))
         if self.runner is not None:
-            await self.runner.cleanup()
+            draining.append(self.runner.cleanup())
+        await asyncio.gather(*draining)
         if self.hub is not None:
             await self.hub.stop()
         if self.bus is not None:

@@ -230,7 +230,7 @@ class BusModelAdmin:
         except Exception:  # nats-py raises NotFoundError when the store is empty
             return []
         prefix = f"{bot}/"
-        return sorted(i.name[len(prefix):-len(".tar.gz")] for i in infos
+        return sorted(i.name[len(prefix):-len(".tar")] for i in infos
                       if i.name.startswith(prefix) and not i.deleted)
 
 

@@ -152,7 +152,7 @@ async def test_worker_killed_mid_message_is_processed_exactly_once(
     import os
     import signal
 
-    from tests.support.processes import start_service, wait_for_event
+    from botfactory.local.processes import start_service, wait_for_event
 
     nlu_log, worker_log = tmp_path / "nlu.log", tmp_path / "worker.log"
     nlu = start_service("services.nlu", nlu_log, BOTFACTORY_NLU_MODELS=str(tiny_banking_model),

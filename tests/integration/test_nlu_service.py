@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from botfactory.local.nats_server import NatsServer
+from botfactory.local.processes import log_events, service_env, start_service, wait_for_event
 from services.common.modelstore import ModelRef, activate, publish, upload
 from services.common.nats import connect, provision
 from services.common.pb.botfactory.v1 import nlu_pb2, nlu_pb2_grpc
@@ -24,7 +25,6 @@ from services.nlu.app import NluServer
 from services.nlu.config import NluConfig
 from services.nlu.engine import content_version
 from tests.integration.conftest import TinyModels
-from tests.support.processes import log_events, service_env, start_service, wait_for_event
 
 ROOT = Path(__file__).resolve().parents[2]
 Served = tuple[NluServer, nlu_pb2_grpc.NluServiceStub]

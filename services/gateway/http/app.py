@@ -21,18 +21,22 @@ def create_app(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
                metrics: GatewayMetrics, *, models: ModelAdmin | None = None,
                definitions: DefinitionStore | None = None,
                ready: Callable[[], bool] | None = None,
-               clock: Callable[[], float] | None = None) -> web.Application:
+               clock: Callable[[], float] | None = None,
+               auth: Authenticator | None = None,
+               limiter: RateLimiter | None = None) -> web.Application:
     """The gateway's aiohttp application.
 
     `ready` answers /readyz (pass e.g. `lambda: bus.nc.is_connected`; default: always ready).
     Without `models` / `definitions` the admin routes for them answer 503. `clock` (monotonic
-    seconds) drives the key cache and rate limits; tests pass a fake one.
+    seconds) drives the key cache and rate limits; tests pass a fake one. `auth` / `limiter`:
+    objects shared with the gRPC API (default: built here from `keys` and `config`).
     """
     app = web.Application(
         client_max_size=config.definition_body_limit_bytes,
         middlewares=[middlewares.observe, middlewares.problems, middlewares.guard],
     )
-    app[STATE] = build_state(hub, keys, config, metrics, models, definitions, ready, clock)
+    app[STATE] = build_state(hub, keys, config, metrics, models, definitions, ready, clock,
+                             auth=auth, limiter=limiter)
     routes.register(app)
     app[OPENAPI] = build_document(routes.ROUTES)
     app.on_shutdown.append(close_sockets)
@@ -42,14 +46,26 @@ def create_app(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
 def build_state(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
                 metrics: GatewayMetrics, models: ModelAdmin | None,
                 definitions: DefinitionStore | None, ready: Callable[[], bool] | None,
-                clock: Callable[[], float] | None) -> GatewayState:
-    timing = {} if clock is None else {"clock": clock}
-    auth = Authenticator(keys, config.api_key_pepper, bootstrap_key=config.admin_bootstrap_key,
-                         cache_s=config.key_cache_s, **timing)
-    limiter = RateLimiter(config.rate_limit_rps, config.rate_limit_burst, **timing)
+                clock: Callable[[], float] | None, *, auth: Authenticator | None = None,
+                limiter: RateLimiter | None = None) -> GatewayState:
+    auth = auth if auth is not None else build_authenticator(keys, config, clock)
+    limiter = limiter if limiter is not None else build_limiter(config, clock)
     return GatewayState(hub=hub, auth=auth, limiter=limiter, config=config, metrics=metrics,
                         models=models, definitions=definitions,
                         ready=ready if ready is not None else (lambda: True))
+
+
+def build_authenticator(keys: KeyStore, config: GatewayConfig,
+                        clock: Callable[[], float] | None = None) -> Authenticator:
+    timing = {} if clock is None else {"clock": clock}
+    return Authenticator(keys, config.api_key_pepper, bootstrap_key=config.admin_bootstrap_key,
+                         cache_s=config.key_cache_s, **timing)
+
+
+def build_limiter(config: GatewayConfig,
+                  clock: Callable[[], float] | None = None) -> RateLimiter:
+    timing = {} if clock is None else {"clock": clock}
+    return RateLimiter(config.rate_limit_rps, config.rate_limit_burst, **timing)
 
 
 async def close_sockets(app: web.Application) -> None:

@@ -1,4 +1,4 @@
-"""Services as real child processes (for SIGTERM / kill -9 tests)."""
+"""Services as real child processes: the benchmarks and the SIGTERM / kill -9 tests."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def wait_for_event(log: Path, process: subprocess.Popen[bytes], event: str,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"{process.args} exited: {log.read_text()}")
+            raise AssertionError(f"{process.args!r} exited: {log.read_text()}")
         for line in log.read_text().splitlines():
             if line.startswith("{"):
                 record: dict[str, object] = json.loads(line)

@@ -1,0 +1,192 @@
+"""`botfactory report BOT`: write an HTML analytics report of a bot's conversations.
+
+Reads the bot's events (`conv.event.<bot>.*`) from the JetStream stream CONV with an ephemeral
+ordered consumer, from the start of the stream or from `--since` (a duration such as 90m, 24h,
+7d, or an ISO 8601 time), and writes ONE self-contained HTML file: totals, containment,
+fallback and handoff rates, flow completion, feedback, top intents, top fallback-triggering
+texts, and charts (messages per hour, intent distribution, flow funnel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+DEFAULT_OUT = "report.html"
+STREAM = "CONV"
+CONNECT_TIMEOUT_S = 3.0
+READ_IDLE_TIMEOUT_S = 10.0
+DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ReportError(Exception):
+    """The events could not be read; the message says why (exit code 2)."""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("report", help="write an HTML analytics report of a bot",
+                                   description=__doc__)
+    parser.add_argument("bot", help="bot id")
+    parser.add_argument("--nats", default=os.environ.get("BOTFACTORY_NATS_URL", DEFAULT_NATS),
+                        help="NATS URL (default: $BOTFACTORY_NATS_URL or %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
+                        help="HTML file to write (default: %(default)s)")
+    parser.add_argument("--since", default=None,
+                        help="only events since then: a duration back from now (90m, 24h, 7d) "
+                             "or an ISO 8601 time (default: every event in the stream)")
+    parser.set_defaults(func=run_report)
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """`24h` → now minus 24 hours; an ISO 8601 time (UTC when it has no zone) as is."""
+    now = now or datetime.now(UTC)
+    match = DURATION_RE.match(text)
+    if match:
+        return now - timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"--since: expected a duration like 24h or an ISO 8601 time, "
+                         f"got {text!r}") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from botfactory.analytics.aggregate import aggregate
+    from botfactory.analytics.html import render
+    from services.common.errors import InvalidArgument
+    from services.common.subjects import check_id
+
+    try:
+        check_id(args.bot, "bot")
+        since = parse_since(args.since) if args.since else None
+    except (InvalidArgument, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        found = asyncio.run(read_events(args.nats, args.bot, since))
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not found.events:
+        window = f" since {since.isoformat()}" if since else ""
+        print(f"error: no events for bot {args.bot!r}{window} in stream {STREAM} on "
+              f"{args.nats}", file=sys.stderr)
+        return 2
+    figures = aggregate(args.bot, found.events, earlier=found.earlier)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(render(figures), encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {figures.conversations} conversations, "
+          f"{figures.user_messages} user messages, {len(found.events)} events")
+    return 0
+
+
+@dataclass
+class Found:
+    events: list[dict[str, Any]]
+    earlier: set[str]
+    """Conversations of the window with events before it (their sessions started earlier)."""
+
+
+def decode(subject: str, payload: bytes, seq: int) -> dict[str, Any] | None:
+    """A `ConversationEvent` as the dict `aggregate` takes; None when undecodable."""
+    from services.common.pb.botfactory.v1 import conversation_pb2
+
+    try:
+        event = conversation_pb2.ConversationEvent.FromString(payload)
+        data = json.loads(event.data_json) if event.data_json else {}
+    except Exception:
+        return None
+    parts = subject.split(".")
+    return {"type": event.type, "seq": seq,
+            "conversation_id": event.conversation_id or (parts[3] if len(parts) > 3 else ""),
+            "at_unix_ms": event.at_unix_ms, "data": data if isinstance(data, dict) else {}}
+
+
+async def _quiet(*_: Any) -> None:
+    """NATS client callbacks: the command reports errors itself, without tracebacks."""
+
+
+async def read_events(url: str, bot: str, since: datetime | None, *,
+                      idle_timeout: float = READ_IDLE_TIMEOUT_S) -> Found:
+    import nats
+    import nats.errors
+    from nats.js.api import ConsumerConfig, DeliverPolicy
+    from nats.js.errors import NotFoundError
+
+    try:
+        nc = await nats.connect(servers=[u.strip() for u in url.split(",")],
+                                name="botfactory-report", connect_timeout=CONNECT_TIMEOUT_S,
+                                allow_reconnect=False, max_reconnect_attempts=0,
+                                error_cb=_quiet, disconnected_cb=_quiet, closed_cb=_quiet)
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        raise ReportError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
+    try:
+        js = nc.jetstream(timeout=idle_timeout)
+        try:
+            info = await js.stream_info(STREAM)
+            last_seq = info.state.last_seq
+            config = None
+            policy = DeliverPolicy.ALL
+            if since is not None:
+                config = ConsumerConfig(opt_start_time=since)
+                policy = DeliverPolicy.BY_START_TIME
+            sub = await js.subscribe(f"conv.event.{bot}.>", stream=STREAM, ordered_consumer=True,
+                                     deliver_policy=policy, config=config)
+            events = await _read(sub, last_seq, idle_timeout)
+            await sub.unsubscribe()
+            earlier = await _earlier(js, bot, events) if since is not None else set()
+        except NotFoundError:
+            raise ReportError(f"stream {STREAM} not found on {url}: no conversation has been "
+                              f"recorded there") from None
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            raise ReportError(f"reading {STREAM} from {url} failed: "
+                              f"{exc or type(exc).__name__}") from None
+        return Found(events, earlier)
+    finally:
+        await nc.close()
+
+
+async def _read(sub: Any, last_seq: int, idle_timeout: float) -> list[dict[str, Any]]:
+    """The subscription's messages up to stream sequence `last_seq` (the stream's end when the
+    read began), so that a live system's new events do not keep it reading."""
+    info = await sub.consumer_info()
+    if info.num_pending == 0 and (info.delivered.stream_seq or 0) == 0:
+        return []
+    events: list[dict[str, Any]] = []
+    while True:
+        msg = await sub.next_msg(timeout=idle_timeout)
+        meta = msg.metadata
+        event = decode(msg.subject, msg.data, meta.sequence.stream)
+        if event is not None:
+            events.append(event)
+        if meta.num_pending == 0 or meta.sequence.stream >= last_seq:
+            return events
+
+
+async def _earlier(js: Any, bot: str, events: list[dict[str, Any]]) -> set[str]:
+    """Conversations whose first event in the stream precedes their first one read."""
+    first: dict[str, int] = {}
+    for event in events:
+        first.setdefault(event["conversation_id"], event["seq"])
+    earlier = set()
+    for conversation, seq in first.items():
+        found = await js.get_msg(STREAM, seq=1, subject=f"conv.event.{bot}.{conversation}",
+                                 next=True)
+        if found.seq is not None and found.seq < seq:
+            earlier.add(conversation)
+    return earlier

@@ -1,0 +1,377 @@
+"""The gateway's public gRPC API (`botfactory.v1.ChatService`, protos/botfactory/v1/gateway.proto):
+the HTTP conversation operations plus a bidirectional `Converse` stream.
+
+Authentication, rate limits and validation are those of the HTTP API, with the same
+Authenticator and RateLimiter objects: the key comes in the metadata `authorization: Bearer
+<key>`; a rate-limited call ends with RESOURCE_EXHAUSTED and the trailing metadata
+`retry-after` (seconds). Errors go through `grpc_errors`: a client never sees a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from services.common.errors import DomainError, InvalidArgument, Unavailable, grpc_errors
+from services.common.logging import get_logger
+from services.common.pb.botfactory.v1 import conversation_pb2, gateway_pb2, gateway_pb2_grpc
+from services.common.subjects import check_id
+from services.gateway.auth import Authenticator, Principal, authorize
+from services.gateway.config import GatewayConfig
+from services.gateway.http.metrics import GatewayMetrics
+from services.gateway.http.wire import MAX_METADATA_CHARS, MAX_METADATA_ENTRIES, MAX_SENDER_CHARS
+from services.gateway.ports import ConversationHub, Role
+from services.gateway.ratelimit import RateLimited, RateLimiter
+
+log = get_logger(__name__)
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+AUTHORIZATION = "authorization"
+RETRY_AFTER = "retry-after"
+CHANNEL = "grpc"
+DEFAULT_TRANSCRIPT_LIMIT = 100
+# Kept from a call's deadline for answering after the wait for replies.
+DEADLINE_MARGIN_S = 0.2
+STREAM_QUEUE = 256
+# A bot message's id is `<user message id>:<index>` (services/dialogue/worker.py).
+BOT_MESSAGE_ID = re.compile(r"^[A-Za-z0-9_:-]{1,160}$")
+FLUSH_TIMEOUT_S = 5.0
+SHUTTING_DOWN = "the gateway is shutting down; reconnect"
+
+
+def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
+    """The key of the `authorization: Bearer <key>` metadata entry (None when absent)."""
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == AUTHORIZATION and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            return token.strip() or None if scheme.lower() == "bearer" else None
+    return None
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def check_text(text: str, max_chars: int) -> str:
+    if not text.strip():
+        raise InvalidArgument("text must not be empty")
+    if len(text) > max_chars:
+        raise InvalidArgument(f"text must be at most {max_chars} characters")
+    return text
+
+
+def check_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    too_long = any(len(k) > MAX_METADATA_CHARS or len(v) > MAX_METADATA_CHARS
+                   for k, v in metadata.items())
+    if len(metadata) > MAX_METADATA_ENTRIES or too_long:
+        raise InvalidArgument(f"metadata must have at most {MAX_METADATA_ENTRIES} entries, keys "
+                              f"and values up to {MAX_METADATA_CHARS} characters")
+    return metadata
+
+
+def user_message(bot: str, conversation: str, message_id: str, text: str, sender: str,
+                 metadata: dict[str, str], max_chars: int) -> conversation_pb2.UserMessage:
+    """The UserMessage a request asks to send (INVALID_ARGUMENT for a bad field)."""
+    check_text(text, max_chars)
+    if message_id:
+        check_id(message_id, "message_id")
+    if len(sender) > MAX_SENDER_CHARS:
+        raise InvalidArgument(f"sender must be at most {MAX_SENDER_CHARS} characters")
+    return conversation_pb2.UserMessage(
+        bot_id=bot, conversation_id=conversation, message_id=message_id or uuid.uuid4().hex,
+        text=text, channel=CHANNEL, sender=sender, sent_at_unix_ms=now_ms(), role="user",
+        metadata=check_metadata(metadata))
+
+
+def transcript_entry(entry: dict[str, object]) -> gateway_pb2.TranscriptEntry:
+    raw_buttons = entry.get("buttons")
+    buttons = raw_buttons if isinstance(raw_buttons, list) else []
+    at = entry.get("at_unix_ms")
+    return gateway_pb2.TranscriptEntry(
+        type=str(entry.get("type") or ""), message_id=str(entry.get("message_id") or ""),
+        in_reply_to=str(entry.get("in_reply_to") or ""), text=str(entry.get("text") or ""),
+        buttons=[conversation_pb2.Button(title=str(b.get("title", "")),
+                                         payload=str(b.get("payload", "")))
+                 for b in buttons if isinstance(b, dict)],
+        at_unix_ms=at if isinstance(at, int) else 0)
+
+
+class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
+    def __init__(self, hub: ConversationHub, authenticator: Authenticator, limiter: RateLimiter,
+                 config: GatewayConfig, metrics: GatewayMetrics) -> None:
+        self.hub = hub
+        self.auth = authenticator
+        self.limiter = limiter
+        self.config = config
+        self.metrics = metrics
+        self.closing = asyncio.Event()
+
+    def close(self) -> None:
+        """End the open Converse calls (UNAVAILABLE: reconnect); call before the server stops."""
+        self.closing.set()
+
+    # -- admission -----------------------------------------------------------------------------
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+        """401 then 429, as HTTP does before looking at the request."""
+        principal = await self.auth.authenticate(bearer_token(context))
+        try:
+            self.limiter.check(principal.key_id)
+        except RateLimited as exc:
+            self.metrics.rate_limited.inc()
+            context.set_trailing_metadata(((RETRY_AFTER, exc.retry_after_header),))
+            raise
+        return principal
+
+    async def _admit(self, context: grpc.aio.ServicerContext, bot: str,
+                     conversation: str) -> Principal:
+        """UNAUTHENTICATED → RESOURCE_EXHAUSTED → INVALID_ARGUMENT (ids) → PERMISSION_DENIED."""
+        principal = await self._authenticate(context)
+        check_id(bot, "bot_id")
+        check_id(conversation, "conversation_id")
+        authorize(principal, Role.CLIENT, bot)
+        return principal
+
+    def _wait_s(self, context: grpc.aio.ServicerContext) -> float:
+        """The sync wait, shortened to end before the call's deadline."""
+        remaining = context.time_remaining()
+        if remaining is None:
+            return self.config.sync_wait_s
+        return max(0.001, min(self.config.sync_wait_s, float(remaining) - DEADLINE_MARGIN_S))
+
+    # -- unary calls ---------------------------------------------------------------------------
+
+    @grpc_errors
+    async def SendMessage(self, request: gateway_pb2.SendMessageRequest,
+                          context: grpc.aio.ServicerContext) -> gateway_pb2.SendMessageResponse:
+        await self._admit(context, request.bot_id, request.conversation_id)
+        message = user_message(request.bot_id, request.conversation_id, request.message_id,
+                               request.text, request.sender, dict(request.metadata),
+                               self.config.max_text_chars)
+        wait_s = 0.0 if request.no_wait else self._wait_s(context)
+        result = await self.hub.send(message, wait_s=wait_s)
+        return gateway_pb2.SendMessageResponse(
+            message_id=message.message_id, replies=result.replies, complete=result.complete,
+            duplicate=result.duplicate)
+
+    @grpc_errors
+    async def GetTranscript(self, request: gateway_pb2.GetTranscriptRequest,
+                            context: grpc.aio.ServicerContext
+                            ) -> gateway_pb2.GetTranscriptResponse:
+        await self._admit(context, request.bot_id, request.conversation_id)
+        maximum = self.config.transcript_max_limit
+        limit = request.limit or min(DEFAULT_TRANSCRIPT_LIMIT, maximum)
+        if not 1 <= limit <= maximum:
+            raise InvalidArgument(f"limit must be from 1 to {maximum} (0: the default)")
+        entries = await self.hub.transcript(request.bot_id, request.conversation_id, limit)
+        return gateway_pb2.GetTranscriptResponse(
+            bot_id=request.bot_id, conversation_id=request.conversation_id,
+            entries=[transcript_entry(e) for e in entries])
+
+    @grpc_errors
+    async def SendFeedback(self, request: gateway_pb2.SendFeedbackRequest,
+                           context: grpc.aio.ServicerContext
+                           ) -> gateway_pb2.SendFeedbackResponse:
+        feedback = request.feedback
+        await self._admit(context, feedback.bot_id, feedback.conversation_id)
+        if not BOT_MESSAGE_ID.match(feedback.message_id):
+            raise InvalidArgument("message_id must be a bot message's id (1-160 letters, "
+                                  "digits, '_', '-' or ':')")
+        if feedback.rating not in (1, -1):
+            raise InvalidArgument("rating must be 1 or -1")
+        if len(feedback.comment) > self.config.max_comment_chars:
+            raise InvalidArgument(
+                f"comment must be at most {self.config.max_comment_chars} characters")
+        await self.hub.feedback(conversation_pb2.Feedback(
+            bot_id=feedback.bot_id, conversation_id=feedback.conversation_id,
+            message_id=feedback.message_id, rating=feedback.rating, comment=feedback.comment))
+        self.metrics.feedback.labels(bot=feedback.bot_id,
+                                     rating="up" if feedback.rating == 1 else "down").inc()
+        return gateway_pb2.SendFeedbackResponse(message_id=feedback.message_id,
+                                                rating=feedback.rating)
+
+    # -- the stream ----------------------------------------------------------------------------
+
+    @grpc_errors
+    async def Converse(  # type: ignore[override]  # a reader/writer handler, not a generator
+            self, request_iterator: AsyncIterator[gateway_pb2.ConverseRequest],
+            context: grpc.aio.ServicerContext) -> None:
+        token = bearer_token(context)
+        principal = await self._authenticate(context)
+        first = await anext(request_iterator, None)
+        if first is None:
+            return
+        check_id(first.bot_id, "bot_id")
+        check_id(first.conversation_id, "conversation_id")
+        authorize(principal, Role.CLIENT, first.bot_id)
+        session = _Session(self, context, token, first.bot_id, first.conversation_id)
+        await session.run(first, request_iterator)
+
+
+@dataclass
+class _Session:
+    """One Converse call: a reader (requests → publish → ack/error), a pump (the
+    conversation's bot messages) and one writer, so that events are written one at a time."""
+
+    service: ChatServicer
+    context: grpc.aio.ServicerContext
+    token: str | None
+    bot: str
+    conversation: str
+    out: asyncio.Queue[gateway_pb2.ConverseResponse | None] = field(
+        default_factory=lambda: asyncio.Queue(STREAM_QUEUE))
+    # Messages of this stream whose last reply has not come yet.
+    due: set[str] = field(default_factory=set)
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self, first: gateway_pb2.ConverseRequest,
+                  requests: AsyncIterator[gateway_pb2.ConverseRequest]) -> None:
+        self.settled.set()
+        replies = self.service.hub.subscribe(self.bot, self.conversation)
+        pump = asyncio.create_task(self._pump(replies))
+        # One turn of the loop lets the pump subscribe (it queues its SUB on the bus connection)
+        # before the reader publishes the first message: no reply can be missed.
+        await asyncio.sleep(0)
+        writer = asyncio.create_task(self._write())
+        reader = asyncio.create_task(self._read(first, requests))
+        closing = asyncio.create_task(self.service.closing.wait())
+        tasks = (pump, writer, reader, closing)
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if closing in done:
+                raise Unavailable(SHUTTING_DOWN)
+            if reader in done:
+                failure = reader.exception()
+                if failure is not None:
+                    await self._flush(writer)
+                    raise failure
+                await self._deliver_due(pump, writer, closing)
+            elif pump in done:
+                log.warning("converse_pump_ended", error=repr(pump.exception()))
+                raise Unavailable("live messages are unavailable; reconnect")
+            if not writer.done():
+                await self._flush(writer)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.shield(_close(tasks, replies))
+
+    async def _deliver_due(self, pump: asyncio.Task[None], writer: asyncio.Task[None],
+                           closing: asyncio.Task[bool]) -> None:
+        """The client closed its side: wait (bounded) for the replies still due."""
+        settled = asyncio.create_task(self.settled.wait())
+        try:
+            await asyncio.wait((settled, pump, writer, closing),
+                               timeout=self.service.config.sync_wait_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            settled.cancel()
+
+    async def _flush(self, writer: asyncio.Task[None]) -> None:
+        """Let the writer write what is queued, then stop (bounded: the client may not read)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self.out.put_nowait(None)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(writer), FLUSH_TIMEOUT_S)
+
+    async def _write(self) -> None:
+        while (event := await self.out.get()) is not None:
+            try:
+                await self.context.write(event)
+            except Exception as exc:  # the call is over (client gone, cancelled)
+                log.info("converse_write_failed", error=repr(exc))
+                return
+
+    async def _pump(self, replies: AsyncIterator[conversation_pb2.BotMessage]) -> None:
+        async for reply in replies:
+            if reply.last and reply.in_reply_to in self.due:
+                self.due.discard(reply.in_reply_to)
+                if not self.due:
+                    self.settled.set()
+            await self.out.put(gateway_pb2.ConverseResponse(message=reply))
+
+    async def _read(self, first: gateway_pb2.ConverseRequest,
+                    requests: AsyncIterator[gateway_pb2.ConverseRequest]) -> None:
+        if first.text or first.message_id:  # else: it only opens the stream
+            await self.out.put(await self._answer(first))
+        async for request in requests:
+            await self.out.put(await self._answer(request))
+
+    async def _answer(self, request: gateway_pb2.ConverseRequest) -> gateway_pb2.ConverseResponse:
+        """The ack or error event for one request. A key that stopped working or a request for
+        another conversation raises: it ends the call."""
+        service = self.service
+        principal = await service.auth.authenticate(self.token)
+        authorize(principal, Role.CLIENT, self.bot)
+        if request.bot_id not in ("", self.bot) or \
+                request.conversation_id not in ("", self.conversation):
+            raise InvalidArgument("a Converse call carries messages of one bot and conversation: "
+                                  f"{self.bot!r}, {self.conversation!r}")
+        try:
+            service.limiter.check(principal.key_id)
+            message = user_message(self.bot, self.conversation, request.message_id, request.text,
+                                   request.sender, dict(request.metadata),
+                                   service.config.max_text_chars)
+            return await self._send(message)
+        except RateLimited as exc:
+            service.metrics.rate_limited.inc()
+            return _error(request.message_id, exc, retry_after_s=int(exc.retry_after_header))
+        except DomainError as exc:
+            return _error(request.message_id, exc)
+        except Exception:
+            log.exception("converse_message_failed")
+            return _error(request.message_id, DomainError("internal error"))
+
+    async def _send(self, message: conversation_pb2.UserMessage) -> gateway_pb2.ConverseResponse:
+        self.due.add(message.message_id)
+        self.settled.clear()
+        try:
+            result = await self.service.hub.send(message, wait_s=0.0)
+        except BaseException:
+            self._forget(message.message_id)
+            raise
+        if result.duplicate:  # answered before: no new replies will come
+            self._forget(message.message_id)
+        return gateway_pb2.ConverseResponse(ack=gateway_pb2.MessageAck(
+            message_id=message.message_id, duplicate=result.duplicate))
+
+    def _forget(self, message_id: str) -> None:
+        self.due.discard(message_id)
+        if not self.due:
+            self.settled.set()
+
+
+def _error(message_id: str, exc: DomainError, *,
+           retry_after_s: int = 0) -> gateway_pb2.ConverseResponse:
+    code = exc.grpc_code
+    number = code.value[0] if isinstance(code.value, tuple) else 13
+    return gateway_pb2.ConverseResponse(error=gateway_pb2.ConverseError(
+        message_id=message_id, code=int(number), status=code.name, detail=str(exc),
+        retry_after_s=retry_after_s))
+
+
+async def _close(tasks: Sequence[asyncio.Future[Any]],
+                 replies: AsyncIterator[conversation_pb2.BotMessage]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
+    closer = getattr(replies, "aclose", None)
+    if closer is not None:
+        with contextlib.suppress(Exception):
+            await closer()
+
+
+def add_chat_service(server: grpc.aio.Server, hub: ConversationHub,
+                     authenticator: Authenticator, limiter: RateLimiter, config: GatewayConfig,
+                     metrics: GatewayMetrics) -> ChatServicer:
+    """Register ChatService on `server`; returns the servicer (call its `close()` on shutdown
+    to end open Converse streams)."""
+    servicer = ChatServicer(hub, authenticator, limiter, config, metrics)
+    gateway_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
+    return servicer

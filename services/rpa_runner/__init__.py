@@ -1,0 +1,1 @@
+"""The RPA runner: durable business workflows behind the conversation (docs/workflows.md)."""

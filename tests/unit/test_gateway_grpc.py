@@ -1,0 +1,187 @@
+"""The gateway's gRPC ChatService against an in-memory hub: rate limits with `retry-after`,
+revoked keys, errors that never leak, the deadline-bounded wait, and shutdown of open
+Converse streams. (End to end over NATS: tests/integration/test_gateway_grpc.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.common.errors import Unavailable
+from services.common.pb.botfactory.v1 import gateway_pb2, gateway_pb2_grpc
+from services.gateway.auth import Authenticator, InMemoryKeyStore
+from services.gateway.config import GatewayConfig
+from services.gateway.grpc_api import ChatServicer, add_chat_service
+from services.gateway.http import GatewayMetrics
+from services.gateway.http.app import build_authenticator, build_limiter
+from services.gateway.ports import Role
+from tests.unit.test_gateway_http import FakeClock, FakeHub, make_config
+
+
+@dataclass
+class Served:
+    stub: Any  # gateway_pb2_grpc.ChatServiceAsyncStub
+    hub: FakeHub
+    auth: Authenticator
+    servicer: ChatServicer
+    clock: FakeClock
+    metrics: GatewayMetrics
+    key: str
+
+    def metadata(self, key: str | None = None) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {key or self.key}"),)
+
+
+async def serve(config: GatewayConfig) -> AsyncIterator[Served]:
+    hub, clock = FakeHub(), FakeClock()
+    metrics = GatewayMetrics.create(CollectorRegistry())
+    auth = build_authenticator(InMemoryKeyStore(), config, clock)
+    limiter = build_limiter(config, clock)
+    server = grpc.aio.server()
+    servicer = add_chat_service(server, hub, auth, limiter, config, metrics)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    key = (await auth.issue("t1", ("alpha",), Role.CLIENT)).secret
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = cast(Any, gateway_pb2_grpc.ChatServiceStub(channel))
+            yield Served(stub, hub, auth, servicer, clock, metrics, key)
+    finally:
+        servicer.close()
+        await server.stop(0.5)
+
+
+@pytest.fixture
+async def gw() -> AsyncIterator[Served]:
+    async for served in serve(make_config(sync_wait_s=2.0)):
+        yield served
+
+
+@pytest.fixture
+async def limited() -> AsyncIterator[Served]:
+    async for served in serve(make_config(rate_limit_rps=0.5, rate_limit_burst=2)):
+        yield served
+
+
+async def kinds_of(call: Any, count: int) -> list[str]:
+    """The kinds of the next `count` events, sorted (a reply may come before its ack)."""
+    return sorted([(await read(call)).WhichOneof("event") or "" for _ in range(count)])
+
+
+def send(text: str = "hi", conversation: str = "c1", **fields: Any
+         ) -> gateway_pb2.SendMessageRequest:
+    return gateway_pb2.SendMessageRequest(bot_id="alpha", conversation_id=conversation,
+                                          text=text, **fields)
+
+
+async def read(call: Any) -> gateway_pb2.ConverseResponse:
+    event = await asyncio.wait_for(call.read(), 5)
+    assert isinstance(event, gateway_pb2.ConverseResponse), event
+    return event
+
+
+async def test_send_message_answers_like_http(gw: Served) -> None:
+    response = await gw.stub.SendMessage(send("menu", message_id="m1"), metadata=gw.metadata())
+    assert response.message_id == "m1" and response.complete
+    assert [(r.text, [b.title for b in r.buttons]) for r in response.replies] == \
+        [("echo: menu", ["Yes", "No"])]
+    assert gw.hub.sent[0].channel == "grpc"
+    quick = await gw.stub.SendMessage(send(no_wait=True), metadata=gw.metadata())
+    assert not quick.complete and gw.hub.waits[-1] == 0.0
+
+
+async def test_the_wait_ends_before_the_callers_deadline(gw: Served) -> None:
+    await gw.stub.SendMessage(send(), metadata=gw.metadata(), timeout=1.0)
+    assert 0 < gw.hub.waits[-1] < 1.0
+    await gw.stub.SendMessage(send(), metadata=gw.metadata())
+    assert gw.hub.waits[-1] == 2.0
+
+
+async def test_rate_limit_gives_resource_exhausted_with_retry_after(limited: Served) -> None:
+    for _ in range(2):
+        await limited.stub.SendMessage(send(), metadata=limited.metadata())
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await limited.stub.SendMessage(send(), metadata=limited.metadata())
+    assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    trailing = dict(failed.value.trailing_metadata() or ())
+    assert trailing.get("retry-after") == "2"
+    assert limited.metrics.rate_limited._value.get() == 1
+
+    limited.clock.now += 10  # refilled: the stream opens, then its messages use up the burst
+    call = limited.stub.Converse(metadata=limited.metadata())
+    await call.write(gateway_pb2.ConverseRequest(bot_id="alpha", conversation_id="c1"))
+    await call.write(gateway_pb2.ConverseRequest(text="one", message_id="s1"))
+    await call.write(gateway_pb2.ConverseRequest(text="two", message_id="s2"))
+    events = [await read(call) for _ in range(3)]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert sorted(k or "" for k in kinds) == ["ack", "error", "message"]
+    error = next(e.error for e in events if e.WhichOneof("event") == "error")
+    assert (error.message_id, error.status, error.retry_after_s) == \
+        ("s2", "RESOURCE_EXHAUSTED", 2)
+    limited.clock.now += 10  # the stream went on
+    await call.write(gateway_pb2.ConverseRequest(text="three", message_id="s3"))
+    assert await kinds_of(call, 2) == ["ack", "message"]
+    await call.done_writing()
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_hub_failures_never_leak(gw: Served) -> None:
+    gw.hub.fail = RuntimeError("secret internals /srv/app.py line 42")
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await gw.stub.SendMessage(send(), metadata=gw.metadata())
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    assert failed.value.details() == "internal error"
+
+    gw.hub.fail = Unavailable("the message bus is unavailable; please retry")
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await gw.stub.SendMessage(send(), metadata=gw.metadata())
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    call = gw.stub.Converse(metadata=gw.metadata())
+    await call.write(gateway_pb2.ConverseRequest(bot_id="alpha", conversation_id="c1",
+                                                 text="hi", message_id="f1"))
+    error = (await read(call)).error
+    assert (error.message_id, error.status) == ("f1", "UNAVAILABLE")
+    gw.hub.fail = RuntimeError("secret internals")
+    await call.write(gateway_pb2.ConverseRequest(text="hi", message_id="f2"))
+    error = (await read(call)).error
+    assert (error.status, error.detail) == ("INTERNAL", "internal error")
+    gw.hub.fail = None
+    await call.write(gateway_pb2.ConverseRequest(text="hi", message_id="f3"))
+    assert await kinds_of(call, 2) == ["ack", "message"]
+    await call.done_writing()
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_converse_pushes_async_messages_and_ends_on_revocation(gw: Served) -> None:
+    call = gw.stub.Converse(metadata=gw.metadata())
+    await call.write(gateway_pb2.ConverseRequest(bot_id="alpha", conversation_id="c9",
+                                                 text="hi", message_id="a1"))
+    assert await kinds_of(call, 2) == ["ack", "message"]
+    gw.hub.push("alpha", "c9", "your transfer is done")
+    assert (await read(call)).message.text == "your transfer is done"
+
+    record = (await gw.auth.store.list_keys())[0]
+    await gw.auth.revoke(record.key_id)
+    await call.write(gateway_pb2.ConverseRequest(text="still there?"))
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await read(call)
+    assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_shutdown_ends_open_streams_with_unavailable(gw: Served) -> None:
+    call = gw.stub.Converse(metadata=gw.metadata())
+    await call.write(gateway_pb2.ConverseRequest(bot_id="alpha", conversation_id="c1",
+                                                 text="hi"))
+    assert await kinds_of(call, 2) == ["ack", "message"]
+    gw.servicer.close()
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await read(call)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert gw.hub.subscribers[("alpha", "c1")] == []  # the subscription was closed
