@@ -40,11 +40,13 @@ lint: setup ## ruff + mypy
 protos: setup ## Regenerate services/common/pb from protos/ (commit the result)
 	$(PY) scripts/gen_protos.py
 
+BENCHMARKS := $(wildcard benchmarks/nlu_latency.py benchmarks/e2e_load.py benchmarks/rpa_throughput.py)
+
 bench: setup ## Run the benchmarks (results JSON under benchmarks/results/)
-	$(PY) benchmarks/nlu_latency.py
+	@for b in $(BENCHMARKS); do echo "== $$b"; $(PY) $$b || exit 1; done
 
 bench-quick: setup ## The benchmarks' --quick variants (under a minute each)
-	$(PY) benchmarks/nlu_latency.py --quick
+	@for b in $(BENCHMARKS); do echo "== $$b"; $(PY) $$b --quick || exit 1; done
 
 clean: ## Remove local runtime data (.botfactory/) and caches
 	rm -rf .botfactory .pytest_cache .mypy_cache .ruff_cache

@@ -206,7 +206,7 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
             context: grpc.aio.ServicerContext) -> None:
         token = bearer_token(context)
         principal = await self._authenticate(context)
-        first = await anext(request_iterator, None)
+        first = await self._first(request_iterator)
         if first is None:
             return
         check_id(first.bot_id, "bot_id")
@@ -214,6 +214,22 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
         authorize(principal, Role.CLIENT, first.bot_id)
         session = _Session(self, context, token, first.bot_id, first.conversation_id)
         await session.run(first, request_iterator)
+
+    async def _first(self, requests: AsyncIterator[gateway_pb2.ConverseRequest]
+                     ) -> gateway_pb2.ConverseRequest | None:
+        """The stream's first request (None: the client closed its side at once)."""
+        reading = asyncio.ensure_future(anext(requests, None))
+        closing = asyncio.ensure_future(self.closing.wait())
+        try:
+            await asyncio.wait((reading, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            waiting = not reading.done()
+            if waiting:
+                reading.cancel()
+        if waiting:
+            raise Unavailable(SHUTTING_DOWN)
+        return reading.result()
 
 
 @dataclass

@@ -213,3 +213,17 @@ async def _wait_until_held(nats_url: str, conversation: str) -> None:
         raise AssertionError("the worker never took the message")
     finally:
         await bus.drain()
+
+
+async def test_a_real_bot_reply_can_be_rated(nats_server: NatsServer,
+                                             tiny_banking_model: Path) -> None:
+    async with running_stack(nats_server.url, tiny_banking_model) as stack:
+        _, body = await stack.post("c5", "/greet")
+        reply_id = body["replies"][0]["message_id"]
+        assert ":" in reply_id
+        assert stack.session is not None
+        url = f"{stack.base_url}/v1/bots/banking/conversations/c5/messages/{reply_id}/feedback"
+        async with stack.session.post(url, json={"rating": -1, "comment": "not what I asked"},
+                                      headers={"Authorization": f"Bearer {stack.client_key}"}
+                                      ) as response:
+            assert response.status == 202, await response.text()

@@ -185,3 +185,12 @@ async def test_shutdown_ends_open_streams_with_unavailable(gw: Served) -> None:
         await read(call)
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
     assert gw.hub.subscribers[("alpha", "c1")] == []  # the subscription was closed
+
+
+async def test_shutdown_ends_a_stream_that_sent_nothing(gw: Served) -> None:
+    call = gw.stub.Converse(metadata=gw.metadata())
+    await asyncio.sleep(0.1)  # the call is open on the server, waiting for a first request
+    gw.servicer.close()
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await read(call)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -24,14 +24,14 @@ from services.gateway.http.problems import (
 )
 from services.gateway.http.routes import RouteSpec, spec_of
 from services.gateway.http.state import PRINCIPAL, TOKEN, GatewayState, state_of
-from services.gateway.http.wire import BOT_ID, CONVERSATION_ID, MESSAGE_ID
+from services.gateway.http.wire import BOT_ID, CONVERSATION_ID, RATED_MESSAGE_ID
 from services.gateway.ratelimit import RateLimited
 
 log = get_logger(__name__)
 
 CORRELATION_HEADER = "X-Correlation-Id"
 CORRELATION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-PATH_IDS = {"bot": BOT_ID, "conversation": CONVERSATION_ID, "message_id": MESSAGE_ID,
+PATH_IDS = {"bot": BOT_ID, "conversation": CONVERSATION_ID, "message_id": RATED_MESSAGE_ID,
             "key_id": re.compile(r"^[0-9a-f]{1,64}$")}
 API_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 

@@ -16,6 +16,8 @@ from services.gateway.http.problems import FieldError, PayloadTooLarge, RequestI
 BOT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 MESSAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# A bot message id is the user message id it answers plus ":<index>" (see the dialogue).
+RATED_MESSAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}(:[0-9]{1,4})?$")
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_CHARS = 512
 MAX_SENDER_CHARS = 256
