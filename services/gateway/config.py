@@ -62,6 +62,8 @@ class GatewayConfig:
     def _validate_ports(self) -> None:
         require(0 <= self.http_port <= 65535, f"{PREFIX}HTTP_PORT", "must be 0..65535")
         require(0 <= self.metrics_port <= 65535, f"{PREFIX}METRICS_PORT", "must be 0..65535")
+        require(0 <= self.grpc_port <= 65535, f"{PREFIX}GRPC_PORT", "must be 0..65535")
+        require(1 <= self.partitions <= 1024, f"{PREFIX}PARTITIONS", "must be 1..1024")
 
     def _validate_secrets(self) -> None:
         require(len(self.api_key_pepper) >= MIN_SECRET_CHARS, f"{PREFIX}API_KEY_PEPPER",
