@@ -1,4 +1,5 @@
-"""Wires the gateway from its config: bus, hub, key store, HTTP app, gRPC API, metrics."""
+"""Wires the gateway from its config: bus, hub, key store, HTTP app, gRPC API, webhook relay,
+metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from services.common.definitions import DefinitionStore
@@ -20,6 +22,8 @@ from services.gateway.grpc_api import SERVICE_NAME, ChatServicer, add_chat_servi
 from services.gateway.http.app import build_authenticator, build_limiter, create_app
 from services.gateway.http.metrics import GatewayMetrics
 from services.gateway.hub import BusHub, BusModelAdmin
+from services.gateway.webhook_relay import CachedWebhookStore, NatsWebhookStore, WebhookRelay
+from services.gateway.webhooks import WebhookSender, WebhookSettings
 
 log = get_logger(__name__)
 
@@ -34,6 +38,9 @@ class GatewayServer:
         self.metrics_server: MetricsServer | None = None
         self.grpc: GrpcServer | None = None
         self.chat: ChatServicer | None = None
+        # Webhook delivery: one HTTP client session for every delivery, owned here.
+        self.webhook_session: aiohttp.ClientSession | None = None
+        self.webhooks: WebhookRelay | None = None
         self.port = 0
         self.grpc_port = 0
 
@@ -45,12 +52,19 @@ class GatewayServer:
         await self.hub.start()
         keys = await NatsKeyStore.open(self.bus)
         hub, bus = self.hub, self.bus
+        # One cached store for the admin API and the relay: a change here applies at once.
+        webhook_store = CachedWebhookStore(NatsWebhookStore(bus))
+        self.webhook_session = aiohttp.ClientSession()
+        sender = WebhookSender(self.webhook_session, WebhookSettings.of(self.config),
+                               self.metrics)
+        self.webhooks = WebhookRelay(bus, webhook_store, sender)
+        await self.webhooks.start()
         # One Authenticator and RateLimiter for HTTP and gRPC: a key's rate is shared by both.
         auth = build_authenticator(keys, self.config)
         limiter = build_limiter(self.config)
         app = create_app(hub, keys, self.config, self.metrics, models=BusModelAdmin(bus),
-                         definitions=DefinitionStore(bus), ready=lambda: hub.connected,
-                         auth=auth, limiter=limiter)
+                         definitions=DefinitionStore(bus), webhooks=webhook_store,
+                         ready=lambda: hub.connected, auth=auth, limiter=limiter)
         self.runner = web.AppRunner(app, access_log=None,
                                     shutdown_timeout=self.config.shutdown_grace_s)
         await self.runner.setup()
@@ -69,16 +83,22 @@ class GatewayServer:
                  metrics_port=self.metrics_server.port, partitions=partitions)
 
     async def stop(self) -> None:
-        """Stop accepting HTTP and gRPC, finish in-flight requests, drain NATS."""
+        """Stop accepting HTTP and gRPC, finish in-flight requests and webhook deliveries,
+        drain NATS."""
         if self.chat is not None:
             self.chat.close()
-        # HTTP and gRPC drain their in-flight calls at once (each within the grace period).
+        # HTTP, gRPC and the webhook relay drain their in-flight work at once (each within the
+        # grace period; webhook deliveries still running then are redelivered later).
         draining: list[Coroutine[Any, Any, None]] = []
         if self.grpc is not None:
             draining.append(self.grpc.stop(self.config.shutdown_grace_s))
         if self.runner is not None:
             draining.append(self.runner.cleanup())
+        if self.webhooks is not None:
+            draining.append(self.webhooks.stop(self.config.shutdown_grace_s))
         await asyncio.gather(*draining)
+        if self.webhook_session is not None:
+            await self.webhook_session.close()
         if self.hub is not None:
             await self.hub.stop()
         if self.bus is not None:

@@ -48,7 +48,6 @@ class GatewayConfig:
     webhook_max_attempts: int = 5
     webhook_backoff_s: float = 0.5
     webhook_backoff_max_s: float = 30.0
-    webhook_max_pending: int = 1000
     webhook_concurrency: int = 8
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
@@ -93,7 +92,6 @@ class GatewayConfig:
         require(self.webhook_backoff_s >= 0, f"{PREFIX}WEBHOOK_BACKOFF_S", "must be >= 0")
         require(self.webhook_backoff_max_s >= self.webhook_backoff_s,
                 f"{PREFIX}WEBHOOK_BACKOFF_MAX_S", "must be >= WEBHOOK_BACKOFF_S")
-        require(self.webhook_max_pending >= 1, f"{PREFIX}WEBHOOK_MAX_PENDING", "must be >= 1")
         require(self.webhook_concurrency >= 1, f"{PREFIX}WEBHOOK_CONCURRENCY", "must be >= 1")
 
 

@@ -1,7 +1,7 @@
 """The interfaces the gateway's HTTP layer is written against.
 
 The bus side (publishing user messages to JetStream, collecting replies, the model registry,
-deployed definitions) implements these; the tests use in-memory fakes.
+deployed definitions, webhook configuration) implements these; the tests use in-memory fakes.
 """
 
 from __future__ import annotations
@@ -128,4 +128,26 @@ class ModelAdmin(Protocol):
 class DefinitionStore(Protocol):
     async def put(self, bot: str, files: dict[str, str]) -> int:
         """Store a validated bot definition (relative path → YAML text); returns its revision."""
+        ...
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """Where a bot's messages are POSTed (`services.gateway.webhooks`), and the secret that
+    signs them. The secret is stored, never shown back by the API."""
+
+    url: str
+    secret: str
+
+
+class WebhookStore(Protocol):
+    async def put(self, bot: str, hook: Webhook) -> None:
+        """Set (or replace) the bot's webhook."""
+        ...
+
+    async def get(self, bot: str) -> Webhook | None:
+        ...
+
+    async def delete(self, bot: str) -> bool:
+        """Remove the bot's webhook; False when it had none."""
         ...

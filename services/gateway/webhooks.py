@@ -2,15 +2,16 @@
 
 Each POST carries `X-Botfactory-Signature: sha256=<hex HMAC-SHA256 of the raw body, keyed by
 the channel's secret>` and `X-Botfactory-Delivery: <id>` (the same on every retry, so the
-receiver can drop duplicates). Failed attempts (connection errors, timeouts, 408, 429, 5xx) are
-retried with exponential backoff and jitter, up to `max_attempts`; other answers are final.
-The dispatcher queues deliveries in memory, bounded: when full, new ones are dropped (counted).
+receiver can drop duplicates; the caller may pass a stable id, see `webhook_relay`). Failed
+attempts (connection errors, timeouts, 408, 429, 5xx) are retried with exponential backoff and
+jitter, up to `max_attempts`; other answers are final. The dispatcher queues deliveries in
+memory, bounded: when full, new ones are dropped (counted). The gateway itself delivers through
+`webhook_relay.WebhookRelay` (a JetStream consumer: nothing is dropped).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -27,6 +28,7 @@ from services.common.pb.botfactory.v1 import conversation_pb2
 from services.gateway.config import GatewayConfig
 from services.gateway.http.metrics import GatewayMetrics
 from services.gateway.http.wire import reply_json
+from services.gateway.ports import Webhook as Webhook  # re-exported: defined with its store
 
 log = get_logger(__name__)
 
@@ -45,25 +47,18 @@ def verify(secret: str, body: bytes, signature: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Webhook:
-    url: str
-    secret: str
-
-
-@dataclass(frozen=True)
 class WebhookSettings:
     timeout_s: float = 5.0
     max_attempts: int = 5
     backoff_s: float = 0.5
     backoff_max_s: float = 30.0
-    max_pending: int = 1000
     concurrency: int = 8
 
     @classmethod
     def of(cls, config: GatewayConfig) -> WebhookSettings:
         return cls(config.webhook_timeout_s, config.webhook_max_attempts,
                    config.webhook_backoff_s, config.webhook_backoff_max_s,
-                   config.webhook_max_pending, config.webhook_concurrency)
+                   config.webhook_concurrency)
 
     def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         """Backoff before attempt `attempt + 1` (attempt counts from 1): exponential, capped,
@@ -95,9 +90,12 @@ class WebhookSender:
         self.metrics = metrics
         self._sleep = sleep
 
-    async def deliver(self, hook: Webhook, payload: dict[str, Any]) -> bool:
-        """POST `payload` until it is accepted (2xx) or the attempts run out; True if accepted."""
-        delivery_id = uuid.uuid4().hex
+    async def deliver(self, hook: Webhook, payload: dict[str, Any], *,
+                      delivery_id: str | None = None) -> bool:
+        """POST `payload` until it is accepted (2xx) or the attempts run out; True if accepted.
+
+        `delivery_id` (default: a new random one) goes in the body and the delivery header."""
+        delivery_id = delivery_id or uuid.uuid4().hex
         body = json.dumps({**payload, "delivery_id": delivery_id}, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(hook.secret, body),
                    DELIVERY_HEADER: delivery_id}
@@ -139,46 +137,3 @@ def _outcome(status: int, retry_after: str | None) -> _Outcome:
     if status not in RETRY_STATUSES:
         log.warning("webhook_rejected", status=status)
     return _Outcome(delivered=False, retry=status in RETRY_STATUSES, retry_after_s=seconds)
-
-
-class WebhookDispatcher:
-    """A bounded in-memory queue of deliveries worked by `concurrency` tasks."""
-
-    def __init__(self, sender: WebhookSender) -> None:
-        self.sender = sender
-        self._queue: asyncio.Queue[tuple[Webhook, dict[str, Any]]] = asyncio.Queue(
-            maxsize=sender.settings.max_pending)
-        self._workers: list[asyncio.Task[None]] = []
-
-    def start(self) -> None:
-        self._workers = [asyncio.create_task(self._work(), name=f"webhook-{i}")
-                         for i in range(self.sender.settings.concurrency)]
-
-    def submit(self, hook: Webhook, payload: dict[str, Any]) -> bool:
-        """Queue a delivery; False (and counted as dropped) when the queue is full."""
-        try:
-            self._queue.put_nowait((hook, payload))
-        except asyncio.QueueFull:
-            self.sender.count("dropped")
-            log.warning("webhook_dropped", url=hook.url, pending=self._queue.qsize())
-            return False
-        return True
-
-    async def _work(self) -> None:
-        while True:
-            hook, payload = await self._queue.get()
-            try:
-                await self.sender.deliver(hook, payload)
-            except Exception:
-                log.exception("webhook_delivery_crashed", url=hook.url)
-            finally:
-                self._queue.task_done()
-
-    async def stop(self, grace_s: float = 5.0) -> None:
-        """Finish queued deliveries for up to `grace_s`, then cancel the rest."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout=grace_s)
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers = []

@@ -30,7 +30,6 @@ from services.gateway.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     Webhook,
-    WebhookDispatcher,
     WebhookSender,
     WebhookSettings,
     message_payload,
@@ -824,18 +823,6 @@ async def test_webhook_gives_up_bounded_and_on_client_errors() -> None:
     assert all(d <= 3.0 for d in delays)
     ok, receiver, delays = await deliver_to([400])
     assert not ok and len(receiver.seen) == 1 and delays == []
-
-
-async def test_webhook_dispatcher_queue_is_bounded() -> None:
-    metrics = GatewayMetrics.create()
-    settings = WebhookSettings(max_pending=2, concurrency=1)
-    sender = WebhookSender(None, settings, metrics)  # type: ignore[arg-type]
-    dispatcher = WebhookDispatcher(sender)  # not started: nothing is taken off the queue
-    hook = Webhook("http://127.0.0.1:9/hook", "s")
-    assert [dispatcher.submit(hook, {}) for _ in range(3)] == [True, True, False]
-    value = metrics.registry.get_sample_value("botfactory_gateway_webhook_deliveries_total",
-                                              {"outcome": "dropped"})
-    assert value == 1.0
 
 
 # --- terminal chat client ---------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Admin routes (role admin): API keys, the active model version, bot definitions.
+"""Admin routes (role admin): API keys, the active model version, bot definitions, webhooks.
 
 An admin key manages only its own tenant and only bots within its own scope; the bootstrap key
 (config) manages every tenant.
@@ -11,6 +11,7 @@ import re
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -20,13 +21,23 @@ from services.gateway.auth import ALL_TENANTS, TENANT_RE
 from services.gateway.http.problems import DefinitionInvalid, RequestInvalid
 from services.gateway.http.state import principal_of, state_of
 from services.gateway.http.wire import BOT_ID, Fields, json_response, read_json
-from services.gateway.ports import ApiKeyRecord, DefinitionStore, ModelAdmin, Role
+from services.gateway.ports import (
+    ApiKeyRecord,
+    DefinitionStore,
+    ModelAdmin,
+    Role,
+    Webhook,
+    WebhookStore,
+)
 
 BOT_SCOPE = re.compile(r"^(\*|[A-Za-z0-9_-]{1,64})$")
 VERSION = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")
 YAML_SUFFIXES = (".yml", ".yaml")
 MAX_DEFINITION_FILES = 200
 MAX_DESCRIPTION_CHARS = 200
+MAX_WEBHOOK_URL_CHARS = 2000
+MIN_WEBHOOK_SECRET_CHARS = 16
+MAX_WEBHOOK_SECRET_CHARS = 256
 
 
 def key_json(record: ApiKeyRecord) -> dict[str, Any]:
@@ -182,3 +193,69 @@ async def put_definition(request: web.Request) -> web.Response:
         raise DefinitionInvalid(issues)
     revision = await store.put(bot, files)
     return json_response({"bot_id": bot, "revision": revision, "files": sorted(files)})
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+def webhook_store(request: web.Request) -> WebhookStore:
+    webhooks = state_of(request).webhooks
+    if webhooks is None:
+        raise Unavailable("webhook configuration is not available on this gateway")
+    return webhooks
+
+
+def check_webhook_url(url: str) -> str | None:
+    """Why `url` is not an acceptable webhook address (None when it is)."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "must not contain spaces or control characters"
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    try:
+        host, _ = parts.hostname, parts.port
+    except ValueError:
+        return "has an invalid port"
+    if not host:
+        return "must name a host"
+    return None
+
+
+def webhook_of(body: Any) -> Webhook:
+    fields = Fields(body)
+    url = fields.text("url", max_chars=MAX_WEBHOOK_URL_CHARS)
+    secret = fields.text("secret", max_chars=MAX_WEBHOOK_SECRET_CHARS)
+    if url is not None and (problem := check_webhook_url(url)) is not None:
+        fields.fail("url", problem)
+    if secret is not None and len(secret) < MIN_WEBHOOK_SECRET_CHARS:
+        fields.fail("secret", f"must be at least {MIN_WEBHOOK_SECRET_CHARS} characters")
+    fields.done()
+    assert url is not None and secret is not None
+    return Webhook(url, secret)
+
+
+def webhook_json(bot: str, hook: Webhook) -> dict[str, Any]:
+    return {"bot_id": bot, "url": hook.url}  # never the secret
+
+
+async def put_webhook(request: web.Request) -> web.Response:
+    state = state_of(request)
+    bot = request.match_info["bot"]
+    hook = webhook_of(await read_json(request, state.config.body_limit_bytes))
+    await webhook_store(request).put(bot, hook)
+    return json_response(webhook_json(bot, hook))
+
+
+async def get_webhook(request: web.Request) -> web.Response:
+    bot = request.match_info["bot"]
+    hook = await webhook_store(request).get(bot)
+    if hook is None:
+        raise NotFound(f"bot {bot!r} has no webhook")
+    return json_response(webhook_json(bot, hook))
+
+
+async def delete_webhook(request: web.Request) -> web.Response:
+    bot = request.match_info["bot"]
+    if not await webhook_store(request).delete(bot):
+        raise NotFound(f"bot {bot!r} has no webhook")
+    return json_response({"bot_id": bot, "deleted": True})

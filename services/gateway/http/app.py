@@ -13,13 +13,20 @@ from services.gateway.http.metrics import GatewayMetrics
 from services.gateway.http.openapi import build_document
 from services.gateway.http.state import STATE, GatewayState
 from services.gateway.http.system import OPENAPI
-from services.gateway.ports import ConversationHub, DefinitionStore, KeyStore, ModelAdmin
+from services.gateway.ports import (
+    ConversationHub,
+    DefinitionStore,
+    KeyStore,
+    ModelAdmin,
+    WebhookStore,
+)
 from services.gateway.ratelimit import RateLimiter
 
 
 def create_app(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
                metrics: GatewayMetrics, *, models: ModelAdmin | None = None,
                definitions: DefinitionStore | None = None,
+               webhooks: WebhookStore | None = None,
                ready: Callable[[], bool] | None = None,
                clock: Callable[[], float] | None = None,
                auth: Authenticator | None = None,
@@ -27,16 +34,17 @@ def create_app(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
     """The gateway's aiohttp application.
 
     `ready` answers /readyz (pass e.g. `lambda: bus.nc.is_connected`; default: always ready).
-    Without `models` / `definitions` the admin routes for them answer 503. `clock` (monotonic
-    seconds) drives the key cache and rate limits; tests pass a fake one. `auth` / `limiter`:
-    objects shared with the gRPC API (default: built here from `keys` and `config`).
+    Without `models` / `definitions` / `webhooks` the admin routes for them answer 503.
+    `clock` (monotonic seconds) drives the key cache and rate limits; tests pass a fake one.
+    `auth` / `limiter`: objects shared with the gRPC API (default: built here from `keys` and
+    `config`).
     """
     app = web.Application(
         client_max_size=config.definition_body_limit_bytes,
         middlewares=[middlewares.observe, middlewares.problems, middlewares.guard],
     )
     app[STATE] = build_state(hub, keys, config, metrics, models, definitions, ready, clock,
-                             auth=auth, limiter=limiter)
+                             auth=auth, limiter=limiter, webhooks=webhooks)
     routes.register(app)
     app[OPENAPI] = build_document(routes.ROUTES)
     app.on_shutdown.append(close_sockets)
@@ -47,11 +55,12 @@ def build_state(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
                 metrics: GatewayMetrics, models: ModelAdmin | None,
                 definitions: DefinitionStore | None, ready: Callable[[], bool] | None,
                 clock: Callable[[], float] | None, *, auth: Authenticator | None = None,
-                limiter: RateLimiter | None = None) -> GatewayState:
+                limiter: RateLimiter | None = None,
+                webhooks: WebhookStore | None = None) -> GatewayState:
     auth = auth if auth is not None else build_authenticator(keys, config, clock)
     limiter = limiter if limiter is not None else build_limiter(config, clock)
     return GatewayState(hub=hub, auth=auth, limiter=limiter, config=config, metrics=metrics,
-                        models=models, definitions=definitions,
+                        models=models, definitions=definitions, webhooks=webhooks,
                         ready=ready if ready is not None else (lambda: True))
 
 

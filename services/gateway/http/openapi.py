@@ -104,6 +104,14 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False},
     "DeployedDefinition": _obj(["bot_id", "revision", "files"], bot_id=_STR, revision=_INT,
                                files={"type": "array", "items": _STR}),
+    "WebhookRequest": {**_obj(["url", "secret"], url={
+        "type": "string", "format": "uri", "maxLength": 2000,
+        "description": "An http:// or https:// URL with a host"}, secret={
+        "type": "string", "minLength": 16, "maxLength": 256,
+        "description": "Signs each delivery (HMAC-SHA256); never shown back"}),
+        "additionalProperties": False},
+    "Webhook": _obj(["bot_id", "url"], bot_id=_STR, url=_STR),
+    "WebhookDeleted": _obj(["bot_id", "deleted"], bot_id=_STR, deleted={"type": "boolean"}),
     "Status": _obj(["status"], status=_STR),
 }
 
@@ -116,7 +124,7 @@ def build_document(routes: Iterable[RouteSpec], version: str = "1.0.0") -> dict[
         "openapi": "3.1.0",
         "info": {"title": "botfactory gateway", "version": version,
                  "description": "Chat with bots, hand conversations to agents, administer "
-                                "keys, models and bot definitions. Errors are "
+                                "keys, models, bot definitions and webhooks. Errors are "
                                 "application/problem+json (RFC 9457)."},
         "paths": paths,
         "components": {

@@ -13,6 +13,7 @@ from services.gateway.ports import Role
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONVERSATION = "/v1/bots/{bot}/conversations/{conversation}"
+WEBHOOK = "/v1/admin/bots/{bot}/webhook"
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,16 @@ ROUTES: tuple[RouteSpec, ...] = (
               "Validate and deploy a bot definition", "admin", Role.ADMIN,
               {200: ("Deployed", "DeployedDefinition")}, request="DefinitionRequest",
               extra_errors=(413, 422, 503)),
+    RouteSpec("PUT", WEBHOOK, admin.put_webhook, "put_webhook",
+              "Set the bot's webhook: its messages are POSTed there, signed with the secret",
+              "admin", Role.ADMIN, {200: ("Configured (the secret is not shown)", "Webhook")},
+              request="WebhookRequest", extra_errors=(413, 503)),
+    RouteSpec("GET", WEBHOOK, admin.get_webhook, "get_webhook",
+              "The bot's webhook (never its secret)", "admin", Role.ADMIN,
+              {200: ("Webhook", "Webhook")}, extra_errors=(404, 503)),
+    RouteSpec("DELETE", WEBHOOK, admin.delete_webhook, "delete_webhook",
+              "Remove the bot's webhook", "admin", Role.ADMIN,
+              {200: ("Removed", "WebhookDeleted")}, extra_errors=(404, 503)),
     RouteSpec("GET", "/healthz", system.healthz, "healthz", "Liveness", "system", None,
               {200: ("Alive", "Status")}),
     RouteSpec("GET", "/readyz", system.readyz, "readyz", "Readiness (message bus connected)",

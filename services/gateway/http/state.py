@@ -11,7 +11,7 @@ from aiohttp import web
 from services.gateway.auth import Authenticator, Principal
 from services.gateway.config import GatewayConfig
 from services.gateway.http.metrics import GatewayMetrics
-from services.gateway.ports import ConversationHub, DefinitionStore, ModelAdmin
+from services.gateway.ports import ConversationHub, DefinitionStore, ModelAdmin, WebhookStore
 from services.gateway.ratelimit import RateLimiter
 
 
@@ -25,6 +25,7 @@ class GatewayState:
     models: ModelAdmin | None
     definitions: DefinitionStore | None
     ready: Callable[[], bool]
+    webhooks: WebhookStore | None = None
     stopping: bool = False
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
 
