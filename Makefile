@@ -8,10 +8,11 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-unit test-integration lint protos bench bench-quick clean
+.PHONY: help setup run test test-unit test-integration lint protos bench bench-quick clean \
+	images k8s-validate
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +48,26 @@ bench: setup ## Run the benchmarks (results JSON under benchmarks/results/)
 
 bench-quick: setup ## The benchmarks' --quick variants (under a minute each)
 	@for b in $(BENCHMARKS); do echo "== $$b"; $(PY) $$b --quick || exit 1; done
+
+IMAGE_REGISTRY ?= botfactory
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGES := gateway nlu dialogue rpa_runner trainer
+
+images: ## Build the container images (deploy/docker/*.Dockerfile) where a Docker engine runs
+	@if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then \
+		echo "make images: no Docker engine here (docker missing or its daemon unreachable);"; \
+		echo "  nothing built. The Dockerfiles are linted by 'make k8s-validate' (hadolint)."; \
+		exit 0; \
+	fi; \
+	for image in $(IMAGES); do \
+		name=$$(echo $$image | tr _ -); \
+		echo "== $(IMAGE_REGISTRY)/$$name:$(IMAGE_TAG)"; \
+		DOCKER_BUILDKIT=1 docker build -f deploy/docker/$$image.Dockerfile \
+			-t $(IMAGE_REGISTRY)/$$name:$(IMAGE_TAG) . || exit 1; \
+	done
+
+k8s-validate: setup ## Render + validate deploy/ (kustomize, kubernetes-validate, hadolint, rules)
+	$(PY) -m pytest tests/unit/test_deploy.py -q -ra
 
 clean: ## Remove local runtime data (.botfactory/) and caches
 	rm -rf .botfactory .pytest_cache .mypy_cache .ruff_cache

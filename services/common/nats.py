@@ -6,6 +6,7 @@ DESIGN.md "State": KV `trackers`, `rpa_runs`, `bots`; object store `models`; str
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import nats
@@ -59,7 +60,7 @@ class Bus:
 
 async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> Bus:
     """Connect (retrying in the background after the first success) and return the bus."""
-    nc = await nats.connect(
+    connecting = nats.connect(
         servers=[u.strip() for u in url.split(",")],
         name=name,
         connect_timeout=connect_timeout,
@@ -69,6 +70,13 @@ async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> Bus:
         disconnected_cb=_on_disconnected,
         reconnected_cb=_on_reconnected,
     )
+    # Reconnects are unlimited once connected; the first connection fails fast (a wrong
+    # address or credentials must stop a service at start, not hang it).
+    try:
+        nc = await asyncio.wait_for(connecting, timeout=connect_timeout * 3)
+    except TimeoutError:
+        raise ConnectionError(f"cannot connect to NATS at {url} "
+                              f"within {connect_timeout * 3:.0f}s") from None
     return Bus(nc=nc, js=nc.jetstream())
 
 
