@@ -26,6 +26,9 @@ def main() -> int:
     except BotDefinitionError as exc:
         print(f"invalid bot definition:\n{exc}", file=sys.stderr)
         return 1
+    except ConnectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -20,7 +20,11 @@ def main() -> int:
     except (ConfigError, ValueError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(run_service(functools.partial(GatewayServer, config)))
+    try:
+        asyncio.run(run_service(functools.partial(GatewayServer, config)))
+    except ConnectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

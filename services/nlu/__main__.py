@@ -26,6 +26,9 @@ def main() -> int:
     except ModelLoadError as exc:
         print(f"cannot load model: {exc}", file=sys.stderr)
         return 1
+    except ConnectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
