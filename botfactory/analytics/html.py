@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from botfactory.analytics.aggregate import Figures
 
@@ -81,6 +82,7 @@ def messages_chart(per_hour: Sequence[tuple[int, int]]) -> Figure:
     ticks = positions[::step]
     axes.set_xticks(ticks, [hour_label(per_hour[i][0]) for i in ticks], rotation=30,
                     ha="right", fontsize=8)
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel("user messages")
     axes.set_title("Messages per hour (UTC)")
     axes.grid(axis="y", alpha=0.3)
@@ -96,6 +98,7 @@ def intents_chart(intents: Sequence[tuple[str, int]]) -> Figure:
     figure = Figure(figsize=(8, max(2.0, 0.35 * len(shown) + 1)))
     axes = figure.add_subplot()
     axes.barh([name for name, _ in shown], [count for _, count in shown], color="#3ebd93")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("user messages")
     axes.set_title(f"Intent distribution (top {len(shown)})")
     axes.grid(axis="x", alpha=0.3)
@@ -114,9 +117,10 @@ def funnel_chart(figures: Figures) -> Figure:
         axes.barh([r + offset * height for r in rows], values, height=height, color=colour,
                   label=label)
     axes.set_yticks(list(rows), names)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("flows")
     axes.set_title("Flow funnel")
-    axes.legend(loc="lower right")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     axes.grid(axis="x", alpha=0.3)
     return figure
 

@@ -42,8 +42,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
                         help="HTML file to write (default: %(default)s)")
     parser.add_argument("--since", default=None,
-                        help="only events since then: a duration back from now (90m, 24h, 7d) "
-                             "or an ISO 8601 time (default: every event in the stream)")
+                        help="only events stored since then: a duration back from now (90m, "
+                             "24h, 7d) or an ISO 8601 time (default: every event in the stream)")
     parser.set_defaults(func=run_report)
 
 
@@ -131,7 +131,9 @@ async def read_events(url: str, bot: str, since: datetime | None, *,
     try:
         nc = await nats.connect(servers=[u.strip() for u in url.split(",")],
                                 name="botfactory-report", connect_timeout=CONNECT_TIMEOUT_S,
-                                allow_reconnect=False, max_reconnect_attempts=0,
+                                # (0 would mean "no limit" while selecting a server)
+                                allow_reconnect=False, max_reconnect_attempts=1,
+                                reconnect_time_wait=0.2,
                                 error_cb=_quiet, disconnected_cb=_quiet, closed_cb=_quiet)
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         raise ReportError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
@@ -165,8 +167,8 @@ async def _read(sub: Any, last_seq: int, idle_timeout: float) -> list[dict[str, 
     """The subscription's messages up to stream sequence `last_seq` (the stream's end when the
     read began), so that a live system's new events do not keep it reading."""
     info = await sub.consumer_info()
-    if info.num_pending == 0 and (info.delivered.stream_seq or 0) == 0:
-        return []
+    if info.num_pending == 0 and (info.delivered.consumer_seq or 0) == 0:
+        return []  # nothing to deliver, nothing delivered yet
     events: list[dict[str, Any]] = []
     while True:
         msg = await sub.next_msg(timeout=idle_timeout)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -18,6 +18,7 @@ from botfactory.analytics.aggregate import HOUR_MS, aggregate, message_intent
 from botfactory.analytics.html import render
 from botfactory.cli import main
 from botfactory.commands.report import parse_since
+from services.common.nats import Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.dialogue.analytics import AnalyticsConsumer, record
 from services.dialogue.metrics import AnalyticsMetrics
@@ -245,11 +246,15 @@ def event_msg(kind: str, conversation: str, seq: int, **data: Any) -> FakeMsg:
     return FakeMsg(f"conv.event.banking.{conversation}", event.SerializeToString(), seq)
 
 
+def consumer_on(js: FakeJs, metrics: AnalyticsMetrics) -> AnalyticsConsumer:
+    return AnalyticsConsumer(cast(Bus, SimpleNamespace(js=js)), metrics, ack_wait_s=5)
+
+
 async def test_consumer_counts_a_conversation_at_its_first_turn_only() -> None:
     metrics = AnalyticsMetrics.create(CollectorRegistry())
     js = FakeJs({"conv.event.banking.a": (10, "m1:e0"), "conv.event.banking.b": (5, "x:e0"),
                  "conv.event.banking.c": (20, "m9:e1")})
-    consumer = AnalyticsConsumer(SimpleNamespace(js=js), metrics, ack_wait_s=5)  # type: ignore[arg-type]
+    consumer = consumer_on(js, metrics)
     messages = [
         event_msg("user_message", "a", 10, message_id="m1", text="hi"),  # first event: opens
         event_msg("user_message", "a", 12, message_id="m2", text="again"),  # known: no lookup
@@ -268,7 +273,7 @@ async def test_consumer_counts_a_conversation_at_its_first_turn_only() -> None:
 
 async def test_consumer_terminates_undecodable_events() -> None:
     metrics = AnalyticsMetrics.create(CollectorRegistry())
-    consumer = AnalyticsConsumer(SimpleNamespace(js=FakeJs({})), metrics, ack_wait_s=5)  # type: ignore[arg-type]
+    consumer = consumer_on(FakeJs({}), metrics)
     msg = FakeMsg("conv.event.banking.a", b"\xff\xff not a protobuf", 1)
     await consumer.handle(msg)  # type: ignore[arg-type]
     assert msg.acked == ["term"]
