@@ -16,21 +16,22 @@ import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 MAX_LENGTH = 100_000  # the longest string or list an expression may build
 MAX_SOURCE = 2_000  # the longest expression accepted
+MAX_DEPTH = 100  # the deepest nesting accepted (`((1))`, `a + b + c`, `not x` each count)
 
 
 class ExpressionError(ValueError):
     """A malformed expression, or one that cannot be evaluated on the given scope."""
 
 
-@runtime_checkable
-class Resolver(Protocol):
+class Resolver:
     """A scope entry resolved name by name (e.g. secrets); raises KeyError when unknown."""
 
-    def resolve(self, name: str) -> Any: ...
+    def resolve(self, name: str) -> Any:
+        raise KeyError(name)
 
 
 # -- syntax tree -------------------------------------------------------------------------------
@@ -283,10 +284,40 @@ def parse(source: str) -> Node:
     """The syntax tree of an expression (cached); raises ExpressionError."""
     node = _CACHE.get(source)
     if node is None:
-        node = _Parser(source).parse()
+        try:
+            node = _Parser(source).parse()
+        except RecursionError:
+            raise ExpressionError(f"expression nested deeper than {MAX_DEPTH} levels") from None
+        if _depth(node) > MAX_DEPTH:  # evaluation recurses as deep as the tree
+            raise ExpressionError(f"expression nested deeper than {MAX_DEPTH} levels")
         if len(_CACHE) < 10_000:
             _CACHE[source] = node
     return node
+
+
+def _depth(root: Node) -> int:
+    """The depth of a syntax tree (iterative: the tree may be deeper than the stack)."""
+    deepest = 0
+    stack: list[tuple[Node, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, Attr):
+            children: tuple[Node, ...] = (node.target,)
+        elif isinstance(node, Index):
+            children = (node.target, node.index)
+        elif isinstance(node, ListExpr):
+            children = node.items
+        elif isinstance(node, Unary):
+            children = (node.operand,)
+        elif isinstance(node, Binary):
+            children = (node.left, node.right)
+        elif isinstance(node, Call):
+            children = tuple(node.args)
+        else:
+            children = ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 # -- evaluation --------------------------------------------------------------------------------
@@ -391,6 +422,10 @@ def _binary(node: Binary, scope: Mapping[str, Any]) -> Any:
 
 
 def _member(target: Any, key: Any) -> Any:
+    if isinstance(key, list | dict) and target is not None:  # unhashable: no mapping key
+        raise ExpressionError(f"cannot look up a {type_name(key)} in a {type_name(target)}")
+    if isinstance(target, dict):
+        return target.get(key)
     if isinstance(target, Resolver):
         try:
             return target.resolve(str(key))
@@ -493,7 +528,8 @@ def _join(items: Any, separator: Any = ", ") -> str:
 
 
 def _format_amount(value: Any) -> str:
-    return f"{_number(value, 'money()'):.2f}"
+    """`1234.5` -> `1,234.50` (as the dialogue's `money` filter writes amounts)."""
+    return f"{_number(value, 'money()'):,.2f}"
 
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {

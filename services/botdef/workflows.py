@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,6 @@ from services.botdef.expressions import (
     ExpressionError,
     Node,
     parse,
-    parse_template,
     references,
     value_templates,
 )
@@ -425,7 +424,8 @@ class RpaSettings:
         return RpaSettings(self.allowed_hosts, {**self.settings, **overrides})
 
 
-def parse_rpa_settings(doc: Any, file: str = RPA_FILE) -> tuple[RpaSettings, list[DefinitionIssue]]:
+def parse_rpa_settings(doc: Any, file: str = RPA_FILE
+                       ) -> tuple[RpaSettings, list[DefinitionIssue]]:
     if doc is None:
         return RpaSettings(), []
     issues, _ = check_schema(doc, file, RPA_SCHEMA)
@@ -753,9 +753,10 @@ def _coerce(spec: InputDef, value: Any) -> Any:
             return int(value)
     except ValueError:
         pass
-    checks = {"string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
-              "object": lambda v: isinstance(v, dict), "list": lambda v: isinstance(v, list),
-              "any": lambda v: True}
+    checks: dict[str, Callable[[Any], bool]] = {
+        "string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
+        "object": lambda v: isinstance(v, dict), "list": lambda v: isinstance(v, list),
+        "any": lambda v: True}
     if kind in checks and checks[kind](value):
         return value
     raise ValueError(f"input {spec.name!r} must be a {kind}, got {value!r}")

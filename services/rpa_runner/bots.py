@@ -32,9 +32,11 @@ class BotWorkflows:
     rpa: RpaSettings
 
 
-def load_bot_workflows(folder: Path, overrides: Mapping[str, Any] | None = None) -> BotWorkflows:
+def load_bot_workflows(folder: str | Path,
+                       overrides: Mapping[str, Any] | None = None) -> BotWorkflows:
     """A bot folder's workflows, validated against its rpa.yml (settings overridden by the
     runner's configuration); raises BotDefinitionError."""
+    folder = Path(folder)
     bot = load_bot(folder)
     rpa = load_rpa_settings(folder).with_overrides(overrides or {})
     return BotWorkflows(bot.name, parse_workflows(bot.raw.get("workflows") or {}, rpa), rpa)

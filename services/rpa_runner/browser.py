@@ -72,9 +72,12 @@ class BrowserPool:
         refused: list[str] = []
         await context.route("**/*", _guard(allowed, refused))
         page = await context.new_page()
-        page.set_default_timeout(timeout_s * 1000)
+        loop = asyncio.get_running_loop()
+        # the actions share the step's timeout, less a reserve for the failure screenshot
+        deadline = loop.time() + timeout_s - min(2.0, timeout_s * 0.2)
         outputs: dict[str, Any] = {}
         for index, action in enumerate(spec.actions):
+            page.set_default_timeout(max(100.0, (deadline - loop.time()) * 1000))
             try:
                 await perform(page, action, call, allowed, outputs)
             except (PlaywrightError, BrowserRefused, ExpressionError) as exc:

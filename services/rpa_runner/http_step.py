@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -33,11 +32,11 @@ class HttpStep:
             return Failed(str(exc))
         url = URL(request["url"])
         if not call.rpa.allowed_hosts.allows_host(url.scheme, url.host or "", url.port):
-            return Failed(f"{url.scheme}://{url.host}:{url.port} is not on the bot's allow-list "
-                          f"(rpa.yml allowed_hosts)")
+            where = f"{url.scheme}://{url.host_port_subcomponent or ''}"
+            return Failed(f"{where} is not on the bot's allow-list (rpa.yml allowed_hosts)")
         try:
             return await self._send(call, spec, url, request)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return Failed(f"{spec.method} {url.host}: {type(exc).__name__}: {exc}",
                           retryable=True)
 
@@ -97,6 +96,6 @@ def extract(spec: HttpSpec, response: dict[str, Any]) -> Outcome:
 
 def snippet(body: Any) -> str:
     if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return body["error"][:ERROR_SNIPPET]
+        return str(body["error"])[:ERROR_SNIPPET]
     text = body if isinstance(body, str) else json.dumps(body, default=str)
     return text[:ERROR_SNIPPET]

@@ -9,13 +9,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from services.botdef.expressions import Resolver
+
 SECRET_ENV_PREFIX = "BOTFACTORY_SECRET_"
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MASK = "***"
 MIN_SCRUB_LENGTH = 4  # shorter values would mask ordinary text
 
 
-class Secrets:
+class Secrets(Resolver):
     """The `secrets` scope entry of one run (an expressions.Resolver)."""
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:

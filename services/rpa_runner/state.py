@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -105,8 +105,8 @@ class RunState:
         return self.status in TERMINAL
 
     def to_json(self) -> bytes:
-        data = asdict(self)
-        data.pop("revision")
+        data = {name: getattr(self, name) for name in _STORED}
+        data["control"] = vars(self.control)
         return json.dumps(data, separators=(",", ":"), default=str).encode()
 
     @classmethod
@@ -127,6 +127,9 @@ class RunState:
         """`<step>` for a step's first visit, `<step>#<n>` for later ones (loops)."""
         visit = self.visits.get(step_id, 1)
         return step_id if visit <= 1 else f"{step_id}#{visit}"
+
+
+_STORED = tuple(f.name for f in fields(RunState) if f.name not in ("revision", "control"))
 
 
 class RunStore:
@@ -184,7 +187,7 @@ class RunStore:
                 if entry.value:
                     runs.append(RunState.from_json(entry.value, int(entry.revision or 0)))
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
         return runs
 
 

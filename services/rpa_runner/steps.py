@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 from services.botdef.expressions import (
-    ExpressionError,
     evaluate_source,
     render_value,
     to_text,
@@ -102,14 +101,16 @@ class Messaging:
             return await self._escalate(call, spec, pending, level, now)
         await self._event(call, "approval_timed_out", pending)
         self.metrics.waiting_approval.dec()
+        state.approval = None
         if spec.on_timeout == "approve":
             return Done({"approved": True, "approver": "timeout", "comment": ""})
         return Failed(f"approval timed out (level {level}, no decision)")
 
     async def _request(self, call: StepCall, spec: ApprovalSpec, now: float) -> Outcome:
-        pending = {"step": call.step_key, "level": 0, "deadline": now + spec.timeout,
-                   "approvers": list(spec.approvers), "requested": now,
-                   "message": to_text(render_value(spec.message, call.scope))}
+        pending: dict[str, Any] = {
+            "step": call.step_key, "level": 0, "deadline": now + spec.timeout,
+            "approvers": list(spec.approvers), "requested": now,
+            "message": to_text(render_value(spec.message, call.scope))}
         call.state.approval = pending
         self.metrics.waiting_approval.inc()
         await self._event(call, "approval_requested", pending)
@@ -132,6 +133,7 @@ class Messaging:
                        decision: dict[str, Any]) -> Outcome:
         if pending is not None:
             self.metrics.waiting_approval.dec()
+            call.state.approval = None
         await self._event(call, "approval_decided", pending or {"step": call.step_key},
                           approved=bool(decision.get("approved")))
         who, comment = str(decision.get("by", "")), str(decision.get("comment", ""))
@@ -148,5 +150,3 @@ class Messaging:
                                    message=pending.get("message", ""),
                                    deadline=pending.get("deadline"), **extra)
 
-
-__all__ = ["ExpressionError", "Messaging", "assign", "branch", "fail", "wait"]
