@@ -47,10 +47,11 @@ def prepare_model(bot_dir: Path, models_dir: Path) -> Path:
     return target
 
 
-def _start(name: str, module: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+def _start(name: str, module: str, env: dict[str, str], logs: Path,
+           *args: str) -> subprocess.Popen[bytes]:
     log = (logs / f"{name}.log").open("ab")
-    process = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
     print(f"started {name} (pid {process.pid}, log {logs / (name + '.log')})", flush=True)
     return process
 
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nats-port", type=int, default=4222)
     parser.add_argument("--nlu-port", type=int, default=50051)
     parser.add_argument("--http-port", type=int, default=8080)
+    parser.add_argument("--bank-port", type=int, default=8099,
+                        help="the demo core-banking service the workflows call")
     args = parser.parse_args(argv)
     logs = args.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -160,6 +163,22 @@ def main(argv: list[str] | None = None) -> int:
             BOTFACTORY_DIALOGUE_NLU_ADDRESS=f"127.0.0.1:{args.nlu_port}",
             BOTFACTORY_DIALOGUE_BOTS=str(args.bot),
         ), logs))
+        bank_token = _secret(args.data_dir / "demo-bank-token")
+        bank_pin = _secret(args.data_dir / "demo-bank-pin")[:8]
+        processes.append(_start("demo_bank", "botfactory.local.demo_bank", _env(), logs,
+                                "--port", str(args.bank_port), "--token", bank_token,
+                                "--legacy-pin", bank_pin))
+        browser = Path("/usr/bin/chromium").is_file()
+        processes.append(_start("rpa_runner", "services.rpa_runner", _env(
+            BOTFACTORY_RPA_NATS_URL=nats.url,
+            BOTFACTORY_RPA_BOTS=str(args.bot),
+            BOTFACTORY_RPA_SETTINGS=(f"core_bank_url=http://127.0.0.1:{args.bank_port},"
+                                     f"legacy_url=http://127.0.0.1:{args.bank_port},"
+                                     f"legacy_filing={'true' if browser else 'false'}"),
+            BOTFACTORY_RPA_SCREENSHOTS_DIR=str(args.data_dir / "screenshots"),
+            BOTFACTORY_SECRET_CORE_API_TOKEN=bank_token,
+            BOTFACTORY_SECRET_LEGACY_PIN=bank_pin,
+        ), logs))
         admin_key = _secret(args.data_dir / "admin-key")
         processes.append(_start("gateway", "services.gateway", _env(
             BOTFACTORY_GATEWAY_NATS_URL=nats.url,
@@ -174,8 +193,10 @@ def main(argv: list[str] | None = None) -> int:
               f"API key: {key})\n  HTTP API:  {base_url}/openapi.json\n"
               f"  terminal:  .venv/bin/botfactory chat {args.bot.name} --gateway {base_url} "
               f"--api-key {key}\n  admin key: {args.data_dir / 'admin-key'}\n"
-              f"  NATS {nats.url}, NLU gRPC 127.0.0.1:{args.nlu_port}, metrics on :9101 (nlu), "
-              f":9102 (gateway), :9103 (dialogue); logs in {logs}\nCtrl-C stops it.", flush=True)
+              f"  NATS {nats.url}, NLU gRPC 127.0.0.1:{args.nlu_port}, RPA gRPC 127.0.0.1:50081, "
+              f"demo bank http://127.0.0.1:{args.bank_port}\n  metrics on :9101 (nlu), "
+              f":9102 (gateway), :9103 (dialogue), :9104 (rpa); logs in {logs}\n"
+              f"Ctrl-C stops it.", flush=True)
         while not stopping and all(p.poll() is None for p in processes):
             time.sleep(0.5)
         failed = [p for p in processes if p.poll() not in (None, 0)]

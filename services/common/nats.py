@@ -10,6 +10,7 @@ import asyncio
 from dataclasses import dataclass
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
@@ -21,6 +22,7 @@ from services.common.logging import get_logger
 
 log = get_logger(__name__)
 
+DRAIN_TIMEOUT_S = 5.0
 KV_TRACKERS = "trackers"
 KV_RPA_RUNS = "rpa_runs"
 KV_BOTS = "bots"
@@ -52,9 +54,14 @@ class Bus:
         return await self.js.object_store(bucket)
 
     async def drain(self) -> None:
+        """Flush and unsubscribe gracefully; close anyway when that takes too long."""
         if self.nc.is_connected:
-            await self.nc.drain()
-        elif not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except (nats.errors.DrainTimeoutError, nats.errors.ConnectionClosedError,
+                    TimeoutError) as exc:
+                log.warning("nats_drain_incomplete", error=repr(exc))
+        if not self.nc.is_closed:
             await self.nc.close()
 
 
@@ -66,6 +73,7 @@ async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> Bus:
         connect_timeout=connect_timeout,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
+        drain_timeout=DRAIN_TIMEOUT_S,
         error_cb=_on_error,
         disconnected_cb=_on_disconnected,
         reconnected_cb=_on_reconnected,
