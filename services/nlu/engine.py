@@ -27,9 +27,12 @@ from services.common.modelformat import (
     TOKENIZER_FILE,
     content_version,
 )
+from services.common.regexsafety import unsafe_reason
 from services.common.textenc import OUTSIDE, Span, decode_spans, load_tokenizer, words
 
 REQUIRED_FILES = (METADATA_FILE, LABELS_FILE, TOKENIZER_FILE, ENTITIES_FILE)
+MAX_RULE_TEXT_CHARS = 4096
+"""Regex and lookup entities are searched in the first this many characters of a text."""
 
 
 class ModelLoadError(Exception):
@@ -69,6 +72,11 @@ class RuleExtractors:
         try:
             for entity, regexes in config.get("regex", {}).items():
                 patterns[entity] = [re.compile(p) for p in regexes]
+                for pattern in regexes:  # a model made before the loader refused these
+                    unsafe = unsafe_reason(pattern)
+                    if unsafe is not None:
+                        raise ModelLoadError(f"entities.json: unsafe regex {pattern!r} for "
+                                             f"{entity!r}: {unsafe}")
         except re.error as exc:
             raise ModelLoadError(f"entities.json: bad regex: {exc}") from exc
         lookups: dict[str, list[re.Pattern[str]]] = {}
@@ -83,6 +91,7 @@ class RuleExtractors:
         return self.synonyms.get(entity, {}).get(raw.lower(), raw)
 
     def extract(self, text: str) -> list[Entity]:
+        text = text[:MAX_RULE_TEXT_CHARS]  # bounds the time of every regex
         found: list[Entity] = []
         for key, patterns in self.patterns.items():
             extractor, entity = key.split(":", 1)

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from services.common.metrics import LATENCY_BUCKETS
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 @dataclass
@@ -20,6 +21,7 @@ class NluMetrics:
     load_seconds: Histogram
     load_failures: Counter
     model_info: Gauge
+    confidence: Histogram
 
     @classmethod
     def create(cls) -> NluMetrics:
@@ -41,4 +43,7 @@ class NluMetrics:
                                   ["source"], registry=registry),
             model_info=Gauge("botfactory_nlu_model_loaded", "Loaded model versions (1 = serving).",
                              ["bot", "version", "kind"], registry=registry),
+            confidence=Histogram("botfactory_nlu_intent_confidence",
+                                 "Top intent confidence of each parsed text.", ["bot"],
+                                 buckets=CONFIDENCE_BUCKETS, registry=registry),
         )

@@ -75,6 +75,9 @@ class NluServicer(nlu_pb2_grpc.NluServiceServicer):
             raise NotFound(f"unknown bot {bot!r}") from None
         except BatcherClosed as exc:
             raise Unavailable(str(exc)) from exc
+        observe = self._metrics.confidence.labels(bot=bot).observe
+        for prediction in predictions:
+            observe(prediction.confidence)
         return [_response(bot, text, entry, p, s) for text, p, s in
                 zip(texts, predictions, sentiments, strict=False)]
 

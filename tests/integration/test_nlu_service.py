@@ -132,6 +132,7 @@ async def test_concurrent_requests_are_batched_and_metrics_exposed(local_server:
     assert "botfactory_nlu_batch_size_bucket" in body
     assert "botfactory_nlu_model_load_duration_seconds" in body
     assert 'botfactory_nlu_model_loaded{bot="tiny"' in body
+    assert 'botfactory_nlu_intent_confidence_count{bot="tiny"}' in body
     sizes = server.metrics.batch_size.labels(bot="tiny")
     count = sizes._sum.get()  # texts inferred; batches are fewer than requests
     assert count >= 64
