@@ -170,8 +170,9 @@ def _fill(turn: Turn, slot: SlotDef, entity: EntityValue) -> bool:
 
 def _answer(turn: Turn, text: str, nlu: NluResult) -> None:
     """A question (collect step) is pending. In order: the entity of the asked slot; yes/no
-    intents for a boolean slot; another flow's intent (digression); small talk; entities
-    of other slots of the flow (filling or correcting them); the raw text."""
+    intents for a boolean slot; another flow's intent (digression); entities of other slots
+    of the flow (filling or correcting them: a message carrying them is information, not
+    small talk, whatever its intent); small talk; the raw text."""
     step = turn.current()
     assert isinstance(step, Collect)
     bot = turn.bot
@@ -187,10 +188,10 @@ def _answer(turn: Turn, text: str, nlu: NluResult) -> None:
         return
     if confident and _digress(turn, nlu):
         return
-    if confident and _smalltalk(turn, nlu.intent):
-        return
     if _other_entities(turn, nlu, skip=slot.name):
         run(turn)
+        return
+    if confident and _smalltalk(turn, nlu.intent):
         return
     _by_text(turn, step, slot, text, nlu)
 
