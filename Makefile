@@ -8,8 +8,8 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-unit test-integration lint protos bench bench-quick clean \
-	images k8s-validate
+.PHONY: help setup run test test-unit test-integration test-security lint protos bench \
+	bench-quick clean images k8s-validate
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -33,6 +33,11 @@ test-unit: setup ## Unit tests only (fast, no servers)
 
 test-integration: setup ## Integration tests (real nats-server and services on port 0)
 	$(PY) -m pytest tests/integration -q -ra
+
+test-security: setup ## Security checks: redaction, fuzzing, audit, abuse suite (docs/security.md)
+	$(PY) -m pytest -q -ra tests/unit/test_security.py tests/unit/test_fuzzing.py \
+		tests/integration/test_privacy.py tests/integration/test_audit.py \
+		tests/integration/test_abuse.py
 
 lint: setup ## ruff + mypy
 	$(VENV)/bin/ruff check .

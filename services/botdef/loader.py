@@ -30,6 +30,7 @@ from services.botdef.schema import (
     check_schema,
 )
 from services.botdef.yamlio import PathPart, YamlSyntaxError, line_of, read_yaml, to_plain
+from services.common.regexsafety import unsafe_reason
 
 BOT_FILE = "bot.yml"
 DATA_DIR = "data"
@@ -189,15 +190,19 @@ class _Loader:
 
     def _check_regex(self, file: str, doc: Any, index: int, patterns: tuple[str, ...]) -> None:
         for number, pattern in enumerate(patterns):
+            origin = _Origin(
+                file,
+                line_of(doc, ["entities", index, "regex", number]),
+                f"entities[{index}].regex[{number}]",
+            )
             try:
                 re.compile(pattern)
             except re.error as exc:
-                origin = _Origin(
-                    file,
-                    line_of(doc, ["entities", index, "regex", number]),
-                    f"entities[{index}].regex[{number}]",
-                )
                 self.issues.append(origin.issue(f"invalid regex {pattern!r}: {exc}"))
+                continue
+            unsafe = unsafe_reason(pattern)  # user text runs through it: no ReDoS
+            if unsafe is not None:
+                self.issues.append(origin.issue(f"unsafe regex {pattern!r}: {unsafe}"))
 
     # -- intents -------------------------------------------------------------------------
 

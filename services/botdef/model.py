@@ -87,6 +87,13 @@ class BotDefinition:
         default_factory=lambda: _empty_conversation()
     )
 
+    @property
+    def redacts_pii(self) -> bool:
+        """Whether PII is redacted from this bot's events and transcripts (bot.yml
+        `privacy: {redact_pii: false}` turns it off; docs/security.md)."""
+        privacy = self.raw.get("privacy")
+        return not isinstance(privacy, dict) or privacy.get("redact_pii", True) is not False
+
     def examples(self) -> list[Example]:
         """All examples: intent order, then file order within an intent."""
         return [example for intent in self.intents for example in intent.examples]

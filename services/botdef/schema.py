@@ -95,6 +95,12 @@ BOT_FILE_SCHEMA: dict[str, Any] = {
         "description": {"type": "string"},
         "language": {"type": "string", "pattern": LANGUAGE_PATTERN},
         "nlu": {"$ref": "#/$defs/nlu"},
+        # docs/security.md: PII is redacted from events and transcripts unless turned off.
+        "privacy": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"redact_pii": {"type": "boolean"}},
+        },
         **_SECTIONS,
     },
     "$defs": _DEFS,

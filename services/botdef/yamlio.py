@@ -22,11 +22,18 @@ class YamlSyntaxError(ValueError):
         self.line = line
 
 
+MAX_VALUES = 200_000
+"""The most values (scalars, lists, mappings) a file may hold, each alias counted again: a
+"billion laughs" document of aliases to aliases is refused instead of being expanded."""
+MAX_DEPTH = 64
+"""The deepest nesting of lists and mappings a file may have."""
+
+
 def read_yaml(path: Path) -> Any:
     """Load one YAML file keeping line info; raises YamlSyntaxError or OSError."""
     text = path.read_text(encoding="utf-8")
     try:
-        return YAML(typ="rt").load(text)
+        doc = YAML(typ="rt").load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 0
@@ -34,6 +41,27 @@ def read_yaml(path: Path) -> Any:
         raise YamlSyntaxError(f"invalid YAML: {problem}", line) from None
     except YAMLError as exc:
         raise YamlSyntaxError(f"invalid YAML: {exc}", 0) from None
+    except RecursionError:
+        raise YamlSyntaxError(f"nested deeper than {MAX_DEPTH} levels", 0) from None
+    check_size(doc)
+    return doc
+
+
+def check_size(doc: Any) -> None:
+    """Raise YamlSyntaxError when `doc`, aliases expanded, is too big or too deep."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise YamlSyntaxError(f"more than {MAX_VALUES} values (aliases included)", 0)
+        if isinstance(node, dict | list):
+            if depth >= MAX_DEPTH:
+                raise YamlSyntaxError(f"nested deeper than {MAX_DEPTH} levels",
+                                      _node_line(node))
+            children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
 
 
 def line_of(root: Any, path: Sequence[PathPart]) -> int:

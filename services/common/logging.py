@@ -3,6 +3,11 @@
 The correlation id arrives in gRPC metadata (`x-correlation-id`) or a NATS header
 (`Correlation-Id`); `bind_correlation_id` puts it in the context so every log line of that
 request carries it.
+
+PII is redacted from every log line (services/common/pii.py, docs/security.md): the
+`redact_pii` processor rewrites every string value of a structlog event (nested values too)
+before it is rendered, and a filter on the root handler does the same for plain `logging`
+records (libraries).
 """
 
 from __future__ import annotations
@@ -14,8 +19,38 @@ from typing import Any
 
 import structlog
 
+from services.common.pii import redact, redact_value
+
 CORRELATION_HEADER = "Correlation-Id"
 CORRELATION_METADATA = "x-correlation-id"
+# Generated identifiers that are never PII: left as they are (a digit-only correlation id
+# would otherwise read as a phone number).
+NOT_PII_FIELDS = frozenset({"correlation_id", "key_id", "run_id", "delivery_id", "timestamp",
+                            "level", "service"})
+
+
+def redact_pii(logger: Any, method_name: str, event_dict: Any) -> Any:
+    """structlog processor: every string value with its PII replaced by labels."""
+    return {key: value if key in NOT_PII_FIELDS else redact_value(value)
+            for key, value in event_dict.items()}
+
+
+class RedactingFilter(logging.Filter):
+    """A `logging` filter that redacts PII from the formatted message and exception text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: logged as written, never raised to the caller
+            message = f"{record.msg} {record.args}"
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
@@ -24,13 +59,16 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     if numeric is None:
         raise ValueError(f"unknown log level {level!r}")
     logging.basicConfig(format="%(message)s", stream=sys.stdout, level=numeric, force=True)
+    for handler in logging.root.handlers:
+        handler.addFilter(RedactingFilter())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            redact_pii,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -21,11 +21,18 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_CORRELATION = "Correlation-Id"
 HEADER_REPLY_INBOX = "Bf-Reply-Inbox"
 HEADER_KIND = "Bf-Kind"
+# On the replies and events of a bot that keeps PII (bot.yml `privacy: {redact_pii: false}`):
+# readers such as the transcript leave their text as it is instead of masking it.
+HEADER_PII = "Bf-Pii"
+PII_KEEP = "keep"
 
 KIND_MESSAGE = "message"
 KIND_AGENT = "agent"
 KIND_RELEASE = "release"
 KIND_WORKFLOW_RESULT = "workflow_result"
+# A run the conversation waits for is taking long (JSON {run_id, workflow, elapsed_s}; the
+# dialogue says its "still working" response).
+KIND_WORKFLOW_PROGRESS = "workflow_progress"
 # A message a workflow sends into the conversation (relayed as a bot message).
 KIND_NOTIFY = "notify"
 

@@ -3,6 +3,11 @@
 For each message: load the tracker (KV), call NLU, advance the engine, write the tracker back
 with compare-and-set (the record carries the turn's outbox), publish the replies (to the
 waiting gateway's inbox and to `conv.out`), events and workflow jobs, and only then ack.
+
+Privacy (docs/security.md): a handled message is erased from `conv.in` once acked (the
+transcript's user side is the `user_message` event), and unless the bot turns it off
+(`privacy: {redact_pii: false}`) the events' strings are stored with PII masked; the replies
+and events of such a bot carry `Bf-Pii: keep` so that readers leave them as they are.
 """
 
 from __future__ import annotations
@@ -21,16 +26,20 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from services.common.logging import bind_correlation_id, get_logger
 from services.common.nats import KV_HANDOFFS, Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
+from services.common.pii import redact_value
 from services.common.subjects import (
     HEADER_CORRELATION,
     HEADER_KIND,
     HEADER_MSG_ID,
+    HEADER_PII,
     HEADER_REPLY_INBOX,
     KIND_AGENT,
     KIND_MESSAGE,
     KIND_NOTIFY,
     KIND_RELEASE,
+    KIND_WORKFLOW_PROGRESS,
     KIND_WORKFLOW_RESULT,
+    PII_KEEP,
     events,
     inbound_filter,
     outbound,
@@ -55,6 +64,8 @@ MAX_ATTEMPTS_BEFORE_DEAD_LETTER = 5
 CAS_RETRIES = 5
 UNKNOWN_BOT_TEXT = "Sorry, this assistant is not available right now."
 BROKEN_TEXT = "Sorry, something went wrong on our side. Your message was kept; please try again."
+# Event fields that are identifiers, never redacted (a digit-only id would read as a phone).
+EVENT_IDS = frozenset({"message_id", "run_id", "in_reply_to"})
 
 
 @dataclass(frozen=True)
@@ -67,14 +78,18 @@ class Inbound:
     reply_inbox: str | None
     user: conversation_pb2.UserMessage | None
     workflow: WorkflowResult | None
+    progress_run_id: str = ""  # a `workflow_progress` notice: the run that is taking long
 
 
 def decode(msg: Msg) -> Inbound:
     bot_id, conversation_id = parse_inbound(msg.subject)
     headers = msg.headers or {}
     kind = headers.get(HEADER_KIND, KIND_MESSAGE)
-    user, workflow = None, None
-    if kind == KIND_WORKFLOW_RESULT:
+    user, workflow, progress = None, None, ""
+    if kind == KIND_WORKFLOW_PROGRESS:
+        progress = str(json.loads(msg.data)["run_id"])
+        message_id = f"progress-{progress}"
+    elif kind == KIND_WORKFLOW_RESULT:
         raw = json.loads(msg.data)
         workflow = WorkflowResult(run_id=raw["run_id"], workflow=raw["workflow"],
                                   status=raw["status"], outputs=raw.get("outputs", {}),
@@ -85,7 +100,7 @@ def decode(msg: Msg) -> Inbound:
         message_id = user.message_id or headers.get(HEADER_MSG_ID, "")
     return Inbound(bot_id, conversation_id, kind, message_id,
                    headers.get(HEADER_CORRELATION, ""), headers.get(HEADER_REPLY_INBOX), user,
-                   workflow)
+                   workflow, progress)
 
 
 class DialogueWorker:
@@ -161,6 +176,7 @@ class DialogueWorker:
         try:
             outcome = await self._process(inbound)
             await msg.ack()
+            await self._erase(msg)
         except Exception as exc:
             outcome = "error"
             await self._failed(msg, inbound, exc)
@@ -184,7 +200,7 @@ class DialogueWorker:
                     await self._publish(record.outbox, inbound.reply_inbox)
                 return "duplicate"
             result = self._turn(engine, record.tracker, inbound, nlu)
-            outbox = self._outgoing(inbound, result, nlu)
+            outbox = self._outgoing(inbound, result, nlu, redact=engine.bot.redacts_pii)
             try:
                 await self._store.save(key, record.after_turn(result.tracker, inbound.message_id,
                                                               outbox))
@@ -216,6 +232,8 @@ class DialogueWorker:
             tracker = engine.new_session(tracker, now)
         if inbound.workflow is not None:
             return engine.handle_workflow_result(tracker, inbound.workflow, now)
+        if inbound.kind == KIND_WORKFLOW_PROGRESS:
+            return engine.handle_workflow_progress(tracker, inbound.progress_run_id, now)
         assert inbound.user is not None
         text = inbound.user.text
         if inbound.kind == KIND_RELEASE:
@@ -229,10 +247,12 @@ class DialogueWorker:
         return engine.handle_message(tracker, inbound.message_id, text,
                                      nlu or payload_nlu(text), now)
 
-    def _outgoing(self, inbound: Inbound, result: TurnResult,
-                  nlu: NluResult | None) -> tuple[Outgoing, ...]:
+    def _outgoing(self, inbound: Inbound, result: TurnResult, nlu: NluResult | None, *,
+                  redact: bool = True) -> tuple[Outgoing, ...]:
         bot, conv = inbound.bot_id, inbound.conversation_id
         headers = {"Correlation-Id": inbound.correlation_id} if inbound.correlation_id else {}
+        if not redact:
+            headers[HEADER_PII] = PII_KEEP
         now_ms = int(time.time() * 1000)
         out: list[Outgoing] = []
         in_reply_to = inbound.message_id if inbound.kind in (KIND_MESSAGE, KIND_AGENT) else ""
@@ -242,6 +262,8 @@ class DialogueWorker:
             out.append(Outgoing(outbound(bot, conv), message.message_id,
                                 message.SerializeToString(), headers))
         for index, (kind, data) in enumerate(self._events(inbound, result, nlu)):
+            if redact:
+                data = redact_value(data, keep=EVENT_IDS)
             event = conversation_pb2.ConversationEvent(
                 bot_id=bot, conversation_id=conv, type=kind, at_unix_ms=now_ms,
                 correlation_id=inbound.correlation_id, data_json=json.dumps(data, default=str))
@@ -262,7 +284,7 @@ class DialogueWorker:
         if inbound.user is not None and inbound.kind in (KIND_MESSAGE, KIND_AGENT):
             found.append(("user_message" if inbound.kind == KIND_MESSAGE else "agent_message", {
                 "message_id": inbound.message_id, "text": inbound.user.text,
-                "nlu": nlu_json(nlu)}))
+                "nlu": nlu_json(nlu), "sent_at_unix_ms": inbound.user.sent_at_unix_ms}))
         found.extend((e.type, e.data) for e in result.events)
         found.extend(("bot_message", {"text": r.text, "role": r.role}) for r in result.replies)
         return found
@@ -312,6 +334,15 @@ class DialogueWorker:
                    "Bf-Reason": reason[:500]}
         await self._bus.js.publish("events.deadletter.dialogue", msg.data, headers=headers)
         await msg.ack()
+        await self._erase(msg)
+
+    async def _erase(self, msg: Msg) -> None:
+        """Remove a handled message from `conv.in` (the server overwrites it): the raw user
+        text is kept only while it is being handled (docs/security.md)."""
+        try:
+            await self._bus.js.delete_msg("CONV", msg.metadata.sequence.stream)
+        except Exception as exc:  # already gone, or the bus is down: it stays, nothing breaks
+            log.warning("erase_failed", error=repr(exc))
 
 
 def payload_nlu(text: str) -> NluResult:

@@ -1,5 +1,5 @@
 """Wires the gateway from its config: bus, hub, key store, HTTP app, gRPC API, webhook relay,
-metrics."""
+the RPA runner client, metrics."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from services.common.logging import get_logger
 from services.common.metrics import MetricsServer, start_metrics_server
 from services.common.nats import Bus, connect, provision
 from services.common.partitions import agreed_partitions
+from services.gateway.audit import BusAuditLog
 from services.gateway.auth import NatsKeyStore
 from services.gateway.config import GatewayConfig
 from services.gateway.grpc_api import SERVICE_NAME, ChatServicer, add_chat_service
 from services.gateway.http.app import build_authenticator, build_limiter, create_app
 from services.gateway.http.metrics import GatewayMetrics
 from services.gateway.hub import BusHub, BusModelAdmin
+from services.gateway.runs import GrpcRunsClient
 from services.gateway.webhook_relay import CachedWebhookStore, NatsWebhookStore, WebhookRelay
 from services.gateway.webhooks import WebhookSender, WebhookSettings
 
@@ -41,6 +43,8 @@ class GatewayServer:
         # Webhook delivery: one HTTP client session for every delivery, owned here.
         self.webhook_session: aiohttp.ClientSession | None = None
         self.webhooks: WebhookRelay | None = None
+        # The RPA runner's gRPC API, for the workflow run routes.
+        self.runs: GrpcRunsClient | None = None
         self.port = 0
         self.grpc_port = 0
 
@@ -62,9 +66,12 @@ class GatewayServer:
         # One Authenticator and RateLimiter for HTTP and gRPC: a key's rate is shared by both.
         auth = build_authenticator(keys, self.config)
         limiter = build_limiter(self.config)
+        if self.config.rpa_address:
+            self.runs = GrpcRunsClient(self.config.rpa_address, self.config.rpa_timeout_s)
         app = create_app(hub, keys, self.config, self.metrics, models=BusModelAdmin(bus),
                          definitions=DefinitionStore(bus), webhooks=webhook_store,
-                         ready=lambda: hub.connected, auth=auth, limiter=limiter)
+                         ready=lambda: hub.connected, auth=auth, limiter=limiter,
+                         audit=BusAuditLog(bus), runs=self.runs)
         self.runner = web.AppRunner(app, access_log=None,
                                     shutdown_timeout=self.config.shutdown_grace_s)
         await self.runner.setup()
@@ -99,6 +106,8 @@ class GatewayServer:
         await asyncio.gather(*draining)
         if self.webhook_session is not None:
             await self.webhook_session.close()
+        if self.runs is not None:
+            await self.runs.close()
         if self.hub is not None:
             await self.hub.stop()
         if self.bus is not None:

@@ -4,11 +4,17 @@ A key is `bfk_<key id>_<secret>`; the store holds HMAC-SHA256(pepper, key) and t
 one tenant, a list of bots (`*`: all) and a role (client < agent < admin, each including the
 ones before). Every failure to authenticate (missing, malformed, unknown, revoked) gives the
 same error, so the answer tells nothing about which keys exist.
+
+Key guessing is throttled per client address: each failure takes a token from the client's
+bucket (`failures`, a RateLimiter); while it is empty, every request from that address is
+refused with 429 before its key is looked at. Failures are logged (`auth_failed`, with the
+reason and the client; `auth_blocked` when a client runs out), never with the presented key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -31,6 +37,7 @@ from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.logging import get_logger
 from services.common.nats import Bus
 from services.gateway.ports import ALL_BOTS, ApiKeyRecord, KeyStore, Role
+from services.gateway.ratelimit import AuthThrottled, RateLimited, RateLimiter
 
 log = get_logger(__name__)
 
@@ -41,6 +48,8 @@ ALL_TENANTS = "*"
 INVALID_KEY = "missing or invalid API key"
 TENANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_CACHED_KEYS = 10_000
+MAX_TOKEN_CHARS = 256
+KEY_SHAPE = re.compile(r"^bfk_([0-9a-f]{1,64})_[A-Za-z0-9_-]{1,190}$")
 
 
 class KeyExists(Exception):
@@ -105,16 +114,44 @@ class Authenticator:
     """Verifies bearer keys against the store (with a short cache) and checks scopes."""
 
     def __init__(self, store: KeyStore, pepper: str, *, bootstrap_key: str = "",
-                 cache_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 cache_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 failures: RateLimiter | None = None) -> None:
         self.store = store
+        self.failures = failures
         self._pepper = pepper
         self._bootstrap_hash = hash_secret(pepper, bootstrap_key) if bootstrap_key else ""
         self._cache_s = cache_s
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
 
-    async def authenticate(self, token: str | None) -> Principal:
-        if not token or len(token) > 256:
+    async def authenticate(self, token: str | None, client: str | None = None) -> Principal:
+        """The key's principal; Unauthenticated (401) for any bad key. With `client` (the
+        caller's address), failures are counted and throttled (AuthThrottled, 429)."""
+        if client is None or self.failures is None:
+            return await self._authenticate(token)
+        wait_s = self.failures.peek(client)
+        if wait_s > 0:
+            raise AuthThrottled(wait_s)
+        try:
+            return await self._authenticate(token)
+        except Unauthenticated:
+            self._failed(token, client)
+            raise
+
+    def _failed(self, token: str | None, client: str) -> None:
+        shape = KEY_SHAPE.match(token or "")
+        reason = "missing" if not token else "malformed" if shape is None else "unknown_or_revoked"
+        log.warning("auth_failed", client=client, reason=reason,
+                    key_id=shape.group(1) if shape else None)
+        assert self.failures is not None
+        with contextlib.suppress(RateLimited):
+            self.failures.check(client)
+        wait_s = self.failures.peek(client)
+        if wait_s > 0:  # this failure used the last try: the client is refused from now on
+            log.warning("auth_blocked", client=client, retry_after_s=round(wait_s, 1))
+
+    async def _authenticate(self, token: str | None) -> Principal:
+        if not token or len(token) > MAX_TOKEN_CHARS:
             raise Unauthenticated(INVALID_KEY)
         key_hash = hash_secret(self._pepper, token)
         if self._bootstrap_hash and hmac.compare_digest(key_hash, self._bootstrap_hash):

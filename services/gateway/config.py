@@ -43,12 +43,23 @@ class GatewayConfig:
     # Token bucket per API key: sustained requests per second and burst size.
     rate_limit_rps: float = 20.0
     rate_limit_burst: int = 40
+    # Failed authentications per client address (key guessing): a token bucket; an address
+    # whose bucket is empty is refused (429) until it refills (docs/security.md).
+    auth_failures_per_s: float = 0.2
+    auth_failures_burst: int = 20
+    # Where the client address comes from: "" = the TCP peer; behind a trusted proxy or load
+    # balancer, the header it sets (e.g. X-Forwarded-For: its last entry is used).
+    client_ip_header: str = ""
     ws_heartbeat_s: float = 30.0
     webhook_timeout_s: float = 5.0
     webhook_max_attempts: int = 5
     webhook_backoff_s: float = 0.5
     webhook_backoff_max_s: float = 30.0
     webhook_concurrency: int = 8
+    # The RPA runner's gRPC API (host:port), behind the workflow run routes; "" disables them
+    # (503). Each call to it waits at most rpa_timeout_s.
+    rpa_address: str = "127.0.0.1:50081"
+    rpa_timeout_s: float = 10.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
 
@@ -83,7 +94,10 @@ class GatewayConfig:
         require(self.transcript_max_limit >= 1, f"{PREFIX}TRANSCRIPT_MAX_LIMIT", "must be >= 1")
         require(self.rate_limit_rps > 0, f"{PREFIX}RATE_LIMIT_RPS", "must be > 0")
         require(self.rate_limit_burst >= 1, f"{PREFIX}RATE_LIMIT_BURST", "must be >= 1")
+        require(self.auth_failures_per_s > 0, f"{PREFIX}AUTH_FAILURES_PER_S", "must be > 0")
+        require(self.auth_failures_burst >= 1, f"{PREFIX}AUTH_FAILURES_BURST", "must be >= 1")
         require(self.ws_heartbeat_s > 0, f"{PREFIX}WS_HEARTBEAT_S", "must be > 0")
+        require(self.rpa_timeout_s > 0, f"{PREFIX}RPA_TIMEOUT_S", "must be > 0")
 
     def _validate_webhooks(self) -> None:
         require(self.webhook_timeout_s > 0, f"{PREFIX}WEBHOOK_TIMEOUT_S", "must be > 0")

@@ -27,7 +27,12 @@ from services.common.subjects import check_id
 from services.gateway.auth import Authenticator, Principal, authorize
 from services.gateway.config import GatewayConfig
 from services.gateway.http.metrics import GatewayMetrics
-from services.gateway.http.wire import MAX_METADATA_CHARS, MAX_METADATA_ENTRIES, MAX_SENDER_CHARS
+from services.gateway.http.wire import (
+    MAX_METADATA_CHARS,
+    MAX_METADATA_ENTRIES,
+    MAX_SENDER_CHARS,
+    text_problem,
+)
 from services.gateway.ports import ConversationHub, Role
 from services.gateway.ratelimit import RateLimited, RateLimiter
 
@@ -56,6 +61,18 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
+def peer_address(context: grpc.aio.ServicerContext, header: str) -> str:
+    """The caller's address (for the failed-authentication limit): the last entry of the
+    `header` metadata when configured (behind a proxy), else the peer (`ipv4:1.2.3.4:5`)."""
+    if header:
+        for key, value in context.invocation_metadata() or ():
+            if key.lower() == header.lower() and isinstance(value, str) and value.strip():
+                return value.split(",")[-1].strip()[:64]
+    peer = str(context.peer() or "unknown")
+    host = peer.split(":", 1)[-1].rsplit(":", 1)[0]
+    return host.strip("[]") or peer
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -65,6 +82,9 @@ def check_text(text: str, max_chars: int) -> str:
         raise InvalidArgument("text must not be empty")
     if len(text) > max_chars:
         raise InvalidArgument(f"text must be at most {max_chars} characters")
+    problem = text_problem(text)
+    if problem is not None:
+        raise InvalidArgument(f"text {problem}")
     return text
 
 
@@ -122,7 +142,8 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
 
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         """401 then 429, as HTTP does before looking at the request."""
-        principal = await self.auth.authenticate(bearer_token(context))
+        principal = await self.auth.authenticate(
+            bearer_token(context), peer_address(context, self.config.client_ip_header))
         try:
             self.limiter.check(principal.key_id)
         except RateLimited as exc:

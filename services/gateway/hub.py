@@ -3,6 +3,11 @@
 Each gateway replica subscribes to its own inbox prefix; a user message carries
 `Bf-Reply-Inbox: <prefix>.<message id>` so the dialogue worker answers this replica directly,
 while the replies also go to `conv.out.<bot>.<conversation>` (transcript, sockets, webhooks).
+
+The transcript (docs/security.md) is read from the stream: the user's messages from the
+dialogue's `user_message` events (`conv.in` keeps a message only until it is handled), the
+bot's from `conv.out`; PII is masked in what it returns unless the bot keeps it (`Bf-Pii:
+keep`). Feedback comments are stored with PII masked.
 """
 
 from __future__ import annotations
@@ -24,14 +29,17 @@ from services.common.errors import Unavailable
 from services.common.logging import get_logger
 from services.common.nats import KV_HANDOFFS, OBJ_MODELS, Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
+from services.common.pii import redact
 from services.common.subjects import (
     HEADER_CORRELATION,
     HEADER_KIND,
     HEADER_MSG_ID,
+    HEADER_PII,
     HEADER_REPLY_INBOX,
     KIND_AGENT,
     KIND_MESSAGE,
     KIND_RELEASE,
+    PII_KEEP,
     check_id,
     events,
     inbound,
@@ -129,8 +137,9 @@ class BusHub:
         return [m for _, m in found if isinstance(m, conversation_pb2.BotMessage)
                 and m.in_reply_to == message.message_id]
 
-    async def _read(self, subject: str) -> list[tuple[int, Any]]:
-        """All stored messages of one subject with their stream sequence, decoded."""
+    async def _read(self, subject: str, *, mask: bool = False) -> list[tuple[int, Any]]:
+        """All stored messages of one subject with their stream sequence, decoded (PII
+        masked when `mask`, as the transcript shows them)."""
         config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
                                 filter_subject=subject, inactive_threshold=5.0)
         sub = await self._bus.js.pull_subscribe(subject, stream="CONV", config=config)
@@ -142,7 +151,7 @@ class BusHub:
                 except nats.errors.TimeoutError:
                     break
                 for msg in batch:
-                    found.append((msg.metadata.sequence.stream, _decode(msg)))
+                    found.append((msg.metadata.sequence.stream, _decode(msg, mask)))
                 if batch[-1].metadata.num_pending == 0:
                     break
         finally:
@@ -153,10 +162,18 @@ class BusHub:
                          limit: int) -> list[dict[str, Any]]:
         check_id(bot_id, "bot")
         check_id(conversation_id, "conversation")
-        incoming = await self._read(inbound(bot_id, conversation_id, self._partitions))
-        outgoing = await self._read(outbound(bot_id, conversation_id))
-        merged = sorted(incoming + outgoing, key=lambda item: item[0])
-        return [_entry(m) for _, m in merged if m is not None][-limit:]
+        said = [(seq, m) for seq, m in
+                await self._read(events(bot_id, conversation_id), mask=True)
+                if isinstance(m, UserEntry)]
+        replies = await self._read(outbound(bot_id, conversation_id), mask=True)
+        # A user message's event is written with its replies: it goes before the first one.
+        first_reply: dict[str, float] = {}
+        for seq, reply in replies:
+            first_reply.setdefault(reply.in_reply_to, seq)
+        merged = [(min(seq, first_reply.get(m.message_id, seq)) - 0.5, m) for seq, m in said]
+        merged += [(float(seq), m) for seq, m in replies]
+        merged.sort(key=lambda item: item[0])
+        return [_entry(m) for _, m in merged][-limit:]
 
     async def subscribe(self, bot_id: str,
                         conversation_id: str) -> AsyncIterator[conversation_pb2.BotMessage]:
@@ -180,7 +197,7 @@ class BusHub:
             bot_id=feedback.bot_id, conversation_id=feedback.conversation_id, type="feedback",
             at_unix_ms=int(time.time() * 1000),
             data_json=json.dumps({"message_id": feedback.message_id, "rating": feedback.rating,
-                                  "comment": feedback.comment}))
+                                  "comment": redact(feedback.comment)}))
         msg_id = f"fb-{feedback.message_id}-{uuid.uuid4().hex[:8]}"
         try:
             await self._bus.js.publish(events(feedback.bot_id, feedback.conversation_id),
@@ -234,12 +251,35 @@ class BusModelAdmin:
                       if i.name.startswith(prefix) and not i.deleted)
 
 
-def _decode(msg: Msg) -> Any:
+@dataclass(frozen=True)
+class UserEntry:
+    """A user message of the transcript, from its `user_message` event."""
+
+    message_id: str
+    text: str
+    at_unix_ms: int
+
+
+def _decode(msg: Msg, mask: bool) -> Any:
+    """A BotMessage (conv.out), a UserEntry (a `user_message` event), else None; with PII
+    masked when `mask`, unless the writer marked it `Bf-Pii: keep`."""
+    keep = not mask or (msg.headers or {}).get(HEADER_PII) == PII_KEEP
     if msg.subject.startswith("conv.out."):
-        return conversation_pb2.BotMessage.FromString(msg.data)
-    if (msg.headers or {}).get(HEADER_KIND, KIND_MESSAGE) == KIND_MESSAGE:
-        return conversation_pb2.UserMessage.FromString(msg.data)
-    return None  # agent messages appear as the relayed replies; control messages not at all
+        message = conversation_pb2.BotMessage.FromString(msg.data)
+        if not keep:
+            message.text = redact(message.text)
+            for button in message.buttons:
+                button.title, button.payload = redact(button.title), redact(button.payload)
+        return message
+    if msg.subject.startswith("conv.event."):
+        event = conversation_pb2.ConversationEvent.FromString(msg.data)
+        if event.type != "user_message":
+            return None
+        data = json.loads(event.data_json or "{}")
+        text = str(data.get("text", ""))
+        return UserEntry(str(data.get("message_id", "")), text if keep else redact(text),
+                         int(data.get("sent_at_unix_ms") or event.at_unix_ms))
+    return None
 
 
 def _entry(message: Any) -> dict[str, Any]:
@@ -248,6 +288,5 @@ def _entry(message: Any) -> dict[str, Any]:
                 "in_reply_to": message.in_reply_to, "text": message.text,
                 "buttons": [{"title": b.title, "payload": b.payload} for b in message.buttons],
                 "at_unix_ms": message.sent_at_unix_ms}
-    return {"type": "user",
-            "message_id": message.message_id, "text": message.text, "buttons": [],
-            "at_unix_ms": message.sent_at_unix_ms}
+    return {"type": "user", "message_id": message.message_id, "text": message.text,
+            "buttons": [], "at_unix_ms": message.at_unix_ms}

@@ -151,3 +151,24 @@ class WebhookStore(Protocol):
     async def delete(self, bot: str) -> bool:
         """Remove the bot's webhook; False when it had none."""
         ...
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One admin action (docs/security.md, "Audit"): who (`actor_key_id`, its tenant), did
+    what (`action`, e.g. `key.created`) to what (`target`), when, in which request."""
+
+    tenant: str
+    action: str
+    actor_key_id: str
+    actor_tenant: str
+    target: dict[str, Any]
+    at_unix_ms: int
+    correlation_id: str
+    event_id: str
+
+
+class AuditLog(Protocol):
+    async def record(self, event: AuditEvent) -> None:
+        """Store the event durably (raise when it could not be stored)."""
+        ...

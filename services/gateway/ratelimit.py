@@ -28,6 +28,15 @@ class RateLimited(ResourceExhausted):
         return str(max(1, math.ceil(self.retry_after_s)))
 
 
+class AuthThrottled(RateLimited):
+    """Too many failed authentications from one client address (key brute force)."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        ResourceExhausted.__init__(self, "too many failed authentication attempts from this "
+                                         "address; retry later")
+        self.retry_after_s = retry_after_s
+
+
 @dataclass
 class _Bucket:
     tokens: float
@@ -52,6 +61,15 @@ class RateLimiter:
             bucket.tokens -= cost
             return
         raise RateLimited((cost - bucket.tokens) / self.rps)
+
+    def peek(self, key: str, cost: float = 1.0) -> float:
+        """Seconds until `key` has `cost` tokens (0.0: it has them now); takes none."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return 0.0
+        tokens = min(self.burst, bucket.tokens + max(0.0, self._clock() - bucket.updated) *
+                     self.rps)
+        return 0.0 if tokens >= cost else (cost - tokens) / self.rps
 
     def _refilled(self, key: str, now: float) -> _Bucket:
         bucket = self._buckets.get(key)

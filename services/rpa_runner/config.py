@@ -38,6 +38,10 @@ class RunnerConfig:
     park_max_s: float = 300.0
     # A run resumed after this many runner crashes fails (its job is dead-lettered).
     max_resumes: int = 10
+    # A run a conversation waits for that is still going after this many seconds tells the
+    # conversation once (`workflow_progress`: the bot says it is still working on it).
+    # 0 disables the notice.
+    progress_notice_s: float = 10.0
     http_timeout_s: float = 30.0
     browser_timeout_s: float = 60.0
     browser_concurrency: int = 2
@@ -58,6 +62,7 @@ class RunnerConfig:
         require(self.inline_wait_max_s >= 0, f"{PREFIX}INLINE_WAIT_MAX_S", "must be >= 0")
         require(self.park_max_s >= 1, f"{PREFIX}PARK_MAX_S", "must be >= 1")
         require(self.max_resumes >= 1, f"{PREFIX}MAX_RESUMES", "must be >= 1")
+        require(self.progress_notice_s >= 0, f"{PREFIX}PROGRESS_NOTICE_S", "must be >= 0")
         require(self.http_timeout_s > 0, f"{PREFIX}HTTP_TIMEOUT_S", "must be > 0")
         require(self.browser_timeout_s > 0, f"{PREFIX}BROWSER_TIMEOUT_S", "must be > 0")
         require(self.browser_concurrency >= 1, f"{PREFIX}BROWSER_CONCURRENCY", "must be >= 1")

@@ -5,11 +5,16 @@ on failure (saga), approvals and long waits parked, subworkflows run inline as c
 `Engine.process(job, delivery)` takes a job message and says what to do with it: ack it (the
 run stopped), nak it with a delay (the run is parked, or another runner holds it), or leave
 it (this runner was fenced off the run; the new owner holds the message).
+
+A top-level run that a conversation waits for and that is still going `progress_notice_s`
+after it was created tells the conversation once (`Publisher.progress`): from a timer while
+this runner drives it, or when it parks past that time (a parked run's job comes back by then).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +53,7 @@ from services.rpa_runner.state import (
     NEEDS_ATTENTION,
     PARKED,
     RUNNING,
+    STOPPED,
     SUCCEEDED,
     TERMINAL,
     Conflict,
@@ -106,6 +112,7 @@ class Engine:
         self.owner = owner
         self.messaging = steps.Messaging(publisher, metrics)
         self.held: dict[str, Held] = {}
+        self._notices: set[asyncio.Task[None]] = set()
 
     # -- taking a job ------------------------------------------------------------------------
 
@@ -185,6 +192,7 @@ class Engine:
 
     async def _drive_root(self, held: Held) -> Verdict:
         self.held[held.state.run_id] = held
+        notice = self._notice_timer(held)
         try:
             parked = await self.drive(held)
         except Fenced:
@@ -194,10 +202,53 @@ class Engine:
             return LEAVE
         finally:
             self.held.pop(held.state.run_id, None)
+            if notice is not None:
+                notice.cancel()
         if parked is None:
             return ACK
         delay = max(0.0, parked.until - time.time())
-        return Verdict("nak", min(delay, self.config.park_max_s))
+        # a parked run whose progress notice is not sent yet comes back when it is due
+        notice_due = max(self._notice_in(held.state), 0.1)
+        return Verdict("nak", min(delay, self.config.park_max_s, notice_due))
+
+    # -- progress notices --------------------------------------------------------------------
+
+    def _notice_in(self, state: RunState) -> float:
+        """Seconds until the run's progress notice is due (0: now; inf: none to send)."""
+        if self.config.progress_notice_s <= 0 or state.progress_noticed \
+                or not state.conversation or state.depth > 0 or state.status in STOPPED:
+            return math.inf
+        return max(0.0, state.created + self.config.progress_notice_s - time.time())
+
+    def _notice_timer(self, held: Held) -> asyncio.Task[None] | None:
+        delay = self._notice_in(held.state)
+        if delay == math.inf:
+            return None
+        task = asyncio.get_running_loop().create_task(self._notice_later(held, delay))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+        return task
+
+    async def _notice_later(self, held: Held, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self._notice(held)
+
+    async def _notice(self, held: Held) -> None:
+        """Tell the conversation the run is still going, once, when that is due (the flag is
+        stored with the next checkpoint; the message id dedupes a resumed run's repeat)."""
+        state = held.state
+        if self._notice_in(state) > 0:
+            return
+        elapsed = time.time() - state.created
+        state.progress_noticed = True  # before the await: the timer and a park race here
+        try:
+            await self.publisher.progress(state, elapsed)
+        except Exception as exc:  # the result still comes; the notice is tried again later
+            state.progress_noticed = False
+            log.warning("progress_notice_failed", run_id=state.run_id, error=repr(exc))
+            return
+        log.info("progress_noticed", run_id=state.run_id, workflow=state.workflow,
+                 elapsed_s=round(elapsed, 3))
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -260,6 +311,7 @@ class Engine:
         state.owner = None
         if state.inflight is not None:
             state.inflight["executing"] = False
+        await self._notice(held)  # parked past its notice time: tell the conversation now
         await self.checkpoint(held)
 
     async def _step(self, held: Held, step: StepDef) -> Park | None:

@@ -1,5 +1,5 @@
-"""What the runner reads from and writes to the bus: jobs (`rpa.jobs.<bot>`), results into the
-conversation, `notify` messages, approval events and dead letters."""
+"""What the runner reads from and writes to the bus: jobs (`rpa.jobs.<bot>`), results and
+progress notices into the conversation, `notify` messages, approval events and dead letters."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from services.common.subjects import (
     HEADER_KIND,
     HEADER_MSG_ID,
     KIND_NOTIFY,
+    KIND_WORKFLOW_PROGRESS,
     KIND_WORKFLOW_RESULT,
     check_id,
     inbound,
@@ -111,6 +112,17 @@ class Publisher:
                                       headers={**headers, HEADER_KIND: KIND_WORKFLOW_RESULT})
         else:
             await self.bus.js.publish(f"events.rpa.finished.{state.bot}", data, headers=headers)
+
+    async def progress(self, state: RunState, elapsed_s: float) -> None:
+        """Tell the conversation that waits for the run that it is still going (`Bf-Kind:
+        workflow_progress`, on the conversation's inbound subject like the result)."""
+        body = {"run_id": state.run_id, "workflow": state.workflow,
+                "elapsed_s": round(elapsed_s, 3)}
+        headers = {HEADER_KIND: KIND_WORKFLOW_PROGRESS, HEADER_MSG_ID: f"progress-{state.run_id}"}
+        if state.correlation:
+            headers[HEADER_CORRELATION] = state.correlation
+        await self.bus.js.publish(inbound(state.bot, state.conversation, self.partitions),
+                                  json.dumps(body).encode(), headers=headers)
 
     async def notify(self, state: RunState, step_key: str, text: str) -> None:
         message_id = f"notify-{state.run_id}-{step_key}".replace("#", "-")

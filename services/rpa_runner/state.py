@@ -87,6 +87,7 @@ class RunState:
     control: Control = field(default_factory=Control)
     retried: int = 0
     resumes: int = 0
+    progress_noticed: bool = False  # the conversation was told the run is taking long
     created: float = 0.0
     updated: float = 0.0
     finished: float | None = None

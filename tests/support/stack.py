@@ -81,15 +81,17 @@ async def issue_key(session: aiohttp.ClientSession, base_url: str, role: str = "
 
 @contextlib.asynccontextmanager
 async def running_stack(nats_url: str, model: Path, *, dialogues: int = 1,
-                        sync_wait_s: float = 5.0) -> AsyncIterator[Stack]:
+                        sync_wait_s: float = 5.0,
+                        **gateway_config: Any) -> AsyncIterator[Stack]:
+    """`gateway_config`: GatewayConfig fields to override."""
     nlu = NluServer(NluConfig(grpc_port=0, metrics_port=0, models=(str(model),),
                               shutdown_grace_s=1.0))
     await nlu.start()
-    gateway = GatewayServer(GatewayConfig(
+    gateway = GatewayServer(replace(GatewayConfig(
         http_port=0, metrics_port=0, grpc_port=0, nats_url=nats_url, partitions=4,
         api_key_pepper="pepper-for-tests-only", admin_bootstrap_key=BOOTSTRAP,
         sync_wait_s=sync_wait_s, rate_limit_rps=1000, rate_limit_burst=1000,
-        shutdown_grace_s=1.0))
+        shutdown_grace_s=1.0), **gateway_config))
     stack = Stack(nats_url, nlu, gateway)
     try:
         for _ in range(dialogues):

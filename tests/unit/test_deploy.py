@@ -763,12 +763,14 @@ ALLOWED_FLOWS = [
     ("gateway", "nats", 4222), ("dialogue", "nats", 4222), ("nlu", "nats", 4222),
     ("rpa-runner", "nats", 4222), ("train-bot", "nats", 4222), ("dialogue", "nlu", 50051),
     ("nats", "nats", 6222), ("gateway", None, 443), ("rpa-runner", None, 443),
+    ("gateway", "rpa-runner", 50081),
 ]
 DENIED_FLOWS = [
     (None, "nlu", 50051), (None, "nats", 4222), (None, "dialogue", 50061),
     ("gateway", "nlu", 50051), ("rpa-runner", "nlu", 50051), ("gateway", "nats", 6222),
     ("dialogue", "nats", 6222), ("nlu", None, 443), ("dialogue", None, 443),
     ("nats", None, 443), ("train-bot", None, 443), ("gateway", "dialogue", 50061),
+    (None, "rpa-runner", 50081), ("dialogue", "rpa-runner", 50081),
 ]
 
 

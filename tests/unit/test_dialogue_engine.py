@@ -744,3 +744,33 @@ def test_choices_and_entity_matching() -> None:
     assert from_text(place, "paper", matcher).problem == "I don't know that place"
     iban = EntityMatcher.of(EntityDef("iban", regex=(r"\bDE\d{4}\b",)), {})
     assert iban.find("to DE1234 please") == "DE1234"
+
+
+# -- workflow progress notices -----------------------------------------------------------------
+
+
+def test_progress_of_the_awaited_run_says_still_working(banking: DialogueEngine,
+                                                        tmp_path: Path) -> None:
+    chat = Chat(banking)
+    [job] = chat.say("balance", "check_balance").workflows
+    before = chat.tracker
+    result = banking.handle_workflow_progress(before, job.run_id, 5.0)
+    assert texts(result) == ["I'm still working on your previous request, one moment please."]
+    assert result.workflows == [] and result.events == []
+    assert result.tracker.waiting_workflow == job.run_id
+    assert result.tracker.stack == before.stack and result.tracker.slots == before.slots
+    assert chat.tracker is before  # the input tracker is never changed
+    # a run the conversation does not wait for (stale, or already finished): nothing changes
+    for tracker, run_id in ((before, "other-run"), (chat.finish(outputs={"balance": 1}).tracker,
+                                                   job.run_id)):
+        quiet = banking.handle_workflow_progress(tracker, run_id, 6.0)
+        assert quiet.tracker == tracker and quiet.tracker is not tracker
+        assert (quiet.replies, quiet.events, quiet.workflows) == ([], [], [])
+    # the bot's own utter_workflow_pending replaces the built-in one
+    custom = DialogueEngine(make_bot(tmp_path, {
+        **LAB_FILES, "domain/pending.yml": "responses:\n  utter_workflow_pending: Still on it.\n"}))
+    fetching = Chat(custom)
+    fetching.say("fetch", "fetch")
+    [lab_job] = fetching.say("X1").workflows
+    assert texts(custom.handle_workflow_progress(fetching.tracker, lab_job.run_id, 9.0)) == [
+        "Still on it."]

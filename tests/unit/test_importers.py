@@ -333,7 +333,7 @@ def test_cli_import_requires_out(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "validate", str(REPO / "bots" / "banking"))
     assert (code, err) == (0, "")
-    assert re.fullmatch(r"ok: bot 'banking' \(.*\): 15 intents, \d+ examples, 6 entities\n", out)
+    assert re.fullmatch(r"ok: bot 'banking' \(.*\): 16 intents, \d+ examples, 6 entities\n", out)
 
 
 def test_cli_validate_lists_every_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

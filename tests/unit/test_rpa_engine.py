@@ -4,10 +4,11 @@ HTTP steps call the demo bank, served in-process on a free port."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -65,6 +66,7 @@ class FakePublisher:
     results: list[RunState] = field(default_factory=list)
     notes: list[tuple[str, str]] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    notices: list[tuple[str, float]] = field(default_factory=list)
 
     async def result(self, state: RunState) -> None:
         self.results.append(state)
@@ -74,6 +76,9 @@ class FakePublisher:
 
     async def event(self, kind: str, state: RunState, msg_id: str, **data: Any) -> None:
         self.events.append((kind, data))
+
+    async def progress(self, state: RunState, elapsed_s: float) -> None:
+        self.notices.append((state.run_id, elapsed_s))
 
 
 @dataclass
@@ -183,7 +188,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     kv = FakeKV()
     store = RunStore(kv)  # type: ignore[arg-type]
     publisher = FakePublisher()
-    config = RunnerConfig(inline_wait_max_s=0.5, ack_wait_s=5.0)
+    # no progress notices (a parked run would come back for its notice): their own tests
+    config = RunnerConfig(inline_wait_max_s=0.5, ack_wait_s=5.0, progress_notice_s=0)
     async with aiohttp.ClientSession() as session:
         engine = Engine(config, store, registry, publisher, RunnerMetrics.create(),  # type: ignore[arg-type]
                         HttpStep(session), BrowserPool("/none", 1, tmp_path), "owner-1")
@@ -403,3 +409,34 @@ async def test_retry_after_needs_attention_sends_the_same_key_again(rig: Rig) ->
     assert verdict.action == "ack" and state.status == "succeeded", state.error
     assert state.visits == {"u": 1} and state.retried == 1
     assert (await rig.bank("GET", "/_stats"))["effects"] == {"transfer": 1}
+
+
+# -- progress notices ----------------------------------------------------------------------------
+
+
+async def test_a_slow_run_sends_one_progress_notice(rig: Rig) -> None:
+    rig.engine.config = replace(rig.engine.config, progress_notice_s=0.1)
+    await rig.bank("POST", "/_faults", {"path": "/holds", "delay_ms": 300})
+    _, state = await rig.run("transfer", {"to": "anna"})
+    assert state.status == "succeeded" and state.progress_noticed
+    [(run_id, elapsed)] = rig.publisher.notices
+    assert run_id == state.run_id and 0.1 <= elapsed < 0.3
+    await rig.bank("POST", "/_faults", {"path": "/holds", "delay_ms": 0})
+    _, fast = await rig.run("transfer", {"to": "bob"})
+    _, detached = await rig.run("transfer", {"to": "eve"}, conversation="")
+    assert not fast.progress_noticed and not detached.progress_noticed
+    assert len(rig.publisher.notices) == 1
+
+
+async def test_a_parked_run_comes_back_for_its_progress_notice(rig: Rig) -> None:
+    rig.engine.config = replace(rig.engine.config, progress_notice_s=0.3)
+    verdict, state = await rig.run("parked")
+    assert verdict.action == "nak" and 0.1 <= verdict.delay <= 0.3  # not the 30 s wait
+    assert rig.publisher.notices == [] and not state.progress_noticed
+    await asyncio.sleep(0.3)
+    verdict, state = await rig.wake(state.run_id)
+    assert verdict.action == "nak" and 29 < verdict.delay <= 30  # now: the wait itself
+    assert state.status == "waiting" and state.progress_noticed
+    assert [run_id for run_id, _ in rig.publisher.notices] == [state.run_id]
+    verdict, state = await rig.wake(state.run_id)
+    assert len(rig.publisher.notices) == 1 and 29 < verdict.delay <= 30

@@ -86,6 +86,17 @@ class DialogueEngine:
         run(turn)
         return turn.result(now)
 
+    def handle_workflow_progress(self, tracker: Tracker, run_id: str, now: float) -> TurnResult:
+        """The run `run_id` is taking long (the runner says so once per run): the bot says
+        its "still working" response (`utter_workflow_pending`, the one a message gets while
+        a workflow runs) if the conversation still waits for that run; else nothing
+        changes (a finished, stale or redelivered run's notice)."""
+        if tracker.waiting_workflow != run_id:
+            return TurnResult(replace(tracker), [], [], [])
+        turn = Turn(self._bot, tracker, f"progress-{run_id}")
+        turn.say("utter_workflow_pending")
+        return turn.result(now)
+
     def _succeeded(
         self, turn: Turn, step: RunWorkflow, result: WorkflowResult, context: dict[str, object]
     ) -> None:

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from jinja2 import Template
+from jinja2.exceptions import SecurityError
 
 from services.botdef import (
     BUILTIN_RESPONSES,
@@ -27,6 +28,8 @@ from services.botdef import (
 )
 from services.dialogue.engine.api import Button, Reply
 
+MAX_RENDERED_CHARS = 20_000
+"""A rendered message longer than this is not sent (the template's plain text is)."""
 _EXPRESSION = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 
 
@@ -99,7 +102,14 @@ def choose(seed: str, count: int) -> int:
 
 def _render(template: Template, source: str, context: dict[str, Any]) -> str:
     try:
-        return template.render(context)
+        parts: list[str] = []
+        size = 0
+        for chunk in template.generate(context):  # stops a loop that writes too much
+            size += len(chunk)
+            if size > MAX_RENDERED_CHARS:
+                raise SecurityError(f"a message longer than {MAX_RENDERED_CHARS} characters")
+            parts.append(chunk)
+        return "".join(parts)
     except Exception:  # a bot's template must not break the conversation
         return _EXPRESSION.sub("", source)
 

@@ -1,7 +1,8 @@
 """Admin routes (role admin): API keys, the active model version, bot definitions, webhooks.
 
 An admin key manages only its own tenant and only bots within its own scope; the bootstrap key
-(config) manages every tenant.
+(config) manages every tenant. Every change is recorded as an audit event (services/gateway/
+audit.py) once it is made.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from aiohttp import web
 
 from services.botdef import BotDefinitionError, DefinitionIssue, load_bot
 from services.common.errors import NotFound, PermissionDenied, Unavailable
+from services.gateway import audit
 from services.gateway.auth import ALL_TENANTS, TENANT_RE
 from services.gateway.http.problems import DefinitionInvalid, RequestInvalid
-from services.gateway.http.state import principal_of, state_of
+from services.gateway.http.state import CORRELATION, principal_of, state_of
 from services.gateway.http.wire import BOT_ID, Fields, json_response, read_json
 from services.gateway.ports import (
     ApiKeyRecord,
@@ -33,11 +35,25 @@ from services.gateway.ports import (
 BOT_SCOPE = re.compile(r"^(\*|[A-Za-z0-9_-]{1,64})$")
 VERSION = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")
 YAML_SUFFIXES = (".yml", ".yaml")
+DEFINITION_PATH = re.compile(r"^[A-Za-z0-9_.-]{1,100}(/[A-Za-z0-9_.-]{1,100}){0,7}$")
 MAX_DEFINITION_FILES = 200
 MAX_DESCRIPTION_CHARS = 200
 MAX_WEBHOOK_URL_CHARS = 2000
 MIN_WEBHOOK_SECRET_CHARS = 16
 MAX_WEBHOOK_SECRET_CHARS = 256
+
+
+async def audited(request: web.Request, action: str, target: dict[str, Any],
+                  tenant: str | None = None) -> None:
+    """Record the audit event of this request's admin action (after it succeeded)."""
+    event = audit.new_event(principal_of(request), action, target,
+                            correlation_id=request.get(CORRELATION, ""), tenant=tenant)
+    await audit.record(state_of(request).audit, event)
+
+
+def key_target(record: ApiKeyRecord) -> dict[str, Any]:
+    return {"key_id": record.key_id, "tenant": record.tenant, "bots": list(record.bots),
+            "role": record.role.value}
 
 
 def key_json(record: ApiKeyRecord) -> dict[str, Any]:
@@ -65,6 +81,7 @@ async def create_key(request: web.Request) -> web.Response:
     if not principal.covers_bots(bots):
         raise PermissionDenied("a new key's bots must be within this API key's bots")
     issued = await state.auth.issue(tenant, bots, Role(role), description or "")
+    await audited(request, audit.KEY_CREATED, key_target(issued.record), tenant)
     return json_response({**key_json(issued.record), "secret": issued.secret}, status=201)
 
 
@@ -86,9 +103,12 @@ async def revoke_key(request: web.Request) -> web.Response:
     record = await state.auth.store.get(key_id)
     if record is None or not principal_of(request).manages_tenant(record.tenant):
         raise NotFound(f"no API key {key_id!r}")
+    was_revoked = record.revoked
     revoked = await state.auth.revoke(key_id)
     if revoked is None:
         raise NotFound(f"no API key {key_id!r}")
+    if not was_revoked:
+        await audited(request, audit.KEY_REVOKED, key_target(revoked), revoked.tenant)
     return json_response(key_json(revoked))
 
 
@@ -116,6 +136,7 @@ async def put_model(request: web.Request) -> web.Response:
     if version not in await models.versions(bot):
         raise NotFound(f"bot {bot!r} has no model version {version!r} in the store")
     await models.activate(bot, version)
+    await audited(request, audit.MODEL_ACTIVATED, {"bot_id": bot, "version": version})
     return json_response({"bot_id": bot, "version": version, "active": True})
 
 
@@ -134,6 +155,8 @@ def check_definition_path(name: str) -> str | None:
     path = PurePosixPath(name)
     if "\\" in name or path.is_absolute() or any(p in ("", ".", "..") for p in name.split("/")):
         return "must be a relative path with no '.', '..' or empty parts"
+    if not DEFINITION_PATH.match(name):
+        return "must be at most 8 names of letters, digits, '_', '-' and '.' (100 each)"
     if any(part.startswith(".") for part in path.parts):
         return "hidden files are not allowed"
     if path.suffix not in YAML_SUFFIXES:
@@ -192,6 +215,8 @@ async def put_definition(request: web.Request) -> web.Response:
     if issues:
         raise DefinitionInvalid(issues)
     revision = await store.put(bot, files)
+    await audited(request, audit.BOT_DEPLOYED,
+                  {"bot_id": bot, "revision": revision, "files": sorted(files)})
     return json_response({"bot_id": bot, "revision": revision, "files": sorted(files)})
 
 
@@ -243,6 +268,8 @@ async def put_webhook(request: web.Request) -> web.Response:
     bot = request.match_info["bot"]
     hook = webhook_of(await read_json(request, state.config.body_limit_bytes))
     await webhook_store(request).put(bot, hook)
+    # the host only: a URL may carry credentials or tokens
+    await audited(request, audit.WEBHOOK_SET, {"bot_id": bot, "host": urlsplit(hook.url).hostname})
     return json_response(webhook_json(bot, hook))
 
 
@@ -258,4 +285,5 @@ async def delete_webhook(request: web.Request) -> web.Response:
     bot = request.match_info["bot"]
     if not await webhook_store(request).delete(bot):
         raise NotFound(f"bot {bot!r} has no webhook")
+    await audited(request, audit.WEBHOOK_DELETED, {"bot_id": bot})
     return json_response({"bot_id": bot, "deleted": True})

@@ -14,6 +14,7 @@ from services.gateway.http.openapi import build_document
 from services.gateway.http.state import STATE, GatewayState
 from services.gateway.http.system import OPENAPI
 from services.gateway.ports import (
+    AuditLog,
     ConversationHub,
     DefinitionStore,
     KeyStore,
@@ -21,6 +22,7 @@ from services.gateway.ports import (
     WebhookStore,
 )
 from services.gateway.ratelimit import RateLimiter
+from services.gateway.runs import RunsApi
 
 
 def create_app(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
@@ -30,14 +32,17 @@ def create_app(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
                ready: Callable[[], bool] | None = None,
                clock: Callable[[], float] | None = None,
                auth: Authenticator | None = None,
-               limiter: RateLimiter | None = None) -> web.Application:
+               limiter: RateLimiter | None = None,
+               audit: AuditLog | None = None,
+               runs: RunsApi | None = None) -> web.Application:
     """The gateway's aiohttp application.
 
     `ready` answers /readyz (pass e.g. `lambda: bus.nc.is_connected`; default: always ready).
     Without `models` / `definitions` / `webhooks` the admin routes for them answer 503.
     `clock` (monotonic seconds) drives the key cache and rate limits; tests pass a fake one.
     `auth` / `limiter`: objects shared with the gRPC API (default: built here from `keys` and
-    `config`).
+    `config`). `audit`: where admin actions are recorded (default: the log only).
+    `runs`: the RPA runner's API (without it the workflow run routes answer 503).
     """
     app = web.Application(
         client_max_size=config.definition_body_limit_bytes,
@@ -45,6 +50,8 @@ def create_app(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
     )
     app[STATE] = build_state(hub, keys, config, metrics, models, definitions, ready, clock,
                              auth=auth, limiter=limiter, webhooks=webhooks)
+    app[STATE].audit = audit
+    app[STATE].runs = runs
     routes.register(app)
     app[OPENAPI] = build_document(routes.ROUTES)
     app.on_shutdown.append(close_sockets)
@@ -67,8 +74,9 @@ def build_state(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
 def build_authenticator(keys: KeyStore, config: GatewayConfig,
                         clock: Callable[[], float] | None = None) -> Authenticator:
     timing = {} if clock is None else {"clock": clock}
+    failures = RateLimiter(config.auth_failures_per_s, config.auth_failures_burst, **timing)
     return Authenticator(keys, config.api_key_pepper, bootstrap_key=config.admin_bootstrap_key,
-                         cache_s=config.key_cache_s, **timing)
+                         cache_s=config.key_cache_s, failures=failures, **timing)
 
 
 def build_limiter(config: GatewayConfig,

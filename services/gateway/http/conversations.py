@@ -4,7 +4,6 @@ conversation's WebSocket."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from services.gateway.http.wire import (
     MESSAGE_ID,
     Fields,
     json_response,
+    parse_json,
     read_json,
     reply_json,
 )
@@ -218,10 +218,7 @@ async def socket_message(raw: str, request: web.Request, state: GatewayState) ->
     principal = await recheck(request, state)
     state.limiter.check(principal.key_id)
     bot, conversation = ids(request)
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise RequestInvalid.one("body", "not valid JSON") from None
+    body = parse_json(raw)
     message = user_message(body, bot, conversation, max_chars=state.config.max_text_chars,
                            channel="websocket")
     result = await state.hub.send(message, wait_s=0.0)

@@ -23,7 +23,8 @@ from services.gateway.http.problems import (
     problem,
 )
 from services.gateway.http.routes import RouteSpec, spec_of
-from services.gateway.http.state import PRINCIPAL, TOKEN, GatewayState, state_of
+from services.gateway.http.runs import RUN_ID
+from services.gateway.http.state import CORRELATION, PRINCIPAL, TOKEN, GatewayState, state_of
 from services.gateway.http.wire import BOT_ID, CONVERSATION_ID, RATED_MESSAGE_ID
 from services.gateway.ratelimit import RateLimited
 
@@ -32,7 +33,7 @@ log = get_logger(__name__)
 CORRELATION_HEADER = "X-Correlation-Id"
 CORRELATION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 PATH_IDS = {"bot": BOT_ID, "conversation": CONVERSATION_ID, "message_id": RATED_MESSAGE_ID,
-            "key_id": re.compile(r"^[0-9a-f]{1,64}$")}
+            "key_id": re.compile(r"^[0-9a-f]{1,64}$"), "run_id": RUN_ID}
 API_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
 
@@ -41,6 +42,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     offered = request.headers.get(CORRELATION_HEADER, "")
     correlation_id = bind_correlation_id(offered if CORRELATION_ID.match(offered) else None)
+    request[CORRELATION] = correlation_id
     status = 500
     try:
         response = await handler(request)
@@ -101,7 +103,8 @@ async def admit(request: web.Request, spec: RouteSpec) -> None:
     assert spec.role is not None
     state = state_of(request)
     token = bearer_token(request) or (socket_token(request) if spec.websocket else None)
-    principal = await state.auth.authenticate(token)
+    principal = await state.auth.authenticate(
+        token, client_address(request, state.config.client_ip_header))
     request[PRINCIPAL] = principal
     request[TOKEN] = token or ""
     try:
@@ -111,6 +114,16 @@ async def admit(request: web.Request, spec: RouteSpec) -> None:
         raise
     check_path_ids(request)
     authorize(principal, spec.role, request.match_info.get("bot"))
+
+
+def client_address(request: web.Request, header: str) -> str:
+    """The caller's address: the TCP peer, or the last entry of `header` when the gateway
+    sits behind a proxy that sets it (GatewayConfig.client_ip_header)."""
+    if header:
+        forwarded = request.headers.get(header, "").split(",")[-1].strip()
+        if forwarded:
+            return forwarded[:64]
+    return request.remote or "unknown"
 
 
 def bearer_token(request: web.Request) -> str | None:

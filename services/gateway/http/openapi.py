@@ -8,6 +8,7 @@ from typing import Any
 
 from services.gateway.http.problems import PROBLEM_CONTENT_TYPE
 from services.gateway.http.routes import RouteSpec
+from services.gateway.http.runs import RUN_ID, STATUSES, STEP, WORKFLOW
 from services.gateway.http.wire import BOT_ID, CONVERSATION_ID, MESSAGE_ID
 
 ERROR_TEXT = {
@@ -15,17 +16,20 @@ ERROR_TEXT = {
     401: "Missing, invalid or revoked API key",
     403: "The key's role or bots do not allow this",
     404: "Not found",
+    409: "Conflict: the run's state does not allow this",
     413: "Request body too large",
     422: "Invalid bot definition (`issues`)",
     429: "Rate limit exceeded (see Retry-After)",
     500: "Internal error",
-    503: "Unavailable",
+    502: "The workflow runner failed",
+    503: "Unavailable (the workflow runner: see Retry-After)",
 }
 PATH_PARAMS = {
     "bot": ("Bot id", BOT_ID.pattern),
     "conversation": ("Conversation id (chosen by the client)", CONVERSATION_ID.pattern),
     "message_id": ("A bot message's id", MESSAGE_ID.pattern),
     "key_id": ("API key id", r"^[0-9a-f]{1,64}$"),
+    "run_id": ("Workflow run id", RUN_ID.pattern),
     "name": ("File name", r"^[A-Za-z0-9_.-]+$"),
 }
 
@@ -45,6 +49,30 @@ _KEY = _obj(["key_id", "tenant", "bots", "role", "revoked"], key_id=_STR, tenant
             description=_STR, created_at_unix_ms=_INT,
             revoked_at_unix_ms={"type": ["integer", "null"]}, revoked={"type": "boolean"})
 _TEXT = {"type": "string", "minLength": 1, "maxLength": 2000}
+_NULLABLE_STR = {"type": ["string", "null"]}
+_OBJECT = {"type": "object"}
+_STEP_RECORD = _obj(["step", "kind", "status", "attempts", "visit"], step=_STR, kind=_STR,
+                    status={"enum": ["succeeded", "failed", "skipped", "compensated",
+                                     "compensation_failed"]},
+                    attempts=_INT, visit=_INT, started_at_unix_ms=_INT,
+                    finished_at_unix_ms=_INT, duration_ms={"type": "number"}, outputs=_OBJECT,
+                    error=_NULLABLE_STR, compensation={"type": "boolean"})
+_APPROVAL = _obj(["step", "message", "approvers"], step=_STR, message=_STR,
+                 approvers={"type": "array", "items": _STR}, deadline_unix_ms=_INT,
+                 escalation_level=_INT)
+_RUN = _obj(["run_id", "bot_id", "workflow", "status", "inputs", "outputs"],
+            run_id=_STR, bot_id=_STR, workflow=_STR, status={"enum": list(STATUSES)},
+            inputs=_OBJECT, outputs=_OBJECT, error=_NULLABLE_STR,
+            conversation_id=_NULLABLE_STR, current_step=_NULLABLE_STR,
+            approval={"oneOf": [{"$ref": "#/components/schemas/PendingApproval"},
+                                {"type": "null"}]},
+            parent_run_id=_NULLABLE_STR, root_run_id=_NULLABLE_STR, steps_executed=_INT,
+            resumes=_INT, created_at_unix_ms=_INT, updated_at_unix_ms=_INT,
+            finished_at_unix_ms={"type": ["integer", "null"]},
+            steps={"type": "array", "items": {"$ref": "#/components/schemas/RunStep"},
+                   "description": "The step history (not in lists)"})
+_NAME = {"type": "string", "maxLength": 200,
+         "description": "Who acts (recorded with the API key id)"}
 
 SCHEMAS: dict[str, Any] = {
     "Problem": _obj(["type", "title", "status", "detail"], type=_STR, title=_STR, status=_INT,
@@ -113,6 +141,23 @@ SCHEMAS: dict[str, Any] = {
     "Webhook": _obj(["bot_id", "url"], bot_id=_STR, url=_STR),
     "WebhookDeleted": _obj(["bot_id", "deleted"], bot_id=_STR, deleted={"type": "boolean"}),
     "Status": _obj(["status"], status=_STR),
+    "StartRunRequest": {**_obj(["workflow"], workflow={
+        "type": "string", "pattern": WORKFLOW.pattern}, inputs={
+        "type": "object", "description": "The workflow's inputs (checked by the runner)"}),
+        "additionalProperties": False},
+    "CancelRunRequest": {**_obj([], reason={"type": "string", "maxLength": 1000}, by=_NAME),
+                         "additionalProperties": False,
+                         "description": "May be empty"},
+    "ApprovalDecisionRequest": {**_obj([], comment={"type": "string", "maxLength": 1000},
+                                       step={"type": "string", "pattern": STEP.pattern,
+                                             "description": "Default: the step it waits on"},
+                                       approver=_NAME),
+                                "additionalProperties": False, "description": "May be empty"},
+    "RunStep": _STEP_RECORD,
+    "PendingApproval": _APPROVAL,
+    "Run": _RUN,
+    "RunList": _obj(["bot_id", "runs"], bot_id=_STR,
+                    runs={"type": "array", "items": {"$ref": "#/components/schemas/Run"}}),
 }
 
 
@@ -123,8 +168,9 @@ def build_document(routes: Iterable[RouteSpec], version: str = "1.0.0") -> dict[
     return {
         "openapi": "3.1.0",
         "info": {"title": "botfactory gateway", "version": version,
-                 "description": "Chat with bots, hand conversations to agents, administer "
-                                "keys, models, bot definitions and webhooks. Errors are "
+                 "description": "Chat with bots, hand conversations to agents, start and "
+                                "manage workflow runs, administer keys, models, bot "
+                                "definitions and webhooks. Errors are "
                                 "application/problem+json (RFC 9457)."},
         "paths": paths,
         "components": {

@@ -98,6 +98,9 @@ def from_domain_error(exc: DomainError, headers: dict[str, str] | None = None) -
     type_slug = getattr(exc, "problem_type", None) or slug(type(exc).__name__)
     extensions_of = getattr(exc, "extensions", None)
     extensions = extensions_of() if callable(extensions_of) else None
+    headers_of = getattr(exc, "headers", None)  # e.g. Retry-After of a 503
+    if headers is None and callable(headers_of):
+        headers = headers_of()
     return problem(status, str(exc) or _title(status), type_slug=type_slug,
                    extensions=extensions, headers=headers)
 

@@ -8,12 +8,17 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from services.gateway.http import admin, conversations, handoff, system
+from services.gateway.http import admin, conversations, handoff, runs, system
 from services.gateway.ports import Role
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONVERSATION = "/v1/bots/{bot}/conversations/{conversation}"
 WEBHOOK = "/v1/admin/bots/{bot}/webhook"
+RUNS = "/v1/bots/{bot}/runs"
+RUN = f"{RUNS}/{{run_id}}"
+# The RPA runner's errors (services/gateway/runs.py): 503 (with Retry-After) when it cannot be
+# reached, 502 when it fails.
+RUNNER_ERRORS = (502, 503)
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,13 @@ LIMIT = Query("limit", "Most recent entries to return.",
               {"type": "integer", "minimum": 1, "default": 100})
 TENANT = Query("tenant", "Only this tenant's keys (an admin of one tenant sees only its own).",
                {"type": "string"})
+RUN_FILTERS = (
+    Query("workflow", "Only runs of this workflow.", {"type": "string"}),
+    Query("status", "Only runs in this status.", {"enum": list(runs.STATUSES)}),
+    Query("limit", "At most this many runs, newest first.",
+          {"type": "integer", "minimum": 1, "maximum": runs.MAX_LIMIT,
+           "default": runs.DEFAULT_LIMIT}),
+)
 
 
 ROUTES: tuple[RouteSpec, ...] = (
@@ -81,6 +93,32 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("POST", f"{CONVERSATION}/release", handoff.post_release, "post_release",
               "Give a handed-off conversation back to the bot", "handoff", Role.AGENT,
               {200: ("Released", "Released")}),
+    RouteSpec("POST", RUNS, runs.start_run, "start_run",
+              "Start a run of one of the bot's workflows (it runs asynchronously)", "runs",
+              Role.AGENT, {202: ("Started (status pending)", "Run")}, request="StartRunRequest",
+              extra_errors=(404, 413, *RUNNER_ERRORS)),
+    RouteSpec("GET", RUNS, runs.list_runs, "list_runs",
+              "The bot's workflow runs, newest first (without step history)", "runs",
+              Role.AGENT, {200: ("Runs", "RunList")}, query=RUN_FILTERS,
+              extra_errors=RUNNER_ERRORS),
+    RouteSpec("GET", RUN, runs.get_run, "get_run", "A run with its step history", "runs",
+              Role.AGENT, {200: ("Run", "Run")}, extra_errors=(404, *RUNNER_ERRORS)),
+    RouteSpec("POST", f"{RUN}/cancel", runs.cancel_run, "cancel_run",
+              "Cancel a run: its completed steps are compensated in reverse order", "runs",
+              Role.AGENT, {202: ("Cancellation requested", "Run")}, request="CancelRunRequest",
+              extra_errors=(404, 409, 413, *RUNNER_ERRORS)),
+    RouteSpec("POST", f"{RUN}/approve", runs.approve_run, "approve_run",
+              "Approve the approval step the run waits for", "runs", Role.AGENT,
+              {202: ("Approved", "Run")}, request="ApprovalDecisionRequest",
+              extra_errors=(404, 409, 413, *RUNNER_ERRORS)),
+    RouteSpec("POST", f"{RUN}/reject", runs.reject_run, "reject_run",
+              "Reject the approval step the run waits for (the run fails and compensates)",
+              "runs", Role.AGENT, {202: ("Rejected", "Run")}, request="ApprovalDecisionRequest",
+              extra_errors=(404, 409, 413, *RUNNER_ERRORS)),
+    RouteSpec("POST", f"{RUN}/retry", runs.retry_run, "retry_run",
+              "Run a failed or needs_attention run again from its failed step", "runs",
+              Role.ADMIN, {202: ("Retry requested", "Run")},
+              extra_errors=(404, 409, *RUNNER_ERRORS)),
     RouteSpec("POST", "/v1/admin/keys", admin.create_key, "create_key",
               "Create an API key; the secret is in this response only", "admin", Role.ADMIN,
               {201: ("Created", "CreatedKey")}, request="CreateKeyRequest", extra_errors=(413,)),

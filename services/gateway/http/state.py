@@ -11,8 +11,15 @@ from aiohttp import web
 from services.gateway.auth import Authenticator, Principal
 from services.gateway.config import GatewayConfig
 from services.gateway.http.metrics import GatewayMetrics
-from services.gateway.ports import ConversationHub, DefinitionStore, ModelAdmin, WebhookStore
+from services.gateway.ports import (
+    AuditLog,
+    ConversationHub,
+    DefinitionStore,
+    ModelAdmin,
+    WebhookStore,
+)
 from services.gateway.ratelimit import RateLimiter
+from services.gateway.runs import RunsApi
 
 
 @dataclass
@@ -26,6 +33,8 @@ class GatewayState:
     definitions: DefinitionStore | None
     ready: Callable[[], bool]
     webhooks: WebhookStore | None = None
+    audit: AuditLog | None = None
+    runs: RunsApi | None = None  # the RPA runner's API (None: the run routes answer 503)
     stopping: bool = False
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
 
@@ -33,6 +42,7 @@ class GatewayState:
 STATE = web.AppKey("gateway_state", GatewayState)
 PRINCIPAL = web.RequestKey("principal", Principal)
 TOKEN = web.RequestKey("token", str)
+CORRELATION = web.RequestKey("correlation_id", str)
 
 
 def state_of(request: web.Request) -> GatewayState:

@@ -1,5 +1,11 @@
 """JSON in and out: reading bodies within a size limit, field-level validation, and the JSON
-form of bot messages (shared by the HTTP responses, the WebSocket and webhooks)."""
+form of bot messages (shared by the HTTP responses, the WebSocket and webhooks).
+
+Hostile input (docs/security.md): a body over its limit is refused with 413 before it is read
+whole; invalid UTF-8, JSON nested deeper than MAX_JSON_DEPTH and lone surrogates (`"\\ud800"`,
+not encodable) anywhere in it get 400; so do control characters (other than tab, line feed
+and carriage return) in text fields: they are refused, not stripped, so that the text stored
+is the text sent."""
 
 from __future__ import annotations
 
@@ -21,6 +27,9 @@ RATED_MESSAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}(:[0-9]{1,4})?$")
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_CHARS = 512
 MAX_SENDER_CHARS = 256
+MAX_JSON_DEPTH = 32
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -41,10 +50,47 @@ async def read_json(request: web.Request, limit: int) -> Any:
     raw = await read_body(request, limit)
     if not raw.strip():
         raise RequestInvalid.one("body", "a JSON object is required")
+    return parse_json(raw)
+
+
+def parse_json(raw: str | bytes) -> Any:
+    """The JSON value of a body or frame; 400 when it is not valid JSON, is nested too deep
+    or holds a lone surrogate."""
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestInvalid.one("body", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestInvalid.one("body", f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    check_structure(body)
+    return body
+
+
+def check_structure(body: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """400 unless `body` is nested at most `max_depth` levels and holds no lone surrogate."""
+    stack: list[tuple[Any, int]] = [(body, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth >= max_depth:
+                raise RequestInvalid.one("body", f"nested deeper than {max_depth} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and _SURROGATE.search(key):
+                    raise RequestInvalid.one("body", "invalid Unicode (a lone surrogate)")
+                stack.append((item, depth + 1))
+        elif isinstance(value, str) and _SURROGATE.search(value):
+            raise RequestInvalid.one("body", "invalid Unicode (a lone surrogate)")
+
+
+def text_problem(value: str) -> str | None:
+    """Why `value` is not acceptable text (None when it is): lone surrogates, control
+    characters other than tab, line feed and carriage return."""
+    if _SURROGATE.search(value):
+        return "must be valid Unicode (no lone surrogates)"
+    if _CONTROL.search(value):
+        return "must not contain control characters (other than tab and line breaks)"
+    return None
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -97,6 +143,10 @@ class Fields:
         if len(value) > max_chars:
             self.fail(name, f"must be at most {max_chars} characters")
             return None
+        problem = text_problem(value)
+        if problem is not None:
+            self.fail(name, problem)
+            return None
         return value
 
     def identifier(self, name: str, pattern: re.Pattern[str], *,
@@ -126,10 +176,12 @@ class Fields:
             return {}
         ok = isinstance(value, dict) and all(
             isinstance(k, str) and isinstance(v, str) and len(k) <= max_chars and
-            len(v) <= max_chars for k, v in value.items())
+            len(v) <= max_chars and text_problem(k) is None and text_problem(v) is None
+            for k, v in value.items())
         if not ok or len(value) > max_entries:
             self.fail(name, f"must be an object of at most {max_entries} string values "
-                            f"(keys and values up to {max_chars} characters)")
+                            f"(keys and values up to {max_chars} characters, no control "
+                            "characters)")
             return {}
         return dict(value)
 

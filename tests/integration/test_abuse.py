@@ -1,0 +1,533 @@
+"""The abuse suite (docs/security.md): the whole stack on a real nats-server, attacked the way a
+hostile client or tenant would.
+
+- cross-tenant reads and writes with valid keys of another tenant, on every guarded route
+  (HTTP, WebSocket, gRPC): refused, and nothing changes;
+- revoked and malformed keys: one and the same 401 everywhere;
+- key brute force: throttled per client address (429 with Retry-After, then even a right key
+  from that address), logged without the guesses;
+- oversized bodies (413), deep JSON, invalid UTF-8, lone surrogates, control characters (400,
+  over HTTP, WebSocket and gRPC), huge slot values (bounded by the text limit);
+- template injection through user text (`{{ 7*7 }}` stays text) and through bot files
+  (sandboxed at run time, runaway templates refused at deploy);
+- regexes that would backtrack catastrophically: refused at deploy; long hostile text is
+  answered quickly;
+- workflow URLs pointing at link-local, loopback or cluster addresses: refused by the RPA
+  runner unless allow-listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+import structlog
+from aiohttp import web
+
+from botfactory.local.nats_server import NatsServer
+from services.common.logging import configure_logging
+from services.common.nats import KV_TRACKERS, connect
+from services.common.pb.botfactory.v1 import conversation_pb2, gateway_pb2, gateway_pb2_grpc
+from services.gateway.http.routes import ROUTES, RouteSpec
+from tests.support.rpa import harness, write_test_bot
+from tests.support.stack import BOOTSTRAP, Stack, running_stack
+
+ROOT = Path(__file__).resolve().parents[2]
+INVALID = {"type": "urn:botfactory:problem:unauthenticated", "title": "Unauthorized",
+           "status": 401, "detail": "missing or invalid API key"}
+GUARDED = [spec for spec in ROUTES if spec.role is not None]
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Tenant:
+    admin: str
+    admin_id: str
+    agent: str
+    client: str
+    client_id: str
+
+
+async def request(stack: Stack, method: str, path: str, key: str | None = None, *,
+                  body: Any = None, data: Any = None, headers: dict[str, str] | None = None
+                  ) -> tuple[int, Any]:
+    assert stack.session is not None
+    sent = dict(headers or {})
+    if key is not None:
+        sent["Authorization"] = f"Bearer {key}"
+    async with stack.session.request(method, f"{stack.base_url}{path}", json=body, data=data,
+                                     headers=sent) as response:
+        text = await response.text()
+        try:
+            return response.status, json.loads(text)
+        except ValueError:
+            return response.status, text
+
+
+async def create_key(stack: Stack, admin: str, tenant: str, bots: list[str],
+                     role: str) -> tuple[str, str]:
+    status, body = await request(stack, "POST", "/v1/admin/keys", admin,
+                                 body={"tenant": tenant, "bots": bots, "role": role})
+    assert status == 201, body
+    return body["key_id"], body["secret"]
+
+
+async def tenant(stack: Stack, name: str, bot: str) -> Tenant:
+    admin_id, admin = await create_key(stack, BOOTSTRAP, name, [bot], "admin")
+    _, agent = await create_key(stack, admin, name, [bot], "agent")
+    client_id, client = await create_key(stack, admin, name, [bot], "client")
+    return Tenant(admin, admin_id, agent, client, client_id)
+
+
+def banking_files(name: str = "banking", extra: str = "") -> dict[str, str]:
+    folder = ROOT / "bots" / "banking"
+    files = {}
+    for path in sorted(folder.rglob("*.yml")):
+        relative = path.relative_to(folder).as_posix()
+        if relative.split("/")[0] in ("data", "domain", "workflows"):
+            files[relative] = path.read_text(encoding="utf-8")
+    files["bot.yml"] = (folder / "bot.yml").read_text(encoding="utf-8").replace(
+        "name: banking", f"name: {name}") + extra
+    return files
+
+
+def route_call(spec: RouteSpec, *, bot: str, conversation: str, message_id: str,
+               key_id: str, tenant_name: str) -> tuple[str, Any]:
+    """The path and a valid body of a call of `spec` (so that only the key can refuse it)."""
+    ids = {"bot": bot, "conversation": conversation, "message_id": message_id,
+           "key_id": key_id, "run_id": "run-1"}
+    path = re.sub(r"\{(\w+)\}", lambda m: ids.get(m.group(1), "id-1"), spec.path)
+    bodies: dict[str, Any] = {
+        "post_message": {"text": "hi"}, "post_feedback": {"rating": 1},
+        "post_agent_message": {"text": "hello from an agent"},
+        "create_key": {"tenant": tenant_name, "bots": [bot], "role": "client"},
+        "put_model": {"version": "v1"}, "put_definition": {"files": banking_files()},
+        "put_webhook": {"url": "https://evil.example.com/steal", "secret": "s" * 32},
+    }
+    if spec.name == "list_keys":
+        path += f"?tenant={tenant_name}"
+    return path, bodies.get(spec.name)
+
+
+async def socket_status(stack: Stack, path: str, key: str) -> int:
+    assert stack.session is not None
+    try:
+        async with stack.session.ws_connect(f"{stack.base_url}{path}", protocols=(
+                "botfactory.v1", f"bearer.{key}")):
+            return 101
+    except aiohttp.WSServerHandshakeError as exc:
+        return exc.status
+
+
+def bearer(key: str, **extra: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"), *extra.items())
+
+
+@pytest.fixture
+async def stack(nats_server: NatsServer, tiny_banking_model: Path) -> AsyncIterator[Stack]:
+    # failed authentications are counted per client address: here all are 127.0.0.1
+    async with running_stack(nats_server.url, tiny_banking_model,
+                             auth_failures_burst=10_000) as running:
+        yield running
+
+
+# --- tenants ----------------------------------------------------------------------------------
+
+
+async def test_keys_of_another_tenant_reach_nothing(stack: Stack) -> None:
+    acme = await tenant(stack, "acme", "banking")
+    evil = await tenant(stack, "evil", "evilbot")
+    _, sent = await stack.post("c1", "/greet", key=acme.client)
+    reply_id = sent["replies"][0]["message_id"]
+    hook = {"url": "https://acme.example.com/hook", "secret": "a" * 32}
+    assert (await request(stack, "PUT", "/v1/admin/bots/banking/webhook", acme.admin,
+                          body=hook))[0] == 200
+    before = await stack.transcript("c1")
+    keys_before = (await request(stack, "GET", "/v1/admin/keys", acme.admin))[1]
+
+    tried = set()
+    for spec in GUARDED:
+        path, body = route_call(spec, bot="banking", conversation="c1", message_id=reply_id,
+                                key_id=acme.client_id, tenant_name="acme")
+        for role, key in (("client", evil.client), ("agent", evil.agent),
+                          ("admin", evil.admin)):
+            if spec.websocket:
+                status = await socket_status(stack, path, key)
+            else:
+                status, _ = await request(stack, spec.method, path, key, body=body)
+            # a key id of another tenant is "not found" for an admin (it is not told it
+            # exists); everything else is refused
+            expected = 404 if (spec.name == "revoke_key" and role == "admin") else 403
+            assert status == expected, (spec.name, role, status)
+        tried.add(spec.name)
+    assert tried == {spec.name for spec in GUARDED}
+
+    # an admin cannot widen its own scope: no key for another tenant's bot, no `*`
+    for bots in (["banking"], ["*"], ["evilbot", "banking"]):
+        status, _ = await request(stack, "POST", "/v1/admin/keys", evil.admin,
+                                  body={"tenant": "evil", "bots": bots, "role": "client"})
+        assert status == 403
+    # listing shows only its own tenant
+    status, listed = await request(stack, "GET", "/v1/admin/keys", evil.admin)
+    assert status == 200 and {k["tenant"] for k in listed["keys"]} == {"evil"}
+
+    # gRPC: the same refusals
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.gateway.grpc_port}") as channel:
+        stub = gateway_pb2_grpc.ChatServiceStub(channel)
+        calls = [
+            stub.SendMessage(gateway_pb2.SendMessageRequest(
+                bot_id="banking", conversation_id="c1", text="hi"),
+                metadata=bearer(evil.client), timeout=10),
+            stub.GetTranscript(gateway_pb2.GetTranscriptRequest(
+                bot_id="banking", conversation_id="c1"), metadata=bearer(evil.client),
+                timeout=10),
+            stub.SendFeedback(gateway_pb2.SendFeedbackRequest(feedback=conversation_pb2.Feedback(
+                bot_id="banking", conversation_id="c1", message_id=reply_id, rating=1)),
+                metadata=bearer(evil.client), timeout=10),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    # nothing changed for acme
+    assert await stack.transcript("c1") == before
+    assert (await request(stack, "GET", "/v1/admin/keys", acme.admin))[1] == keys_before
+    status, kept = await request(stack, "GET", "/v1/admin/bots/banking/webhook", acme.admin)
+    assert status == 200 and kept["url"] == hook["url"]
+    assert (await stack.post("c1", "/greet", key=acme.client))[0] == 200
+
+
+# --- revoked and malformed keys ---------------------------------------------------------------
+
+
+async def test_revoked_and_malformed_keys_get_one_and_the_same_401(stack: Stack) -> None:
+    acme = await tenant(stack, "acme", "banking")
+    _, sent = await stack.post("c2", "/greet", key=acme.client)
+    for key_id in (acme.client_id, acme.admin_id):
+        assert (await request(stack, "DELETE", f"/v1/admin/keys/{key_id}", BOOTSTRAP))[0] == 200
+    malformed = ["", "bfk_", "bfk_zz_yy", "x" * 300, acme.client[:-1], acme.client + "x",
+                 acme.client.upper(), BOOTSTRAP + "x", "null", "' OR 1=1 --"]
+    for spec in GUARDED:
+        path, body = route_call(spec, bot="banking", conversation="c2",
+                                message_id=sent["replies"][0]["message_id"],
+                                key_id=acme.client_id, tenant_name="acme")
+        revoked = acme.admin if spec.role is not None and spec.role.value == "admin" \
+            else acme.client
+        if spec.websocket:
+            for key in (revoked, "bfk_0_x"):
+                assert await socket_status(stack, path, key) == 401
+            continue
+        for key in (revoked, *malformed):
+            status, answer = await request(stack, spec.method, path, key, body=body)
+            assert (status, answer) == (401, INVALID), (spec.name, key[:20])
+        for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Basic YTpi"},
+                        {"Authorization": f"Token {acme.agent}"}):
+            status, answer = await request(stack, spec.method, path, body=body, headers=headers)
+            assert (status, answer) == (401, INVALID), (spec.name, headers)
+
+
+async def test_a_revoked_key_ends_an_open_socket(stack: Stack) -> None:
+    assert stack.session is not None
+    key_id, key = await create_key(stack, BOOTSTRAP, "acme", ["banking"], "client")
+    url = f"{stack.base_url}/v1/bots/banking/conversations/c3/ws"
+    async with stack.session.ws_connect(url, protocols=("botfactory.v1", f"bearer.{key}")) as ws:
+        await ws.send_json({"text": "/greet"})
+        assert (await ws.receive_json(timeout=10))["type"] in ("ack", "message")
+        assert (await request(stack, "DELETE", f"/v1/admin/keys/{key_id}", BOOTSTRAP))[0] == 200
+        await ws.send_json({"text": "still there?"})
+        frames = []
+        while not ws.closed:
+            message = await ws.receive(timeout=10)
+            if message.type == aiohttp.WSMsgType.TEXT:
+                frames.append(json.loads(message.data))
+        errors = [frame for frame in frames if frame["type"] == "error"]
+        assert errors and errors[-1]["status"] == 401
+        assert ws.close_code == 4401
+
+
+# --- brute force ------------------------------------------------------------------------------
+
+
+async def test_key_guessing_is_throttled_per_address_and_logged(
+        nats_server: NatsServer, tiny_banking_model: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("test", "INFO")
+    async with running_stack(nats_server.url, tiny_banking_model,
+                             client_ip_header="X-Forwarded-For", auth_failures_burst=5,
+                             auth_failures_per_s=0.05) as stack:
+        url = "/v1/bots/banking/conversations/c4/transcript"
+
+        def source(ip: str) -> dict[str, str]:
+            return {"X-Forwarded-For": f"198.51.100.7, {ip}"}  # the proxy appends the peer
+
+        started = time.perf_counter()
+        guesses = [f"bfk_{n:016x}_guess{n}secretpart" for n in range(40)]
+        statuses = []
+        for guess in guesses:
+            status, _ = await request(stack, "GET", url, guess, headers=source("203.0.113.5"))
+            statuses.append(status)
+        assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}
+        assert time.perf_counter() - started < 10
+        # throttled even with a right key while its bucket refills (one try per 20 s) ...
+        assert stack.session is not None
+        async with stack.session.get(f"{stack.base_url}{url}", headers={
+                "Authorization": f"Bearer {stack.client_key}", **source("203.0.113.5")}) as resp:
+            assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
+        # ... while other addresses are served as before
+        assert (await request(stack, "GET", url, stack.client_key,
+                              headers=source("203.0.113.6")))[0] == 200
+        # gRPC shares the limit (here its own address from the same header)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.gateway.grpc_port}") as channel:
+            stub = gateway_pb2_grpc.ChatServiceStub(channel)
+            codes = []
+            for guess in guesses[:7]:
+                try:
+                    await stub.GetTranscript(gateway_pb2.GetTranscriptRequest(
+                        bot_id="banking", conversation_id="c4"), timeout=10,
+                        metadata=bearer(guess, **{"x-forwarded-for": "203.0.113.9"}))
+                except grpc.aio.AioRpcError as exc:
+                    codes.append(exc.code())
+        assert codes[:5] == [grpc.StatusCode.UNAUTHENTICATED] * 5
+        assert set(codes[5:]) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    out = capsys.readouterr().out
+    structlog.reset_defaults()
+    failed = [json.loads(line) for line in out.splitlines() if '"auth_failed"' in line]
+    assert [f["client"] for f in failed].count("203.0.113.5") == 5
+    assert all(f["reason"] == "unknown_or_revoked" for f in failed)
+    assert '"auth_blocked"' in out
+    assert not any(f"guess{n}secretpart" in out for n in range(40))
+
+
+# --- hostile input ----------------------------------------------------------------------------
+
+
+async def test_hostile_bodies_are_refused_and_the_stack_keeps_working(stack: Stack) -> None:
+    messages = "/v1/bots/banking/conversations/c5/messages"
+    key, json_type = stack.client_key, {"Content-Type": "application/json"}
+    cases: list[tuple[bytes, int, str]] = [
+        (json.dumps({"text": "x" * 70_000}).encode(), 413, "larger than"),
+        (b"[" * 60 + b"]" * 60, 400, "nested deeper"),
+        (b"[" * 30_000 + b"]" * 30_000, 400, "nested deeper"),
+        (b'{"text": "\xff\xfe\xfd"}', 400, "not valid JSON"),
+        (b'{"text": "\\udc80 lone"}', 400, "lone surrogate"),
+        (json.dumps({"text": "bell\x07"}).encode(), 400, "control characters"),
+        (json.dumps({"text": "nul\x00byte"}).encode(), 400, "control characters"),
+        (json.dumps({"text": "esc\x1b[2J"}).encode(), 400, "control characters"),
+        (json.dumps({"text": "x" * 2001}).encode(), 400, "at most 2000"),
+        (json.dumps({"text": "hi", "sender": "s" * 257}).encode(), 400, "at most 256"),
+        (json.dumps({"text": "hi", "metadata": {str(i): "v" for i in range(33)}}).encode(),
+         400, "at most 32"),
+        (json.dumps({"text": "hi", "extra": 1}).encode(), 400, "unknown field"),
+    ]
+    for data, status, detail in cases:
+        got, answer = await request(stack, "POST", messages, key, data=data, headers=json_type)
+        assert got == status, (data[:40], answer)
+        assert detail in json.dumps(answer), (data[:40], answer)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(100):
+            yield b"x" * 1024
+
+    got, _ = await request(stack, "POST", messages, key, data=chunks(), headers=json_type)
+    assert got == 413  # no Content-Length: cut off while reading
+    big = {"files": {"bot.yml": "x" * (1024 * 1024 + 1)}}
+    assert (await request(stack, "PUT", "/v1/admin/bots/banking/definition", BOOTSTRAP,
+                          body=big))[0] == 413
+
+    # the same rules on the WebSocket and over gRPC
+    assert stack.session is not None
+    async with stack.session.ws_connect(
+            f"{stack.base_url}/v1/bots/banking/conversations/c5/ws",
+            protocols=("botfactory.v1", f"bearer.{key}")) as ws:
+        for frame in ("[" * 5000 + "]" * 5000, json.dumps({"text": "a\x00b"}), "{nope"):
+            await ws.send_str(frame)
+            answer = await ws.receive_json(timeout=10)
+            assert (answer["type"], answer["status"]) == ("error", 400), answer
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.gateway.grpc_port}") as channel:
+        stub = gateway_pb2_grpc.ChatServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SendMessage(gateway_pb2.SendMessageRequest(
+                bot_id="banking", conversation_id="c5", text="a\x1bb"), metadata=bearer(key),
+                timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # tabs and line breaks are text, kept as sent; the stack still answers
+    status, _ = await stack.post("c5", "line 1\nline\t2\r\n")
+    assert status == 200
+    entries = await stack.transcript("c5")
+    assert [e["text"] for e in entries if e["type"] == "user"] == ["line 1\nline\t2\r\n"]
+
+
+async def test_huge_slot_values_are_bounded_by_the_text_limit(stack: Stack) -> None:
+    name = "n" * 1900
+    status, body = await stack.post("c6", '/transfer_money{"amount": "50", "recipient": "'
+                                    + name + '"}')
+    assert status == 200 and body["replies"][-1]["text"] == f"Send 50.00 EUR to {name}?"
+    status, _ = await stack.post("c6", '/transfer_money{"recipient": "' + "n" * 2000 + '"}')
+    assert status == 400
+    bus = await connect(stack.nats_url, name="abuse-test")
+    try:
+        entry = await (await bus.kv(KV_TRACKERS)).get("banking.c6")
+        slots = json.loads(entry.value or b"{}")["tracker"]["slots"]
+    finally:
+        await bus.drain()
+    assert slots["recipient"] == name and len(json.dumps(slots)) < 2100
+
+
+# --- templates --------------------------------------------------------------------------------
+
+
+async def test_user_text_is_never_evaluated_as_a_template(stack: Stack) -> None:
+    probes = ["{{ 7*7 }}", "{% for x in range(10**9) %}x{% endfor %}",
+              "{{ ''.__class__.__mro__[1].__subclasses__() }}", "${7*7} #{7*7} <%= 7*7 %>"]
+    for number, probe in enumerate(probes):
+        # as a slot value that a response template shows
+        status, body = await stack.post(f"c7-{number}", '/transfer_money{"amount": "50", '
+                                        '"recipient": ' + json.dumps(probe) + "}")
+        assert status == 200
+        assert body["replies"][-1]["text"] == f"Send 50.00 EUR to {probe}?"
+        # as free text
+        status, body = await stack.post(f"c7-free-{number}", probe)
+        assert status == 200
+        assert all("49" not in r["text"] and "class" not in r["text"] for r in body["replies"])
+        users = [e["text"] for e in await stack.transcript(f"c7-free-{number}")
+                 if e["type"] == "user"]
+        assert users == [probe]
+
+
+INJECT_DATA = ('version: "1"\nintents:\n  - {name: greet, examples: [hi, hello]}\n'
+               "  - {name: bye, examples: [bye, goodbye]}\n")
+
+
+def inject_files(response: str, *, slot_regex: str = "[a-z]+",
+                 entity_regex: str = r"\d{5}") -> dict[str, str]:
+    domain = {"version": "1",
+              "slots": {"code": {"type": "text", "regex": slot_regex}},
+              "responses": {"utter_greet": [response],
+                            "utter_goodbye": ["Bye {{ 'x' * 10**9 }}{{ '%099999999d' % 1 }}!"]},
+              "flows": {"hello": {"title": "Hello", "trigger": "greet",
+                                  "steps": [{"say": "utter_greet"}]},
+                        "bye": {"title": "Bye", "trigger": "bye",
+                                "steps": [{"say": "utter_goodbye"}]}}}
+    data = INJECT_DATA + f"entities:\n  - name: zip\n    regex: [{json.dumps(entity_regex)}]\n"
+    return {"bot.yml": 'version: "1"\nname: inject\n', "data/nlu.yml": data,
+            "domain/d.yml": json.dumps(domain)}
+
+
+async def test_bot_files_are_sandboxed_and_runaway_ones_refused(stack: Stack) -> None:
+    url = "/v1/admin/bots/inject/definition"
+    refused = {
+        "loops inside loops": "{% for a in range(9) %}{% for b in range(9) %}x{% endfor %}"
+                              "{% endfor %}",
+        "`macro` is not allowed": "{% macro f(n) %}{{ f(n) }}{{ f(n) }}{% endmacro %}{{ f(1) }}",
+        "`include` is not allowed": "{% include 'bot.yml' %}",
+    }
+    for message, template in refused.items():
+        status, body = await request(stack, "PUT", url, BOOTSTRAP,
+                                     body={"files": inject_files(template)})
+        assert status == 422 and message in json.dumps(body["issues"]), body
+    # injection attempts that load are sandboxed when they run
+    status, body = await request(stack, "PUT", url, BOOTSTRAP, body={"files": inject_files(
+        "Hi {{ ''.__class__.__mro__[1].__subclasses__() }}{{ slot.__class__.__init__ }}"
+        "{{ 'x'.ljust(10**9) }}!")})
+    assert status == 200, body
+    _, key = await create_key(stack, BOOTSTRAP, "acme", ["inject"], "client")
+
+    async def greeted() -> str:
+        for _ in range(100):
+            _, answer = await stack.post("i1", "/greet", key=key, bot="inject")
+            text = str(answer["replies"][0]["text"])
+            if "not available" not in text:
+                return text
+            await asyncio.sleep(0.05)
+        raise AssertionError("the deployed bot never answered")
+
+    started = time.perf_counter()
+    assert await greeted() == "Hi !"
+    _, answer = await stack.post("i1", "/bye", key=key, bot="inject")
+    assert [r["text"] for r in answer["replies"]] == ["Bye !"]
+    assert time.perf_counter() - started < 20
+
+
+# --- regexes ----------------------------------------------------------------------------------
+
+
+async def test_catastrophic_regexes_are_refused_and_long_text_is_fast(stack: Stack) -> None:
+    url = "/v1/admin/bots/inject/definition"
+    for files in (inject_files("Hi", entity_regex=r"(a+)+$"),
+                  inject_files("Hi", slot_regex=r"(\w+\s?)*$"),
+                  inject_files("Hi", entity_regex=r"(\d+)(\d+)x"),
+                  inject_files("Hi", entity_regex=r"(a|ab)+c")):
+        status, body = await request(stack, "PUT", url, BOOTSTRAP, body={"files": files})
+        assert status == 422 and "unsafe regex" in json.dumps(body["issues"]), body
+    # the demo bot's own entity regexes on the longest, most hostile text allowed
+    texts = ("A" * 2000, "DE00 " * 400, "AA11" + "A1B2 " * 399, "1 " * 1000)
+    for number, text in enumerate(texts):  # (new conversations: no handoff after fallbacks)
+        started = time.perf_counter()
+        status, _ = await stack.post(f"c8-{number}", text[:2000])
+        assert status == 200 and time.perf_counter() - started < 5
+
+
+# --- workflow URLs (the RPA runner's allow-list) ----------------------------------------------
+
+FETCH = """
+    name: fetch
+    inputs: {url: string}
+    outputs: {status: steps.get.outputs.status}
+    steps:
+      - id: get
+        http:
+          method: GET
+          url: "{{ inputs.url }}"
+          outputs: {status: status}
+        retry: {max_attempts: 1}
+    """
+
+
+async def test_workflow_urls_to_internal_addresses_are_refused(nats_server: NatsServer,
+                                                               tmp_path: Path) -> None:
+    hits: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", record)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    bot_dir = write_test_bot(tmp_path / "bot", {"fetch": FETCH}, hosts=(f"127.0.0.1:{port}",))
+    try:
+        async with harness(nats_server.url, bot_dir) as h:
+            result, _ = await h.run("fetch", {"url": f"http://127.0.0.1:{port}/allowed"})
+            assert result["status"] == "succeeded", result
+            assert hits == ["/allowed"]
+            for url in ("http://169.254.169.254/latest/meta-data/iam/",
+                        "http://[fd00:ec2::254]/latest/", "http://metadata.google.internal/",
+                        f"http://127.0.0.1:{port + 1}/", f"http://localhost:{port}/",
+                        f"http://[::1]:{port}/", f"http://2130706433:{port}/",
+                        f"http://0x7f000001:{port}/", f"http://127.1:{port}/",
+                        f"http://[::ffff:127.0.0.1]:{port}/", "http://10.0.0.1/",
+                        "http://kubernetes.default.svc/api", "http://169.254.169.254.nip.io/",
+                        f"gopher://127.0.0.1:{port}/", "file:///etc/passwd"):
+                result, _ = await h.run("fetch", {"url": url})
+                assert result["status"] == "failed" and "allow-list" in result["error"], \
+                    (url, result)
+            assert hits == ["/allowed"]  # no request left the runner
+    finally:
+        await runner.cleanup()
