@@ -5,13 +5,19 @@ The gateway's admin API writes them; the dialogue service loads and follows them
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import Any
 
+from services.common.logging import get_logger
 from services.common.modelstore import BOT_ID
 from services.common.nats import KV_BOTS, Bus
 
+log = get_logger(__name__)
 DEF_PREFIX = "def."
 
 
@@ -62,3 +68,40 @@ class DefinitionStore:
         if not isinstance(files, dict):
             raise DefinitionError("stored definition has no files")
         return {str(k): str(v) for k, v in files.items()}
+
+
+class DefinitionFollower:
+    """Follows the deployed definitions (KV `bots`, keys `def.<bot>`): `apply(bot, files)` is
+    called for each current one, then for every update. A deployment `apply` rejects is
+    logged and skipped, so the service keeps what it had."""
+
+    def __init__(self, apply: Callable[[str, dict[str, str]], None]) -> None:
+        self._apply = apply
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, bus: Bus) -> None:
+        """Apply the current definitions, then follow updates in the background."""
+        kv = await bus.kv(KV_BOTS)
+        watcher = await kv.watch(f"{DEF_PREFIX}*")
+        ready = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._follow(watcher, ready))
+        await ready.wait()
+
+    async def _follow(self, watcher: Any, ready: asyncio.Event) -> None:
+        async for entry in watcher:
+            if entry is None:
+                ready.set()
+                continue
+            if entry.operation is not None or not entry.value:
+                continue
+            bot = entry.key[len(DEF_PREFIX):]
+            try:
+                self._apply(bot, DefinitionStore.decode(entry.value))
+            except Exception as exc:  # a bad deployment keeps the previous definition
+                log.error("bot_rejected", bot=bot, error=str(exc))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-from services.common.logging import get_logger
+from services.common.logging import configure_logging, get_logger
 
 log = get_logger(__name__)
 
@@ -38,3 +40,23 @@ async def run_service(factory: Callable[[], Service]) -> None:
     they are created in), then serve it until SIGTERM/SIGINT."""
     service = factory()
     await serve_until_signal(service.start, service.stop)
+
+
+def service_main(name: str, load: Callable[[], Any], factory: Callable[[Any], Service],
+                 fatal: tuple[type[Exception], ...] = ()) -> int:
+    """The body of every service's `__main__`: read the config (exit 2 on a bad value), log
+    as JSON, serve until SIGTERM. `fatal` start-up errors (a bad model or bot definition) and
+    an unreachable bus exit 1 with one line of explanation, never a traceback."""
+    try:
+        config = load()
+        configure_logging(name, config.log_level)
+    except ValueError as exc:  # ConfigError is a ValueError
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    startup_errors: tuple[type[Exception], ...] = (*fatal, ConnectionError)
+    try:
+        asyncio.run(run_service(functools.partial(factory, config)))
+    except startup_errors as exc:
+        print(f"{name}: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -3,8 +3,6 @@ the admin API (KV `bots`, keys `def.<bot>`), followed live."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,9 +16,9 @@ from services.botdef.workflows import (
     load_rpa_settings,
     parse_workflows,
 )
-from services.common.definitions import DEF_PREFIX, DefinitionStore, unpack_to_temp
+from services.common.definitions import DefinitionFollower, unpack_to_temp
 from services.common.logging import get_logger
-from services.common.nats import KV_BOTS, Bus
+from services.common.nats import Bus
 
 log = get_logger(__name__)
 
@@ -46,8 +44,7 @@ class WorkflowRegistry:
     def __init__(self, overrides: Mapping[str, Any] | None = None) -> None:
         self._bots: dict[str, BotWorkflows] = {}
         self._overrides = dict(overrides or {})
-        self._task: asyncio.Task[None] | None = None
-        self.ready = asyncio.Event()
+        self._follower: DefinitionFollower | None = None
 
     def get(self, bot_id: str) -> BotWorkflows | None:
         return self._bots.get(bot_id)
@@ -80,26 +77,10 @@ class WorkflowRegistry:
         log.info("bot_loaded", bot=bot_id, source="kv", workflows=sorted(bot.workflows))
 
     async def follow(self, bus: Bus) -> None:
-        kv = await bus.kv(KV_BOTS)
-        watcher = await kv.watch(f"{DEF_PREFIX}*")
-        self._task = asyncio.get_running_loop().create_task(self._follow(watcher))
-        await self.ready.wait()
-
-    async def _follow(self, watcher: Any) -> None:
-        async for entry in watcher:
-            if entry is None:
-                self.ready.set()
-                continue
-            if entry.operation is not None or not entry.value:
-                continue
-            bot_id = entry.key[len(DEF_PREFIX):]
-            try:
-                self.load_files(bot_id, DefinitionStore.decode(entry.value))
-            except Exception as exc:  # a bad deployment keeps the previous workflows
-                log.error("bot_rejected", bot=bot_id, error=str(exc))
+        """Load the deployed definitions and follow their updates."""
+        self._follower = DefinitionFollower(self.load_files)
+        await self._follower.start(bus)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._follower is not None:
+            await self._follower.stop()
