@@ -1,8 +1,10 @@
 """Micro-batching: concurrent requests for one model are coalesced into one inference call.
 
-A batch closes when it holds `max_batch_size` texts or `max_wait` seconds after its first
-request, whichever comes first. Inference runs in a thread pool (onnxruntime releases the GIL),
-so the event loop never blocks; up to `max_in_flight` batches run at once.
+A batch is formed when an inference slot is free: it takes the queued requests, up to
+`max_batch_size` texts, waiting at most `max_wait` seconds for more. While every slot is busy,
+requests queue up, so batches grow with load and an idle server answers at once. Inference
+runs in a thread pool (onnxruntime releases the GIL), so the event loop never blocks; up to
+`max_in_flight` batches run at once.
 """
 
 from __future__ import annotations
@@ -69,8 +71,10 @@ class MicroBatcher(Generic[T]):
             pending = None
             if first is None:
                 return
-            batch, pending, stop = await self._collect(first)
+            # Wait for a free inference thread first: while all are busy, requests pile up and
+            # the next batch takes them all, so batches grow with load at no cost when idle.
             await self._slots.acquire()
+            batch, pending, stop = await self._collect(first)
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)

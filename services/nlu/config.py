@@ -26,7 +26,8 @@ class NluConfig:
     model_cache_dir: Path = Path(".botfactory/model-cache")
     quantized: bool = True
     max_batch_size: int = 32
-    max_batch_wait_ms: float = 2.0
+    # Extra wait for more requests once an inference thread is free (0: take what is queued).
+    max_batch_wait_ms: float = 0.0
     max_text_chars: int = 2000
     max_batch_texts: int = 256
     inference_threads: int = 2
