@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-unit test-integration test-security lint protos bench \
+.PHONY: help setup chromium run test test-unit test-integration test-security lint protos bench \
 	bench-quick clean images k8s-validate
 
 help: ## List the targets
@@ -25,13 +25,22 @@ setup: $(STAMP) ## Create or update .venv (nothing is installed outside the repo
 run: setup ## Start the local stack (nats-server + services; trains the demo bot on first run)
 	$(PY) scripts/run_local.py
 
-test: setup ## Run the whole test suite (unit + integration)
+chromium: ## Install Debian's chromium for the browser tests if it is missing (needs root)
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium (browser tests)"; \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) || \
+	    echo "warning: could not install chromium; the browser tests will fail"; \
+	  else echo "warning: /usr/bin/chromium is missing (apt-get install chromium as root)"; fi; }
+
+test: setup chromium ## Run the whole test suite (unit + integration)
 	$(PY) -m pytest tests -q -ra
 
 test-unit: setup ## Unit tests only (fast, no servers)
 	$(PY) -m pytest tests/unit -q -ra
 
-test-integration: setup ## Integration tests (real nats-server and services on port 0)
+test-integration: setup chromium ## Integration tests (real nats-server and services on port 0)
 	$(PY) -m pytest tests/integration -q -ra
 
 test-security: setup ## Security checks: redaction, fuzzing, audit, abuse suite (docs/security.md)
