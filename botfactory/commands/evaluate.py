@@ -29,6 +29,7 @@ from botfactory.evaluation.metrics import (
 
 if TYPE_CHECKING:
     from botfactory.evaluation.report import ReportFiles
+    from services.botdef import Example
 
 BOT_FILES = ("bot.yml",)
 BIO_FILES = ("seq.in", "seq.out", "label")
@@ -46,17 +47,6 @@ class SpanLike(Protocol):
     def start(self) -> int: ...
     @property
     def end(self) -> int: ...
-
-
-class ExampleLike(Protocol):
-    """`services.botdef.model.Example`."""
-
-    @property
-    def text(self) -> str: ...
-    @property
-    def intent(self) -> str: ...
-    @property
-    def entities(self) -> Sequence[SpanLike]: ...
 
 
 class PredictionLike(Protocol):
@@ -88,7 +78,7 @@ class ModelLike(Protocol):
 class Dataset:
     path: Path
     format: str  # "bot", "bio" or "csv"
-    examples: list[ExampleLike]
+    examples: list[Example]
 
 
 def _positive_int(value: str) -> int:
@@ -162,17 +152,17 @@ def detect_format(path: Path) -> str:
     raise UsageError(f"{path}: not a bot folder, a BIO folder or a .csv file")
 
 
-def _bot_examples(path: Path) -> list[ExampleLike]:
+def _bot_examples(path: Path) -> list[Example]:
     from services.botdef import load_bot
 
     return list(load_bot(path).examples())
 
 
-def loader_for(format_: str) -> Callable[[Path], Sequence[ExampleLike]]:
+def loader_for(format_: str) -> Callable[[Path], Sequence[Example]]:
     """The `services.botdef` reader of a data format ("bot", "bio" or "csv")."""
     from services.botdef import import_bio, import_csv
 
-    loaders: dict[str, Callable[[Path], Sequence[ExampleLike]]] = {
+    loaders: dict[str, Callable[[Path], Sequence[Example]]] = {
         "bot": _bot_examples, "bio": import_bio, "csv": import_csv}
     return loaders[format_]
 
@@ -219,7 +209,7 @@ def _spans(spans: Sequence[SpanLike]) -> tuple[Span, ...]:
     return tuple(Span(s.entity, s.start, s.end) for s in spans)
 
 
-def to_gold(example: ExampleLike) -> Gold:
+def to_gold(example: Example) -> Gold:
     return Gold(example.intent, _spans(example.entities))
 
 
@@ -228,7 +218,7 @@ def to_predicted(prediction: PredictionLike, oos_intent: str, threshold: float) 
     return Predicted(prediction.intent, _spans(prediction.entities), prediction.confidence, flag)
 
 
-def predict_samples(model: ModelLike, examples: Sequence[ExampleLike], batch_size: int,
+def predict_samples(model: ModelLike, examples: Sequence[Example], batch_size: int,
                     oos_intent: str) -> list[Sample]:
     """Run the model over the examples' texts, in batches, and pair gold with predictions."""
     predictions = model.predict([e.text for e in examples], batch_size=batch_size)

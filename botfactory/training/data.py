@@ -10,37 +10,16 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import torch
 from tokenizers import Encoding, Tokenizer
 
 from botfactory.training.errors import DataError
+from services.botdef import Example
 from services.common.textenc import IGNORE_LABEL, Span, bio_tags, token_labels
 
 T = TypeVar("T")
-
-
-class SpanLike(Protocol):
-    """`services.botdef.EntitySpan` (or anything with a char span and an entity name)."""
-
-    @property
-    def start(self) -> int: ...
-    @property
-    def end(self) -> int: ...
-    @property
-    def entity(self) -> str: ...
-
-
-class ExampleLike(Protocol):
-    """`services.botdef.Example`."""
-
-    @property
-    def text(self) -> str: ...
-    @property
-    def intent(self) -> str: ...
-    @property
-    def entities(self) -> Sequence[SpanLike]: ...
 
 
 @dataclass(frozen=True)
@@ -95,7 +74,7 @@ class Batch:
         return int(self.input_ids.shape[0])
 
 
-def from_examples(examples: Iterable[ExampleLike]) -> list[LabeledText]:
+def from_examples(examples: Iterable[Example]) -> list[LabeledText]:
     """Bot-definition examples → labelled texts (entity spans sorted by start)."""
     result = []
     for example in examples:

@@ -9,9 +9,9 @@ import asyncio
 import contextlib
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from services.common.logging import get_logger
 from services.common.modelstore import BOT_ID
@@ -49,8 +49,28 @@ def write_folder(files: dict[str, str], target: Path) -> Path:
     return target
 
 
-def unpack_to_temp(files: dict[str, str]) -> Path:
-    return write_folder(files, Path(tempfile.mkdtemp(prefix="botdef-")))
+@contextlib.contextmanager
+def unpacked(files: dict[str, str]) -> Iterator[Path]:
+    """The files as a bot folder in a temporary directory, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="botdef-") as tmp:
+        yield write_folder(files, Path(tmp))
+
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=Named)
+
+
+def load_deployed(bot_id: str, files: dict[str, str], load: Callable[[Path], N]) -> N:
+    """`load` a definition deployed as `bot_id`; it must name that bot."""
+    with unpacked(files) as folder:
+        loaded = load(folder)
+    if loaded.name != bot_id:
+        raise DefinitionError(f"definition names bot {loaded.name!r}, deployed as {bot_id!r}")
+    return loaded
 
 
 class DefinitionStore:

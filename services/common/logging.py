@@ -21,7 +21,6 @@ import structlog
 
 from services.common.pii import redact, redact_value
 
-CORRELATION_HEADER = "Correlation-Id"
 CORRELATION_METADATA = "x-correlation-id"
 # Generated identifiers that are never PII: left as they are (a digit-only correlation id
 # would otherwise read as a phone number).

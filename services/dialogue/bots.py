@@ -3,11 +3,10 @@ definitions deployed through the admin API (KV `bots`, keys `def.<bot>`), follow
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from services.botdef import load_bot
-from services.common.definitions import DefinitionFollower, unpack_to_temp
+from services.common.definitions import DefinitionFollower, load_deployed
 from services.common.logging import get_logger
 from services.common.nats import Bus
 from services.dialogue.engine import DialogueEngine
@@ -33,13 +32,7 @@ class BotRegistry:
         return bot.name
 
     def load_files(self, bot_id: str, files: dict[str, str]) -> None:
-        folder = unpack_to_temp(files)
-        try:
-            bot = load_bot(folder)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        if bot.name != bot_id:
-            raise ValueError(f"definition names bot {bot.name!r}, deployed as {bot_id!r}")
+        bot = load_deployed(bot_id, files, load_bot)
         self._engines[bot_id] = DialogueEngine(bot)
         log.info("bot_loaded", bot=bot_id, source="kv")
 

@@ -254,7 +254,7 @@ class DialogueWorker:
     def _outgoing(self, inbound: Inbound, result: TurnResult, nlu: NluResult | None, *,
                   redact: bool = True) -> tuple[Outgoing, ...]:
         bot, conv = inbound.bot_id, inbound.conversation_id
-        headers = {"Correlation-Id": inbound.correlation_id} if inbound.correlation_id else {}
+        headers = {HEADER_CORRELATION: inbound.correlation_id} if inbound.correlation_id else {}
         if not redact:
             headers[HEADER_PII] = PII_KEEP
         now_ms = int(time.time() * 1000)

@@ -28,7 +28,7 @@ from services.common.modelformat import (
     content_version,
 )
 from services.common.regexsafety import unsafe_reason
-from services.common.textenc import OUTSIDE, Span, decode_spans, load_tokenizer, words
+from services.common.textenc import Span, decode_spans, load_tokenizer, words
 
 REQUIRED_FILES = (METADATA_FILE, LABELS_FILE, TOKENIZER_FILE, ENTITIES_FILE)
 MAX_RULE_TEXT_CHARS = 4096
@@ -282,4 +282,4 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
         raise ModelLoadError(f"{path}: cannot load ONNX graph: {exc}") from exc
 
 
-__all__ = ["OUTSIDE", "Entity", "ModelLoadError", "NluModel", "Prediction", "content_version"]
+__all__ = ["Entity", "ModelLoadError", "NluModel", "Prediction", "content_version"]

@@ -3,7 +3,6 @@ the admin API (KV `bots`, keys `def.<bot>`), followed live."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from services.botdef.workflows import (
     load_rpa_settings,
     parse_workflows,
 )
-from services.common.definitions import DefinitionFollower, unpack_to_temp
+from services.common.definitions import DefinitionFollower, load_deployed
 from services.common.logging import get_logger
 from services.common.nats import Bus
 
@@ -66,13 +65,8 @@ class WorkflowRegistry:
         return bot.name
 
     def load_files(self, bot_id: str, files: dict[str, str]) -> None:
-        folder = unpack_to_temp(files)
-        try:
-            bot = load_bot_workflows(folder, self._overrides)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        if bot.name != bot_id:
-            raise ValueError(f"definition names bot {bot.name!r}, deployed as {bot_id!r}")
+        bot = load_deployed(bot_id, files,
+                            lambda folder: load_bot_workflows(folder, self._overrides))
         self._bots[bot_id] = bot
         log.info("bot_loaded", bot=bot_id, source="kv", workflows=sorted(bot.workflows))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,6 +16,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from services.botdef import BotDefinitionError, DefinitionIssue, load_bot
+from services.common.definitions import unpacked
 from services.common.errors import NotFound, PermissionDenied, Unavailable
 from services.gateway import audit
 from services.gateway.auth import ALL_TENANTS, TENANT_RE
@@ -182,12 +182,7 @@ def definition_files(body: Any) -> dict[str, str]:
 
 def validate_definition(bot: str, files: dict[str, str]) -> list[dict[str, Any]]:
     """Load the files as a bot folder (in a temp dir); the issues found, [] when valid."""
-    with tempfile.TemporaryDirectory(prefix="botdef-") as tmp:
-        root = Path(tmp)
-        for name, text in files.items():
-            target = root / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
+    with unpacked(files) as root:
         try:
             definition = load_bot(root)
         except BotDefinitionError as exc:
