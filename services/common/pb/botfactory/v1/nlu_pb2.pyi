@@ -7,12 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ParseRequest(_message.Message):
-    __slots__ = ("bot_id", "text")
+    __slots__ = ("bot_id", "text", "conversation_id")
     BOT_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     bot_id: str
     text: str
-    def __init__(self, bot_id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+    conversation_id: str
+    def __init__(self, bot_id: _Optional[str] = ..., text: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
 
 class IntentScore(_message.Message):
     __slots__ = ("name", "confidence")
@@ -49,7 +51,7 @@ class Sentiment(_message.Message):
     def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class ParseResponse(_message.Message):
-    __slots__ = ("bot_id", "text", "intent", "ranking", "entities", "sentiment", "out_of_scope", "model_version")
+    __slots__ = ("bot_id", "text", "intent", "ranking", "entities", "sentiment", "out_of_scope", "model_version", "variant")
     BOT_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     INTENT_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +60,7 @@ class ParseResponse(_message.Message):
     SENTIMENT_FIELD_NUMBER: _ClassVar[int]
     OUT_OF_SCOPE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     bot_id: str
     text: str
     intent: IntentScore
@@ -66,7 +69,8 @@ class ParseResponse(_message.Message):
     sentiment: Sentiment
     out_of_scope: bool
     model_version: str
-    def __init__(self, bot_id: _Optional[str] = ..., text: _Optional[str] = ..., intent: _Optional[_Union[IntentScore, _Mapping]] = ..., ranking: _Optional[_Iterable[_Union[IntentScore, _Mapping]]] = ..., entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., sentiment: _Optional[_Union[Sentiment, _Mapping]] = ..., out_of_scope: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
+    variant: str
+    def __init__(self, bot_id: _Optional[str] = ..., text: _Optional[str] = ..., intent: _Optional[_Union[IntentScore, _Mapping]] = ..., ranking: _Optional[_Iterable[_Union[IntentScore, _Mapping]]] = ..., entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., sentiment: _Optional[_Union[Sentiment, _Mapping]] = ..., out_of_scope: _Optional[bool] = ..., model_version: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class ParseBatchRequest(_message.Message):
     __slots__ = ("bot_id", "texts")
@@ -105,3 +109,45 @@ class ListModelsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[LoadedModel]
     def __init__(self, models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("bot_id", "query", "k")
+    BOT_ID_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    bot_id: str
+    query: str
+    k: int
+    def __init__(self, bot_id: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+
+class SearchHit(_message.Message):
+    __slots__ = ("kind", "id", "score", "document", "heading_path", "position", "text", "snippet", "title")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    HEADING_PATH_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SNIPPET_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    id: str
+    score: float
+    document: str
+    heading_path: _containers.RepeatedScalarFieldContainer[str]
+    position: int
+    text: str
+    snippet: str
+    title: str
+    def __init__(self, kind: _Optional[str] = ..., id: _Optional[str] = ..., score: _Optional[float] = ..., document: _Optional[str] = ..., heading_path: _Optional[_Iterable[str]] = ..., position: _Optional[int] = ..., text: _Optional[str] = ..., snippet: _Optional[str] = ..., title: _Optional[str] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("bot_id", "index_version", "hits")
+    BOT_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    bot_id: str
+    index_version: str
+    hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
+    def __init__(self, bot_id: _Optional[str] = ..., index_version: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ...) -> None: ...

@@ -51,6 +51,11 @@ class NluServiceStub:
                 request_serializer=botfactory_dot_v1_dot_nlu__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=botfactory_dot_v1_dot_nlu__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Search = channel.unary_unary(
+                '/botfactory.v1.NluService/Search',
+                request_serializer=botfactory_dot_v1_dot_nlu__pb2.SearchRequest.SerializeToString,
+                response_deserializer=botfactory_dot_v1_dot_nlu__pb2.SearchResponse.FromString,
+                _registered_method=True)
 
 
 class NluServiceServicer:
@@ -80,6 +85,15 @@ class NluServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Search(self, request, context):
+        """Search the bot's knowledge base (FAQ entries and document passages). A bot without a
+        knowledge base gets an empty result, not an error. INVALID_ARGUMENT for an empty or
+        over-long query or a k outside 1..50.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NluServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +111,11 @@ def add_NluServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=botfactory_dot_v1_dot_nlu__pb2.ListModelsRequest.FromString,
                     response_serializer=botfactory_dot_v1_dot_nlu__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Search': grpc.unary_unary_rpc_method_handler(
+                    servicer.Search,
+                    request_deserializer=botfactory_dot_v1_dot_nlu__pb2.SearchRequest.FromString,
+                    response_serializer=botfactory_dot_v1_dot_nlu__pb2.SearchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +201,33 @@ class NluService:
             '/botfactory.v1.NluService/ListModels',
             botfactory_dot_v1_dot_nlu__pb2.ListModelsRequest.SerializeToString,
             botfactory_dot_v1_dot_nlu__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Search(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/botfactory.v1.NluService/Search',
+            botfactory_dot_v1_dot_nlu__pb2.SearchRequest.SerializeToString,
+            botfactory_dot_v1_dot_nlu__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,11 @@ class NluServiceStub:
     """Parse several utterances of one bot; results in request order."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_nlu_pb2.ListModelsRequest, _nlu_pb2.ListModelsResponse]
     """The models this server has loaded."""
+    Search: _grpc.UnaryUnaryMultiCallable[_nlu_pb2.SearchRequest, _nlu_pb2.SearchResponse]
+    """Search the bot's knowledge base (FAQ entries and document passages). A bot without a
+    knowledge base gets an empty result, not an error. INVALID_ARGUMENT for an empty or
+    over-long query or a k outside 1..50.
+    """
 
 @_typing.type_check_only
 class NluServiceAsyncStub(NluServiceStub):
@@ -59,6 +64,11 @@ class NluServiceAsyncStub(NluServiceStub):
     """Parse several utterances of one bot; results in request order."""
     ListModels: _aio.UnaryUnaryMultiCallable[_nlu_pb2.ListModelsRequest, _nlu_pb2.ListModelsResponse]  # type: ignore[assignment]
     """The models this server has loaded."""
+    Search: _aio.UnaryUnaryMultiCallable[_nlu_pb2.SearchRequest, _nlu_pb2.SearchResponse]  # type: ignore[assignment]
+    """Search the bot's knowledge base (FAQ entries and document passages). A bot without a
+    knowledge base gets an empty result, not an error. INVALID_ARGUMENT for an empty or
+    over-long query or a k outside 1..50.
+    """
 
 class NluServiceServicer(metaclass=_abc_1.ABCMeta):
     """Natural-language understanding: intent, entities, sentiment and out-of-scope detection
@@ -90,5 +100,16 @@ class NluServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_nlu_pb2.ListModelsResponse, _abc.Awaitable[_nlu_pb2.ListModelsResponse]]:
         """The models this server has loaded."""
+
+    @_abc_1.abstractmethod
+    def Search(
+        self,
+        request: _nlu_pb2.SearchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_nlu_pb2.SearchResponse, _abc.Awaitable[_nlu_pb2.SearchResponse]]:
+        """Search the bot's knowledge base (FAQ entries and document passages). A bot without a
+        knowledge base gets an empty result, not an error. INVALID_ARGUMENT for an empty or
+        over-long query or a k outside 1..50.
+        """
 
 def add_NluServiceServicer_to_server(servicer: NluServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
