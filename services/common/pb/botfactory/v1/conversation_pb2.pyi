@@ -44,7 +44,7 @@ class UserMessage(_message.Message):
     def __init__(self, bot_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., text: _Optional[str] = ..., channel: _Optional[str] = ..., sender: _Optional[str] = ..., sent_at_unix_ms: _Optional[int] = ..., role: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class BotMessage(_message.Message):
-    __slots__ = ("bot_id", "conversation_id", "message_id", "in_reply_to", "text", "buttons", "index", "last", "sent_at_unix_ms", "role")
+    __slots__ = ("bot_id", "conversation_id", "message_id", "in_reply_to", "text", "buttons", "index", "last", "sent_at_unix_ms", "role", "citations")
     BOT_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class BotMessage(_message.Message):
     LAST_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    CITATIONS_FIELD_NUMBER: _ClassVar[int]
     bot_id: str
     conversation_id: str
     message_id: str
@@ -65,7 +66,20 @@ class BotMessage(_message.Message):
     last: bool
     sent_at_unix_ms: int
     role: str
-    def __init__(self, bot_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., in_reply_to: _Optional[str] = ..., text: _Optional[str] = ..., buttons: _Optional[_Iterable[_Union[Button, _Mapping]]] = ..., index: _Optional[int] = ..., last: _Optional[bool] = ..., sent_at_unix_ms: _Optional[int] = ..., role: _Optional[str] = ...) -> None: ...
+    citations: _containers.RepeatedCompositeFieldContainer[Citation]
+    def __init__(self, bot_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., in_reply_to: _Optional[str] = ..., text: _Optional[str] = ..., buttons: _Optional[_Iterable[_Union[Button, _Mapping]]] = ..., index: _Optional[int] = ..., last: _Optional[bool] = ..., sent_at_unix_ms: _Optional[int] = ..., role: _Optional[str] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ...) -> None: ...
+
+class Citation(_message.Message):
+    __slots__ = ("title", "document", "heading_path", "url")
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    HEADING_PATH_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    title: str
+    document: str
+    heading_path: _containers.RepeatedScalarFieldContainer[str]
+    url: str
+    def __init__(self, title: _Optional[str] = ..., document: _Optional[str] = ..., heading_path: _Optional[_Iterable[str]] = ..., url: _Optional[str] = ...) -> None: ...
 
 class ConversationEvent(_message.Message):
     __slots__ = ("bot_id", "conversation_id", "type", "at_unix_ms", "correlation_id", "data_json")

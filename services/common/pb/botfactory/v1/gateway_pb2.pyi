@@ -55,20 +55,22 @@ class GetTranscriptRequest(_message.Message):
     def __init__(self, bot_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class TranscriptEntry(_message.Message):
-    __slots__ = ("type", "message_id", "in_reply_to", "text", "buttons", "at_unix_ms")
+    __slots__ = ("type", "message_id", "in_reply_to", "text", "buttons", "at_unix_ms", "citations")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     IN_REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     BUTTONS_FIELD_NUMBER: _ClassVar[int]
     AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CITATIONS_FIELD_NUMBER: _ClassVar[int]
     type: str
     message_id: str
     in_reply_to: str
     text: str
     buttons: _containers.RepeatedCompositeFieldContainer[_conversation_pb2.Button]
     at_unix_ms: int
-    def __init__(self, type: _Optional[str] = ..., message_id: _Optional[str] = ..., in_reply_to: _Optional[str] = ..., text: _Optional[str] = ..., buttons: _Optional[_Iterable[_Union[_conversation_pb2.Button, _Mapping]]] = ..., at_unix_ms: _Optional[int] = ...) -> None: ...
+    citations: _containers.RepeatedCompositeFieldContainer[_conversation_pb2.Citation]
+    def __init__(self, type: _Optional[str] = ..., message_id: _Optional[str] = ..., in_reply_to: _Optional[str] = ..., text: _Optional[str] = ..., buttons: _Optional[_Iterable[_Union[_conversation_pb2.Button, _Mapping]]] = ..., at_unix_ms: _Optional[int] = ..., citations: _Optional[_Iterable[_Union[_conversation_pb2.Citation, _Mapping]]] = ...) -> None: ...
 
 class GetTranscriptResponse(_message.Message):
     __slots__ = ("bot_id", "conversation_id", "entries")
