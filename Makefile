@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
 .PHONY: help setup chromium run test test-unit test-integration test-security lint protos bench \
-	bench-quick clean images k8s-validate
+	bench-quick clean images k8s-validate test-chaos reliability-doc
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -48,6 +48,12 @@ test-security: setup ## Security checks: redaction, fuzzing, audit, abuse suite 
 		tests/integration/test_privacy.py tests/integration/test_audit.py \
 		tests/integration/test_abuse.py
 
+test-chaos: setup ## Chaos tier: kill -9 + restart every component under load (minutes; not in make test)
+	$(PY) -m pytest tests/chaos -m chaos -q -ra
+
+reliability-doc: setup ## Re-render docs/reliability.md from benchmarks/results/*.json and the abuse tests
+	$(PY) benchmarks/reliability_doc.py
+
 lint: setup ## ruff + mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy services botfactory scripts benchmarks
@@ -55,7 +61,8 @@ lint: setup ## ruff + mypy
 protos: setup ## Regenerate services/common/pb from protos/ (commit the result)
 	$(PY) scripts/gen_protos.py
 
-BENCHMARKS := $(wildcard benchmarks/nlu_latency.py benchmarks/e2e_load.py benchmarks/rpa_throughput.py)
+BENCHMARKS := $(wildcard benchmarks/nlu_latency.py benchmarks/e2e_load.py benchmarks/rpa_throughput.py benchmarks/kb_search.py benchmarks/improvement_loop.py)
+bench bench-quick: export BOTFACTORY_BENCH_IF_DATA = 1
 
 bench: setup ## Run the benchmarks (results JSON under benchmarks/results/)
 	@for b in $(BENCHMARKS); do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -1,12 +1,18 @@
-"""End-to-end load: the local stack (nats-server, NLU, dialogue, gateway as separate processes)
-driven through the HTTP API by a light asyncio generator, for a bounded time.
+"""End-to-end load: the local stack (nats-server, NLU, dialogue, gateway as separate processes,
+benchmarks/stack.py) driven through the HTTP API by a light asyncio generator.
 
-    python benchmarks/e2e_load.py [--quick] [--users 50] [--connections 10] [--duration 30]
+    python benchmarks/e2e_load.py [--quick] [--shapes users,saturation,step,soak]
+        [--users 50] [--connections 10] [--duration 30] [--steps 25,50,100,200,400]
+        [--step-seconds 30] [--soak-minutes 10]
 
-Shapes: `users` (N conversations, each waits for the reply then thinks ~Exp(200 ms)) and
-`saturation` (C connections sending back to back). Reports p50/p99 latency, messages/s,
-errors, lost replies (no complete reply), duplicated and out-of-order replies, and the
-generator's own CPU share; writes benchmarks/results/e2e_load.json.
+Shapes: `users` (N conversations, each waits for the reply then thinks ~Exp(200 ms)),
+`saturation` (C connections sending back to back), `step` (the users shape at 25 -> 400
+conversations; the knee is the highest message rate whose p99 is still <= 100 ms) and `soak`
+(the users shape held for minutes while each process's RSS, open file descriptors and threads
+are sampled; memory growth after the warm-up). Reports p50/p99 latency, messages/s, errors,
+lost replies (answered 200 without its replies), late ones (202: accepted, replies after
+the gateway's sync wait), duplicated and out-of-order replies, and the generator's own
+CPU share; writes benchmarks/results/e2e_load.json, then regenerates docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import os
 import random
 import resource
 import secrets
-import socket
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -32,10 +38,15 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.nlu_latency import percentile  # noqa: E402
-from botfactory.local.nats_server import NatsServer  # noqa: E402
-from botfactory.local.processes import start_service, wait_for_event  # noqa: E402
+from benchmarks.reliability_doc import write_doc  # noqa: E402
+from benchmarks.stack import ProcessStack, StackOptions, client_key, ensure_model  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "e2e_load.json"
+SHAPES = ("users", "saturation", "step", "soak")
+LOSS_KEYS = ("errors", "lost", "late", "duplicated", "out_of_order")
+P99_TARGET_MS = 100.0
+WARMUP_SHARE = 0.2  # of the soak, before memory is compared
+FLAT_PCT = 10.0
 # Intents whose flows answer at once (no workflow), so every message has a synchronous reply.
 TEXTS = ["hello", "hi there", "good morning", "what are your opening hours?",
          "when are you open on saturday", "what are the fees for a transfer",
@@ -48,6 +59,7 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     lost: int = 0
+    late: int = 0  # 202: accepted, the replies came after the gateway's sync wait
     duplicated: int = 0
     out_of_order: int = 0
 
@@ -55,14 +67,9 @@ class Tally:
         self.latencies += other.latencies
         self.errors += other.errors
         self.lost += other.lost
+        self.late += other.late
         self.duplicated += other.duplicated
         self.out_of_order += other.out_of_order
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def send(session: Any, url: str, key: str, text: str, message_id: str,
@@ -81,7 +88,9 @@ async def send(session: Any, url: str, key: str, text: str, message_id: str,
         tally.errors += 1
         return
     replies = body.get("replies", [])
-    if status == 202 or not body.get("complete") or not replies:
+    if status == 202:
+        tally.late += 1
+    elif not body.get("complete") or not replies:
         tally.lost += 1
     ids = [r["message_id"] for r in replies]
     tally.duplicated += len(ids) - len(set(ids))
@@ -122,126 +131,176 @@ async def shape(base: str, key: str, concurrency: int, duration: float, think: f
     ms = [v * 1000 for v in total.latencies] or [0.0]
     return {"messages": len(total.latencies), "messages_per_s": round(len(ms) / elapsed, 1),
             "p50_ms": round(percentile(ms, 50), 2), "p99_ms": round(percentile(ms, 99), 2),
-            "errors": total.errors, "lost": total.lost, "duplicated": total.duplicated,
+            "errors": total.errors, "lost": total.lost, "late": total.late,
+            "duplicated": total.duplicated,
             "out_of_order": total.out_of_order, "duration_s": round(elapsed, 1)}
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class LocalStack:
-    """nats-server + NLU + dialogue + gateway as child processes on free ports."""
-
-    def __init__(self, workdir: Path, model: Path) -> None:
-        self.workdir = workdir
-        self.model = model
-        self.nats = NatsServer(workdir / "nats")
-        self.processes: list[Any] = []
-        self.base_url = ""
-        self.admin_key = secrets.token_urlsafe(24)
-
-    def start(self) -> None:
-        self.nats.start()
-        nlu_port, http_port = free_port(), free_port()
-        self._start("nlu", "services.nlu", "nlu_started", BOTFACTORY_NLU_MODELS=str(self.model),
-                    BOTFACTORY_NLU_GRPC_PORT=str(nlu_port), BOTFACTORY_NLU_METRICS_PORT="0")
-        self._start("dialogue", "services.dialogue", "dialogue_started",
-                    BOTFACTORY_DIALOGUE_NATS_URL=self.nats.url,
-                    BOTFACTORY_DIALOGUE_NLU_ADDRESS=f"127.0.0.1:{nlu_port}",
-                    BOTFACTORY_DIALOGUE_BOTS=str(ROOT / "bots" / "banking"),
-                    BOTFACTORY_DIALOGUE_GRPC_PORT="0", BOTFACTORY_DIALOGUE_METRICS_PORT="0")
-        self._start("gateway", "services.gateway", "gateway_started",
-                    BOTFACTORY_GATEWAY_NATS_URL=self.nats.url,
-                    BOTFACTORY_GATEWAY_HTTP_PORT=str(http_port),
-                    BOTFACTORY_GATEWAY_METRICS_PORT="0", BOTFACTORY_GATEWAY_GRPC_PORT="0",
-                    BOTFACTORY_GATEWAY_API_KEY_PEPPER=secrets.token_urlsafe(24),
-                    BOTFACTORY_GATEWAY_ADMIN_BOOTSTRAP_KEY=self.admin_key,
-                    BOTFACTORY_GATEWAY_RATE_LIMIT_RPS="100000",
-                    BOTFACTORY_GATEWAY_RATE_LIMIT_BURST="100000")
-        self.base_url = f"http://127.0.0.1:{http_port}"
-
-    def _start(self, name: str, module: str, ready_event: str, **env: str) -> None:
-        log = self.workdir / f"{name}.log"
-        process = start_service(module, log, **env)
-        self.processes.append(process)
-        wait_for_event(log, process, ready_event, timeout=120)
-
-    def pids(self) -> list[int]:
-        assert self.nats.process is not None
-        return [self.nats.process.pid, *(p.pid for p in self.processes)]
-
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.terminate()
-        for process in self.processes:
-            process.wait(timeout=30)
-        self.nats.stop()
-
-
-async def client_key(base_url: str, admin_key: str) -> str:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session, session.post(f"{base_url}/v1/admin/keys",
-                            json={"tenant": "bench", "bots": ["banking"], "role": "client"},
-                            headers={"Authorization": f"Bearer {admin_key}"}) as response:
-        return str((await response.json())["secret"])
-
-
-async def drive(stack: LocalStack, users: int, connections: int,
-                duration: float) -> dict[str, Any]:
+async def drive(stack: ProcessStack, args: argparse.Namespace) -> dict[str, Any]:
     key = await client_key(stack.base_url, stack.admin_key)
     await shape(stack.base_url, key, 4, 2.0, 0.0, "warm")
     results: dict[str, Any] = {}
-    gen_cpu, wall, stack_cpu = 0.0, 0.0, 0.0
-    for label, concurrency, think in (("users", users, 0.2), ("saturation", connections, 0.0)):
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        stack0 = sum(cpu_seconds(pid) for pid in stack.pids())
-        results[label] = await shape(stack.base_url, key, concurrency, duration, think, label)
-        gen_cpu += time.process_time() - cpu0
-        wall += time.perf_counter() - wall0
-        stack_cpu += sum(cpu_seconds(pid) for pid in stack.pids()) - stack0
+    meter = CpuMeter(stack)
+    for label, concurrency, think in (("users", args.users, 0.2),
+                                      ("saturation", args.connections, 0.0)):
+        if label not in args.shapes:
+            continue
+        with meter:
+            results[label] = await shape(stack.base_url, key, concurrency, args.duration, think,
+                                         label)
         results[label]["conversations" if label == "users" else "connections"] = concurrency
         print(f"{label:>10}: " + ", ".join(f"{k}={v}" for k, v in results[label].items()),
               flush=True)
-    results["generator_cpu_share"] = round(gen_cpu / max(gen_cpu + stack_cpu, 1e-9), 3)
-    results["generator_cpu_s"] = round(gen_cpu, 2)
-    results["stack_cpu_s"] = round(stack_cpu, 2)
+    if "step" in args.shapes:
+        with meter:
+            results["step"] = await step_load(stack.base_url, key, args.steps, args.step_seconds)
+    if "soak" in args.shapes:
+        with meter:
+            results["soak"] = await soak(stack, key, args.users, args.soak_minutes * 60,
+                                         args.sample_s)
+    results.update(meter.figures())
     return results
 
 
+class CpuMeter:
+    """CPU seconds of this generator and of the stack's processes over the measured shapes."""
+
+    def __init__(self, stack: ProcessStack) -> None:
+        self.stack = stack
+        self.gen_cpu = self.stack_cpu = 0.0
+        self._cpu0 = self._stack0 = 0.0
+
+    def __enter__(self) -> None:
+        self._cpu0, self._stack0 = time.process_time(), self.stack.cpu_seconds()
+
+    def __exit__(self, *_: object) -> None:
+        self.gen_cpu += time.process_time() - self._cpu0
+        self.stack_cpu += self.stack.cpu_seconds() - self._stack0
+
+    def figures(self) -> dict[str, float]:
+        return {"generator_cpu_share": round(self.gen_cpu / max(self.gen_cpu + self.stack_cpu,
+                                                                1e-9), 3),
+                "generator_cpu_s": round(self.gen_cpu, 2),
+                "stack_cpu_s": round(self.stack_cpu, 2)}
+
+
+async def step_load(base: str, key: str, steps: Sequence[int], seconds: float) -> dict[str, Any]:
+    """The users shape at growing concurrency; the knee is the highest message rate whose p99
+    still meets the target."""
+    levels = []
+    for concurrency in steps:
+        figures = await shape(base, key, concurrency, seconds, 0.2, f"step{concurrency}-")
+        figures["conversations"] = concurrency
+        levels.append(figures)
+        print(f"      step: {concurrency} conversations: {figures['messages_per_s']} msg/s, "
+              f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms, "
+              f"errors {figures['errors']}", flush=True)
+    meeting = [lv for lv in levels if lv["p99_ms"] <= P99_TARGET_MS and lv["errors"] == 0
+               and lv["lost"] == 0 and lv["late"] == 0]
+    knee = max(meeting, key=lambda lv: lv["messages_per_s"]) if meeting else None
+    return {"p99_target_ms": P99_TARGET_MS, "seconds_per_step": seconds, "levels": levels,
+            "knee_messages_per_s": knee["messages_per_s"] if knee else None,
+            "knee_conversations": knee["conversations"] if knee else None,
+            **{k: sum(int(lv[k]) for lv in levels) for k in LOSS_KEYS}}
+
+
+async def soak(stack: ProcessStack, key: str, users: int, seconds: float,
+               sample_s: float) -> dict[str, Any]:
+    """The users shape held for `seconds`, sampling each process's RSS / fds / threads."""
+    samples: list[tuple[float, dict[str, dict[str, float]]]] = []
+    began = time.perf_counter()
+
+    async def sample() -> None:
+        while True:
+            samples.append((time.perf_counter() - began, stack.stats()))
+            await asyncio.sleep(sample_s)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        figures = await shape(stack.base_url, key, users, seconds, 0.2, "soak")
+    finally:
+        sampler.cancel()
+    figures["conversations"] = users
+    figures["services"] = growth(samples, warmup_s=seconds * WARMUP_SHARE)
+    figures["warmup_s"] = round(seconds * WARMUP_SHARE, 1)
+    figures["memory_flat"] = all(abs(s["rss_growth_pct"]) <= FLAT_PCT
+                                 for s in figures["services"].values())
+    print("      soak: " + ", ".join(f"{k}={v}" for k, v in figures.items()
+                                     if k != "services"), flush=True)
+    for name, s in figures["services"].items():
+        print(f"            {name}: " + ", ".join(f"{k}={v}" for k, v in s.items()), flush=True)
+    return figures
+
+
+def growth(samples: Sequence[tuple[float, dict[str, dict[str, float]]]],
+           warmup_s: float) -> dict[str, dict[str, float]]:
+    """Per process: RSS / fds / threads just after the warm-up and at the end, and the RSS
+    growth between them (means over the first and last quarter of the post-warm-up samples)."""
+    after = [stats for at, stats in samples if at >= warmup_s] or [samples[-1][1]]
+    quarter = max(1, len(after) // 4)
+    result = {}
+    for name in after[-1]:
+        first = [s[name] for s in after[:quarter] if name in s]
+        last = [s[name] for s in after[-quarter:] if name in s]
+        if not first or not last:
+            continue
+        start = statistics.fmean(s["rss_mb"] for s in first)
+        end = statistics.fmean(s["rss_mb"] for s in last)
+        result[name] = {"rss_start_mb": round(start, 1), "rss_end_mb": round(end, 1),
+                        "rss_growth_pct": round((end - start) / start * 100, 1),
+                        "fds_start": first[0]["fds"], "fds_end": last[-1]["fds"],
+                        "threads_start": first[0]["threads"], "threads_end": last[-1]["threads"]}
+    return result
+
+
 def totals(results: dict[str, Any]) -> dict[str, int]:
-    shapes: Sequence[dict[str, Any]] = (results["users"], results["saturation"])
-    return {k: sum(int(s[k]) for s in shapes)
-            for k in ("errors", "lost", "duplicated", "out_of_order")}
+    shapes: Sequence[dict[str, Any]] = [results[s] for s in SHAPES if s in results]
+    return {k: sum(int(s[k]) for s in shapes) for k in LOSS_KEYS}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="15 s per shape")
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="every shape shortened: the whole run in under a minute")
+    parser.add_argument("--shapes", default=",".join(SHAPES),
+                        help=f"comma list of shapes to run (of {', '.join(SHAPES)})")
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--connections", type=int, default=10)
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds per shape")
+    parser.add_argument("--duration", type=float, default=30.0,
+                        help="seconds of the users and saturation shapes")
+    parser.add_argument("--steps", default="25,50,100,200,400",
+                        help="conversations of each step of the step shape")
+    parser.add_argument("--step-seconds", type=float, default=30.0)
+    parser.add_argument("--soak-minutes", type=float, default=10.0)
+    parser.add_argument("--sample-s", type=float, default=5.0, help="soak sampling period")
     parser.add_argument("--model", type=Path, default=ROOT / ".botfactory" / "models" / "banking")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    duration = 15.0 if args.quick else args.duration
-    if not (args.model / "metadata.json").is_file():
-        from botfactory.local.stack import prepare_model
+    args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    unknown = sorted(set(args.shapes) - set(SHAPES))
+    if unknown:
+        parser.error(f"unknown shape(s) {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
+    args.steps = [int(n) for n in args.steps.split(",")]
+    if args.quick:
+        args.duration, args.step_seconds = 5.0, 2.5
+        args.soak_minutes, args.sample_s = 8 / 60, 1.0
+    return args
 
-        prepare_model(ROOT / "bots" / "banking", args.model.parent)
+
+def main() -> int:
+    args = parse_args()
+    ensure_model(args.model)
     workdir = ROOT / ".botfactory" / "bench" / f"e2e-{os.getpid()}"
-    workdir.mkdir(parents=True, exist_ok=True)
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
-    stack = LocalStack(workdir, args.model)
+    stack = ProcessStack(workdir, StackOptions(model=args.model))
     try:
         stack.start()
-        results = asyncio.run(drive(stack, args.users, args.connections, duration))
+        results = asyncio.run(drive(stack, args))
     finally:
         stack.stop()
     results.update(totals(results))
     results.update(benchmark="e2e_load", quick=args.quick, cpus=os.cpu_count(),
+                   shapes=args.shapes,
                    created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     print(f"errors={results['errors']} lost={results['lost']} "
           f"duplicated={results['duplicated']} out_of_order={results['out_of_order']} "
@@ -249,6 +308,8 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
+    if args.out == RESULTS:
+        print(f"wrote {write_doc()}")
     return 0
 
 

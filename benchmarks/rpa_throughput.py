@@ -35,8 +35,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.stack import BANK_TOKEN, start_bank  # noqa: E402
 from botfactory.local.nats_server import NatsServer  # noqa: E402
-from botfactory.local.processes import service_env, start_service, wait_for_event  # noqa: E402
+from botfactory.local.processes import start_service, wait_for_event  # noqa: E402
 from services.botdef import Example, write_bot  # noqa: E402
 from services.common.nats import KV_RPA_RUNS, Bus, connect, provision  # noqa: E402
 from services.rpa_runner.jobs import Job, encode_job, job_subject  # noqa: E402
@@ -44,7 +45,7 @@ from services.rpa_runner.state import RunStore  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "rpa_throughput.json"
 BOT = "bench"
-TOKEN = "bench-token-0c9f1d"
+TOKEN = BANK_TOKEN
 STEPS = 3
 WORKFLOW = """
 name: pay
@@ -97,22 +98,6 @@ def write_bench_bot(root: Path, bank_url: str) -> Path:
     rpa = {"version": "1", "allowed_hosts": ["127.0.0.1"], "settings": {"bank": bank_url}}
     (root / "rpa.yml").write_text(json.dumps(rpa), encoding="utf-8")
     return root
-
-
-def start_bank(log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "botfactory.local.demo_bank",
-                                    "--port", "0", "--token", TOKEN], cwd=ROOT, stdout=out,
-                                   stderr=subprocess.STDOUT, env=service_env())
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            if line.startswith("demo bank on "):
-                return process, line.split()[-1]
-        if process.poll() is not None:
-            raise RuntimeError(f"demo bank exited: {log.read_text()}")
-        time.sleep(0.05)
-    raise RuntimeError("demo bank did not start")
 
 
 class Driver:

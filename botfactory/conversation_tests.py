@@ -211,6 +211,10 @@ def load_conversation_tests(path: str | Path) -> list[ConversationTest]:
     return tests
 
 
+OTHER_TEST_FILES = frozenset({"kb.yml"})
+"""Test files of other kinds in a bot's tests/ folder (kb.yml: `botfactory test-kb`)."""
+
+
 def _test_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
@@ -218,7 +222,8 @@ def _test_files(path: Path) -> list[Path]:
         path = path / "tests"
     if not path.is_dir():
         raise ConversationTestError([DefinitionIssue(str(path), 0, "", "no such file or folder")])
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file())
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file()
+                   and p.name not in OTHER_TEST_FILES)
     if not files:
         raise ConversationTestError([DefinitionIssue(str(path), 0, "", "no YAML test files")])
     return files

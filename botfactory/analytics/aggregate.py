@@ -138,22 +138,40 @@ class _Flow:
 
 
 @dataclass
-class _State:
+class Sessions:
+    """Session bookkeeping of one pass over the events (the rule in the module doc)."""
+
     sessions: int = 0
     handed_off: set[tuple[str, int]] = field(default_factory=set)
     opened: set[str] = field(default_factory=set)
     session_of: dict[str, int] = field(default_factory=dict)
     last_text: dict[str, str] = field(default_factory=dict)
+    started_at: dict[int, int] = field(default_factory=dict)
+    """Session number → the unix ms of the event that opened it."""
 
-    def open_session(self, conversation: str) -> None:
+    def open_session(self, conversation: str, at: int = 0) -> None:
         self.sessions += 1
         self.session_of[conversation] = self.sessions
+        self.started_at[self.sessions] = at
+
+    def user_message(self, conversation: str, at: int) -> None:
+        if conversation not in self.opened:
+            self.opened.add(conversation)
+            self.open_session(conversation, at)
+
+    def expired(self, conversation: str, at: int) -> None:
+        self.opened.add(conversation)
+        self.open_session(conversation, at)
+
+    def handoff(self, conversation: str) -> None:
+        if conversation in self.session_of:
+            self.handed_off.add((conversation, self.session_of[conversation]))
 
 
 def aggregate(bot: str, events: Sequence[Mapping[str, Any]], *,
               earlier: Iterable[str] = (), top: int = TOP) -> Figures:
     """The figures of `events` (one bot's, in stream order)."""
-    state = _State(opened=set(earlier))
+    state = Sessions(opened=set(earlier))
     counts: Counter[str] = Counter()
     flows: dict[str, _Flow] = {}
     intents: Counter[str] = Counter()
@@ -170,9 +188,7 @@ def aggregate(bot: str, events: Sequence[Mapping[str, Any]], *,
             times.append(at)
         counts[kind] += 1
         if kind == "user_message":
-            if conversation not in state.opened:
-                state.opened.add(conversation)
-                state.open_session(conversation)
+            state.user_message(conversation, at)
             state.last_text[conversation] = str(data.get("text") or "")
             intent = message_intent(data)
             if intent is not None:
@@ -180,12 +196,11 @@ def aggregate(bot: str, events: Sequence[Mapping[str, Any]], *,
             if at:
                 hours[at - at % HOUR_MS] += 1
         elif kind == "session_expired":
-            state.opened.add(conversation)
-            state.open_session(conversation)
+            state.expired(conversation, at)
         elif kind == "fallback":
             fallback_texts[state.last_text.get(conversation, "")] += 1
-        elif kind == "handoff" and conversation in state.session_of:
-            state.handed_off.add((conversation, state.session_of[conversation]))
+        elif kind == "handoff":
+            state.handoff(conversation)
         elif kind in ("flow_started", "flow_completed", "flow_cancelled"):
             flow = flows.setdefault(str(data.get("flow", "")), _Flow())
             if kind == "flow_started":

@@ -15,12 +15,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from botfactory.analytics.aggregate import Figures
+from botfactory.analytics.models import ModelRow
+from botfactory.analytics.trends import FeedbackRow, Insights
 
 DPI = 100
 CHART_INTENTS = 15
 BAR_LIMIT = 200
 """More hours than this are drawn as a line rather than bars."""
 MAX_TICKS = 12
+SCORE_COLUMNS = (("heldout.intent_accuracy", "held-out intent acc."),
+                 ("heldout.entity_micro_f1", "held-out entity F1"),
+                 ("test.intent_accuracy", "test intent acc."))
 DASH = "\u2013"
 NUM = ' class="num"'
 
@@ -151,8 +156,81 @@ def _image(alt: str, figure: Figure | None) -> str:
     return f'<img alt="{esc(alt)}" src="{png_data_uri(figure)}">'
 
 
-def render(figures: Figures, *, generated_at: datetime | None = None) -> str:
-    """The report page."""
+def _when_text(value: str) -> str:
+    """An ISO 8601 time as `YYYY-MM-DD HH:MM UTC` (as given when it does not parse)."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value or DASH
+    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _bucket_label(unix_ms: int, bucket: str) -> str:
+    fmt = "%Y-%m-%d %H:00" if bucket == "hour" else "%Y-%m-%d"
+    return datetime.fromtimestamp(unix_ms / 1000, UTC).strftime(fmt)
+
+
+def trends_section(insights: Insights) -> str:
+    rows = [(_bucket_label(p.start_ms, insights.bucket), p.user_messages, p.fallbacks,
+             percent(p.fallback_rate), p.sessions, percent(p.containment_rate))
+            for p in insights.trend]
+    table = _table((f"{insights.bucket} (UTC)", "user messages", "fallbacks", "fallback rate",
+                    "sessions started", "containment"), rows)
+    return f"<h2>Fallback and containment per {esc(insights.bucket)}</h2>\n{table}"
+
+
+def _activations(row: ModelRow) -> str:
+    return ", ".join(f"{when(a.at_unix_ms)} ({a.reason})" for a in row.activations) or DASH
+
+
+def _score_cell(value: float | None) -> str:
+    return DASH if value is None else f"{100 * value:.1f}%"
+
+
+def models_section(rows: Sequence[ModelRow] | None, note: str = "") -> str:
+    """Versions over time with their scores; `note` says why the store was not read."""
+    body = _table(
+        ("version", "created", "activated", *(label for _, label in SCORE_COLUMNS),
+         "live messages", "live fallback rate", "live feedback"),
+        [(row.version + (" (active)" if row.active else "")
+          + ("" if row.in_store else " (not in store)"),
+          _when_text(row.created_at) if row.created_at else DASH, _activations(row),
+          *(_score_cell(row.scores.get(key)) for key, _ in SCORE_COLUMNS),
+          row.live.user_messages if row.live else 0,
+          percent(row.live.fallback_rate) if row.live else DASH,
+          score(row.live.feedback_score) if row.live else DASH)
+         for row in rows or ()], numeric_from=3)
+    remark = f'<p class="empty">{esc(note)}</p>' if note else ""
+    return f"<h2>Model versions</h2>\n{remark}{body}"
+
+
+def unrecognised_section(insights: Insights, review: dict[str, str] | None) -> str:
+    rows = [(p.text, p.count, ", ".join(p.reasons),
+             (review or {}).get(p.item_id, "not queued") if review is not None else DASH)
+            for p in insights.top_unrecognised]
+    table = _table(("user text (redacted)", "messages", "why", "review queue"), rows,
+                   numeric_from=1)
+    return f"<h2>Top unrecognised phrasings</h2>\n{table}"
+
+
+def _feedback_table(label: str, rows: Sequence[FeedbackRow]) -> str:
+    return _table((label, "thumbs up", "thumbs down", "score"),
+                  [(r.name, r.up, r.down, score(r.score)) for r in rows])
+
+
+def feedback_section(insights: Insights) -> str:
+    return (f"<h3>Feedback by intent</h3>\n{_feedback_table('intent', insights.feedback_by_intent)}"
+            f"\n<h3>Feedback by flow</h3>\n{_feedback_table('flow', insights.feedback_by_flow)}")
+
+
+def render(figures: Figures, *, insights: Insights | None = None,
+           models: Sequence[ModelRow] | None = None, models_note: str = "",
+           review: dict[str, str] | None = None,
+           generated_at: datetime | None = None) -> str:
+    """The report page. `insights` adds trends, unrecognised phrasings and feedback by intent
+    and flow; `models` the model versions (`models_note` says why there are none); `review`
+    maps review item ids to their status in the review queue."""
     generated = (generated_at or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     cards = "".join((
         _card("conversations", str(figures.conversations)),
@@ -186,7 +264,15 @@ def render(figures: Figures, *, generated_at: datetime | None = None) -> str:
         ("mean score (-1..+1)", score(figures.feedback_score)),
     ])
     intents = _table(("intent", "messages"), figures.top_intents)
-    fallback_texts = _table(("user text", "fallbacks"), figures.top_fallback_texts)
+    if insights is None:
+        fallback_texts = ("<h2>Top fallback-triggering user texts</h2>\n"
+                          + _table(("user text", "fallbacks"), figures.top_fallback_texts))
+        extra = {"trends": "", "models": "", "feedback": ""}
+    else:
+        fallback_texts = unrecognised_section(insights, review)
+        extra = {"trends": trends_section(insights),
+                 "models": models_section(models, models_note),
+                 "feedback": feedback_section(insights)}
     charts = {
         "messages": _image("messages per hour", messages_chart(figures.messages_per_hour)
                            if figures.messages_per_hour else None),
@@ -211,20 +297,25 @@ def render(figures: Figures, *, generated_at: datetime | None = None) -> str:
 {totals}
 <h2>Messages per hour</h2>
 {charts["messages"]}
+{extra["trends"]}
+{extra["models"]}
 <h2>Flows</h2>
 {flows}
 {charts["funnel"]}
 <h2>Feedback</h2>
 {feedback}
+{extra["feedback"]}
 <h2>Top intents</h2>
 {intents}
 {charts["intents"]}
-<h2>Top fallback-triggering user texts</h2>
 {fallback_texts}
 <p class="period">Conversations are sessions: a session starts at the first user message of a
 conversation and again after the idle timeout. Containment = sessions without a handoff /
 sessions; fallback rate = fallbacks / user messages; handoff rate = sessions handed off /
 sessions; flow completion = completed / started; feedback score = mean rating (+1 up, -1 down).
+Unrecognised phrasings: user messages that fell back or were out of scope, PII-redacted,
+grouped by normalised text. Feedback counts for the intent of the rated turn and the flow it
+ran in. Model scores come from each version's metadata (held-out / test split at training).
 </p>
 </body>
 </html>

@@ -3,8 +3,11 @@
 Reads the bot's events (`conv.event.<bot>.*`) from the JetStream stream CONV with an ephemeral
 ordered consumer, from the start of the stream or from `--since` (a duration such as 90m, 24h,
 7d, or an ISO 8601 time), and writes ONE self-contained HTML file: totals, containment,
-fallback and handoff rates, flow completion, feedback, top intents, top fallback-triggering
-texts, and charts (messages per hour, intent distribution, flow funnel).
+fallback and handoff rates, flow completion, feedback (also by intent and by flow), top
+intents, fallback and containment trends per hour or day (`--bucket`), the top unrecognised
+phrasings (redacted, with their review-queue status), the model versions over time with their
+scores (model store and activation history; left out with a note when unreadable), and charts
+(messages per hour, intent distribution, flow funnel).
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from botfactory.analytics.models import StoreState
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
 DEFAULT_OUT = "report.html"
 STREAM = "CONV"
 CONNECT_TIMEOUT_S = 3.0
 READ_IDLE_TIMEOUT_S = 10.0
+EXTRAS_TIMEOUT_S = 5.0
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -44,6 +51,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--since", default=None,
                         help="only events stored since then: a duration back from now (90m, "
                              "24h, 7d) or an ISO 8601 time (default: every event in the stream)")
+    parser.add_argument("--bucket", choices=("auto", "hour", "day"), default="auto",
+                        help="trend buckets (default: per hour when the events span at most "
+                             "48 hours, else per day)")
     parser.set_defaults(func=run_report)
 
 
@@ -64,6 +74,8 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 def run_report(args: argparse.Namespace) -> int:
     from botfactory.analytics.aggregate import aggregate
     from botfactory.analytics.html import render
+    from botfactory.analytics.models import timeline
+    from botfactory.analytics.trends import analyse
     from services.common.errors import InvalidArgument
     from services.common.subjects import check_id
 
@@ -84,9 +96,12 @@ def run_report(args: argparse.Namespace) -> int:
               f"{args.nats}", file=sys.stderr)
         return 2
     figures = aggregate(args.bot, found.events, earlier=found.earlier)
+    insights = analyse(found.events, earlier=found.earlier, bucket=args.bucket)
+    page = render(figures, insights=insights, models=timeline(found.store, insights.versions),
+                  models_note=found.store_note, review=found.review)
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(render(figures), encoding="utf-8")
+        args.out.write_text(page, encoding="utf-8")
     except OSError as exc:
         print(f"error: cannot write {args.out}: {exc}", file=sys.stderr)
         return 2
@@ -100,6 +115,11 @@ class Found:
     events: list[dict[str, Any]]
     earlier: set[str]
     """Conversations of the window with events before it (their sessions started earlier)."""
+    store: StoreState | None = None
+    store_note: str = ""
+    """Why `store` is None (no store, unreadable)."""
+    review: dict[str, str] | None = None
+    """Review item id → status; None when the review queue could not be read."""
 
 
 def decode(subject: str, payload: bytes, seq: int) -> dict[str, Any] | None:
@@ -152,13 +172,16 @@ async def read_events(url: str, bot: str, since: datetime | None, *,
             events = await _read(sub, last_seq, idle_timeout)
             await sub.unsubscribe()
             earlier = await _earlier(js, bot, events) if since is not None else set()
+            found = Found(events, earlier)
+            if events:
+                await _read_extras(nc, bot, found)
         except NotFoundError:
             raise ReportError(f"stream {STREAM} not found on {url}: no conversation has been "
                               f"recorded there") from None
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             raise ReportError(f"reading {STREAM} from {url} failed: "
                               f"{exc or type(exc).__name__}") from None
-        return Found(events, earlier)
+        return found
     finally:
         await nc.close()
 
@@ -192,3 +215,36 @@ async def _earlier(js: Any, bot: str, events: list[dict[str, Any]]) -> set[str]:
         if found.seq is not None and found.seq < seq:
             earlier.add(conversation)
     return earlier
+
+
+async def _read_extras(nc: Any, bot: str, found: Found) -> None:
+    """The model store's state and the review queue's statuses, into `found`; whatever cannot
+    be read is left out (with a note for the store): the report does not need them."""
+    from services.common.nats import KV_REVIEW, Bus
+    from services.common.reviewqueue import ReviewQueue
+
+    bus = Bus(nc=nc, js=nc.jetstream(timeout=EXTRAS_TIMEOUT_S))
+    try:
+        found.store = await asyncio.wait_for(_store_state(bus, bot), EXTRAS_TIMEOUT_S)
+    except Exception as exc:  # no bucket, no permission, old server: report without it
+        found.store_note = f"model store not read: {_reason(exc)}"
+    try:
+        items = await asyncio.wait_for(
+            ReviewQueue(await bus.kv(KV_REVIEW)).items(bot), EXTRAS_TIMEOUT_S)
+        found.review = {item.id: item.status for item in items}
+    except Exception:
+        found.review = None
+
+
+async def _store_state(bus: Any, bot: str) -> StoreState:
+    from botfactory.analytics.models import StoreState
+    from services.common import modelstore
+
+    return StoreState(versions=await modelstore.list_versions(bus, bot),
+                      history=await modelstore.history(bus, bot),
+                      active=await modelstore.active_version(bus, bot))
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return "not found" if "not found" in text.lower() else text

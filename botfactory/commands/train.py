@@ -58,6 +58,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "ONNX (fp32 and int8), check both and write a model directory.")
     train.add_argument("bot_dir", type=Path, metavar="BOT_DIR", help="bot folder (bot.yml)")
     _common(train)
+    train.add_argument("--from", dest="init_from", type=Path, default=None, metavar="MODEL_DIR",
+                       help="warm start: fine-tune from this model directory (its encoder and "
+                            "heads; new intents and entity labels get fresh rows) instead of "
+                            "the base encoder")
     train.set_defaults(func=run_train)
 
     sentiment = subparsers.add_parser(
@@ -88,11 +92,17 @@ def run_train(args: argparse.Namespace) -> int:
         bot = load_bot(bot_dir)
     except BotDefinitionError as exc:
         return _usage(f"invalid bot definition in {bot_dir}:\n{exc}")
+    if args.init_from is not None and args.base_model is not None:
+        return _usage("give --from or --base-model, not both (a warm start keeps the encoder "
+                      "of the model it starts from)")
+    if args.init_from is not None and not args.init_from.is_dir():
+        return _usage(f"--from {args.init_from}: no such model directory")
     from botfactory.training import TrainConfig, train_bot
 
     return _guarded(lambda: train_bot(
         bot, args.out, base_model=args.base_model, epochs=args.epochs, seed=args.seed,
-        progress=not args.quiet, config=TrainConfig(patience=args.patience)), args.out)
+        progress=not args.quiet, config=TrainConfig(patience=args.patience),
+        init_from=args.init_from), args.out)
 
 
 def run_train_sentiment(args: argparse.Namespace) -> int:
@@ -131,8 +141,10 @@ def _usage(message: str) -> int:
 
 
 def _summary(metadata: dict[str, Any], out: Path) -> str:
+    parent = metadata.get("parent")
+    start = f", warm start from {parent['version']}" if parent else ""
     lines = [f"wrote {out} ({metadata['kind']} model of {metadata['bot']}, "
-             f"version {metadata['version']})"]
+             f"version {metadata['version']}{start})"]
     for split, metrics in metadata["metrics"].items():
         if metrics:
             parts = [f"intent accuracy {metrics['intent_accuracy']:.3f}"]

@@ -8,6 +8,7 @@ processes, prints the endpoints, and stops everything on Ctrl-C / SIGTERM.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import secrets
@@ -47,6 +48,22 @@ def prepare_model(bot_dir: Path, models_dir: Path) -> Path:
     return target
 
 
+def prepare_knowledge(bot_dir: Path, data_dir: Path) -> Path | None:
+    """Build the bot's knowledge index when it has a `knowledge/` folder (seconds once the
+    sentence encoder export is cached); None when there is none or it does not build."""
+    if not (bot_dir / "knowledge").is_dir():
+        return None
+    target = data_dir / "models" / f"{bot_dir.name}.kb"
+    try:
+        _botfactory("kb", "build", str(bot_dir), "--out", str(target), "--quiet",
+                    "--cache-dir", str(data_dir / "cache" / "kb-encoder"))
+    except subprocess.CalledProcessError:
+        print("warning: the knowledge base did not build (see above); starting without it",
+              file=sys.stderr, flush=True)
+        return None
+    return target
+
+
 def _start(name: str, module: str, env: dict[str, str], logs: Path,
            *args: str) -> subprocess.Popen[bytes]:
     log = (logs / f"{name}.log").open("ab")
@@ -62,6 +79,21 @@ def _secret(path: Path) -> str:
         path.write_text(secrets.token_urlsafe(32))
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+def provision_as_admin(url: str) -> None:
+    """Create the streams and buckets as the NATS admin (the services' identities may only
+    check them: services/common/natsauth.py)."""
+    from services.common.nats import connect, provision
+
+    async def run() -> None:
+        bus = await connect(url, name="provision")
+        try:
+            await provision(bus)
+        finally:
+            await bus.drain()
+
+    asyncio.run(run())
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
@@ -135,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     try:
         model = prepare_model(args.bot, args.data_dir / "models")
+        knowledge = prepare_knowledge(args.bot, args.data_dir)
         nats = NatsServer(args.data_dir / "nats")
         nats.start(port=args.nats_port)
     except (RuntimeError, subprocess.CalledProcessError) as exc:
@@ -150,16 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
+        # The CLI (publish, report) acts as the NATS admin; each service gets its own identity.
         os.environ["BOTFACTORY_NATS_URL"] = nats.url
+        provision_as_admin(nats.url)
         _botfactory("publish", str(model), "--nats", nats.url)
+        if knowledge is not None:
+            _botfactory("kb", "publish", str(knowledge), "--nats", nats.url)
         processes.append(_start("nlu", "services.nlu", _env(
-            BOTFACTORY_NLU_NATS_URL=nats.url,
+            BOTFACTORY_NLU_NATS_URL=nats.url_for("nlu"),
             BOTFACTORY_NLU_GRPC_PORT=str(args.nlu_port),
             BOTFACTORY_NLU_MODEL_CACHE_DIR=str(args.data_dir / "model-cache"),
         ), logs))
         _wait_grpc_serving(f"127.0.0.1:{args.nlu_port}", processes[-1])
         processes.append(_start("dialogue", "services.dialogue", _env(
-            BOTFACTORY_DIALOGUE_NATS_URL=nats.url,
+            BOTFACTORY_DIALOGUE_NATS_URL=nats.url_for("dialogue"),
             BOTFACTORY_DIALOGUE_NLU_ADDRESS=f"127.0.0.1:{args.nlu_port}",
             BOTFACTORY_DIALOGUE_BOTS=str(args.bot),
         ), logs))
@@ -170,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "--legacy-pin", bank_pin))
         browser = Path("/usr/bin/chromium").is_file()
         processes.append(_start("rpa_runner", "services.rpa_runner", _env(
-            BOTFACTORY_RPA_NATS_URL=nats.url,
+            BOTFACTORY_RPA_NATS_URL=nats.url_for("rpa-runner"),
             BOTFACTORY_RPA_BOTS=str(args.bot),
             BOTFACTORY_RPA_SETTINGS=(f"core_bank_url=http://127.0.0.1:{args.bank_port},"
                                      f"legacy_url=http://127.0.0.1:{args.bank_port},"
@@ -181,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         ), logs))
         admin_key = _secret(args.data_dir / "admin-key")
         processes.append(_start("gateway", "services.gateway", _env(
-            BOTFACTORY_GATEWAY_NATS_URL=nats.url,
+            BOTFACTORY_GATEWAY_NATS_URL=nats.url_for("gateway"),
             BOTFACTORY_GATEWAY_HTTP_PORT=str(args.http_port),
             BOTFACTORY_GATEWAY_API_KEY_PEPPER=_secret(args.data_dir / "pepper"),
             BOTFACTORY_GATEWAY_ADMIN_BOOTSTRAP_KEY=admin_key,
@@ -193,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
               f"API key: {key})\n  HTTP API:  {base_url}/openapi.json\n"
               f"  terminal:  .venv/bin/botfactory chat {args.bot.name} --gateway {base_url} "
               f"--api-key {key}\n  admin key: {args.data_dir / 'admin-key'}\n"
-              f"  NATS {nats.url}, NLU gRPC 127.0.0.1:{args.nlu_port}, RPA gRPC 127.0.0.1:50081, "
+              f"  NATS {nats.plain_url} (auth on: admin password in "
+              f"{nats.workdir / 'admin-password'}),\n  NLU gRPC 127.0.0.1:{args.nlu_port}, "
+              f"RPA gRPC 127.0.0.1:50081, "
               f"demo bank http://127.0.0.1:{args.bank_port}\n  metrics on :9101 (nlu), "
               f":9102 (gateway), :9103 (dialogue), :9104 (rpa); logs in {logs}\n"
               f"Ctrl-C stops it.", flush=True)

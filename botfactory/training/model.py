@@ -189,3 +189,66 @@ def load_torch_model(model_dir: Path) -> JointModel:
     model = JointModel(encoder, int(saved["n_classes"]), int(saved["n_tags"]))
     model.load_state_dict(saved["state_dict"])
     return model.eval()
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A trained model to fine-tune from (a warm start): its PyTorch model, label names,
+    tokenizer and identity."""
+
+    path: Path
+    version: str
+    base_model: str
+    model: JointModel
+    intents: tuple[str, ...]
+    tags: tuple[str, ...]
+    tokenizer: bytes
+
+
+def load_parent(model_dir: Path) -> Parent:
+    """The model directory `model_dir` as a warm-start parent; BaseModelError when it is not
+    a complete model directory."""
+    import json
+
+    from services.common.modelformat import LABELS_FILE, METADATA_FILE
+
+    model_dir = Path(model_dir)
+    try:
+        metadata = json.loads((model_dir / METADATA_FILE).read_text(encoding="utf-8"))
+        labels = json.loads((model_dir / LABELS_FILE).read_text(encoding="utf-8"))
+        tokenizer = (model_dir / TOKENIZER_FILE).read_bytes()
+    except (OSError, ValueError) as exc:
+        raise BaseModelError(f"--from {model_dir}: not a model directory ({exc})") from None
+    return Parent(path=model_dir, version=str(metadata.get("version", "")),
+                  base_model=str(metadata.get("base_model", "")),
+                  model=load_torch_model(model_dir), intents=tuple(labels.get("intents", ())),
+                  tags=tuple(labels.get("tags", ())), tokenizer=tokenizer)
+
+
+def _copy_rows(head: nn.Linear, parent: nn.Linear, names: tuple[str, ...],
+               parent_names: tuple[str, ...]) -> int:
+    """Copy the parent's output rows of the labels both heads have; the others keep their
+    fresh (seeded) initialisation. Returns the number of rows copied."""
+    rows = {name: index for index, name in enumerate(parent_names)}
+    copied = 0
+    with torch.no_grad():
+        for index, name in enumerate(names):
+            if name in rows:
+                head.weight[index] = parent.weight[rows[name]]
+                head.bias[index] = parent.bias[rows[name]]
+                copied += 1
+    return copied
+
+
+def warm_start(model: JointModel, parent: Parent, intents: tuple[str, ...],
+               tags: tuple[str, ...]) -> dict[str, object]:
+    """Initialise `model`'s heads from the parent's (its encoder is the parent's already):
+    labels kept get their trained rows, new labels fresh ones, removed labels are dropped."""
+    reused = _copy_rows(model.intent_head, parent.model.intent_head, intents, parent.intents)
+    reused_tags = 0
+    if model.tag_head is not None and parent.model.tag_head is not None:
+        reused_tags = _copy_rows(model.tag_head, parent.model.tag_head, tags, parent.tags)
+    return {"parent_version": parent.version, "parent_path": str(parent.path),
+            "reused_intents": reused, "new_intents": sorted(set(intents) - set(parent.intents)),
+            "dropped_intents": sorted(set(parent.intents) - set(intents)),
+            "reused_tags": reused_tags}

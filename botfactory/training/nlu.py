@@ -18,12 +18,15 @@ if TYPE_CHECKING:
 def train_bot(bot: BotDefinition, out_dir: Path, *, base_model: str | None = None,
               epochs: int | None = None, seed: int | None = None, progress: bool = True,
               config: TrainConfig | None = None,
-              checks: CheckThresholds | None = None) -> dict[str, Any]:
+              checks: CheckThresholds | None = None,
+              init_from: Path | None = None) -> dict[str, Any]:
     """Fine-tune the bot's NLU model and write it to `out_dir`; returns its metadata.
 
     Precedence for each setting: the keyword argument, then the bot's `nlu:` section, then
     `config` (default `TrainConfig()`). `base_model=None` uses the bot's `nlu.base_model`
     (a path relative to the bot folder works), else the packaged all-MiniLM-L6-v2.
+    `init_from`: fine-tune from that model directory instead (a warm start: its encoder and
+    heads, new labels get fresh rows; reproducible with the seed like a cold start).
     Raises `TrainingError` subclasses: `DataError`, `BaseModelError`, `ExportCheckError`.
     """
     settings = bot.nlu
@@ -58,4 +61,4 @@ def train_bot(bot: BotDefinition, out_dir: Path, *, base_model: str | None = Non
         entities_config=bot.entities_runtime_config(),
     )
     return pipeline.run(job, Path(out_dir), base_model=base_model, config=config,
-                        checks=checks, progress=progress)
+                        checks=checks, progress=progress, init_from=init_from)

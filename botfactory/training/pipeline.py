@@ -22,10 +22,13 @@ from botfactory.training.export import CheckThresholds, Outputs
 from botfactory.training.metrics import Metrics, evaluate
 from botfactory.training.model import (
     JointModel,
+    Parent,
     load_encoder,
+    load_parent,
     resolve_base_model,
     save_torch,
     tokenizer_json,
+    warm_start,
 )
 from botfactory.training.trainer import (
     TrainConfig,
@@ -70,20 +73,33 @@ class Job:
     info: dict[str, Any] = field(default_factory=dict)  # extra `training` entries
 
 
+def _start(base_model: str | None, init_from: Path | None,
+           progress: bool) -> tuple[Any, bytes, str, Parent | None]:
+    """(encoder, tokenizer.json bytes, base model description, warm-start parent)."""
+    if init_from is not None:
+        _say(progress, f"warm start from {init_from}")
+        parent = load_parent(init_from)
+        return parent.model.encoder, parent.tokenizer, parent.base_model, parent
+    base = resolve_base_model(base_model)
+    _say(progress, f"loading base model {base.description}")
+    return load_encoder(base), tokenizer_json(base), base.description, None
+
+
 def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
-        checks: CheckThresholds | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train, export, check and write `out_dir` (atomically); returns the metadata."""
+        checks: CheckThresholds | None = None, progress: bool = True,
+        init_from: Path | None = None) -> dict[str, Any]:
+    """Train, export, check and write `out_dir` (atomically); returns the metadata.
+
+    `init_from`: a model directory to fine-tune from (its encoder and heads; `base_model` is
+    then not used), else the base encoder with fresh heads."""
     checks = checks or CheckThresholds()
     started = time.perf_counter()
     labels = make_labels([*job.train, *job.heldout], with_tags=job.with_tags)
-    base = resolve_base_model(base_model)
-    _say(progress, f"loading base model {base.description}")
-    encoder = load_encoder(base)
-    tokenizer_bytes = tokenizer_json(base)
+    encoder, tokenizer_bytes, base_description, parent = _start(base_model, init_from, progress)
     with deterministic(), export.staging_dir(out_dir) as staging:
         (staging / TOKENIZER_FILE).write_bytes(tokenizer_bytes)
         tokenizer = load_tokenizer(staging / TOKENIZER_FILE, job.max_length)
-        _check_vocab(encoder, tokenizer.get_vocab_size(), base.description)
+        _check_vocab(encoder, tokenizer.get_vocab_size(), base_description)
         pad_id = pad_id_of(tokenizer)
         train = encode(job.train, tokenizer, labels)
         heldout = encode(job.heldout, tokenizer, labels)
@@ -91,6 +107,8 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
 
         seed_everything(config.seed)
         model = JointModel(encoder, len(labels.intents), len(labels.tags), config.dropout)
+        warm = None if parent is None else warm_start(model, parent, labels.intents,
+                                                      labels.tags)
         _say(progress, f"fine-tuning on {len(train)} examples, {len(heldout)} held out")
         result = fit(model, train, heldout, labels, config, pad_id, progress=progress)
 
@@ -123,7 +141,9 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
             "kind": job.kind,
             "bot": job.bot,
             "version": content_version(staging),
-            "base_model": base.description,
+            "base_model": base_description,
+            "parent": None if parent is None else {"version": parent.version,
+                                                   "path": str(parent.path)},
             "max_length": job.max_length,
             "confidence_threshold": job.confidence_threshold,
             "out_of_scope_intent": job.out_of_scope_intent,
@@ -150,6 +170,7 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
                 "opset": export.OPSET,
                 "quantization": QUANTIZATION,
                 "versions": _versions(),
+                "warm_start": warm,
                 **job.info,
                 "history": result.history,
             },

@@ -42,7 +42,7 @@ MAX_CALL_NUMBER = 10_000
 """The largest number a template may pass to a call or filter (range, widths, counts)."""
 UNSAFE_FILTERS = ("format", "center", "indent", "wordwrap")
 """Filters left out of templates: they build strings from widths or format specs."""
-STEP_KINDS = ("say", "collect", "set", "branch", "call", "workflow", "handoff", "end")
+STEP_KINDS = ("say", "collect", "set", "branch", "call", "workflow", "search", "handoff", "end")
 CONDITION_OPS = ("equals", "not_equals", "in", "gt", "lt", "gte", "lte", "present")
 _PAYLOAD = re.compile(r"^/(" + INTENT_NAME_PATTERN[1:-1] + r")(\{.*\})?\s*$", re.DOTALL)
 
@@ -215,6 +215,17 @@ class RunWorkflow:
 
 
 @dataclass(frozen=True)
+class Search:
+    """Answer from the knowledge base. `query`: a template (None: the text of the message
+    being handled); `not_found`: said when nothing scores above the answer threshold;
+    `save`: a boolean slot set to whether an answer was given."""
+
+    query: str | None = None
+    not_found: MessageRef | None = None
+    save: str | None = None
+
+
+@dataclass(frozen=True)
 class Handoff:
     message: MessageRef | None = None
 
@@ -224,7 +235,7 @@ class End:
     pass
 
 
-Step = Say | Collect | SetSlots | Branch | Call | RunWorkflow | Handoff | End
+Step = Say | Collect | SetSlots | Branch | Call | RunWorkflow | Search | Handoff | End
 
 
 @dataclass(frozen=True)
@@ -747,6 +758,8 @@ class _Builder:
             return self._call(entry, flow, where, str(value))
         if kind == "workflow":
             return self._workflow(entry, where, value)
+        if kind == "search":
+            return self._search(entry, where, value)
         if kind == "handoff":
             return Handoff(self._message(entry, where, value))
         return End()
@@ -875,6 +888,25 @@ class _Builder:
             started=self._message(entry, [*path, "started"], raw.get("started")),
             on_success=self._message(entry, [*path, "on_success"], raw.get("on_success")),
             on_failure=self._message(entry, [*path, "on_failure"], raw.get("on_failure")),
+        )
+
+    def _search(self, entry: SectionEntry, path: list[PathPart], raw: Any) -> Search:
+        """`search: {}` / `search:` (the message's text), `search: QUERY` or
+        `search: {query, not_found, save}`."""
+        where = path if isinstance(raw, str) else [*path, "query"]
+        raw = {"query": raw} if isinstance(raw, str) else raw or {}
+        query = raw.get("query")
+        if query is not None:
+            self._check_template(entry, where, str(query))
+        save = raw.get("save")
+        known = save is not None and self._slot_ref(entry, [*path, "save"], save)
+        if known and self.slots[save].type != "boolean":
+            self.add(entry, [*path, "save"], f"slot {save!r} must be a boolean slot "
+                                             "(it is set to whether an answer was found)")
+        return Search(
+            query=None if query is None else str(query),
+            not_found=self._message(entry, [*path, "not_found"], raw.get("not_found")),
+            save=None if save is None else str(save),
         )
 
     def _inputs(

@@ -21,6 +21,7 @@ from services.botdef.model import (
     EntityDef,
     Example,
     Intent,
+    KnowledgeSettings,
     NluSettings,
 )
 from services.botdef.schema import (
@@ -294,6 +295,17 @@ class _Loader:
             )
             self.issues.extend(issues)
 
+    def check_knowledge(self, bot_file: str, bot_doc: Any) -> None:
+        """`knowledge.faq_intent` must name an intent of the bot (when given)."""
+        section = bot_doc.get("knowledge")
+        if not isinstance(section, dict) or not self.intents_complete:
+            return
+        intent = section.get("faq_intent")
+        if isinstance(intent, str) and intent not in self.intents:
+            line = line_of(bot_doc, ["knowledge", "faq_intent"])
+            message = f"unknown intent {intent!r} (use null for no FAQ intent)"
+            self.issues.append(DefinitionIssue(bot_file, line, "knowledge.faq_intent", message))
+
     def _check_mentions(self) -> None:
         declared = ", ".join(sorted(self.entities)) or "none"
         for mention in self.mentions:
@@ -333,6 +345,8 @@ def load_bot(path: str | Path) -> BotDefinition:
     for workflow_path in yaml_files(root / WORKFLOWS_DIR):
         loader.add_workflow(workflow_path)
     loader.check(str(bot_path))
+    if isinstance(bot_doc, dict):
+        loader.check_knowledge(str(bot_path), bot_doc)
     if loader.issues or bot_doc is None:
         raise BotDefinitionError(sorted(loader.issues, key=lambda i: (i.file, i.line)))
     return _build(root, bot_doc, loader)
@@ -373,6 +387,8 @@ def _build(root: Path, bot_doc: Any, loader: _Loader) -> BotDefinition:
         entities=dict(loader.entities),
         raw=raw,
         conversation=loader.conversation,
+        knowledge=knowledge_settings(to_plain(bot_doc["knowledge"]))
+        if isinstance(bot_doc.get("knowledge"), dict) else None,
     )
 
 
@@ -391,4 +407,17 @@ def nlu_settings(nlu: dict[str, Any], language: str = "en") -> NluSettings:
         learning_rate=float(rate) if rate is not None else None,
         batch_size=nlu.get("batch_size"),
         seed=nlu.get("seed"),
+    )
+
+
+def knowledge_settings(section: dict[str, Any]) -> KnowledgeSettings:
+    """KnowledgeSettings from a validated `knowledge:` mapping (absent keys: the defaults)."""
+    defaults = KnowledgeSettings()
+    faq_intent = section.get("faq_intent", defaults.faq_intent)
+    return KnowledgeSettings(
+        answer_threshold=float(section.get("answer_threshold", defaults.answer_threshold)),
+        faq_intent=None if faq_intent is None else str(faq_intent),
+        on_out_of_scope=bool(section.get("on_out_of_scope", defaults.on_out_of_scope)),
+        max_sentences=int(section.get("max_sentences", defaults.max_sentences)),
+        k=int(section.get("k", defaults.k)),
     )

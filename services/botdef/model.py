@@ -67,13 +67,33 @@ class NluSettings:
 
 
 @dataclass(frozen=True)
+class KnowledgeSettings:
+    """The `knowledge:` section of bot.yml: how the bot answers from its knowledge base
+    (docs/bot-definition.md, "Knowledge base").
+
+    `answer_threshold`: the lowest hit score answered (below it: the normal fallback);
+    `faq_intent`: the intent whose messages go to the knowledge base (None: none);
+    `on_out_of_scope`: out-of-scope and low-confidence messages try the knowledge base first;
+    `max_sentences`: sentences in an answer taken from a document passage; `k`: hits asked for.
+    """
+
+    answer_threshold: float = 0.5
+    faq_intent: str | None = "faq"
+    on_out_of_scope: bool = True
+    max_sentences: int = 2
+    k: int = 5
+
+
+@dataclass(frozen=True)
 class BotDefinition:
     """A loaded, validated bot folder.
 
     `raw` holds the bot.yml mapping as plain Python data, plus the merged `slots`,
     `responses` and `flows` sections of all files and the `workflows` read from the
     `workflows/` folder (name -> definition). `conversation` is the typed, validated form
-    of `slots`, `responses` and `flows` (empty when the bot has none).
+    of `slots`, `responses` and `flows` (empty when the bot has none). `knowledge` holds the
+    `knowledge:` settings, None when bot.yml has no such section (the bot then consults its
+    knowledge base only in `search` flow steps, with the default settings).
     """
 
     name: str
@@ -86,6 +106,7 @@ class BotDefinition:
     conversation: ConversationDefinition = dataclasses.field(
         default_factory=lambda: _empty_conversation()
     )
+    knowledge: KnowledgeSettings | None = None
 
     @property
     def redacts_pii(self) -> bool:

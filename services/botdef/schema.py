@@ -73,6 +73,18 @@ _DEFS: dict[str, Any] = {
             "seed": {"type": "integer", "minimum": 0},
         },
     },
+    # docs/bot-definition.md, "Knowledge base": answering from the bot's knowledge/ folder.
+    "knowledge": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "answer_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+            "faq_intent": {"type": ["string", "null"], "pattern": INTENT_NAME_PATTERN},
+            "on_out_of_scope": {"type": "boolean"},
+            "max_sentences": {"type": "integer", "minimum": 1, "maximum": 10},
+            "k": {"type": "integer", "minimum": 1, "maximum": 50},
+        },
+    },
 }
 
 _SECTIONS: dict[str, Any] = {
@@ -95,6 +107,7 @@ BOT_FILE_SCHEMA: dict[str, Any] = {
         "description": {"type": "string"},
         "language": {"type": "string", "pattern": LANGUAGE_PATTERN},
         "nlu": {"$ref": "#/$defs/nlu"},
+        "knowledge": {"$ref": "#/$defs/knowledge"},
         # docs/security.md: PII is redacted from events and transcripts unless turned off.
         "privacy": {
             "type": "object",
@@ -225,6 +238,7 @@ _CONVERSATION_DEFS: dict[str, Any] = {
             "branch": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/case"}},
             "call": _FLOW_NAME,
             "workflow": {"$ref": "#/$defs/workflow"},
+            "search": {"$ref": "#/$defs/search"},
             "handoff": {"type": ["null", "boolean", "string", "object"], **_MESSAGE_KEYWORDS},
             "end": {"type": ["null", "boolean"]},
         },
@@ -246,6 +260,12 @@ _CONVERSATION_DEFS: dict[str, Any] = {
                 "properties": _VALIDATION_PROPERTIES,
             },
         },
+    },
+    "search": {
+        "type": ["null", "string", "object"],
+        "minLength": 1,
+        "additionalProperties": False,
+        "properties": {"query": _TEXT, "not_found": _MESSAGE, "save": _IDENT},
     },
     "case": {
         "type": "object",

@@ -31,10 +31,15 @@ def definition_key(bot: str) -> str:
     return f"{DEF_PREFIX}{bot}"
 
 
+KNOWLEDGE_FOLDER = "knowledge"
+"""Not part of a deployed definition: the knowledge index carries it (docs/knowledge.md)."""
+
+
 def read_folder(folder: Path) -> dict[str, str]:
-    """All YAML files of a bot folder, by relative POSIX path."""
+    """All YAML files of a bot folder, by relative POSIX path (`knowledge/` left out)."""
     return {p.relative_to(folder).as_posix(): p.read_text(encoding="utf-8")
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix in {".yml", ".yaml"}}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix in {".yml", ".yaml"}
+            and p.relative_to(folder).parts[0] != KNOWLEDGE_FOLDER}
 
 
 def write_folder(files: dict[str, str], target: Path) -> Path:

@@ -7,7 +7,9 @@ DESIGN.md "State": KV `trackers`, `rpa_runs`, `bots`; object store `models`; str
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 import nats
 import nats.errors
@@ -18,6 +20,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from services.common.config import load_config, require
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
@@ -27,6 +30,8 @@ KV_TRACKERS = "trackers"
 KV_RPA_RUNS = "rpa_runs"
 KV_BOTS = "bots"
 KV_HANDOFFS = "handoffs"
+KV_REVIEW = "review"  # the annotation inbox (services/common/reviewqueue.py)
+KV_APIKEYS = "apikeys"  # the gateway's API key records (services/gateway/auth.py)
 OBJ_MODELS = "models"
 
 STREAMS = (
@@ -37,7 +42,46 @@ STREAMS = (
     StreamConfig(name="EVENTS", subjects=["events.>"], retention=RetentionPolicy.LIMITS,
                  storage=StorageType.FILE, duplicate_window=120.0),
 )
-KV_BUCKETS = ((KV_TRACKERS, 1), (KV_RPA_RUNS, 1), (KV_BOTS, 5), (KV_HANDOFFS, 1))
+KV_BUCKETS = ((KV_TRACKERS, 1), (KV_RPA_RUNS, 1), (KV_BOTS, 5), (KV_HANDOFFS, 1),
+              (KV_REVIEW, 1), (KV_APIKEYS, 5))
+TLS_SECTION = "nats"
+
+
+@dataclass(frozen=True)
+class NatsTlsConfig:
+    """TLS to NATS, from `BOTFACTORY_NATS_TLS_*` (shared by every service of a host or pod).
+
+    `tls_ca`: verify the server against this CA (PEM) instead of the system roots; `tls_cert` /
+    `tls_key`: a client certificate, for a server that verifies clients. None of them set and a
+    `nats://` URL: plain TCP; a `tls://` URL: TLS with the system roots.
+    """
+
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    def validate(self) -> None:
+        for name in ("tls_ca", "tls_cert", "tls_key"):
+            path = getattr(self, name)
+            require(path is None or path.is_file(), f"BOTFACTORY_NATS_{name.upper()}",
+                    f"no such file: {path}")
+        require((self.tls_cert is None) == (self.tls_key is None),
+                "BOTFACTORY_NATS_TLS_CERT", "needs BOTFACTORY_NATS_TLS_KEY (and the reverse)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.tls_ca is not None or self.tls_cert is not None
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(
+            cafile=str(self.tls_ca) if self.tls_ca is not None else None)
+        if self.tls_cert is not None and self.tls_key is not None:
+            context.load_cert_chain(str(self.tls_cert), str(self.tls_key))
+        return context
+
+
+class ProvisioningRefused(ConnectionError):
+    """An asset is missing and this identity may not create it."""
 
 
 @dataclass
@@ -65,8 +109,14 @@ class Bus:
             await self.nc.close()
 
 
-async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> Bus:
-    """Connect (retrying in the background after the first success) and return the bus."""
+async def connect(url: str, name: str, *, connect_timeout: float = 5.0,
+                  tls: NatsTlsConfig | None = None) -> Bus:
+    """Connect (retrying in the background after the first success) and return the bus.
+
+    Credentials come in the URL (`nats://user:password@host:4222`); TLS from `tls` (default:
+    the `BOTFACTORY_NATS_TLS_*` variables, NatsTlsConfig).
+    """
+    tls = tls if tls is not None else load_config(NatsTlsConfig, TLS_SECTION)
     connecting = nats.connect(
         servers=[u.strip() for u in url.split(",")],
         name=name,
@@ -77,6 +127,7 @@ async def connect(url: str, name: str, *, connect_timeout: float = 5.0) -> Bus:
         error_cb=_on_error,
         disconnected_cb=_on_disconnected,
         reconnected_cb=_on_reconnected,
+        tls=tls.context() if tls.enabled else None,
     )
     # Reconnects are unlimited once connected; the first connection fails fast (a wrong
     # address or credentials must stop a service at start, not hang it).
@@ -102,12 +153,23 @@ async def _on_reconnected() -> None:
 
 
 async def provision(bus: Bus) -> None:
-    """Create the streams, KV buckets and object store if missing; safe to run concurrently."""
-    for config in STREAMS:
-        await _ensure_stream(bus.js, config)
-    for bucket, history in KV_BUCKETS:
-        await _ensure_kv(bus.js, bucket, history)
-    await _ensure_object_store(bus.js, OBJ_MODELS)
+    """Create the streams, KV buckets and object store if missing; safe to run concurrently.
+
+    With NATS authentication only the admin identity may create them (services/common/
+    natsauth.py); a service finds them made and only checks: a missing one stops it with
+    ProvisioningRefused instead of waiting for a reply the server never sends.
+    """
+    try:
+        for config in STREAMS:
+            await _ensure_stream(bus.js, config)
+        for bucket, history in KV_BUCKETS:
+            await _ensure_kv(bus.js, bucket, history)
+        await _ensure_object_store(bus.js, OBJ_MODELS)
+    except (nats.errors.TimeoutError, TimeoutError) as exc:
+        raise ProvisioningRefused(
+            "a JetStream stream or bucket is missing and this NATS identity may not create it "
+            "(or JetStream is not answering): provision as the admin identity first "
+            "(docs/security.md, 'NATS identities')") from exc
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:

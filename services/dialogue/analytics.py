@@ -55,6 +55,8 @@ def record(metrics: AnalyticsMetrics, kind: str, bot: str, data: dict[str, Any])
         metrics.fallbacks.labels(bot=bot).inc()
     elif kind == "handoff":
         metrics.handoffs.labels(bot=bot).inc()
+    elif kind == "knowledge_answer":
+        metrics.knowledge_answers.labels(bot=bot).inc()
     elif kind in ("flow_started", "flow_completed", "flow_cancelled"):
         counter = {"flow_started": metrics.flows_started,
                    "flow_completed": metrics.flows_completed,

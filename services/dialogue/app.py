@@ -14,8 +14,10 @@ from services.dialogue.admin import DialogueAdminServicer
 from services.dialogue.analytics import AnalyticsConsumer
 from services.dialogue.bots import BotRegistry
 from services.dialogue.config import DialogueConfig
-from services.dialogue.metrics import DialogueMetrics
+from services.dialogue.metrics import DialogueMetrics, RolloutGuardMetrics
 from services.dialogue.nlu_client import NluClient
+from services.dialogue.review import ReviewCollector
+from services.dialogue.rollout_guard import RolloutGuard
 from services.dialogue.store import TrackerStore
 from services.dialogue.worker import DialogueWorker
 
@@ -33,6 +35,8 @@ class DialogueServer:
         self.bus: Bus | None = None
         self.worker: DialogueWorker | None = None
         self.analytics: AnalyticsConsumer | None = None
+        self.rollout_guard: RolloutGuard | None = None
+        self.review: ReviewCollector | None = None
         self.metrics_server: MetricsServer | None = None
 
     @property
@@ -57,6 +61,15 @@ class DialogueServer:
             self.analytics = AnalyticsConsumer(self.bus, self.metrics.analytics,
                                                ack_wait_s=self.config.ack_wait_s)
             await self.analytics.start()
+        if self.config.review:
+            self.review = ReviewCollector(self.bus, ack_wait_s=self.config.ack_wait_s,
+                                          low_confidence=self.config.review_low_confidence)
+            await self.review.start()
+        if self.config.rollout_guard:
+            self.rollout_guard = RolloutGuard(
+                self.bus, RolloutGuardMetrics.create(self.metrics.registry),
+                window_s=self.config.rollout_window_s)
+            await self.rollout_guard.start()
         self.metrics_server = start_metrics_server(self.metrics.registry,
                                                    self.config.metrics_host,
                                                    self.config.metrics_port)
@@ -70,6 +83,10 @@ class DialogueServer:
             await self.worker.stop()
         if self.analytics is not None:
             await self.analytics.stop()
+        if self.rollout_guard is not None:
+            await self.rollout_guard.stop()
+        if self.review is not None:
+            await self.review.stop()
         await self.grpc.stop(self.config.shutdown_grace_s)
         await self.registry.stop()
         await self.nlu.close()

@@ -26,9 +26,17 @@ class DialogueConfig:
     # Seconds a worker may hold a message before JetStream redelivers it to another worker.
     ack_wait_s: float = 30.0
     session_idle_s: float = 1800.0
+    # Abort a canary rollout that falls back or is rated down more than the active model
+    # (docs/rollout.md), judged over this many seconds of conversation events.
+    rollout_guard: bool = True
+    rollout_window_s: float = 3600.0
     # Count conversation events into the analytics metrics (botfactory_conversations_total,
     # ...; docs/observability.md) through the `analytics` consumer shared by all replicas.
     analytics: bool = True
+    # Queue uncertain, fallen-back, badly rated and shadow-disputed messages for review (KV
+    # `review`, docs/improvement-loop.md); below this confidence a message counts as uncertain.
+    review: bool = True
+    review_low_confidence: float = 0.6
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50061
     metrics_host: str = "127.0.0.1"
@@ -41,7 +49,10 @@ class DialogueConfig:
         require(self.nlu_timeout_s > 0, f"{PREFIX}NLU_TIMEOUT_S", "must be > 0")
         require(1 <= self.partitions <= 1024, f"{PREFIX}PARTITIONS", "must be 1..1024")
         require(self.ack_wait_s >= 1, f"{PREFIX}ACK_WAIT_S", "must be >= 1")
+        require(0 <= self.review_low_confidence <= 1, f"{PREFIX}REVIEW_LOW_CONFIDENCE",
+                "must be 0..1")
         require(self.session_idle_s > 0, f"{PREFIX}SESSION_IDLE_S", "must be > 0")
+        require(self.rollout_window_s >= 1, f"{PREFIX}ROLLOUT_WINDOW_S", "must be >= 1")
         require(0 <= self.grpc_port <= 65535, f"{PREFIX}GRPC_PORT", "must be 0..65535")
         require(0 <= self.metrics_port <= 65535, f"{PREFIX}METRICS_PORT", "must be 0..65535")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.metrics import LATENCY_BUCKETS
 
@@ -23,6 +23,7 @@ class AnalyticsMetrics:
     flows_completed: Counter
     flows_cancelled: Counter
     feedback: Counter
+    knowledge_answers: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> AnalyticsMetrics:
@@ -43,6 +44,8 @@ class AnalyticsMetrics:
             feedback=counter("botfactory_feedback_events",
                              "User ratings of bot messages (rating: up or down).",
                              ("bot", "rating")),
+            knowledge_answers=counter("botfactory_knowledge_answers",
+                                      "Messages answered from the knowledge base."),
         )
 
 
@@ -54,6 +57,8 @@ class DialogueMetrics:
     nlu_failures: Counter
     cas_conflicts: Counter
     dead_letters: Counter
+    knowledge_searches: Counter
+    knowledge_search_latency: Histogram
     analytics: AnalyticsMetrics
 
     @classmethod
@@ -74,5 +79,38 @@ class DialogueMetrics:
             dead_letters=Counter("botfactory_dialogue_dead_letters",
                                  "Messages moved to events.deadletter after repeated failure.",
                                  registry=registry),
+            knowledge_searches=Counter(
+                "botfactory_dialogue_knowledge_searches",
+                "Knowledge-base searches (outcome: hits, empty, or failed = no answer).",
+                ["bot", "outcome"], registry=registry),
+            knowledge_search_latency=Histogram(
+                "botfactory_dialogue_knowledge_search_seconds",
+                "Time of one knowledge-base search (NLU Search call).",
+                buckets=LATENCY_BUCKETS, registry=registry),
             analytics=AnalyticsMetrics.create(registry),
+        )
+
+
+@dataclass
+class RolloutGuardMetrics:
+    """The canary guard (services/dialogue/rollout_guard.py): what each replica sees in its
+    window (every replica reads all of a canary bot's events: take max, not sum) and the
+    aborts (counted once, by the replica that aborted)."""
+
+    turns: Gauge
+    rate: Gauge
+    aborts: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> RolloutGuardMetrics:
+        return cls(
+            turns=Gauge("botfactory_rollout_window_turns",
+                        "NLU-parsed turns per variant in the guard's window.",
+                        ["bot", "variant"], registry=registry),
+            rate=Gauge("botfactory_rollout_window_rate",
+                       "Fallback or negative-feedback rate per turn in the guard's window.",
+                       ["bot", "variant", "rate"], registry=registry),
+            aborts=Counter("botfactory_rollout_aborts",
+                           "Canary rollouts aborted automatically.", ["bot"],
+                           registry=registry),
         )

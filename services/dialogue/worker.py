@@ -1,6 +1,7 @@
 """Consumes inbound conversation messages, one partition consumer at a time per message.
 
-For each message: load the tracker (KV), call NLU, advance the engine, write the tracker back
+For each message: load the tracker (KV), call NLU, advance the engine (running at once the
+knowledge-base searches it asks for: services/dialogue/knowledge.py), write the tracker back
 with compare-and-set (the record carries the turn's outbox), publish the replies (to the
 waiting gateway's inbox and to `conv.out`), events and workflow jobs, and only then ack.
 
@@ -49,12 +50,15 @@ from services.common.subjects import (
 from services.dialogue.bots import BotRegistry
 from services.dialogue.engine import (
     DialogueEngine,
+    Knowledge,
+    KnowledgeQuery,
     NluResult,
     Reply,
     Tracker,
     TurnResult,
     WorkflowResult,
 )
+from services.dialogue.knowledge import Hits, KnowledgeSearcher, complete
 from services.dialogue.metrics import DialogueMetrics
 from services.dialogue.nlu_client import NluClient, NluUnavailable
 from services.dialogue.store import ConcurrentUpdate, Outgoing, Record, TrackerStore
@@ -114,6 +118,7 @@ class DialogueWorker:
         self._bus = bus
         self._registry = registry
         self._nlu = nlu
+        self._knowledge = KnowledgeSearcher(nlu, metrics)
         self._store = store
         self._metrics = metrics
         self._partitions = partitions
@@ -196,6 +201,7 @@ class DialogueWorker:
             return "unknown_bot"
         nlu = await self._understand(engine, inbound)
         key = tracker_key(inbound.bot_id, inbound.conversation_id)
+        found: dict[str, Hits] = {}  # knowledge-base searches of this message
         for _ in range(CAS_RETRIES):
             record = await self._store.load(key) or Record(
                 Tracker.new(inbound.bot_id, inbound.conversation_id, time.time()), None)
@@ -203,7 +209,7 @@ class DialogueWorker:
                 if record.outbox_for == inbound.message_id:
                     await self._publish(record.outbox, inbound.reply_inbox)
                 return "duplicate"
-            result = self._turn(engine, record.tracker, inbound, nlu)
+            result = await self._searching_turn(engine, record.tracker, inbound, nlu, found)
             outbox = self._outgoing(inbound, result, nlu, redact=engine.bot.redacts_pii)
             try:
                 await self._store.save(key, record.after_turn(result.tracker, inbound.message_id,
@@ -223,19 +229,30 @@ class DialogueWorker:
             return None  # a button payload names its intent: no NLU needed
         try:
             return await self._nlu.parse(inbound.bot_id, inbound.user.text,
-                                         inbound.correlation_id)
+                                         inbound.correlation_id, inbound.conversation_id)
         except NluUnavailable as exc:
             self._metrics.nlu_failures.inc()
             log.warning("nlu_unavailable", error=str(exc))
             return None
 
+    async def _searching_turn(self, engine: DialogueEngine, tracker: Tracker,
+                              inbound: Inbound, nlu: NluResult | None,
+                              found: dict[str, Hits]) -> TurnResult:
+        """The turn, with the knowledge-base searches it needs run on the way (knowledge.py)."""
+        async def search(query: KnowledgeQuery) -> Hits:
+            return await self._knowledge.search(inbound.bot_id, query, inbound.correlation_id)
+
+        return await complete(
+            lambda knowledge: self._turn(engine, tracker, inbound, nlu, knowledge), search, found)
+
     def _turn(self, engine: DialogueEngine, tracker: Tracker, inbound: Inbound,
-              nlu: NluResult | None) -> TurnResult:
+              nlu: NluResult | None, knowledge: Knowledge) -> TurnResult:
         now = time.time()
         if engine.expired(tracker, now, self._idle):
             tracker = engine.new_session(tracker, now)
         if inbound.workflow is not None:
-            return engine.handle_workflow_result(tracker, inbound.workflow, now)
+            return engine.handle_workflow_result(tracker, inbound.workflow, now,
+                                                 knowledge=knowledge)
         if inbound.kind == KIND_WORKFLOW_PROGRESS:
             return engine.handle_workflow_progress(tracker, inbound.progress_run_id, now)
         assert inbound.user is not None
@@ -249,7 +266,7 @@ class DialogueWorker:
         if nlu is None and not text.startswith("/"):
             return engine.handle_nlu_unavailable(tracker, inbound.message_id, text, now)
         return engine.handle_message(tracker, inbound.message_id, text,
-                                     nlu or payload_nlu(text), now)
+                                     nlu or payload_nlu(text), now, knowledge=knowledge)
 
     def _outgoing(self, inbound: Inbound, result: TurnResult, nlu: NluResult | None, *,
                   redact: bool = True) -> tuple[Outgoing, ...]:
@@ -370,7 +387,8 @@ def nlu_json(nlu: NluResult | None) -> dict[str, Any] | None:
         return None
     return {"intent": nlu.intent, "confidence": round(nlu.confidence, 4),
             "entities": [{"entity": e.entity, "value": e.value} for e in nlu.entities],
-            "out_of_scope": nlu.out_of_scope, "sentiment": nlu.sentiment}
+            "out_of_scope": nlu.out_of_scope, "sentiment": nlu.sentiment,
+            "model_version": nlu.model_version, "variant": nlu.variant}
 
 
 def bot_message(bot: str, conv: str, message_id: str, in_reply_to: str, index: int, count: int,
@@ -379,4 +397,7 @@ def bot_message(bot: str, conv: str, message_id: str, in_reply_to: str, index: i
         bot_id=bot, conversation_id=conv, message_id=f"{message_id}:{index}",
         in_reply_to=in_reply_to, text=reply.text,
         buttons=[conversation_pb2.Button(title=b.title, payload=b.payload) for b in reply.buttons],
-        index=index, last=index == count - 1, sent_at_unix_ms=now_ms, role=reply.role)
+        index=index, last=index == count - 1, sent_at_unix_ms=now_ms, role=reply.role,
+        citations=[conversation_pb2.Citation(title=c.title, document=c.document,
+                                             heading_path=list(c.heading_path), url=c.url)
+                   for c in reply.citations])

@@ -11,18 +11,23 @@ import aiohttp
 from aiohttp import web
 
 from services.common.definitions import DefinitionStore
-from services.common.grpc_server import GrpcServer
+from services.common.grpc_server import GrpcServer, ServerTls
 from services.common.logging import get_logger
 from services.common.metrics import MetricsServer, start_metrics_server
-from services.common.nats import Bus, connect, provision
+from services.common.nats import KV_REVIEW, Bus, connect, provision
 from services.common.partitions import agreed_partitions
+from services.common.reviewqueue import ReviewQueue
 from services.gateway.audit import BusAuditLog
 from services.gateway.auth import NatsKeyStore
+from services.gateway.backpressure import Backpressure, Limits, dialogue_backlog
 from services.gateway.config import GatewayConfig
 from services.gateway.grpc_api import SERVICE_NAME, ChatServicer, add_chat_service
 from services.gateway.http.app import build_authenticator, build_limiter, create_app
 from services.gateway.http.metrics import GatewayMetrics
+from services.gateway.http.models import MODEL_ROLLOUTS
+from services.gateway.http.review import REVIEW
 from services.gateway.hub import BusHub, BusModelAdmin
+from services.gateway.rollouts import BusModelRollouts
 from services.gateway.runs import GrpcRunsClient
 from services.gateway.webhook_relay import CachedWebhookStore, NatsWebhookStore, WebhookRelay
 from services.gateway.webhooks import WebhookSender, WebhookSettings
@@ -36,6 +41,7 @@ class GatewayServer:
         self.metrics = GatewayMetrics.create()
         self.bus: Bus | None = None
         self.hub: BusHub | None = None
+        self.backpressure: Backpressure | None = None
         self.runner: web.AppRunner | None = None
         self.metrics_server: MetricsServer | None = None
         self.grpc: GrpcServer | None = None
@@ -52,7 +58,11 @@ class GatewayServer:
         self.bus = await connect(self.config.nats_url, name="gateway")
         await provision(self.bus)
         partitions = await agreed_partitions(self.bus, self.config.partitions)
-        self.hub = BusHub(self.bus, partitions)
+        self.backpressure = Backpressure(limits(self.config), self.metrics.registry,
+                                         dialogue_backlog(self.bus.js, partitions))
+        await self.backpressure.start()
+        self.hub = BusHub(self.bus, partitions, self.backpressure,
+                          publish_timeout_s=self.config.publish_timeout_s)
         await self.hub.start()
         keys = await NatsKeyStore.open(self.bus)
         hub, bus = self.hub, self.bus
@@ -72,13 +82,16 @@ class GatewayServer:
                          definitions=DefinitionStore(bus), webhooks=webhook_store,
                          ready=lambda: hub.connected, auth=auth, limiter=limiter,
                          audit=BusAuditLog(bus), runs=self.runs)
+        app[REVIEW] = ReviewQueue(await bus.kv(KV_REVIEW))
+        app[MODEL_ROLLOUTS] = BusModelRollouts(bus)  # versions and rollouts (http/models.py)
         self.runner = web.AppRunner(app, access_log=None,
                                     shutdown_timeout=self.config.shutdown_grace_s)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.config.http_host, self.config.http_port)
         await site.start()
         self.port = _bound_port(site)
-        self.grpc = GrpcServer([SERVICE_NAME], self.config.grpc_host, self.config.grpc_port)
+        self.grpc = GrpcServer([SERVICE_NAME], self.config.grpc_host, self.config.grpc_port,
+                               tls=public_grpc_tls(self.config))
         self.chat = add_chat_service(self.grpc.server, hub, auth, limiter, self.config,
                                      self.metrics)
         await self.grpc.start()
@@ -108,6 +121,8 @@ class GatewayServer:
             await self.webhook_session.close()
         if self.runs is not None:
             await self.runs.close()
+        if self.backpressure is not None:
+            await self.backpressure.stop()
         if self.hub is not None:
             await self.hub.stop()
         if self.bus is not None:
@@ -115,6 +130,20 @@ class GatewayServer:
         if self.metrics_server is not None:
             self.metrics_server.stop()
         log.info("gateway_stopped")
+
+
+def limits(config: GatewayConfig) -> Limits:
+    return Limits(max_pending=config.max_pending, max_pending_per_bot=config.max_pending_per_bot,
+                  max_backlog=config.max_backlog, backlog_check_s=config.backlog_check_s,
+                  pending_expiry_s=config.pending_expiry_s,
+                  retry_after_s=config.overload_retry_after_s)
+
+
+def public_grpc_tls(config: GatewayConfig) -> ServerTls | None:
+    """The public gRPC API's TLS (None: the internal BOTFACTORY_GRPC_TLS_* setting)."""
+    if config.grpc_tls_cert is None or config.grpc_tls_key is None:
+        return None
+    return ServerTls(config.grpc_tls_cert, config.grpc_tls_key, config.grpc_tls_client_ca)
 
 
 def _bound_port(site: web.TCPSite) -> int:

@@ -14,41 +14,32 @@ has already happened and its answer is not changed.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from dataclasses import asdict
 from typing import Any
 
-import nats.errors
-
-from services.common.logging import get_logger
-from services.common.nats import Bus
-from services.common.subjects import HEADER_CORRELATION, HEADER_MSG_ID
+from services.common.audit import (  # the event shape and its store are shared (CLI, guard)
+    MODEL_ACTIONS,
+    MODEL_ACTIVATED,
+    PLATFORM_TENANT,
+    SUBJECT_PREFIX,
+    AuditEvent,
+    BusAuditLog,
+    event_json,
+    record,
+    subject,
+)
 from services.gateway.auth import ALL_TENANTS, Principal
-from services.gateway.ports import AuditEvent, AuditLog
 
-log = get_logger(__name__)
-
-SUBJECT_PREFIX = "events.audit"
-PLATFORM_TENANT = "_platform"
-PUBLISH_TIMEOUT_S = 5.0
+__all__ = ["MODEL_ACTIVATED", "PLATFORM_TENANT", "SUBJECT_PREFIX", "AuditEvent", "BusAuditLog",
+           "event_json", "record", "subject"]
 
 KEY_CREATED = "key.created"
 KEY_REVOKED = "key.revoked"
 BOT_DEPLOYED = "bot.deployed"
-MODEL_ACTIVATED = "model.activated"
 WEBHOOK_SET = "webhook.set"
 WEBHOOK_DELETED = "webhook.deleted"
-ACTIONS = (KEY_CREATED, KEY_REVOKED, BOT_DEPLOYED, MODEL_ACTIVATED, WEBHOOK_SET, WEBHOOK_DELETED)
-
-
-def subject(tenant: str) -> str:
-    return f"{SUBJECT_PREFIX}.{tenant}"
-
-
-def event_json(event: AuditEvent) -> dict[str, Any]:
-    return asdict(event)
+ACTIONS = (KEY_CREATED, KEY_REVOKED, BOT_DEPLOYED, WEBHOOK_SET, WEBHOOK_DELETED, *MODEL_ACTIONS)
 
 
 def new_event(principal: Principal, action: str, target: dict[str, Any], *,
@@ -61,38 +52,6 @@ def new_event(principal: Principal, action: str, target: dict[str, Any], *,
                       actor_tenant=principal.tenant, target=target,
                       at_unix_ms=int(time.time() * 1000), correlation_id=correlation_id,
                       event_id=uuid.uuid4().hex)
-
-
-async def record(audit: AuditLog | None, event: AuditEvent) -> None:
-    """Store `event` (and log it); a failure to store it is logged, never raised."""
-    log.info("audit", **{k: v for k, v in event_json(event).items() if k != "target"},
-             target=json.dumps(event.target, sort_keys=True))
-    if audit is None:
-        return
-    try:
-        await audit.record(event)
-    except Exception as exc:
-        log.error("audit_publish_failed", error=repr(exc), audit_event=event_json(event))
-
-
-class BusAuditLog:
-    """AuditLog on JetStream (stream EVENTS)."""
-
-    def __init__(self, bus: Bus) -> None:
-        self._bus = bus
-
-    async def record(self, event: AuditEvent) -> None:
-        headers = {HEADER_MSG_ID: f"audit-{event.event_id}"}
-        if event.correlation_id:
-            headers[HEADER_CORRELATION] = event.correlation_id
-        body = json.dumps(event_json(event), separators=(",", ":")).encode()
-        try:
-            await self._bus.js.publish(subject(event.tenant), body, headers=headers,
-                                       timeout=PUBLISH_TIMEOUT_S)
-        except (nats.errors.Error, TimeoutError):
-            # once more (same Nats-Msg-Id: stored once), then give up
-            await self._bus.js.publish(subject(event.tenant), body, headers=headers,
-                                       timeout=PUBLISH_TIMEOUT_S)
 
 
 class MemoryAuditLog:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.common.config import load_config, require
 from services.common.subjects import DEFAULT_PARTITIONS
@@ -62,12 +63,52 @@ class GatewayConfig:
     rpa_timeout_s: float = 10.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
+    # Backpressure (docs/gateway.md): messages accepted by this replica whose replies are not
+    # complete, in all and per bot; the dialogue's backlog (checked every backlog_check_s).
+    # Above a bound new messages get 503 + Retry-After (overload_retry_after_s).
+    max_pending: int = 1000
+    max_pending_per_bot: int = 1000
+    max_backlog: int = 5000
+    backlog_check_s: float = 1.0
+    pending_expiry_s: float = 60.0
+    overload_retry_after_s: float = 2.0
+    # How long publishing one message waits for JetStream's ack before answering 503.
+    publish_timeout_s: float = 5.0
+    # TLS of the public gRPC API (PEM paths; both or neither; unset: the internal setting
+    # BOTFACTORY_GRPC_TLS_*, services/common/grpc_server.py). grpc_tls_client_ca: require
+    # client certificates signed by it.
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
+    grpc_tls_client_ca: Path | None = None
 
     def validate(self) -> None:
         self._validate_ports()
         self._validate_secrets()
         self._validate_limits()
         self._validate_webhooks()
+        self._validate_backpressure()
+        self._validate_tls()
+
+    def _validate_backpressure(self) -> None:
+        require(self.max_pending >= 1, f"{PREFIX}MAX_PENDING", "must be >= 1")
+        require(1 <= self.max_pending_per_bot <= self.max_pending,
+                f"{PREFIX}MAX_PENDING_PER_BOT", "must be 1..MAX_PENDING")
+        require(self.max_backlog >= 1, f"{PREFIX}MAX_BACKLOG", "must be >= 1")
+        require(self.backlog_check_s > 0, f"{PREFIX}BACKLOG_CHECK_S", "must be > 0")
+        require(self.pending_expiry_s > 0, f"{PREFIX}PENDING_EXPIRY_S", "must be > 0")
+        require(self.overload_retry_after_s > 0, f"{PREFIX}OVERLOAD_RETRY_AFTER_S",
+                "must be > 0")
+        require(self.publish_timeout_s > 0, f"{PREFIX}PUBLISH_TIMEOUT_S", "must be > 0")
+
+    def _validate_tls(self) -> None:
+        require((self.grpc_tls_cert is None) == (self.grpc_tls_key is None),
+                f"{PREFIX}GRPC_TLS_CERT", "and GRPC_TLS_KEY must be set together")
+        require(self.grpc_tls_client_ca is None or self.grpc_tls_cert is not None,
+                f"{PREFIX}GRPC_TLS_CLIENT_CA", "needs GRPC_TLS_CERT and GRPC_TLS_KEY")
+        for name in ("grpc_tls_cert", "grpc_tls_key", "grpc_tls_client_ca"):
+            path = getattr(self, name)
+            require(path is None or path.is_file(), f"{PREFIX}{name.upper()}",
+                    f"no such file: {path}")
 
     def _validate_ports(self) -> None:
         require(0 <= self.http_port <= 65535, f"{PREFIX}HTTP_PORT", "must be 0..65535")

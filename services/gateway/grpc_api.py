@@ -4,7 +4,9 @@ the HTTP conversation operations plus a bidirectional `Converse` stream.
 Authentication, rate limits and validation are those of the HTTP API, with the same
 Authenticator and RateLimiter objects: the key comes in the metadata `authorization: Bearer
 <key>`; a rate-limited call ends with RESOURCE_EXHAUSTED and the trailing metadata
-`retry-after` (seconds). Errors go through `grpc_errors`: a client never sees a stack trace.
+`retry-after` (seconds); so does UNAVAILABLE when the gateway sheds load or the bus is down
+(services/gateway/backpressure.py), which a client retries with the same message id.
+Errors go through `grpc_errors`: a client never sees a stack trace.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,7 @@ from services.common.logging import get_logger
 from services.common.pb.botfactory.v1 import conversation_pb2, gateway_pb2, gateway_pb2_grpc
 from services.common.subjects import check_id
 from services.gateway.auth import Authenticator, Principal, authorize
+from services.gateway.backpressure import RetryLater
 from services.gateway.config import GatewayConfig
 from services.gateway.http.metrics import GatewayMetrics
 from services.gateway.http.wire import (
@@ -77,6 +80,17 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@contextlib.contextmanager
+def retry_hint(context: grpc.aio.ServicerContext) -> Iterator[None]:
+    """A retriable refusal (overload, bus down) ends the call UNAVAILABLE with the trailing
+    metadata `retry-after` (seconds)."""
+    try:
+        yield
+    except RetryLater as exc:
+        context.set_trailing_metadata(((RETRY_AFTER, exc.retry_after_header),))
+        raise
+
+
 def check_text(text: str, max_chars: int) -> str:
     if not text.strip():
         raise InvalidArgument("text must not be empty")
@@ -121,7 +135,17 @@ def transcript_entry(entry: dict[str, object]) -> gateway_pb2.TranscriptEntry:
         buttons=[conversation_pb2.Button(title=str(b.get("title", "")),
                                          payload=str(b.get("payload", "")))
                  for b in buttons if isinstance(b, dict)],
+        citations=_citations(entry.get("citations")),
         at_unix_ms=at if isinstance(at, int) else 0)
+
+
+def _citations(raw: object) -> list[conversation_pb2.Citation]:
+    """The citations of a transcript entry (its JSON form: hub.py)."""
+    items = raw if isinstance(raw, list) else []
+    return [conversation_pb2.Citation(
+        title=str(c.get("title", "")), document=str(c.get("document", "")),
+        heading_path=[str(h) for h in c.get("heading_path") or []], url=str(c.get("url", "")))
+        for c in items if isinstance(c, dict)]
 
 
 class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
@@ -178,7 +202,8 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
                                request.text, request.sender, dict(request.metadata),
                                self.config.max_text_chars)
         wait_s = 0.0 if request.no_wait else self._wait_s(context)
-        result = await self.hub.send(message, wait_s=wait_s)
+        with retry_hint(context):
+            result = await self.hub.send(message, wait_s=wait_s)
         return gateway_pb2.SendMessageResponse(
             message_id=message.message_id, replies=result.replies, complete=result.complete,
             duplicate=result.duplicate)
@@ -192,7 +217,8 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
         limit = request.limit or min(DEFAULT_TRANSCRIPT_LIMIT, maximum)
         if not 1 <= limit <= maximum:
             raise InvalidArgument(f"limit must be from 1 to {maximum} (0: the default)")
-        entries = await self.hub.transcript(request.bot_id, request.conversation_id, limit)
+        with retry_hint(context):
+            entries = await self.hub.transcript(request.bot_id, request.conversation_id, limit)
         return gateway_pb2.GetTranscriptResponse(
             bot_id=request.bot_id, conversation_id=request.conversation_id,
             entries=[transcript_entry(e) for e in entries])
@@ -211,9 +237,11 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
         if len(feedback.comment) > self.config.max_comment_chars:
             raise InvalidArgument(
                 f"comment must be at most {self.config.max_comment_chars} characters")
-        await self.hub.feedback(conversation_pb2.Feedback(
-            bot_id=feedback.bot_id, conversation_id=feedback.conversation_id,
-            message_id=feedback.message_id, rating=feedback.rating, comment=feedback.comment))
+        with retry_hint(context):
+            await self.hub.feedback(conversation_pb2.Feedback(
+                bot_id=feedback.bot_id, conversation_id=feedback.conversation_id,
+                message_id=feedback.message_id, rating=feedback.rating,
+                comment=feedback.comment))
         self.metrics.feedback.labels(bot=feedback.bot_id,
                                      rating="up" if feedback.rating == 1 else "down").inc()
         return gateway_pb2.SendFeedbackResponse(message_id=feedback.message_id,
@@ -361,6 +389,9 @@ class _Session:
         except RateLimited as exc:
             service.metrics.rate_limited.inc()
             return _error(request.message_id, exc, retry_after_s=int(exc.retry_after_header))
+        except RetryLater as exc:  # UNAVAILABLE: retry with the same message id
+            return _error(exc.message_id or request.message_id, exc,
+                          retry_after_s=int(exc.retry_after_header))
         except DomainError as exc:
             return _error(request.message_id, exc)
         except Exception:

@@ -13,10 +13,11 @@ keep`). Feedback comments are stored with PII masked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,6 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoKeysError
 
-from services.common.errors import Unavailable
 from services.common.logging import get_logger
 from services.common.nats import KV_HANDOFFS, OBJ_MODELS, Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
@@ -45,10 +45,27 @@ from services.common.subjects import (
     inbound,
     outbound,
 )
+from services.gateway.backpressure import Backpressure, RetryLater
+from services.gateway.http.wire import citation_json
 from services.gateway.ports import SendResult
 
 log = get_logger(__name__)
 PUBLISH_TIMEOUT_S = 5.0
+BUS_RETRY_AFTER_S = 2.0
+BUS_DOWN = "the message bus is unavailable; please retry"
+# After a sync wait that got no reply: how long to look for replies already published (a
+# retry of a message handled before, after the dedupe window).
+LOOKUP_TIMEOUT_S = 1.0
+
+
+@contextlib.contextmanager
+def bus_errors(message_id: str = "") -> Iterator[None]:
+    """NATS failures (not connected, timeouts, JetStream errors) as a retriable 503."""
+    try:
+        yield
+    except (nats.errors.Error, TimeoutError) as exc:
+        log.warning("bus_call_failed", error=repr(exc))
+        raise RetryLater(BUS_DOWN, BUS_RETRY_AFTER_S, message_id=message_id) from exc
 
 
 @dataclass
@@ -65,13 +82,23 @@ class _Waiter:
         return [self.replies[i] for i in sorted(self.replies)]
 
 
+def _complete(replies: list[conversation_pb2.BotMessage]) -> bool:
+    return any(r.last for r in replies) and len(replies) == max(r.index for r in replies) + 1
+
+
 class BusHub:
-    def __init__(self, bus: Bus, partitions: int) -> None:
+    """`backpressure` (optional): admission of each new message before it is published
+    (services/gateway/backpressure.py)."""
+
+    def __init__(self, bus: Bus, partitions: int, backpressure: Backpressure | None = None,
+                 *, publish_timeout_s: float = PUBLISH_TIMEOUT_S) -> None:
         self._bus = bus
         self._partitions = partitions
         self._prefix = f"_INBOX.gw.{uuid.uuid4().hex}"
-        self._waiters: dict[str, _Waiter] = {}
+        self._waiters: dict[str, list[_Waiter]] = {}
         self._sub: Any = None
+        self._backpressure = backpressure
+        self._publish_timeout_s = publish_timeout_s
 
     @property
     def connected(self) -> bool:
@@ -86,11 +113,15 @@ class BusHub:
 
     async def _on_reply(self, msg: Msg) -> None:
         message_id = msg.subject[len(self._prefix) + 1:]
-        waiter = self._waiters.get(message_id)
-        if waiter is not None:
-            waiter.add(conversation_pb2.BotMessage.FromString(msg.data))
+        reply = conversation_pb2.BotMessage.FromString(msg.data)
+        for waiter in self._waiters.get(message_id, ()):
+            waiter.add(reply)
+        if reply.last and self._backpressure is not None:
+            self._backpressure.release(message_id)
 
     async def send(self, message: conversation_pb2.UserMessage, *, wait_s: float) -> SendResult:
+        """Publish `message` (once JetStream stored it, it is accepted) and wait up to `wait_s`
+        for its replies. Raises RetryLater (503) when overloaded or the bus is down."""
         check_id(message.bot_id, "bot")
         check_id(message.conversation_id, "conversation")
         if not message.message_id:
@@ -99,22 +130,77 @@ class BusHub:
         if not message.sent_at_unix_ms:
             message.sent_at_unix_ms = int(time.time() * 1000)
         kind = KIND_AGENT if message.role == "agent" else KIND_MESSAGE
+        admitted = self._admit(message)
         waiter = _Waiter()
-        self._waiters[message.message_id] = waiter
+        waiters = self._waiters.setdefault(message.message_id, [])
+        waiters.append(waiter)
         try:
-            ack = await self._publish_inbound(message, kind, wait_s > 0)
+            ack = await self._publish_inbound(message, kind, wants_reply=True)
+        except BaseException:
+            if admitted and self._backpressure is not None:
+                self._backpressure.release(message.message_id)
+            self._forget(message.message_id, waiter)
+            raise
+        try:
             if ack.duplicate:
-                return SendResult(await self._replies_to(message), complete=True,
-                                  duplicate=True)
-            if wait_s <= 0:
-                return SendResult([], complete=False)
-            try:
-                await asyncio.wait_for(waiter.done.wait(), wait_s)
-            except TimeoutError:
-                return SendResult(waiter.ordered(), complete=False)
-            return SendResult(waiter.ordered(), complete=True)
+                return await self._duplicate(message, waiter, wait_s)
+            return await self._wait(message, waiter, wait_s)
         finally:
-            del self._waiters[message.message_id]
+            self._forget(message.message_id, waiter)
+
+    def _admit(self, message: conversation_pb2.UserMessage) -> bool:
+        """Refuse (503) before publishing when overloaded or when the bus is not connected."""
+        if not self.connected:
+            if self._backpressure is not None:
+                self._backpressure.refused("bus_unavailable")
+            raise RetryLater(BUS_DOWN, BUS_RETRY_AFTER_S, message_id=message.message_id)
+        if self._backpressure is None:
+            return False
+        return self._backpressure.admit(message.bot_id, message.message_id)
+
+    def _forget(self, message_id: str, waiter: _Waiter) -> None:
+        waiters = self._waiters.get(message_id, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+        if not waiters:
+            self._waiters.pop(message_id, None)
+
+    async def _wait(self, message: conversation_pb2.UserMessage, waiter: _Waiter,
+                    wait_s: float) -> SendResult:
+        if wait_s <= 0:
+            return SendResult([], complete=False)
+        try:
+            await asyncio.wait_for(waiter.done.wait(), wait_s)
+        except TimeoutError:
+            if waiter.replies:
+                return SendResult(waiter.ordered(), complete=False)
+            return await self._handled_before(message)
+        return SendResult(waiter.ordered(), complete=True)
+
+    async def _handled_before(self, message: conversation_pb2.UserMessage) -> SendResult:
+        """No reply within the wait: a retry of a message handled before, after the dedupe
+        window, gets its earlier replies (the dialogue does not handle it twice)."""
+        try:
+            found = await asyncio.wait_for(self._replies_to(message), LOOKUP_TIMEOUT_S)
+        except (RetryLater, TimeoutError):
+            found = []
+        if found and _complete(found):
+            return SendResult(found, complete=True, duplicate=True)
+        return SendResult([], complete=False)
+
+    async def _duplicate(self, message: conversation_pb2.UserMessage, waiter: _Waiter,
+                         wait_s: float) -> SendResult:
+        """A retry within the dedupe window: the replies already published, else (the original
+        is still being handled) those that come within the wait."""
+        found = await self._replies_to(message)
+        if (found and _complete(found)) or wait_s <= 0:
+            return SendResult(found, complete=bool(found) and _complete(found), duplicate=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter.done.wait(), wait_s)
+        if waiter.done.is_set():
+            return SendResult(waiter.ordered(), complete=True, duplicate=True)
+        found = await self._replies_to(message)
+        return SendResult(found, complete=bool(found) and _complete(found), duplicate=True)
 
     async def _publish_inbound(self, message: conversation_pb2.UserMessage, kind: str,
                                wants_reply: bool) -> Any:
@@ -124,12 +210,9 @@ class BusHub:
         if wants_reply:
             headers[HEADER_REPLY_INBOX] = f"{self._prefix}.{message.message_id}"
         subject = inbound(message.bot_id, message.conversation_id, self._partitions)
-        try:
+        with bus_errors(message.message_id):
             return await self._bus.js.publish(subject, message.SerializeToString(),
-                                              headers=headers, timeout=PUBLISH_TIMEOUT_S)
-        except (nats.errors.Error, TimeoutError) as exc:
-            log.warning("publish_failed", error=repr(exc))
-            raise Unavailable("the message bus is unavailable; please retry") from exc
+                                              headers=headers, timeout=self._publish_timeout_s)
 
     async def _replies_to(self, message: conversation_pb2.UserMessage
                           ) -> list[conversation_pb2.BotMessage]:
@@ -142,7 +225,8 @@ class BusHub:
         masked when `mask`, as the transcript shows them)."""
         config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
                                 filter_subject=subject, inactive_threshold=5.0)
-        sub = await self._bus.js.pull_subscribe(subject, stream="CONV", config=config)
+        with bus_errors():
+            sub = await self._bus.js.pull_subscribe(subject, stream="CONV", config=config)
         found: list[tuple[int, Any]] = []
         try:
             while True:
@@ -155,7 +239,8 @@ class BusHub:
                 if batch[-1].metadata.num_pending == 0:
                     break
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await sub.unsubscribe()
         return found
 
     async def transcript(self, bot_id: str, conversation_id: str,
@@ -199,20 +284,19 @@ class BusHub:
             data_json=json.dumps({"message_id": feedback.message_id, "rating": feedback.rating,
                                   "comment": redact(feedback.comment)}))
         msg_id = f"fb-{feedback.message_id}-{uuid.uuid4().hex[:8]}"
-        try:
+        with bus_errors():
             await self._bus.js.publish(events(feedback.bot_id, feedback.conversation_id),
                                        event.SerializeToString(), headers={HEADER_MSG_ID: msg_id},
-                                       timeout=PUBLISH_TIMEOUT_S)
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise Unavailable("the message bus is unavailable; please retry") from exc
+                                       timeout=self._publish_timeout_s)
 
     async def handoffs(self, bot_id: str) -> list[dict[str, Any]]:
         check_id(bot_id, "bot")
-        kv = await self._bus.kv(KV_HANDOFFS)
-        try:
-            keys = await kv.keys(filters=[f"{bot_id}.>"])
-        except NoKeysError:
-            return []
+        with bus_errors():
+            kv = await self._bus.kv(KV_HANDOFFS)
+            try:
+                keys = await kv.keys(filters=[f"{bot_id}.>"])
+            except NoKeysError:
+                return []
         result = []
         for key in sorted(keys):
             entry = await kv.get(key)
@@ -287,6 +371,7 @@ def _entry(message: Any) -> dict[str, Any]:
         return {"type": message.role or "bot", "message_id": message.message_id,
                 "in_reply_to": message.in_reply_to, "text": message.text,
                 "buttons": [{"title": b.title, "payload": b.payload} for b in message.buttons],
+                "citations": [citation_json(c) for c in message.citations],
                 "at_unix_ms": message.sent_at_unix_ms}
     return {"type": "user", "message_id": message.message_id, "text": message.text,
-            "buttons": [], "at_unix_ms": message.at_unix_ms}
+            "buttons": [], "citations": [], "at_unix_ms": message.at_unix_ms}

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from services.common.audit import AuditEvent  # one admin action (docs/security.md, "Audit")
+from services.common.modelstore import Activation, Rollout, VersionInfo
 from services.common.pb.botfactory.v1 import conversation_pb2
 
 ALL_BOTS = "*"
@@ -125,6 +127,38 @@ class ModelAdmin(Protocol):
         ...
 
 
+class ModelRollouts(Protocol):
+    """Model versions, activation history and rollouts (services.common.modelstore; errors
+    are its ModelVersionNotFound / RolloutInvalid / RolloutConflict)."""
+
+    async def versions(self, bot: str) -> list[VersionInfo]:
+        ...
+
+    async def active(self, bot: str) -> str | None:
+        ...
+
+    async def history(self, bot: str) -> list[Activation]:
+        ...
+
+    async def rollout(self, bot: str) -> Rollout | None:
+        ...
+
+    async def activate(self, bot: str, version: str, actor: str) -> Activation:
+        ...
+
+    async def rollback(self, bot: str, actor: str) -> Activation:
+        ...
+
+    async def start_rollout(self, bot: str, rollout: Rollout) -> Rollout:
+        ...
+
+    async def promote(self, bot: str, actor: str) -> Activation:
+        ...
+
+    async def abort(self, bot: str) -> Rollout:
+        ...
+
+
 class DefinitionStore(Protocol):
     async def put(self, bot: str, files: dict[str, str]) -> int:
         """Store a validated bot definition (relative path → YAML text); returns its revision."""
@@ -151,21 +185,6 @@ class WebhookStore(Protocol):
     async def delete(self, bot: str) -> bool:
         """Remove the bot's webhook; False when it had none."""
         ...
-
-
-@dataclass(frozen=True)
-class AuditEvent:
-    """One admin action (docs/security.md, "Audit"): who (`actor_key_id`, its tenant), did
-    what (`action`, e.g. `key.created`) to what (`target`), when, in which request."""
-
-    tenant: str
-    action: str
-    actor_key_id: str
-    actor_tenant: str
-    target: dict[str, Any]
-    at_unix_ms: int
-    correlation_id: str
-    event_id: str
 
 
 class AuditLog(Protocol):

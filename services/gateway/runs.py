@@ -19,6 +19,7 @@ from typing import Protocol, TypeVar
 import grpc
 
 from services.common.errors import DomainError, InvalidArgument, NotFound
+from services.common.grpc_server import open_channel
 from services.common.logging import get_logger
 from services.common.pb.botfactory.v1 import rpa_pb2, rpa_pb2_grpc
 
@@ -100,7 +101,7 @@ class GrpcRunsClient:
     def __init__(self, address: str, timeout_s: float) -> None:
         self.address = address
         self._timeout = timeout_s
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = open_channel(address)  # TLS: BOTFACTORY_GRPC_TLS_CA
         self._stub = rpa_pb2_grpc.RpaRunnerStub(self._channel)
 
     async def close(self) -> None:

@@ -33,6 +33,16 @@ class NluConfig:
     inference_threads: int = 2
     intra_op_threads: int = 1
     shutdown_grace_s: float = 10.0
+    # Shadow rollouts (docs/rollout.md): texts waiting for the candidate (more are dropped and
+    # counted) and how many the candidate parses per batch.
+    shadow_queue_size: int = 1000
+    shadow_batch_size: int = 32
+    # Knowledge indexes (docs/knowledge.md): local index directories to serve (comma list;
+    # the store's active `kb.<bot>` versions are followed when NATS_URL is set), the vector
+    # count from which search goes through the HNSW graph, and its search breadth.
+    knowledge: tuple[str, ...] = ()
+    kb_approx_min_vectors: int = 20_000
+    kb_expansion_search: int = 256
     log_level: str = "INFO"
 
     def validate(self) -> None:
@@ -46,7 +56,13 @@ class NluConfig:
         require(self.max_batch_texts >= 1, f"{prefix}MAX_BATCH_TEXTS", "must be >= 1")
         require(self.inference_threads >= 1, f"{prefix}INFERENCE_THREADS", "must be >= 1")
         require(self.intra_op_threads >= 1, f"{prefix}INTRA_OP_THREADS", "must be >= 1")
-        require(bool(self.models or self.nats_url), f"{prefix}MODELS",
+        require(self.shadow_queue_size >= 1, f"{prefix}SHADOW_QUEUE_SIZE", "must be >= 1")
+        require(1 <= self.shadow_batch_size <= 1024, f"{prefix}SHADOW_BATCH_SIZE",
+                "must be 1..1024")
+        require(self.kb_approx_min_vectors >= 1, f"{prefix}KB_APPROX_MIN_VECTORS", "must be >= 1")
+        require(16 <= self.kb_expansion_search <= 4096, f"{prefix}KB_EXPANSION_SEARCH",
+                "must be 16..4096")
+        require(bool(self.models or self.nats_url or self.knowledge), f"{prefix}MODELS",
                 f"give model directories or {prefix}NATS_URL (or both)")
 
 

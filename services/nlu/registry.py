@@ -2,11 +2,16 @@
 
 A swap loads and validates the new model off the event loop first; only a model that loads
 and runs replaces the old one. Requests already queued on the old model finish on it.
+
+During a rollout (docs/rollout.md) a bot has a second, candidate model beside its active one:
+loaded only while the rollout lasts, promoted in place (no second load) when it becomes the
+active version, closed when the rollout ends otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -18,6 +23,8 @@ from services.nlu.engine import NluModel, Prediction
 from services.nlu.metrics import NluMetrics
 
 SENTIMENT = "platform-sentiment"
+ACTIVE = "active"
+CANARY = "canary"
 
 
 @dataclass
@@ -43,16 +50,21 @@ class ModelRegistry:
         self._metrics = metrics
         self._loader = loader
         self._models: dict[str, LoadedModel] = {}
+        self._candidates: dict[str, LoadedModel] = {}
         self._lock = asyncio.Lock()
 
     def get(self, bot: str) -> LoadedModel | None:
         return self._models.get(bot)
 
-    def loaded(self) -> list[LoadedModel]:
-        return list(self._models.values())
+    def candidate(self, bot: str) -> LoadedModel | None:
+        return self._candidates.get(bot)
 
-    async def load(self, directory: Path, source: str) -> LoadedModel:
-        """Load `directory` off the event loop and make it its bot's active model."""
+    def loaded(self) -> list[LoadedModel]:
+        return [*self._models.values(), *self._candidates.values()]
+
+    async def load(self, directory: Path, source: str, *, candidate: bool = False) -> LoadedModel:
+        """Load `directory` off the event loop and make it its bot's active model (or its
+        rollout candidate)."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
@@ -62,9 +74,11 @@ class ModelRegistry:
             raise
         bot = SENTIMENT if model.kind == "sentiment" else model.bot
         self._metrics.load_seconds.labels(bot=bot).observe(time.perf_counter() - started)
-        return await self._install(bot, model, source)
+        return await self._install(bot, model, source,
+                                   self._candidates if candidate else self._models)
 
-    async def _install(self, bot: str, model: NluModel, source: str) -> LoadedModel:
+    async def _install(self, bot: str, model: NluModel, source: str,
+                       slot: dict[str, LoadedModel]) -> LoadedModel:
         batcher = MicroBatcher[Prediction](
             model.predict, self._executor,
             max_batch_size=self._settings.max_batch_size, max_wait=self._settings.max_wait,
@@ -73,13 +87,50 @@ class ModelRegistry:
         )
         entry = LoadedModel(model, batcher, source, time.time())
         async with self._lock:
-            old = self._models.get(bot)
-            self._models[bot] = entry
-        if old is not None:
-            self._metrics.model_info.remove(bot, old.model.version, old.model.kind)
-            await old.batcher.close()
+            old = slot.get(bot)
+            slot[bot] = entry
+        await self._retire(bot, old)
         self._metrics.model_info.labels(bot, model.version, model.kind).set(1)
         return entry
+
+    async def _retire(self, bot: str, old: LoadedModel | None) -> None:
+        if old is None:
+            return
+        if all(e.model.version != old.model.version for e in
+               (self._models.get(bot), self._candidates.get(bot)) if e is not None):
+            with contextlib.suppress(KeyError):
+                self._metrics.model_info.remove(bot, old.model.version, old.model.kind)
+        await old.batcher.close()
+
+    async def promote_candidate(self, bot: str, version: str) -> bool:
+        """Make the loaded candidate `version` the active model (False: no such candidate)."""
+        async with self._lock:
+            entry = self._candidates.get(bot)
+            if entry is None or entry.model.version != version:
+                return False
+            old = self._models.get(bot)
+            self._models[bot] = self._candidates.pop(bot)
+        await self._retire(bot, old)
+        return True
+
+    async def drop_candidate(self, bot: str) -> None:
+        """Close the bot's candidate (requests already queued on it finish on it)."""
+        async with self._lock:
+            old = self._candidates.pop(bot, None)
+        await self._retire(bot, old)
+
+    async def predict_variant(self, bot: str, texts: Sequence[str],
+                              variant: str) -> tuple[LoadedModel, list[Prediction], str]:
+        """Predictions of the bot's `variant` (ACTIVE or CANARY) and the variant that made
+        them: the active model when the candidate is gone (a rollout just ended)."""
+        entry = self._candidates.get(bot) if variant == CANARY else None
+        if entry is not None:
+            try:
+                return entry, await entry.batcher.submit(texts), CANARY
+            except BatcherClosed:
+                pass
+        active, predictions = await self.predict(bot, texts)
+        return active, predictions, ACTIVE
 
     async def predict(self, bot: str, texts: Sequence[str]) -> tuple[LoadedModel, list[Prediction]]:
         """Predictions from the bot's current model; retried once if it was swapped meanwhile."""
@@ -95,6 +146,7 @@ class ModelRegistry:
 
     async def close(self) -> None:
         async with self._lock:
-            entries, self._models = list(self._models.values()), {}
+            entries = self.loaded()
+            self._models, self._candidates = {}, {}
         for entry in entries:
             await entry.batcher.close()

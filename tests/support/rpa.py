@@ -20,6 +20,7 @@ import grpc
 from nats.aio.msg import Msg
 
 from botfactory.local.demo_bank import create_app, serve
+from botfactory.local.natsconf import service_url
 from services.botdef import Example, write_bot
 from services.common.nats import KV_RPA_RUNS, Bus, connect, provision
 from services.common.pb.botfactory.v1 import rpa_pb2_grpc
@@ -49,7 +50,8 @@ def write_test_bot(root: Path, workflows: dict[str, str], *, hosts: tuple[str, .
 
 
 def runner_env(nats_url: str, bot_dir: Path, bank_url: str, **extra: str) -> dict[str, str]:
-    env = {"BOTFACTORY_RPA_NATS_URL": nats_url, "BOTFACTORY_RPA_BOTS": str(bot_dir),
+    env = {"BOTFACTORY_RPA_NATS_URL": service_url(nats_url, "rpa-runner"),
+           "BOTFACTORY_RPA_BOTS": str(bot_dir),
            "BOTFACTORY_RPA_SETTINGS": f"bank={bank_url}", "BOTFACTORY_RPA_GRPC_PORT": "0",
            "BOTFACTORY_RPA_METRICS_PORT": "0", "BOTFACTORY_RPA_ACK_WAIT_S": "1",
            "BOTFACTORY_RPA_PARTITIONS": "4", "BOTFACTORY_SECRET_CORE_TOKEN": TOKEN,
@@ -71,7 +73,8 @@ class Harness:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def config(self, **overrides: Any) -> RunnerConfig:
-        base = RunnerConfig(nats_url=self.nats_url, bots=(str(self.bot_dir),),
+        base = RunnerConfig(nats_url=service_url(self.nats_url, "rpa-runner"),
+                            bots=(str(self.bot_dir),),
                             settings=(f"bank={self.bank_url}",), partitions=4, grpc_port=0,
                             metrics_port=0, ack_wait_s=1.0, shutdown_grace_s=1.0,
                             screenshots_dir=self.bot_dir / "screenshots")

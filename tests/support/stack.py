@@ -11,6 +11,8 @@ from typing import Any
 
 import aiohttp
 
+from botfactory.local.natsconf import service_url
+from services.common.nats import connect, provision
 from services.dialogue.app import DialogueServer
 from services.dialogue.config import DialogueConfig
 from services.gateway.app import GatewayServer
@@ -36,7 +38,8 @@ class Stack:
         return f"http://127.0.0.1:{self.gateway.port}"
 
     def dialogue_config(self, **overrides: Any) -> DialogueConfig:
-        base = DialogueConfig(nats_url=self.nats_url, nlu_address=f"127.0.0.1:{self.nlu.port}",
+        base = DialogueConfig(nats_url=service_url(self.nats_url, "dialogue"),
+                              nlu_address=f"127.0.0.1:{self.nlu.port}",
                               bots=(str(ROOT / "bots" / "banking"),), partitions=4,
                               grpc_port=0, metrics_port=0, ack_wait_s=2.0, nlu_timeout_s=2.0)
         return replace(base, **overrides)
@@ -79,16 +82,29 @@ async def issue_key(session: aiohttp.ClientSession, base_url: str, role: str = "
         return secret
 
 
+async def provision_as_admin(nats_url: str) -> None:
+    """Create the streams and buckets with the admin identity (the services may only check
+    them: services/common/natsauth.py)."""
+    bus = await connect(nats_url, name="provision")
+    try:
+        await provision(bus)
+    finally:
+        await bus.drain()
+
+
 @contextlib.asynccontextmanager
 async def running_stack(nats_url: str, model: Path, *, dialogues: int = 1,
                         sync_wait_s: float = 5.0,
                         **gateway_config: Any) -> AsyncIterator[Stack]:
-    """`gateway_config`: GatewayConfig fields to override."""
+    """`gateway_config`: GatewayConfig fields to override. With an admin URL (the test
+    nats-server has auth on) each service connects with its own identity."""
+    await provision_as_admin(nats_url)
     nlu = NluServer(NluConfig(grpc_port=0, metrics_port=0, models=(str(model),),
                               shutdown_grace_s=1.0))
     await nlu.start()
     gateway = GatewayServer(replace(GatewayConfig(
-        http_port=0, metrics_port=0, grpc_port=0, nats_url=nats_url, partitions=4,
+        http_port=0, metrics_port=0, grpc_port=0, nats_url=service_url(nats_url, "gateway"),
+        partitions=4,
         api_key_pepper="pepper-for-tests-only", admin_bootstrap_key=BOOTSTRAP,
         sync_wait_s=sync_wait_s, rate_limit_rps=1000, rate_limit_burst=1000,
         shutdown_grace_s=1.0), **gateway_config))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ("common", "botdef")
+SHARED = ("common", "botdef", "knowledge")
 # Every package under services/ that is not shared code is a service.
 SERVICES = tuple(sorted(p.name for p in (ROOT / "services").iterdir()
                         if (p / "__init__.py").is_file() and p.name not in SHARED))

@@ -9,7 +9,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from services.botdef import BotDefinition, ConversationDefinition, FlowDef, SlotDef, humanize
+from services.botdef import (
+    BotDefinition,
+    ConversationDefinition,
+    FlowDef,
+    KnowledgeSettings,
+    SlotDef,
+    humanize,
+)
 from services.dialogue.engine.api import Button
 from services.dialogue.engine.program import (
     Instruction,
@@ -58,6 +65,10 @@ class CompiledBot:
     intents: frozenset[str]
     handoff_after: int
     max_depth: int
+    knowledge: KnowledgeSettings
+    """The `knowledge:` settings (the defaults when bot.yml has none: for `search` steps)."""
+    knowledge_policy: bool
+    """Whether messages try the knowledge base (bot.yml has a `knowledge:` section)."""
 
     @classmethod
     def build(cls, bot: BotDefinition, *, handoff_after: int, max_depth: int) -> CompiledBot:
@@ -80,6 +91,8 @@ class CompiledBot:
             | BUILTIN_REPLIES.keys() | HANDOFF | CANCEL | AFFIRM | DENY,
             handoff_after=handoff_after,
             max_depth=max_depth,
+            knowledge=bot.knowledge or KnowledgeSettings(),
+            knowledge_policy=bot.knowledge is not None,
         )
 
     def slot(self, name: str) -> SlotDef:

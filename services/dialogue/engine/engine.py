@@ -6,8 +6,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 from services.botdef import BotDefinition, RunWorkflow
-from services.dialogue.engine.api import Event, NluResult, Reply, TurnResult, WorkflowResult
+from services.dialogue.engine.api import (
+    Event,
+    Knowledge,
+    NluResult,
+    Reply,
+    TurnResult,
+    WorkflowResult,
+)
 from services.dialogue.engine.compiled import CompiledBot
+from services.dialogue.engine.knowledge import SearchNeeded
 from services.dialogue.engine.policy import handle_user, payload_nlu
 from services.dialogue.engine.runner import run
 from services.dialogue.engine.tracker import Tracker
@@ -39,13 +47,21 @@ class DialogueEngine:
     # -- turns -------------------------------------------------------------------------------
 
     def handle_message(
-        self, tracker: Tracker, message_id: str, text: str, nlu: NluResult, now: float
+        self, tracker: Tracker, message_id: str, text: str, nlu: NluResult, now: float,
+        *, knowledge: Knowledge | None = None,
     ) -> TurnResult:
         """A user message with its NLU result. A text `/intent` or `/intent{"e": "v"}`
         naming a known intent is taken as that intent (confidence 1.0), whatever `nlu` says.
-        During a handoff the message gets no reply."""
-        turn = Turn(self._bot, tracker, message_id)
-        handle_user(turn, text, nlu)
+        During a handoff the message gets no reply.
+
+        `knowledge`: the knowledge-base results found so far for this message; a search
+        still needed comes back as `TurnResult.search` (see its doc). None: the knowledge base
+        is not consulted (as if it had no answer)."""
+        turn = Turn(self._bot, tracker, message_id, text=text, knowledge=knowledge)
+        try:
+            handle_user(turn, text, nlu)
+        except SearchNeeded as needed:
+            return _pending(tracker, needed)
         return turn.result(now, message_id)
 
     def handle_nlu_unavailable(
@@ -58,12 +74,22 @@ class DialogueEngine:
         return turn.result(now, message_id)
 
     def handle_workflow_result(
-        self, tracker: Tracker, result: WorkflowResult, now: float
+        self, tracker: Tracker, result: WorkflowResult, now: float,
+        *, knowledge: Knowledge | None = None,
     ) -> TurnResult:
         """The result of the workflow the conversation waits for: saves its outputs, says
         the step's success or failure response and resumes (failure: the flow is cancelled).
-        A result for another run (stale, or redelivered) changes nothing but is recorded."""
-        turn = Turn(self._bot, tracker, result.run_id)
+        A result for another run (stale, or redelivered) changes nothing but is recorded.
+        `knowledge`: as for `handle_message` (a `search` step may follow the workflow)."""
+        turn = Turn(self._bot, tracker, result.run_id, knowledge=knowledge)
+        try:
+            return self._workflow_result(turn, tracker, result, now)
+        except SearchNeeded as needed:
+            return _pending(tracker, needed)
+
+    def _workflow_result(
+        self, turn: Turn, tracker: Tracker, result: WorkflowResult, now: float
+    ) -> TurnResult:
         step = turn.current()
         finished = {"run_id": result.run_id, "workflow": result.workflow,
                     "status": result.status, "error": result.error}
@@ -154,3 +180,8 @@ class DialogueEngine:
     def slot_values(self, tracker: Tracker) -> dict[str, object]:
         """Every slot of the bot with its current value (initial when never set)."""
         return Turn(self._bot, tracker, "").values()
+
+
+def _pending(tracker: Tracker, needed: SearchNeeded) -> TurnResult:
+    """A call that waits for a knowledge-base search: nothing changed."""
+    return TurnResult(replace(tracker), [], [], [], search=needed.query)

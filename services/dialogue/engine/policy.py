@@ -18,6 +18,7 @@ from services.dialogue.engine.compiled import (
     HANDOFF,
     CompiledBot,
 )
+from services.dialogue.engine.knowledge import try_answer
 from services.dialogue.engine.program import same
 from services.dialogue.engine.runner import ask, run
 from services.dialogue.engine.turn import Turn
@@ -80,10 +81,17 @@ def _cancel(turn: Turn) -> None:
 
 
 def _idle(turn: Turn, nlu: NluResult) -> None:
-    """No question is pending: start the intent's flow or answer it, else fall back."""
+    """No question is pending: start the intent's flow or answer it, else fall back. Out of
+    scope / low confidence and the FAQ intent try the knowledge base first (bot.yml
+    `knowledge:`)."""
     bot = turn.bot
     if not understood(bot, nlu):
-        fallback(turn, "out_of_scope" if _out_of_scope(bot, nlu) else "low_confidence", nlu)
+        reason = "out_of_scope" if _out_of_scope(bot, nlu) else "low_confidence"
+        knowledge_first = bot.knowledge_policy and bot.knowledge.on_out_of_scope
+        if not (knowledge_first and try_answer(turn, turn.text, reason)):
+            fallback(turn, reason, nlu)
+        return
+    if _faq_question(bot, nlu) and try_answer(turn, turn.text, "faq_intent"):
         return
     flow = bot.flow_for(nlu.intent)
     if flow is not None:
@@ -91,6 +99,13 @@ def _idle(turn: Turn, nlu: NluResult) -> None:
         start_flow(turn, flow.name, "trigger", nlu)
     elif not _builtin(turn, nlu.intent):
         fallback(turn, "no_handler", nlu)
+
+
+def _faq_question(bot: CompiledBot, nlu: NluResult) -> bool:
+    """The message is (confidently) the bot's FAQ intent and the bot answers from its
+    knowledge base."""
+    faq = bot.knowledge.faq_intent
+    return bot.knowledge_policy and faq is not None and nlu.intent == faq
 
 
 def _out_of_scope(bot: CompiledBot, nlu: NluResult) -> bool:
@@ -172,7 +187,8 @@ def _answer(turn: Turn, text: str, nlu: NluResult) -> None:
     """A question (collect step) is pending. In order: the entity of the asked slot; yes/no
     intents for a boolean slot; another flow's intent (digression); entities of other slots
     of the flow (filling or correcting them: a message carrying them is information, not
-    small talk, whatever its intent); small talk; the raw text."""
+    small talk, whatever its intent); the FAQ intent answered from the knowledge base (then
+    the question is asked again); small talk; the raw text."""
     step = turn.current()
     assert isinstance(step, Collect)
     bot = turn.bot
@@ -190,6 +206,9 @@ def _answer(turn: Turn, text: str, nlu: NluResult) -> None:
         return
     if _other_entities(turn, nlu, skip=slot.name):
         run(turn)
+        return
+    if confident and _faq_question(bot, nlu) and try_answer(turn, text, "faq_intent"):
+        run(turn)  # answered: the question is asked again
         return
     if confident and _smalltalk(turn, nlu.intent):
         return

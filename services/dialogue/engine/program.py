@@ -16,6 +16,7 @@ from services.botdef import (
     Handoff,
     RunWorkflow,
     Say,
+    Search,
     SetSlots,
     Step,
 )
@@ -34,7 +35,8 @@ class Goto:
     target: int
 
 
-Instruction = Say | Collect | SetSlots | Call | RunWorkflow | Handoff | End | JumpUnless | Goto
+Instruction = (Say | Collect | SetSlots | Call | RunWorkflow | Search | Handoff | End | JumpUnless
+               | Goto)
 
 
 def compile_flow(flow: FlowDef) -> tuple[Instruction, ...]:
@@ -83,6 +85,8 @@ def referenced_slots(program: tuple[Instruction, ...]) -> frozenset[str]:
         elif isinstance(instruction, RunWorkflow):
             found.update(i.slot for i in instruction.inputs if i.slot is not None)
             found.update(slot for _, slot in instruction.save)
+        elif isinstance(instruction, Search) and instruction.save is not None:
+            found.add(instruction.save)
     return frozenset(found)
 
 

@@ -22,6 +22,7 @@ from services.botdef import (
     MessageRef,
     RunWorkflow,
     Say,
+    Search,
     Step,
     Variation,
     template_environment,
@@ -135,6 +136,10 @@ def _step_messages(steps: tuple[Step, ...]) -> Iterator[MessageRef | None]:
             yield from (step.started, step.on_success, step.on_failure)
         elif isinstance(step, Handoff):
             yield step.message
+        elif isinstance(step, Search):
+            yield step.not_found
+            if step.query is not None:
+                yield MessageRef(inline=Variation(step.query))
         elif isinstance(step, Branch):
             for _, case in step.cases:
                 yield from _step_messages(case)

@@ -3,8 +3,9 @@ or a workflow), hands off, or every flow has ended."""
 
 from __future__ import annotations
 
-from services.botdef import Call, Collect, End, Handoff, RunWorkflow, Say, SetSlots
+from services.botdef import Call, Collect, End, Handoff, RunWorkflow, Say, Search, SetSlots
 from services.dialogue.engine.api import WorkflowRequest
+from services.dialogue.engine.knowledge import run_search
 from services.dialogue.engine.program import Goto, Instruction, JumpUnless, holds
 from services.dialogue.engine.turn import Turn
 
@@ -37,6 +38,9 @@ def execute(turn: Turn, instruction: Instruction) -> bool:
     if isinstance(instruction, Handoff):
         turn.handoff("flow", instruction.message)
         return False
+    if isinstance(instruction, Search):
+        run_search(turn, instruction)
+        return True
     if isinstance(instruction, JumpUnless):
         if holds(instruction.condition, turn.value):
             turn.advance()

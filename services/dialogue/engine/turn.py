@@ -10,18 +10,24 @@ import hashlib
 from dataclasses import replace
 from typing import Any
 
-from services.botdef import MessageRef, SlotDef
-from services.dialogue.engine.api import Button, Event, TurnResult, WorkflowRequest
+from services.botdef import MessageRef, SlotDef, Variation
+from services.dialogue.engine.api import Button, Event, Knowledge, TurnResult, WorkflowRequest
 from services.dialogue.engine.compiled import CompiledBot
 from services.dialogue.engine.program import Instruction, same
 from services.dialogue.engine.tracker import Frame, Tracker
 
 
 class Turn:
-    def __init__(self, bot: CompiledBot, tracker: Tracker, key: str) -> None:
+    """`text`: the user message being handled ("" for other calls); `knowledge`: the
+    knowledge-base results this call may use (None: the knowledge base is not consulted)."""
+
+    def __init__(self, bot: CompiledBot, tracker: Tracker, key: str, *, text: str = "",
+                 knowledge: Knowledge | None = None) -> None:
         self.bot = bot
         self.tracker = tracker
         self.key = key
+        self.text = text
+        self.knowledge = knowledge
         self.slots: dict[str, Any] = dict(tracker.slots)
         self.stack: list[Frame] = list(tracker.stack)
         self.handed_off = tracker.handed_off
@@ -65,6 +71,12 @@ class Turn:
         context = {"slots": self.values(), "slot": slot or {}, "workflow": workflow or {}}
         seed = f"{self.tracker.conversation_id}:{self.turn}:{len(self.replies)}"
         self.replies.append(self.bot.renderer.render(message, context, seed, buttons))
+
+    def render_text(self, template: str) -> str:
+        """A template (e.g. a search query) rendered with the slot values."""
+        context = {"slots": self.values(), "slot": {}, "workflow": {}}
+        reply = self.bot.renderer.render(MessageRef(inline=Variation(template)), context, "")
+        return reply.text
 
     def slot_context(self, slot: SlotDef, problem: str | None = None) -> dict[str, Any]:
         return {"name": slot.name, "label": slot.label, "value": self.value(slot.name),

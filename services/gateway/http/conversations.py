@@ -15,6 +15,7 @@ from services.common.errors import DomainError, PermissionDenied, Unauthenticate
 from services.common.logging import get_logger
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.gateway.auth import Principal, authorize
+from services.gateway.backpressure import RetryLater
 from services.gateway.http.problems import RequestInvalid
 from services.gateway.http.state import PRINCIPAL, TOKEN, GatewayState, state_of
 from services.gateway.http.wire import (
@@ -201,6 +202,8 @@ async def socket_answer(raw: str, request: web.Request,
     except RateLimited as exc:
         state.metrics.rate_limited.inc()
         return error_frame(exc.http_status, str(exc)), False
+    except RetryLater as exc:  # overloaded or the bus is down: retry with the same id
+        return {**error_frame(exc.http_status, str(exc)), **exc.extensions()}, False
     except DomainError as exc:
         return (error_frame(exc.http_status, str(exc)),
                 isinstance(exc, (Unauthenticated, PermissionDenied)))

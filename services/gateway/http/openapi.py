@@ -6,7 +6,9 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from services.gateway.http.models import SCHEMAS as MODEL_SCHEMAS
 from services.gateway.http.problems import PROBLEM_CONTENT_TYPE
+from services.gateway.http.review import SCHEMAS as REVIEW_SCHEMAS
 from services.gateway.http.routes import RouteSpec
 from services.gateway.http.runs import RUN_ID, STATUSES, STEP, WORKFLOW
 from services.gateway.http.wire import BOT_ID, CONVERSATION_ID, MESSAGE_ID
@@ -16,7 +18,7 @@ ERROR_TEXT = {
     401: "Missing, invalid or revoked API key",
     403: "The key's role or bots do not allow this",
     404: "Not found",
-    409: "Conflict: the run's state does not allow this",
+    409: "Conflict: the current state (of the run, the rollout) does not allow this",
     413: "Request body too large",
     422: "Invalid bot definition (`issues`)",
     429: "Rate limit exceeded (see Retry-After)",
@@ -41,8 +43,14 @@ def _obj(required: Iterable[str], **properties: Any) -> dict[str, Any]:
 _STR = {"type": "string"}
 _INT = {"type": "integer"}
 _BUTTON = _obj(["title", "payload"], title=_STR, payload=_STR)
+_CITATION = _obj(["title", "document", "heading_path", "url"], title=_STR, document=_STR,
+                 heading_path={"type": "array", "items": _STR},
+                 url={"type": "string", "description": "Empty when the source has no link"})
+_CITATIONS = {"type": "array", "items": {"$ref": "#/components/schemas/Citation"},
+              "description": "Sources of a knowledge-base answer (empty for other messages)"}
 _REPLY = _obj(["message_id", "text", "buttons", "role"], message_id=_STR, text=_STR,
               buttons={"type": "array", "items": {"$ref": "#/components/schemas/Button"}},
+              citations=_CITATIONS,
               role={"enum": ["bot", "agent"]}, in_reply_to=_STR, at_unix_ms=_INT)
 _KEY = _obj(["key_id", "tenant", "bots", "role", "revoked"], key_id=_STR, tenant=_STR,
             bots={"type": "array", "items": _STR}, role={"enum": ["client", "agent", "admin"]},
@@ -81,6 +89,7 @@ SCHEMAS: dict[str, Any] = {
                                                            message=_STR)},
                     issues={"type": "array", "items": {"type": "object"}}),
     "Button": _BUTTON,
+    "Citation": _CITATION,
     "Reply": _REPLY,
     "UserMessageRequest": {**_obj(["text"], text=_TEXT, message_id={
         "type": "string", "pattern": MESSAGE_ID.pattern,
@@ -95,7 +104,8 @@ SCHEMAS: dict[str, Any] = {
                            ["type"], type={"enum": ["user", "bot", "agent", "event"]},
                            message_id=_STR, text=_STR, at_unix_ms=_INT,
                            buttons={"type": "array",
-                                    "items": {"$ref": "#/components/schemas/Button"}})}),
+                                    "items": {"$ref": "#/components/schemas/Button"}},
+                           citations=_CITATIONS)}),
     "FeedbackRequest": {**_obj(["rating"], rating={"enum": [1, -1]},
                                comment={"type": "string", "maxLength": 1000}),
                         "additionalProperties": False},
@@ -121,8 +131,6 @@ SCHEMAS: dict[str, Any] = {
                                  "description": "The API key; shown only in this response"})]},
     "KeyList": _obj(["keys"],
                     keys={"type": "array", "items": {"$ref": "#/components/schemas/Key"}}),
-    "ModelVersions": _obj(["bot_id", "versions"], bot_id=_STR,
-                          versions={"type": "array", "items": _STR}),
     "ActivateModelRequest": {**_obj(["version"], version=_STR), "additionalProperties": False},
     "ActiveModel": _obj(["bot_id", "version", "active"], bot_id=_STR, version=_STR,
                         active={"type": "boolean"}),
@@ -158,6 +166,8 @@ SCHEMAS: dict[str, Any] = {
     "Run": _RUN,
     "RunList": _obj(["bot_id", "runs"], bot_id=_STR,
                     runs={"type": "array", "items": {"$ref": "#/components/schemas/Run"}}),
+    **REVIEW_SCHEMAS,
+    **MODEL_SCHEMAS,  # ModelVersions, Activation, Rollout, ...
 }
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from services.gateway.http import admin, conversations, handoff, runs, system
+from services.common.reviewqueue import REASONS, STATUSES
+from services.gateway.http import admin, conversations, handoff, models, review, runs, system
 from services.gateway.ports import Role
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -16,6 +17,8 @@ CONVERSATION = "/v1/bots/{bot}/conversations/{conversation}"
 WEBHOOK = "/v1/admin/bots/{bot}/webhook"
 RUNS = "/v1/bots/{bot}/runs"
 RUN = f"{RUNS}/{{run_id}}"
+REVIEW = "/v1/admin/bots/{bot}/review"
+ROLLOUT = "/v1/admin/bots/{bot}/rollout"
 # The RPA runner's errors (services/gateway/runs.py): 503 (with Retry-After) when it cannot be
 # reached, 502 when it fails.
 RUNNER_ERRORS = (502, 503)
@@ -59,6 +62,14 @@ RUN_FILTERS = (
     Query("limit", "At most this many runs, newest first.",
           {"type": "integer", "minimum": 1, "maximum": runs.MAX_LIMIT,
            "default": runs.DEFAULT_LIMIT}),
+)
+REVIEW_FILTERS = (
+    Query("status", "Only items in this status (default pending).",
+          {"enum": list(STATUSES), "default": "pending"}),
+    Query("reason", "Only items queued for this reason.", {"enum": list(REASONS)}),
+    Query("limit", "At most this many items, highest priority first.",
+          {"type": "integer", "minimum": 1, "maximum": review.MAX_LIMIT,
+           "default": review.DEFAULT_LIMIT}),
 )
 
 
@@ -128,13 +139,28 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("DELETE", "/v1/admin/keys/{key_id}", admin.revoke_key, "revoke_key",
               "Revoke an API key", "admin", Role.ADMIN, {200: ("Revoked", "Key")},
               extra_errors=(404,)),
-    RouteSpec("GET", "/v1/admin/bots/{bot}/models", admin.list_models, "list_models",
-              "The bot's model versions in the store", "admin", Role.ADMIN,
+    RouteSpec("GET", "/v1/admin/bots/{bot}/models", models.list_versions, "list_models",
+              "The bot's model versions in the store (with metadata), the active one, the "
+              "activation history and the rollout", "admin", Role.ADMIN,
               {200: ("Versions", "ModelVersions")}, extra_errors=(503,)),
-    RouteSpec("PUT", "/v1/admin/bots/{bot}/model", admin.put_model, "put_model",
+    RouteSpec("PUT", "/v1/admin/bots/{bot}/model", models.put_active, "put_model",
               "Activate a model version for the bot", "admin", Role.ADMIN,
               {200: ("Activated", "ActiveModel")}, request="ActivateModelRequest",
               extra_errors=(404, 413, 503)),
+    RouteSpec("POST", "/v1/admin/bots/{bot}/model/rollback", models.post_rollback,
+              "rollback_model", "Activate the version that was active before the current one",
+              "admin", Role.ADMIN, {200: ("Rolled back", "ActivationResult")},
+              extra_errors=(409, 503)),
+    RouteSpec("PUT", ROLLOUT, models.put_rollout, "put_rollout",
+              "Start (or change) the rollout of a candidate version: shadow or canary",
+              "admin", Role.ADMIN, {200: ("Rollout in effect", "RolloutState")},
+              request="RolloutRequest", extra_errors=(404, 409, 413, 503)),
+    RouteSpec("POST", f"{ROLLOUT}/promote", models.post_promote, "promote_rollout",
+              "Make the rollout's candidate the active version (ends the rollout)", "admin",
+              Role.ADMIN, {200: ("Promoted", "ActivationResult")}, extra_errors=(409, 503)),
+    RouteSpec("DELETE", ROLLOUT, models.delete_rollout, "delete_rollout",
+              "Abort the rollout: the candidate stops serving", "admin", Role.ADMIN,
+              {200: ("Aborted", "RolloutState")}, extra_errors=(409, 503)),
     RouteSpec("PUT", "/v1/admin/bots/{bot}/definition", admin.put_definition, "put_definition",
               "Validate and deploy a bot definition", "admin", Role.ADMIN,
               {200: ("Deployed", "DeployedDefinition")}, request="DefinitionRequest",
@@ -149,6 +175,22 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("DELETE", WEBHOOK, admin.delete_webhook, "delete_webhook",
               "Remove the bot's webhook", "admin", Role.ADMIN,
               {200: ("Removed", "WebhookDeleted")}, extra_errors=(404, 503)),
+    RouteSpec("GET", REVIEW, review.list_review, "list_review",
+              "The bot's review queue (annotation inbox), highest priority first", "review",
+              Role.ADMIN, {200: ("Items", "ReviewItems")}, query=REVIEW_FILTERS,
+              extra_errors=(503,)),
+    RouteSpec("POST", f"{REVIEW}/decisions", review.decide_review, "decide_review",
+              "Confirm or correct an item's intent and entity spans, or mark it out of scope",
+              "review", Role.ADMIN, {200: ("Decided", "ReviewItem")},
+              request="ReviewDecisionRequest", extra_errors=(404, 409, 413, 503)),
+    RouteSpec("POST", f"{REVIEW}/skips", review.skip_review, "skip_review",
+              "Skip an item (it leaves the pending list)", "review", Role.ADMIN,
+              {200: ("Skipped", "ReviewItem")}, request="ReviewItemRequest",
+              extra_errors=(404, 409, 413, 503)),
+    RouteSpec("POST", f"{REVIEW}/applied", review.applied_review, "applied_review",
+              "Mark decided items as written into the bot's data files", "review", Role.ADMIN,
+              {200: ("Marked", "ReviewApplied")}, request="ReviewAppliedRequest",
+              extra_errors=(404, 409, 413, 503)),
     RouteSpec("GET", "/healthz", system.healthz, "healthz", "Liveness", "system", None,
               {200: ("Alive", "Status")}),
     RouteSpec("GET", "/readyz", system.readyz, "readyz", "Readiness (message bus connected)",

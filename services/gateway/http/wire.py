@@ -169,6 +169,20 @@ class Fields:
             return None
         return value
 
+    def number(self, name: str, *, minimum: float, maximum: float,
+               integer: bool = False) -> float | None:
+        """An optional number in minimum..maximum (an integer when `integer`)."""
+        value = self._get(name, False)
+        if value is None:
+            return None
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) \
+                or not minimum <= value <= maximum:
+            kind = "an integer" if integer else "a number"
+            self.fail(name, f"must be {kind} in {minimum:g}..{maximum:g}")
+            return None
+        return float(value)
+
     def string_map(self, name: str, *, max_entries: int = MAX_METADATA_ENTRIES,
                    max_chars: int = MAX_METADATA_CHARS) -> dict[str, str]:
         value = self._get(name, False)
@@ -219,11 +233,18 @@ def button_json(button: conversation_pb2.Button) -> dict[str, str]:
     return {"title": button.title, "payload": button.payload}
 
 
+def citation_json(citation: conversation_pb2.Citation) -> dict[str, Any]:
+    """The source of a knowledge-base answer (replies, WebSocket, webhooks, transcript)."""
+    return {"title": citation.title, "document": citation.document,
+            "heading_path": list(citation.heading_path), "url": citation.url}
+
+
 def reply_json(message: conversation_pb2.BotMessage) -> dict[str, Any]:
     return {
         "message_id": message.message_id,
         "text": message.text,
         "buttons": [button_json(b) for b in message.buttons],
+        "citations": [citation_json(c) for c in message.citations],
         "role": message.role or "bot",
         "in_reply_to": message.in_reply_to,
         "at_unix_ms": message.sent_at_unix_ms,

@@ -75,10 +75,36 @@
     bubble.className = "bubble";
     bubble.textContent = reply.text || "";
     item.append(bubble);
+    if (reply.citations && reply.citations.length) item.append(sources(reply.citations));
     if (reply.buttons && reply.buttons.length) item.append(quickReplies(reply.buttons));
     if (reply.message_id) item.append(feedbackControls(reply.message_id));
     els.messages.append(item);
     scrollDown();
+  }
+
+  // "Source: <title>" under a knowledge-base answer; a link only for an http(s) url.
+  function sources(citations) {
+    const box = document.createElement("div");
+    box.className = "sources";
+    for (const citation of citations) {
+      const line = document.createElement("div");
+      line.className = "source";
+      line.dataset.testid = "citation";
+      line.append("Source: ");
+      const title = citation.title || citation.document || "";
+      if (/^https?:\/\//i.test(citation.url || "")) {
+        const link = document.createElement("a");
+        link.href = citation.url;
+        link.target = "_blank";
+        link.rel = "noopener noreferrer";
+        link.textContent = title;
+        line.append(link);
+      } else {
+        line.append(title);
+      }
+      box.append(line);
+    }
+    return box;
   }
 
   function quickReplies(buttons) {

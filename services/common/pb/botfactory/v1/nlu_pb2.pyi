@@ -1,3 +1,4 @@
+from services.common.pb.botfactory.v1 import conversation_pb2 as _conversation_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -121,7 +122,7 @@ class SearchRequest(_message.Message):
     def __init__(self, bot_id: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
 
 class SearchHit(_message.Message):
-    __slots__ = ("kind", "id", "score", "document", "heading_path", "position", "text", "snippet", "title")
+    __slots__ = ("kind", "id", "score", "document", "heading_path", "position", "text", "snippet", "title", "buttons", "url")
     KIND_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +132,8 @@ class SearchHit(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SNIPPET_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
+    BUTTONS_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
     kind: str
     id: str
     score: float
@@ -140,7 +143,9 @@ class SearchHit(_message.Message):
     text: str
     snippet: str
     title: str
-    def __init__(self, kind: _Optional[str] = ..., id: _Optional[str] = ..., score: _Optional[float] = ..., document: _Optional[str] = ..., heading_path: _Optional[_Iterable[str]] = ..., position: _Optional[int] = ..., text: _Optional[str] = ..., snippet: _Optional[str] = ..., title: _Optional[str] = ...) -> None: ...
+    buttons: _containers.RepeatedCompositeFieldContainer[_conversation_pb2.Button]
+    url: str
+    def __init__(self, kind: _Optional[str] = ..., id: _Optional[str] = ..., score: _Optional[float] = ..., document: _Optional[str] = ..., heading_path: _Optional[_Iterable[str]] = ..., position: _Optional[int] = ..., text: _Optional[str] = ..., snippet: _Optional[str] = ..., title: _Optional[str] = ..., buttons: _Optional[_Iterable[_Union[_conversation_pb2.Button, _Mapping]]] = ..., url: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("bot_id", "index_version", "hits")

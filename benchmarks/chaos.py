@@ -1,0 +1,569 @@
+"""Chaos: the local process stack under a steady conversation load while, at random moments,
+one component at a time is killed with SIGKILL and restarted on the same port (nats-server on
+the same JetStream store): a dialogue worker (of two), the NLU server, the gateway, the RPA
+runner and nats-server.
+
+    python benchmarks/chaos.py [--quick] [--users 50] [--minutes 5] [--seed 7]
+
+Each simulated user runs transfer conversations through slot filling (`/transfer_money`,
+amount, recipient, then `/affirm` - a transfer_funds workflow against the demo bank - or
+`/deny`). Every message has a client-chosen id; retriable answers (503/429 with Retry-After,
+refused connections, timeouts) are retried with the same id; a message counts as accepted once
+the gateway answered 200/202. When the bot answers "trouble understanding" (NLU down) the user
+types the message again (a new id). At the end (after a drain) the run checks, from the CONV
+stream, the trackers (dialogue admin gRPC), the runs (KV rpa_runs) and the bank's counters:
+every accepted message answered exactly once and in order, the slots equal what each user set,
+every run finished and each bank side effect happened once. Writes
+benchmarks/results/chaos.json (exit 1 if anything was lost) and regenerates
+docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import random
+import resource
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import aiohttp  # noqa: E402
+
+from benchmarks.stack import ProcessStack, StackOptions, client_key, ensure_model  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "chaos.json"
+BOT = "banking"
+RECIPIENTS = ("Anna", "John", "Maria", "Peter", "Laura", "David")
+RETRIABLE = frozenset({429, 502, 503, 504})
+NOT_UNDERSTOOD = ("trouble understanding", "something went wrong on our side")
+REQUEST_TIMEOUT_S = 15.0
+MESSAGE_DEADLINE_S = 90.0
+RETYPES = 8
+PROBE_TEXT = "what are your opening hours?"
+
+
+@dataclass
+class Plan:
+    """One transfer conversation: what the user sets."""
+
+    conversation: str
+    amount: int
+    recipient: str
+    confirm: bool
+    completed: bool = False
+    diverged: str = ""
+
+    def steps(self) -> list[tuple[str, str]]:
+        """(text, a fragment the reply to it must contain)."""
+        final = ("/affirm", "Sending the money") if self.confirm else ("/deny", "won't send")
+        return [("/transfer_money", "?"), (str(self.amount), "Who"),
+                (self.recipient, f"Send {self.amount:.2f} EUR to {self.recipient}?"), final]
+
+    def expected_slots(self) -> dict[str, str]:
+        return {"amount": str(self.amount), "recipient": self.recipient,
+                "transfer_confirmed": "true" if self.confirm else "false"}
+
+
+@dataclass
+class Tally:
+    accepted: dict[str, str] = field(default_factory=dict)  # message id -> conversation
+    order: dict[str, list[str]] = field(default_factory=dict)  # conversation -> accepted ids
+    retried: Counter[str] = field(default_factory=Counter)  # by cause
+    hard_errors: Counter[str] = field(default_factory=Counter)
+    abandoned: int = 0
+    retyped: int = 0
+    plans: list[Plan] = field(default_factory=list)
+    sync_duplicates: int = 0
+
+
+@dataclass
+class Kill:
+    component: str
+    at_s: float
+    ready_s: float | None = None
+    recovery_s: float | None = None
+    recovered: bool = False
+    error: str = ""
+
+
+class Client:
+    """The gateway's HTTP API with the retry rules of a well-behaved client."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, key: str, tally: Tally) -> None:
+        self.session = session
+        self.base = base
+        self.headers = {"Authorization": f"Bearer {key}"}
+        self.tally = tally
+
+    async def send(self, conversation: str, text: str, message_id: str) -> dict[str, Any] | None:
+        """POST (retrying with the same id) until the gateway accepts it (200/202); None when
+        it refused it for good or never took it."""
+        url = f"{self.base}/v1/bots/{BOT}/conversations/{conversation}/messages"
+        deadline = time.monotonic() + MESSAGE_DEADLINE_S
+        while time.monotonic() < deadline:
+            outcome = await self._attempt(url, text, message_id)
+            if outcome is None or isinstance(outcome, dict):
+                return outcome
+            await asyncio.sleep(outcome)
+        return None
+
+    async def _attempt(self, url: str, text: str, message_id: str) -> dict[str, Any] | float | None:
+        """The body when accepted, the seconds to wait before a retry, or None (refused for
+        good)."""
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        try:
+            async with self.session.post(url, json={"text": text, "message_id": message_id},
+                                         headers=self.headers, timeout=timeout) as response:
+                if response.status in (200, 202):
+                    body: dict[str, Any] = await response.json()
+                    return body
+                await response.read()
+                if response.status in RETRIABLE:
+                    self.tally.retried[str(response.status)] += 1
+                    return min(float(response.headers.get("Retry-After", "1") or 1), 5.0)
+                self.tally.hard_errors[str(response.status)] += 1
+                return None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            self.tally.retried[type(exc).__name__] += 1
+        except TimeoutError:
+            self.tally.retried["timeout"] += 1
+        return 0.5
+
+    async def first_reply(self, conversation: str, message_id: str, limit_s: float) -> str | None:
+        """The text of the first reply to `message_id`, read from the transcript."""
+        url = f"{self.base}/v1/bots/{BOT}/conversations/{conversation}/transcript"
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                async with self.session.get(url, headers=self.headers,
+                                            timeout=aiohttp.ClientTimeout(total=10)) as response:
+                    if response.status == 200:
+                        for entry in (await response.json())["entries"]:
+                            if entry.get("in_reply_to") == message_id:
+                                return str(entry["text"])
+            await asyncio.sleep(0.5)
+        return None
+
+
+class Users:
+    """The simulated users: each runs transfer conversations one after the other."""
+
+    def __init__(self, client: Client, tally: Tally, rng: random.Random, think_s: float,
+                 confirm_share: float) -> None:
+        self.client = client
+        self.tally = tally
+        self.rng = rng
+        self.think_s = think_s
+        self.confirm_share = confirm_share
+        self.stopping = asyncio.Event()
+        self.tag = uuid.uuid4().hex[:6]
+
+    async def run(self, count: int) -> None:
+        await asyncio.gather(*(self.user(i, random.Random(self.rng.random()))
+                               for i in range(count)))
+
+    async def user(self, index: int, rng: random.Random) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            plan = Plan(f"chaos-{self.tag}-{index}-{n}", rng.randint(1, 9),
+                        rng.choice(RECIPIENTS), rng.random() < self.confirm_share)
+            self.tally.plans.append(plan)
+            await self.converse(plan, rng)
+            n += 1
+
+    async def converse(self, plan: Plan, rng: random.Random) -> None:
+        for text, expected in plan.steps():
+            reply = await self.say(plan.conversation, text)
+            if reply is None:
+                return  # stopping, or never accepted
+            if expected not in reply:
+                plan.diverged = f"{text!r} -> {reply!r}"
+                return
+            await asyncio.sleep(rng.expovariate(1 / self.think_s))
+        plan.completed = True
+
+    async def say(self, conversation: str, text: str) -> str | None:
+        """Send until the bot understood (typing it again after "trouble understanding");
+        the first reply's text, or None."""
+        for _ in range(RETYPES):
+            message_id = uuid.uuid4().hex
+            body = await self.client.send(conversation, text, message_id)
+            if body is None:
+                self.tally.abandoned += 1
+                return None
+            self.accept(conversation, message_id, body)
+            replies = [r for r in body.get("replies", []) if r.get("in_reply_to") == message_id]
+            first = str(replies[0]["text"]) if replies else \
+                await self.client.first_reply(conversation, message_id, MESSAGE_DEADLINE_S)
+            if first is None:
+                return None
+            if not any(marker in first for marker in NOT_UNDERSTOOD):
+                return first
+            self.tally.retyped += 1
+            await asyncio.sleep(1.0)
+        return None
+
+    def accept(self, conversation: str, message_id: str, body: dict[str, Any]) -> None:
+        self.tally.accepted[message_id] = conversation
+        self.tally.order.setdefault(conversation, []).append(message_id)
+        ids = [r["message_id"] for r in body.get("replies", [])]
+        self.tally.sync_duplicates += len(ids) - len(set(ids))
+
+
+async def probe(client: Client, tag: str, limit_s: float) -> float | None:
+    """Seconds until a free-text message gets a real (understood) reply end to end."""
+    began = time.perf_counter()
+    n = 0
+    while time.perf_counter() - began < limit_s:
+        n += 1
+        body = await client.send(f"probe-{tag}-{n}", PROBE_TEXT, uuid.uuid4().hex)
+        replies = (body or {}).get("replies") or []
+        if body is not None and body.get("complete") and replies and \
+                not any(m in replies[0]["text"] for m in NOT_UNDERSTOOD):
+            return time.perf_counter() - began
+        await asyncio.sleep(0.2)
+    return None
+
+
+class RunWatch:
+    """Times of the workflow results the RPA runner publishes into conversations (`conv.in`,
+    `Bf-Kind: workflow_result`): the runner's end-to-end signal."""
+
+    def __init__(self) -> None:
+        self.finished: list[float] = []
+        self.bus: Any = None
+
+    async def start(self, nats_url: str) -> None:
+        from services.common.nats import connect
+        from services.common.subjects import HEADER_KIND, KIND_WORKFLOW_RESULT
+
+        self.bus = await connect(nats_url, name="chaos-watch")
+
+        async def seen(msg: Any) -> None:
+            if (msg.headers or {}).get(HEADER_KIND) == KIND_WORKFLOW_RESULT:
+                self.finished.append(time.perf_counter())
+
+        await self.bus.nc.subscribe("conv.in.>", cb=seen)
+
+    async def first_after(self, moment: float, limit_s: float) -> float | None:
+        deadline = time.perf_counter() + limit_s
+        while time.perf_counter() < deadline:
+            later = [t for t in self.finished if t > moment]
+            if later:
+                return later[0]
+            await asyncio.sleep(0.2)
+        return None
+
+
+class Chaos:
+    """Kills one component at a time, restarts it and measures the recovery."""
+
+    def __init__(self, stack: ProcessStack, client: Client, watch: RunWatch,
+                 rng: random.Random, began: float) -> None:
+        self.stack = stack
+        self.client = client
+        self.watch = watch
+        self.rng = rng
+        self.began = began
+        self.kills: list[Kill] = []
+
+    def schedule(self, rounds: int) -> list[str]:
+        dialogues = [n for n in self.stack.components if n.startswith("dialogue-")]
+        order: list[str] = []
+        for _ in range(rounds):
+            batch = ["nats", "nlu", "gateway", "rpa_runner", self.rng.choice(dialogues)]
+            self.rng.shuffle(batch)
+            order += batch
+        return order
+
+    async def run(self, order: list[str], gap_s: tuple[float, float],
+                  until: float | None = None) -> None:
+        for component in order:
+            if until is not None and time.perf_counter() > until:
+                break
+            await asyncio.sleep(self.rng.uniform(*gap_s))
+            kill = await self.kill_and_recover(component)
+            self.kills.append(kill)
+            print(f"  kill {component}: ready {kill.ready_s} s, recovered in "
+                  f"{kill.recovery_s} s {kill.error}", flush=True)
+
+    async def kill_and_recover(self, component: str) -> Kill:
+        killed = time.perf_counter()
+        kill = Kill(component, round(killed - self.began, 1))
+        await asyncio.to_thread(self.stack.kill, component)
+        try:
+            await asyncio.to_thread(self.stack.start_component, component)
+        except (AssertionError, RuntimeError) as exc:
+            kill.error = f"restart failed: {exc}"[:300]
+            return kill
+        ready = time.perf_counter()
+        kill.ready_s = round(ready - killed, 2)
+        if component == "rpa_runner":
+            finished = await self.watch.first_after(ready, 60)
+            recovered_at = finished
+        else:
+            took = await probe(self.client, f"{component}-{len(self.kills)}", 60)
+            recovered_at = None if took is None else ready + took
+        if recovered_at is not None:
+            kill.recovery_s = round(recovered_at - killed, 2)
+            kill.recovered = True
+        return kill
+
+
+async def read_replies(nats_url: str) -> list[Any]:
+    """Every bot message of the bot on the CONV stream, in stream order."""
+    import nats.errors
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    from services.common.nats import connect
+    from services.common.pb.botfactory.v1 import conversation_pb2
+
+    bus = await connect(nats_url, name="chaos-check")
+    subject = f"conv.out.{BOT}.>"
+    config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
+                            filter_subject=subject, inactive_threshold=30.0)
+    found = []
+    try:
+        sub = await bus.js.pull_subscribe(subject, stream="CONV", config=config)
+        while True:
+            try:
+                batch = await sub.fetch(1024, timeout=2)
+            except nats.errors.TimeoutError:
+                break
+            found += [conversation_pb2.BotMessage.FromString(m.data) for m in batch]
+            if batch[-1].metadata.num_pending == 0:
+                break
+    finally:
+        await bus.drain()
+    return found
+
+
+def check_replies(tally: Tally, replies: list[Any]) -> dict[str, int]:
+    """Lost: accepted with no reply; duplicated: a bot message id twice; out of order: the
+    replies of a conversation not in the order its messages were accepted."""
+    ids = Counter(r.message_id for r in replies)
+    by_conversation: dict[str, list[Any]] = {}
+    for reply in replies:
+        by_conversation.setdefault(reply.conversation_id, []).append(reply)
+    answered = {r.in_reply_to for r in replies}
+    out_of_order = 0
+    for conversation, sent in tally.order.items():
+        rank = {m: i for i, m in enumerate(sent)}
+        seen = [(rank[r.in_reply_to], r.index) for r in by_conversation.get(conversation, [])
+                if r.in_reply_to in rank]
+        out_of_order += sum(1 for a, b in itertools.pairwise(seen) if b < a)
+    return {"lost": sum(1 for m in tally.accepted if m not in answered),
+            "duplicated": sum(n - 1 for n in ids.values() if n > 1) + tally.sync_duplicates,
+            "out_of_order": out_of_order}
+
+
+async def wait_answered(tally: Tally, nats_url: str, limit_s: float) -> list[Any]:
+    """Drain: read the replies until every accepted message has one (or the time is up)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        replies = await read_replies(nats_url)
+        answered = {r.in_reply_to for r in replies}
+        if all(m in answered for m in tally.accepted) or time.monotonic() > deadline:
+            return replies
+        await asyncio.sleep(1.0)
+
+
+async def check_trackers(stack: ProcessStack, plans: list[Plan],
+                         limit_s: float) -> tuple[int, list[str]]:
+    """Completed conversations whose slots differ from what the user set (after the
+    conversation's workflow, if any, has finished)."""
+    import grpc
+
+    from services.common.pb.botfactory.v1 import dialogue_pb2, dialogue_pb2_grpc
+
+    mismatches: list[str] = []
+    targets = stack.dialogue_targets()
+    async with grpc.aio.insecure_channel(targets[0]) as channel:
+        stub = dialogue_pb2_grpc.DialogueAdminStub(channel)
+        for plan in (p for p in plans if p.completed):
+            view = await _settled_tracker(stub, dialogue_pb2, plan, limit_s)
+            slots = dict(view.slots) if view is not None else {}
+            wanted = plan.expected_slots()
+            got = {k: slots.get(k) for k in wanted}
+            if got != wanted or (plan.confirm and "transfer_reference" not in slots
+                                 and view is not None and view.active_flow):
+                mismatches.append(f"{plan.conversation}: want {wanted}, got {got}")
+    return len(mismatches), mismatches[:20]
+
+
+async def _settled_tracker(stub: Any, pb: Any, plan: Plan, limit_s: float) -> Any:
+    deadline = time.monotonic() + limit_s
+    view = None
+    while time.monotonic() < deadline:
+        request = pb.GetTrackerRequest(bot_id=BOT, conversation_id=plan.conversation)
+        with contextlib.suppress(Exception):
+            view = await stub.GetTracker(request, timeout=5)
+            if not plan.confirm or not view.active_flow:
+                return view
+        await asyncio.sleep(0.5)
+    return view
+
+
+async def check_runs(stack: ProcessStack, plans: list[Plan]) -> dict[str, Any]:
+    """The runs of this chaos run: all finished; the bank saw each side effect once."""
+    from services.common.nats import KV_RPA_RUNS, connect
+    from services.rpa_runner.state import TERMINAL, RunStore
+
+    conversations = {p.conversation for p in plans}
+    bus = await connect(stack.nats.url, name="chaos-runs")
+    try:
+        runs = [r for r in await RunStore(await bus.kv(KV_RPA_RUNS)).all()
+                if r.conversation in conversations]
+    finally:
+        await bus.drain()
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"{stack.bank_url}/_stats") as response:
+        bank = await response.json()
+    statuses = Counter(r.status for r in runs)
+    succeeded = statuses.get("succeeded", 0)
+    return {"rpa_runs": len(runs), "rpa_runs_by_status": dict(statuses),
+            "rpa_unfinished": sum(1 for r in runs if r.status not in TERMINAL),
+            "rpa_duplicate_side_effects": int(bank["duplicates"]),
+            "rpa_missing_side_effects": max(0, succeeded - int(bank["effects"].get("confirm", 0))),
+            "bank_effects": bank["effects"]}
+
+
+async def wait_runs_finished(stack: ProcessStack, plans: list[Plan], limit_s: float
+                             ) -> dict[str, Any]:
+    deadline = time.monotonic() + limit_s
+    while True:
+        figures = await check_runs(stack, plans)
+        if figures["rpa_unfinished"] == 0 or time.monotonic() > deadline:
+            return figures
+        await asyncio.sleep(1.0)
+
+
+async def chaos_run(stack: ProcessStack, args: argparse.Namespace) -> dict[str, Any]:
+    """The load, the kills, the drain and every check; the figures of chaos.json."""
+    rng = random.Random(args.seed)
+    tally = Tally()
+    key = await client_key(stack.base_url, stack.admin_key)
+    watch = RunWatch()
+    await watch.start(stack.nats.url)
+    connector = aiohttp.TCPConnector(limit=args.users + 8)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        client = Client(session, stack.base_url, key, tally)
+        users = Users(client, tally, rng, args.think_s, args.confirm_share)
+        began = time.perf_counter()
+        load = asyncio.create_task(users.run(args.users))
+        chaos = Chaos(stack, client, watch, rng, began)
+        await asyncio.sleep(args.warmup_s)
+        rounds = 1 if args.quick else 100
+        until = None if args.quick else began + args.minutes * 60
+        await chaos.run(chaos.schedule(rounds), args.gap_s, until)
+        await asyncio.sleep(args.tail_s)
+        users.stopping.set()
+        await load
+        duration = time.perf_counter() - began
+    print(f"load stopped after {duration:.0f} s; draining", flush=True)
+    with contextlib.suppress(Exception):
+        await watch.bus.drain()
+    return await verdict(stack, tally, chaos.kills, args, duration)
+
+
+async def verdict(stack: ProcessStack, tally: Tally, kills: list[Kill],
+                  args: argparse.Namespace, duration: float) -> dict[str, Any]:
+    replies = await wait_answered(tally, stack.nats.url, args.drain_s)
+    figures: dict[str, Any] = {"accepted": len(tally.accepted), **check_replies(tally, replies)}
+    runs = await wait_runs_finished(stack, tally.plans, args.drain_s)
+    mismatches, examples = await check_trackers(stack, tally.plans, args.drain_s)
+    plans = tally.plans
+    figures.update(
+        tracker_mismatches=mismatches, tracker_mismatch_examples=examples, **runs,
+        conversations=len(plans), completed_conversations=sum(p.completed for p in plans),
+        diverged_conversations=sum(bool(p.diverged) for p in plans),
+        diverged_examples=[p.diverged for p in plans if p.diverged][:10],
+        retried=sum(tally.retried.values()), retried_by_cause=dict(tally.retried),
+        hard_errors=sum(tally.hard_errors.values()), hard_errors_by_status=dict(tally.hard_errors),
+        retyped_after_not_understood=tally.retyped, abandoned_at_stop=tally.abandoned,
+        kills=[vars(k) for k in kills], users=args.users, duration_s=round(duration, 1))
+    return figures
+
+
+FAILURE_KEYS = ("lost", "duplicated", "out_of_order", "tracker_mismatches",
+                "rpa_duplicate_side_effects", "rpa_unfinished", "rpa_missing_side_effects")
+
+
+def failures(result: dict[str, Any]) -> list[str]:
+    """What went wrong: the non-zero loss counters and the kills that never recovered."""
+    found = [f"{k}={result[k]}" for k in FAILURE_KEYS if result.get(k)]
+    found += [f"{k['component']} did not recover" for k in result["kills"] if not k["recovered"]]
+    return found
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="each component killed once, the whole run under two minutes")
+    parser.add_argument("--users", type=int, default=50, help="concurrent conversations")
+    parser.add_argument("--minutes", type=float, default=5.0, help="load time (full run)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--model", type=Path, default=ROOT / ".botfactory" / "models" / "banking")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    args.think_s, args.confirm_share = 0.5, 0.3
+    args.warmup_s, args.tail_s, args.drain_s = (4.0, 3.0, 45.0) if args.quick else \
+        (15.0, 15.0, 90.0)
+    args.gap_s = (2.0, 4.0) if args.quick else (10.0, 30.0)
+    return args
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Start the stack, run the chaos, stop the stack; the result (not written)."""
+    ensure_model(args.model)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+    stack = ProcessStack(workdir, StackOptions(
+        model=args.model, dialogues=2, with_rpa=True, dialogue_ack_wait_s=5.0,
+        rpa_ack_wait_s=5.0, sync_wait_s=5.0))
+    started = time.perf_counter()
+    try:
+        stack.start()
+        result = asyncio.run(chaos_run(stack, args))
+    finally:
+        stack.stop()
+    result.update(benchmark="chaos", quick=args.quick, cpus=os.cpu_count(), seed=args.seed,
+                  wall_s=round(time.perf_counter() - started, 1),
+                  created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    result["failures"] = failures(result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args, ROOT / ".botfactory" / "bench" / f"chaos-{os.getpid()}")
+    keys = ("accepted", "lost", "duplicated", "out_of_order", "tracker_mismatches",
+            "rpa_runs", "rpa_duplicate_side_effects", "retried", "hard_errors", "wall_s")
+    print(" ".join(f"{k}={result[k]}" for k in keys))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    if args.out == RESULTS:
+        from benchmarks.reliability_doc import write_doc
+
+        print(f"wrote {write_doc()}")
+    if result["failures"]:
+        print("FAILED: " + "; ".join(result["failures"]), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

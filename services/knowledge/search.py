@@ -1,0 +1,243 @@
+"""Knowledge-base search: query encoding, exact or approximate (HNSW) vector search, optional
+hybrid BM25 scoring, and extractive snippets.
+
+Exact search is one matrix-vector product over the contiguous float32 matrix of all vectors
+(numpy's einsum loop, single-threaded: a multi-threaded BLAS call per query is slower and
+erratic when concurrent requests share the cores).
+From `approx_min_vectors` rows on, an HNSW graph (faiss) proposes candidates
+that are re-scored exactly. With `bm25_weight` w > 0 a row scores
+`(1 - w) * cosine + w * bm25` (BM25 normalised to [0, 1], see bm25.py), and the best BM25 rows
+join the candidates. FAQ entries have one row per question; the best row of an item stands
+for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from services.knowledge.bm25 import Bm25
+from services.knowledge.encoder import SentenceEncoder
+from services.knowledge.errors import IndexLoadError
+from services.knowledge.index import (
+    ANN_FILE,
+    ENCODER_FILE,
+    TOKENIZER_FILE,
+    IndexData,
+    Item,
+    load_index,
+)
+from services.knowledge.source import Button
+
+DEFAULT_K = 5
+DEFAULT_SNIPPET_SENTENCES = 2
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    approx_min_vectors: int = 20_000
+    """Indexes with at least this many vectors are searched through the HNSW graph."""
+    expansion_search: int = 256
+    min_candidates: int = 40
+    """HNSW candidates re-scored exactly per query (at least k plus FAQ question variants)."""
+    threads: int = 1
+    """onnxruntime intra-op threads of the query encoder."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    kind: str
+    id: str
+    score: float
+    document: str
+    heading_path: tuple[str, ...]
+    position: int
+    text: str
+    snippet: str
+    title: str
+    url: str | None
+    buttons: tuple[Button, ...]
+
+
+class AnnIndex:
+    """HNSW graph over the rows (faiss IndexHNSWFlat, inner product); ids are row numbers."""
+
+    CONNECTIVITY = 16
+
+    def __init__(self, index: Any) -> None:
+        self._index = index
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, expansion_search: int) -> AnnIndex:
+        index = faiss.IndexHNSWFlat(vectors.shape[1], cls.CONNECTIVITY,
+                                    faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 40
+        index.hnsw.efSearch = expansion_search
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        return cls(index)
+
+    @classmethod
+    def restore(cls, path: Path, rows: int, dim: int, expansion_search: int) -> AnnIndex | None:
+        """The saved graph, or None when it is unreadable or does not match the vectors."""
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError:  # faiss reports a bad file as RuntimeError
+            return None
+        if index.ntotal != rows or index.d != dim or not hasattr(index, "hnsw"):
+            return None
+        index.hnsw.efSearch = expansion_search
+        return cls(index)
+
+    def save(self, path: Path) -> None:
+        faiss.write_index(self._index, str(path))
+
+    def candidates(self, query: np.ndarray, count: int) -> np.ndarray:
+        _, ids = self._index.search(query.reshape(1, -1).astype(np.float32), count)
+        found: np.ndarray = ids[0][ids[0] >= 0].astype(np.int64)
+        return found
+
+
+class Searcher:
+    """Searches one loaded index. Thread-safe for concurrent `search` calls."""
+
+    def __init__(self, data: IndexData, encoder: SentenceEncoder | None,
+                 options: SearchOptions | None = None, ann: AnnIndex | None = None) -> None:
+        self.data = data
+        self.encoder = encoder
+        self.options = options or SearchOptions()
+        settings = data.metadata.get("settings", {})
+        self.bm25_weight = float(settings.get("bm25_weight", 0.0))
+        self.snippet_sentences = int(settings.get("snippet_sentences",
+                                                  DEFAULT_SNIPPET_SENTENCES))
+        self.bm25 = Bm25(data.row_texts()) if self.bm25_weight > 0 else None
+        self.rows = len(data.row_items)
+        self._extra_rows = self.rows - len(data.items)
+        self.ann = ann
+        if self.ann is None and self.rows >= self.options.approx_min_vectors:
+            self.ann = AnnIndex.build(data.vectors, self.options.expansion_search)
+
+    @classmethod
+    def load(cls, directory: Path, options: SearchOptions | None = None) -> Searcher:
+        """Load an index directory; raises IndexLoadError."""
+        options = options or SearchOptions()
+        data = load_index(directory)
+        encoder_meta = data.metadata["encoder"]
+        encoder = SentenceEncoder(directory / ENCODER_FILE, directory / TOKENIZER_FILE,
+                                  int(encoder_meta.get("max_length", 256)), options.threads)
+        if data.vectors.shape[0] and encoder.dim != data.vectors.shape[1]:
+            raise IndexLoadError(f"{directory}: encoder dimension {encoder.dim} does not match "
+                                 f"the vectors' {data.vectors.shape[1]}")
+        ann = None
+        if len(data.row_items) >= options.approx_min_vectors and (directory / ANN_FILE).is_file():
+            ann = AnnIndex.restore(directory / ANN_FILE, len(data.row_items),
+                                   data.vectors.shape[1], options.expansion_search)
+        return cls(data, encoder, options, ann)
+
+    @property
+    def version(self) -> str:
+        return self.data.version
+
+    @property
+    def mode(self) -> str:
+        return "approx" if self.ann is not None else "exact"
+
+    def search(self, query: str, k: int = DEFAULT_K) -> list[Hit]:
+        """The best `k` items for `query`, best first."""
+        if self.encoder is None:
+            raise RuntimeError("this searcher has no encoder; use search_vector")
+        if self.rows == 0 or k <= 0:
+            return []
+        return self.search_vector(self.encoder.encode_one(query), query, k)
+
+    def search_vector(self, vector: np.ndarray, query: str, k: int = DEFAULT_K, *,
+                      approximate: bool | None = None) -> list[Hit]:
+        """The best `k` items for an encoded query (`query` feeds BM25); `approximate`
+        forces a mode (None: the index's mode)."""
+        rows, scores = self.ranked_rows(vector, query, k, approximate=approximate)
+        return [self._hit(int(r), float(s), vector) for r, s in zip(rows, scores, strict=True)]
+
+    def ranked_rows(self, vector: np.ndarray, query: str, k: int, *,
+                    approximate: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the best `k` distinct items and their scores, best first."""
+        if self.rows == 0 or k <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        wanted = min(self.rows, k + self._extra_rows)
+        use_ann = self.ann is not None if approximate is None else approximate
+        if use_ann:
+            candidates, scores = self._approximate(vector, query, wanted)
+        else:
+            candidates, scores = self._exact(vector, query, wanted)
+        return self._distinct(candidates, scores, k)
+
+    def _exact(self, vector: np.ndarray, query: str,
+               wanted: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = _dot(self.data.vectors, vector)
+        if self.bm25 is not None:
+            w = self.bm25_weight
+            scores = (1 - w) * scores + w * self.bm25.normalised_scores(query)
+        if wanted < len(scores):
+            top = np.argpartition(-scores, wanted - 1)[:wanted]
+        else:
+            top = np.arange(len(scores))
+        return top, scores[top]
+
+    def _approximate(self, vector: np.ndarray, query: str,
+                     wanted: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.ann is None:
+            self.ann = AnnIndex.build(self.data.vectors, self.options.expansion_search)
+        count = min(self.rows, max(wanted, self.options.min_candidates))
+        candidates = self.ann.candidates(vector, count)
+        lexical = None
+        if self.bm25 is not None:
+            lexical = self.bm25.normalised_scores(query)
+            best = np.argpartition(-lexical, wanted - 1)[:wanted] if wanted < self.rows \
+                else np.arange(self.rows)
+            candidates = np.union1d(candidates, best[lexical[best] > 0])
+        scores = _dot(self.data.vectors[candidates], vector)
+        if lexical is not None:
+            w = self.bm25_weight
+            scores = (1 - w) * scores + w * lexical[candidates]
+        return candidates, scores
+
+    def _distinct(self, rows: np.ndarray, scores: np.ndarray,
+                  k: int) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(-scores, kind="stable")
+        chosen: list[int] = []
+        seen: set[int] = set()
+        for index in order:
+            item = int(self.data.row_items[rows[index]])
+            if item not in seen:
+                seen.add(item)
+                chosen.append(int(index))
+                if len(chosen) == k:
+                    break
+        return rows[chosen], scores[chosen].astype(np.float32)
+
+    def _hit(self, row: int, score: float, vector: np.ndarray) -> Hit:
+        item = self.data.items[int(self.data.row_items[row])]
+        if item.kind == "faq":
+            question = item.questions[int(self.data.row_variants[row])]
+            return Hit(item.kind, item.id, score, item.document, (question,), item.position,
+                       item.text, item.text, item.title, item.url, item.buttons)
+        return Hit(item.kind, item.id, score, item.document, item.heading_path, item.position,
+                   item.text, self.snippet(item, vector), item.title, item.url, item.buttons)
+
+    def snippet(self, item: Item, vector: np.ndarray) -> str:
+        """The `snippet_sentences` sentences of the passage most similar to the query, in
+        passage order."""
+        spans = item.sentences
+        if len(spans) <= self.snippet_sentences:
+            return " ".join(item.text[a:b] for a, b in spans) or item.text
+        block = self.data.sentence_vectors[item.sentence_row:item.sentence_row + len(spans)]
+        best = np.argsort(-(block @ vector), kind="stable")[:self.snippet_sentences]
+        return " ".join(item.text[spans[i][0]:spans[i][1]] for i in sorted(int(b) for b in best))
+
+
+def _dot(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """`matrix @ vector` on the calling thread."""
+    result: np.ndarray = np.einsum("ij,j->i", matrix, vector)
+    return result

@@ -1,0 +1,147 @@
+"""Knowledge-base answers end to end: gateway (HTTP, gRPC) → JetStream → dialogue worker →
+NLU Search (a scripted NluService gRPC server) → the reply with its citation, in the HTTP
+reply, the transcripts (HTTP and gRPC) and the analytics counters; a weak hit or a failing
+Search is the normal fallback, and the message is still answered. And the web chat page's
+"Source:" line (headless Chromium)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from playwright.async_api import BrowserContext, expect
+
+from botfactory.local.nats_server import NatsServer
+from services.common.pb.botfactory.v1 import (
+    conversation_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    nlu_pb2,
+)
+from services.gateway.http.state import STATE
+from services.gateway.ports import Role
+from tests.integration.test_webchat_browser import (  # the web chat page's fixtures
+    Served,
+    browser,
+    chromium,
+    open_chat,
+    served,
+)
+from tests.support.fake_nlu import FakeNlu, start_fake_nlu
+from tests.support.stack import Stack, running_stack
+
+__all__ = ["browser", "chromium", "served"]  # fixtures used here by name
+
+QUESTION = "how much does it cost to pay by card abroad?"
+SNIPPET = ("Card payments abroad cost 1.5% of the amount. Cash withdrawals abroad cost 3 EUR. "
+           "Partner banks charge nothing.")
+HIT = nlu_pb2.SearchHit(kind="passage", id="docs/cards/fees.md#1", score=0.82,
+                        document="docs/cards/fees.md", heading_path=["Card fees", "Abroad"],
+                        position=1, text="Abroad. " + SNIPPET, snippet=SNIPPET, title="Card fees")
+WEAK = nlu_pb2.SearchHit(kind="passage", id="docs/loans.md#0", score=0.2,
+                         document="docs/loans.md", snippet="Loans.", title="Loans")
+CITATION = {"title": "Card fees", "document": "docs/cards/fees.md",
+            "heading_path": ["Card fees", "Abroad"], "url": ""}
+
+
+@pytest.fixture
+async def fake_nlu() -> AsyncIterator[tuple[FakeNlu, str]]:
+    fake = FakeNlu(hits={QUESTION: [HIT], "what about crypto?": [WEAK]})
+    server, address = await start_fake_nlu(fake)
+    yield fake, address
+    await server.stop(None)
+
+
+@pytest.fixture
+async def stack(nats_server: NatsServer, tiny_banking_model: Path,
+                fake_nlu: tuple[FakeNlu, str]) -> AsyncIterator[Stack]:
+    async with running_stack(nats_server.url, tiny_banking_model, dialogues=0) as running:
+        await running.add_dialogue(nlu_address=fake_nlu[1], nlu_timeout_s=1.0)
+        yield running
+
+
+def counter(stack: Stack, name: str, **labels: str) -> float:
+    value = stack.dialogues[0].metrics.registry.get_sample_value(name, {"bot": "banking",
+                                                                        **labels})
+    return value or 0.0
+
+
+async def rate(stack: Stack, conversation: str, message_id: str) -> None:
+    assert stack.session is not None
+    url = (f"{stack.base_url}/v1/bots/banking/conversations/{conversation}/messages/"
+           f"{message_id}/feedback")
+    headers = {"Authorization": f"Bearer {stack.client_key}"}
+    async with stack.session.post(url, json={"rating": 1}, headers=headers) as resp:
+        assert resp.status == 202, await resp.text()
+
+
+async def grpc_transcript(stack: Stack, conversation: str) -> gateway_pb2.GetTranscriptResponse:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.gateway.grpc_port}") as channel:
+        stub = gateway_pb2_grpc.ChatServiceStub(channel)
+        request = gateway_pb2.GetTranscriptRequest(bot_id="banking", conversation_id=conversation)
+        response: gateway_pb2.GetTranscriptResponse = await stub.GetTranscript(
+            request, metadata=(("authorization", f"Bearer {stack.client_key}"),), timeout=10)
+        return response
+
+
+async def test_answer_with_citation_fallbacks_and_feedback(
+        stack: Stack, fake_nlu: tuple[FakeNlu, str]) -> None:
+    fake, _ = fake_nlu
+    status, weak = await stack.post("kb1", "what about crypto?")
+    assert status == 200 and weak["replies"][0]["citations"] == []
+    assert "rephrase" in weak["replies"][0]["text"] or "can't help" in weak["replies"][0]["text"]
+
+    status, body = await stack.post("kb1", QUESTION)
+    assert status == 200 and body["complete"], body
+    [reply] = body["replies"]
+    assert reply["text"] == ("Card payments abroad cost 1.5% of the amount. Cash withdrawals "
+                             "abroad cost 3 EUR.")
+    assert reply["citations"] == [CITATION]
+    assert [(s.query, s.k, s.bot_id) for s in fake.searches][-1] == (QUESTION, 5, "banking")
+
+    fake.search_error = grpc.StatusCode.UNAVAILABLE  # a KB answer ended the fallback run:
+    status, failed = await stack.post("kb1", "is my money safe?")  # a fallback, no handoff
+    assert status == 200 and failed["replies"][0]["citations"] == []
+    assert "agent" not in failed["replies"][0]["text"]
+
+    entries = await stack.transcript("kb1")
+    answers = [e for e in entries if e.get("citations")]
+    assert [(e["text"], e["citations"]) for e in answers] == [(reply["text"], [CITATION])]
+    grpc_entries = (await grpc_transcript(stack, "kb1")).entries
+    cited = [e for e in grpc_entries if e.citations]
+    assert len(cited) == 1 and cited[0].citations[0].document == "docs/cards/fees.md"
+    assert list(cited[0].citations[0].heading_path) == ["Card fees", "Abroad"]
+
+    await rate(stack, "kb1", reply["message_id"])
+    for _ in range(100):
+        if counter(stack, "botfactory_feedback_events_total", rating="up") >= 1:
+            break
+        await asyncio.sleep(0.05)
+    assert counter(stack, "botfactory_knowledge_answers_total") == 1
+    assert counter(stack, "botfactory_feedback_events_total", rating="up") == 1
+    assert counter(stack, "botfactory_dialogue_knowledge_searches_total", outcome="failed") == 1
+
+
+async def test_web_chat_shows_the_source_of_an_answer(served: Served,
+                                                      browser: BrowserContext) -> None:
+    issued = await served.app[STATE].auth.issue("t1", ["alpha"], Role.CLIENT)
+    page, errors = await open_chat(browser, served, issued.secret, "web-kb")
+    await expect(page.get_by_test_id("connection")).to_have_text("live")
+    answer = conversation_pb2.BotMessage(
+        bot_id="alpha", conversation_id="web-kb", message_id="kb-1", text="It costs 1.5%.",
+        role="bot", citations=[
+            conversation_pb2.Citation(title="Card fees", document="docs/cards/fees.md",
+                                      url="https://bank.example/fees"),
+            conversation_pb2.Citation(title="Old fees", document="docs/old.md",
+                                      url="javascript:alert(1)")])
+    for queue in served.hub.subscribers[("alpha", "web-kb")]:
+        queue.put_nowait(answer)
+    sources = page.get_by_test_id("bot-message").first.get_by_test_id("citation")
+    await expect(sources).to_have_text(["Source: Card fees", "Source: Old fees"])
+    link = sources.first.locator("a")
+    await expect(link).to_have_attribute("href", "https://bank.example/fees")
+    await expect(sources.nth(1).locator("a")).to_have_count(0)  # not an http(s) link
+    assert errors == []

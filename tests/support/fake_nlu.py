@@ -1,0 +1,62 @@
+"""A small NluService gRPC server (real grpc.aio, port 0) with scripted Parse and Search
+answers, for testing the dialogue side without a model or a knowledge-base index."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import grpc
+
+from services.common.pb.botfactory.v1 import nlu_pb2, nlu_pb2_grpc
+
+
+@dataclass
+class FakeNlu(nlu_pb2_grpc.NluServiceServicer):
+    """Parse: `intents[text]` (default out of scope); Search: `hits[query]` (default none).
+    `search_error` makes Search fail with that code; `search_delay_s` delays it. Every Search
+    request is kept in `searches`."""
+
+    intents: dict[str, tuple[str, float]] = field(default_factory=dict)
+    hits: dict[str, list[nlu_pb2.SearchHit]] = field(default_factory=dict)
+    search_error: grpc.StatusCode | None = None
+    search_delay_s: float = 0.0
+    searches: list[nlu_pb2.SearchRequest] = field(default_factory=list)
+
+    async def Parse(self, request: nlu_pb2.ParseRequest,
+                    context: grpc.aio.ServicerContext) -> nlu_pb2.ParseResponse:
+        intent, confidence = self.intents.get(request.text, ("out_of_scope", 0.9))
+        score = nlu_pb2.IntentScore(name=intent, confidence=confidence)
+        return nlu_pb2.ParseResponse(bot_id=request.bot_id, text=request.text, intent=score,
+                                     ranking=[score], out_of_scope=intent == "out_of_scope",
+                                     model_version="fake")
+
+    async def ParseBatch(self, request: nlu_pb2.ParseBatchRequest,
+                         context: grpc.aio.ServicerContext) -> nlu_pb2.ParseBatchResponse:
+        results = [await self.Parse(nlu_pb2.ParseRequest(bot_id=request.bot_id, text=text),
+                                    context) for text in request.texts]
+        return nlu_pb2.ParseBatchResponse(results=results)
+
+    async def ListModels(self, request: nlu_pb2.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> nlu_pb2.ListModelsResponse:
+        return nlu_pb2.ListModelsResponse()
+
+    async def Search(self, request: nlu_pb2.SearchRequest,
+                     context: grpc.aio.ServicerContext) -> nlu_pb2.SearchResponse:
+        self.searches.append(request)
+        if self.search_delay_s:
+            await asyncio.sleep(self.search_delay_s)
+        if self.search_error is not None:
+            await context.abort(self.search_error, "scripted failure")
+        hits = self.hits.get(request.query, [])[: request.k or 5]
+        return nlu_pb2.SearchResponse(bot_id=request.bot_id, index_version="fake" if hits else "",
+                                      hits=hits)
+
+
+async def start_fake_nlu(fake: FakeNlu) -> tuple[grpc.aio.Server, str]:
+    """Serve `fake` on 127.0.0.1 (port 0); returns the server and its address."""
+    server = grpc.aio.server()
+    nlu_pb2_grpc.add_NluServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"

@@ -1,0 +1,93 @@
+"""docs/reliability.md is rendered from the benchmark results and the abuse tests
+(benchmarks/reliability_doc.py), never typed by hand: the renderer on fixture results, and the
+committed document against the committed results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from benchmarks.reliability_doc import (
+    DOC,
+    AbuseCase,
+    abuse_cases,
+    load_results,
+    main,
+    render,
+)
+
+CHAOS: dict[str, Any] = {
+    "accepted": 1234, "lost": 0, "duplicated": 0, "out_of_order": 0, "tracker_mismatches": 0,
+    "rpa_runs": 77, "rpa_duplicate_side_effects": 0, "retried": 55, "hard_errors": 0,
+    "conversations": 300, "users": 50, "duration_s": 95.5, "quick": True, "cpus": 2,
+    "created_at": "2026-01-02T03:04:05Z",
+    "kills": [{"component": "nats", "at_s": 10.2, "ready_s": 0.31, "recovery_s": 2.75,
+               "recovered": True},
+              {"component": "dialogue-1", "at_s": 20.0, "ready_s": 3.1, "recovery_s": None,
+               "recovered": False}],
+}
+LOAD: dict[str, Any] = {
+    "users": {"conversations": 50, "messages_per_s": 186.3, "p50_ms": 53.0, "p99_ms": 200.1,
+              "errors": 0, "lost": 0, "duplicated": 0, "out_of_order": 0},
+    "step": {"p99_target_ms": 100.0, "knee_messages_per_s": 140.5, "knee_conversations": 25,
+             "levels": [{"conversations": 25, "messages_per_s": 140.5, "p50_ms": 20.0,
+                         "p99_ms": 80.0, "errors": 0, "lost": 0, "late": 3, "duplicated": 0,
+                         "out_of_order": 0}]},
+    "soak": {"conversations": 50, "duration_s": 600.0, "messages_per_s": 150.0, "p99_ms": 190.0,
+             "errors": 0, "lost": 0, "warmup_s": 120.0, "memory_flat": True,
+             "services": {"gateway": {"rss_start_mb": 100.0, "rss_end_mb": 103.0,
+                                      "rss_growth_pct": 3.0, "fds_start": 40, "fds_end": 41,
+                                      "threads_start": 5, "threads_end": 5}}},
+    "quick": False, "cpus": 2,
+}
+
+
+def test_renders_every_figure_from_the_results() -> None:
+    cases = [AbuseCase("tests/unit/test_x.py", "test_keys_reach_nothing", "Nothing at all.")]
+    text = render({"chaos": CHAOS, "e2e_load": LOAD, "rpa_throughput": None}, cases)
+    assert "| user messages accepted (200/202) | 1234 |" in text
+    assert "| 1 | nats | 10.2 | 0.31 | 2.75 | True |" in text
+    assert "| 2 | dialogue-1 | 20 | 3.1 | – | False |" in text
+    assert "| users | 50 | 186.3 | 53 | 200.1 | 0 | 0 | – | 0 | 0 |" in text
+    assert "| step 25 | 25 | 140.5 | 20 | 80 | 0 | 0 | 3 | 0 | 0 |" in text
+    assert "**140.5 msg/s** at 25 conversations" in text
+    assert "flat within 10%" in text and "| gateway | 100 | 103 | 3 | 40 → 41 | 5 → 5 |" in text
+    assert "Not measured yet (no `benchmarks/results/rpa_throughput.json`)" in text
+    assert "- Keys reach nothing — Nothing at all." in text
+    assert "Measured (`--quick`) on a 2-CPU machine, 2026-01-02T03:04:05Z." in text
+
+
+def test_a_missing_knee_and_growing_memory_are_said_plainly() -> None:
+    load = {**LOAD, "step": {**LOAD["step"], "knee_messages_per_s": None},
+            "soak": {**LOAD["soak"], "memory_flat": False}}
+    text = render({"chaos": None, "e2e_load": load, "rpa_throughput": None}, [])
+    assert "Knee: no step met p99 <= 100 ms." in text
+    assert "NOT flat within 10%" in text
+    assert "no `benchmarks/results/chaos.json`" in text
+
+
+def test_abuse_cases_are_collected_from_the_suites() -> None:
+    cases = abuse_cases()
+    files = {c.file for c in cases}
+    assert files == {"tests/integration/test_abuse.py", "tests/unit/test_fuzzing.py",
+                     "tests/unit/test_security.py"}
+    names = {c.name for c in cases}
+    assert "test_keys_of_another_tenant_reach_nothing" in names
+    assert all(n.startswith("test_") for n in names)
+
+
+def test_abuse_cases_read_docstrings(tmp_path: Path) -> None:
+    suite = tmp_path / "tests" / "test_a.py"
+    suite.parent.mkdir()
+    suite.write_text('class TestX:\n    async def test_b(self):\n        """First.\n\n'
+                     '        More."""\n\ndef helper():\n    pass\n\ndef test_a():\n    pass\n')
+    assert abuse_cases(tmp_path, ["tests/test_a.py"]) == [
+        AbuseCase("tests/test_a.py", "test_a", ""),
+        AbuseCase("tests/test_a.py", "test_b", "First.")]
+
+
+def test_the_committed_document_matches_the_committed_results() -> None:
+    expected = render(load_results(), abuse_cases())
+    assert DOC.read_text(encoding="utf-8") == expected, \
+        "docs/reliability.md is out of date: run `make reliability-doc` and commit it"
+    assert main(["--check"]) == 0
