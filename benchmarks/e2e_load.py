@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -39,7 +40,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.nlu_latency import percentile  # noqa: E402
 from benchmarks.reliability_doc import write_doc  # noqa: E402
-from benchmarks.stack import ProcessStack, StackOptions, client_key, ensure_model  # noqa: E402
+from benchmarks.stack import (  # noqa: E402
+    ProcessStack,
+    StackOptions,
+    client_key,
+    cpu_seconds,
+    ensure_model,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "e2e_load.json"
 SHAPES = ("users", "saturation", "step", "soak")
@@ -145,10 +152,13 @@ async def drive(stack: ProcessStack, args: argparse.Namespace) -> dict[str, Any]
                                       ("saturation", args.connections, 0.0)):
         if label not in args.shapes:
             continue
+        before = per_process_cpu(stack)
         with meter:
             results[label] = await shape(stack.base_url, key, concurrency, args.duration, think,
                                          label)
         results[label]["conversations" if label == "users" else "connections"] = concurrency
+        results[label]["cpu_ms_per_message"] = cpu_per_message(
+            before, per_process_cpu(stack), results[label]["messages"])
         print(f"{label:>10}: " + ", ".join(f"{k}={v}" for k, v in results[label].items()),
               flush=True)
     if "step" in args.shapes:
@@ -160,6 +170,21 @@ async def drive(stack: ProcessStack, args: argparse.Namespace) -> dict[str, Any]
                                          args.sample_s)
     results.update(meter.figures())
     return results
+
+
+def per_process_cpu(stack: ProcessStack) -> dict[str, float]:
+    found = {}
+    for name, pid in stack.pids().items():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            found[name] = cpu_seconds(pid)
+    return found
+
+
+def cpu_per_message(before: dict[str, float], after: dict[str, float],
+                    messages: int) -> dict[str, float]:
+    """Where the CPU of one message goes: milliseconds per message by process."""
+    return {name: round((after[name] - before[name]) * 1000 / max(messages, 1), 2)
+            for name in after if name in before}
 
 
 class CpuMeter:

@@ -59,8 +59,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     test = subparsers.add_parser(
         "test-kb", help="retrieval quality of a bot's knowledge base (tests/kb.yml)",
         description="Run BOT_DIR/tests/kb.yml (question -> expected document, faq:<id> or null) "
-                    "against an index: recall@1, recall@5, MRR and unanswerable questions "
-                    "declined (top score under bot.yml knowledge.answer_threshold).")
+                    "against an index: recall@1, recall@5, MRR, unanswerable questions "
+                    "declined and answerable ones answered (top score against bot.yml "
+                    "knowledge.answer_threshold); --calibrate picks that threshold.")
     test.add_argument("bot_dir", type=Path, metavar="BOT_DIR")
     test.add_argument("--index", type=Path, default=None, metavar="DIR",
                       help="index to test (default: build one from BOT_DIR into a temp dir)")
@@ -68,9 +69,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       help="test file (default: BOT_DIR/tests/kb.yml)")
     test.add_argument("--report", type=Path, default=None, metavar="FILE",
                       help="write the JSON report (metrics and every case) here")
-    test.add_argument("--threshold", type=float, default=None,
-                      help="answer threshold (default: bot.yml knowledge.answer_threshold, "
-                           "else 0.5)")
+    choice = test.add_mutually_exclusive_group()
+    choice.add_argument("--threshold", type=float, default=None,
+                        help="answer threshold (default: bot.yml knowledge.answer_threshold, "
+                             "else 0.5)")
+    choice.add_argument("--calibrate", action="store_true",
+                        help="pick the answer threshold on a seeded half of the cases and "
+                             "report the other half with it")
+    test.add_argument("--seed", type=int, default=0,
+                      help="seed of the --calibrate split (default %(default)s)")
     _build_options(test, with_out=False)
     test.set_defaults(func=run_test_kb)
 
@@ -180,7 +187,7 @@ def run_test_kb(args: argparse.Namespace) -> int:
 
 
 def _test_kb(args: argparse.Namespace) -> dict[str, Any]:
-    from botfactory.kb.evaluate import CASES_FILE, evaluate, load_cases
+    from botfactory.kb.evaluate import CASES_FILE, calibrate, evaluate, load_cases
     from botfactory.kb.settings import read_bot_knowledge
     from services.knowledge.search import Searcher
 
@@ -190,9 +197,15 @@ def _test_kb(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="kb-") as tmp:
         index = args.index or _build_temp(args, Path(tmp) / "index")
         searcher = Searcher.load(index)
-        report = evaluate(searcher, cases, threshold)
+        if args.calibrate:
+            report = calibrate(searcher, cases, args.seed)
+        else:
+            report = evaluate(searcher, cases, threshold)
     report["index_version"] = searcher.version
-    _print_report(report)
+    if args.calibrate:
+        _print_calibration(report, settings.answer_threshold)
+    else:
+        _print_report(report)
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
@@ -209,15 +222,30 @@ def _build_temp(args: argparse.Namespace, out: Path) -> Path:
     return build_index(args.bot_dir, out, options).directory
 
 
-def _print_report(report: dict[str, Any]) -> None:
-    def fmt(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.3f}"
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
+
+def _print_metrics(report: dict[str, Any]) -> None:
+    print(f"recall@1 {_fmt(report['recall_at_1'])}  recall@5 {_fmt(report['recall_at_5'])}  "
+          f"MRR {_fmt(report['mrr'])}  declined {_fmt(report['declined_share'])}  "
+          f"answered {_fmt(report['answered_share'])}  correct {_fmt(report['correct_share'])}")
+
+
+def _print_calibration(report: dict[str, Any], configured: float) -> None:
+    print(f"calibrated answer threshold {report['answer_threshold']:g} (seed {report['seed']}; "
+          f"bot.yml: {configured:g})")
+    for half, name in (("calibration", "calibration half"), ("held_out", "held-out half")):
+        part = report[half]
+        print(f"{name}: {part['n_answerable']} answerable, {part['n_unanswerable']} "
+              "unanswerable questions")
+        _print_metrics(part)
+
+
+def _print_report(report: dict[str, Any]) -> None:
     print(f"{report['n_answerable']} answerable, {report['n_unanswerable']} unanswerable "
           f"questions (answer threshold {report['answer_threshold']:g})")
-    print(f"recall@1 {fmt(report['recall_at_1'])}  recall@5 {fmt(report['recall_at_5'])}  "
-          f"MRR {fmt(report['mrr'])}  declined {fmt(report['declined_share'])}  "
-          f"answered {fmt(report['answered_share'])}")
+    _print_metrics(report)
     for case in report["cases"]:
         if not case["passed"]:
             got = case["hits"][0] if case["hits"] else "nothing"

@@ -122,19 +122,26 @@ class Found:
     """Review item id → status; None when the review queue could not be read."""
 
 
-def decode(subject: str, payload: bytes, seq: int) -> dict[str, Any] | None:
-    """A `ConversationEvent` as the dict `aggregate` takes; None when undecodable."""
-    from services.common.pb.botfactory.v1 import conversation_pb2
+def decode(subject: str, payload: bytes, seq: int,
+           headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The events of one message (one `ConversationEvent`, or a turn's `ConversationEvents`)
+    as the dicts `aggregate` takes; none when undecodable."""
+    from services.common.events import decode_events
 
-    try:
-        event = conversation_pb2.ConversationEvent.FromString(payload)
-        data = json.loads(event.data_json) if event.data_json else {}
-    except Exception:
-        return None
     parts = subject.split(".")
-    return {"type": event.type, "seq": seq,
-            "conversation_id": event.conversation_id or (parts[3] if len(parts) > 3 else ""),
-            "at_unix_ms": event.at_unix_ms, "data": data if isinstance(data, dict) else {}}
+    try:
+        return [{"type": event.type, "seq": seq,
+                 "conversation_id": event.conversation_id or (parts[3] if len(parts) > 3
+                                                              else ""),
+                 "at_unix_ms": event.at_unix_ms, "data": _object(event.data_json)}
+                for event in decode_events(payload, headers)]
+    except Exception:
+        return []
+
+
+def _object(data_json: str) -> dict[str, Any]:
+    data = json.loads(data_json) if data_json else {}
+    return data if isinstance(data, dict) else {}
 
 
 async def _quiet(*_: Any) -> None:
@@ -196,9 +203,7 @@ async def _read(sub: Any, last_seq: int, idle_timeout: float) -> list[dict[str, 
     while True:
         msg = await sub.next_msg(timeout=idle_timeout)
         meta = msg.metadata
-        event = decode(msg.subject, msg.data, meta.sequence.stream)
-        if event is not None:
-            events.append(event)
+        events.extend(decode(msg.subject, msg.data, meta.sequence.stream, msg.headers))
         if meta.num_pending == 0 or meta.sequence.stream >= last_seq:
             return events
 

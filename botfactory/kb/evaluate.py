@@ -3,13 +3,18 @@
 A case expects a document path (any passage of it counts), an FAQ id (`faq:<id>`), or null
 (unanswerable: it must be declined, i.e. the top score stays under the answer threshold).
 Metrics: recall@1, recall@5 and MRR over the answerable cases, the share of unanswerable
-cases declined, and the share of answerable cases that would be answered.
+cases declined, the share of answerable cases that would be answered (top score at or above
+the threshold), and the share of all cases handled correctly (answerable: answered with the
+expected item at rank 1; unanswerable: declined). `calibrate` picks the threshold that
+maximises that share on a seeded half of the cases and reports the other half with it.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,6 +24,8 @@ from services.knowledge.search import Hit
 
 CASES_FILE = Path("tests") / "kb.yml"
 SEARCH_K = 5
+DEFAULT_THRESHOLD = 0.5
+THRESHOLD_STEP = 0.01
 
 
 class SearchesText(Protocol):
@@ -64,34 +71,105 @@ def matches(hit: Hit, expect: str) -> bool:
 def evaluate(searcher: SearchesText, cases: Sequence[KbCase],
              answer_threshold: float) -> dict[str, Any]:
     """Run every case; the report (metrics, then one row per case)."""
-    rows = [_run_case(searcher, case, answer_threshold) for case in cases]
-    answerable = [r for r in rows if r["expect"] is not None]
-    unanswerable = [r for r in rows if r["expect"] is None]
+    return report(run_cases(searcher, cases), answer_threshold)
+
+
+def run_cases(searcher: SearchesText, cases: Sequence[KbCase]) -> list[CaseResult]:
+    """Search every case once (the hits do not depend on the threshold)."""
+    return [_run_case(searcher, case) for case in cases]
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: KbCase
+    hits: tuple[str, ...]
+    rank: int | None
+    """1-based rank of the first matching hit (answerable cases), None if not in the top k."""
+    top: float | None
+    """The best hit's score (rounded to 4 digits), None without hits."""
+
+    def answered(self, threshold: float) -> bool:
+        return self.top is not None and self.top >= threshold
+
+    def correct(self, threshold: float) -> bool:
+        """Answerable: answered with the expected item at rank 1; unanswerable: declined."""
+        if self.case.expect is None:
+            return not self.answered(threshold)
+        return self.rank == 1 and self.answered(threshold)
+
+
+def report(results: Sequence[CaseResult], answer_threshold: float) -> dict[str, Any]:
+    """Metrics of `results` at `answer_threshold`, then one row per case."""
+    answerable = [r for r in results if r.case.expect is not None]
+    unanswerable = [r for r in results if r.case.expect is None]
     return {
-        "n_cases": len(rows),
+        "n_cases": len(results),
         "n_answerable": len(answerable),
         "n_unanswerable": len(unanswerable),
         "answer_threshold": answer_threshold,
-        "recall_at_1": _mean([r["rank"] == 1 for r in answerable]),
-        "recall_at_5": _mean([r["rank"] is not None and r["rank"] <= 5 for r in answerable]),
-        "mrr": _mean([1 / r["rank"] if r["rank"] else 0.0 for r in answerable]),
-        "declined_share": _mean([not r["answered"] for r in unanswerable]),
-        "answered_share": _mean([r["answered"] for r in answerable]),
-        "cases": rows,
+        "recall_at_1": _mean([r.rank == 1 for r in answerable]),
+        "recall_at_5": _mean([r.rank is not None and r.rank <= 5 for r in answerable]),
+        "mrr": _mean([1 / r.rank if r.rank else 0.0 for r in answerable]),
+        "declined_share": _mean([not r.answered(answer_threshold) for r in unanswerable]),
+        "answered_share": _mean([r.answered(answer_threshold) for r in answerable]),
+        "correct_share": _mean([r.correct(answer_threshold) for r in results]),
+        "cases": [_row(r, answer_threshold) for r in results],
     }
 
 
-def _run_case(searcher: SearchesText, case: KbCase, threshold: float) -> dict[str, Any]:
+def _run_case(searcher: SearchesText, case: KbCase) -> CaseResult:
     hits = searcher.search(case.question, SEARCH_K)
-    top = hits[0].score if hits else None
     rank = None
     if case.expect is not None:
         rank = next((i + 1 for i, h in enumerate(hits) if matches(h, case.expect)), None)
-    answered = top is not None and top >= threshold
-    passed = (rank == 1 and answered) if case.expect is not None else not answered
+    top = round(float(hits[0].score), 4) if hits else None
+    return CaseResult(case, tuple(h.id for h in hits), rank, top)
+
+
+def _row(result: CaseResult, threshold: float) -> dict[str, Any]:
+    case = result.case
     return {"question": case.question, "expect": case.expect, "line": case.line,
-            "rank": rank, "top_score": None if top is None else round(float(top), 4),
-            "answered": answered, "passed": passed, "hits": [h.id for h in hits]}
+            "rank": result.rank, "top_score": result.top,
+            "answered": result.answered(threshold), "passed": result.correct(threshold),
+            "hits": list(result.hits)}
+
+
+def split_cases(cases: Sequence[KbCase], seed: int) -> tuple[list[KbCase], list[KbCase]]:
+    """A seeded random half of the cases (calibration) and the other half (held out), each
+    with half of the answerable and half of the unanswerable cases, in file order."""
+    rng = random.Random(seed)
+    calibration: set[int] = set()
+    for answerable in (True, False):
+        group = [i for i, c in enumerate(cases) if (c.expect is not None) == answerable]
+        rng.shuffle(group)
+        calibration.update(group[:(len(group) + 1) // 2])
+    return ([c for i, c in enumerate(cases) if i in calibration],
+            [c for i, c in enumerate(cases) if i not in calibration])
+
+
+def pick_threshold(results: Sequence[CaseResult]) -> float:
+    """The answer threshold (3 decimals) that handles the most `results` correctly (see
+    `CaseResult.correct`). Candidates lie midway between consecutive top scores (and just
+    outside them); among equally good ones the median is taken."""
+    scores = sorted({r.top for r in results if r.top is not None})
+    if not scores:
+        return DEFAULT_THRESHOLD
+    edges = [scores[0] - THRESHOLD_STEP, *scores, scores[-1] + THRESHOLD_STEP]
+    candidates = sorted({round((a + b) / 2, 3) for a, b in pairwise(edges)})
+    correct = [sum(r.correct(t) for r in results) for t in candidates]
+    best = [t for t, n in zip(candidates, correct, strict=True) if n == max(correct)]
+    return best[(len(best) - 1) // 2]
+
+
+def calibrate(searcher: SearchesText, cases: Sequence[KbCase], seed: int) -> dict[str, Any]:
+    """Pick the threshold on a seeded half of the cases; the metrics of both halves with it
+    (the held-out half's are the honest estimate)."""
+    calibration, held_out = split_cases(cases, seed)
+    calibration_results = run_cases(searcher, calibration)
+    threshold = pick_threshold(calibration_results)
+    return {"seed": seed, "answer_threshold": threshold,
+            "calibration": report(calibration_results, threshold),
+            "held_out": report(run_cases(searcher, held_out), threshold)}
 
 
 def _mean(values: Sequence[float | bool]) -> float | None:

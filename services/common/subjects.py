@@ -35,6 +35,9 @@ KIND_WORKFLOW_RESULT = "workflow_result"
 KIND_WORKFLOW_PROGRESS = "workflow_progress"
 # A message a workflow sends into the conversation (relayed as a bot message).
 KIND_NOTIFY = "notify"
+# On conv.event.*: the message is a ConversationEvents (all events of one turn), not a single
+# ConversationEvent (services/common/events.py).
+KIND_EVENTS = "events"
 
 
 def check_id(value: str, what: str) -> str:

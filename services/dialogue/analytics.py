@@ -10,8 +10,9 @@ A conversation (for containment) is a session of it: a session starts at the fir
 of a conversation, and again at each `session_expired` event (the engine emits it in the first
 turn after the idle timeout, when the tracker starts a new session). A user message opens its
 conversation when the conversation's first event in the stream belongs to the same turn (the
-event's `Nats-Msg-Id` is `<message id>:e<n>`): one stream lookup for a conversation this process
-has not seen yet, so the rule holds with any number of replicas and no shared state.
+event's `Nats-Msg-Id` starts with `<message id>:e`): one stream lookup for a conversation this
+process has not seen yet, so the rule holds with any number of replicas and no shared state.
+A turn's events come as one message (services/common/events.py); it is acked as a whole.
 See docs/observability.md for the metrics and the PromQL of the rates.
 """
 
@@ -27,6 +28,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from services.common.events import decode_events
 from services.common.logging import get_logger
 from services.common.nats import Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
@@ -129,25 +131,27 @@ class AnalyticsConsumer:
 
     async def handle(self, msg: Msg) -> None:
         try:
-            event = conversation_pb2.ConversationEvent.FromString(msg.data)
-            data = json.loads(event.data_json) if event.data_json else {}
-            if not isinstance(data, dict):
-                raise ValueError("data_json is not an object")
+            decoded = [(event, _data(event)) for event in decode_events(msg.data, msg.headers)]
         except Exception as exc:
             log.warning("analytics_undecodable", subject=msg.subject, error=repr(exc))
             await msg.term()
             return
-        bot, conversation = _ids(msg.subject, event)
-        if event.type == "user_message":
+        opened: set[str] = set()
+        for event, data in decoded:
+            if event.type != "user_message":
+                continue
+            bot, conversation = _ids(msg.subject, event)
             try:
-                opens = await self._opens_conversation(msg, bot, conversation, data)
+                if await self._opens_conversation(msg, bot, conversation, data):
+                    opened.add(bot)
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("analytics_lookup_failed", subject=msg.subject, error=repr(exc))
                 await msg.nak(delay=1.0)  # nothing counted yet: count it on redelivery
                 return
-            if opens:
-                self._metrics.conversations.labels(bot=bot).inc()
-        record(self._metrics, event.type, bot, data)
+        for bot in opened:
+            self._metrics.conversations.labels(bot=bot).inc()
+        for event, data in decoded:
+            record(self._metrics, event.type, _ids(msg.subject, event)[0], data)
         await msg.ack()
 
     async def _opens_conversation(self, msg: Msg, bot: str, conversation: str,
@@ -169,6 +173,13 @@ class AnalyticsConsumer:
         message_id = str(data.get("message_id", ""))
         first_id = (first.headers or {}).get(HEADER_MSG_ID, "")
         return bool(message_id) and first_id.startswith(f"{message_id}:e")
+
+
+def _data(event: conversation_pb2.ConversationEvent) -> dict[str, Any]:
+    data = json.loads(event.data_json) if event.data_json else {}
+    if not isinstance(data, dict):
+        raise ValueError("data_json is not an object")
+    return data
 
 
 def _ids(subject: str, event: conversation_pb2.ConversationEvent) -> tuple[str, str]:

@@ -32,9 +32,9 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from services.common.events import decode_events
 from services.common.logging import get_logger
 from services.common.nats import KV_REVIEW, Bus
-from services.common.pb.botfactory.v1 import conversation_pb2
 from services.common.reviewqueue import EntityGuess, Observation, ReviewQueue
 from services.common.subjects import HEADER_MSG_ID
 
@@ -145,22 +145,28 @@ class ReviewCollector:
 
     async def handle_conversation_event(self, msg: Msg) -> None:
         try:
-            event = conversation_pb2.ConversationEvent.FromString(msg.data)
-            data = json.loads(event.data_json) if event.data_json else {}
+            batch = [(event, _object(event.data_json))
+                     for event in decode_events(msg.data, msg.headers)]
         except Exception:
             return
-        if not isinstance(data, dict):
-            return
+        # the dialogue writes a turn's events together: its user message is in the same batch
+        said = next((_turn(data) for event, data in batch
+                     if event.type == "user_message" and data is not None), None)
         parts = msg.subject.split(".")
-        bot = event.bot_id or (parts[2] if len(parts) > 2 else "")
-        conversation = event.conversation_id or (parts[3] if len(parts) > 3 else "")
-        at_ms = event.at_unix_ms or int(time.time() * 1000)
-        observation = await self._observe(msg, event.type, bot, conversation, data, at_ms)
-        if observation is not None and self.queue is not None:
-            await self.queue.record(observation)
+        for event, data in batch:
+            if data is None:
+                continue
+            bot = event.bot_id or (parts[2] if len(parts) > 2 else "")
+            conversation = event.conversation_id or (parts[3] if len(parts) > 3 else "")
+            at_ms = event.at_unix_ms or int(time.time() * 1000)
+            observation = await self._observe(msg, event.type, bot, conversation, data, at_ms,
+                                              said)
+            if observation is not None and self.queue is not None:
+                await self.queue.record(observation)
 
     async def _observe(self, msg: Msg, kind: str, bot: str, conversation: str,
-                       data: dict[str, Any], at_ms: int) -> Observation | None:
+                       data: dict[str, Any], at_ms: int,
+                       said: UserTurn | None) -> Observation | None:
         if kind == "user_message":
             turn = _turn(data)
             reason = None if turn is None else user_message_reason(turn.nlu, self._low)
@@ -168,7 +174,7 @@ class ReviewCollector:
                 bot, turn, reason, at_ms)
         if kind == "fallback":
             message_id = (msg.headers or {}).get(HEADER_MSG_ID, "").rsplit(":e", 1)[0]
-            turn = await self.find_user_message(bot, conversation, message_id)
+            turn = said or await self.find_user_message(bot, conversation, message_id)
             return None if turn is None else nlu_observation(bot, turn, "fallback", at_ms)
         if kind == "feedback" and _float(data.get("rating")) < 0:
             message_id = str(data.get("message_id", "")).rsplit(":", 1)[0]
@@ -193,9 +199,9 @@ class ReviewCollector:
             seq = raw.seq + 1
             if not (raw.headers or {}).get(HEADER_MSG_ID, "").startswith(f"{message_id}:e"):
                 continue
-            event = conversation_pb2.ConversationEvent.FromString(raw.data or b"")
-            if event.type == "user_message":
-                return _turn(json.loads(event.data_json or "{}"))
+            for event in decode_events(raw.data or b"", raw.headers):
+                if event.type == "user_message":
+                    return _turn(_object(event.data_json) or {})
         return None
 
     async def handle_shadow_event(self, msg: Msg) -> None:
@@ -209,6 +215,12 @@ class ReviewCollector:
         observation = shadow_observation(bot, data, int(time.time() * 1000))
         if observation is not None and self.queue is not None:
             await self.queue.record(observation)
+
+
+def _object(data_json: str) -> dict[str, Any] | None:
+    """An event's data; None unless it is a JSON object."""
+    data = json.loads(data_json) if data_json else {}
+    return data if isinstance(data, dict) else None
 
 
 def _turn(data: dict[str, Any]) -> UserTurn | None:

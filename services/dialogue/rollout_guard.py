@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from services.common import audit
+from services.common.events import decode_events
 from services.common.logging import get_logger
 from services.common.modelstore import (
     ROLLOUT_PREFIX,
@@ -41,7 +42,6 @@ from services.common.modelstore import (
     abort_rollout,
 )
 from services.common.nats import KV_BOTS, Bus
-from services.common.pb.botfactory.v1 import conversation_pb2
 from services.common.subjects import events
 from services.dialogue.metrics import RolloutGuardMetrics
 
@@ -221,15 +221,16 @@ class RolloutGuard:
 
     async def _on_event(self, bot: str, watched: _Watched, msg: Msg) -> None:
         try:
-            event = conversation_pb2.ConversationEvent.FromString(msg.data)
-            data = json.loads(event.data_json) if event.data_json else {}
+            batch = decode_events(msg.data, msg.headers)
+            datas = [json.loads(event.data_json) if event.data_json else {} for event in batch]
         except Exception as exc:  # one bad event never stops the guard
             log.warning("rollout_guard_undecodable", subject=msg.subject, error=repr(exc))
             return
-        conversation = event.conversation_id or msg.subject.split(".")[-1]
-        at_s = event.at_unix_ms / 1000 if event.at_unix_ms else time.time()
-        watched.window.observe(event.type, conversation, data if isinstance(data, dict) else {},
-                               at_s)
+        for event, data in zip(batch, datas, strict=True):
+            conversation = event.conversation_id or msg.subject.split(".")[-1]
+            at_s = event.at_unix_ms / 1000 if event.at_unix_ms else time.time()
+            watched.window.observe(event.type, conversation,
+                                   data if isinstance(data, dict) else {}, at_s)
         if watched.acting or self._watched.get(bot) is not watched:
             return
         reason = watched.window.verdict(time.time())

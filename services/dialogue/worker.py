@@ -24,6 +24,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from services.common.events import encode_events
 from services.common.logging import bind_correlation_id, get_logger
 from services.common.nats import KV_HANDOFFS, Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
@@ -35,6 +36,7 @@ from services.common.subjects import (
     HEADER_PII,
     HEADER_REPLY_INBOX,
     KIND_AGENT,
+    KIND_EVENTS,
     KIND_MESSAGE,
     KIND_NOTIFY,
     KIND_RELEASE,
@@ -282,14 +284,16 @@ class DialogueWorker:
                                   len(result.replies), reply, now_ms)
             out.append(Outgoing(outbound(bot, conv), message.message_id,
                                 message.SerializeToString(), headers))
-        for index, (kind, data) in enumerate(self._events(inbound, result, nlu)):
-            if redact:
-                data = redact_value(data, keep=EVENT_IDS)
-            event = conversation_pb2.ConversationEvent(
+        turn_events = [
+            conversation_pb2.ConversationEvent(
                 bot_id=bot, conversation_id=conv, type=kind, at_unix_ms=now_ms,
-                correlation_id=inbound.correlation_id, data_json=json.dumps(data, default=str))
-            out.append(Outgoing(events(bot, conv), f"{inbound.message_id}:e{index}",
-                                event.SerializeToString(), headers))
+                correlation_id=inbound.correlation_id,
+                data_json=json.dumps(redact_value(data, keep=EVENT_IDS) if redact else data,
+                                     default=str))
+            for kind, data in self._events(inbound, result, nlu)]
+        if turn_events:  # one message for the whole turn (services/common/events.py)
+            out.append(Outgoing(events(bot, conv), f"{inbound.message_id}:e",
+                                encode_events(turn_events), {**headers, HEADER_KIND: KIND_EVENTS}))
         for job in result.workflows:
             body = {"run_id": job.run_id, "workflow": job.workflow, "inputs": job.inputs,
                     "bot_id": bot, "conversation_id": conv,

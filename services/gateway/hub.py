@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoKeysError
 
+from services.common.events import decode_events
 from services.common.logging import get_logger
 from services.common.nats import KV_HANDOFFS, OBJ_MODELS, Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
@@ -235,7 +236,8 @@ class BusHub:
                 except nats.errors.TimeoutError:
                     break
                 for msg in batch:
-                    found.append((msg.metadata.sequence.stream, _decode(msg, mask)))
+                    seq = msg.metadata.sequence.stream
+                    found.extend((seq, item) for item in _decode(msg, mask))
                 if batch[-1].metadata.num_pending == 0:
                     break
         finally:
@@ -344,9 +346,9 @@ class UserEntry:
     at_unix_ms: int
 
 
-def _decode(msg: Msg, mask: bool) -> Any:
-    """A BotMessage (conv.out), a UserEntry (a `user_message` event), else None; with PII
-    masked when `mask`, unless the writer marked it `Bf-Pii: keep`."""
+def _decode(msg: Msg, mask: bool) -> list[Any]:
+    """The BotMessage (conv.out) or the UserEntry of a `user_message` event (conv.event) in
+    `msg`, or nothing; with PII masked when `mask`, unless the writer marked it `Bf-Pii: keep`."""
     keep = not mask or (msg.headers or {}).get(HEADER_PII) == PII_KEEP
     if msg.subject.startswith("conv.out."):
         message = conversation_pb2.BotMessage.FromString(msg.data)
@@ -354,16 +356,18 @@ def _decode(msg: Msg, mask: bool) -> Any:
             message.text = redact(message.text)
             for button in message.buttons:
                 button.title, button.payload = redact(button.title), redact(button.payload)
-        return message
+        return [message]
     if msg.subject.startswith("conv.event."):
-        event = conversation_pb2.ConversationEvent.FromString(msg.data)
-        if event.type != "user_message":
-            return None
-        data = json.loads(event.data_json or "{}")
-        text = str(data.get("text", ""))
-        return UserEntry(str(data.get("message_id", "")), text if keep else redact(text),
-                         int(data.get("sent_at_unix_ms") or event.at_unix_ms))
-    return None
+        return [_user_entry(event, keep) for event in decode_events(msg.data, msg.headers)
+                if event.type == "user_message"]
+    return []
+
+
+def _user_entry(event: conversation_pb2.ConversationEvent, keep: bool) -> UserEntry:
+    data = json.loads(event.data_json or "{}")
+    text = str(data.get("text", ""))
+    return UserEntry(str(data.get("message_id", "")), text if keep else redact(text),
+                     int(data.get("sent_at_unix_ms") or event.at_unix_ms))
 
 
 def _entry(message: Any) -> dict[str, Any]:

@@ -1,10 +1,16 @@
 """BM25 over the indexed texts, for hybrid scoring (rare words: product codes, names).
 
-Postings are kept per term as arrays of (row, weight) with the BM25 term weight precomputed,
-so scoring a query is one scatter-add per query term. `normalised_scores` divides by the
-query's ideal score (each query term matched once in a document of average length), clipped
-to 1: a query whose words are all in a document scores about 1, one whose words are in no
-document scores 0. That keeps scores comparable between queries, as a threshold needs.
+Terms are lowercased words without English function words (`STOP_WORDS`): "I", "my", "do"
+carry no topic, and in short texts such as FAQ questions they would otherwise make up most
+of a keyword match. Postings are kept per term as arrays of (row, weight) with the BM25 term
+weight precomputed, so scoring a query is one scatter-add per query term.
+
+`strengths` maps the raw score to [0, 1) with a saturating transform on an absolute,
+query-independent scale: `1 - exp(-score / unit)`, where `unit` is the weight of one term
+found in a single row of average length (the rarest a term can be). One rare term matched
+gives 0.63, two give 0.86; a word found in a third of the rows gives about 0.2. Unlike a
+score divided by the query's best (or ideal) score, a weak match stays weak: a query whose
+only indexed word is a common one gets a small strength, never a perfect one.
 """
 
 from __future__ import annotations
@@ -18,6 +24,22 @@ import numpy as np
 
 _TOKEN = re.compile(r"[^\W_]+(?:[-./][^\W_]+)*")
 _PART = re.compile(r"[^\W_]+")
+_CONTRACTION = re.compile(r"[^\W_]+'[^\W_]+")
+
+_STOP_WORDS_TEXT = """
+a about above after again against all am an and any are aren't as at be because been before
+being below between both but by can can't cannot could couldn't did didn't do does doesn't
+doing don't down during each few for from further had hadn't has hasn't have haven't having
+he her here hers herself him himself his how i if in into is isn't it it's its itself just
+let's me might more most must my myself no nor not of off on once only or other ought our
+ours ourselves out over own same shall she should shouldn't so some such than that that's
+the their theirs them themselves then there there's these they this those through to too
+under until up very was wasn't we were weren't what what's when where which while who whom
+why will with won't would wouldn't you your yours yourself yourselves
+hi hello please thanks thank ok okay s t d ll m re ve
+"""
+STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
+"""English function words (and greeting filler) left out of BM25 terms."""
 
 
 def tokenize(text: str) -> list[str]:
@@ -31,11 +53,18 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
+def terms(text: str) -> list[str]:
+    """The BM25 terms of `text`: its tokens without stop words (contractions included)."""
+    lowered = _CONTRACTION.sub(lambda m: " " if m.group(0) in STOP_WORDS else m.group(0),
+                               text.lower().replace("\u2019", "'"))
+    return [t for t in tokenize(lowered) if t not in STOP_WORDS]
+
+
 class Bm25:
     def __init__(self, texts: Sequence[str], k1: float = 1.2, b: float = 0.75) -> None:
         self.size = len(texts)
         self.k1 = k1
-        counts = [Counter(tokenize(t)) for t in texts]
+        counts = [Counter(terms(t)) for t in texts]
         lengths = np.array([sum(c.values()) for c in counts], dtype=np.float32)
         average = float(lengths.mean()) if self.size and lengths.mean() > 0 else 1.0
         norms = k1 * (1 - b + b * lengths / average)
@@ -51,6 +80,8 @@ class Bm25:
             freq = np.array(tfs[term], dtype=np.float32)
             weight = self.idf(len(term_rows)) * freq * (k1 + 1) / (freq + norms[index])
             self._postings[term] = (index, weight.astype(np.float32))
+        self.unit = self.idf(1)
+        """Weight of a term found once in a single row of average length."""
 
     def idf(self, document_frequency: int) -> float:
         n = self.size
@@ -59,24 +90,15 @@ class Bm25:
     def scores(self, query: str) -> np.ndarray:
         """Raw BM25 score of every row, `[size]` float32."""
         result = np.zeros(self.size, dtype=np.float32)
-        for term in set(tokenize(query)):
+        for term in set(terms(query)):
             posting = self._postings.get(term)
             if posting is not None:
                 result[posting[0]] += posting[1]
         return result
 
-    def ideal(self, query: str) -> float:
-        """The score of a document of average length holding each query term once."""
-        total = 0.0
-        for term in set(tokenize(query)):
-            posting = self._postings.get(term)
-            total += self.idf(0 if posting is None else len(posting[0]))
-        return total
-
-    def normalised_scores(self, query: str) -> np.ndarray:
-        """Scores divided by `ideal(query)`, clipped to [0, 1]; all 0 for a query without words."""
-        ideal = self.ideal(query)
-        if ideal <= 0:
+    def strengths(self, query: str) -> np.ndarray:
+        """`1 - exp(-score / unit)` per row, in [0, 1); all 0 for a query without terms."""
+        if self.unit <= 0:
             return np.zeros(self.size, dtype=np.float32)
-        result: np.ndarray = np.minimum(self.scores(query) / ideal, 1.0).astype(np.float32)
+        result: np.ndarray = (-np.expm1(-self.scores(query) / self.unit)).astype(np.float32)
         return result

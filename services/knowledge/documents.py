@@ -3,7 +3,9 @@
 A section is the paragraphs under one heading path (outermost heading first). Markdown: the
 first `# ` heading is the title, `#`..`######` headings make the path, fenced code stays
 text. Plain text: the title is the file name, no headings. HTML: the title is `<title>` or the
-first `<h1>`, `<h1>`..`<h6>` make the path, scripts and styles are dropped.
+first `<h1>`, `<h1>`..`<h6>` make the path; page chrome is dropped (scripts, styles, `<head>`,
+`<nav>`, `<aside>`, `<form>`, the page's `<header>` and `<footer>`, navigation roles, hidden
+elements).
 """
 
 from __future__ import annotations
@@ -127,36 +129,66 @@ def parse_text(text: str, title: str) -> ParsedDocument:
 
 
 _BLOCKS = {"p", "div", "li", "ul", "ol", "br", "tr", "td", "th", "table", "pre", "blockquote",
-           "section", "article", "header", "footer", "main", "dd", "dt", "dl", "hr", "form"}
-_DROPPED = {"script", "style", "noscript", "template", "svg", "head"}
+           "section", "article", "header", "footer", "main", "dd", "dt", "dl", "hr",
+           "figure", "figcaption", "details", "summary"}
+_DROPPED = {"script", "style", "noscript", "template", "svg", "head", "nav", "aside", "form",
+            "iframe", "button", "select", "dialog"}
+"""Elements dropped with their content: code, page navigation, sidebars and forms."""
+_LANDMARKS = {"header", "footer"}
+"""Dropped when they are the page's banner or footer, i.e. not inside `_SECTIONING` (a
+`<header>` inside `<article>` holds the article's title and stays)."""
+_SECTIONING = {"article", "main", "section", "aside", "nav"}
+_DROPPED_ROLES = {"navigation", "banner", "contentinfo", "complementary", "search", "menu",
+                  "menubar", "toolbar"}
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
+         "source", "track", "wbr"}
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}
 
 
 class _HtmlSections(HTMLParser):
+    """Sections of an HTML page. Keeps a stack of open elements (tolerant of unclosed ones) to
+    know when text is inside a dropped element (`_DROPPED`, landmark headers and footers,
+    `role` navigation/banner/...) or `hidden`."""
+
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.builder = _SectionBuilder()
         self.title_tag: str | None = None
         self.first_h1: str | None = None
-        self._dropped = 0
+        self._open: list[tuple[str, bool]] = []
         self._in_title = False
         self._heading: int | None = None
         self._buffer: list[str] = []
         self._title_buffer: list[str] = []
 
+    @property
+    def _dropped(self) -> bool:
+        return any(drops for _, drops in self._open)
+
+    def _drops(self, tag: str, attrs: list[tuple[str, str | None]]) -> bool:
+        values = dict(attrs)
+        if tag in _DROPPED or "hidden" in values or values.get("aria-hidden") == "true":
+            return True
+        if (values.get("role") or "").strip().lower() in _DROPPED_ROLES:
+            return True
+        return tag in _LANDMARKS and not any(t in _SECTIONING for t, _ in self._open)
+
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "title":
             self._in_title = True
-        elif tag in _DROPPED:
-            self._dropped += 1
-        elif tag in _HEADINGS:
+            return
+        if tag not in _VOID:
+            self._open.append((tag, self._drops(tag, attrs)))
+        if self._dropped:
+            return
+        if tag in _HEADINGS:
             self._break()
             self._heading = _HEADINGS[tag]
         elif tag in _BLOCKS:
             self._break()
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _BLOCKS:
+        if tag in _BLOCKS and not self._dropped:
             self._break()
 
     def handle_endtag(self, tag: str) -> None:
@@ -164,18 +196,31 @@ class _HtmlSections(HTMLParser):
             self._in_title = False
             self.title_tag = self.title_tag or _SPACES.sub(" ", "".join(self._title_buffer)
                                                            ).strip() or None
-        elif tag in _DROPPED:
-            self._dropped = max(0, self._dropped - 1)
-        elif tag in _HEADINGS and self._heading is not None:
-            heading = _SPACES.sub(" ", " ".join("".join(self._buffer).split())).strip()
-            self._buffer = []
-            if heading:
-                if self._heading == 1 and self.first_h1 is None:
-                    self.first_h1 = heading
-                self.builder.heading(self._heading, heading)
-            self._heading = None
+            return
+        was_dropped = self._dropped
+        self._close(tag)
+        if was_dropped:
+            return
+        if tag in _HEADINGS and self._heading is not None:
+            self._end_heading(self._heading)
         elif tag in _BLOCKS:
             self._break()
+
+    def _close(self, tag: str) -> None:
+        """Pop the innermost open `tag` and everything opened inside it (no-op if not open)."""
+        for depth in range(len(self._open) - 1, -1, -1):
+            if self._open[depth][0] == tag:
+                del self._open[depth:]
+                return
+
+    def _end_heading(self, level: int) -> None:
+        heading = _SPACES.sub(" ", " ".join("".join(self._buffer).split())).strip()
+        self._buffer = []
+        if heading:
+            if level == 1 and self.first_h1 is None:
+                self.first_h1 = heading
+            self.builder.heading(level, heading)
+        self._heading = None
 
     def handle_data(self, data: str) -> None:
         if self._in_title:

@@ -6,9 +6,9 @@ Exact search is one matrix-vector product over the contiguous float32 matrix of 
 erratic when concurrent requests share the cores).
 From `approx_min_vectors` rows on, an HNSW graph (faiss) proposes candidates
 that are re-scored exactly. With `bm25_weight` w > 0 a row scores
-`(1 - w) * cosine + w * bm25` (BM25 normalised to [0, 1], see bm25.py), and the best BM25 rows
-join the candidates. FAQ entries have one row per question; the best row of an item stands
-for it.
+`cosine + w * strength * (1 - cosine)` (`combine`; strength: the BM25 score saturated to
+[0, 1), see bm25.py), and the best BM25 rows join the candidates. FAQ entries have one row
+per question; the best row of an item stands for it.
 """
 
 from __future__ import annotations
@@ -177,8 +177,7 @@ class Searcher:
                wanted: int) -> tuple[np.ndarray, np.ndarray]:
         scores = _dot(self.data.vectors, vector)
         if self.bm25 is not None:
-            w = self.bm25_weight
-            scores = (1 - w) * scores + w * self.bm25.normalised_scores(query)
+            scores = combine(scores, self.bm25.strengths(query), self.bm25_weight)
         if wanted < len(scores):
             top = np.argpartition(-scores, wanted - 1)[:wanted]
         else:
@@ -193,14 +192,13 @@ class Searcher:
         candidates = self.ann.candidates(vector, count)
         lexical = None
         if self.bm25 is not None:
-            lexical = self.bm25.normalised_scores(query)
+            lexical = self.bm25.strengths(query)
             best = np.argpartition(-lexical, wanted - 1)[:wanted] if wanted < self.rows \
                 else np.arange(self.rows)
             candidates = np.union1d(candidates, best[lexical[best] > 0])
         scores = _dot(self.data.vectors[candidates], vector)
         if lexical is not None:
-            w = self.bm25_weight
-            scores = (1 - w) * scores + w * lexical[candidates]
+            scores = combine(scores, lexical[candidates], self.bm25_weight)
         return candidates, scores
 
     def _distinct(self, rows: np.ndarray, scores: np.ndarray,
@@ -235,6 +233,13 @@ class Searcher:
         block = self.data.sentence_vectors[item.sentence_row:item.sentence_row + len(spans)]
         best = np.argsort(-(block @ vector), kind="stable")[:self.snippet_sentences]
         return " ".join(item.text[spans[i][0]:spans[i][1]] for i in sorted(int(b) for b in best))
+
+
+def combine(cosine: np.ndarray, strength: np.ndarray, weight: float) -> np.ndarray:
+    """Hybrid score: the cosine, raised towards 1 by the keyword strength (bm25.py):
+    `cosine + weight * strength * (1 - cosine)`. Without a keyword match it is the cosine."""
+    result: np.ndarray = (cosine + weight * strength * (1 - cosine)).astype(np.float32)
+    return result
 
 
 def _dot(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:

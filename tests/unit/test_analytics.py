@@ -212,6 +212,7 @@ class FakeMsg:
     data: bytes
     seq: int
     acked: list[str] = field(default_factory=list)
+    headers: dict[str, str] | None = None
 
     @property
     def metadata(self) -> Any:
@@ -277,3 +278,25 @@ async def test_consumer_terminates_undecodable_events() -> None:
     msg = FakeMsg("conv.event.banking.a", b"\xff\xff not a protobuf", 1)
     await consumer.handle(msg)  # type: ignore[arg-type]
     assert msg.acked == ["term"]
+
+
+async def test_consumer_counts_every_event_of_a_turn_message_once() -> None:
+    """The dialogue writes a turn's events as one message (services/common/events.py)."""
+    from services.common.events import encode_events
+    from services.common.subjects import HEADER_KIND, KIND_EVENTS
+
+    metrics = AnalyticsMetrics.create(CollectorRegistry())
+    js = FakeJs({"conv.event.banking.t": (40, "m1:e")})
+    consumer = consumer_on(js, metrics)
+    turn = [conversation_pb2.ConversationEvent(bot_id="banking", conversation_id="t", type=kind,
+                                               data_json=json.dumps(data))
+            for kind, data in (("user_message", {"message_id": "m1", "text": "hm"}),
+                               ("fallback", {"reason": "low_confidence"}),
+                               ("bot_message", {"text": "Sorry?"}))]
+    msg = FakeMsg("conv.event.banking.t", encode_events(turn), 40,
+                  headers={HEADER_KIND: KIND_EVENTS})
+    await consumer.handle(msg)  # type: ignore[arg-type]
+    assert sample(metrics, "conversations", bot="banking") == 1
+    assert sample(metrics, "user_messages", bot="banking") == 1
+    assert sample(metrics, "fallbacks", bot="banking") == 1
+    assert msg.acked == ["ack"]

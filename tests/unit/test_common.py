@@ -77,3 +77,16 @@ def test_logs_are_json_with_service_and_correlation_id(capsys: pytest.CaptureFix
 def test_unknown_log_level_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown log level"):
         configure_logging("nlu", "LOUD")
+
+
+def test_conversation_events_decode_one_event_or_a_whole_turn() -> None:
+    from services.common.events import decode_events, encode_events
+    from services.common.pb.botfactory.v1 import conversation_pb2
+    from services.common.subjects import HEADER_KIND, KIND_EVENTS
+
+    one = conversation_pb2.ConversationEvent(type="feedback", data_json='{"rating": 1}')
+    turn = [conversation_pb2.ConversationEvent(type=t) for t in ("user_message", "slot_set")]
+    assert [e.type for e in decode_events(one.SerializeToString(), None)] == ["feedback"]
+    assert [e.type for e in decode_events(encode_events(turn),
+                                          {HEADER_KIND: KIND_EVENTS})] == ["user_message",
+                                                                           "slot_set"]

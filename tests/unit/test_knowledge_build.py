@@ -12,7 +12,17 @@ import pytest
 from botfactory.cli import main
 from botfactory.kb import encoder as kb_encoder
 from botfactory.kb.build import BuildOptions, BuildResult, build_index
-from botfactory.kb.evaluate import KbCase, evaluate, load_cases
+from botfactory.kb.evaluate import (
+    CaseResult,
+    KbCase,
+    calibrate,
+    evaluate,
+    load_cases,
+    pick_threshold,
+    split_cases,
+)
+from botfactory.kb.settings import read_bot_knowledge
+from services.botdef import load_bot
 from services.knowledge.errors import IndexLoadError, KnowledgeFormatError
 from services.knowledge.index import ENTRIES_FILE, REQUIRED_FILES, index_version, load_index
 from services.knowledge.search import Hit, Searcher
@@ -169,3 +179,77 @@ def test_kb_cases_errors_name_file_and_line(tmp_path: Path) -> None:
     path.write_text("cases: []\n")
     with pytest.raises(KnowledgeFormatError, match="non-empty list"):
         load_cases(path)
+
+
+def _cases(answerable: int, unanswerable: int) -> list[KbCase]:
+    return ([KbCase(f"q{i}", "a.md", i) for i in range(answerable)]
+            + [KbCase(f"n{i}", None, answerable + i) for i in range(unanswerable)])
+
+
+def test_calibration_split_is_seeded_stratified_and_disjoint() -> None:
+    cases = _cases(9, 5)
+    first, second = split_cases(cases, seed=7)
+    assert split_cases(cases, seed=7) == (first, second)
+    assert split_cases(cases, seed=8) != (first, second)
+    assert sorted(c.line for c in first + second) == list(range(14))
+    assert [c.line for c in first] == sorted(c.line for c in first)  # file order
+    assert sum(c.expect is None for c in first) == 3 and sum(c.expect is None for c in second) == 2
+    assert len(first) == 8 and len(second) == 6
+
+
+def _result(expect: str | None, rank: int | None, top: float) -> CaseResult:
+    return CaseResult(KbCase("q", expect, 1), (), rank, top)
+
+
+def test_pick_threshold_maximises_cases_handled_correctly() -> None:
+    results = [_result("a.md", 1, 0.8), _result("a.md", 1, 0.7), _result("a.md", 1, 0.6),
+               _result("a.md", 2, 0.65),  # wrong item first: never correct
+               _result(None, None, 0.5), _result(None, None, 0.55), _result(None, None, 0.3)]
+    threshold = pick_threshold(results)
+    assert 0.55 < threshold <= 0.6  # all 3 right answers, all 3 declines
+    assert sum(r.correct(threshold) for r in results) == 6
+    # a tie between two intervals takes the median candidate, deterministically
+    tied = [_result("a.md", 1, 0.9), _result(None, None, 0.2), _result("a.md", 1, 0.4),
+            _result(None, None, 0.6)]
+    assert pick_threshold(tied) == pick_threshold(list(reversed(tied)))
+    assert sum(r.correct(pick_threshold(tied)) for r in tied) == 3
+    assert pick_threshold([]) == 0.5
+
+
+def test_calibrate_reports_the_held_out_half_at_the_picked_threshold() -> None:
+    answers = {f"q{i}": [_hit("a.md#0", 0.7 + i / 1000)] for i in range(10)}
+    answers.update({f"n{i}": [_hit("b.md#0", 0.3 + i / 1000)] for i in range(6)})
+    report = calibrate(_FakeSearcher(answers), _cases(10, 6), seed=1)
+    assert 0.305 < report["answer_threshold"] < 0.7
+    held = report["held_out"]
+    assert held["n_answerable"] == 5 and held["n_unanswerable"] == 3
+    assert held["answer_threshold"] == report["answer_threshold"]
+    assert held["correct_share"] == held["answered_share"] == held["declined_share"] == 1.0
+    questions = {c["question"] for c in report["calibration"]["cases"]}
+    assert questions.isdisjoint(c["question"] for c in held["cases"])
+
+
+def test_test_kb_cli_calibrate(fixture_index: BuildResult, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "cal.json"
+    code = main(["test-kb", str(FIXTURE), "--index", str(fixture_index.directory),
+                 "--calibrate", "--seed", "3", "--report", str(report)])
+    assert code == 0
+    out = capsys.readouterr().out
+    data = json.loads(report.read_text())
+    assert f"calibrated answer threshold {data['answer_threshold']:g} (seed 3; bot.yml: 0.4)" in out
+    assert "held-out half: 4 answerable, 1 unanswerable questions" in out
+    assert data["calibration"]["n_cases"] + data["held_out"]["n_cases"] == 11
+    with pytest.raises(SystemExit):
+        main(["test-kb", str(FIXTURE), "--calibrate", "--threshold", "0.5"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_answer_threshold_comes_from_the_loaded_definition() -> None:
+    banking = Path(__file__).parents[2] / "bots" / "banking"
+    settings = read_bot_knowledge(banking)
+    knowledge = load_bot(banking).knowledge
+    assert settings.source == "definition" and knowledge is not None
+    assert (settings.bot, settings.answer_threshold) == ("banking", knowledge.answer_threshold)
+    partial = read_bot_knowledge(FIXTURE)  # only bot.yml: falls back to its raw keys
+    assert partial.source == "bot.yml" and partial.answer_threshold == 0.4

@@ -66,6 +66,32 @@ def test_html_title_falls_back_to_first_h1() -> None:
     assert doc.sections[0].paragraphs == ("A & B",)
 
 
+PAGE = """<html><head><title>Card fees</title><style>p {}</style></head><body>
+<header><a href="/">Home</a> <a href="/login">Log in</a></header>
+<nav><a href="/help">Help centre</a> &gt; Cards</nav>
+<main><article><header><h1>Fees</h1><p>Updated May 2024</p></header>
+<p>Cards cost 5 EUR a year.<p>Replacements are free
+<aside>Related: <a>Loans</a></aside>
+<form><label>Search the help centre</label><button>Go</button></form>
+<div role="navigation">Previous | Next</div>
+<h2>Abroad</h2><p hidden>draft text</p><p>Cash costs 3 EUR.</p></article></main>
+<footer>(c) 2024 Northwind Bank <a>Cookies</a></footer>
+<div>Still content after the footer.</div><script>track()</script></body></html>"""
+
+
+def test_html_drops_navigation_page_header_footer_aside_and_forms() -> None:
+    doc = parse_html(PAGE, "f")
+    assert doc.title == "Card fees"
+    assert [s.heading_path for s in doc.sections] == [("Fees",), ("Fees", "Abroad")]
+    assert doc.sections[0].paragraphs == ("Updated May 2024", "Cards cost 5 EUR a year.",
+                                          "Replacements are free")
+    assert doc.sections[1].paragraphs == ("Cash costs 3 EUR.", "Still content after the footer.")
+    text = " ".join(p for s in doc.sections for p in s.paragraphs)
+    for chrome in ("Home", "Help centre", "Loans", "Search", "Previous", "draft", "Cookies",
+                   "track"):
+        assert chrome not in text
+
+
 def test_sentences_keep_offsets_and_do_not_split_decimals() -> None:
     text = "It costs 2.5% a year. Really? Yes!\nA new line starts one. e.g. this stays."
     spans = sentence_spans(text)

@@ -4,8 +4,9 @@ scoring, FAQ question variants, snippets and BM25."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from services.knowledge.bm25 import Bm25, tokenize
+from services.knowledge.bm25 import Bm25, terms, tokenize
 from services.knowledge.index import IndexData, Item
 from services.knowledge.search import Searcher, SearchOptions
 
@@ -76,28 +77,62 @@ def test_approximate_search_agrees_with_exact_and_is_used_above_the_threshold() 
     assert np.mean(recall) >= 0.95
 
 
-def test_hybrid_bm25_lifts_the_passage_with_the_rare_word() -> None:
-    base = _unit(np.eye(DIM)[0] + 0.01)
-    near = _unit(base + 0.05 * np.eye(DIM)[1])
-    other = _unit(base + 0.3 * np.eye(DIM)[2])
-    items = [_passage(0, "card readers need new firmware"),
-             _passage(1, "the XG-400 reader needs firmware 3.2"),
-             _passage(2, "opening hours of branches")]
-    vectors = np.stack([near, other, _unit(np.eye(DIM)[3])])
-    rows = [(0, -1), (1, -1), (2, -1)]
-    query = "XG-400 firmware"
-    plain = Searcher(_index(items, rows, vectors, bm25_weight=0.0), None)
-    hybrid = Searcher(_index(items, rows, vectors, bm25_weight=0.5), None)
-    assert plain.search_vector(base, query, 1)[0].id == "doc0.md#0"
-    top = hybrid.search_vector(base, query, 2)
-    assert top[0].id == "doc1.md#0"
+def _at_cosine(cosines: list[float]) -> np.ndarray:
+    """Unit vectors whose cosine to the first axis (the query) is each of `cosines`."""
+    axes = np.eye(DIM, dtype=np.float32)
+    return np.stack([c * axes[0] + np.sqrt(1 - c * c) * axes[i + 1]
+                     for i, c in enumerate(cosines)]).astype(np.float32)
+
+
+HYBRID_TEXTS = [
+    "Card readers: install new firmware updates from the app.",      # strong semantic match
+    "The XG-400 reader needs firmware 3.2 or later.",                # holds the product code
+    "Your card fees are listed in the price list.",                  # shares only 'card'
+    "Card limits can be changed in settings.",
+    "A new card arrives within five working days.",
+    "Card payments abroad are free in the euro area.",
+    "Opening hours of our branches.",
+    "Savings accounts pay interest monthly.",
+    "Mortgage rates are fixed for ten years.",
+    "Report a lost card in the app.",
+]
+HYBRID_COSINES = [0.5, 0.45, 0.35, 0.1, 0.1, 0.1, 0.0, 0.0, 0.0, 0.2]
+
+
+def _hybrid_searcher(weight: float) -> Searcher:
+    items = [_passage(i, text) for i, text in enumerate(HYBRID_TEXTS)]
+    rows = [(i, -1) for i in range(len(items))]
+    return Searcher(_index(items, rows, _at_cosine(HYBRID_COSINES), bm25_weight=weight), None)
+
+
+def test_hybrid_rare_product_code_beats_a_stronger_semantic_match() -> None:
+    query, vector = "XG-400 firmware", np.eye(DIM, dtype=np.float32)[0]
+    assert _hybrid_searcher(0.0).search_vector(vector, query, 1)[0].id == "doc0.md#0"
+    hybrid = _hybrid_searcher(0.3)
+    top = hybrid.search_vector(vector, query, 2)
+    assert [h.id for h in top] == ["doc1.md#0", "doc0.md#0"]
     assert hybrid.bm25 is not None
-    lexical = hybrid.bm25.normalised_scores(query)
-    assert lexical[1] > 0.5 > lexical[0] > lexical[2] == 0.0
-    assert abs(top[0].score - (0.5 * float(other @ base) + 0.5 * lexical[1])) < 1e-5
-    approx = Searcher(_index(items, rows, vectors, bm25_weight=0.5), None,
-                      SearchOptions(approx_min_vectors=1, min_candidates=1))
-    assert approx.search_vector(base, query, 1)[0].id == "doc1.md#0"  # BM25 adds candidates
+    strength = hybrid.bm25.strengths(query)
+    assert strength[1] > 0.9 > 0.6 > strength[0] > 0  # code + word vs. the word alone
+    assert top[0].score == pytest.approx(0.45 + 0.3 * strength[1] * 0.55, abs=1e-5)
+    approx = Searcher(hybrid.data, None, SearchOptions(approx_min_vectors=1, min_candidates=1))
+    assert approx.search_vector(vector, query, 1)[0].id == "doc1.md#0"  # BM25 adds candidates
+
+
+def test_hybrid_weak_keyword_match_does_not_beat_a_strong_semantic_one() -> None:
+    vector = np.eye(DIM, dtype=np.float32)[0]
+    hybrid = _hybrid_searcher(0.3)
+    # 'card' is in half the rows: a weak match; 'what', 'do', 'my' are stop words
+    top = hybrid.search_vector(vector, "what do my card readers do?", 3)
+    assert top[0].id == "doc0.md#0"
+    weak = hybrid.search_vector(vector, "what about my card?", 10)
+    by_id = {h.id: h.score for h in weak}
+    assert by_id["doc2.md#0"] - 0.35 < 0.05  # the common word lifts a weak match a little
+    assert max(by_id, key=lambda i: by_id[i]) == "doc0.md#0"
+    # without any keyword match the hybrid score is the cosine itself
+    plain = hybrid.search_vector(vector, "tell me a joke", 10)
+    assert [h.score for h in plain] == pytest.approx(sorted(HYBRID_COSINES, reverse=True),
+                                                     abs=1e-5)
 
 
 def test_faq_variants_count_once_and_report_the_matched_question() -> None:
@@ -135,12 +170,24 @@ def test_empty_index_and_k_zero_give_no_hits() -> None:
     assert Searcher(empty, None).search_vector(np.ones(DIM, np.float32), "x", 5) == []
 
 
-def test_bm25_tokens_and_normalised_scores() -> None:
+def test_bm25_tokens_keep_codes_and_terms_drop_stop_words() -> None:
     assert tokenize("The XG-400 costs 3.2 EUR") == ["the", "xg-400", "xg", "400", "costs", "3.2",
                                                      "3", "2", "eur"]
-    bm25 = Bm25(["the xg-400 reader", "a card reader", "opening hours"])
-    scores = bm25.normalised_scores("xg-400 reader")
-    assert scores.shape == (3,) and scores.min() >= 0.0 and scores.max() <= 1.0
-    assert scores[0] > scores[1] > scores[2] == 0.0
-    assert not bm25.normalised_scores("weather paris").any()
-    assert not bm25.normalised_scores("?!").any()
+    assert terms("What do I do if I lost my card?") == ["lost", "card"]
+    assert terms("I don\u2019t know; isn't the XG-400's price ok?") == ["know", "xg-400", "xg",
+                                                                        "400", "price"]
+    assert terms("what is it") == []
+
+
+def test_bm25_strengths_saturate_on_an_absolute_scale() -> None:
+    bm25 = Bm25(["alpha beta", "gamma delta", "epsilon zeta", "alpha gamma"])
+    one_rare = bm25.strengths("epsilon")
+    assert one_rare[2] == pytest.approx(1 - np.exp(-1), abs=1e-5)  # one rarest term: 0.63
+    assert bm25.strengths("epsilon zeta")[2] == pytest.approx(1 - np.exp(-2), abs=1e-5)
+    common = bm25.strengths("alpha")
+    assert 0 < common[0] < one_rare[2] and common[1] == 0.0
+    # stop words never match, not even in a text made of them
+    assert not Bm25(["I lost my card, what do I do?"]).strengths("tell me what I do").any()
+    assert not bm25.strengths("weather paris").any()
+    assert not bm25.strengths("?!").any()
+    assert not Bm25([]).strengths("alpha").any()

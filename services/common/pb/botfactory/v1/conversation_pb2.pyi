@@ -97,6 +97,12 @@ class ConversationEvent(_message.Message):
     data_json: str
     def __init__(self, bot_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., type: _Optional[str] = ..., at_unix_ms: _Optional[int] = ..., correlation_id: _Optional[str] = ..., data_json: _Optional[str] = ...) -> None: ...
 
+class ConversationEvents(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[ConversationEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[ConversationEvent, _Mapping]]] = ...) -> None: ...
+
 class Feedback(_message.Message):
     __slots__ = ("bot_id", "conversation_id", "message_id", "rating", "comment")
     BOT_ID_FIELD_NUMBER: _ClassVar[int]
