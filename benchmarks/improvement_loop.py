@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import random
-import re
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ import aiohttp  # noqa: E402
 
 from benchmarks.stack import ProcessStack, StackOptions, client_key  # noqa: E402
 from services.botdef import Example  # noqa: E402
+from services.common.nats import without_passwords  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "improvement_loop.json"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "banking77"
@@ -63,7 +63,6 @@ REQUEST_TIMEOUT_S = 30.0
 QUEUE_TIMEOUT_S = 120.0
 SWITCH_TIMEOUT_S = 120.0
 EXIT_NO_DATA = 2
-CREDENTIALS = re.compile(r"://[^/@\s]+@")
 
 
 class LoopError(RuntimeError):
@@ -181,7 +180,7 @@ def botfactory(log: Path, *args: str, ok: tuple[int, ...] = (0,)) -> int:
     """Run `botfactory ARGS` (output appended to `log`); LoopError unless its status is ok."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with log.open("a", encoding="utf-8") as out:
-        out.write(f"$ botfactory {CREDENTIALS.sub('://', ' '.join(args))}\n")
+        out.write(f"$ botfactory {without_passwords(' '.join(args))}\n")
         out.flush()
         code = subprocess.run([sys.executable, "-m", "botfactory", *args], cwd=ROOT, env=env,
                               stdout=out, stderr=subprocess.STDOUT, check=False).returncode

@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from botfactory.local.nats_server import NatsServer
+from services.common.nats import without_passwords
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +36,7 @@ def _env(**values: str) -> dict[str, str]:
 
 def _botfactory(*args: str) -> None:
     command = [sys.executable, "-m", "botfactory", *args]
-    print("$ botfactory " + " ".join(args), flush=True)
+    print("$ botfactory " + without_passwords(" ".join(args)), flush=True)
     subprocess.run(command, cwd=ROOT, env=_env(), check=True)
 
 

@@ -7,9 +7,11 @@ DESIGN.md "State": KV `trackers`, `rpa_runs`, `bots`; object store `models`; str
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -84,12 +86,38 @@ class ProvisioningRefused(ConnectionError):
     """An asset is missing and this identity may not create it."""
 
 
+DEFAULT_INBOX_PREFIX = "_INBOX"
+
+
+def inbox_prefix(user: str | None) -> str:
+    """Where replies to a NATS user's requests go: `_INBOX_<user>` for a named user, so the
+    server can let each identity read its own replies only (services/common/natsauth.py)."""
+    if not user:
+        return DEFAULT_INBOX_PREFIX
+    return f"{DEFAULT_INBOX_PREFIX}_{re.sub(r'[^A-Za-z0-9_-]', '_', user)}"
+
+
+_CREDENTIALS = re.compile(r"(://[^/@\s:]+):[^/@\s]+@")
+
+
+def without_passwords(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@host` URL masked, for
+    printing commands and URLs."""
+    return _CREDENTIALS.sub(r"\1:***@", text)
+
+
+def url_user(url: str) -> str | None:
+    """The user named in the first server URL (`nats://user:password@host`), if any."""
+    return urlsplit(url.split(",")[0].strip()).username or None
+
+
 @dataclass
 class Bus:
-    """A connected client with its JetStream context."""
+    """A connected client with its JetStream context; `inbox` is its reply-subject prefix."""
 
     nc: Client
     js: JetStreamContext
+    inbox: str = DEFAULT_INBOX_PREFIX
 
     async def kv(self, bucket: str) -> KeyValue:
         return await self.js.key_value(bucket)
@@ -117,6 +145,7 @@ async def connect(url: str, name: str, *, connect_timeout: float = 5.0,
     the `BOTFACTORY_NATS_TLS_*` variables, NatsTlsConfig).
     """
     tls = tls if tls is not None else load_config(NatsTlsConfig, TLS_SECTION)
+    inbox = inbox_prefix(url_user(url))
     connecting = nats.connect(
         servers=[u.strip() for u in url.split(",")],
         name=name,
@@ -128,6 +157,7 @@ async def connect(url: str, name: str, *, connect_timeout: float = 5.0,
         disconnected_cb=_on_disconnected,
         reconnected_cb=_on_reconnected,
         tls=tls.context() if tls.enabled else None,
+        inbox_prefix=inbox.encode(),
     )
     # Reconnects are unlimited once connected; the first connection fails fast (a wrong
     # address or credentials must stop a service at start, not hang it).
@@ -136,7 +166,7 @@ async def connect(url: str, name: str, *, connect_timeout: float = 5.0,
     except TimeoutError:
         raise ConnectionError(f"cannot connect to NATS at {url} "
                               f"within {connect_timeout * 3:.0f}s") from None
-    return Bus(nc=nc, js=nc.jetstream())
+    return Bus(nc=nc, js=nc.jetstream(), inbox=inbox)
 
 
 async def _on_error(exc: Exception) -> None:

@@ -20,6 +20,8 @@ PARTITIONS_KEY = "config.partitions"
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_CORRELATION = "Correlation-Id"
 HEADER_REPLY_INBOX = "Bf-Reply-Inbox"
+# The gateway's reply inboxes are `<its inbox prefix>.gw.<replica>.<message id>`.
+GATEWAY_REPLIES = "gw"
 HEADER_KIND = "Bf-Kind"
 # On the replies and events of a bot that keeps PII (bot.yml `privacy: {redact_pii: false}`):
 # readers such as the transcript leave their text as it is instead of masking it.

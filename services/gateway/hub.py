@@ -32,6 +32,7 @@ from services.common.nats import KV_HANDOFFS, OBJ_MODELS, Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.common.pii import redact
 from services.common.subjects import (
+    GATEWAY_REPLIES,
     HEADER_CORRELATION,
     HEADER_KIND,
     HEADER_MSG_ID,
@@ -95,7 +96,7 @@ class BusHub:
                  *, publish_timeout_s: float = PUBLISH_TIMEOUT_S) -> None:
         self._bus = bus
         self._partitions = partitions
-        self._prefix = f"_INBOX.gw.{uuid.uuid4().hex}"
+        self._prefix = f"{bus.inbox}.{GATEWAY_REPLIES}.{uuid.uuid4().hex}"
         self._waiters: dict[str, list[_Waiter]] = {}
         self._sub: Any = None
         self._backpressure = backpressure

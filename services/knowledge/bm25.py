@@ -102,3 +102,23 @@ class Bm25:
             return np.zeros(self.size, dtype=np.float32)
         result: np.ndarray = (-np.expm1(-self.scores(query) / self.unit)).astype(np.float32)
         return result
+
+    @staticmethod
+    def strengths_in(query: str, texts: Sequence[str]) -> np.ndarray:
+        """How strongly each of `texts` (the sentences of one passage) holds `query`'s terms,
+        in [0, 1): the terms weighted by their rarity among these texts (a word every sentence
+        has tells them apart by nothing; a product code in one sentence does), saturated as in
+        `strengths` with the weight of a term found in a single text as the unit."""
+        held = [set(terms(text)) for text in texts]
+        count = len(held)
+        if count == 0:
+            return np.zeros(0, dtype=np.float32)
+
+        def rarity(frequency: int) -> float:
+            return math.log(1 + (count - frequency + 0.5) / (frequency + 0.5))
+
+        weights = {t: rarity(sum(t in words for words in held)) for t in set(terms(query))}
+        sums = np.array([sum(w for t, w in weights.items() if t in words) for words in held],
+                        dtype=np.float32)
+        result: np.ndarray = (-np.expm1(-sums / rarity(1))).astype(np.float32)
+        return result

@@ -158,7 +158,8 @@ class Searcher:
         """The best `k` items for an encoded query (`query` feeds BM25); `approximate`
         forces a mode (None: the index's mode)."""
         rows, scores = self.ranked_rows(vector, query, k, approximate=approximate)
-        return [self._hit(int(r), float(s), vector) for r, s in zip(rows, scores, strict=True)]
+        return [self._hit(int(r), float(s), vector, query)
+                for r, s in zip(rows, scores, strict=True)]
 
     def ranked_rows(self, vector: np.ndarray, query: str, k: int, *,
                     approximate: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -215,24 +216,35 @@ class Searcher:
                     break
         return rows[chosen], scores[chosen].astype(np.float32)
 
-    def _hit(self, row: int, score: float, vector: np.ndarray) -> Hit:
+    def _hit(self, row: int, score: float, vector: np.ndarray, query: str = "") -> Hit:
         item = self.data.items[int(self.data.row_items[row])]
         if item.kind == "faq":
             question = item.questions[int(self.data.row_variants[row])]
             return Hit(item.kind, item.id, score, item.document, (question,), item.position,
                        item.text, item.text, item.title, item.url, item.buttons)
         return Hit(item.kind, item.id, score, item.document, item.heading_path, item.position,
-                   item.text, self.snippet(item, vector), item.title, item.url, item.buttons)
+                   item.text, self.snippet(item, vector, query), item.title, item.url,
+                   item.buttons)
 
-    def snippet(self, item: Item, vector: np.ndarray) -> str:
+    def snippet(self, item: Item, vector: np.ndarray, query: str = "") -> str:
         """The `snippet_sentences` sentences of the passage most similar to the query, in
-        passage order."""
+        passage order. With hybrid scoring on, a sentence holding the query's words that set it
+        apart from the passage's other sentences (a product code in one row of a table) is
+        raised towards 1 (`combine` at full weight): within one passage the words say more
+        about which sentence answers than the small semantic differences do."""
         spans = item.sentences
         if len(spans) <= self.snippet_sentences:
             return " ".join(item.text[a:b] for a, b in spans) or item.text
         block = self.data.sentence_vectors[item.sentence_row:item.sentence_row + len(spans)]
-        best = np.argsort(-(block @ vector), kind="stable")[:self.snippet_sentences]
+        similarity = block @ vector
+        if self.bm25 is not None and query:
+            strength = self.bm25.strengths_in(query, [item.text[a:b] for a, b in spans])
+            similarity = combine(similarity, strength, SNIPPET_KEYWORD_WEIGHT)
+        best = np.argsort(-similarity, kind="stable")[:self.snippet_sentences]
         return " ".join(item.text[spans[i][0]:spans[i][1]] for i in sorted(int(b) for b in best))
+
+
+SNIPPET_KEYWORD_WEIGHT = 1.0
 
 
 def combine(cosine: np.ndarray, strength: np.ndarray, weight: float) -> np.ndarray:

@@ -15,7 +15,15 @@ from nats.aio.client import Client
 
 from botfactory.local.nats_server import NatsServer
 from services.common import modelstore
-from services.common.nats import KV_BOTS, KV_RPA_RUNS, Bus, ProvisioningRefused, connect, provision
+from services.common.nats import (
+    KV_BOTS,
+    KV_RPA_RUNS,
+    Bus,
+    ProvisioningRefused,
+    connect,
+    inbox_prefix,
+    provision,
+)
 from tests.support.stack import provision_as_admin, running_stack
 
 VIOLATION = "Permissions Violation"
@@ -50,7 +58,7 @@ async def as_user(nats_server: NatsServer) -> AsyncIterator[Callable[[str],
             errors.append(str(exc))
 
         nc = await nats.connect(nats_server.url_for(user), error_cb=on_error,
-                                allow_reconnect=False)
+                                allow_reconnect=False, inbox_prefix=inbox_prefix(user).encode())
         opened.append(nc)
         return Client_(nc, errors)
 
@@ -113,6 +121,20 @@ async def test_nlu_cannot_post_user_messages_nor_listen_to_conversations(
     with pytest.raises(nats.errors.TimeoutError):
         await bots.put("model.banking", b"evil")
     assert await nlu.refused("$KV.bots.model.banking")
+
+
+async def test_an_identity_reads_only_its_own_replies(
+        as_user: Callable[[str], Awaitable[Client_]]) -> None:
+    """Replies (JetStream API answers, publish acks, the gateway's reply inboxes) go to
+    `_INBOX_<user>.…`: no service can listen to another's."""
+    nlu = await as_user("nlu")
+    for subject in ("_INBOX.>", "_INBOX_gateway.>", "_INBOX_dialogue.>"):
+        await nlu.nc.subscribe(subject)
+    await nlu.nc.flush()
+    for subject in ("_INBOX.>", "_INBOX_gateway.>", "_INBOX_dialogue.>"):
+        assert await nlu.refused(f'subscription to "{subject}"'), subject
+    # ... while its own requests get their answers
+    assert (await nlu.nc.jetstream(timeout=2.0).stream_info("CONV")).config.name == "CONV"
 
 
 async def test_services_cannot_create_streams_and_bad_passwords_are_refused(

@@ -90,3 +90,13 @@ def test_conversation_events_decode_one_event_or_a_whole_turn() -> None:
     assert [e.type for e in decode_events(encode_events(turn),
                                           {HEADER_KIND: KIND_EVENTS})] == ["user_message",
                                                                            "slot_set"]
+
+
+def test_printed_nats_urls_hide_their_passwords() -> None:
+    from services.common.nats import without_passwords
+
+    line = "publish M --nats nats://admin:s3cr3t@127.0.0.1:4222,nats://nlu:p4ss@h:4222 --x"
+    masked = without_passwords(line)
+    assert "s3cr3t" not in masked and "p4ss" not in masked
+    assert masked == "publish M --nats nats://admin:***@127.0.0.1:4222,nats://nlu:***@h:4222 --x"
+    assert without_passwords("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"

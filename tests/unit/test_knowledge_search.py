@@ -3,6 +3,8 @@ scoring, FAQ question variants, snippets and BM25."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -163,6 +165,31 @@ def test_snippet_keeps_the_most_similar_sentences_in_passage_order() -> None:
     one = Searcher(_index([item], [(0, -1)], axes[:1].copy(), sentence_vectors,
                           snippet_sentences=1), None)
     assert one.search_vector(query, "", 1)[0].snippet == "Delta four."
+
+
+def test_snippet_with_hybrid_scoring_keeps_the_sentence_naming_the_product_code() -> None:
+    """A table of product codes: the row naming the asked-for code wins over rows whose words
+    are merely closer in meaning."""
+    axes = np.eye(DIM, dtype=np.float32)
+    rows = ("Easy Saver NW-SAVE-1 pays 2.1%.", "Regular Saver NW-SAVE-R pays 4%.",
+            "Bonus Saver NW-SAVE-3 pays 3%.")
+    text = " ".join(rows)
+    starts = [text.index(r) for r in rows]
+    spans = tuple((a, a + len(r)) for a, r in zip(starts, rows, strict=True))
+    item = _passage(0, text, spans, sentence_row=0)
+    # cosines with the query: 0.55, 0.5, 0.4 (the code's row is the least similar in meaning)
+    query_vector = axes[0]
+    sentence_vectors = np.stack([_unit(0.55 * axes[0] + math.sqrt(1 - 0.55 ** 2) * axes[1]),
+                                 _unit(0.5 * axes[0] + math.sqrt(1 - 0.5 ** 2) * axes[2]),
+                                 _unit(0.4 * axes[0] + math.sqrt(1 - 0.4 ** 2) * axes[3])])
+    plain = Searcher(_index([item], [(0, -1)], axes[:1].copy(), sentence_vectors,
+                            snippet_sentences=1), None)
+    assert plain.search_vector(query_vector, "what is NW-SAVE-3", 1)[0].snippet.startswith(
+        "Easy Saver")
+    hybrid = Searcher(_index([item], [(0, -1)], axes[:1].copy(), sentence_vectors,
+                             bm25_weight=0.3, snippet_sentences=1), None)
+    assert hybrid.search_vector(query_vector, "what is NW-SAVE-3", 1)[0].snippet == (
+        "Bonus Saver NW-SAVE-3 pays 3%.")
 
 
 def test_empty_index_and_k_zero_give_no_hits() -> None:
