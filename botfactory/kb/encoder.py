@@ -8,12 +8,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import io
 import json
-import logging
 import shutil
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,22 +192,10 @@ def _torch_embeddings(model: PooledEncoder, tokenizer_path: Path, max_length: in
 def _export_onnx(model: PooledEncoder, path: Path) -> None:
     """`torch.onnx.export` (dynamo, opset 18, one file), batch and sequence axes dynamic."""
     ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]])
-    mask = (ids != 0).long()
-    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
-    log_level = logging.getLogger("torch").level
-    logging.getLogger("torch").setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model, (ids, mask), str(path), input_names=list(export.INPUT_NAMES),
-                output_names=[OUTPUT], dynamic_shapes={"input_ids": dims, "attention_mask": dims},
-                opset_version=export.OPSET, dynamo=True, external_data=False, optimize=True,
-                verbose=False, report=False)
+        export.export_module(model, (ids, (ids != 0).long()), path, [OUTPUT])
     except Exception as exc:  # the exporter raises many exception types
         raise TrainingError(f"ONNX export of the sentence encoder failed: {exc}") from exc
-    finally:
-        logging.getLogger("torch").setLevel(log_level)
 
 
 def _say(enabled: bool, message: str) -> None:

@@ -53,22 +53,30 @@ def export_onnx(model: JointModel, sample: Sequence[Encoded], pad_id: int, path:
     wrapper = ExportWrapper(model).eval()
     items = list(sample[:2]) if len(sample) >= 2 else [sample[0], sample[0]]
     example = collate(items, pad_id, min_length=3)  # sizes > 1: no specialisation
-    batch = torch.export.Dim("batch")
-    sequence = torch.export.Dim("sequence")
-    dims = {0: batch, 1: sequence}
+    try:
+        export_module(wrapper, (example.input_ids, example.attention_mask), path,
+                      wrapper.output_names)
+    except Exception as exc:  # the exporter raises many exception types
+        raise TrainingError(f"ONNX export failed: {exc}") from exc
+
+
+def export_module(module: torch.nn.Module, inputs: tuple[torch.Tensor, torch.Tensor], path: Path,
+                  output_names: Sequence[str]) -> None:
+    """`torch.onnx.export` of a module taking (input_ids, attention_mask): the dynamo
+    exporter, opset 18, one self-contained file, batch and sequence axes dynamic; the
+    exporter's warnings and progress output silenced."""
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
     log_level = logging.getLogger("torch").level
     logging.getLogger("torch").setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                wrapper, (example.input_ids, example.attention_mask), str(path),
-                input_names=list(INPUT_NAMES), output_names=wrapper.output_names,
+                module, inputs, str(path), input_names=list(INPUT_NAMES),
+                output_names=list(output_names),
                 dynamic_shapes={"input_ids": dims, "attention_mask": dims},
                 opset_version=OPSET, dynamo=True, external_data=False, optimize=True,
                 verbose=False, report=False)
-    except Exception as exc:  # the exporter raises many exception types
-        raise TrainingError(f"ONNX export failed: {exc}") from exc
     finally:
         logging.getLogger("torch").setLevel(log_level)
 

@@ -30,7 +30,7 @@ from nats.js.errors import NotFoundError
 
 from services.common.events import decode_events
 from services.common.logging import get_logger
-from services.common.nats import Bus
+from services.common.nats import Bus, batches
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.common.subjects import HEADER_MSG_ID
 from services.dialogue.metrics import AnalyticsMetrics
@@ -111,13 +111,7 @@ class AnalyticsConsumer:
             self._batch = None
 
     async def _consume(self, sub: Any) -> None:
-        while self._running:
-            try:
-                messages = await sub.fetch(FETCH_BATCH, timeout=2)
-            except nats.errors.TimeoutError:
-                continue
-            except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
-                return
+        async for messages in batches(sub, FETCH_BATCH, lambda: self._running):
             # shielded: a stop request lets the fetched batch be counted and acked
             self._batch = asyncio.get_running_loop().create_task(self._handle_all(messages))
             await asyncio.shield(self._batch)

@@ -34,7 +34,7 @@ from nats.js.errors import NotFoundError
 
 from services.common.events import decode_events
 from services.common.logging import get_logger
-from services.common.nats import KV_REVIEW, Bus
+from services.common.nats import KV_REVIEW, Bus, batches
 from services.common.reviewqueue import EntityGuess, Observation, ReviewQueue
 from services.common.subjects import HEADER_MSG_ID
 
@@ -122,13 +122,7 @@ class ReviewCollector:
         self._tasks.clear()
 
     async def _consume(self, sub: Any, handle: Callable[[Msg], Awaitable[None]]) -> None:
-        while self._running:
-            try:
-                messages = await sub.fetch(FETCH_BATCH, timeout=2)
-            except nats.errors.TimeoutError:
-                continue
-            except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
-                return
+        async for messages in batches(sub, FETCH_BATCH, lambda: self._running):
             for msg in messages:
                 await asyncio.shield(self._handle_one(msg, handle))
 
