@@ -11,7 +11,7 @@ import json
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from services.common.logging import get_logger
 from services.common.modelstore import BOT_ID
@@ -130,3 +130,45 @@ class DefinitionFollower:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class DeployedBots(Generic[N]):
+    """A service's bots by name: loaded from bot folders on disk (`load_folder`) and from the
+    definitions deployed through the admin API, followed live (`follow`). `load` turns a bot
+    folder into what the service keeps; `describe` adds fields to the `bot_loaded` log line."""
+
+    def __init__(self, load: Callable[[Path], N],
+                 describe: Callable[[N], dict[str, Any]] | None = None) -> None:
+        self._load = load
+        self._describe = describe or (lambda _: {})
+        self._bots: dict[str, N] = {}
+        self._follower: DefinitionFollower | None = None
+
+    def get(self, bot_id: str) -> N | None:
+        return self._bots.get(bot_id)
+
+    def names(self) -> list[str]:
+        return sorted(self._bots)
+
+    def add(self, bot: N) -> None:
+        self._bots[bot.name] = bot
+
+    def load_folder(self, folder: Path) -> str:
+        bot = self._load(folder)
+        self._bots[bot.name] = bot
+        log.info("bot_loaded", bot=bot.name, source=str(folder), **self._describe(bot))
+        return bot.name
+
+    def load_files(self, bot_id: str, files: dict[str, str]) -> None:
+        bot = load_deployed(bot_id, files, self._load)
+        self._bots[bot_id] = bot
+        log.info("bot_loaded", bot=bot_id, source="kv", **self._describe(bot))
+
+    async def follow(self, bus: Bus) -> None:
+        """Load the deployed definitions and follow their updates."""
+        self._follower = DefinitionFollower(self.load_files)
+        await self._follower.start(bus)
+
+    async def stop(self) -> None:
+        if self._follower is not None:
+            await self._follower.stop()

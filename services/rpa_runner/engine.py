@@ -591,13 +591,19 @@ class Engine:
     async def _fail(self, held: Held, error: str) -> None:
         state = held.state
         state.error = held.secrets.scrub(error)
+        await self._stop(held, FAILED)
+
+    async def _stop(self, held: Held, status: str) -> None:
+        """End the run as `status` (its error already set): nothing in flight, no approval
+        pending; the steps done so far are compensated first when any can be."""
+        state = held.state
         state.inflight, state.retry_at, state.wake_at = None, None, None
         self._leave_approval(state)
         if state.compensations:
             state.status = COMPENSATING
             await self.checkpoint(held)
             return
-        await self._finish(held, FAILED, state.error)
+        await self._finish(held, status, state.error)
 
     async def _cancel(self, held: Held) -> None:
         state = held.state
@@ -605,13 +611,7 @@ class Engine:
         reason = str(cancel.get("reason") or "no reason given")
         await self._cancel_child(held)
         state.error = f"cancelled by {cancel.get('by') or 'an operator'}: {reason}"
-        state.inflight, state.retry_at, state.wake_at = None, None, None
-        self._leave_approval(state)
-        if state.compensations:
-            state.status = COMPENSATING
-            await self.checkpoint(held)
-            return
-        await self._finish(held, CANCELLED, state.error)
+        await self._stop(held, CANCELLED)
 
     async def _cancel_child(self, held: Held) -> None:
         """A run cancelled while a subworkflow of it is parked cancels that child too."""

@@ -44,6 +44,10 @@ class DialogueEngine:
         self.bot = bot
         self._bot = CompiledBot.build(bot, handoff_after=handoff_after, max_depth=max_depth)
 
+    @property
+    def name(self) -> str:
+        return self.bot.name
+
     # -- turns -------------------------------------------------------------------------------
 
     def handle_message(
