@@ -1,7 +1,8 @@
 """NATS / JetStream connection and idempotent provisioning of the platform's streams and buckets.
 
-DESIGN.md "State": KV `trackers`, `rpa_runs`, `bots`; object store `models`; streams `CONV`
-(conversation events), `RPA` (work queue), `EVENTS` (model published, feedback, audit).
+DESIGN.md "State": KV `trackers`, `rpa_runs`, `bots`; object store `models`; streams `CONV_IN`
+(inbound conversation messages, work queue), `CONV` (bot messages and conversation events),
+`RPA` (work queue), `EVENTS` (model published, feedback, audit).
 """
 
 from __future__ import annotations
@@ -39,9 +40,18 @@ KV_REVIEW = "review"  # the annotation inbox (services/common/reviewqueue.py)
 KV_APIKEYS = "apikeys"  # the gateway's API key records (services/gateway/auth.py)
 OBJ_MODELS = "models"
 
+STREAM_CONV, STREAM_CONV_IN = "CONV", "CONV_IN"
+INBOUND_SUBJECTS = "conv.in.>"
+# Inbound conversation messages are a work queue: a message is removed once the dialogue acks
+# it (the raw user text is stored only while it waits or is being handled). The replies and
+# events stay in CONV, the conversation's record.
 STREAMS = (
-    StreamConfig(name="CONV", subjects=["conv.>"], retention=RetentionPolicy.LIMITS,
-                 storage=StorageType.FILE, duplicate_window=120.0),
+    StreamConfig(name=STREAM_CONV, subjects=["conv.out.>", "conv.event.>"],
+                 retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+                 duplicate_window=120.0),
+    StreamConfig(name=STREAM_CONV_IN, subjects=[INBOUND_SUBJECTS],
+                 retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                 duplicate_window=120.0),
     StreamConfig(name="RPA", subjects=["rpa.jobs.>"], retention=RetentionPolicy.WORK_QUEUE,
                  storage=StorageType.FILE, duplicate_window=120.0),
     StreamConfig(name="EVENTS", subjects=["events.>"], retention=RetentionPolicy.LIMITS,
@@ -206,6 +216,7 @@ async def provision(bus: Bus) -> None:
     ProvisioningRefused instead of waiting for a reply the server never sends.
     """
     try:
+        await migrate_inbound(bus.js)
         for config in STREAMS:
             await _ensure_stream(bus.js, config)
         for bucket, history in KV_BUCKETS:
@@ -225,6 +236,50 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     except NotFoundError:
         await js.add_stream(config)
         log.info("stream_created", stream=config.name)
+
+
+async def migrate_inbound(js: JetStreamContext) -> int:
+    """From the layout where CONV also held `conv.in.>`: narrow CONV to replies and events,
+    create CONV_IN and move the inbound messages not handled yet into it (with their message
+    ids, so the dialogue still applies each once). Returns how many moved; 0 when there is
+    nothing to migrate. Run by the admin identity (provision); idempotent if interrupted."""
+    try:
+        info = await js.stream_info(STREAM_CONV)
+    except NotFoundError:
+        return 0
+    if INBOUND_SUBJECTS not in (info.config.subjects or []) and \
+            "conv.>" not in (info.config.subjects or []):
+        return 0
+    for name in await _consumer_names(js, STREAM_CONV):  # the old dialogue-p<N> consumers
+        if name.startswith("dialogue-p"):
+            await js.delete_consumer(STREAM_CONV, name)
+    info.config.subjects = list(STREAMS[0].subjects or [])
+    await js.update_stream(info.config)
+    await _ensure_stream(js, STREAMS[1])
+    moved = await _move_inbound(js)
+    log.info("stream_migrated", stream=STREAM_CONV, moved_to=STREAM_CONV_IN, messages=moved)
+    return moved
+
+
+async def _consumer_names(js: JetStreamContext, stream: str) -> list[str]:
+    names: list[str] = []
+    while page := await js.consumers_info(stream, offset=len(names)):
+        names.extend(str(c.name) for c in page)
+    return names
+
+
+async def _move_inbound(js: JetStreamContext) -> int:
+    moved, seq = 0, 1
+    while True:
+        try:
+            raw = await js.get_msg(STREAM_CONV, seq=seq, subject=INBOUND_SUBJECTS, next=True)
+        except NotFoundError:
+            break
+        assert raw.subject is not None and raw.seq is not None
+        await js.publish(raw.subject, raw.data or b"", headers=raw.headers)
+        moved, seq = moved + 1, raw.seq + 1
+    await js.purge_stream(STREAM_CONV, subject=INBOUND_SUBJECTS)
+    return moved
 
 
 async def _ensure_kv(js: JetStreamContext, bucket: str, history: int) -> None:

@@ -58,6 +58,11 @@ def consume(stream: str) -> tuple[str, ...]:
             f"$JS.FC.{stream}.>")
 
 
+def consumer_info(stream: str) -> tuple[str, ...]:
+    """Read the state of `stream`'s consumers (backlogs), nothing more."""
+    return (f"$JS.API.CONSUMER.INFO.{stream}.>",)
+
+
 def get_msg(stream: str) -> tuple[str, ...]:
     return (f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}",
             f"$JS.API.DIRECT.GET.{stream}.>")
@@ -104,13 +109,14 @@ def _identities() -> tuple[Identity, ...]:
         Identity(GATEWAY, (
             "conv.in.>", "conv.event.>", "events.audit.>", "events.deadletter.webhook",
             "events.model.published.>", *stream_info(),
-            *consume("CONV"), *kv_read("apikeys"), *kv_write("apikeys"), *kv_read("bots"),
+            *consume("CONV"), *consumer_info("CONV_IN"), *kv_read("apikeys"), *kv_write("apikeys"),
+            *kv_read("bots"),
             *kv_write("bots"), *kv_read("handoffs"), *obj_read(OBJ_MODELS),
             *kv_read(KV_REVIEW), *kv_write(KV_REVIEW),
         ), (inbox(GATEWAY), "conv.out.>"), "public API: publishes user messages, reads replies"),
         Identity(DIALOGUE, (
             "conv.out.>", "conv.event.>", "rpa.jobs.>", "events.deadletter.dialogue",
-            GATEWAY_INBOX, "$JS.API.STREAM.MSG.DELETE.CONV", *stream_info(), *consume("CONV"),
+            GATEWAY_INBOX, *stream_info(), *consume("CONV"), *consume("CONV_IN"),
             *get_msg("CONV"), *kv_read("trackers"), *kv_write("trackers"),
             *kv_read("handoffs"), *kv_write("handoffs"), *kv_read("bots"), *partitions_key,
             *consume("EVENTS"), *kv_read(KV_REVIEW), *kv_write(KV_REVIEW),

@@ -55,7 +55,8 @@ class DialogueServer:
             DialogueAdminServicer(store), self.grpc.server)
         self.worker = DialogueWorker(self.bus, self.registry, self.nlu, store, self.metrics,
                                      partitions=partitions, ack_wait_s=self.config.ack_wait_s,
-                                     session_idle_s=self.config.session_idle_s)
+                                     session_idle_s=self.config.session_idle_s,
+                                     tracker_memory=self.config.tracker_memory)
         await self.worker.start()
         if self.config.analytics:
             self.analytics = AnalyticsConsumer(self.bus, self.metrics.analytics,

@@ -26,6 +26,9 @@ class DialogueConfig:
     # Seconds a worker may hold a message before JetStream redelivers it to another worker.
     ack_wait_s: float = 30.0
     session_idle_s: float = 1800.0
+    # Trackers this worker wrote last, kept in memory and used while no other worker can have
+    # written them (services/dialogue/store.py RecentRecords); 0 reads every one from KV.
+    tracker_memory: int = 10_000
     # Abort a canary rollout that falls back or is rated down more than the active model
     # (docs/rollout.md), judged over this many seconds of conversation events.
     rollout_guard: bool = True
@@ -51,6 +54,7 @@ class DialogueConfig:
         require(self.ack_wait_s >= 1, f"{PREFIX}ACK_WAIT_S", "must be >= 1")
         require(0 <= self.review_low_confidence <= 1, f"{PREFIX}REVIEW_LOW_CONFIDENCE",
                 "must be 0..1")
+        require(self.tracker_memory >= 0, f"{PREFIX}TRACKER_MEMORY", "must be >= 0")
         require(self.session_idle_s > 0, f"{PREFIX}SESSION_IDLE_S", "must be > 0")
         require(self.rollout_window_s >= 1, f"{PREFIX}ROLLOUT_WINDOW_S", "must be >= 1")
         require(0 <= self.grpc_port <= 65535, f"{PREFIX}GRPC_PORT", "must be 0..65535")

@@ -56,6 +56,7 @@ class DialogueMetrics:
     latency: Histogram
     nlu_failures: Counter
     cas_conflicts: Counter
+    tracker_reads: Counter
     dead_letters: Counter
     knowledge_searches: Counter
     knowledge_search_latency: Histogram
@@ -76,6 +77,11 @@ class DialogueMetrics:
             cas_conflicts=Counter("botfactory_dialogue_tracker_conflicts",
                                   "Tracker writes retried after a concurrent update.",
                                   registry=registry),
+            tracker_reads=Counter(
+                "botfactory_dialogue_tracker_reads",
+                "Trackers a turn started from (source: memory = the record this worker wrote "
+                "last, still current; kv = read from KV `trackers`).", ["source"],
+                registry=registry),
             dead_letters=Counter("botfactory_dialogue_dead_letters",
                                  "Messages moved to events.deadletter after repeated failure.",
                                  registry=registry),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +92,8 @@ class TrackerStore:
         return Record.decode(entry.value, entry.revision)
 
     async def save(self, key: str, record: Record) -> int:
-        """Write with compare-and-set; returns the new revision."""
+        """Write with compare-and-set; returns the new revision (ConcurrentUpdate: the record
+        changed since it was read)."""
         try:
             if record.revision is None:
                 return int(await self._kv.create(key, record.encode()))
@@ -108,3 +110,59 @@ class TrackerStore:
         except NoKeysError:
             return []
         return sorted(keys)[:limit]
+
+
+class RecentRecords:
+    """The records this worker wrote last, trusted only while nobody else can have written.
+
+    A partition's messages come from one durable consumer, one at a time, numbered by the
+    consumer's delivery sequence (redeliveries get new numbers). When this worker receives
+    delivery N+1 of a partition right after handling delivery N, no other worker or replica has
+    handled a message of that partition in between, so the records this worker wrote for its
+    conversations are current: the turn skips reading them back from KV. Any gap, redelivery or
+    failure forgets the partition's records. Other writers (the admin API's reset, an expired
+    entry) are caught by the compare-and-set: the write fails and the turn reloads from KV.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._records: dict[int, OrderedDict[str, Record]] = {}
+        self._last: dict[int, int] = {}
+        self._size = 0
+        self.hits = 0
+        self.misses = 0
+
+    def receive(self, partition: int, delivery: int, attempt: int) -> None:
+        """Note delivery number `delivery` (attempt `attempt`) of `partition`."""
+        unbroken = self._last.get(partition) == delivery - 1 and attempt == 1
+        if not unbroken:
+            self.forget_partition(partition)
+        self._last[partition] = delivery
+
+    def get(self, partition: int, key: str) -> Record | None:
+        record = self._records.get(partition, OrderedDict()).get(key)
+        if record is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return record
+
+    def put(self, partition: int, key: str, record: Record) -> None:
+        if self._capacity <= 0 or partition not in self._last:  # no delivery chain to trust
+            return
+        records = self._records.setdefault(partition, OrderedDict())
+        if records.pop(key, None) is None:
+            self._size += 1
+        records[key] = record
+        while self._size > self._capacity:
+            self._evict_one()
+
+    def forget_partition(self, partition: int) -> None:
+        """Drop the partition's records and its chain (a failed turn: trust nothing)."""
+        self._size -= len(self._records.pop(partition, ()))
+        self._last.pop(partition, None)
+
+    def _evict_one(self) -> None:
+        largest = max(self._records.values(), key=len)
+        largest.popitem(last=False)
+        self._size -= 1

@@ -5,16 +5,19 @@ knowledge-base searches it asks for: services/dialogue/knowledge.py), write the 
 with compare-and-set (the record carries the turn's outbox), publish the replies (to the
 waiting gateway's inbox and to `conv.out`), events and workflow jobs, and only then ack.
 
-Privacy (docs/security.md): a handled message is erased from `conv.in` once acked (the
-transcript's user side is the `user_message` event), and unless the bot turns it off
-(`privacy: {redact_pii: false}`) the events' strings are stored with PII masked; the replies
-and events of such a bot carry `Bf-Pii: keep` so that readers leave them as they are.
+Messages come through `ContinuousPull` (one long-lived pull request per partition, not one
+per message). Privacy (docs/security.md): `conv.in` is the work-queue stream CONV_IN, so a
+handled message leaves the store when it is acked (the transcript's user side is the
+`user_message` event), and unless the bot turns it off (`privacy: {redact_pii: false}`) the
+events' strings are stored with PII masked; the replies and events of such a bot carry
+`Bf-Pii: keep` so that readers leave them as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -26,9 +29,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.common.events import encode_events
 from services.common.logging import bind_correlation_id, get_logger
-from services.common.nats import KV_HANDOFFS, Bus
+from services.common.nats import KV_HANDOFFS, STREAM_CONV_IN, Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.common.pii import redact_value
+from services.common.pull import ContinuousPull
 from services.common.subjects import (
     HEADER_CORRELATION,
     HEADER_KIND,
@@ -63,14 +67,16 @@ from services.dialogue.engine import (
 from services.dialogue.knowledge import Hits, KnowledgeSearcher, complete
 from services.dialogue.metrics import DialogueMetrics
 from services.dialogue.nlu_client import NluClient, NluUnavailable
-from services.dialogue.store import ConcurrentUpdate, Outgoing, Record, TrackerStore
+from services.dialogue.store import (
+    ConcurrentUpdate,
+    Outgoing,
+    RecentRecords,
+    Record,
+    TrackerStore,
+)
 
 log = get_logger(__name__)
 MAX_ATTEMPTS_BEFORE_DEAD_LETTER = 5
-# Delete without overwriting on disk: an overwrite holds the stream's store while it rewrites
-# the block and halved throughput; the message is gone for every reader at once and its
-# bytes leave the disk when the block is compacted or expires.
-ERASE_SUBJECT = "$JS.API.STREAM.MSG.DELETE.CONV"
 CAS_RETRIES = 5
 UNKNOWN_BOT_TEXT = "Sorry, this assistant is not available right now."
 BROKEN_TEXT = "Sorry, something went wrong on our side. Your message was kept; please try again."
@@ -116,18 +122,19 @@ def decode(msg: Msg) -> Inbound:
 class DialogueWorker:
     def __init__(self, bus: Bus, registry: BotRegistry, nlu: NluClient, store: TrackerStore,
                  metrics: DialogueMetrics, *, partitions: int, ack_wait_s: float,
-                 session_idle_s: float) -> None:
+                 session_idle_s: float, tracker_memory: int = 0) -> None:
         self._bus = bus
         self._registry = registry
         self._nlu = nlu
         self._knowledge = KnowledgeSearcher(nlu, metrics)
         self._store = store
+        self._recent = RecentRecords(tracker_memory)
         self._metrics = metrics
         self._partitions = partitions
         self._ack_wait = ack_wait_s
         self._idle = session_idle_s
         self._tasks: list[asyncio.Task[None]] = []
-        self._subs: list[Any] = []
+        self._subs: list[ContinuousPull] = []
         self._running = False
         self._busy: set[asyncio.Task[None]] = set()
 
@@ -138,15 +145,17 @@ class DialogueWorker:
             self._subs.append(sub)
             self._tasks.append(asyncio.get_running_loop().create_task(self._consume(sub)))
 
-    async def _subscribe(self, part: int) -> Any:
+    async def _subscribe(self, part: int) -> ContinuousPull:
         durable = f"dialogue-p{part}"
         config = ConsumerConfig(
             durable_name=durable, filter_subject=inbound_filter(part),
             ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
             max_ack_pending=1, ack_wait=self._ack_wait, max_waiting=512,
         )
-        return await self._bus.js.pull_subscribe(inbound_filter(part), durable=durable,
-                                                 stream="CONV", config=config)
+        await self._bus.js.add_consumer(STREAM_CONV_IN, config)
+        pull = ContinuousPull(self._bus.nc, STREAM_CONV_IN, durable)
+        await pull.start()
+        return pull
 
     async def stop(self) -> None:
         """Stop fetching, let the messages being handled finish (they are acked)."""
@@ -158,25 +167,23 @@ class DialogueWorker:
             await asyncio.gather(*self._busy, return_exceptions=True)
         for sub in self._subs:  # pending pull requests would hold up the drain
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await sub.stop()
 
-    async def _consume(self, sub: Any) -> None:
+    async def _consume(self, sub: ContinuousPull) -> None:
         while self._running:
             try:
-                messages = await sub.fetch(1, timeout=5)
-            except nats.errors.TimeoutError:
-                continue
+                msg = await sub.next()
             except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
                 return
-            for msg in messages:
-                # shielded: a stop request lets the message finish and be acked
-                task = asyncio.get_running_loop().create_task(self.handle(msg))
-                self._busy.add(task)
-                task.add_done_callback(self._busy.discard)
-                await asyncio.shield(task)
+            # shielded: a stop request lets the message finish and be acked
+            task = asyncio.get_running_loop().create_task(self.handle(msg))
+            self._busy.add(task)
+            task.add_done_callback(self._busy.discard)
+            await asyncio.shield(task)
 
     async def handle(self, msg: Msg) -> None:
         started = time.perf_counter()
+        part = self._received(msg)
         try:
             inbound = decode(msg)
         except Exception as exc:  # undecodable: keep it in the dead-letter subject, move on
@@ -185,18 +192,35 @@ class DialogueWorker:
         bind_correlation_id(inbound.correlation_id or inbound.message_id)
         outcome = "ok"
         try:
-            outcome = await self._process(inbound)
+            outcome = await self._process(inbound, part)
             await msg.ack()
-            self._erase_later(msg)
         except Exception as exc:
             outcome = "error"
+            self._recent.forget_partition(part)
             await self._failed(msg, inbound, exc)
         finally:
             self._metrics.messages.labels(bot=inbound.bot_id, kind=inbound.kind,
                                           outcome=outcome).inc()
             self._metrics.latency.observe(time.perf_counter() - started)
 
-    async def _process(self, inbound: Inbound) -> str:
+    def _received(self, msg: Msg) -> int:
+        """The message's partition, its delivery noted for the tracker memory (-1: unknown)."""
+        try:
+            part = int(msg.subject.split(".")[2])
+            meta = msg.metadata
+        except (ValueError, IndexError, nats.errors.NotJSMessageError):
+            return -1
+        self._recent.receive(part, meta.sequence.consumer, meta.num_delivered)
+        return part
+
+    async def _load(self, key: str, part: int, first_try: bool) -> Record | None:
+        """The conversation's record: from memory on a first try when still current (no retry
+        after a conflict: that reads KV), else from KV."""
+        record = self._recent.get(part, key) if first_try else None
+        self._metrics.tracker_reads.labels(source="kv" if record is None else "memory").inc()
+        return record or await self._store.load(key)
+
+    async def _process(self, inbound: Inbound, part: int) -> str:
         engine = self._registry.get(inbound.bot_id)
         if engine is None:
             await self._reply_unavailable(inbound)
@@ -204,8 +228,8 @@ class DialogueWorker:
         nlu = await self._understand(engine, inbound)
         key = tracker_key(inbound.bot_id, inbound.conversation_id)
         found: dict[str, Hits] = {}  # knowledge-base searches of this message
-        for _ in range(CAS_RETRIES):
-            record = await self._store.load(key) or Record(
+        for attempt in range(CAS_RETRIES):
+            record = await self._load(key, part, attempt == 0) or Record(
                 Tracker.new(inbound.bot_id, inbound.conversation_id, time.time()), None)
             if record.seen(inbound.message_id):
                 if record.outbox_for == inbound.message_id:
@@ -213,12 +237,13 @@ class DialogueWorker:
                 return "duplicate"
             result = await self._searching_turn(engine, record.tracker, inbound, nlu, found)
             outbox = self._outgoing(inbound, result, nlu, redact=engine.bot.redacts_pii)
+            written = record.after_turn(result.tracker, inbound.message_id, outbox)
             try:
-                await self._store.save(key, record.after_turn(result.tracker, inbound.message_id,
-                                                              outbox))
+                revision = await self._store.save(key, written)
             except ConcurrentUpdate:
                 self._metrics.cas_conflicts.inc()
                 continue
+            self._recent.put(part, key, dataclasses.replace(written, revision=revision))
             await self._side_effects(inbound, record.tracker, result.tracker)
             await self._publish(outbox, inbound.reply_inbox)
             return "ok"
@@ -359,24 +384,6 @@ class DialogueWorker:
                    "Bf-Reason": reason[:500]}
         await self._bus.js.publish("events.deadletter.dialogue", msg.data, headers=headers)
         await msg.ack()
-        self._erase_later(msg)
-
-    def _erase_later(self, msg: Msg) -> None:
-        """Erase off the partition's critical path; `stop` waits for pending erasures."""
-        task = asyncio.get_running_loop().create_task(self._erase(msg))
-        self._busy.add(task)
-        task.add_done_callback(self._busy.discard)
-
-    async def _erase(self, msg: Msg) -> None:
-        """Remove a handled message from `conv.in`: the raw user text is readable only while
-        it is being handled (docs/security.md)."""
-        request = json.dumps({"seq": msg.metadata.sequence.stream, "no_erase": True}).encode()
-        try:
-            reply = await self._bus.nc.request(ERASE_SUBJECT, request, timeout=5)
-            if b'"success":true' not in reply.data:
-                log.warning("erase_failed", error=reply.data.decode()[:200])
-        except Exception as exc:  # already gone, or the bus is down: it stays, nothing breaks
-            log.warning("erase_failed", error=repr(exc))
 
 
 def payload_nlu(text: str) -> NluResult:

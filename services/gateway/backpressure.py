@@ -6,7 +6,7 @@ Two bounds, both from GatewayConfig (docs/gateway.md, "Backpressure"):
   (`max_pending`, `max_pending_per_bot`); an entry leaves when the message's last reply comes,
   or after `pending_expiry_s` (a message that gets no reply, e.g. during a handoff);
 - the dialogue's backlog: the messages its partition consumers have not finished
-  (`num_pending + num_ack_pending` of the durable consumers `dialogue-p<N>` on CONV), read in
+  (`num_pending + num_ack_pending` of the durable consumers `dialogue-p<N>` on CONV_IN), read in
   the background every `backlog_check_s` — never a JetStream API call per request.
 """
 
@@ -27,12 +27,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.errors import Unavailable
 from services.common.logging import get_logger
+from services.common.nats import STREAM_CONV_IN
 
 log = get_logger(__name__)
 
 # The dialogue's durable consumer of inbound partition N (services/dialogue/worker.py).
 DIALOGUE_CONSUMER = "dialogue-p{}"
-CONV_STREAM = "CONV"
 Backlog = Callable[[], Awaitable[int]]
 
 
@@ -198,7 +198,7 @@ def dialogue_backlog(js: JetStreamContext, partitions: int, timeout_s: float = 1
 
     async def one(part: int) -> int:
         try:
-            info = await js.consumer_info(CONV_STREAM, DIALOGUE_CONSUMER.format(part),
+            info = await js.consumer_info(STREAM_CONV_IN, DIALOGUE_CONSUMER.format(part),
                                           timeout=timeout_s)
         except NotFoundError:  # no dialogue worker has started yet
             return 0

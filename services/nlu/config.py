@@ -30,7 +30,8 @@ class NluConfig:
     max_batch_wait_ms: float = 0.0
     max_text_chars: int = 2000
     max_batch_texts: int = 256
-    inference_threads: int = 2
+    # 1: requests queue while a batch runs and go as the next batch (cheapest per text).
+    inference_threads: int = 1
     intra_op_threads: int = 1
     shutdown_grace_s: float = 10.0
     # Shadow rollouts (docs/rollout.md): texts waiting for the candidate (more are dropped and

@@ -32,10 +32,10 @@ async def post(stack: Stack, conversation: str, message_id: str, *,
 
 
 async def inbound_messages(nats_url: str) -> int:
-    """The user messages stored in CONV and not handled yet (the dialogue erases handled ones)."""
+    """The user messages stored in CONV_IN: not handled yet (a work queue drops acked ones)."""
     bus = await connect(nats_url, name="probe")
     try:
-        info = await bus.js.stream_info("CONV", subjects_filter="conv.in.>")
+        info = await bus.js.stream_info("CONV_IN", subjects_filter="conv.in.>")
         return sum((info.state.subjects or {}).values())
     finally:
         await bus.drain()
@@ -142,9 +142,9 @@ async def test_nats_outage_gives_retriable_errors_then_recovers(
 
 async def test_retry_after_the_dedupe_window_gets_the_replies_not_a_second_turn(
         nats_server: NatsServer, tiny_banking_model: Path) -> None:
-    bus = await connect(nats_server.url, name="setup")  # CONV with a 1 s dedupe window
+    bus = await connect(nats_server.url, name="setup")  # CONV_IN with a 1 s dedupe window
     await bus.js.add_stream(StreamConfig(
-        name="CONV", subjects=["conv.>"], retention=RetentionPolicy.LIMITS,
+        name="CONV_IN", subjects=["conv.in.>"], retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE, duplicate_window=1.0))
     await bus.drain()
     async with running_stack(nats_server.url, tiny_banking_model, sync_wait_s=2.0) as stack:

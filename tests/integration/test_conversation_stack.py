@@ -206,7 +206,7 @@ async def _wait_until_held(nats_url: str, conversation: str) -> None:
     try:
         durable = f"dialogue-p{partition(conversation, 4)}"
         for _ in range(200):
-            info = await bus.js.consumer_info("CONV", durable)
+            info = await bus.js.consumer_info("CONV_IN", durable)
             if info.num_ack_pending == 1:
                 return
             await asyncio.sleep(0.05)
@@ -227,3 +227,33 @@ async def test_a_real_bot_reply_can_be_rated(nats_server: NatsServer,
                                       headers={"Authorization": f"Bearer {stack.client_key}"}
                                       ) as response:
             assert response.status == 202, await response.text()
+
+
+async def test_remembered_trackers_are_used_and_another_writer_is_noticed(
+        nats_server: NatsServer, tiny_banking_model: Path) -> None:
+    async with running_stack(nats_server.url, tiny_banking_model) as stack:
+        dialogue = stack.dialogues[0]
+
+        def reads(source: str) -> float:
+            value: float = dialogue.metrics.tracker_reads.labels(source=source)._value.get()
+            return value
+
+        conflicts = dialogue.metrics.cas_conflicts
+        assert (await stack.post("mem1", "/greet"))[0] == 200
+        for _ in range(3):  # every conversation of partition: later turns start from memory
+            assert (await stack.post("mem1", "/greet"))[0] == 200
+        assert reads("memory") >= 2
+        status, body = await stack.post("mem1", TRANSFER)
+        assert body["replies"][-1]["text"] == "Send 50.00 EUR to anna?"
+        bus = await connect(stack.nats_url, name="admin-reset")
+        try:  # another writer: the remembered record is stale now
+            await (await bus.kv(KV_TRACKERS)).delete("banking.mem1")
+        finally:
+            await bus.drain()
+        before = conflicts._value.get()
+        status, body = await stack.post("mem1", "/affirm")
+        assert status == 200
+        assert "Sending the money now..." not in [r["text"] for r in body["replies"]]
+        assert conflicts._value.get() == before + 1  # the write failed, the turn re-read KV
+        record = await _tracker(stack, "mem1")
+        assert record["applied"] == [body["message_id"]]  # a fresh conversation

@@ -687,7 +687,7 @@ def test_scaled_objects_follow_the_consumers(overlay: str) -> None:
     consumers = sorted(t["metadata"]["consumer"] for t in dialogue["triggers"]
                        if t["type"] == "nats-jetstream")
     assert consumers == sorted(f"dialogue-p{n}" for n in range(partitions))
-    assert all(t["metadata"]["stream"] == "CONV" for t in dialogue["triggers"]
+    assert all(t["metadata"]["stream"] == "CONV_IN" for t in dialogue["triggers"]
                if t["type"] == "nats-jetstream")
     assert dialogue["maxReplicaCount"] <= partitions, "one message in flight per partition"
     runner = [t for t in scaled["rpa-runner"]["spec"]["triggers"] if t["type"] == "nats-jetstream"]

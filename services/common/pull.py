@@ -1,0 +1,110 @@
+"""Continuous pull from a durable JetStream consumer: one long-lived pull request at a time.
+
+`fetch(1)` sends a pull request per message. A consumer that keeps one message in flight
+(`max_ack_pending=1`, the dialogue's per-partition ordering) then pays a round trip to the
+server for every message on top of the ack. `ContinuousPull` instead keeps one pull request
+for up to `batch` messages open for `expires_s`: the server hands over the next message as
+soon as the previous one is acked, and a new request goes out only when the open one is used
+up, expires (status 408) or goes quiet.
+
+Liveness: the request asks for idle heartbeats (status 100) every `heartbeat_s`; hearing
+nothing for `LOST_AFTER_HEARTBEATS` of them (a restarted server forgot the request, a
+reconnect dropped it) sends a new request, so delivery resumes within seconds of an outage.
+A stale request that turns out to be alive only adds deliveries to the same inbox: harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from services.common.logging import get_logger
+
+log = get_logger(__name__)
+
+STATUS_HEADER = "Status"
+HEARTBEAT = "100"
+# Statuses that end a pull request without an error worth logging: expired (408), no
+# messages (404), or the server's limits on waiting requests / batch sizes (409).
+ENDED = frozenset({"404", "408", "409"})
+LOST_AFTER_HEARTBEATS = 2.5
+RETRY_DELAY_S = 0.5
+STALE_MARGIN_S = 1.0
+NS = 1_000_000_000
+
+
+class ContinuousPull:
+    """Messages of the durable `durable` on `stream`, in delivery order (ack them as usual)."""
+
+    def __init__(self, nc: Any, stream: str, durable: str, *, batch: int = 1000,
+                 expires_s: float = 30.0, heartbeat_s: float = 2.0) -> None:
+        if heartbeat_s * LOST_AFTER_HEARTBEATS >= expires_s:
+            raise ValueError("expires_s must be well above the heartbeat period")
+        self._nc = nc
+        self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._request = json.dumps({"batch": batch, "expires": int(expires_s * NS),
+                                    "idle_heartbeat": int(heartbeat_s * NS)}).encode()
+        self._batch = batch
+        self._expires_s = expires_s
+        self._expires_at = 0.0  # when the open request expires (monotonic clock)
+        self._quiet_s = heartbeat_s * LOST_AFTER_HEARTBEATS
+        self._inbox = ""
+        self._sub: Any = None
+        self._left = 0  # messages the open request may still deliver (0: none open)
+
+    async def start(self) -> None:
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._inbox)
+
+    async def stop(self) -> None:
+        """Stop listening: messages delivered but not taken are redelivered after ack wait."""
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            await sub.unsubscribe()
+
+    async def next(self) -> Msg:
+        """The next message; waits as long as it takes (cancel to stop waiting).
+
+        Raises nats.errors.ConnectionClosedError once the connection is closed."""
+        while True:
+            if self._sub is None:
+                raise nats.errors.ConnectionClosedError
+            if self._left <= 0:
+                await self._ask()
+            try:
+                msg: Msg = await self._sub.next_msg(timeout=self._quiet_s)
+            except nats.errors.TimeoutError:
+                self._left = 0  # the request went quiet: presumed lost, ask again
+                continue
+            status = (msg.headers or {}).get(STATUS_HEADER)
+            if status is None:
+                self._left -= 1
+                if self._left <= 0:  # used up: ask now so the next message is ready on ack
+                    await self._ask()
+                return msg
+            if status != HEARTBEAT:
+                await self._ended(status, msg)
+
+    async def _ask(self) -> None:
+        await self._nc.publish(self._subject, self._request, reply=self._inbox)
+        self._left = self._batch
+        self._expires_at = time.monotonic() + self._expires_s
+
+    async def _ended(self, status: str, msg: Msg) -> None:
+        """The open request ended (expired, refused): a new one is sent on the next wait.
+
+        A 408 well before the open request's expiry belongs to an older request that was
+        presumed lost: ignored, so stale requests do not keep breeding new ones."""
+        if status == "408" and time.monotonic() < self._expires_at - STALE_MARGIN_S:
+            return
+        self._left = 0
+        if status not in ENDED or status == "409":
+            description = (msg.headers or {}).get("Description", "")
+            log.info("pull_request_ended", subject=self._subject, status=status,
+                     description=description)
+            await asyncio.sleep(RETRY_DELAY_S)  # e.g. too many waiting requests: back off
