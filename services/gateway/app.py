@@ -29,7 +29,12 @@ from services.gateway.http.review import REVIEW
 from services.gateway.hub import BusHub, BusModelAdmin
 from services.gateway.rollouts import BusModelRollouts
 from services.gateway.runs import GrpcRunsClient
-from services.gateway.webhook_relay import CachedWebhookStore, NatsWebhookStore, WebhookRelay
+from services.gateway.webhook_relay import (
+    CachedWebhookStore,
+    FollowedWebhookStore,
+    NatsWebhookStore,
+    WebhookRelay,
+)
 from services.gateway.webhooks import WebhookSender, WebhookSettings
 
 log = get_logger(__name__)
@@ -66,12 +71,12 @@ class GatewayServer:
         await self.hub.start()
         keys = await NatsKeyStore.open(self.bus)
         hub, bus = self.hub, self.bus
-        # One cached store for the admin API and the relay: a change here applies at once.
+        # The admin API's store tells this replica's relay at once (the others watch KV).
         webhook_store = CachedWebhookStore(NatsWebhookStore(bus))
         self.webhook_session = aiohttp.ClientSession()
         sender = WebhookSender(self.webhook_session, WebhookSettings.of(self.config),
                                self.metrics)
-        self.webhooks = WebhookRelay(bus, webhook_store, sender)
+        self.webhooks = WebhookRelay(bus, NatsWebhookStore(bus), sender)
         await self.webhooks.start()
         # One Authenticator and RateLimiter for HTTP and gRPC: a key's rate is shared by both.
         auth = build_authenticator(keys, self.config)
@@ -79,7 +84,8 @@ class GatewayServer:
         if self.config.rpa_address:
             self.runs = GrpcRunsClient(self.config.rpa_address, self.config.rpa_timeout_s)
         app = create_app(hub, keys, self.config, self.metrics, models=BusModelAdmin(bus),
-                         definitions=DefinitionStore(bus), webhooks=webhook_store,
+                         definitions=DefinitionStore(bus),
+                         webhooks=FollowedWebhookStore(webhook_store, self.webhooks),
                          ready=lambda: hub.connected, auth=auth, limiter=limiter,
                          audit=BusAuditLog(bus), runs=self.runs)
         app[REVIEW] = ReviewQueue(await bus.kv(KV_REVIEW))

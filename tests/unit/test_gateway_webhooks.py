@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,12 +24,18 @@ from services.gateway.http.state import STATE
 from services.gateway.ports import Role, Webhook
 from services.gateway.webhook_relay import (
     DEAD_LETTER_SUBJECT,
+    NO_BOT_FILTER,
     CachedWebhookStore,
     InMemoryWebhookStore,
+    Subscription,
     WebhookRelay,
+    bots_of,
     decode,
+    decode_subscription,
     delivery_id,
     encode,
+    filter_target,
+    filters_for,
     webhook_key,
 )
 from services.gateway.webhooks import (
@@ -189,6 +196,29 @@ def test_stored_form_and_key() -> None:
         decode(b'{"url": "x"}')
     with pytest.raises(InvalidArgument):
         webhook_key("a.b")
+    assert decode_subscription(encode(hook, 41)) == Subscription(hook, 41)
+    # Stored before since_seq existed: every message the consumer hands out counts.
+    legacy = json.dumps({"url": URL, "secret": SECRET}).encode()
+    assert decode_subscription(legacy) == Subscription(hook, 0)
+    for since in ("7", -1, True, 1.5):
+        with pytest.raises(ValueError, match="since_seq"):
+            decode(json.dumps({"url": URL, "secret": SECRET, "since_seq": since}).encode())
+
+
+def test_filter_subjects_name_the_bots_with_a_webhook() -> None:
+    assert filters_for(["beta", "alpha"]) == ["conv.out.alpha.>", "conv.out.beta.>"]
+    assert filters_for([]) == [NO_BOT_FILTER]  # no filter at all would take the whole stream
+    assert bots_of(filters_for(["a-1", "b_2"])) == {"a-1", "b_2"}
+    assert bots_of([NO_BOT_FILTER, "conv.out.>", "conv.event.x.>"]) == frozenset()
+
+
+def test_filter_updates_keep_what_other_replicas_added() -> None:
+    current = frozenset({"alpha", "beta"})  # alpha: added by a replica this one has not heard
+    assert filter_target(current, frozenset({"beta", "gamma"})) == {"alpha", "beta", "gamma"}
+    assert filter_target(current, frozenset(), removed=frozenset({"beta"})) == {"alpha"}
+    # Removed, then set again before the update: kept.
+    assert filter_target(current, frozenset({"beta"}), removed=frozenset({"beta"})) == current
+    assert filter_target(current, frozenset({"beta"}), stale=frozenset({"alpha"})) == {"beta"}
 
 
 @dataclass
@@ -245,10 +275,11 @@ async def test_cache_looks_a_bot_up_once_at_a_time_and_a_write_wins() -> None:
 class FakeMsg:
     """The parts of a JetStream message the relay uses; records how it was settled."""
 
-    def __init__(self, message: conversation_pb2.BotMessage | bytes) -> None:
+    def __init__(self, message: conversation_pb2.BotMessage | bytes, sequence: int = 0) -> None:
         self.data = message if isinstance(message, bytes) else message.SerializeToString()
         self.subject = "conv.out.alpha.c1"
-        self.metadata = None
+        self.metadata = SimpleNamespace(sequence=SimpleNamespace(stream=sequence)) \
+            if sequence else None
         self.settled: list[str] = []
         self.progress = 0
 
@@ -377,6 +408,15 @@ async def test_relay_acks_messages_of_bots_without_a_webhook(relay: Relay) -> No
     await handle(relay.relay, *messages)
     assert messages[0].settled == ["ack"] and messages[1].settled == ["term"]
     assert relay.receiver.seen == [] and relay.bus.js.published == []
+
+
+async def test_relay_acks_messages_from_before_the_webhook_without_delivering_them(
+        relay: Relay) -> None:
+    relay.store.since["alpha"] = 10
+    messages = [FakeMsg(bot_message(f"m{seq}"), sequence=seq) for seq in (9, 10, 11)]
+    await handle(relay.relay, *messages)
+    assert all(m.settled == ["ack"] for m in messages)
+    assert relay.receiver.accepted == ["m11"] and relay.relay.skipped == 2
 
 
 async def test_relay_dead_letters_after_the_attempts_run_out(relay: Relay) -> None:
