@@ -42,7 +42,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import aiohttp  # noqa: E402
 
-from benchmarks.stack import ProcessStack, StackOptions, client_key, ensure_model  # noqa: E402
+from benchmarks.stack import (  # noqa: E402
+    ProcessStack,
+    StackOptions,
+    bench_workdir,
+    client_key,
+    discard_workdir,
+    ensure_model,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "chaos.json"
 BOT = "banking"
@@ -548,7 +555,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = run(args, ROOT / ".botfactory" / "bench" / f"chaos-{os.getpid()}")
+    workdir = bench_workdir("chaos")
+    result = run(args, workdir)
+    discard_workdir(workdir, not result["failures"])
     keys = ("accepted", "lost", "duplicated", "out_of_order", "tracker_mismatches",
             "rpa_runs", "rpa_duplicate_side_effects", "retried", "hard_errors", "wall_s")
     print(" ".join(f"{k}={result[k]}" for k in keys))

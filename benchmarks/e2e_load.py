@@ -12,7 +12,8 @@ conversations; the knee is the highest message rate whose p99 is still <= 100 ms
 are sampled; memory growth after the warm-up). Reports p50/p99 latency, messages/s, errors,
 lost replies (answered 200 without its replies), late ones (202: accepted, replies after
 the gateway's sync wait), duplicated and out-of-order replies, and the generator's own
-CPU share; writes benchmarks/results/e2e_load.json, then regenerates docs/reliability.md.
+CPU share; writes benchmarks/results/e2e_load.json (shapes not run keep their earlier figures,
+each with its `measured_at`), then regenerates docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ from benchmarks.reliability_doc import write_doc  # noqa: E402
 from benchmarks.stack import (  # noqa: E402
     ProcessStack,
     StackOptions,
+    bench_workdir,
     client_key,
     cpu_seconds,
+    discard_workdir,
     ensure_model,
 )
 
@@ -169,7 +172,24 @@ async def drive(stack: ProcessStack, args: argparse.Namespace) -> dict[str, Any]
             results["soak"] = await soak(stack, key, args.users, args.soak_minutes * 60,
                                          args.sample_s)
     results.update(meter.figures())
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for label in SHAPES:
+        if label in results:
+            results[label]["measured_at"] = now
     return results
+
+
+def keep_unmeasured(results: dict[str, Any], previous_file: Path) -> None:
+    """Shapes not run this time keep their figures from `previous_file` (each shape says when
+    it was measured), so one shape can be re-measured without the 10-minute soak."""
+    if not previous_file.is_file():
+        return
+    previous = json.loads(previous_file.read_text())
+    for label in SHAPES:
+        if label not in results and isinstance(previous.get(label), dict):
+            results[label] = {**previous[label],
+                              "measured_at": previous[label].get("measured_at",
+                                                                 previous.get("created_at"))}
 
 
 def per_process_cpu(stack: ProcessStack) -> dict[str, float]:
@@ -315,14 +335,19 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     ensure_model(args.model)
-    workdir = ROOT / ".botfactory" / "bench" / f"e2e-{os.getpid()}"
+    workdir = bench_workdir("e2e")
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
     stack = ProcessStack(workdir, StackOptions(model=args.model))
+    ok = False
     try:
         stack.start()
         results = asyncio.run(drive(stack, args))
+        ok = True
     finally:
         stack.stop()
+        discard_workdir(workdir, ok)
+    if args.out == RESULTS and not args.quick:
+        keep_unmeasured(results, RESULTS)
     results.update(totals(results))
     results.update(benchmark="e2e_load", quick=args.quick, cpus=os.cpu_count(),
                    shapes=args.shapes,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -259,3 +260,16 @@ def ensure_model(model: Path) -> None:
         from botfactory.local.stack import prepare_model
 
         prepare_model(BANKING, model.parent)
+
+
+def bench_workdir(kind: str) -> Path:
+    """A fresh work directory for one benchmark run (nats store, logs)."""
+    return ROOT / ".botfactory" / "bench" / f"{kind}-{os.getpid()}"
+
+
+def discard_workdir(workdir: Path, ok: bool) -> None:
+    """Remove a run's work directory once it succeeded; a failed run's logs stay for a look."""
+    if ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"logs and store kept in {workdir}", file=sys.stderr)

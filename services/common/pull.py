@@ -42,7 +42,7 @@ class ContinuousPull:
     """Messages of the durable `durable` on `stream`, in delivery order (ack them as usual)."""
 
     def __init__(self, nc: Any, stream: str, durable: str, *, batch: int = 1000,
-                 expires_s: float = 30.0, heartbeat_s: float = 2.0) -> None:
+                 expires_s: float = 30.0, heartbeat_s: float = 1.0) -> None:
         if heartbeat_s * LOST_AFTER_HEARTBEATS >= expires_s:
             raise ValueError("expires_s must be well above the heartbeat period")
         self._nc = nc
