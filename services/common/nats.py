@@ -45,13 +45,16 @@ INBOUND_SUBJECTS = "conv.in.>"
 # Inbound conversation messages are a work queue: a message is removed once the dialogue acks
 # it (the raw user text is stored only while it waits or is being handled). The replies and
 # events stay in CONV, the conversation's record.
+CONV_CONFIG = StreamConfig(name=STREAM_CONV, subjects=["conv.out.>", "conv.event.>"],
+                           retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+                           duplicate_window=120.0)
+CONV_IN_CONFIG = StreamConfig(name=STREAM_CONV_IN, subjects=[INBOUND_SUBJECTS],
+                              retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                              duplicate_window=120.0)
+OLD_CONV_SUBJECTS = "conv.>"  # before CONV_IN, CONV held the inbound messages too
 STREAMS = (
-    StreamConfig(name=STREAM_CONV, subjects=["conv.out.>", "conv.event.>"],
-                 retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
-                 duplicate_window=120.0),
-    StreamConfig(name=STREAM_CONV_IN, subjects=[INBOUND_SUBJECTS],
-                 retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
-                 duplicate_window=120.0),
+    CONV_CONFIG,
+    CONV_IN_CONFIG,
     StreamConfig(name="RPA", subjects=["rpa.jobs.>"], retention=RetentionPolicy.WORK_QUEUE,
                  storage=StorageType.FILE, duplicate_window=120.0),
     StreamConfig(name="EVENTS", subjects=["events.>"], retention=RetentionPolicy.LIMITS,
@@ -242,20 +245,23 @@ async def migrate_inbound(js: JetStreamContext) -> int:
     """From the layout where CONV also held `conv.in.>`: narrow CONV to replies and events,
     create CONV_IN and move the inbound messages not handled yet into it (with their message
     ids, so the dialogue still applies each once). Returns how many moved; 0 when there is
-    nothing to migrate. Run by the admin identity (provision); idempotent if interrupted."""
+    nothing to migrate. Run by the admin identity (provision). Every step is idempotent and
+    the need is judged from what CONV still holds, so a migration interrupted after narrowing
+    CONV finishes on the next run."""
     try:
-        info = await js.stream_info(STREAM_CONV)
+        info = await js.stream_info(STREAM_CONV, subjects_filter=INBOUND_SUBJECTS)
     except NotFoundError:
         return 0
-    if INBOUND_SUBJECTS not in (info.config.subjects or []) and \
-            "conv.>" not in (info.config.subjects or []):
+    old_layout = OLD_CONV_SUBJECTS in (info.config.subjects or [])
+    if not old_layout and not info.state.subjects:
         return 0
     for name in await _consumer_names(js, STREAM_CONV):  # the old dialogue-p<N> consumers
         if name.startswith("dialogue-p"):
             await js.delete_consumer(STREAM_CONV, name)
-    info.config.subjects = list(STREAMS[0].subjects or [])
-    await js.update_stream(info.config)
-    await _ensure_stream(js, STREAMS[1])
+    if old_layout:
+        info.config.subjects = list(CONV_CONFIG.subjects or [])
+        await js.update_stream(info.config)
+    await _ensure_stream(js, CONV_IN_CONFIG)
     moved = await _move_inbound(js)
     log.info("stream_migrated", stream=STREAM_CONV, moved_to=STREAM_CONV_IN, messages=moved)
     return moved

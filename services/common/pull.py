@@ -29,9 +29,9 @@ log = get_logger(__name__)
 
 STATUS_HEADER = "Status"
 HEARTBEAT = "100"
-# Statuses that end a pull request without an error worth logging: expired (408), no
-# messages (404), or the server's limits on waiting requests / batch sizes (409).
-ENDED = frozenset({"404", "408", "409"})
+# Statuses that end a pull request in the normal course: expired (408), no messages (404).
+# Any other (409: a server limit, a leadership change, a shutdown) is logged and backed off.
+ROUTINE_END = frozenset({"404", "408"})
 LOST_AFTER_HEARTBEATS = 2.5
 RETRY_DELAY_S = 0.5
 STALE_MARGIN_S = 1.0
@@ -103,7 +103,7 @@ class ContinuousPull:
         if status == "408" and time.monotonic() < self._expires_at - STALE_MARGIN_S:
             return
         self._left = 0
-        if status not in ENDED or status == "409":
+        if status not in ROUTINE_END:
             description = (msg.headers or {}).get("Description", "")
             log.info("pull_request_ended", subject=self._subject, status=status,
                      description=description)

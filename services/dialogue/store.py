@@ -140,7 +140,8 @@ class RecentRecords:
         self._last[partition] = delivery
 
     def get(self, partition: int, key: str) -> Record | None:
-        record = self._records.get(partition, OrderedDict()).get(key)
+        records = self._records.get(partition)
+        record = None if records is None else records.get(key)
         if record is None:
             self.misses += 1
         else:

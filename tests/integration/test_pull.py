@@ -135,3 +135,20 @@ async def test_the_old_layout_is_migrated_with_unhandled_messages(
         assert await migrate_inbound(bus.js) == 0  # done: nothing more to do
     finally:
         await bus.drain()
+
+
+async def test_a_migration_interrupted_after_narrowing_conv_finishes(
+        nats_server: NatsServer) -> None:
+    bus = await connect(nats_server.url, name="admin")
+    try:
+        await bus.js.add_stream(StreamConfig(name="CONV", subjects=["conv.>"]))
+        await bus.js.publish("conv.in.0.bank.c1", b"hello", headers={"Nats-Msg-Id": "m1"})
+        await bus.js.update_stream(StreamConfig(  # what the first run did before it stopped
+            name="CONV", subjects=["conv.out.>", "conv.event.>"]))
+        assert await migrate_inbound(bus.js) == 1
+        moved = await bus.js.get_msg("CONV_IN", 1)
+        assert (moved.subject, moved.data) == ("conv.in.0.bank.c1", b"hello")
+        assert (await bus.js.stream_info("CONV")).state.messages == 0
+        assert await migrate_inbound(bus.js) == 0
+    finally:
+        await bus.drain()
