@@ -30,7 +30,10 @@ class DialogueServer:
         self.config = config
         self.metrics = DialogueMetrics.create()
         self.registry = BotRegistry()
-        self.nlu = NluClient(config.nlu_address, config.nlu_timeout_s)
+        self.nlu = NluClient(config.nlu_address, config.nlu_timeout_s,
+                             max_in_flight=config.nlu_max_in_flight,
+                             max_batch=config.nlu_max_batch,
+                             on_call=self.metrics.nlu_call_texts.observe)
         self.grpc = GrpcServer([SERVICE_NAME], config.grpc_host, config.grpc_port)
         self.bus: Bus | None = None
         self.worker: DialogueWorker | None = None

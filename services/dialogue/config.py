@@ -17,6 +17,11 @@ class DialogueConfig:
     # NLU gRPC target, e.g. 127.0.0.1:50051 or dns:///nlu:50051 (round robin).
     nlu_address: str = "127.0.0.1:50051"
     nlu_timeout_s: float = 2.0
+    # Parse calls on their way to NLU at once; texts of further turns wait and go together as
+    # one ParseBatch (up to NLU_MAX_BATCH texts; services/dialogue/nlu_client.py). Raise it
+    # when NLU replicas outnumber dialogue replicas.
+    nlu_max_in_flight: int = 1
+    nlu_max_batch: int = 32
     # Bot folders served from disk (comma list); bots deployed through the admin API are read
     # from KV `bots` as well.
     bots: tuple[str, ...] = ()
@@ -50,6 +55,8 @@ class DialogueConfig:
     def validate(self) -> None:
         require(bool(self.nats_url), f"{PREFIX}NATS_URL", "is required")
         require(self.nlu_timeout_s > 0, f"{PREFIX}NLU_TIMEOUT_S", "must be > 0")
+        require(self.nlu_max_in_flight >= 1, f"{PREFIX}NLU_MAX_IN_FLIGHT", "must be >= 1")
+        require(1 <= self.nlu_max_batch <= 256, f"{PREFIX}NLU_MAX_BATCH", "must be 1..256")
         require(1 <= self.partitions <= 1024, f"{PREFIX}PARTITIONS", "must be 1..1024")
         require(self.ack_wait_s >= 1, f"{PREFIX}ACK_WAIT_S", "must be >= 1")
         require(0 <= self.review_low_confidence <= 1, f"{PREFIX}REVIEW_LOW_CONFIDENCE",

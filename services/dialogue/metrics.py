@@ -57,6 +57,7 @@ class DialogueMetrics:
     nlu_failures: Counter
     cas_conflicts: Counter
     tracker_reads: Counter
+    nlu_call_texts: Histogram
     dead_letters: Counter
     knowledge_searches: Counter
     knowledge_search_latency: Histogram
@@ -82,6 +83,11 @@ class DialogueMetrics:
                 "Trackers a turn started from (source: memory = the record this worker wrote "
                 "last, still current; kv = read from KV `trackers`).", ["source"],
                 registry=registry),
+            nlu_call_texts=Histogram(
+                "botfactory_dialogue_nlu_call_texts",
+                "Texts per NLU parse call: the Parse calls of concurrent turns go together as "
+                "one ParseBatch (BOTFACTORY_DIALOGUE_NLU_MAX_IN_FLIGHT).",
+                buckets=(1, 2, 4, 8, 16, 32, 64), registry=registry),
             dead_letters=Counter("botfactory_dialogue_dead_letters",
                                  "Messages moved to events.deadletter after repeated failure.",
                                  registry=registry),

@@ -37,18 +37,21 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
     @grpc_errors
     async def Parse(self, request: nlu_pb2.ParseRequest,
                     context: grpc.aio.ServicerContext) -> nlu_pb2.ParseResponse:
-        variant = (self._rollouts.variant_for(request.bot_id, request.conversation_id)
-                   if self._rollouts is not None else ACTIVE)
-        results = await self._observe("Parse", request.bot_id, [request.text], variant=variant,
-                                      conversation_id=request.conversation_id)
+        results = await self._observe("Parse", request.bot_id, [request.text],
+                                      [request.conversation_id])
         return results[0]
 
     @grpc_errors
     async def ParseBatch(self, request: nlu_pb2.ParseBatchRequest,
                          context: grpc.aio.ServicerContext) -> nlu_pb2.ParseBatchResponse:
-        if len(request.texts) > self._max_batch_texts:
+        texts, conversations = list(request.texts), list(request.conversation_ids)
+        if len(texts) > self._max_batch_texts:
             raise InvalidArgument(f"at most {self._max_batch_texts} texts per batch")
-        results = await self._observe("ParseBatch", request.bot_id, list(request.texts))
+        if conversations and len(conversations) != len(texts):
+            raise InvalidArgument(f"conversation_ids has {len(conversations)} entries for "
+                                  f"{len(texts)} texts: give none or one per text")
+        results = await self._observe("ParseBatch", request.bot_id, texts,
+                                      conversations or [""] * len(texts))
         return nlu_pb2.ParseBatchResponse(results=results)
 
     @grpc_errors
@@ -62,12 +65,12 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
         ]
         return nlu_pb2.ListModelsResponse(models=models)
 
-    async def _observe(self, method: str, bot: str, texts: list[str], *, variant: str = ACTIVE,
-                       conversation_id: str = "") -> list[nlu_pb2.ParseResponse]:
+    async def _observe(self, method: str, bot: str, texts: list[str],
+                       conversations: list[str]) -> list[nlu_pb2.ParseResponse]:
         started = time.perf_counter()
         status = "OK"
         try:
-            return await self._parse(bot, texts, variant, conversation_id)
+            return await self._parse(bot, texts, conversations)
         except Exception as exc:
             status = getattr(exc, "grpc_code", grpc.StatusCode.INTERNAL).name
             raise
@@ -76,34 +79,58 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
             self._metrics.requests.labels(bot=label, method=method, status=status).inc()
             self._metrics.latency.labels(method=method).observe(time.perf_counter() - started)
 
-    async def _parse(self, bot: str, texts: list[str], variant: str = ACTIVE,
-                     conversation_id: str = "") -> list[nlu_pb2.ParseResponse]:
+    async def _parse(self, bot: str, texts: list[str],
+                     conversations: list[str]) -> list[nlu_pb2.ParseResponse]:
+        """Each text parsed by its conversation's variant (one group per variant in use)."""
         if not self.accepting:
             raise Unavailable("server is shutting down")
         self._validate(bot, texts)
+        groups = self._variant_groups(bot, conversations)
         try:
-            (entry, predictions, used), sentiments = await asyncio.gather(
-                self._registry.predict_variant(bot, texts, variant), self._sentiments(texts))
+            parsed, sentiments = await asyncio.gather(
+                asyncio.gather(*(self._registry.predict_variant(bot, [texts[i] for i in group],
+                                                                variant)
+                                 for variant, group in groups.items())),
+                self._sentiments(texts))
         except KeyError:
             raise NotFound(f"unknown bot {bot!r}") from None
         except BatcherClosed as exc:
             raise Unavailable(str(exc)) from exc
+        responses: dict[int, nlu_pb2.ParseResponse] = {}
+        for group, (entry, predictions, used) in zip(groups.values(), parsed, strict=True):
+            self._note(bot, [texts[i] for i in group], [conversations[i] for i in group],
+                       entry, predictions, used)
+            for i, prediction in zip(group, predictions, strict=True):
+                responses[i] = _response(bot, texts[i], entry, prediction, sentiments[i], used)
+        return [responses[i] for i in range(len(texts))]
+
+    def _variant_groups(self, bot: str, conversations: list[str]) -> dict[str, list[int]]:
+        """Text positions by the model variant their conversation is parsed with."""
+        groups: dict[str, list[int]] = {}
+        for index, conversation in enumerate(conversations):
+            variant = (self._rollouts.variant_for(bot, conversation)
+                       if self._rollouts is not None else ACTIVE)
+            groups.setdefault(variant, []).append(index)
+        return groups
+
+    def _note(self, bot: str, texts: list[str], conversations: list[str], entry: LoadedModel,
+              predictions: list[Prediction], used: str) -> None:
+        """Metrics of one variant's predictions, and the shadow comparisons they call for."""
         observe = self._metrics.confidence.labels(bot=bot).observe
         for prediction in predictions:
             observe(prediction.confidence)
         self._metrics.rollout.parses.labels(bot=bot, variant=used).inc(len(texts))
-        self._offer_shadow(bot, texts, conversation_id, entry, predictions, used)
-        return [_response(bot, text, entry, p, s, used) for text, p, s in
-                zip(texts, predictions, sentiments, strict=False)]
+        self._offer_shadow(bot, texts, conversations, entry, predictions, used)
 
-    def _offer_shadow(self, bot: str, texts: list[str], conversation_id: str,
+    def _offer_shadow(self, bot: str, texts: list[str], conversations: list[str],
                       entry: LoadedModel, predictions: list[Prediction], used: str) -> None:
         """In shadow mode, queue what the active model answered for the candidate."""
         if (self._shadow is None or self._rollouts is None or used != ACTIVE
                 or not self._rollouts.shadowing(bot)):
             return
-        for text, prediction in zip(texts, predictions, strict=False):
-            self._shadow.offer(ShadowItem(bot, text, conversation_id, entry.model.version,
+        for text, conversation, prediction in zip(texts, conversations, predictions,
+                                                  strict=True):
+            self._shadow.offer(ShadowItem(bot, text, conversation, entry.model.version,
                                           prediction))
 
     def _validate(self, bot: str, texts: Sequence[str]) -> None:

@@ -117,6 +117,11 @@ async def test_batch_limits(local_server: Served) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await stub.ParseBatch(nlu_pb2.ParseBatchRequest(bot_id="tiny", texts=["hi", ""]))
     assert "texts[1] is empty" in (error.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await stub.ParseBatch(nlu_pb2.ParseBatchRequest(bot_id="tiny", texts=["hi", "hello"],
+                                                        conversation_ids=["c1"]))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "one per text" in (error.value.details() or "")
 
 
 async def test_concurrent_requests_are_batched_and_metrics_exposed(local_server: Served) -> None:

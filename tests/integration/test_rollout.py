@@ -121,6 +121,13 @@ async def test_canary_is_sticky_and_shadow_reports_disagreements(
         expected = plan.variant("tiny", conversation)
         assert pairs == {(expected, bad if expected == "canary" else v1)}
     assert {v for pairs in seen.values() for v, _ in pairs} == {"active", "canary"}
+    # a batch of texts from many conversations (the dialogue coalesces concurrent turns):
+    # each text parsed by its own conversation's variant, results in request order
+    conversations = [f"conv-{i}" for i in range(30)]
+    batch = await stub.ParseBatch(nlu_pb2.ParseBatchRequest(
+        bot_id="tiny", texts=["hello"] * 30, conversation_ids=conversations))
+    assert [{(r.variant, r.model_version)} for r in batch.results] == [
+        seen[c] for c in conversations]
     plain = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hello"))
     assert (plain.variant, plain.model_version) == ("active", v1)
     listed = await stub.ListModels(nlu_pb2.ListModelsRequest())
@@ -139,13 +146,18 @@ async def test_canary_is_sticky_and_shadow_reports_disagreements(
         reply = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text=text,
                                                       conversation_id=f"s{i}"))
         assert (reply.variant, reply.model_version) == ("active", v1)  # replies unchanged
-    await _wait_for(lambda: len(received) == 3)
+    batch = await stub.ParseBatch(nlu_pb2.ParseBatchRequest(
+        bot_id="tiny", texts=texts[:2], conversation_ids=["b0", "b1"]))
+    assert [(r.variant, r.model_version) for r in batch.results] == [("active", v1)] * 2
+    await _wait_for(lambda: len(received) == 5)
     await sub.unsubscribe()
     assert _counter(server, "botfactory_nlu_shadow_comparisons_total", bot="tiny",
-                    agree="false") == 3
-    assert _counter(server, "botfactory_nlu_shadow_confidence_delta_count", bot="tiny") == 3
+                    agree="false") == 5
+    assert _counter(server, "botfactory_nlu_shadow_confidence_delta_count", bot="tiny") == 5
     by_conversation = {e["conversation_id"]: e for e in received}
     assert "7946" not in by_conversation["s1"]["text"]
+    assert "7946" not in by_conversation["b1"]["text"]
+    assert by_conversation["b0"]["text"] == "hello"
     assert by_conversation["s0"]["active"]["version"] == v1
     assert by_conversation["s0"]["candidate"]["version"] == bad
     assert by_conversation["s0"]["active"]["intent"] != by_conversation["s0"]["candidate"][

@@ -15,9 +15,14 @@ from services.common.pb.botfactory.v1 import nlu_pb2, nlu_pb2_grpc
 class FakeNlu(nlu_pb2_grpc.NluServiceServicer):
     """Parse: `intents[text]` (default out of scope); Search: `hits[query]` (default none).
     `search_error` makes Search fail with that code; `search_delay_s` delays it. Every Search
-    request is kept in `searches`."""
+    request is kept in `searches`. Parse and ParseBatch calls are kept in `parses` as (method,
+    texts, conversation ids); `parse_delay_s[text]` delays a call holding that text and a text
+    in `rejected` fails its call with INVALID_ARGUMENT."""
 
     intents: dict[str, tuple[str, float]] = field(default_factory=dict)
+    parse_delay_s: dict[str, float] = field(default_factory=dict)
+    rejected: set[str] = field(default_factory=set)
+    parses: list[tuple[str, list[str], list[str]]] = field(default_factory=list)
     hits: dict[str, list[nlu_pb2.SearchHit]] = field(default_factory=dict)
     search_error: grpc.StatusCode | None = None
     search_delay_s: float = 0.0
@@ -25,17 +30,32 @@ class FakeNlu(nlu_pb2_grpc.NluServiceServicer):
 
     async def Parse(self, request: nlu_pb2.ParseRequest,
                     context: grpc.aio.ServicerContext) -> nlu_pb2.ParseResponse:
+        self.parses.append(("Parse", [request.text], [request.conversation_id]))
+        await self._scripted([request.text], context)
+        return self._answer(request)
+
+    async def ParseBatch(self, request: nlu_pb2.ParseBatchRequest,
+                         context: grpc.aio.ServicerContext) -> nlu_pb2.ParseBatchResponse:
+        texts, conversations = list(request.texts), list(request.conversation_ids)
+        self.parses.append(("ParseBatch", texts, conversations))
+        await self._scripted(texts, context)
+        return nlu_pb2.ParseBatchResponse(results=[
+            self._answer(nlu_pb2.ParseRequest(bot_id=request.bot_id, text=text))
+            for text in texts])
+
+    async def _scripted(self, texts: list[str], context: grpc.aio.ServicerContext) -> None:
+        delay = max((self.parse_delay_s.get(t, 0.0) for t in texts), default=0.0)
+        if delay:
+            await asyncio.sleep(delay)
+        if self.rejected.intersection(texts):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "scripted rejection")
+
+    def _answer(self, request: nlu_pb2.ParseRequest) -> nlu_pb2.ParseResponse:
         intent, confidence = self.intents.get(request.text, ("out_of_scope", 0.9))
         score = nlu_pb2.IntentScore(name=intent, confidence=confidence)
         return nlu_pb2.ParseResponse(bot_id=request.bot_id, text=request.text, intent=score,
                                      ranking=[score], out_of_scope=intent == "out_of_scope",
                                      model_version="fake")
-
-    async def ParseBatch(self, request: nlu_pb2.ParseBatchRequest,
-                         context: grpc.aio.ServicerContext) -> nlu_pb2.ParseBatchResponse:
-        results = [await self.Parse(nlu_pb2.ParseRequest(bot_id=request.bot_id, text=text),
-                                    context) for text in request.texts]
-        return nlu_pb2.ParseBatchResponse(results=results)
 
     async def ListModels(self, request: nlu_pb2.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> nlu_pb2.ListModelsResponse:

@@ -9,6 +9,7 @@ import structlog
 
 from services.common.config import ConfigError, load_config, require
 from services.common.logging import bind_correlation_id, configure_logging, get_logger
+from services.dialogue.config import DialogueConfig
 from services.nlu.config import NluConfig
 
 
@@ -59,6 +60,17 @@ def test_nlu_config_needs_a_model_source() -> None:
     with pytest.raises(ConfigError, match="MAX_BATCH_SIZE"):
         load_config(NluConfig, "nlu", {"BOTFACTORY_NLU_MODELS": "/m",
                                        "BOTFACTORY_NLU_MAX_BATCH_SIZE": "0"})
+
+
+def test_dialogue_nlu_coalescing_settings_are_checked() -> None:
+    config = load_config(DialogueConfig, "dialogue", {
+        "BOTFACTORY_DIALOGUE_NLU_MAX_IN_FLIGHT": "4", "BOTFACTORY_DIALOGUE_NLU_MAX_BATCH": "8"})
+    assert (config.nlu_max_in_flight, config.nlu_max_batch) == (4, 8)
+    assert load_config(DialogueConfig, "dialogue", {}).nlu_max_in_flight == 1
+    with pytest.raises(ConfigError, match="NLU_MAX_IN_FLIGHT: must be >= 1"):
+        load_config(DialogueConfig, "dialogue", {"BOTFACTORY_DIALOGUE_NLU_MAX_IN_FLIGHT": "0"})
+    with pytest.raises(ConfigError, match=r"NLU_MAX_BATCH: must be 1\.\.256"):
+        load_config(DialogueConfig, "dialogue", {"BOTFACTORY_DIALOGUE_NLU_MAX_BATCH": "1000"})
 
 
 def test_logs_are_json_with_service_and_correlation_id(capsys: pytest.CaptureFixture[str]) -> None:

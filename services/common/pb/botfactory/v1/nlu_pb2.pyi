@@ -74,12 +74,14 @@ class ParseResponse(_message.Message):
     def __init__(self, bot_id: _Optional[str] = ..., text: _Optional[str] = ..., intent: _Optional[_Union[IntentScore, _Mapping]] = ..., ranking: _Optional[_Iterable[_Union[IntentScore, _Mapping]]] = ..., entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., sentiment: _Optional[_Union[Sentiment, _Mapping]] = ..., out_of_scope: _Optional[bool] = ..., model_version: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class ParseBatchRequest(_message.Message):
-    __slots__ = ("bot_id", "texts")
+    __slots__ = ("bot_id", "texts", "conversation_ids")
     BOT_ID_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_IDS_FIELD_NUMBER: _ClassVar[int]
     bot_id: str
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, bot_id: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    conversation_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bot_id: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., conversation_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ParseBatchResponse(_message.Message):
     __slots__ = ("results",)

@@ -72,7 +72,9 @@ class NluServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ParseBatch(self, request, context):
-        """Parse several utterances of one bot; results in request order.
+        """Parse several utterances of one bot; results in request order. Each text may come with
+        its conversation id (the dialogue service coalesces the Parse calls of concurrent turns
+        into one batch), so sticky canary choices and shadow comparisons work per text.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

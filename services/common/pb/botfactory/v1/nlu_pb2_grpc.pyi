@@ -40,7 +40,10 @@ class NluServiceStub:
     unknown bot, UNAVAILABLE while the service is shutting down.
     """
     ParseBatch: _grpc.UnaryUnaryMultiCallable[_nlu_pb2.ParseBatchRequest, _nlu_pb2.ParseBatchResponse]
-    """Parse several utterances of one bot; results in request order."""
+    """Parse several utterances of one bot; results in request order. Each text may come with
+    its conversation id (the dialogue service coalesces the Parse calls of concurrent turns
+    into one batch), so sticky canary choices and shadow comparisons work per text.
+    """
     ListModels: _grpc.UnaryUnaryMultiCallable[_nlu_pb2.ListModelsRequest, _nlu_pb2.ListModelsResponse]
     """The models this server has loaded."""
     Search: _grpc.UnaryUnaryMultiCallable[_nlu_pb2.SearchRequest, _nlu_pb2.SearchResponse]
@@ -61,7 +64,10 @@ class NluServiceAsyncStub(NluServiceStub):
     unknown bot, UNAVAILABLE while the service is shutting down.
     """
     ParseBatch: _aio.UnaryUnaryMultiCallable[_nlu_pb2.ParseBatchRequest, _nlu_pb2.ParseBatchResponse]  # type: ignore[assignment]
-    """Parse several utterances of one bot; results in request order."""
+    """Parse several utterances of one bot; results in request order. Each text may come with
+    its conversation id (the dialogue service coalesces the Parse calls of concurrent turns
+    into one batch), so sticky canary choices and shadow comparisons work per text.
+    """
     ListModels: _aio.UnaryUnaryMultiCallable[_nlu_pb2.ListModelsRequest, _nlu_pb2.ListModelsResponse]  # type: ignore[assignment]
     """The models this server has loaded."""
     Search: _aio.UnaryUnaryMultiCallable[_nlu_pb2.SearchRequest, _nlu_pb2.SearchResponse]  # type: ignore[assignment]
@@ -91,7 +97,10 @@ class NluServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _nlu_pb2.ParseBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_nlu_pb2.ParseBatchResponse, _abc.Awaitable[_nlu_pb2.ParseBatchResponse]]:
-        """Parse several utterances of one bot; results in request order."""
+        """Parse several utterances of one bot; results in request order. Each text may come with
+        its conversation id (the dialogue service coalesces the Parse calls of concurrent turns
+        into one batch), so sticky canary choices and shadow comparisons work per text.
+        """
 
     @_abc_1.abstractmethod
     def ListModels(
