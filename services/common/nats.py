@@ -10,16 +10,13 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import nats
 import nats.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
@@ -183,19 +180,6 @@ async def connect(url: str, name: str, *, connect_timeout: float = 5.0,
         raise ConnectionError(f"cannot connect to NATS at {url} "
                               f"within {connect_timeout * 3:.0f}s") from None
     return Bus(nc=nc, js=nc.jetstream(), inbox=inbox)
-
-
-async def batches(sub: Any, size: int, running: Callable[[], bool], *,
-                  wait_s: float = 2.0) -> AsyncIterator[list[Msg]]:
-    """The non-empty batches a pull subscription fetches (each fetch waits up to `wait_s`)
-    while `running()`; ends when the connection closes or drains."""
-    while running():
-        try:
-            yield await sub.fetch(size, timeout=wait_s)
-        except nats.errors.TimeoutError:
-            continue
-        except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
-            return
 
 
 async def _on_error(exc: Exception) -> None:

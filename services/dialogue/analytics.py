@@ -30,8 +30,9 @@ from nats.js.errors import NotFoundError
 
 from services.common.events import decode_events
 from services.common.logging import get_logger
-from services.common.nats import Bus, batches
+from services.common.nats import Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
+from services.common.pull import ContinuousPull, open_pull, pulled_batches
 from services.common.subjects import HEADER_MSG_ID
 from services.dialogue.metrics import AnalyticsMetrics
 
@@ -84,6 +85,7 @@ class AnalyticsConsumer:
         self._metrics = metrics
         self._ack_wait = ack_wait_s
         self._task: asyncio.Task[None] | None = None
+        self._pull: ContinuousPull | None = None
         self._batch: asyncio.Task[None] | None = None
         self._running = False
         self._known: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -94,10 +96,9 @@ class AnalyticsConsumer:
             deliver_policy=DeliverPolicy.NEW, ack_wait=self._ack_wait,
             max_ack_pending=MAX_ACK_PENDING, max_waiting=512,
         )
-        sub = await self._bus.js.pull_subscribe(SUBJECT, durable=DURABLE, stream=STREAM,
-                                                config=config)
+        self._pull = await open_pull(self._bus, STREAM, config)
         self._running = True
-        self._task = asyncio.get_running_loop().create_task(self._consume(sub))
+        self._task = asyncio.get_running_loop().create_task(self._consume(self._pull))
 
     async def stop(self) -> None:
         """Stop fetching; the batch being counted is finished (and acked) first."""
@@ -109,9 +110,12 @@ class AnalyticsConsumer:
         if self._batch is not None:
             await asyncio.gather(self._batch, return_exceptions=True)
             self._batch = None
+        if self._pull is not None:
+            await self._pull.stop()
+            self._pull = None
 
-    async def _consume(self, sub: Any) -> None:
-        async for messages in batches(sub, FETCH_BATCH, lambda: self._running):
+    async def _consume(self, pull: ContinuousPull) -> None:
+        async for messages in pulled_batches(pull, FETCH_BATCH, lambda: self._running):
             # shielded: a stop request lets the fetched batch be counted and acked
             self._batch = asyncio.get_running_loop().create_task(self._handle_all(messages))
             await asyncio.shield(self._batch)

@@ -34,7 +34,8 @@ from nats.js.errors import NotFoundError
 
 from services.common.events import decode_events
 from services.common.logging import get_logger
-from services.common.nats import KV_REVIEW, Bus, batches
+from services.common.nats import KV_REVIEW, Bus
+from services.common.pull import ContinuousPull, open_pull, pulled_batches
 from services.common.reviewqueue import EntityGuess, Observation, ReviewQueue
 from services.common.subjects import HEADER_MSG_ID
 
@@ -98,6 +99,7 @@ class ReviewCollector:
         self._ack_wait = ack_wait_s
         self._low = low_confidence
         self._tasks: list[asyncio.Task[None]] = []
+        self._pulls: list[ContinuousPull] = []
         self._running = False
         self.queue: ReviewQueue | None = None
 
@@ -110,9 +112,9 @@ class ReviewCollector:
             config = ConsumerConfig(
                 durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.NEW, ack_wait=self._ack_wait, max_ack_pending=4096)
-            sub = await self._bus.js.pull_subscribe(subject, durable=durable, stream=stream,
-                                                    config=config)
-            self._tasks.append(asyncio.get_running_loop().create_task(self._consume(sub, handle)))
+            pull = await open_pull(self._bus, stream, config)
+            self._pulls.append(pull)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._consume(pull, handle)))
 
     async def stop(self) -> None:
         self._running = False
@@ -120,9 +122,13 @@ class ReviewCollector:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        for pull in self._pulls:
+            await pull.stop()
+        self._pulls.clear()
 
-    async def _consume(self, sub: Any, handle: Callable[[Msg], Awaitable[None]]) -> None:
-        async for messages in batches(sub, FETCH_BATCH, lambda: self._running):
+    async def _consume(self, pull: ContinuousPull,
+                       handle: Callable[[Msg], Awaitable[None]]) -> None:
+        async for messages in pulled_batches(pull, FETCH_BATCH, lambda: self._running):
             for msg in messages:
                 await asyncio.shield(self._handle_one(msg, handle))
 

@@ -32,7 +32,7 @@ from services.common.logging import bind_correlation_id, get_logger
 from services.common.nats import KV_HANDOFFS, STREAM_CONV_IN, Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.common.pii import redact_value
-from services.common.pull import ContinuousPull
+from services.common.pull import ContinuousPull, open_pull
 from services.common.subjects import (
     HEADER_CORRELATION,
     HEADER_KIND,
@@ -152,10 +152,7 @@ class DialogueWorker:
             ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
             max_ack_pending=1, ack_wait=self._ack_wait, max_waiting=512,
         )
-        await self._bus.js.add_consumer(STREAM_CONV_IN, config)
-        pull = ContinuousPull(self._bus.nc, STREAM_CONV_IN, durable)
-        await pull.start()
-        return pull
+        return await open_pull(self._bus, STREAM_CONV_IN, config)
 
     async def stop(self) -> None:
         """Stop fetching, let the messages being handled finish (they are acked)."""

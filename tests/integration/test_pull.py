@@ -13,7 +13,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 
 from botfactory.local.nats_server import NatsServer
 from services.common.nats import Bus, connect, migrate_inbound, provision
-from services.common.pull import ContinuousPull
+from services.common.pull import ContinuousPull, open_pull, pulled_batches
 
 STREAM, DURABLE = "PULLTEST", "worker"
 
@@ -63,6 +63,35 @@ async def test_one_request_serves_messages_one_at_a_time_in_order(
         await pull.stop()
         with pytest.raises(Exception, match="closed"):
             await pull.next()
+    finally:
+        await bus.drain()
+
+
+async def test_batches_take_what_was_delivered_behind_the_next_message(
+        nats_server: NatsServer) -> None:
+    bus = await connect(nats_server.url, name="admin")
+    try:
+        await bus.js.add_stream(StreamConfig(name=STREAM, subjects=["pt.>"]))
+        requests = await _requests(bus)
+        for i in range(10):
+            await bus.js.publish("pt.e", str(i).encode())
+        pull = await open_pull(bus, STREAM, ConsumerConfig(
+            durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL, max_ack_pending=100, ack_wait=30))
+        first = await asyncio.wait_for(pull.next(), timeout=10)
+        for _ in range(100):  # the other nine arrive behind it (one pull request)
+            if len(pull._delivered) == 9:
+                break
+            await asyncio.sleep(0.05)
+        batches = [[first]]
+        async for batch in pulled_batches(pull, 4, lambda: sum(map(len, batches)) < 10):
+            batches.append(batch)
+        assert [len(b) for b in batches] == [1, 4, 4, 1]
+        assert [m.data for b in batches for m in b] == [str(i).encode() for i in range(10)]
+        await bus.nc.flush()
+        assert len(requests) == 1
+        await pull.stop()
+        assert [b async for b in pulled_batches(pull, 4, lambda: True)] == []  # stopped: ends
     finally:
         await bus.drain()
 
