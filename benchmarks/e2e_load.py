@@ -11,7 +11,9 @@ conversations; the knee is the highest message rate whose p99 is still <= 100 ms
 (the users shape held for minutes while each process's RSS, open file descriptors and threads
 are sampled; memory growth after the warm-up). Reports p50/p99 latency, messages/s, errors,
 lost replies (answered 200 without its replies), late ones (202: accepted, replies after
-the gateway's sync wait), duplicated and out-of-order replies, and the generator's own
+the gateway's sync wait), duplicated and out-of-order replies, the CPU milliseconds per
+message of every process, the host's speed just before the shape (`host_yardstick`: fixed
+Python and memory workloads, benchmarks/stack.py; lower = faster) and the generator's own
 CPU share; writes benchmarks/results/e2e_load.json (shapes not run keep their earlier figures,
 each with its `measured_at`), then regenerates docs/reliability.md.
 """
@@ -49,6 +51,7 @@ from benchmarks.stack import (  # noqa: E402
     cpu_seconds,
     discard_workdir,
     ensure_model,
+    host_yardstick,
 )
 
 RESULTS = ROOT / "benchmarks" / "results" / "e2e_load.json"
@@ -155,11 +158,13 @@ async def drive(stack: ProcessStack, args: argparse.Namespace) -> dict[str, Any]
                                       ("saturation", args.connections, 0.0)):
         if label not in args.shapes:
             continue
+        yardstick = host_yardstick()
         before = per_process_cpu(stack)
         with meter:
             results[label] = await shape(stack.base_url, key, concurrency, args.duration, think,
                                          label)
         results[label]["conversations" if label == "users" else "connections"] = concurrency
+        results[label]["host_yardstick"] = yardstick
         results[label]["cpu_ms_per_message"] = cpu_per_message(
             before, per_process_cpu(stack), results[label]["messages"])
         print(f"{label:>10}: " + ", ".join(f"{k}={v}" for k, v in results[label].items()),

@@ -13,9 +13,11 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,33 @@ BANKING = ROOT / "bots" / "banking"
 BANK_TOKEN = "chaos-bank-token-8f3e1a"
 BANK_PIN = "pin-5c2b7d"
 READY_TIMEOUT_S = 120.0
+
+
+def host_yardstick(rounds: int = 5) -> dict[str, float]:
+    """Median milliseconds of two fixed workloads on this host right now (lower = faster): a
+    pure-Python loop (interpreter speed) and a sum over 64 MB (memory bandwidth, which the
+    encoder's weight reads depend on). Figures taken at different moments of a shared host
+    compare through these."""
+    import numpy as np
+
+    block = np.ones(8 * 1024 * 1024)  # 64 MB of float64
+
+    def python_loop() -> None:
+        total = 0
+        for i in range(200_000):
+            total += i * i % 7
+
+    def memory_sum() -> None:
+        block.sum()
+
+    return {name: round(statistics.median(_timed(work) for _ in range(rounds)) * 1000, 2)
+            for name, work in (("python_ms", python_loop), ("memory_ms", memory_sum))}
+
+
+def _timed(work: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
 
 
 def free_port() -> int:
