@@ -17,10 +17,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from benchmarks.nlu_latency import time_each
 from botfactory.local.nats_server import NatsServer
 from botfactory.local.processes import service_env, start_service, wait_for_event
 
@@ -36,26 +38,18 @@ def host_yardstick(rounds: int = 5) -> dict[str, float]:
     pure-Python loop (interpreter speed) and a sum over 64 MB (memory bandwidth, which the
     encoder's weight reads depend on). Figures taken at different moments of a shared host
     compare through these."""
-    import numpy as np
-
     block = np.ones(8 * 1024 * 1024)  # 64 MB of float64
 
-    def python_loop() -> None:
+    def python_loop(_: str) -> None:
         total = 0
         for i in range(200_000):
             total += i * i % 7
 
-    def memory_sum() -> None:
+    def memory_sum(_: str) -> None:
         block.sum()
 
-    return {name: round(statistics.median(_timed(work) for _ in range(rounds)) * 1000, 2)
+    return {name: round(statistics.median(time_each(work, [""] * rounds, warmup=1)) * 1000, 2)
             for name, work in (("python_ms", python_loop), ("memory_ms", memory_sum))}
-
-
-def _timed(work: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    work()
-    return time.perf_counter() - started
 
 
 def free_port() -> int:

@@ -164,7 +164,7 @@ class NluClient:
                 nlu_pb2.SearchRequest(bot_id=bot_id, query=query, k=k), timeout=self._timeout,
                 metadata=((CORRELATION_METADATA, correlation_id),))
         except grpc.aio.AioRpcError as exc:
-            raise NluUnavailable(f"{exc.code().name}: {exc.details()}") from exc
+            raise _unavailable(exc) from exc
         return to_hits(reply)
 
     async def close(self) -> None:
