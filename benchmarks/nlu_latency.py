@@ -1,5 +1,6 @@
-"""NLU latency benchmark: torch eager fp32 vs onnxruntime fp32 vs onnxruntime int8 (batch 1),
-and the gRPC service under concurrent clients, on the same utterances, in one run.
+"""NLU latency benchmark: torch eager fp32 vs onnxruntime fp32 vs onnxruntime int8 (batch 1;
+the served fused int8 graph and, alternating with it, the unfused one), and the gRPC service
+under concurrent clients, on the same utterances, in one run.
 
     python benchmarks/nlu_latency.py [--quick] [--model DIR] [--data BIO_DIR|BOT_DIR|CSV]
 
@@ -98,18 +99,56 @@ def bench_ort(model_dir: Path, texts: Sequence[str], quantized: bool,
     return summary(time_each(lambda t: model.predict([t]), texts))
 
 
-def standin_copy(model_dir: Path, target: Path) -> Path:
-    """A second model of the same size (the served files of `model_dir` under another bot id):
-    stands in for the platform sentiment model when measuring memory."""
+def unfused_copy(model_dir: Path, target: Path) -> Path:
+    """`model_dir` with its int8 graph quantised from the plain export, unfused (what
+    training served before docs/model-format.md "The served int8 graph")."""
+    from botfactory.training.export import quantize_int8
+
+    standin_copy(model_dir, target, bot=None)
+    quantize_int8(model_dir / "model.onnx", target / "model.int8.onnx")
+    return target
+
+
+def _predictor(model: Any) -> Callable[[str], object]:
+    return lambda text: model.predict([text])
+
+
+def bench_fused_vs_unfused(model_dir: Path, texts: Sequence[str], threads: int,
+                           rounds: int = 6) -> dict[str, dict[str, float]]:
+    """The served int8 graph against the unfused one, batch 1, in alternating rounds (the
+    host's speed drifts; alternating keeps the comparison fair)."""
+    import tempfile
+
+    from services.nlu.engine import NluModel
+
+    with tempfile.TemporaryDirectory() as scratch:
+        unfused = unfused_copy(model_dir, Path(scratch) / "unfused")
+        models = {"ort_int8": NluModel.load(model_dir, intra_op_threads=threads),
+                  "ort_int8_unfused": NluModel.load(unfused, intra_op_threads=threads,
+                                                    verify_version=False)}
+    latencies: dict[str, list[float]] = {name: [] for name in models}
+    chunk = max(1, len(texts) // rounds)
+    for start in range(0, len(texts), chunk):
+        for name, model in models.items():
+            latencies[name] += time_each(_predictor(model), texts[start:start + chunk],
+                                         warmup=3)
+    return {name: summary(values) for name, values in latencies.items()}
+
+
+def standin_copy(model_dir: Path, target: Path, bot: str | None = "second-model") -> Path:
+    """A second model of the same size (the served files of `model_dir` under another bot id,
+    `bot`; None keeps it): stands in for the platform sentiment model when measuring
+    memory."""
     import shutil
 
     target.mkdir(parents=True, exist_ok=True)
     for path in model_dir.iterdir():
         if path.is_file():
             shutil.copy(path, target / path.name)
-    meta = json.loads((target / "metadata.json").read_text())
-    meta["bot"] = "second-model"
-    (target / "metadata.json").write_text(json.dumps(meta))
+    if bot is not None:
+        meta = json.loads((target / "metadata.json").read_text())
+        meta["bot"] = bot
+        (target / "metadata.json").write_text(json.dumps(meta))
     return target
 
 
@@ -218,7 +257,7 @@ def main() -> int:
     modes: dict[str, dict[str, Any]] = {}
     modes["torch_eager"] = bench_torch(model_dir, texts, args.threads)
     modes["ort_fp32"] = bench_ort(model_dir, texts, False, args.threads)
-    modes["ort_int8"] = bench_ort(model_dir, texts, True, args.threads)
+    modes.update(bench_fused_vs_unfused(model_dir, texts, args.threads))
     import tempfile
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -229,7 +268,9 @@ def main() -> int:
         print(f"{name:>13}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
     speedup = modes["torch_eager"]["p50_ms"] / modes["ort_int8"]["p50_ms"]
     fp32_speedup = modes["torch_eager"]["p50_ms"] / modes["ort_fp32"]["p50_ms"]
-    print(f"speedup p50: int8 vs torch {speedup:.2f}x, fp32 ort vs torch {fp32_speedup:.2f}x")
+    fusion = modes["ort_int8_unfused"]["p50_ms"] / modes["ort_int8"]["p50_ms"]
+    print(f"speedup p50: int8 vs torch {speedup:.2f}x, fp32 ort vs torch {fp32_speedup:.2f}x, "
+          f"fused int8 vs unfused int8 {fusion:.2f}x")
     result = {
         "benchmark": "nlu_latency", "quick": args.quick, "model": str(model_dir),
         "model_version": json.loads((model_dir / "metadata.json").read_text())["version"],
@@ -237,6 +278,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "modes": modes, "speedup_int8_vs_torch": round(speedup, 2),
         "speedup_ort_fp32_vs_torch": round(fp32_speedup, 2),
+        "speedup_fused_vs_unfused_int8": round(fusion, 2),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -147,6 +147,7 @@ def check_int8(fp32_outputs: Outputs, int8_outputs: Outputs,
 def quantize_int8(source: Path, target: Path) -> None:
     """Dynamic int8 quantisation of the weights (onnxruntime), after its pre-processing
     (ONNX shape inference and graph optimisation) when that succeeds."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -160,12 +161,35 @@ def quantize_int8(source: Path, target: Path) -> None:
             model_input = prepared
         except Exception:  # pre-processing is an optimisation: quantise the export as is
             model_input = source
-        quantize_dynamic(str(model_input), str(target), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(model_input), str(target), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     except Exception as exc:
         raise TrainingError(f"int8 quantisation failed: {exc}") from exc
     finally:
         quant_logger.setLevel(level)
         prepared.unlink(missing_ok=True)
+
+
+def fuse_checked(fp32_path: Path, fp32_outputs: Outputs, items: Sequence[Encoded], pad_id: int,
+                 thresholds: CheckThresholds, target: Path) -> dict[str, Any]:
+    """Write the ORT-fused form of the fp32 graph to `target` when it fuses and its logits
+    match the plain graph's within `thresholds.max_abs_diff`; returns what was done (the
+    `fusion` entry of metadata.json). On `{"fused": false}` nothing is at `target`."""
+    from botfactory.training.fusion import FusionError, fuse_for_ort
+
+    try:
+        fused = fuse_for_ort(fp32_path, target)
+        diff = max_abs_diff(items, fp32_outputs, run_onnx(target, items, pad_id))
+    except (FusionError, OSError) as exc:
+        target.unlink(missing_ok=True)
+        return {"fused": False, "reason": str(exc)}
+    except Exception as exc:  # onnxruntime raises its own types for a graph it cannot run
+        target.unlink(missing_ok=True)
+        return {"fused": False, "reason": f"the fused graph does not run: {exc}"}
+    if not diff <= thresholds.max_abs_diff:  # NaN fails too
+        target.unlink(missing_ok=True)
+        return {"fused": False, "reason": f"fused logits differ by {diff:.3g}"}
+    return {"fused": True, "max_abs_diff": diff, **fused.to_json()}
 
 
 def write_json(path: Path, data: Any) -> None:

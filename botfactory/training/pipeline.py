@@ -17,7 +17,7 @@ from typing import Any
 
 from botfactory.training import export
 from botfactory.training.data import Encoded, LabeledText, Labels, encode, make_labels, pad_id_of
-from botfactory.training.errors import BaseModelError, DataError
+from botfactory.training.errors import BaseModelError, DataError, TrainingError
 from botfactory.training.export import CheckThresholds, Outputs
 from botfactory.training.metrics import Metrics, evaluate
 from botfactory.training.model import (
@@ -54,6 +54,7 @@ EMPTY_ENTITIES: dict[str, Any] = {"synonyms": {}, "regex": {}, "lookup": {}}
 CHECK_SAMPLE = 256  # training examples checked when there is no held-out split
 EXPORTER = "torch.onnx.export(dynamo=True)"
 QUANTIZATION = "onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)"
+FUSED_FILE = "model.fused.onnx"  # the fp32 graph fused for onnxruntime; quantised, not kept
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,8 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
         export.export_onnx(model, checked, pad_id, fp32_path)
         fp32_outputs = export.run_onnx(fp32_path, checked, pad_id)
         diff = export.check_onnx(torch_outputs, fp32_outputs, checked, checks)
-        _say(progress, "quantising to int8")
-        export.quantize_int8(fp32_path, int8_path)
+        _say(progress, "fusing and quantising to int8")
+        fusion = _quantize(fp32_path, fp32_outputs, checked, pad_id, checks, int8_path)
         int8_outputs = export.run_onnx(int8_path, checked, pad_id)
         agreement = export.check_int8(fp32_outputs, int8_outputs, checks)
 
@@ -168,6 +169,7 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
                 "duration_s": round(time.perf_counter() - started, 1),
                 "exporter": EXPORTER,
                 "opset": export.OPSET,
+                "fusion": fusion,
                 "quantization": QUANTIZATION,
                 "versions": _versions(),
                 "warm_start": warm,
@@ -186,6 +188,25 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
         }
         export.write_json(staging / METADATA_FILE, metadata)
     return metadata
+
+
+def _quantize(fp32_path: Path, fp32_outputs: Outputs, checked: list[Encoded], pad_id: int,
+              checks: CheckThresholds, int8_path: Path) -> dict[str, Any]:
+    """Quantise the fused graph when it fuses and checks out, else the plain export;
+    returns the `fusion` record of metadata.json."""
+    fused_path = fp32_path.with_name(FUSED_FILE)
+    fusion = export.fuse_checked(fp32_path, fp32_outputs, checked, pad_id, checks, fused_path)
+    try:
+        if fusion["fused"]:
+            try:
+                export.quantize_int8(fused_path, int8_path)
+                return fusion
+            except TrainingError as exc:
+                fusion = {"fused": False, "reason": str(exc)}
+        export.quantize_int8(fp32_path, int8_path)
+        return fusion
+    finally:
+        fused_path.unlink(missing_ok=True)
 
 
 def _metrics(items: list[Encoded], labels: Labels, outputs: Outputs) -> Metrics:

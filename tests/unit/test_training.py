@@ -168,6 +168,11 @@ def test_model_dir_has_the_documented_files_and_metadata(
     checks = metadata["checks"]
     assert 0.0 <= checks["onnx_max_abs_diff"] < 1e-3
     assert checks["int8_intent_agreement"] >= 0.99
+    fusion = training["fusion"]
+    assert fusion["fused"] is True, fusion.get("reason")
+    assert fusion["operators"] == {"Attention": 2, "SkipLayerNormalization": 4, "BiasGelu": 2}
+    assert 0.0 <= fusion["max_abs_diff"] < 1e-3
+    assert fusion["nodes_after"] < fusion["nodes_before"] / 3
     assert (out / "tokenizer.json").read_bytes() == (tiny_base / "tokenizer.json").read_bytes()
 
 
@@ -207,6 +212,45 @@ def test_int8_model_runs_a_padded_batch_with_the_documented_shapes(
         assert alone[0].shape == (1, 3) and alone[1].shape == (1, len(single[0].ids), 5)
         if name == "model.onnx":  # padding does not change the fp32 logits
             np.testing.assert_allclose(alone[0][0], intent_logits[0], atol=1e-4)
+
+
+def test_the_int8_graph_is_the_fused_one_with_quantised_attention(
+        trained: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = trained
+    int8_ops = op_types(out / "model.int8.onnx")
+    assert int8_ops["QAttention"] == 2 and int8_ops["Attention"] == 0
+    assert int8_ops["SkipLayerNormalization"] == 4
+    assert op_types(out / "model.onnx")["Attention"] == 0  # model.onnx stays the plain export
+
+
+def op_types(path: Path) -> Counter[str]:
+    import onnx
+
+    return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.parametrize("failure", ["fusion", "fused logits"])
+def test_a_graph_that_does_not_fuse_or_check_out_is_quantised_plain(
+        failure: str, bot: BotDefinition, tiny_base: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from botfactory.training import fusion
+
+    if failure == "fusion":
+        def refuse(source: Path, target: Path) -> None:
+            raise fusion.FusionError("no attention layer was fused")
+        monkeypatch.setattr(fusion, "fuse_for_ort", refuse)
+    else:
+        diffs = iter([0.0, 0.5])  # torch vs fp32 passes, fp32 vs fused does not
+        monkeypatch.setattr(export_module, "max_abs_diff", lambda *args: next(diffs))
+    out = tmp_path / "model"
+    metadata = train_bot(bot, out, base_model=str(tiny_base), epochs=1, progress=False)
+    record = metadata["training"]["fusion"]
+    assert record["fused"] is False
+    assert record["reason"] == ("no attention layer was fused" if failure == "fusion"
+                                else "fused logits differ by 0.5")
+    assert {p.name for p in out.iterdir()} == MODEL_FILES  # the fused file is not left
+    int8_ops = op_types(out / "model.int8.onnx")
+    assert int8_ops["QAttention"] == 0 and int8_ops["MatMulInteger"] > 0
 
 
 def test_the_serving_engine_loads_the_model_dir(trained: tuple[Path, dict[str, Any]]) -> None:
