@@ -2,7 +2,8 @@
 
 A batch is formed when an inference slot is free: it takes the queued requests, up to
 `max_batch_size` texts, waiting at most `max_wait` seconds for more. While every slot is busy,
-requests queue up, so batches grow with load and an idle server answers at once. Inference
+requests queue up, so batches grow with load and an idle server answers at once (the caller
+of an idle batcher runs its texts itself, without the queue). Inference
 runs in a thread pool (onnxruntime releases the GIL), so the event loop never blocks; up to
 `max_in_flight` batches run at once.
 """
@@ -37,11 +38,13 @@ class MicroBatcher(Generic[T]):
         self._executor = executor
         self._max_batch_size = max_batch_size
         self._max_wait = max_wait
+        self._max_in_flight = max_in_flight
         self._slots = asyncio.Semaphore(max_in_flight)
         self._queue: asyncio.Queue[_Request[T] | None] = asyncio.Queue()
         self._on_batch = on_batch
         self._closed = False
         self._running: set[asyncio.Task[None]] = set()
+        self._collecting = False
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
     async def submit(self, texts: Sequence[str]) -> list[T]:
@@ -50,6 +53,8 @@ class MicroBatcher(Generic[T]):
             raise BatcherClosed("model is being replaced")
         if not texts:
             return []
+        if self._queue.empty() and not self._collecting and not self._slots.locked():
+            return await self._run_now(texts)
         future: asyncio.Future[list[T]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Request(texts, future))
         return await future
@@ -63,6 +68,8 @@ class MicroBatcher(Generic[T]):
         await self._loop_task
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+        for _ in range(self._max_in_flight):  # and the batches run by their callers
+            await self._slots.acquire()
 
     async def _run(self) -> None:
         pending: _Request[T] | None = None
@@ -74,7 +81,11 @@ class MicroBatcher(Generic[T]):
             # Wait for a free inference thread first: while all are busy, requests pile up and
             # the next batch takes them all, so batches grow with load at no cost when idle.
             await self._slots.acquire()
-            batch, pending, stop = await self._collect(first)
+            self._collecting = True
+            try:
+                batch, pending, stop = await self._collect(first)
+            finally:
+                self._collecting = False
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -122,6 +133,22 @@ class MicroBatcher(Generic[T]):
             except asyncio.CancelledError:
                 return _EMPTY
         return getter.result()
+
+    async def _run_now(self, texts: Sequence[str]) -> list[T]:
+        """An idle batcher's path: a free slot and nothing queued, so the caller's texts are
+        the whole batch and run at once, in the caller's task (no queue hop)."""
+        await self._slots.acquire()  # a slot is free: returns without suspending
+        if self._on_batch is not None:
+            self._on_batch(len(texts))
+        job = self._executor.submit(self._predict, texts)
+        try:
+            return await asyncio.wrap_future(job)
+        finally:
+            if job.done():
+                self._slots.release()
+            else:  # the caller gave up while its batch runs: free the slot when it ends
+                loop = asyncio.get_running_loop()
+                job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._slots.release))
 
     async def _execute(self, batch: list[_Request[T]]) -> None:
         texts = [text for request in batch for text in request.texts]

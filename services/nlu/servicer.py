@@ -87,11 +87,12 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
         self._validate(bot, texts)
         groups = self._variant_groups(bot, conversations)
         try:
-            parsed, sentiments = await asyncio.gather(
-                asyncio.gather(*(self._registry.predict_variant(bot, [texts[i] for i in group],
-                                                                variant)
-                                 for variant, group in groups.items())),
-                self._sentiments(texts))
+            if self._registry.get(SENTIMENT) is None:  # one model to run: no tasks to spawn
+                parsed = await self._predict_groups(bot, texts, groups)
+                sentiments: Sequence[Prediction | None] = [None] * len(texts)
+            else:
+                parsed, sentiments = await asyncio.gather(
+                    self._predict_groups(bot, texts, groups), self._sentiments(texts))
         except KeyError:
             raise NotFound(f"unknown bot {bot!r}") from None
         except BatcherClosed as exc:
@@ -103,6 +104,17 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
             for i, prediction in zip(group, predictions, strict=True):
                 responses[i] = _response(bot, texts[i], entry, prediction, sentiments[i], used)
         return [responses[i] for i in range(len(texts))]
+
+    async def _predict_groups(self, bot: str, texts: list[str], groups: dict[str, list[int]],
+                              ) -> list[tuple[LoadedModel, list[Prediction], str]]:
+        """Each variant group's predictions, in the order of `groups`."""
+        if len(groups) == 1:
+            (variant, group), = groups.items()
+            return [await self._registry.predict_variant(bot, [texts[i] for i in group],
+                                                         variant)]
+        return list(await asyncio.gather(*(
+            self._registry.predict_variant(bot, [texts[i] for i in group], variant)
+            for variant, group in groups.items())))
 
     def _variant_groups(self, bot: str, conversations: list[str]) -> dict[str, list[int]]:
         """Text positions by the model variant their conversation is parsed with."""

@@ -81,3 +81,60 @@ async def test_empty_submission_returns_immediately(executor: ThreadPoolExecutor
     assert await batcher.submit([]) == []
     assert predict.batches == []
     await batcher.close()
+
+
+class Overlap(Recorder):
+    """Records how many predictions ran at the same time."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.running = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, texts: Sequence[str]) -> list[str]:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            return super().__call__(texts)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+async def test_an_idle_batcher_runs_a_lone_request_at_once_off_the_loop(
+        executor: ThreadPoolExecutor) -> None:
+    predict = Recorder()
+    batcher = MicroBatcher(predict, executor, max_batch_size=8, max_wait=1.0, max_in_flight=1)
+    started = time.perf_counter()
+    assert await batcher.submit(["alone"]) == ["ALONE"]
+    assert time.perf_counter() - started < 0.5  # did not wait max_wait for company
+    assert predict.batches == [["alone"]]
+    assert threading.get_ident() not in predict.threads
+    await batcher.close()
+
+
+async def test_close_waits_for_a_request_its_caller_runs(executor: ThreadPoolExecutor) -> None:
+    predict = Recorder(delay=0.05)
+    batcher = MicroBatcher(predict, executor, max_batch_size=8, max_wait=0.0, max_in_flight=1)
+    running = asyncio.ensure_future(batcher.submit(["slow"]))
+    await asyncio.sleep(0.01)
+    assert predict.batches == [["slow"]]  # it runs, not queued
+    await batcher.close()
+    assert running.done() and running.result() == ["SLOW"]
+
+
+async def test_a_caller_that_gives_up_keeps_its_slot_until_its_inference_ends(
+        executor: ThreadPoolExecutor) -> None:
+    predict = Overlap(delay=0.1)
+    batcher = MicroBatcher(predict, executor, max_batch_size=8, max_wait=0.0, max_in_flight=1)
+    abandoned = asyncio.ensure_future(batcher.submit(["first"]))
+    await asyncio.sleep(0.02)
+    abandoned.cancel()
+    await asyncio.sleep(0)
+    assert await batcher.submit(["second"]) == ["SECOND"]
+    assert predict.batches == [["first"], ["second"]]
+    assert predict.most == 1  # the second did not run beside the first one's thread
+    assert abandoned.cancelled()
+    await batcher.close()
