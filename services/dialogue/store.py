@@ -58,7 +58,7 @@ class Record:
     def encode(self) -> bytes:
         return json.dumps({
             "format": FORMAT,
-            "tracker": json.loads(self.tracker.to_json()),
+            "tracker": self.tracker.to_dict(),
             "applied": list(self.applied),
             "outbox_for": self.outbox_for,
             "outbox": [o.to_json() for o in self.outbox],
@@ -67,7 +67,7 @@ class Record:
     @classmethod
     def decode(cls, data: bytes, revision: int) -> Record:
         raw = json.loads(data)
-        tracker = Tracker.from_json(json.dumps(raw["tracker"]).encode())
+        tracker = Tracker.from_dict(raw["tracker"])
         return cls(tracker, revision, tuple(raw.get("applied", ())), raw.get("outbox_for"),
                    tuple(Outgoing.from_json(o) for o in raw.get("outbox", ())))
 

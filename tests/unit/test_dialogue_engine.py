@@ -774,3 +774,28 @@ def test_progress_of_the_awaited_run_says_still_working(banking: DialogueEngine,
     [lab_job] = fetching.say("X1").workflows
     assert texts(custom.handle_workflow_progress(fetching.tracker, lab_job.run_id, 9.0)) == [
         "Still on it."]
+
+
+@pytest.mark.parametrize("source", [
+    "Plain text.", "Two\r\nlines\n", "Braces { alone }", "Hello {{ name }}!",
+    "{% if name %}Hi {{ name }}{% else %}Hi{% endif %}", "{# note #}Done", "  padded  \n\n",
+])
+def test_a_response_renders_as_its_jinja_template_would(source: str) -> None:
+    from services.botdef import (
+        ButtonDef,
+        ConversationDefinition,
+        ResponseDef,
+        Variation,
+        template_environment,
+    )
+    from services.dialogue.engine.render import Renderer
+
+    variation = Variation(source, (ButtonDef(source, "/x"),))
+    conversation = ConversationDefinition(responses={"utter_x": ResponseDef("utter_x",
+                                                                            (variation,))})
+    renderer = Renderer(conversation, [])
+    template = template_environment().from_string(source)
+    for context in ({}, {"name": "Ada"}):
+        reply = renderer.render("utter_x", context, "seed")
+        assert reply.text == template.render(context).strip()
+        assert reply.buttons[0].title == template.render(context)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from jinja2 import Template
+from jinja2 import Environment, Template
 from jinja2.exceptions import SecurityError
 
 from services.botdef import (
@@ -35,10 +35,28 @@ _EXPRESSION = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 
 
 @dataclass(frozen=True)
+class _Text:
+    """A compiled template, and its output when it has no Jinja syntax (no `{`): such a
+    template renders the same in every context, so it is rendered once, here."""
+
+    template: Template
+    static: str | None
+
+    @classmethod
+    def compile(cls, env: Environment, source: str) -> _Text:
+        template = env.from_string(source)
+        return cls(template, _render(template, source, {}) if "{" not in source else None)
+
+    def render(self, source: str, context: dict[str, Any]) -> str:
+        return self.static if self.static is not None else _render(self.template, source,
+                                                                   context)
+
+
+@dataclass(frozen=True)
 class _Compiled:
     source: str
-    text: Template
-    buttons: tuple[tuple[Template, str], ...]
+    text: _Text
+    buttons: tuple[tuple[_Text, str], ...]
 
 
 class Renderer:
@@ -63,8 +81,9 @@ class Renderer:
         self._inline: Mapping[Variation, _Compiled] = MappingProxyType(inline)
 
     def _compile(self, variation: Variation) -> _Compiled:
-        buttons = tuple((self._env.from_string(b.title), b.payload) for b in variation.buttons)
-        return _Compiled(variation.text, self._env.from_string(variation.text), buttons)
+        buttons = tuple((_Text.compile(self._env, b.title), b.payload)
+                        for b in variation.buttons)
+        return _Compiled(variation.text, _Text.compile(self._env, variation.text), buttons)
 
     def has(self, name: str) -> bool:
         return name in self._responses
@@ -82,8 +101,8 @@ class Renderer:
         fails at run time is sent with its expressions left out.
         """
         compiled = self._pick(message, seed)
-        text = _render(compiled.text, compiled.source, context)
-        buttons = [Button(_render(t, "", context), payload) for t, payload in compiled.buttons]
+        text = compiled.text.render(compiled.source, context)
+        buttons = [Button(t.render("", context), payload) for t, payload in compiled.buttons]
         return Reply(text=text.strip(), buttons=[*buttons, *(extra_buttons or [])])
 
     def _pick(self, message: MessageRef | str, seed: str) -> _Compiled:

@@ -68,7 +68,11 @@ class Tracker:
         return self.stack[-1].flow if self.stack else None
 
     def to_json(self) -> bytes:
-        data = {
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of `to_json` (for a record that embeds the tracker)."""
+        return {
             "v": FORMAT_VERSION,
             "bot": self.bot_id,
             "conv": self.conversation_id,
@@ -83,11 +87,14 @@ class Tracker:
             "msg": self.last_message_id,
             "expired": self.session_expired,
         }
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Tracker:
-        raw = json.loads(data)
+        return cls.from_dict(json.loads(data))
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Tracker:
+        """The tracker of a `to_dict` object (ValueError: another format version)."""
         if not isinstance(raw, dict) or raw.get("v") != FORMAT_VERSION:
             version = raw.get("v") if isinstance(raw, dict) else None
             raise ValueError(f"unsupported tracker format version {version!r}")
