@@ -5,7 +5,8 @@ benchmarks/stack.py) driven through the HTTP API by a light asyncio generator.
         [--users 50] [--connections 10] [--duration 30] [--steps 25,50,100,200,400]
         [--step-seconds 30] [--soak-minutes 10]
 
-Shapes: `users` (N conversations, each waits for the reply then thinks ~Exp(200 ms)),
+Shapes: `users` (N conversations, each waits for the reply then thinks ~Exp(200 ms), and
+thinks once before its first message so that the users do not start in lockstep),
 `saturation` (C connections sending back to back), `step` (the users shape at 25 -> 400
 conversations; the knee is the highest message rate whose p99 is still <= 100 ms) and `soak`
 (the users shape held for minutes while each process's RSS, open file descriptors and threads
@@ -114,9 +115,15 @@ async def send(session: Any, url: str, key: str, text: str, message_id: str,
 
 async def user(session: Any, base: str, key: str, name: str, deadline: float, think: float,
                rng: random.Random) -> Tally:
+    """One conversation: send, wait for the reply, think ~Exp(`think`), again. With a think
+    time the user also thinks before its first message, as if it had just read a reply:
+    users that all sent their first message in the same instant would measure a burst that
+    no population of real users makes, not the steady state."""
     tally = Tally()
     url = f"{base}/v1/bots/banking/conversations/{name}/messages"
     n = 0
+    if think > 0:
+        await asyncio.sleep(rng.expovariate(1 / think))
     while time.perf_counter() < deadline:
         await send(session, url, key, rng.choice(TEXTS), f"{name}-{n}", tally)
         n += 1
