@@ -122,6 +122,19 @@ def intent_agreement(a: Outputs, b: Outputs) -> float:
     return float(np.mean(a.intent_logits.argmax(axis=-1) == b.intent_logits.argmax(axis=-1)))
 
 
+def tag_agreement(items: Sequence[Encoded], a: Outputs, b: Outputs) -> float | None:
+    """Fraction of the items' real tokens whose tag argmax is the same in both (None for a
+    classification-only model)."""
+    if a.tag_logits is None or b.tag_logits is None:
+        return None
+    same = total = 0
+    for item, x, y in zip(items, a.tag_logits, b.tag_logits, strict=True):
+        n = len(item.encoding.ids)
+        same += int(np.sum(x[:n].argmax(axis=-1) == y[:n].argmax(axis=-1)))
+        total += n
+    return same / total if total else None
+
+
 def check_onnx(torch_outputs: Outputs, onnx_outputs: Outputs, items: Sequence[Encoded],
                thresholds: CheckThresholds) -> float:
     """The fp32 ONNX vs torch max abs diff; raises ExportCheckError above the threshold."""
@@ -145,8 +158,10 @@ def check_int8(fp32_outputs: Outputs, int8_outputs: Outputs,
 
 
 def quantize_int8(source: Path, target: Path) -> None:
-    """Dynamic int8 quantisation of the weights (onnxruntime), after its pre-processing
-    (ONNX shape inference and graph optimisation) when that succeeds."""
+    """Dynamic int8 quantisation (onnxruntime), one scale per weight column (per channel: on
+    all-MiniLM-L6-v2 its logits stay much closer to fp32 than with one scale per matrix),
+    after its pre-processing (ONNX shape inference and graph optimisation) when that
+    succeeds."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -162,6 +177,7 @@ def quantize_int8(source: Path, target: Path) -> None:
         except Exception:  # pre-processing is an optimisation: quantise the export as is
             model_input = source
         quantize_dynamic(str(model_input), str(target), weight_type=QuantType.QInt8,
+                         per_channel=True,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     except Exception as exc:
         raise TrainingError(f"int8 quantisation failed: {exc}") from exc

@@ -53,7 +53,7 @@ from services.common.textenc import load_tokenizer
 EMPTY_ENTITIES: dict[str, Any] = {"synonyms": {}, "regex": {}, "lookup": {}}
 CHECK_SAMPLE = 256  # training examples checked when there is no held-out split
 EXPORTER = "torch.onnx.export(dynamo=True)"
-QUANTIZATION = "onnxruntime.quantization.quantize_dynamic(weight_type=QInt8)"
+QUANTIZATION = "onnxruntime.quantization.quantize_dynamic(weight_type=QInt8, per_channel=True)"
 FUSED_FILE = "model.fused.onnx"  # the fp32 graph fused for onnxruntime; quantised, not kept
 
 
@@ -125,6 +125,7 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
         fusion = _quantize(fp32_path, fp32_outputs, checked, pad_id, checks, int8_path)
         int8_outputs = export.run_onnx(int8_path, checked, pad_id)
         agreement = export.check_int8(fp32_outputs, int8_outputs, checks)
+        tags_agree = export.tag_agreement(checked, fp32_outputs, int8_outputs)
 
         metrics: dict[str, Any] = {"heldout": None}
         if heldout:
@@ -180,6 +181,7 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
             "checks": {
                 "onnx_max_abs_diff": diff,
                 "int8_intent_agreement": agreement,
+                "int8_tag_agreement": tags_agree,
                 "checked_on": "heldout" if heldout else "train",
                 "n_checked": len(checked),
                 "max_abs_diff_limit": checks.max_abs_diff,

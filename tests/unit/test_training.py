@@ -168,6 +168,8 @@ def test_model_dir_has_the_documented_files_and_metadata(
     checks = metadata["checks"]
     assert 0.0 <= checks["onnx_max_abs_diff"] < 1e-3
     assert checks["int8_intent_agreement"] >= 0.99
+    assert 0.9 <= checks["int8_tag_agreement"] <= 1.0
+    assert training["quantization"].endswith("per_channel=True)")
     fusion = training["fusion"]
     assert fusion["fused"] is True, fusion.get("reason")
     assert fusion["operators"] == {"Attention": 2, "SkipLayerNormalization": 4, "BiasGelu": 2}
