@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -138,13 +138,14 @@ class MicroBatcher(Generic[T]):
         """An idle batcher's path: a free slot and nothing queued, so the caller's texts are
         the whole batch and run at once, in the caller's task (no queue hop)."""
         await self._slots.acquire()  # a slot is free: returns without suspending
-        if self._on_batch is not None:
-            self._on_batch(len(texts))
-        job = self._executor.submit(self._predict, texts)
+        job: Future[list[T]] | None = None
         try:
+            if self._on_batch is not None:
+                self._on_batch(len(texts))
+            job = self._executor.submit(self._predict, texts)  # RuntimeError once shut down
             return await asyncio.wrap_future(job)
         finally:
-            if job.done():
+            if job is None or job.done():
                 self._slots.release()
             else:  # the caller gave up while its batch runs: free the slot when it ends
                 loop = asyncio.get_running_loop()

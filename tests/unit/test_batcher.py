@@ -138,3 +138,13 @@ async def test_a_caller_that_gives_up_keeps_its_slot_until_its_inference_ends(
     assert predict.most == 1  # the second did not run beside the first one's thread
     assert abandoned.cancelled()
     await batcher.close()
+
+
+async def test_a_caller_run_that_cannot_start_frees_its_slot() -> None:
+    executor = ThreadPoolExecutor(1)
+    batcher = MicroBatcher(Recorder(), executor, max_batch_size=8, max_wait=0.0,
+                           max_in_flight=1)
+    executor.shutdown()
+    with pytest.raises(RuntimeError):
+        await batcher.submit(["late"])
+    await asyncio.wait_for(batcher.close(), timeout=5)  # the slot came back: close ends
