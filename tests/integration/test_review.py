@@ -41,7 +41,8 @@ async def wait_items(stack: Stack, key: str, count: int) -> list[dict[str, Any]]
         by_text = {i["text"]: i for i in items}
         card = by_text.get("please pay [CARD] to the landlord", {})
         greeting = by_text.get(GREETING, {})
-        if (len(items) >= count and card.get("count") == 2
+        shadowed = any("disagreement" in i.get("reasons", ()) for i in items)
+        if (len(items) >= count and card.get("count") == 2 and shadowed
                 and "negative_feedback" in greeting.get("reasons", ())):
             return items
         await asyncio.sleep(0.05)
