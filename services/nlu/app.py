@@ -40,6 +40,7 @@ class NluServer:
         self.servicer = NluServicer(self.registry, self.metrics,
                                     max_text_chars=config.max_text_chars,
                                     max_batch_texts=config.max_batch_texts,
+                                    ranking_length=config.ranking_length,
                                     rollouts=self.rollouts)
         self.knowledge = KnowledgeRegistry(self._executor, SearchOptions(
             approx_min_vectors=config.kb_approx_min_vectors,

@@ -30,6 +30,8 @@ class NluConfig:
     max_batch_wait_ms: float = 0.0
     max_text_chars: int = 2000
     max_batch_texts: int = 256
+    # Intents listed in a response's ranking when the request does not say (0: all of them).
+    ranking_length: int = 10
     # 1: requests queue while a batch runs and go as the next batch (cheapest per text).
     inference_threads: int = 1
     intra_op_threads: int = 1
@@ -55,6 +57,8 @@ class NluConfig:
                 "must be 0..1000")
         require(self.max_text_chars >= 1, f"{prefix}MAX_TEXT_CHARS", "must be >= 1")
         require(self.max_batch_texts >= 1, f"{prefix}MAX_BATCH_TEXTS", "must be >= 1")
+        require(self.ranking_length >= 0, f"{prefix}RANKING_LENGTH",
+                "must be >= 0 (0: every intent)")
         require(self.inference_threads >= 1, f"{prefix}INFERENCE_THREADS", "must be >= 1")
         require(self.intra_op_threads >= 1, f"{prefix}INTRA_OP_THREADS", "must be >= 1")
         require(self.shadow_queue_size >= 1, f"{prefix}SHADOW_QUEUE_SIZE", "must be >= 1")

@@ -20,14 +20,15 @@ from services.nlu.rollout import Rollouts, ShadowItem, ShadowRunner
 
 class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
     def __init__(self, registry: ModelRegistry, metrics: NluMetrics, *, max_text_chars: int,
-                 max_batch_texts: int, rollouts: Rollouts | None = None,
-                 shadow: ShadowRunner | None = None) -> None:
+                 max_batch_texts: int, ranking_length: int = 10,
+                 rollouts: Rollouts | None = None, shadow: ShadowRunner | None = None) -> None:
         self._registry = registry
         self._rollouts = rollouts
         self._shadow = shadow
         self._metrics = metrics
         self._max_text_chars = max_text_chars
         self._max_batch_texts = max_batch_texts
+        self._ranking_length = ranking_length  # 0: every intent
         self.accepting = True
 
     def attach_shadow(self, shadow: ShadowRunner) -> None:
@@ -38,7 +39,7 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
     async def Parse(self, request: nlu_pb2.ParseRequest,
                     context: grpc.aio.ServicerContext) -> nlu_pb2.ParseResponse:
         results = await self._observe("Parse", request.bot_id, [request.text],
-                                      [request.conversation_id])
+                                      [request.conversation_id], request.ranking_length)
         return results[0]
 
     @grpc_errors
@@ -51,7 +52,7 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
             raise InvalidArgument(f"conversation_ids has {len(conversations)} entries for "
                                   f"{len(texts)} texts: give none or one per text")
         results = await self._observe("ParseBatch", request.bot_id, texts,
-                                      conversations or [""] * len(texts))
+                                      conversations or [""] * len(texts), request.ranking_length)
         return nlu_pb2.ParseBatchResponse(results=results)
 
     @grpc_errors
@@ -65,12 +66,13 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
         ]
         return nlu_pb2.ListModelsResponse(models=models)
 
-    async def _observe(self, method: str, bot: str, texts: list[str],
-                       conversations: list[str]) -> list[nlu_pb2.ParseResponse]:
+    async def _observe(self, method: str, bot: str, texts: list[str], conversations: list[str],
+                       ranking_length: int) -> list[nlu_pb2.ParseResponse]:
         started = time.perf_counter()
         status = "OK"
         try:
-            return await self._parse(bot, texts, conversations)
+            return await self._parse(bot, texts, conversations,
+                                     self._ranking_limit(ranking_length))
         except Exception as exc:
             status = getattr(exc, "grpc_code", grpc.StatusCode.INTERNAL).name
             raise
@@ -79,8 +81,15 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
             self._metrics.requests.labels(bot=label, method=method, status=status).inc()
             self._metrics.latency.labels(method=method).observe(time.perf_counter() - started)
 
-    async def _parse(self, bot: str, texts: list[str],
-                     conversations: list[str]) -> list[nlu_pb2.ParseResponse]:
+    def _ranking_limit(self, requested: int) -> int | None:
+        """How many intents a response ranks (None: all), from the request's ranking_length."""
+        if requested < 0:
+            raise InvalidArgument(f"ranking_length is {requested}; give 0 (the server's "
+                                  "default) or a positive number of intents")
+        return (requested or self._ranking_length) or None
+
+    async def _parse(self, bot: str, texts: list[str], conversations: list[str],
+                     ranking_limit: int | None) -> list[nlu_pb2.ParseResponse]:
         """Each text parsed by its conversation's variant (one group per variant in use)."""
         if not self.accepting:
             raise Unavailable("server is shutting down")
@@ -102,7 +111,8 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
             self._note(bot, [texts[i] for i in group], [conversations[i] for i in group],
                        entry, predictions, used)
             for i, prediction in zip(group, predictions, strict=True):
-                responses[i] = _response(bot, texts[i], entry, prediction, sentiments[i], used)
+                responses[i] = _response(bot, texts[i], entry, prediction, sentiments[i], used,
+                                         ranking_limit)
         return [responses[i] for i in range(len(texts))]
 
     async def _predict_groups(self, bot: str, texts: list[str], groups: dict[str, list[int]],
@@ -171,8 +181,10 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
 
 
 def _response(bot: str, text: str, entry: LoadedModel, prediction: Prediction,
-              sentiment: Prediction | None, variant: str = ACTIVE) -> nlu_pb2.ParseResponse:
-    ranking = [nlu_pb2.IntentScore(name=n, confidence=c) for n, c in prediction.ranking]
+              sentiment: Prediction | None, variant: str = ACTIVE,
+              ranking_limit: int | None = None) -> nlu_pb2.ParseResponse:
+    ranking = [nlu_pb2.IntentScore(name=n, confidence=c)
+               for n, c in prediction.ranking[:ranking_limit]]
     entities = [
         nlu_pb2.Entity(entity=e.entity, value=e.value, raw=e.text, start=e.start, end=e.end,
                        extractor=e.extractor, confidence=e.confidence)

@@ -66,6 +66,38 @@ async def test_parse_returns_ranking_entities_and_version(local_server: Served,
         assert reply.text[entity.start:entity.end] == entity.raw
 
 
+async def test_ranking_length_lists_the_top_intents(local_server: Served) -> None:
+    _, stub = local_server
+    text = "send 300 dollars to gina"
+    full = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text=text))
+    top2 = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text=text, ranking_length=2))
+    assert len(full.ranking) == 3  # the server's default (10) lists all of a small bot's
+    assert [r.name for r in top2.ranking] == [r.name for r in full.ranking][:2]
+    assert top2.intent == full.intent and top2.intent == top2.ranking[0]
+    many = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text=text, ranking_length=50))
+    assert [r.name for r in many.ranking] == [r.name for r in full.ranking]
+    batch = await stub.ParseBatch(nlu_pb2.ParseBatchRequest(
+        bot_id="tiny", texts=["hello", text], ranking_length=1))
+    assert [[r.name for r in result.ranking] for result in batch.results] == [
+        ["greet"], ["transfer_money"]]
+
+
+async def test_server_ranking_length_is_the_default(tiny_models: TinyModels,
+                                                    tmp_path: Path) -> None:
+    server, channel = await _serve(replace(BASE, models=(str(tiny_models.v1),),
+                                           model_cache_dir=tmp_path / "cache", ranking_length=1))
+    try:
+        stub = nlu_pb2_grpc.NluServiceStub(channel)
+        default = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hello"))
+        asked = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hello",
+                                                      ranking_length=3))
+        assert [r.name for r in default.ranking] == ["greet"]
+        assert len(asked.ranking) == 3
+    finally:
+        await channel.close()
+        await server.stop()
+
+
 async def test_synonyms_normalise_and_regex_extractor_runs(local_server: Served) -> None:
     _, stub = local_server
     reply = await stub.Parse(nlu_pb2.ParseRequest(
@@ -96,6 +128,8 @@ async def test_parse_batch_keeps_request_order(local_server: Served) -> None:
      "unknown bot"),
     (lambda: nlu_pb2.ParseRequest(bot_id="", text="hi"), grpc.StatusCode.INVALID_ARGUMENT,
      "bot_id"),
+    (lambda: nlu_pb2.ParseRequest(bot_id="tiny", text="hi", ranking_length=-1),
+     grpc.StatusCode.INVALID_ARGUMENT, "ranking_length is -1"),
 ])
 async def test_bad_requests_get_clear_status(
         local_server: Served, request_factory: Callable[[], nlu_pb2.ParseRequest],

@@ -60,6 +60,10 @@ def test_nlu_config_needs_a_model_source() -> None:
     with pytest.raises(ConfigError, match="MAX_BATCH_SIZE"):
         load_config(NluConfig, "nlu", {"BOTFACTORY_NLU_MODELS": "/m",
                                        "BOTFACTORY_NLU_MAX_BATCH_SIZE": "0"})
+    assert config.ranking_length == 10
+    with pytest.raises(ConfigError, match=r"RANKING_LENGTH: must be >= 0 \(0: every intent\)"):
+        load_config(NluConfig, "nlu", {"BOTFACTORY_NLU_MODELS": "/m",
+                                       "BOTFACTORY_NLU_RANKING_LENGTH": "-1"})
 
 
 def test_dialogue_nlu_coalescing_settings_are_checked() -> None:

@@ -8,14 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ParseRequest(_message.Message):
-    __slots__ = ("bot_id", "text", "conversation_id")
+    __slots__ = ("bot_id", "text", "conversation_id", "ranking_length")
     BOT_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    RANKING_LENGTH_FIELD_NUMBER: _ClassVar[int]
     bot_id: str
     text: str
     conversation_id: str
-    def __init__(self, bot_id: _Optional[str] = ..., text: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
+    ranking_length: int
+    def __init__(self, bot_id: _Optional[str] = ..., text: _Optional[str] = ..., conversation_id: _Optional[str] = ..., ranking_length: _Optional[int] = ...) -> None: ...
 
 class IntentScore(_message.Message):
     __slots__ = ("name", "confidence")
@@ -74,14 +76,16 @@ class ParseResponse(_message.Message):
     def __init__(self, bot_id: _Optional[str] = ..., text: _Optional[str] = ..., intent: _Optional[_Union[IntentScore, _Mapping]] = ..., ranking: _Optional[_Iterable[_Union[IntentScore, _Mapping]]] = ..., entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., sentiment: _Optional[_Union[Sentiment, _Mapping]] = ..., out_of_scope: _Optional[bool] = ..., model_version: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class ParseBatchRequest(_message.Message):
-    __slots__ = ("bot_id", "texts", "conversation_ids")
+    __slots__ = ("bot_id", "texts", "conversation_ids", "ranking_length")
     BOT_ID_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_IDS_FIELD_NUMBER: _ClassVar[int]
+    RANKING_LENGTH_FIELD_NUMBER: _ClassVar[int]
     bot_id: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     conversation_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, bot_id: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., conversation_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    ranking_length: int
+    def __init__(self, bot_id: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., conversation_ids: _Optional[_Iterable[str]] = ..., ranking_length: _Optional[int] = ...) -> None: ...
 
 class ParseBatchResponse(_message.Message):
     __slots__ = ("results",)
