@@ -543,7 +543,8 @@ def wait_healthy(http_port: int, timeout: float) -> None:
 def test_nats_cluster_config_forms_a_cluster_and_setup_raises_replicas(tmp_path: Path) -> None:
     """base/nats/nats.conf, ports and paths moved to this machine: three servers form the
     JetStream cluster, clients authenticate as their users, and jetstream_setup.py raises
-    every asset to R3 (then finds them there)."""
+    every asset to R3 (then finds them there). The setup starts with one server up (no
+    JetStream quorum yet, as when the pods start one by one) and waits for the others."""
     conf = (K8S / "base" / "nats" / "nats.conf").read_text(encoding="utf-8")
     clients, routes, monitors = free_ports(3), free_ports(3), free_ports(3)
     for i in range(3):
@@ -551,35 +552,48 @@ def test_nats_cluster_config_forms_a_cluster_and_setup_raises_replicas(tmp_path:
     passwords = {name: f"pw-{name.lower()}" for name in
                  ("ADMIN_PASSWORD", "GATEWAY_PASSWORD", "DIALOGUE_PASSWORD", "NLU_PASSWORD",
                   "RPA_RUNNER_PASSWORD", "TRAINER_PASSWORD")}
-    processes = []
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start_server(i: int) -> None:
+        home = tmp_path / f"nats-{i}"
+        home.mkdir()
+        text = (conf.replace("port: 4222", f"port: {clients[i]}")
+                .replace("http_port: 8222", f"http_port: {monitors[i]}")
+                .replace("port: 6222", f"port: {routes[i]}")
+                .replace("/data/jetstream", str(home / "jetstream"))
+                .replace("/var/run/nats/nats.pid", str(home / "nats.pid")))
+        (home / "nats.conf").write_text(text)
+        env = {**os.environ, **passwords, "POD_NAME": f"nats-{i}"}
+        log = (home / "log").open("wb")
+        processes.append(subprocess.Popen([nats_server_binary(), "-c", str(home / "nats.conf")],
+                                          env=env, stdout=log, stderr=subprocess.STDOUT))
+
+    script = K8S / "base" / "nats" / "jetstream_setup.py"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JETSTREAM_REPLICAS": "3",
+           "CONNECT_TIMEOUT_S": "60",
+           "NATS_URL": f"nats://admin:{passwords['ADMIN_PASSWORD']}@127.0.0.1:{clients[0]}"}
     try:
-        for i in range(3):
-            home = tmp_path / f"nats-{i}"
-            home.mkdir()
-            text = (conf.replace("port: 4222", f"port: {clients[i]}")
-                    .replace("http_port: 8222", f"http_port: {monitors[i]}")
-                    .replace("port: 6222", f"port: {routes[i]}")
-                    .replace("/data/jetstream", str(home / "jetstream"))
-                    .replace("/var/run/nats/nats.pid", str(home / "nats.pid")))
-            (home / "nats.conf").write_text(text)
-            env = {**os.environ, **passwords, "POD_NAME": f"nats-{i}"}
-            log = (home / "log").open("wb")
-            processes.append(subprocess.Popen([nats_server_binary(), "-c", str(home / "nats.conf")],
-                                              env=env, stdout=log, stderr=subprocess.STDOUT))
+        start_server(0)
+        first_out = tmp_path / "setup-1.out"
+        with first_out.open("w") as out:
+            first = subprocess.Popen([sys.executable, str(script)], env=env, stdout=out,
+                                     stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for_text(first_out, '"jetstream_not_ready"', first, timeout=60)
+            start_server(1)
+            start_server(2)
+            assert first.wait(timeout=120) == 0, first_out.read_text()
+        finally:
+            if first.poll() is None:
+                first.kill()
+        second = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert second.returncode == 0, second.stdout + second.stderr
+        seen = [{e["event"] for e in json_lines(text) if "stream" in e}
+                for text in (first_out.read_text(), second.stdout)]
+        assert seen == [{"replicas_set"}, {"replicas_ok"}]
         for port in monitors:
             wait_healthy(port, 30)
-        script = K8S / "base" / "nats" / "jetstream_setup.py"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "JETSTREAM_REPLICAS": "3",
-               "CONNECT_TIMEOUT_S": "20",
-               "NATS_URL": f"nats://admin:{passwords['ADMIN_PASSWORD']}@127.0.0.1:{clients[0]}"}
-        seen = []
-        for _ in range(2):
-            result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                                    text=True, timeout=120)
-            assert result.returncode == 0, result.stdout + result.stderr
-            seen.append({json.loads(line)["event"] for line in result.stdout.splitlines()
-                         if line.startswith("{") and "stream" in line})
-        assert seen == [{"replicas_set"}, {"replicas_ok"}]
         bad = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                              timeout=60, env={**env, "CONNECT_TIMEOUT_S": "1", "NATS_URL":
                                               f"nats://admin:wrong@127.0.0.1:{clients[1]}"})
@@ -592,6 +606,19 @@ def test_nats_cluster_config_forms_a_cluster_and_setup_raises_replicas(tmp_path:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def wait_for_text(path: Path, text: str, process: subprocess.Popen[str], timeout: float) -> None:
+    """Until `path` holds `text`; fails if `process` exits first or the time is up."""
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        assert process.poll() is None, f"exited before {text}: {path.read_text()}"
+        assert time.monotonic() < deadline, f"no {text} in {timeout} s: {path.read_text()}"
+        time.sleep(0.2)
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 # ---------------------------------------------------------------------------------------------

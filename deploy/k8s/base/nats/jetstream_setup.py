@@ -8,24 +8,41 @@ data and no availability. Idempotent and safe to run concurrently (each gateway 
 an asset already at the wanted replica count is left alone.
 
 Environment: NATS_URL (with credentials), JETSTREAM_REPLICAS (default 3), CONNECT_TIMEOUT_S
-(default 120: NATS may still be forming its cluster). Exit 0 when every asset has the replica
-count, 1 otherwise. One JSON line per event on stdout.
+(default 120: how long NATS may take to form its cluster; until then, connecting, the JetStream
+API, creating the assets and setting their replicas are retried: a cluster that has just formed
+answers JetStream requests only once it has elected its meta leader). Exit 0 when every asset
+has the replica count, 1 otherwise. One JSON line per event on stdout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import nats
+import nats.errors
+import nats.js.errors
 
-from services.common.nats import KV_BUCKETS, OBJ_MODELS, STREAMS, Bus, provision
+from services.common.nats import (
+    KV_BUCKETS,
+    OBJ_MODELS,
+    STREAMS,
+    Bus,
+    ProvisioningRefused,
+    provision,
+)
 
 RETRY_S = 2.0
+T = TypeVar("T")
+# What a JetStream that is not ready yet answers: nothing (a timeout), 503, or no responders.
+NOT_READY = (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
+             nats.js.errors.ServiceUnavailableError, ProvisioningRefused)
 
 
 def log(event: str, **fields: Any) -> None:
@@ -56,16 +73,25 @@ async def _ignore_error(exc: Exception) -> None:
     """Errors surface as exceptions of connect_once; no default traceback print."""
 
 
-async def connect_with_retry(url: str, timeout_s: float) -> Bus:
-    deadline = time.monotonic() + timeout_s
+async def retrying(attempt: Callable[[], Awaitable[T]], deadline: float, event: str,
+                   retry_on: tuple[type[BaseException], ...]) -> T:
+    """`attempt()`, again every RETRY_S seconds while it fails with `retry_on` and the
+    deadline (time.monotonic()) has not passed; each failure is logged as `event`."""
     while True:
         try:
-            return await connect_once(url, max(1.0, min(10.0, deadline - time.monotonic())))
-        except Exception as exc:  # the cluster may still be starting: retry until the deadline
+            return await attempt()
+        except retry_on as exc:
             if time.monotonic() >= deadline:
                 raise
-            log("nats_not_ready", error=repr(exc))
+            log(event, error=repr(exc))
             await asyncio.sleep(RETRY_S)
+
+
+async def connect_with_retry(url: str, deadline: float) -> Bus:
+    """Connected, retrying until `deadline`: the cluster may still be starting."""
+    return await retrying(
+        lambda: connect_once(url, max(1.0, min(10.0, deadline - time.monotonic()))),
+        deadline, "nats_not_ready", (Exception,))
 
 
 async def set_replicas(bus: Bus, name: str, replicas: int) -> bool:
@@ -80,13 +106,16 @@ async def set_replicas(bus: Bus, name: str, replicas: int) -> bool:
 
 
 async def run(url: str, replicas: int, timeout_s: float) -> int:
-    bus = await connect_with_retry(url, timeout_s)
+    deadline = time.monotonic() + timeout_s
+    bus = await connect_with_retry(url, deadline)
     failed = 0
     try:
-        await provision(bus)
+        await retrying(bus.js.account_info, deadline, "jetstream_not_ready", NOT_READY)
+        await retrying(lambda: provision(bus), deadline, "jetstream_not_ready", NOT_READY)
         for name in stream_names():
             try:
-                changed = await set_replicas(bus, name, replicas)
+                changed = await retrying(functools.partial(set_replicas, bus, name, replicas),
+                                         deadline, "jetstream_not_ready", NOT_READY)
             except Exception as exc:
                 failed += 1
                 log("replicas_failed", stream=name, replicas=replicas, error=repr(exc))
