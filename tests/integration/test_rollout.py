@@ -177,17 +177,21 @@ async def test_zero_failed_parses_through_activate_canary_promote_and_rollback(
     await upload(bus, tiny_models.v2)
     await upload(bus, bad_model)
     answers: list[tuple[str, str]] = []
+    after_rollback: list[tuple[str, str]] = []  # answers to requests sent once it was done
     failures: list[BaseException] = []
-    stop = asyncio.Event()
+    stop, rolled_back = asyncio.Event(), asyncio.Event()
 
     async def client(n: int) -> None:
         turn = 0
         while not stop.is_set():
             turn += 1
+            sent_after_rollback = rolled_back.is_set()
             try:
                 r = await stub.Parse(nlu_pb2.ParseRequest(
                     bot_id="tiny", text="hi there", conversation_id=f"c{n}-{turn % 7}"))
                 answers.append((r.variant, r.model_version))
+                if sent_after_rollback:
+                    after_rollback.append(answers[-1])
             except grpc.aio.AioRpcError as exc:
                 failures.append(exc)
 
@@ -205,12 +209,13 @@ async def test_zero_failed_parses_through_activate_canary_promote_and_rollback(
         await _wait_for(lambda: active() == bad and server.registry.candidate("tiny") is None)
         await rollback(bus, "tiny", actor="test")
         await _wait_for(lambda: active() == v2)
-        await asyncio.sleep(0.2)
+        rolled_back.set()
+        await _wait_for(lambda: len(after_rollback) >= 2 * len(clients))
     finally:
         stop.set()
         await asyncio.gather(*clients)
     assert failures == []
-    assert answers[-1] == ("active", v2)
+    assert set(after_rollback) == {("active", v2)}
     assert await get_rollout(bus, "tiny") is None
     reasons = [(a.reason, a.version) for a in await history(bus, "tiny")]
     assert reasons[-3:] == [("activate", v2), ("promote", bad), ("rollback", v2)]
