@@ -20,8 +20,8 @@ from services.nlu.rollout import Rollouts, ShadowItem, ShadowRunner
 
 class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
     def __init__(self, registry: ModelRegistry, metrics: NluMetrics, *, max_text_chars: int,
-                 max_batch_texts: int, ranking_length: int = 10,
-                 rollouts: Rollouts | None = None, shadow: ShadowRunner | None = None) -> None:
+                 max_batch_texts: int, ranking_length: int, rollouts: Rollouts | None = None,
+                 shadow: ShadowRunner | None = None) -> None:
         self._registry = registry
         self._rollouts = rollouts
         self._shadow = shadow

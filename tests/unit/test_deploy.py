@@ -35,6 +35,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from ruamel.yaml import YAML
 
 from botfactory.local.nats_server import NatsServer, nats_server_binary
+from botfactory.local.processes import wait_for_event
 from services.common.config import ConfigError, env_name, load_config
 from services.common.nats import KV_BUCKETS, OBJ_MODELS, STREAMS
 from services.dialogue.config import DialogueConfig
@@ -575,11 +576,11 @@ def test_nats_cluster_config_forms_a_cluster_and_setup_raises_replicas(tmp_path:
     try:
         start_server(0)
         first_out = tmp_path / "setup-1.out"
-        with first_out.open("w") as out:
+        with first_out.open("wb") as out:
             first = subprocess.Popen([sys.executable, str(script)], env=env, stdout=out,
-                                     stderr=subprocess.STDOUT, text=True)
+                                     stderr=subprocess.STDOUT)
         try:
-            wait_for_text(first_out, '"jetstream_not_ready"', first, timeout=60)
+            wait_for_event(first_out, first, "jetstream_not_ready", timeout=60)
             start_server(1)
             start_server(2)
             assert first.wait(timeout=120) == 0, first_out.read_text()
@@ -606,15 +607,6 @@ def test_nats_cluster_config_forms_a_cluster_and_setup_raises_replicas(tmp_path:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-def wait_for_text(path: Path, text: str, process: subprocess.Popen[str], timeout: float) -> None:
-    """Until `path` holds `text`; fails if `process` exits first or the time is up."""
-    deadline = time.monotonic() + timeout
-    while text not in path.read_text():
-        assert process.poll() is None, f"exited before {text}: {path.read_text()}"
-        assert time.monotonic() < deadline, f"no {text} in {timeout} s: {path.read_text()}"
-        time.sleep(0.2)
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
