@@ -332,11 +332,11 @@ class Chaos:
 
 async def read_replies(nats_url: str) -> list[Any]:
     """Every bot message of the bot on the CONV stream, in stream order."""
-    import nats.errors
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     from services.common.nats import connect
     from services.common.pb.botfactory.v1 import conversation_pb2
+    from services.common.pull import fetch_or_empty
 
     bus = await connect(nats_url, name="chaos-check")
     subject = f"conv.out.{BOT}.>"
@@ -346,9 +346,8 @@ async def read_replies(nats_url: str) -> list[Any]:
     try:
         sub = await bus.js.pull_subscribe(subject, stream="CONV", config=config)
         while True:
-            try:
-                batch = await sub.fetch(1024, timeout=2)
-            except nats.errors.TimeoutError:
+            batch = await fetch_or_empty(sub, 1024, 2)
+            if not batch:
                 break
             found += [conversation_pb2.BotMessage.FromString(m.data) for m in batch]
             if batch[-1].metadata.num_pending == 0:

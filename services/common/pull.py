@@ -175,3 +175,14 @@ async def pulled_batches(pull: ContinuousPull, size: int,
             yield await pull.next_batch(size)
         except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
             return
+
+
+async def fetch_or_empty(sub: Any, batch: int, wait_s: float) -> list[Msg]:
+    """`sub.fetch(batch, timeout=wait_s)` of a pull subscription; [] when nothing came in
+    time. nats-py says so with its own TimeoutError, or with asyncio's when its deadline runs
+    out between its two pull requests: both are a TimeoutError."""
+    try:
+        messages: list[Msg] = await sub.fetch(batch, timeout=wait_s)
+    except TimeoutError:  # nats.errors.TimeoutError is one too
+        return []
+    return messages

@@ -31,6 +31,7 @@ from services.common.logging import get_logger
 from services.common.nats import KV_HANDOFFS, OBJ_MODELS, Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.common.pii import redact
+from services.common.pull import fetch_or_empty
 from services.common.subjects import (
     GATEWAY_REPLIES,
     HEADER_CORRELATION,
@@ -232,9 +233,8 @@ class BusHub:
         found: list[tuple[int, Any]] = []
         try:
             while True:
-                try:
-                    batch = await sub.fetch(256, timeout=0.5)
-                except nats.errors.TimeoutError:
+                batch = await fetch_or_empty(sub, 256, 0.5)
+                if not batch:
                     break
                 for msg in batch:
                     seq = msg.metadata.sequence.stream

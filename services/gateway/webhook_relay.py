@@ -63,6 +63,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from services.common.logging import get_logger
 from services.common.nats import KV_BOTS, Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
+from services.common.pull import fetch_or_empty
 from services.common.subjects import HEADER_MSG_ID, ID_RE, check_id
 from services.gateway.ports import Webhook, WebhookStore
 from services.gateway.webhooks import WebhookSender, message_payload
@@ -504,11 +505,8 @@ class WebhookRelay:
             await self._slots.acquire()
             free = self._max_ack_pending - len(self._busy)
             try:
-                messages = await sub.fetch(max(1, min(free, FETCH_MAX)),
-                                           timeout=self._fetch_timeout)
-            except nats.errors.TimeoutError:
-                self._slots.release()
-                continue
+                messages = await fetch_or_empty(sub, max(1, min(free, FETCH_MAX)),
+                                                self._fetch_timeout)
             except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
                 self._slots.release()
                 return
@@ -517,6 +515,9 @@ class WebhookRelay:
                 log.warning("webhook_fetch_failed", error=repr(exc))
                 self.follower.wake()  # e.g. the consumer was deleted: recreate it
                 await asyncio.sleep(RETRY_DELAY_S)
+                continue
+            if not messages:  # nothing within the fetch timeout
+                self._slots.release()
                 continue
             for index, msg in enumerate(messages):
                 if index > 0:

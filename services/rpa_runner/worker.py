@@ -15,6 +15,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.common.logging import bind_correlation_id, get_logger
 from services.common.nats import Bus
+from services.common.pull import fetch_or_empty
 from services.rpa_runner.engine import Delivery, Engine, Verdict
 from services.rpa_runner.jobs import JOB_SUBJECTS, START, STREAM, JobError, Publisher, decode_job
 from services.rpa_runner.metrics import RunnerMetrics
@@ -80,14 +81,9 @@ class RunnerWorker:
             free = 1 + self._free_slots()
             try:
                 if idle:
-                    messages = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
+                    messages = await fetch_or_empty(sub, 1, FETCH_TIMEOUT_S)
                 else:
-                    messages = await sub.fetch(min(free, 64), timeout=BUSY_FETCH_TIMEOUT_S)
-                idle = False
-            except (nats.errors.TimeoutError, TimeoutError):
-                self._slots.release()
-                idle = True
-                continue
+                    messages = await fetch_or_empty(sub, min(free, 64), BUSY_FETCH_TIMEOUT_S)
             except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
                 self._slots.release()
                 return
@@ -95,6 +91,10 @@ class RunnerWorker:
                 self._slots.release()
                 log.warning("fetch_failed", error=repr(exc))
                 await asyncio.sleep(0.5)
+                continue
+            idle = not messages
+            if idle:  # nothing within the fetch timeout
+                self._slots.release()
                 continue
             for index, msg in enumerate(messages):
                 if index > 0:
