@@ -2,9 +2,9 @@
 
 Input: a bot folder (`bot.yml`), a BIO folder (`seq.in`, `seq.out`, `label`) or a CSV file.
 Predictions go through `services.nlu.engine.NluModel`, the onnxruntime path the server uses.
-Writes `report.json`, `errors.json` and `confusion.png` (see `botfactory.evaluation.report`)
-and prints a summary. Bad input (missing paths, unreadable data or model) exits 2 with
-`error: ...` on stderr.
+Writes `report.json`, `errors.json`, `confusion.png` and `reliability.png` (see
+`botfactory.evaluation.report`) and prints a summary. Bad input (missing paths, unreadable
+data or model) exits 2 with `error: ...` on stderr.
 """
 
 from __future__ import annotations
@@ -98,12 +98,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--model", type=Path, required=True, metavar="MODEL_DIR",
                         help="model directory written by `botfactory train`")
     parser.add_argument("--report", type=Path, required=True, metavar="DIR",
-                        help="folder for report.json, errors.json and confusion.png")
+                        help="folder for report.json, errors.json, confusion.png and "
+                           "reliability.png")
     parser.add_argument("--batch-size", type=_positive_int, default=64,
                         help="texts per onnxruntime run (default 64)")
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument("--int8", dest="quantized", action="store_true", default=True,
-                           help="evaluate model.int8.onnx, as served (default)")
+                           help="evaluate the graph the model is served with: int8, mixed or "
+                                "fp32, as training chose (metadata.json serving.file; "
+                                "default)")
     precision.add_argument("--fp32", dest="quantized", action="store_false",
                            help="evaluate model.onnx")
     parser.add_argument("--oos-intent", default=None, metavar="NAME",
@@ -125,9 +128,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     dataset = load_dataset(args.data)
     _check_report_dir(args.report)
     model = load_model(args.model, quantized=args.quantized)
-    oos_intent = args.oos_intent or model.out_of_scope_intent or DEFAULT_OUT_OF_SCOPE
-    samples = predict_samples(model, dataset.examples, args.batch_size, oos_intent)
-    evaluation = evaluate(samples, oos_intent)
+    evaluation, samples = evaluate_model(model, dataset.examples, args.batch_size,
+                                         args.oos_intent)
     files = _write(args.report, evaluation, samples, _model_info(model, args), dataset)
     print_summary(evaluation, model, files, out)
     return 0
@@ -229,6 +231,15 @@ def predict_samples(model: ModelLike, examples: Sequence[Example], batch_size: i
             for e, p in zip(examples, predictions, strict=True)]
 
 
+def evaluate_model(model: ModelLike, examples: Sequence[Example], batch_size: int = 64,
+                   oos_intent: str | None = None) -> tuple[Evaluation, list[Sample]]:
+    """Predict and score `examples` as `botfactory test` does. The gold out-of-scope intent:
+    `oos_intent`, else the model's, else `DEFAULT_OUT_OF_SCOPE`."""
+    oos = oos_intent or model.out_of_scope_intent or DEFAULT_OUT_OF_SCOPE
+    samples = predict_samples(model, examples, batch_size, oos)
+    return evaluate(samples, oos), samples
+
+
 # ---- output --------------------------------------------------------------------------------
 
 
@@ -261,6 +272,7 @@ def summary_rows(evaluation: Evaluation) -> list[tuple[str, str]]:
     return [
         ("intent accuracy", _percent(evaluation.intent_accuracy)),
         ("intent macro-F1", _percent(evaluation.intent_macro_f1)),
+        ("intent ECE", f"{evaluation.intent_ece:.4f}"),
         ("entity micro-F1", _percent(evaluation.entities.micro.f1)),
         ("OOS precision", _percent(None if oos is None else oos.precision)),
         ("OOS recall", _percent(None if oos is None else oos.recall)),
@@ -274,4 +286,4 @@ def print_summary(evaluation: Evaluation, model: ModelLike, files: ReportFiles,
     for name, value in summary_rows(evaluation):
         print(f"  {name:<16} {value:>8}", file=out)
     print(f"report: {files.report} (errors: {files.errors.name}, "
-          f"confusion: {files.confusion.name})", file=out)
+          f"confusion: {files.confusion.name}, reliability: {files.reliability.name})", file=out)

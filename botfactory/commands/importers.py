@@ -86,13 +86,21 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def _read_source(args: argparse.Namespace) -> Imported:
+    """The data set's examples and entities; renamed labels are reported on stderr."""
     from services.botdef import import_bio, import_csv, import_rasa
+    from services.botdef.importers import IntentNames
 
+    names = IntentNames()
     if args.format == "bio":
-        return import_bio(bio_folder(args.source, args.split)), []
-    if args.format == "csv":
-        return import_csv(args.source), []
-    return import_rasa(args.source)
+        found: Imported = (import_bio(bio_folder(args.source, args.split), names), [])
+    elif args.format == "csv":
+        found = (import_csv(args.source, names), [])
+    else:
+        found = import_rasa(args.source, names)
+    for label, name in names.renamed.items():
+        print(f"warning: renamed intent {label!r} -> {name!r} (not a valid intent name)",
+              file=sys.stderr)
+    return found
 
 
 def bio_folder(source: Path, split: str | None) -> Path:

@@ -7,7 +7,9 @@ Conventions:
 - intent metrics compare the *top* predicted intent with the gold intent; the out-of-scope
   flag (`is_out_of_scope`) is measured separately by `out_of_scope_metrics`;
 - entity spans match exactly on (entity, start, end), char offsets with `end` exclusive; a span
-  repeated within one example counts as many times as it appears (multiset matching).
+  repeated within one example counts as many times as it appears (multiset matching);
+- calibration (`botfactory.evaluation.calibration`): the top intent's confidence against
+  whether it is the gold intent, 15 equal-width bins, expected calibration error.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
+from botfactory.evaluation.calibration import CalibrationBin, calibration_bins, ece_of
 
 DEFAULT_OUT_OF_SCOPE = "out_of_scope"
 
@@ -109,6 +113,12 @@ class Evaluation:
     entities: EntityMetrics
     out_of_scope: PRF | None
     confusion: ConfusionMatrix
+    calibration: list[CalibrationBin]  # top-intent confidence bins
+
+    @property
+    def intent_ece(self) -> float:
+        """Expected calibration error of the top intent's confidence."""
+        return ece_of(self.calibration)
 
 
 def ratio(numerator: float, denominator: float) -> float:
@@ -234,7 +244,14 @@ def evaluate(samples: Sequence[Sample],
         out_of_scope=out_of_scope_metrics(gold, [s.predicted.out_of_scope for s in samples],
                                           out_of_scope_intent),
         confusion=confusion_matrix(gold, predicted),
+        calibration=intent_calibration(samples),
     )
+
+
+def intent_calibration(samples: Sequence[Sample]) -> list[CalibrationBin]:
+    """Calibration bins of the top intent's confidence (correct: it is the gold intent)."""
+    return calibration_bins([s.predicted.confidence for s in samples],
+                            [not intent_error(s) for s in samples])
 
 
 def intent_error(sample: Sample) -> bool:

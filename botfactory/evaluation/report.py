@@ -1,10 +1,16 @@
-"""Evaluation report files: `report.json`, `errors.json` and `confusion.png` in one folder.
+"""Evaluation report files: `report.json`, `errors.json`, `confusion.png` and
+`reliability.png` in one folder.
 
 `report.json` is machine-readable (progress is tracked from it); its keys:
-`intent.{accuracy, macro_f1, per_intent}`, `entities.{micro_f1, precision, recall, per_entity}`,
+`intent.{accuracy, macro_f1, per_intent, ece, calibration}`,
+`entities.{micro_f1, precision, recall, per_entity}`,
 `out_of_scope.{precision, recall}` (`out_of_scope` is null when the gold data has no
 out-of-scope label), `n_examples`, `model` (bot, version, ...), `data` (what was evaluated),
 `created_at` (ISO 8601, UTC). Per-label entries are `{precision, recall, f1, support}`.
+`intent.ece` is the expected calibration error of the top intent's confidence (15 equal-width
+bins, `botfactory.evaluation.calibration`); `intent.calibration` lists the bins, lowest first,
+as `{lower, upper, count, confidence, accuracy}` (mean confidence and share correct, null for
+an empty bin). `reliability.png` draws those bins against perfect calibration.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from botfactory.evaluation.calibration import plot_reliability
 from botfactory.evaluation.confusion import plot_confusion
 from botfactory.evaluation.metrics import (
     PRF,
@@ -31,6 +38,7 @@ from botfactory.evaluation.metrics import (
 REPORT_FILE = "report.json"
 ERRORS_FILE = "errors.json"
 CONFUSION_FILE = "confusion.png"
+RELIABILITY_FILE = "reliability.png"
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class ReportFiles:
     report: Path
     errors: Path
     confusion: Path
+    reliability: Path
 
 
 def _per_label(metrics: Mapping[str, PRF]) -> dict[str, dict[str, float | int]]:
@@ -54,6 +63,8 @@ def build_report(evaluation: Evaluation, model: Mapping[str, Any], data: Mapping
             "accuracy": evaluation.intent_accuracy,
             "macro_f1": evaluation.intent_macro_f1,
             "per_intent": _per_label(evaluation.per_intent),
+            "ece": evaluation.intent_ece,
+            "calibration": [b.as_dict() for b in evaluation.calibration],
         },
         "entities": {
             "micro_f1": entities.micro.f1,
@@ -108,7 +119,7 @@ def _write_json(path: Path, content: Any) -> Path:
 def write_report(out_dir: str | Path, evaluation: Evaluation, samples: Sequence[Sample],
                  model: Mapping[str, Any], data: Mapping[str, Any],
                  created_at: datetime | None = None) -> ReportFiles:
-    """Write the three report files into `out_dir` (created if missing)."""
+    """Write the four report files into `out_dir` (created if missing)."""
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     return ReportFiles(
@@ -117,4 +128,5 @@ def write_report(out_dir: str | Path, evaluation: Evaluation, samples: Sequence[
         errors=_write_json(directory / ERRORS_FILE, error_records(samples)),
         confusion=plot_confusion(evaluation.confusion, evaluation.intent_accuracy,
                                  directory / CONFUSION_FILE),
+        reliability=plot_reliability(evaluation.calibration, directory / RELIABILITY_FILE),
     )

@@ -2,6 +2,10 @@
 
 Every importer raises `DataImportError` (a ValueError) naming the file and line of the
 first problem it meets.
+
+Labels read from files become intent names through `IntentNames`: a label that is not a valid
+intent name (`INTENT_NAME_PATTERN`, e.g. Banking77's `reverted_card_payment?`) is renamed; two
+labels that would become the same name, or a label with no valid character, are errors.
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from __future__ import annotations
 import csv
 import logging
 import re
-from collections.abc import Iterable, Sequence
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +37,72 @@ class DataImportError(ValueError):
     """Input data that cannot be imported; the message names the file and line."""
 
 
-def _check_intent(name: str, where: str) -> str:
-    if not re.fullmatch(INTENT_NAME_PATTERN, name):
-        raise DataImportError(
-            f"{where}: invalid intent name {name!r} (letters, digits, '_', '.', '#', '-')"
-        )
-    return name
+_INTENT_CHARS = "letters, digits, '_', '.', '#', '-'"
+
+
+def valid_intent_name(name: str) -> bool:
+    """Whether `name` matches the bot definition's `INTENT_NAME_PATTERN`."""
+    return re.fullmatch(INTENT_NAME_PATTERN, name) is not None
+
+
+def intent_name(label: str) -> str | None:
+    """`label` made a valid intent name, or None when it has no character to keep.
+
+    A valid name is kept as is. Otherwise accents are dropped (NFKD), each run of characters
+    not allowed in a name becomes one '_' (none at either end), and leading characters not
+    allowed first ('.', '#', '-') are dropped: `reverted_card_payment?` -> `reverted_card_payment`,
+    `top up` -> `top_up`. The allowed characters are those of `INTENT_NAME_PATTERN`.
+    """
+    if valid_intent_name(label):
+        return label
+    plain = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode("ascii")
+    name = "_".join("".join(c if valid_intent_name("_" + c) else " " for c in plain).split())
+    while name and not valid_intent_name(name):
+        name = name[1:]
+    return name or None
+
+
+@dataclass
+class IntentNames:
+    """Labels -> intent names for one import: the same label always gives the same name, and
+    two labels never share one. `renamed` holds the labels that changed, in the order met."""
+
+    names: dict[str, str] = field(default_factory=dict)  # label -> intent name
+    _labels: dict[str, str] = field(default_factory=dict)  # intent name -> label
+
+    @property
+    def renamed(self) -> dict[str, str]:
+        return {label: name for label, name in self.names.items() if label != name}
+
+    def __call__(self, label: str, where: str) -> str:
+        """The intent name of `label`; DataImportError (at `where`) when there is none."""
+        known = self.names.get(label)
+        if known is not None:
+            return known
+        name = intent_name(label)
+        if name is None:
+            raise DataImportError(
+                f"{where}: label {label!r} has no character allowed in an intent name "
+                f"({_INTENT_CHARS})"
+            )
+        first = self._labels.setdefault(name, label)
+        if first != label:
+            raise DataImportError(
+                f"{where}: labels {first!r} and {label!r} would both become intent {name!r}"
+            )
+        self.names[label] = name
+        return name
+
+
+@contextmanager
+def _naming(names: IntentNames | None, source: Path) -> Iterator[IntentNames]:
+    """`names`, or a fresh `IntentNames` whose renamed labels are logged (WARNING) once the
+    import is done: a caller that passes its own reports them itself."""
+    own = IntentNames() if names is None else names
+    yield own
+    if names is None:
+        for label, name in own.renamed.items():
+            log.warning("%s: renamed intent %r -> %r", source, label, name)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -54,8 +120,10 @@ def _read_lines(path: Path) -> list[str]:
 # -- BIO folders (SNIPS / ATIS joint NLU format) ---------------------------------------------
 
 
-def import_bio(directory: str | Path) -> list[Example]:
-    """Read `seq.in` (tokens), `seq.out` (BIO tags) and `label` (intents), one per line."""
+def import_bio(directory: str | Path, names: IntentNames | None = None) -> list[Example]:
+    """Read `seq.in` (tokens), `seq.out` (BIO tags) and `label` (intents), one per line.
+
+    Labels become intent names through `names` (see `IntentNames`)."""
     folder = Path(directory)
     if not folder.is_dir():
         raise DataImportError(f"{folder}: no such directory")
@@ -68,10 +136,13 @@ def import_bio(directory: str | Path) -> list[Example]:
                 f"{len(lines)} lines but seq.in has {len(tokens_lines)}"
             )
     rows = zip(tokens_lines, tags_lines, labels, strict=True)
-    return [_bio_example(paths, number, *row) for number, row in enumerate(rows, start=1)]
+    with _naming(names, paths[2]) as namer:
+        return [_bio_example(paths, namer, number, *row) for number, row in enumerate(rows, 1)]
 
 
-def _bio_example(paths: Sequence[Path], number: int, line: str, tags: str, label: str) -> Example:
+def _bio_example(
+    paths: Sequence[Path], names: IntentNames, number: int, line: str, tags: str, label: str
+) -> Example:
     tokens, tag_list = line.split(), tags.split()
     if not tokens:
         raise DataImportError(f"{paths[0]}:{number}: empty utterance")
@@ -79,7 +150,7 @@ def _bio_example(paths: Sequence[Path], number: int, line: str, tags: str, label
         raise DataImportError(
             f"{paths[1]}:{number}: {len(tag_list)} tags for {len(tokens)} tokens in seq.in"
         )
-    intent = _check_intent(label.strip(), f"{paths[2]}:{number}")
+    intent = names(label.strip(), f"{paths[2]}:{number}")
     try:
         spans = bio_spans(tokens, tag_list)
     except ValueError as exc:
@@ -121,19 +192,21 @@ def _split_tag(tag: str, index: int) -> tuple[str, str]:
 # -- CSV (text,intent / Banking77 text,category) ---------------------------------------------
 
 
-def import_csv(file: str | Path) -> list[Example]:
-    """Read a CSV with a header: `text` and one of `intent`, `category`, `label`."""
+def import_csv(file: str | Path, names: IntentNames | None = None) -> list[Example]:
+    """Read a CSV with a header: `text` and one of `intent`, `category`, `label`.
+
+    Labels become intent names through `names` (see `IntentNames`)."""
     path = Path(file)
     try:
-        with path.open(encoding="utf-8-sig", newline="") as stream:
-            return _csv_examples(path, csv.DictReader(stream))
+        with path.open(encoding="utf-8-sig", newline="") as stream, _naming(names, path) as namer:
+            return _csv_examples(path, csv.DictReader(stream), namer)
     except FileNotFoundError:
         raise DataImportError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataImportError(f"{path}: cannot read: {exc}") from None
 
 
-def _csv_examples(path: Path, reader: csv.DictReader[str]) -> list[Example]:
+def _csv_examples(path: Path, reader: csv.DictReader[str], names: IntentNames) -> list[Example]:
     header = [name.strip().lower() for name in reader.fieldnames or []]
     if not header:
         raise DataImportError(f"{path}:1: empty file (expected a header: text,intent)")
@@ -151,7 +224,7 @@ def _csv_examples(path: Path, reader: csv.DictReader[str]) -> list[Example]:
         intent = (row.get(intent_column) or "").strip()
         if not text or not intent:
             raise DataImportError(f"{where}: empty {'text' if not text else intent_column}")
-        examples.append(Example(text, _check_intent(intent, where)))
+        examples.append(Example(text, names(intent, where)))
     return examples
 
 
@@ -160,24 +233,29 @@ def _csv_examples(path: Path, reader: csv.DictReader[str]) -> list[Example]:
 
 @dataclass
 class _RasaData:
+    names: IntentNames
     examples: list[Example] = field(default_factory=list)
     synonyms: dict[str, list[str]] = field(default_factory=dict)
     regex: dict[str, list[str]] = field(default_factory=dict)
     lookup: dict[str, list[str]] = field(default_factory=dict)
 
 
-def import_rasa(file: str | Path) -> tuple[list[Example], list[EntityDef]]:
+def import_rasa(
+    file: str | Path, names: IntentNames | None = None
+) -> tuple[list[Example], list[EntityDef]]:
     """Read the `nlu:` section of a Rasa 3 training data file.
 
-    Intents give examples; `regex:` and `lookup:` items give the entity of that name its
-    patterns / values; each `synonym:` goes to the entities whose annotations or lookup
-    values use its canonical value or a variant (dropped with a warning when none do).
+    Intents give examples (their names through `names`, see `IntentNames`); `regex:` and
+    `lookup:` items give the entity of that name its patterns / values; each `synonym:` goes
+    to the entities whose annotations or lookup values use its canonical value or a variant
+    (dropped with a warning when none do).
     """
     path = Path(file)
     doc = _rasa_document(path)
-    data = _RasaData()
-    for index, item in enumerate(doc["nlu"]):
-        _rasa_item(path, doc, index, item, data)
+    with _naming(names, path) as namer:
+        data = _RasaData(namer)
+        for index, item in enumerate(doc["nlu"]):
+            _rasa_item(path, doc, index, item, data)
     return data.examples, _rasa_entities(data)
 
 
@@ -203,8 +281,7 @@ def _rasa_item(path: Path, doc: Any, index: int, item: Any, data: _RasaData) -> 
     name = str(item[kind])
     texts = _rasa_examples(path, where, item)
     if kind == "intent":
-        _check_intent(name, where)
-        data.examples.extend(_rasa_parse(path, name, texts))
+        data.examples.extend(_rasa_parse(path, data.names(name, where), texts))
     elif kind == "synonym":
         data.synonyms.setdefault(name, []).extend(text for _, text in texts)
     elif kind == "regex":

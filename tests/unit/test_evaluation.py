@@ -191,7 +191,7 @@ DATA_INFO = {"path": "data/test", "format": "bio"}
 def test_build_report_keys_and_values() -> None:
     report = build_report(m.evaluate(SAMPLES), MODEL_INFO, DATA_INFO)
     assert set(report) == REPORT_KEYS
-    assert set(report["intent"]) == {"accuracy", "macro_f1", "per_intent"}
+    assert set(report["intent"]) == {"accuracy", "macro_f1", "per_intent", "ece", "calibration"}
     assert set(report["entities"]) == {"micro_f1", "precision", "recall", "per_entity"}
     assert report["out_of_scope"] == {"precision": 1.0, "recall": 1.0}
     assert report["intent"]["per_intent"]["greet"] == {
@@ -229,13 +229,13 @@ def png_size(path: Path) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def test_write_report_writes_three_files(tmp_path: Path) -> None:
+def test_write_report_writes_four_files(tmp_path: Path) -> None:
     files = write_report(tmp_path / "out", m.evaluate(SAMPLES), SAMPLES, MODEL_INFO, DATA_INFO)
     assert set(json.loads(files.report.read_text())) == REPORT_KEYS
     assert len(json.loads(files.errors.read_text())) == 3
     assert png_size(files.confusion)[0] >= 600
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "confusion.png", "errors.json", "report.json"]
+        "confusion.png", "errors.json", "reliability.png", "report.json"]
 
 
 def test_confusion_scales_with_label_count(tmp_path: Path) -> None:
@@ -474,7 +474,12 @@ def test_cli_end_to_end_with_fake_model(monkeypatch: pytest.MonkeyPatch, bio_dir
     errors = json.loads((out / "errors.json").read_text())
     assert [e["text"] for e in errors] == ["hello", "fly to rome", "what is love"]
     assert png_size(out / "confusion.png")[0] > 0
+    assert png_size(out / "reliability.png")[0] > 0
+    # confidences 0.9 0.6 0.8 0.3 0.95, right: yes yes no no yes -> one example per bin
+    assert report["intent"]["ece"] == pytest.approx((0.1 + 0.4 + 0.8 + 0.3 + 0.05) / 5)
+    assert sum(b["count"] for b in report["intent"]["calibration"]) == 5
     stdout = capsys.readouterr().out
+    assert "intent ECE" in stdout and "0.3300" in stdout
     assert "intent accuracy" in stdout and "60.00%" in stdout
     assert "OOS recall" in stdout and f"report: {out / 'report.json'}" in stdout
 

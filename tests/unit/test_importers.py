@@ -20,7 +20,7 @@ from services.botdef import (
     import_rasa,
     load_bot,
 )
-from services.botdef.importers import bio_spans
+from services.botdef.importers import IntentNames, bio_spans, intent_name
 
 DATA = Path(__file__).resolve().parent / "data" / "botdef"
 SNIPS = DATA / "snips"
@@ -115,7 +115,7 @@ def test_bio_line_count_mismatch(tmp_path: Path) -> None:
         ("a b\n", "O X-city\n", "x\n", "seq.out:1: invalid tag 'X-city' for token 2"),
         ("a b\n", "O B-\n", "x\n", "seq.out:1: invalid tag 'B-'"),
         ("a\n\nb\n", "O\n\nO\n", "x\nx\nx\n", "seq.in:2: empty utterance"),
-        ("a\n", "O\n", "bad intent\n", "label:1: invalid intent name 'bad intent'"),
+        ("a\n", "O\n", "??\n", "label:1: label '??' has no character allowed in an intent"),
     ],
 )
 def test_bio_bad_lines(tmp_path: Path, seq_in: str, seq_out: str, label: str, message: str) -> None:
@@ -158,7 +158,7 @@ def test_csv_intent_column_names_and_extra_columns(tmp_path: Path, column: str) 
         ('text,intent\n"multi\nline",greet\nhey,\n', ":4: empty intent"),
         ("text,category\nhello\n", ":2: empty category"),
         ("sentence,intent\nhello,greet\n", ":1: header 'sentence,intent' needs a 'text' column"),
-        ("text,intent\nhello,greet me\n", ":2: invalid intent name 'greet me'"),
+        ("text,intent\nhello,greet me\nhi,greet_me\n", ":3: labels 'greet me' and 'greet_me'"),
         ("", ":1: empty file"),
     ],
 )
@@ -171,6 +171,91 @@ def test_csv_errors_name_the_line(tmp_path: Path, content: str, message: str) ->
 def test_csv_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataImportError, match="no such file"):
         import_csv(tmp_path / "nope.csv")
+
+
+# -- labels -> intent names -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("label", "name"),
+    [
+        ("reverted_card_payment?", "reverted_card_payment"),
+        ("top up", "top_up"),
+        ("card -- lost!", "card_--_lost"),
+        ("Überweisung café", "Uberweisung_cafe"),
+        ("-.#lead", "lead"),
+        ("AddToPlaylist", "AddToPlaylist"),
+        ("atis_flight#atis_airfare", "atis_flight#atis_airfare"),
+        ("_private", "_private"),
+        ("???", None),
+        ("返回", None),
+        ("-#.", None),
+    ],
+)
+def test_intent_name(label: str, name: str | None) -> None:
+    assert intent_name(label) == name
+
+
+def test_intent_names_rename_each_label_once_and_refuse_collisions() -> None:
+    names = IntentNames()
+    assert [names(label, "f:1") for label in ("a?", "b", "a?", "c d")] == ["a", "b", "a", "c_d"]
+    assert names.renamed == {"a?": "a", "c d": "c_d"}
+    with pytest.raises(DataImportError, match=re.escape("f:9: labels 'a?' and 'a' would both")):
+        names("a", "f:9")
+    with pytest.raises(DataImportError, match=re.escape("f:9: labels 'b' and 'b!' would both")):
+        names("b!", "f:9")
+
+
+BANKING77_AS_PUBLISHED = (
+    "text,category\n"
+    "my payment was reverted,reverted_card_payment?\n"
+    "where is my card,card_arrival\n"
+    "why was it reverted?,reverted_card_payment?\n"
+)
+
+
+def test_csv_renames_invalid_labels(tmp_path: Path) -> None:
+    path = write(tmp_path / "train.csv", BANKING77_AS_PUBLISHED)
+    names = IntentNames()
+    examples = import_csv(path, names)
+    assert [e.intent for e in examples] == [
+        "reverted_card_payment",
+        "card_arrival",
+        "reverted_card_payment",
+    ]
+    assert names.renamed == {"reverted_card_payment?": "reverted_card_payment"}
+
+
+def test_renamed_labels_are_logged_once_without_own_names(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "test.csv", BANKING77_AS_PUBLISHED)
+    with caplog.at_level(logging.WARNING):
+        import_csv(path)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: renamed intent 'reverted_card_payment?' -> 'reverted_card_payment'"
+    ]
+
+
+def test_csv_collision_after_renaming_names_both_labels(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.csv", "text,intent\nhi,greet?\nhello,greet\n")
+    with pytest.raises(DataImportError) as caught:
+        import_csv(path)
+    assert str(caught.value) == (
+        f"{path}:3: labels 'greet?' and 'greet' would both become intent 'greet'"
+    )
+
+
+def test_bio_and_rasa_rename_labels(tmp_path: Path) -> None:
+    folder = bio_folder(tmp_path / "bio", "a\nb\n", "O\nO\n", "play music\nplay music\n")
+    names = IntentNames()
+    assert [e.intent for e in import_bio(folder, names)] == ["play_music", "play_music"]
+    assert names.renamed == {"play music": "play_music"}
+    path = write(tmp_path / "nlu.yml", "nlu:\n- intent: good bye!\n  examples: |\n    - bye\n")
+    names = IntentNames()
+    examples, _ = import_rasa(path, names)
+    assert [e.intent for e in examples] == ["good_bye"]
+    assert names.renamed == {"good bye!": "good_bye"}
 
 
 # -- Rasa -------------------------------------------------------------------------------------
@@ -201,7 +286,7 @@ def test_import_rasa_fixture(caplog: pytest.LogCaptureFixture) -> None:
     [
         ("nlu:\n- intent: x\n  examples: |\n    - a\n    - b [c](d\n", ":5: unclosed '('"),
         ("nlu:\n- intent: x\n  examples: |\n    - a\n    b\n", ":5: expected '- example'"),
-        ("nlu:\n- intent: x y\n  examples: |\n    - a\n", ":2: invalid intent name 'x y'"),
+        ("nlu:\n- intent: '?'\n  examples: |\n    - a\n", ":2: label '?' has no character"),
         ("nlu:\n- foo: x\n", ":2: an nlu item needs one of intent, synonym, regex, lookup"),
         ("nlu:\n- regex: r\n  examples: |\n    - '[0-9'\n", ":4: invalid regex"),
         ("nlu:\n- intent: x\n  examples: 3\n", ":2: 'examples' must be a '|' block"),
@@ -274,6 +359,35 @@ def test_cli_import_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert out.strip() == f"wrote {out_dir}: bot 'banking77', 3 intents, 7 examples, 0 entities"
     bot = load_bot(out_dir)
     assert bot.examples() == import_csv(BANKING77)
+
+
+def test_cli_import_reports_each_renamed_label_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write(tmp_path / "banking77" / "train.csv", BANKING77_AS_PUBLISHED + "hi,x y\n")
+    out_dir = tmp_path / "bot"
+    code, out, err = run_cli(capsys, "import", "csv", str(source), "--out", str(out_dir))
+    assert code == 0
+    assert err.splitlines() == [
+        "warning: renamed intent 'reverted_card_payment?' -> 'reverted_card_payment' "
+        "(not a valid intent name)",
+        "warning: renamed intent 'x y' -> 'x_y' (not a valid intent name)",
+        "warning: skipped intents with fewer than 2 examples: card_arrival (1), x_y (1)",
+    ]
+    assert "1 intents, 2 examples" in out
+    assert load_bot(out_dir).intent_names() == ["reverted_card_payment"]
+    code, _, _ = run_cli(capsys, "validate", str(out_dir))
+    assert code == 0
+
+
+def test_cli_import_collision_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = write(tmp_path / "d.csv", "text,intent\nhi,greet?\nhey,greet?\nhello,greet\n")
+    code, out, err = run_cli(capsys, "import", "csv", str(source), "--out", str(tmp_path / "b"))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: {source}:4: labels 'greet?' and 'greet' would both become intent 'greet'\n"
+    )
+    assert not (tmp_path / "b").exists()
 
 
 def test_cli_import_rasa(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
