@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
 .PHONY: help setup chromium run test test-unit test-integration test-security lint protos bench \
-	bench-quick clean images k8s-validate test-chaos reliability-doc
+	bench-quick clean images k8s-validate test-chaos reliability-doc first-run-check
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -22,8 +22,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## Create or update .venv (nothing is installed outside the repo)
 
+RUN_ARGS ?=
 run: setup ## Start the local stack (nats-server + services; trains the demo bot on first run)
-	$(PY) scripts/run_local.py
+	$(PY) scripts/run_local.py $(RUN_ARGS)
+
+first-run-check: setup ## README's `make run` from an empty data folder, a first conversation, Ctrl-C
+	$(PY) scripts/first_run_check.py
 
 chromium: ## Install Debian's chromium for the browser tests if it is missing (needs root)
 	@test -x /usr/bin/chromium || { \
@@ -61,13 +65,13 @@ lint: setup ## ruff + mypy
 protos: setup ## Regenerate services/common/pb from protos/ (commit the result)
 	$(PY) scripts/gen_protos.py
 
-BENCHMARKS := $(wildcard benchmarks/nlu_latency.py benchmarks/e2e_load.py benchmarks/rpa_throughput.py benchmarks/kb_search.py benchmarks/improvement_loop.py)
+BENCHMARKS := $(wildcard benchmarks/nlu_latency.py benchmarks/e2e_load.py benchmarks/rpa_throughput.py benchmarks/kb_search.py benchmarks/improvement_loop.py benchmarks/nlu_quality.py)
 bench bench-quick: export BOTFACTORY_BENCH_IF_DATA = 1
 
 bench: setup ## Run the benchmarks (results JSON under benchmarks/results/)
 	@for b in $(BENCHMARKS); do echo "== $$b"; $(PY) $$b || exit 1; done
 
-bench-quick: setup ## The benchmarks' --quick variants (under a minute each)
+bench-quick: setup ## The benchmarks' --quick variants (minutes; nlu_quality about 15)
 	@for b in $(BENCHMARKS); do echo "== $$b"; $(PY) $$b --quick || exit 1; done
 
 IMAGE_REGISTRY ?= botfactory

@@ -62,6 +62,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="warm start: fine-tune from this model directory (its encoder and "
                             "heads; new intents and entity labels get fresh rows) instead of "
                             "the base encoder")
+    train.add_argument("--require-int8", action="store_true",
+                       help="fail (exit 1, nothing written) when the int8 graph disagrees "
+                            "with fp32 measurably more than the tolerance, instead of serving "
+                            "the model with fp32 parts (the default picks the precision)")
     train.set_defaults(func=run_train)
 
     sentiment = subparsers.add_parser(
@@ -97,12 +101,13 @@ def run_train(args: argparse.Namespace) -> int:
                       "of the model it starts from)")
     if args.init_from is not None and not args.init_from.is_dir():
         return _usage(f"--from {args.init_from}: no such model directory")
-    from botfactory.training import TrainConfig, train_bot
+    from botfactory.training import CheckThresholds, TrainConfig, train_bot
 
+    checks = CheckThresholds(require_int8=args.require_int8)
     return _guarded(lambda: train_bot(
         bot, args.out, base_model=args.base_model, epochs=args.epochs, seed=args.seed,
         progress=not args.quiet, config=TrainConfig(patience=args.patience),
-        init_from=args.init_from), args.out)
+        init_from=args.init_from, checks=checks), args.out)
 
 
 def run_train_sentiment(args: argparse.Namespace) -> int:
@@ -150,11 +155,17 @@ def _summary(metadata: dict[str, Any], out: Path) -> str:
             parts = [f"intent accuracy {metrics['intent_accuracy']:.3f}"]
             if metrics.get("entity_micro_f1") is not None:
                 parts.append(f"entity F1 {metrics['entity_micro_f1']:.3f}")
-            lines.append(f"  {split} (int8, n={metrics['n']}): {', '.join(parts)}")
+            lines.append(f"  {split} ({metadata['serving']['precision']}, n={metrics['n']}): "
+                         f"{', '.join(parts)}")
     checks = metadata["checks"]
     training = metadata["training"]
+    from botfactory.training.precision import summary
+
+    lines.append(f"  served precision: {summary(metadata['serving'])}")
     lines.append(f"  checks: ONNX max abs diff {checks['onnx_max_abs_diff']:.2e}, "
-                 f"int8 agreement {checks['int8_intent_agreement']:.3f}")
+                 f"served graph agrees with fp32 on {checks['served_intent_agreement']:.1%} "
+                 f"of {checks['n_checked']} texts")
     lines.append(f"  epochs run {training['epochs_run']} (best {training['best_epoch']}), "
                  f"{training['seconds_per_epoch']:.1f} s/epoch")
     return "\n".join(lines)
+

@@ -1,4 +1,5 @@
-"""Held-out metrics from logits: class accuracy and entity micro-F1 over exact char spans."""
+"""Held-out metrics from logits: class accuracy, its expected calibration error (15 bins) and
+entity micro-F1 over exact char spans."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from botfactory.evaluation.calibration import expected_calibration_error
 from botfactory.training.data import Encoded, Labels
 from services.common.textenc import decode_spans
 
@@ -22,6 +24,7 @@ class Metrics:
     entity_micro_f1: float | None = None
     entity_precision: float | None = None
     entity_recall: float | None = None
+    intent_ece: float | None = None
 
     def score(self) -> float:
         """Early-stopping score: accuracy + F1 (a missing F1 counts as perfect)."""
@@ -29,7 +32,8 @@ class Metrics:
                                        self.entity_micro_f1)
 
     def to_json(self) -> dict[str, Any]:
-        result: dict[str, Any] = {"n": self.n, "intent_accuracy": round(self.intent_accuracy, 6)}
+        result: dict[str, Any] = {"n": self.n, "intent_accuracy": round(self.intent_accuracy, 6),
+                                  "intent_ece": _round(self.intent_ece)}
         if self.entity_micro_f1 is not None:
             result["entity_micro_f1"] = round(self.entity_micro_f1, 6)
             result["entity_precision"] = _round(self.entity_precision)
@@ -50,10 +54,12 @@ def evaluate(items: Sequence[Encoded], labels: Labels, intent_logits: np.ndarray
     if not items:
         raise ValueError("no items to evaluate")
     predicted = intent_logits.argmax(axis=-1)
-    correct = sum(int(p) == item.label_id for p, item in zip(predicted, items, strict=True))
-    accuracy = correct / len(items)
+    hits = predicted == np.array([item.label_id for item in items])
+    accuracy = float(hits.mean())
+    shifted = np.exp(intent_logits - intent_logits.max(axis=-1, keepdims=True))
+    ece = expected_calibration_error(shifted.max(axis=-1) / shifted.sum(axis=-1), hits)
     if not labels.has_tags or tag_logits is None:
-        return Metrics(n=len(items), intent_accuracy=accuracy)
+        return Metrics(n=len(items), intent_accuracy=accuracy, intent_ece=ece)
     tp = fp = fn = 0
     for item, logits in zip(items, tag_logits, strict=True):
         tags = [labels.tags[int(i)] for i in logits[: len(item.encoding.ids)].argmax(axis=-1)]
@@ -63,9 +69,9 @@ def evaluate(items: Sequence[Encoded], labels: Labels, intent_logits: np.ndarray
         fp += len(found - gold)
         fn += len(gold - found)
     if tp + fp + fn == 0:
-        return Metrics(n=len(items), intent_accuracy=accuracy)
+        return Metrics(n=len(items), intent_accuracy=accuracy, intent_ece=ece)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * tp / (2 * tp + fp + fn)
-    return Metrics(len(items), accuracy, f1, precision, recall)
+    return Metrics(len(items), accuracy, f1, precision, recall, ece)
 

@@ -140,11 +140,14 @@ class JointModel(nn.Module):
 
 
 class ExportWrapper(nn.Module):
-    """The graph served: `(input_ids, attention_mask)` → `intent_logits[, tag_logits]`."""
+    """The graph served: `(input_ids, attention_mask)` → `intent_logits[, tag_logits]`, the
+    intent logits divided by the calibration `temperature` (botfactory.training.temperature)."""
 
-    def __init__(self, model: JointModel) -> None:
+    def __init__(self, model: JointModel, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
+        self.register_buffer("temperature", torch.tensor(float(temperature)),
+                             persistent=False)
 
     @property
     def output_names(self) -> list[str]:
@@ -154,6 +157,7 @@ class ExportWrapper(nn.Module):
     def forward(self, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         intent_logits, tag_logits = self.model(input_ids, attention_mask)
+        intent_logits = intent_logits / self.temperature
         return (intent_logits,) if tag_logits is None else (intent_logits, tag_logits)
 
 

@@ -7,6 +7,7 @@ differ in their data and in the head set (`Job.with_tags`).
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from botfactory.training import export
+import numpy as np
+
+from botfactory.training import export, precision, threshold
 from botfactory.training.data import Encoded, LabeledText, Labels, encode, make_labels, pad_id_of
 from botfactory.training.errors import BaseModelError, DataError, TrainingError
 from botfactory.training.export import CheckThresholds, Outputs
@@ -30,6 +33,7 @@ from botfactory.training.model import (
     tokenizer_json,
     warm_start,
 )
+from botfactory.training.temperature import Calibration, fit_temperature
 from botfactory.training.trainer import (
     TrainConfig,
     deterministic,
@@ -51,9 +55,10 @@ from services.common.modelformat import (
 from services.common.textenc import load_tokenizer
 
 EMPTY_ENTITIES: dict[str, Any] = {"synonyms": {}, "regex": {}, "lookup": {}}
-CHECK_SAMPLE = 256  # training examples checked when there is no held-out split
+CHECK_TEXTS = 1024  # texts the exports and the served precision are checked on
 EXPORTER = "torch.onnx.export(dynamo=True)"
-QUANTIZATION = "onnxruntime.quantization.quantize_dynamic(weight_type=QInt8, per_channel=True)"
+QUANTIZATION = ("onnxruntime.quantization.quantize_dynamic(weight_type=QInt8, per_channel=True"
+                ", nodes_to_exclude=the fp32 matrices of serving.fp32_matrices)")
 FUSED_FILE = "model.fused.onnx"  # the fp32 graph fused for onnxruntime; quantised, not kept
 
 
@@ -68,7 +73,7 @@ class Job:
     with_tags: bool
     max_length: int
     test: list[LabeledText] = field(default_factory=list)
-    confidence_threshold: float = 0.5
+    confidence_threshold: float | None = None  # None: chosen from the held-out split
     out_of_scope_intent: str | None = None
     entities_config: dict[str, Any] = field(default_factory=lambda: dict(EMPTY_ENTITIES))
     info: dict[str, Any] = field(default_factory=dict)  # extra `training` entries
@@ -113,26 +118,31 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
         _say(progress, f"fine-tuning on {len(train)} examples, {len(heldout)} held out")
         result = fit(model, train, heldout, labels, config, pad_id, progress=progress)
 
-        checked = heldout or train[:CHECK_SAMPLE]
+        checked = check_set(heldout, train, config.seed)
+        calibration = _calibrate(model, heldout, pad_id, progress)
+        temperature = 1.0 if calibration is None else calibration.temperature
         _say(progress, "exporting to ONNX")
         intent_logits, tag_logits, _ = predict(model, checked, pad_id)
-        torch_outputs = Outputs(intent_logits, tag_logits)
+        torch_outputs = Outputs(intent_logits / temperature, tag_logits)
         fp32_path, int8_path = staging / FP32_FILE, staging / INT8_FILE
-        export.export_onnx(model, checked, pad_id, fp32_path)
+        export.export_onnx(model, checked, pad_id, fp32_path, temperature)
         fp32_outputs = export.run_onnx(fp32_path, checked, pad_id)
         diff = export.check_onnx(torch_outputs, fp32_outputs, checked, checks)
-        _say(progress, "fusing and quantising to int8")
-        fusion = _quantize(fp32_path, fp32_outputs, checked, pad_id, checks, int8_path)
-        int8_outputs = export.run_onnx(int8_path, checked, pad_id)
-        agreement = export.check_int8(fp32_outputs, int8_outputs, checks)
-        tags_agree = export.tag_agreement(checked, fp32_outputs, int8_outputs)
+        _say(progress, f"fusing, quantising and choosing the served precision "
+                       f"(checked on {len(checked)} texts)")
+        fusion, choice = _quantize(fp32_path, fp32_outputs, checked, pad_id, checks, int8_path)
+        _say(progress, f"served precision: {precision.summary(choice.to_json())}")
+        served_path = staging / choice.file
+        int8_trial = choice.trials[0]
 
         metrics: dict[str, Any] = {"heldout": None}
-        if heldout:
-            metrics["heldout"] = _metrics(heldout, labels, int8_outputs).to_json()
+        served = export.run_onnx(served_path, heldout, pad_id) if heldout else None
+        if served is not None:
+            metrics["heldout"] = _metrics(heldout, labels, served).to_json()
+        fallback = _threshold(job, labels, heldout, served)
         if test:
-            _say(progress, f"evaluating the int8 model on {len(test)} test examples")
-            test_outputs = export.run_onnx(int8_path, test, pad_id)
+            _say(progress, f"evaluating the served model on {len(test)} test examples")
+            test_outputs = export.run_onnx(served_path, test, pad_id)
             metrics["test"] = _metrics(test, labels, test_outputs).to_json()
 
         save_torch(model, staging / TORCH_DIR)
@@ -147,7 +157,8 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
             "parent": None if parent is None else {"version": parent.version,
                                                    "path": str(parent.path)},
             "max_length": job.max_length,
-            "confidence_threshold": job.confidence_threshold,
+            "confidence_threshold": fallback.value,
+            "threshold": fallback.to_json(),
             "out_of_scope_intent": job.out_of_scope_intent,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "training": {
@@ -178,14 +189,20 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
                 "history": result.history,
             },
             "metrics": metrics,
+            "serving": choice.to_json(),
+            "calibration": None if calibration is None else calibration.to_json(),
             "checks": {
                 "onnx_max_abs_diff": diff,
-                "int8_intent_agreement": agreement,
-                "int8_tag_agreement": tags_agree,
-                "checked_on": "heldout" if heldout else "train",
+                "int8_intent_agreement": int8_trial.intent_agreement,
+                "int8_tag_agreement": int8_trial.tag_agreement,
+                "served_intent_agreement": export.intent_agreement(fp32_outputs,
+                                                                   choice.outputs),
+                "served_tag_agreement": export.tag_agreement(checked, fp32_outputs,
+                                                             choice.outputs),
+                "checked_on": "heldout+train" if heldout else "train",
                 "n_checked": len(checked),
                 "max_abs_diff_limit": checks.max_abs_diff,
-                "min_int8_agreement": checks.min_int8_agreement,
+                "max_int8_disagreement": checks.max_int8_disagreement,
             },
         }
         export.write_json(staging / METADATA_FILE, metadata)
@@ -193,22 +210,69 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
 
 
 def _quantize(fp32_path: Path, fp32_outputs: Outputs, checked: list[Encoded], pad_id: int,
-              checks: CheckThresholds, int8_path: Path) -> dict[str, Any]:
-    """Quantise the fused graph when it fuses and checks out, else the plain export;
-    returns the `fusion` record of metadata.json."""
+              checks: CheckThresholds,
+              int8_path: Path) -> tuple[dict[str, Any], precision.Choice]:
+    """Choose the served precision (`botfactory.training.precision`), quantising the fused
+    graph when it fuses and checks out, else the plain export; returns the `fusion` record of
+    metadata.json and the choice. With fp32 chosen, nothing is left at `int8_path`."""
     fused_path = fp32_path.with_name(FUSED_FILE)
     fusion = export.fuse_checked(fp32_path, fp32_outputs, checked, pad_id, checks, fused_path)
-    try:
+
+    def quantize(share: float) -> int:
+        nonlocal fusion
         if fusion["fused"]:
             try:
-                export.quantize_int8(fused_path, int8_path)
-                return fusion
+                return export.quantize_int8(fused_path, int8_path, share)
             except TrainingError as exc:
                 fusion = {"fused": False, "reason": str(exc)}
-        export.quantize_int8(fp32_path, int8_path)
-        return fusion
+        return export.quantize_int8(fp32_path, int8_path, share)
+
+    try:
+        choice = precision.choose(quantize, lambda: export.run_onnx(int8_path, checked, pad_id),
+                                  checked, fp32_outputs, checks)
     finally:
         fused_path.unlink(missing_ok=True)
+    if choice.file != INT8_FILE:
+        int8_path.unlink(missing_ok=True)
+    return fusion, choice
+
+
+def _threshold(job: Job, labels: Labels, heldout: list[Encoded],
+               served: Outputs | None) -> threshold.Threshold:
+    logits = served.intent_logits if served is not None else np.zeros((0, len(labels.intents)))
+    return threshold.choose(logits, [item.label_id for item in heldout], labels.intents,
+                            job.out_of_scope_intent, job.confidence_threshold)
+
+
+def _calibrate(model: JointModel, heldout: list[Encoded], pad_id: int,
+               progress: bool) -> Calibration | None:
+    """Temperature scaling fitted on the held-out split (None without one)."""
+    if not heldout:
+        return None
+    logits, _, _ = predict(model, heldout, pad_id)
+    labels = np.array([item.label_id for item in heldout], dtype=np.int64)
+    calibration = fit_temperature(logits, labels)
+    _say(progress, f"calibrated on {len(heldout)} held-out texts: temperature "
+                   f"{calibration.temperature:.2f}, ECE {calibration.ece_before:.3f} -> "
+                   f"{calibration.ece_after:.3f}")
+    return calibration
+
+
+def check_set(heldout: list[Encoded], train: list[Encoded], seed: int,
+              size: int = CHECK_TEXTS) -> list[Encoded]:
+    """The texts the exports are checked on: the held-out split, then a seeded sample of the
+    training texts not already in it, `size` in all (fewer when there are fewer)."""
+    chosen = list(heldout[:size])
+    seen = {item.text.text for item in chosen}
+    rest = [item for item in train if item.text.text not in seen]
+    random.Random(seed).shuffle(rest)
+    for item in rest:
+        if len(chosen) >= size:
+            break
+        if item.text.text not in seen:
+            seen.add(item.text.text)
+            chosen.append(item)
+    return chosen
 
 
 def _metrics(items: list[Encoded], labels: Labels, outputs: Outputs) -> Metrics:

@@ -395,12 +395,12 @@ def _build(root: Path, bot_doc: Any, loader: _Loader) -> BotDefinition:
 def nlu_settings(nlu: dict[str, Any], language: str = "en") -> NluSettings:
     """NluSettings from a validated `nlu:` mapping (absent keys take the defaults)."""
     defaults = NluSettings()
-    threshold = nlu.get("confidence_threshold", defaults.confidence_threshold)
+    threshold = nlu.get("confidence_threshold")
     rate = nlu.get("learning_rate")
     return NluSettings(
         language=language,
         base_model=nlu.get("base_model"),
-        confidence_threshold=float(threshold),
+        confidence_threshold=float(threshold) if threshold is not None else None,
         out_of_scope_intent=str(nlu.get("out_of_scope_intent", defaults.out_of_scope_intent)),
         max_length=int(nlu.get("max_length", defaults.max_length)),
         epochs=nlu.get("epochs"),

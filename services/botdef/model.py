@@ -57,7 +57,8 @@ class NluSettings:
 
     language: str = "en"
     base_model: str | None = None
-    confidence_threshold: float = 0.5
+    # None: chosen when the model is trained, from its held-out split (docs/model-format.md)
+    confidence_threshold: float | None = None
     out_of_scope_intent: str = "out_of_scope"
     max_length: int = 64
     epochs: int | None = None

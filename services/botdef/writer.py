@@ -53,12 +53,11 @@ def _check_name(name: str) -> None:
 
 
 def _bot_document(name: str, description: str, nlu: NluSettings) -> dict[str, Any]:
-    settings: dict[str, Any] = {
-        "base_model": nlu.base_model,
-        "confidence_threshold": nlu.confidence_threshold,
-        "out_of_scope_intent": nlu.out_of_scope_intent,
-        "max_length": nlu.max_length,
-    }
+    settings: dict[str, Any] = {"base_model": nlu.base_model}
+    if nlu.confidence_threshold is not None:
+        settings["confidence_threshold"] = nlu.confidence_threshold
+    settings["out_of_scope_intent"] = nlu.out_of_scope_intent
+    settings["max_length"] = nlu.max_length
     for key in _TRAINING_OVERRIDES:
         if getattr(nlu, key) is not None:
             settings[key] = getattr(nlu, key)

@@ -15,6 +15,18 @@ METADATA_FILE = "metadata.json"
 # PyTorch weights of the fine-tuned model (benchmarks, warm-start retraining); not served,
 # not part of the version hash nor of the published artifact.
 TORCH_DIR = "torch"
+# The precisions a model can be served at (metadata.json `serving.precision`): int8 everywhere,
+# int8 with the last weight matrices (heads, top layers) in fp32, or fp32.
+PRECISIONS = ("int8", "mixed", "fp32")
+
+
+def served_file(metadata: dict[str, object]) -> str:
+    """The graph file the NLU serves for a model directory: `serving.file` of its metadata;
+    model.int8.onnx for models written before training chose the precision."""
+    serving = metadata.get("serving")
+    if isinstance(serving, dict) and serving.get("file") in (FP32_FILE, INT8_FILE):
+        return str(serving["file"])
+    return INT8_FILE
 
 
 def content_version(directory: Path) -> str:

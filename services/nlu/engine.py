@@ -20,12 +20,12 @@ from tokenizers import Tokenizer
 from services.common.modelformat import (
     ENTITIES_FILE,
     FP32_FILE,
-    INT8_FILE,
     LABELS_FILE,
     METADATA_FILE,
     MODEL_FORMAT,
     TOKENIZER_FILE,
     content_version,
+    served_file,
 )
 from services.common.regexsafety import unsafe_reason
 from services.common.textenc import Span, decode_spans, load_tokenizer, words
@@ -162,16 +162,21 @@ class NluModel:
     @classmethod
     def load(cls, directory: str | Path, *, quantized: bool = True, intra_op_threads: int = 1,
              verify_version: bool = True) -> NluModel:
-        """Load and validate a model directory; a warm-up run proves the graph works."""
+        """Load and validate a model directory; a warm-up run proves the graph works.
+
+        `quantized=True` loads the graph the model is served with (metadata.json's
+        `serving.file`: int8, mixed or fp32, as training chose); False loads the fp32 graph."""
         path = Path(directory)
         if not path.is_dir():
             raise ModelLoadError(f"{path}: not a model directory")
-        missing = [n for n in (*REQUIRED_FILES, INT8_FILE if quantized else FP32_FILE)
-                   if not (path / n).is_file()]
+        missing = [n for n in REQUIRED_FILES if not (path / n).is_file()]
         if missing:
             raise ModelLoadError(f"{path}: missing {', '.join(missing)}")
         metadata = _read_json(path / "metadata.json")
         _check_metadata(metadata, path)
+        graph = served_file(metadata) if quantized else FP32_FILE
+        if not (path / graph).is_file():
+            raise ModelLoadError(f"{path}: missing {graph}")
         if verify_version and content_version(path) != metadata["version"]:
             raise ModelLoadError(f"{path}: content does not match version {metadata['version']}")
         labels = _read_json(path / "labels.json")
@@ -182,7 +187,7 @@ class NluModel:
             tokenizer = load_tokenizer(path / "tokenizer.json", int(metadata["max_length"]))
         except Exception as exc:  # tokenizers raises plain Exception subclasses
             raise ModelLoadError(f"{path}/tokenizer.json: {exc}") from exc
-        session = _session(path / (INT8_FILE if quantized else FP32_FILE), intra_op_threads)
+        session = _session(path / graph, intra_op_threads)
         model = cls(path, session, tokenizer, labels, metadata, rules)
         model._warm_up()
         return model

@@ -85,7 +85,8 @@ class CompiledBot:
             referenced=MappingProxyType({n: referenced_slots(p) for n, p in programs.items()}),
             matchers=MappingProxyType(matchers),
             renderer=Renderer(conversation, _help_buttons(conversation)),
-            threshold=bot.nlu.confidence_threshold,
+            # None: the model's own threshold, chosen at training (the NLU's out_of_scope)
+            threshold=bot.nlu.confidence_threshold or 0.0,
             out_of_scope_intent=bot.nlu.out_of_scope_intent,
             intents=frozenset(bot.intent_names()) | frozenset(conversation.triggers)
             | BUILTIN_REPLIES.keys() | HANDOFF | CANCEL | AFFIRM | DENY,
