@@ -556,6 +556,23 @@ def test_greeting_goodbye_help_thanks_out_of_the_box(tmp_path: Path) -> None:
     assert texts(chat.say("bye", "goodbye")) == ["Goodbye, have a nice day!"]
 
 
+def test_without_a_configured_threshold_the_models_out_of_scope_mark_decides(
+        tmp_path: Path) -> None:
+    bot = make_bot(tmp_path, {
+        "bot.yml": 'version: "1"\nname: bare\n',
+        "data/nlu.yml": "intents:\n" + "".join(
+            f"  - name: {n}\n    examples: [{n} a, {n} b]\n" for n in ("greet", "thanks")),
+    })
+    assert bot.nlu.confidence_threshold is None  # chosen when the model is trained
+    chat = Chat(DialogueEngine(bot))
+    # 0.3 is above the model's own threshold (the NLU did not mark it): acted on
+    assert texts(chat.say("hi", "greet", 0.3)) == ["Hello! How can I help you today?"]
+    # below it the NLU marks the parse out of scope: the fallback
+    fallback = chat.say("hi", "greet", 0.3, oos=True)
+    assert texts(fallback) != ["Hello! How can I help you today?"]
+    assert "fallback" in kinds(fallback)
+
+
 def test_bot_responses_override_the_built_in_ones(lab: DialogueEngine) -> None:
     chat = Chat(lab)
     assert texts(chat.say("hi", "greet")) == ["Welcome to the lab, !"]  # missing slot: empty

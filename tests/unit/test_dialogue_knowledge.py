@@ -81,7 +81,7 @@ FAQ = KnowledgeHit("faq", "faq:lost-card", 0.9, "faq.yml", title="Lost card",
 
 
 def make_engine(root: Path, bot_yml: str = KNOWLEDGE) -> DialogueEngine:
-    files = {"bot.yml": 'version: "1"\nname: kb\n' + bot_yml,
+    files = {"bot.yml": 'version: "1"\nname: kb\nnlu: {confidence_threshold: 0.5}\n' + bot_yml,
              "data/nlu.yml": DATA, "domain/kb.yml": DOMAIN}
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
