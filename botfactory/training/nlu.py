@@ -47,7 +47,8 @@ def train_bot(bot: BotDefinition, out_dir: Path, *, base_model: str | None = Non
 
     texts = from_examples(bot.examples())
     pipeline.require(bool(texts), f"bot {bot.name!r} has no examples")
-    train, heldout = stratified_split(texts, lambda t: t.label, config.heldout_fraction,
+    train, heldout = stratified_split(texts, lambda t: t.label,
+                                      config.heldout_fraction_for(len(texts)),
                                       config.seed)
     job = pipeline.Job(
         kind="nlu",

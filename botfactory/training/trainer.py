@@ -39,6 +39,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     patience: int = 3
     heldout_fraction: float = 0.15
+    # At most this many texts are held out: enough for early stopping, calibration, the
+    # fallback threshold and the precision check; the rest of a large data set trains.
+    max_heldout: int = 1000
     dropout: float | None = None  # None → the encoder's hidden dropout
     min_steps: int = 400
     min_auto_epochs: int = 4
@@ -55,6 +58,10 @@ class TrainConfig:
         steps = max(1, math.ceil(n_train / self.batch_size))
         return max(self.min_auto_epochs, min(self.max_auto_epochs,
                                              math.ceil(self.min_steps / steps)))
+
+    def heldout_fraction_for(self, n_texts: int) -> float:
+        """The share of `n_texts` to hold out: `heldout_fraction`, capped at `max_heldout`."""
+        return min(self.heldout_fraction, self.max_heldout / max(1, n_texts))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -613,6 +613,16 @@ def test_split_is_seeded_stratified_and_keeps_one_per_class_in_training() -> Non
     assert stratified_split(two, lambda t: t.label, 0.5, seed=0)[0] != []
 
 
+def test_a_large_data_set_holds_out_at_most_1000_texts() -> None:
+    config = TrainConfig()
+    assert config.heldout_fraction_for(484) == 0.15
+    assert config.heldout_fraction_for(13084) == pytest.approx(1000 / 13084)
+    texts = [LabeledText(f"text {i}", f"intent{i % 7}") for i in range(13084)]
+    train, heldout = stratified_split(texts, lambda t: t.label,
+                                      config.heldout_fraction_for(len(texts)), seed=1)
+    assert 990 <= len(heldout) <= 1010 and len(train) + len(heldout) == 13084
+
+
 def test_stratified_sample_keeps_proportions() -> None:
     items = [LabeledText(str(i), "pos" if i % 4 else "neg") for i in range(100)]
     sample = stratified_sample(items, lambda t: t.label, 20, seed=3)
