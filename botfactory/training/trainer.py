@@ -44,7 +44,9 @@ class TrainConfig:
     max_heldout: int = 1000
     dropout: float | None = None  # None → the encoder's hidden dropout
     min_steps: int = 400
-    min_auto_epochs: int = 4
+    # On SNIPS (13k texts) 4 epochs stopped while the held-out entity F1 still rose (0.932 at
+    # epoch 4, 0.943 at 9); 10 epochs: test intent 0.981 -> 0.983, slot F1 0.932 -> 0.945.
+    min_auto_epochs: int = 10
     max_auto_epochs: int = 40
 
     @property

