@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from botfactory.local.nats_server import NatsServer
@@ -63,6 +64,76 @@ def prepare_knowledge(bot_dir: Path, data_dir: Path) -> Path | None:
               file=sys.stderr, flush=True)
         return None
     return target
+
+
+SENTIMENT_DATA = ROOT.parent / "shared" / "data" / "goemotions"
+SENTIMENT_TRAIN_ARGS = ("--max-train", "8000", "--max-heldout", "1000")
+
+
+class SentimentJob:
+    """The platform sentiment model (GoEmotions → negative / neutral / positive in every
+    Parse). A model trained by an earlier run is published before the NLU starts; otherwise it
+    is trained in the background at the lowest CPU priority once the stack answers (the first
+    answer does not wait for it) and published when done: the NLU hot-swaps it in."""
+
+    def __init__(self, data: Path | None, target: Path, log: Path,
+                 train_args: Sequence[str] = SENTIMENT_TRAIN_ARGS) -> None:
+        self.data = data
+        self.target = target
+        self.log = log
+        self.train_args = tuple(train_args)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def trained(self) -> bool:
+        return (self.target / "metadata.json").is_file()
+
+    def start(self) -> str:
+        """Start the background training when there is data and no model; says what it did."""
+        if self.trained:
+            return f"sentiment model {self.target}"
+        if self.data is None or not self.data.exists():
+            return ("no sentiment model (no GoEmotions data: give --sentiment-data DIR, a "
+                    "GoEmotions folder or a text,label CSV)")
+        command = [sys.executable, "-m", "botfactory", "train-sentiment", "--data",
+                   str(self.data), "--out", str(self.target), "--quiet", *self.train_args]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=lambda: os.nice(19))
+        return (f"training the sentiment model in the background (log {self.log}); the NLU "
+                "adds it to every parse when it is done")
+
+    def finished(self) -> int | None:
+        """The training's exit code once it has ended (then forgotten), else None."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        code, self.process = self.process.returncode, None
+        return code
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def _publish_sentiment(job: SentimentJob, nats_url: str) -> None:
+    code = job.finished()
+    if code is None:
+        return
+    if code != 0 or not job.trained:
+        print(f"warning: sentiment training failed (exit {code}); see {job.log}",
+              file=sys.stderr, flush=True)
+        return
+    try:
+        _botfactory("publish", str(job.target), "--nats", nats_url)
+        print("sentiment model published: every parse now carries a sentiment", flush=True)
+    except subprocess.CalledProcessError:
+        print("warning: the sentiment model did not publish (see above)", file=sys.stderr,
+              flush=True)
 
 
 def _start(name: str, module: str, env: dict[str, str], logs: Path,
@@ -163,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-port", type=int, default=8080)
     parser.add_argument("--bank-port", type=int, default=8099,
                         help="the demo core-banking service the workflows call")
+    parser.add_argument("--sentiment-data", type=Path,
+                        default=SENTIMENT_DATA if SENTIMENT_DATA.is_dir() else None,
+                        help="GoEmotions folder (or text,label CSV) to train the sentiment "
+                             "model from (default ../shared/data/goemotions when it exists)")
+    parser.add_argument("--no-sentiment", action="store_true",
+                        help="serve no sentiment model")
     args = parser.parse_args(argv)
     logs = args.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -175,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     processes: list[subprocess.Popen[bytes]] = []
+    sentiment = SentimentJob(None if args.no_sentiment else args.sentiment_data,
+                             args.data_dir / "models" / "sentiment", logs / "sentiment.log")
     stopping = False
 
     def request_stop(*_: object) -> None:
@@ -190,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         _botfactory("publish", str(model), "--nats", nats.url)
         if knowledge is not None:
             _botfactory("kb", "publish", str(knowledge), "--nats", nats.url)
+        if sentiment.trained and not args.no_sentiment:
+            _botfactory("publish", str(sentiment.target), "--nats", nats.url)
         processes.append(_start("nlu", "services.nlu", _env(
             BOTFACTORY_NLU_NATS_URL=nats.url_for("nlu"),
             BOTFACTORY_NLU_GRPC_PORT=str(args.nlu_port),
@@ -237,7 +318,10 @@ def main(argv: list[str] | None = None) -> int:
               f"demo bank http://127.0.0.1:{args.bank_port}\n  metrics on :9101 (nlu), "
               f":9102 (gateway), :9103 (dialogue), :9104 (rpa); logs in {logs}\n"
               f"Ctrl-C stops it.", flush=True)
+        if not args.no_sentiment:
+            print(sentiment.start(), flush=True)
         while not stopping and all(p.poll() is None for p in processes):
+            _publish_sentiment(sentiment, nats.url)
             time.sleep(0.5)
         failed = [p for p in processes if p.poll() not in (None, 0)]
         if failed and not stopping:
@@ -248,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc} (logs in {logs})", file=sys.stderr)
         return 1
     finally:
+        sentiment.stop()
         _stop(processes)
         nats.stop()
 

@@ -285,3 +285,55 @@ def test_process_serves_and_stops_on_sigterm(tiny_models: TinyModels, tmp_path: 
             process.kill()
     events = log_events(log)
     assert "nlu_started" in events and "shutdown_requested" in events and "nlu_stopped" in events
+
+
+def _tiny_sentiment(root: Path) -> Path:
+    """A classification-only sentiment model on a tiny random encoder (meaningless scores,
+    the real files and serving path)."""
+    from botfactory.training import CheckThresholds, train_sentiment
+    from tests.support.models import make_tiny_encoder
+
+    rows = ["text,label"] + [f"{word} day number {i},{label}" for i in range(8)
+                             for word, label in (("great", "positive"), ("awful", "negative"),
+                                                 ("ordinary", "neutral"))]
+    data = root / "sentiment.csv"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = root / "sentiment"
+    train_sentiment(data, out, base_model=str(make_tiny_encoder(root / "encoder")), epochs=1,
+                    progress=False, checks=CheckThresholds(max_int8_disagreement=1.0))
+    return out
+
+
+async def test_a_sentiment_model_published_later_is_hot_swapped_into_every_parse(
+        tiny_models: TinyModels, nats_server: NatsServer, tmp_path: Path) -> None:
+    """`make run` starts the NLU with the bot's model and publishes the sentiment model when
+    its background training ends: from then on every Parse carries a sentiment."""
+    bus = await connect(nats_server.url, name="test")
+    await provision(bus)
+    await publish(bus, tiny_models.v1)
+    config = replace(BASE, nats_url=nats_server.url, model_cache_dir=tmp_path / "cache")
+    server, channel = await _serve(config)
+    stub = nlu_pb2_grpc.NluServiceStub(channel)
+    try:
+        reply = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="what a great day"))
+        assert reply.sentiment.label == ""  # none yet: parses still answer
+        sentiment = await publish(bus, _tiny_sentiment(tmp_path))
+        labels: list[str] = []
+
+        async def parsed_with_sentiment() -> bool:
+            r = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="what a great day"))
+            labels.append(r.sentiment.label)
+            return r.sentiment.label != ""
+
+        deadline = asyncio.get_running_loop().time() + 20
+        while not await parsed_with_sentiment():
+            assert asyncio.get_running_loop().time() < deadline, "no sentiment after 20 s"
+            await asyncio.sleep(0.1)
+        assert labels[-1] in {"negative", "neutral", "positive"}
+        listed = await stub.ListModels(nlu_pb2.ListModelsRequest())
+        assert ("platform-sentiment", sentiment.version) in [
+            (m.bot_id, m.version) for m in listed.models]
+    finally:
+        await channel.close()
+        await server.stop()
+        await bus.drain()
