@@ -46,6 +46,11 @@ STEP_KINDS = ("say", "collect", "set", "branch", "call", "workflow", "search", "
 CONDITION_OPS = ("equals", "not_equals", "in", "gt", "lt", "gte", "lte", "present")
 _PAYLOAD = re.compile(r"^/(" + INTENT_NAME_PATTERN[1:-1] + r")(\{.*\})?\s*$", re.DOTALL)
 
+SENTIMENT_SLOTS = ("sentiment", "sentiment_score")
+"""Built-in slots every bot has, set on each user message from the NLU's sentiment model:
+`sentiment` (negative, neutral or positive; unset without a sentiment model) and
+`sentiment_score` (its probability). Read-only: a bot may not define slots of these names."""
+
 BUILTIN_RESPONSES: Mapping[str, str] = MappingProxyType({
     "utter_greet": "Hello! How can I help you today?",
     "utter_goodbye": "Goodbye, have a nice day!",
@@ -541,8 +546,14 @@ class _Builder:
             return ConversationDefinition()
         self.response_names = {name for name, _ in named["responses"]}
         self.flow_names = {name for name, _ in named["flows"]}
-        self.slots = {name: SlotDef(name) for name, _ in named["slots"]}
-        self.slots = {name: self._slot(name, entry) for name, entry in named["slots"]}
+        for name, entry in named["slots"]:
+            if name in SENTIMENT_SLOTS:
+                self.add(entry, [], f"slot name {name!r} is reserved: the built-in slot set "
+                                    "from the sentiment of the user's last message")
+        builtin = _sentiment_slots()
+        self.slots = {**builtin, **{name: SlotDef(name) for name, _ in named["slots"]}}
+        self.slots = {**builtin, **{name: self._slot(name, entry)
+                                    for name, entry in named["slots"]}}
         responses = {name: self._response(name, entry) for name, entry in named["responses"]}
         flows = {name: self._flow(name, entry) for name, entry in named["flows"]}
         self._check_cycles()
@@ -764,17 +775,23 @@ class _Builder:
             return Handoff(self._message(entry, where, value))
         return End()
 
-    def _slot_ref(self, entry: SectionEntry, path: list[PathPart], name: str) -> bool:
+    def _slot_ref(self, entry: SectionEntry, path: list[PathPart], name: str, *,
+                  writes: bool = False) -> bool:
+        if writes and name in SENTIMENT_SLOTS:
+            self.add(entry, path, f"slot {name!r} is built in and read-only (set from the "
+                                  "sentiment of the user's last message)")
+            return False
         if name in self.slots:
             return True
-        known = ", ".join(sorted(self.slots)) or "none"
-        self.add(entry, path, f"unknown slot {name!r} (defined: {known})")
+        known = ", ".join(sorted(n for n in self.slots if n not in SENTIMENT_SLOTS)) or "none"
+        self.add(entry, path, f"unknown slot {name!r} (defined: {known}; built in: "
+                              f"{', '.join(SENTIMENT_SLOTS)})")
         return False
 
     def _collect(self, entry: SectionEntry, path: list[PathPart], raw: Any) -> Collect | None:
         raw = {"slot": raw} if isinstance(raw, str) else raw
         name = str(raw["slot"])
-        if not self._slot_ref(entry, [*path, "slot"] if len(raw) > 1 else path, name):
+        if not self._slot_ref(entry, [*path, "slot"] if len(raw) > 1 else path, name, writes=True):
             return None
         slot = self.slots[name]
         ask = self._message(entry, [*path, "ask"], raw.get("ask")) or slot.ask
@@ -798,7 +815,7 @@ class _Builder:
     def _set(self, entry: SectionEntry, path: list[PathPart], raw: dict[str, Any]) -> SetSlots:
         values: list[tuple[str, SlotValue]] = []
         for name, value in raw.items():
-            if not self._slot_ref(entry, [*path, name], name):
+            if not self._slot_ref(entry, [*path, name], name, writes=True):
                 continue
             problem = value_problem(self.slots[name], value)
             if problem is not None:
@@ -879,7 +896,7 @@ class _Builder:
             self.add(entry, where, f"unknown workflow {name!r} (defined: {known})")
         save = []
         for output, slot in (raw.get("save") or {}).items():
-            if self._slot_ref(entry, [*path, "save", output], slot):
+            if self._slot_ref(entry, [*path, "save", output], slot, writes=True):
                 save.append((str(output), str(slot)))
         return RunWorkflow(
             name=name,
@@ -899,7 +916,7 @@ class _Builder:
         if query is not None:
             self._check_template(entry, where, str(query))
         save = raw.get("save")
-        known = save is not None and self._slot_ref(entry, [*path, "save"], save)
+        known = save is not None and self._slot_ref(entry, [*path, "save"], save, writes=True)
         if known and self.slots[save].type != "boolean":
             self.add(entry, [*path, "save"], f"slot {save!r} must be a boolean slot "
                                              "(it is set to whether an answer was found)")
@@ -1002,3 +1019,14 @@ def _slot_references(tree: nodes.Template) -> set[str]:
 
 def _number(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _sentiment_slots() -> dict[str, SlotDef]:
+    """The built-in `sentiment` and `sentiment_score` slots (SENTIMENT_SLOTS)."""
+    return {
+        "sentiment": SlotDef("sentiment", type="text", from_text=False, keep=True,
+                             description="sentiment of the user's last message: negative, "
+                                         "neutral or positive"),
+        "sentiment_score": SlotDef("sentiment_score", type="number", from_text=False,
+                                   keep=True, description="probability of that sentiment"),
+    }

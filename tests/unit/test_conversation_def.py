@@ -301,7 +301,8 @@ def test_unknown_slot_in_collect(tmp_path: Path) -> None:
     issue = only_issue(with_flows(tmp_path, flows))
     assert issue.file == str(tmp_path / "domain" / "flows.yml")
     assert (issue.line, issue.field) == (5, "flows.pay.steps[0].collect")
-    assert issue.message.startswith("unknown slot 'amuont' (defined: amount, city, note, ok)")
+    assert issue.message == ("unknown slot 'amuont' (defined: amount, city, note, ok; built in: "
+                             "sentiment, sentiment_score)")
 
 
 @pytest.mark.parametrize(
@@ -484,3 +485,36 @@ def test_template_sandbox() -> None:
     for source in ("{{ slots.pop('a') }}", "{{ 'x' * 10**6 }}", "{{ 2 ** 1000 }}"):
         with pytest.raises(SecurityError):
             render(source)
+
+
+# -- built-in sentiment slots -----------------------------------------------------------------
+
+
+def test_conditions_and_templates_can_read_the_sentiment_slots(tmp_path: Path) -> None:
+    flows = ("flows:\n  pay:\n    trigger: pay\n    steps:\n      - branch:\n"
+             "          - if: {all: [{slot: sentiment, equals: negative},\n"
+             "                       {slot: sentiment_score, gte: 0.8}]}\n"
+             "            then: [{handoff: 'Let me get a person, {{ slots.sentiment }}.'}]\n"
+             "      - collect: amount\n")
+    bot = load_bot(with_flows(tmp_path, flows))
+    slots = bot.conversation.slots
+    assert slots["sentiment"].keep and not slots["sentiment"].from_text
+    assert slots["sentiment_score"].type == "number"
+
+
+@pytest.mark.parametrize(("flows", "slots", "message"), [
+    ("flows:\n  pay:\n    trigger: pay\n    steps:\n      - collect: sentiment\n", None,
+     "slot 'sentiment' is built in and read-only (set from the sentiment of the user's last "
+     "message)"),
+    ("flows:\n  pay:\n    trigger: pay\n    steps:\n      - set: {sentiment_score: 1}\n", None,
+     "slot 'sentiment_score' is built in and read-only (set from the sentiment of the user's "
+     "last message)"),
+    (FLOWS_YML, SLOTS_YML + "  sentiment: text\n",
+     "slot name 'sentiment' is reserved: the built-in slot set from the sentiment of the "
+     "user's last message"),
+])
+def test_the_sentiment_slots_are_read_only_and_reserved(
+        tmp_path: Path, flows: str, slots: str | None, message: str) -> None:
+    more = {} if slots is None else {"domain__slots_yml": slots}
+    issue = only_issue(with_flows(tmp_path, flows, **more))
+    assert issue.message == message

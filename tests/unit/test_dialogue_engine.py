@@ -118,9 +118,11 @@ LAB_FILES = {
 
 
 def nlu(intent: str = "", confidence: float = 1.0, entities: dict[str, str] | None = None,
-        ranking: list[tuple[str, float]] | None = None, oos: bool = False) -> NluResult:
+        ranking: list[tuple[str, float]] | None = None, oos: bool = False,
+        sentiment: str = "", sentiment_score: float = 0.0) -> NluResult:
     values = [EntityValue(k, v, v, 0, len(v)) for k, v in (entities or {}).items()]
-    return NluResult(intent, confidence, ranking or [(intent, confidence)], values, oos)
+    return NluResult(intent, confidence, ranking or [(intent, confidence)], values, oos,
+                     sentiment, sentiment_score)
 
 
 def texts(result: TurnResult) -> list[str]:
@@ -571,6 +573,34 @@ def test_without_a_configured_threshold_the_models_out_of_scope_mark_decides(
     fallback = chat.say("hi", "greet", 0.3, oos=True)
     assert texts(fallback) != ["Hello! How can I help you today?"]
     assert "fallback" in kinds(fallback)
+
+
+def test_a_flow_hands_off_on_a_strongly_negative_message(tmp_path: Path) -> None:
+    bot = make_bot(tmp_path, {
+        "bot.yml": 'version: "1"\nname: care\n',
+        "data/nlu.yml": "intents:\n" + "".join(
+            f"  - name: {n}\n    examples: [{n} a, {n} b]\n" for n in ("complain", "greet")),
+        "domain/flows.yml": (
+            "flows:\n  complaint:\n    trigger: complain\n    steps:\n      - branch:\n"
+            "          - if: {all: [{slot: sentiment, equals: negative},\n"
+            "                       {slot: sentiment_score, gte: 0.8}]}\n"
+            "            then: [{handoff: 'I am sorry. A colleague takes over now.'}]\n"
+            "          - else: [{say: 'Sorry to hear that ({{ slots.sentiment }}).'}]\n"),
+    })
+    calm = Chat(DialogueEngine(bot))
+    result = calm.say("the app is slow", "complain", sentiment="negative", sentiment_score=0.6)
+    assert texts(result) == ["Sorry to hear that (negative)."]
+    assert not calm.tracker.handed_off
+    assert calm.tracker.slots["sentiment_score"] == 0.6
+    angry = Chat(DialogueEngine(bot))
+    result = angry.say("this is outrageous", "complain", sentiment="negative",
+                       sentiment_score=0.93)
+    assert texts(result) == ["I am sorry. A colleague takes over now."]
+    assert angry.tracker.handed_off
+    assert "slot_set" not in kinds(result)  # set on every message, not an event
+    none = Chat(DialogueEngine(bot))  # no sentiment model: the slots stay unset
+    assert texts(none.say("meh", "complain")) == ["Sorry to hear that ()."]
+    assert none.tracker.slots["sentiment"] is None
 
 
 def test_bot_responses_override_the_built_in_ones(lab: DialogueEngine) -> None:

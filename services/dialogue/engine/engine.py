@@ -62,6 +62,8 @@ class DialogueEngine:
         still needed comes back as `TurnResult.search` (see its doc). None: the knowledge base
         is not consulted (as if it had no answer)."""
         turn = Turn(self._bot, tracker, message_id, text=text, knowledge=knowledge)
+        turn.slots["sentiment"] = nlu.sentiment or None
+        turn.slots["sentiment_score"] = nlu.sentiment_score if nlu.sentiment else None
         try:
             handle_user(turn, text, nlu)
         except SearchNeeded as needed:
