@@ -177,7 +177,21 @@ def trends_section(insights: Insights) -> str:
             for p in insights.trend]
     table = _table((f"{insights.bucket} (UTC)", "user messages", "fallbacks", "fallback rate",
                     "sessions started", "containment"), rows)
-    return f"<h2>Fallback and containment per {esc(insights.bucket)}</h2>\n{table}"
+    return (f"<h2>Fallback and containment per {esc(insights.bucket)}</h2>\n{table}\n"
+            f"{sentiment_section(insights)}")
+
+
+def sentiment_section(insights: Insights) -> str:
+    """User messages per bucket by the NLU's sentiment (negative / neutral / positive)."""
+    heading = f"<h2>Sentiment per {esc(insights.bucket)}</h2>"
+    if not any(p.with_sentiment for p in insights.trend):
+        return (f"{heading}\n<p>No message carried a sentiment: no sentiment model was served "
+                "(README: make run trains one).</p>")
+    rows = [(_bucket_label(p.start_ms, insights.bucket), p.with_sentiment, p.negative,
+             p.neutral, p.positive, percent(p.negative_rate)) for p in insights.trend]
+    table = _table((f"{insights.bucket} (UTC)", "messages with a sentiment", "negative",
+                    "neutral", "positive", "negative share"), rows)
+    return f"{heading}\n{table}"
 
 
 def _activations(row: ModelRow) -> str:

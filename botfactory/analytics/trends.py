@@ -34,6 +34,7 @@ AUTO_HOURLY_SPAN_MS = 48 * HOUR_MS
 NO_FLOW = "-"
 UNKNOWN = "(unknown)"
 Bucket = Literal["auto", "hour", "day"]
+SENTIMENTS = ("negative", "neutral", "positive")
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,22 @@ class TrendPoint:
     fallbacks: int = 0
     sessions: int = 0
     handed_off: int = 0
+    negative: int = 0  # user messages by the NLU's sentiment (none without a sentiment model)
+    neutral: int = 0
+    positive: int = 0
 
     @property
     def fallback_rate(self) -> float | None:
         return ratio(self.fallbacks, self.user_messages)
+
+    @property
+    def with_sentiment(self) -> int:
+        return self.negative + self.neutral + self.positive
+
+    @property
+    def negative_rate(self) -> float | None:
+        """Share of the messages with a sentiment that were negative."""
+        return ratio(self.negative, self.with_sentiment)
 
     @property
     def containment_rate(self) -> float | None:
@@ -149,6 +162,8 @@ class _Walk:
     by_intent: dict[str, Counter[int]] = field(default_factory=dict)
     by_flow: dict[str, Counter[int]] = field(default_factory=dict)
     live: dict[str, dict[str, int]] = field(default_factory=dict)
+    sentiments: dict[str, Counter[int]] = field(
+        default_factory=lambda: {label: Counter() for label in SENTIMENTS})
 
 
 def analyse(events: Sequence[Mapping[str, Any]], *, earlier: Iterable[str] = (),
@@ -208,6 +223,9 @@ def _user_message(walk: _Walk, conversation: str, data: Mapping[str, Any], at: i
         _live(walk, turn.version, at)["user_messages"] += 1
     if nlu.get("out_of_scope"):
         _unrecognised(walk, key, "out_of_scope")
+    sentiment = str(nlu.get("sentiment") or "")
+    if at and sentiment in walk.sentiments:
+        walk.sentiments[sentiment][at] += 1
 
 
 def _fallback(walk: _Walk, conversation: str, reason: str, at: int) -> None:
@@ -300,10 +318,13 @@ def _trend(walk: _Walk, size: int) -> list[TrendPoint]:
             handed[at - at % size] += number in handed_off
     messages = _bucketed(walk.messages, size)
     fallbacks = _bucketed(walk.fallbacks, size)
+    moods = {label: _bucketed(counts, size) for label, counts in walk.sentiments.items()}
     starts = set(messages) | set(fallbacks) | set(sessions)
     if not starts:
         return []
-    return [TrendPoint(start, messages[start], fallbacks[start], sessions[start], handed[start])
+    return [TrendPoint(start, messages[start], fallbacks[start], sessions[start], handed[start],
+                       moods["negative"][start], moods["neutral"][start],
+                       moods["positive"][start])
             for start in range(min(starts), max(starts) + size, size)]
 
 

@@ -4,8 +4,8 @@ Reads the bot's events (`conv.event.<bot>.*`) from the JetStream stream CONV wit
 ordered consumer, from the start of the stream or from `--since` (a duration such as 90m, 24h,
 7d, or an ISO 8601 time), and writes ONE self-contained HTML file: totals, containment,
 fallback and handoff rates, flow completion, feedback (also by intent and by flow), top
-intents, fallback and containment trends per hour or day (`--bucket`), the top unrecognised
-phrasings (redacted, with their review-queue status), the model versions over time with their
+intents, fallback, containment and sentiment trends per hour or day (`--bucket`), the top
+unrecognised phrasings (redacted, with their review-queue status), the model versions over time with their
 scores (model store and activation history; left out with a note when unreadable), and charts
 (messages per hour, intent distribution, flow funnel).
 """

@@ -43,6 +43,7 @@ STREAM = "CONV"
 SUBJECT = "conv.event.>"
 FETCH_BATCH = 256
 MAX_ACK_PENDING = 4096
+SENTIMENTS = ("negative", "neutral", "positive")
 KNOWN_CONVERSATIONS = 100_000
 """Conversations remembered as already opened (an LRU; only saves stream lookups)."""
 
@@ -52,6 +53,10 @@ def record(metrics: AnalyticsMetrics, kind: str, bot: str, data: dict[str, Any])
     consumer, which needs the stream to tell them)."""
     if kind == "user_message":
         metrics.user_messages.labels(bot=bot).inc()
+        nlu = data.get("nlu")
+        sentiment = nlu.get("sentiment") if isinstance(nlu, dict) else None
+        if sentiment in SENTIMENTS:
+            metrics.sentiments.labels(bot=bot, sentiment=sentiment).inc()
     elif kind == "session_expired":
         metrics.conversations.labels(bot=bot).inc()
     elif kind == "fallback":

@@ -24,6 +24,7 @@ class AnalyticsMetrics:
     flows_cancelled: Counter
     feedback: Counter
     knowledge_answers: Counter
+    sentiments: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> AnalyticsMetrics:
@@ -46,6 +47,9 @@ class AnalyticsMetrics:
                              ("bot", "rating")),
             knowledge_answers=counter("botfactory_knowledge_answers",
                                       "Messages answered from the knowledge base."),
+            sentiments=counter("botfactory_user_message_sentiments",
+                               "User messages by the sentiment the NLU gave them (none "
+                               "without a sentiment model).", ("bot", "sentiment")),
         )
 
 

@@ -206,6 +206,18 @@ def test_record_counts_by_bot_and_flow() -> None:
     assert sample(metrics, "feedback", bot="banking", rating="down") == 1
 
 
+def test_record_counts_user_messages_by_sentiment() -> None:
+    metrics = AnalyticsMetrics.create(CollectorRegistry())
+    for sentiment in ("negative", "negative", "positive", "", "bogus"):
+        record(metrics, "user_message", "banking",
+               {"text": "x", "nlu": {"intent": "greet", "sentiment": sentiment}})
+    record(metrics, "user_message", "banking", {"text": "no nlu"})
+    assert sample(metrics, "user_messages", bot="banking") == 6
+    assert sample(metrics, "sentiments", bot="banking", sentiment="negative") == 2
+    assert sample(metrics, "sentiments", bot="banking", sentiment="positive") == 1
+    assert sample(metrics, "sentiments", bot="banking", sentiment="neutral") == 0
+
+
 @dataclass
 class FakeMsg:
     subject: str

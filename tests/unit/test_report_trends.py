@@ -31,9 +31,9 @@ def ev(kind: str, conversation: str, minute: float, **data: Any) -> dict[str, An
 
 
 def user(conversation: str, mid: str, text: str, minute: float, intent: str,
-         version: str = "v1", out_of_scope: bool = False) -> dict[str, Any]:
+         version: str = "v1", out_of_scope: bool = False, sentiment: str = "") -> dict[str, Any]:
     nlu = {"intent": intent, "confidence": 0.5, "entities": [], "out_of_scope": out_of_scope,
-           "model_version": version, "variant": "active"}
+           "sentiment": sentiment, "model_version": version, "variant": "active"}
     return ev("user_message", conversation, minute, message_id=mid, text=text, nlu=nlu)
 
 
@@ -72,6 +72,28 @@ def test_trend_per_hour_counts_fallbacks_and_containment_per_bucket() -> None:
     assert insights.trend[0].containment_rate == 1.0
     assert insights.trend[1].fallback_rate is None
     assert insights.trend[2].containment_rate == 0.0
+
+
+def test_sentiment_over_time_per_bucket() -> None:
+    found = [user("c1", "m1", "thanks!", 0, "thanks", sentiment="positive"),
+             user("c1", "m2", "this is awful", 5, "complain", sentiment="negative"),
+             user("c2", "m3", "balance", 10, "balance", sentiment="neutral"),
+             user("c2", "m4", "hello", 11, "greet"),  # no sentiment model then
+             user("c3", "m5", "terrible service", 130, "complain", sentiment="negative")]
+    insights = analyse(found)
+    assert [(p.negative, p.neutral, p.positive) for p in insights.trend] == [
+        (1, 1, 1), (0, 0, 0), (1, 0, 0)]
+    assert insights.trend[0].negative_rate == pytest.approx(1 / 3)
+    assert insights.trend[1].negative_rate is None and insights.trend[2].negative_rate == 1.0
+    page = render(aggregate("banking", found), insights=insights, models=None, review={},
+                  generated_at=datetime(2024, 1, 1, tzinfo=UTC))
+    assert "<h2>Sentiment per hour</h2>" in page
+    assert "<td>2023-11-15 00:00</td><td class=\"num\">3</td><td class=\"num\">1</td>" \
+           "<td class=\"num\">1</td><td class=\"num\">1</td><td class=\"num\">33.3%</td>" in page
+    quiet = analyse(events())
+    assert "No message carried a sentiment" in render(
+        aggregate("banking", events()), insights=quiet, models=None, review={},
+        generated_at=datetime(2024, 1, 1, tzinfo=UTC))
 
 
 def test_trend_per_day_and_auto_choice() -> None:
