@@ -5,9 +5,9 @@ ordered consumer, from the start of the stream or from `--since` (a duration suc
 7d, or an ISO 8601 time), and writes ONE self-contained HTML file: totals, containment,
 fallback and handoff rates, flow completion, feedback (also by intent and by flow), top
 intents, fallback, containment and sentiment trends per hour or day (`--bucket`), the top
-unrecognised phrasings (redacted, with their review-queue status), the model versions over time with their
-scores (model store and activation history; left out with a note when unreadable), and charts
-(messages per hour, intent distribution, flow funnel).
+unrecognised phrasings (redacted, with their review-queue status), the model versions over time
+with their scores (model store and activation history; left out with a note when unreadable),
+and charts (messages per hour, intent distribution, flow funnel).
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from services.common.nats import kv_keys
 from services.dialogue.engine import Tracker
 
 FORMAT = 1
@@ -105,11 +106,7 @@ class TrackerStore:
         await self._kv.delete(key)
 
     async def keys(self, prefix: str, limit: int) -> list[str]:
-        try:
-            keys = await self._kv.keys(filters=[f"{prefix}>"])
-        except NoKeysError:
-            return []
-        return sorted(keys)[:limit]
+        return (await kv_keys(self._kv, prefix))[:limit]
 
 
 class RecentRecords:

@@ -24,11 +24,10 @@ from typing import Any
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NoKeysError
 
 from services.common.events import decode_events
 from services.common.logging import get_logger
-from services.common.nats import KV_HANDOFFS, OBJ_MODELS, Bus
+from services.common.nats import KV_HANDOFFS, OBJ_MODELS, Bus, kv_keys
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.common.pii import redact
 from services.common.pull import fetch_or_empty
@@ -296,12 +295,9 @@ class BusHub:
         check_id(bot_id, "bot")
         with bus_errors():
             kv = await self._bus.kv(KV_HANDOFFS)
-            try:
-                keys = await kv.keys(filters=[f"{bot_id}.>"])
-            except NoKeysError:
-                return []
+            keys = await kv_keys(kv, f"{bot_id}.")
         result = []
-        for key in sorted(keys):
+        for key in keys:
             entry = await kv.get(key)
             since = json.loads(entry.value or b"{}").get("since")
             result.append({"conversation_id": key.split(".", 1)[1], "since": since})
