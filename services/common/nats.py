@@ -195,24 +195,6 @@ async def _on_reconnected() -> None:
     log.info("nats_reconnected")
 
 
-async def kv_keys(kv: KeyValue, prefix: str) -> list[str]:
-    """The keys of `kv` that start with `prefix` (which ends with "."), sorted; deleted ones
-    left out. The server filters them (a watch on `<prefix>>`): nats-py's `keys(filters=...)`
-    matches its filters as substrings on the client, so `bot.>` never matched anything."""
-    if not prefix.endswith("."):
-        raise ValueError(f"a key prefix ends with '.', got {prefix!r}")
-    watcher = await kv.watch(f"{prefix}>", ignore_deletes=True, meta_only=True)
-    keys: list[str] = []
-    try:
-        async for entry in watcher:
-            if entry is None:  # the watcher's marker: every current key has been delivered
-                break
-            keys.append(entry.key)
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-    return sorted(keys)
-
-
 async def provision(bus: Bus) -> None:
     """Create the streams, KV buckets and object store if missing; safe to run concurrently.
 

@@ -21,6 +21,7 @@ handle events in bulk (analytics, review).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import deque
@@ -29,7 +30,8 @@ from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
 
 from services.common.logging import get_logger
 from services.common.nats import Bus
@@ -186,3 +188,41 @@ async def fetch_or_empty(sub: Any, batch: int, wait_s: float) -> list[Msg]:
     except TimeoutError:  # nats.errors.TimeoutError is one too
         return []
     return messages
+
+
+KV_LIST_WAIT_S = 1.0
+KV_LIST_DEADLINE_S = 30.0
+
+
+async def kv_keys(kv: KeyValue, prefix: str) -> list[str]:
+    """The keys of `kv` that start with `prefix` (which ends with "."), sorted; deleted ones
+    left out.
+
+    The server filters them: a pull consumer on `$KV.<bucket>.<prefix>>` delivering the last
+    message of each key, headers only, read until a message says nothing is pending. (nats-py's
+    `keys(filters=...)` matches filters as substrings on the client, so `bot.>` never matched;
+    and its watcher's "no more keys" marker can come before a key delivered at the same time.)
+    """
+    if not prefix.endswith("."):
+        raise ValueError(f"a key prefix ends with '.', got {prefix!r}")
+    # nats-py's KeyValue has no public accessor for its stream and subject prefix
+    js, stream, subjects = kv._js, kv._stream, kv._pre
+    config = ConsumerConfig(ack_policy=AckPolicy.NONE,
+                            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                            headers_only=True, inactive_threshold=5.0)
+    sub = await js.pull_subscribe(f"{subjects}{prefix}>", stream=stream, config=config)
+    keys: list[str] = []
+    try:
+        if (await sub.consumer_info()).num_pending == 0:
+            return []
+        deadline = time.monotonic() + KV_LIST_DEADLINE_S
+        while time.monotonic() < deadline:
+            batch = await fetch_or_empty(sub, 256, KV_LIST_WAIT_S)
+            keys.extend(msg.subject[len(subjects):] for msg in batch
+                        if (msg.headers or {}).get("KV-Operation") not in ("DEL", "PURGE"))
+            if batch and batch[-1].metadata.num_pending == 0:
+                return sorted(keys)
+        raise TimeoutError(f"listing the keys {prefix}* took over {KV_LIST_DEADLINE_S:.0f} s")
+    finally:
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await sub.unsubscribe()

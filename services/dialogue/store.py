@@ -17,7 +17,7 @@ from typing import Any
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from services.common.nats import kv_keys
+from services.common.pull import kv_keys
 from services.dialogue.engine import Tracker
 
 FORMAT = 1

@@ -27,10 +27,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.common.events import decode_events
 from services.common.logging import get_logger
-from services.common.nats import KV_HANDOFFS, OBJ_MODELS, Bus, kv_keys
+from services.common.nats import KV_HANDOFFS, OBJ_MODELS, Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.common.pii import redact
-from services.common.pull import fetch_or_empty
+from services.common.pull import fetch_or_empty, kv_keys
 from services.common.subjects import (
     GATEWAY_REPLIES,
     HEADER_CORRELATION,

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from nats.js.errors import KeyNotFoundError
 
 from services.common.errors import InvalidArgument, Unavailable, grpc_errors
 from services.common.logging import get_logger
 from services.common.modelstore import ModelRef
 from services.common.nats import KV_BOTS, Bus
 from services.common.pb.botfactory.v1 import conversation_pb2, nlu_pb2
+from services.common.pull import kv_keys
 from services.knowledge.search import Hit, Searcher, SearchOptions
 from services.knowledge.store import KB_PREFIX, fetch_kb
 from services.nlu.metrics import NluMetrics
@@ -100,7 +102,15 @@ class KnowledgeWatcher:
         self.initial_load_done = asyncio.Event()
 
     async def start(self) -> None:
+        """Load the indexes published so far (listed exactly: the watcher's "no more keys"
+        marker can come before a key delivered at the same time), then follow updates."""
         kv = await self._bus.kv(KV_BOTS)
+        for key in await kv_keys(kv, KB_PREFIX):
+            with contextlib.suppress(KeyNotFoundError):
+                entry = await kv.get(key)
+                if entry.value:
+                    await self.apply(ModelRef(bot=key[len(KB_PREFIX):],
+                                              version=entry.value.decode()))
         watcher = await kv.watch(f"{KB_PREFIX}*")
         self._task = asyncio.get_running_loop().create_task(self._follow(watcher))
 

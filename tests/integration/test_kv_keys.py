@@ -9,7 +9,8 @@ import pytest
 from nats.js.errors import NoKeysError
 
 from botfactory.local.nats_server import NatsServer
-from services.common.nats import KV_HANDOFFS, KV_TRACKERS, connect, kv_keys, provision
+from services.common.nats import KV_HANDOFFS, KV_TRACKERS, connect, provision
+from services.common.pull import kv_keys
 from services.dialogue.store import TrackerStore
 from services.gateway.hub import BusHub
 
@@ -28,7 +29,7 @@ async def test_a_bots_keys_are_listed_exactly(nats_server: NatsServer) -> None:
             await kv.keys(filters=["banking.>"])
         assert await kv_keys(kv, "banking.") == ["banking.c1", "banking.c3"]
         assert await kv_keys(kv, "nobody.") == []
-        with pytest.raises(ValueError, match="ends with '.'"):
+        with pytest.raises(ValueError, match=r"ends with '\.'"):
             await kv_keys(kv, "banking")
 
         hub = BusHub(bus, partitions=4)
