@@ -47,6 +47,13 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis (float64)."""
+    exp = np.exp(logits.astype(np.float64) - logits.max(axis=-1, keepdims=True))
+    result: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
+    return result
+
+
 def evaluate(items: Sequence[Encoded], labels: Labels, intent_logits: np.ndarray,
              tag_logits: Sequence[np.ndarray] | None) -> Metrics:
     """Metrics for `items` given class logits `[n, n_classes]` and, per item, tag logits
@@ -56,8 +63,7 @@ def evaluate(items: Sequence[Encoded], labels: Labels, intent_logits: np.ndarray
     predicted = intent_logits.argmax(axis=-1)
     hits = predicted == np.array([item.label_id for item in items])
     accuracy = float(hits.mean())
-    shifted = np.exp(intent_logits - intent_logits.max(axis=-1, keepdims=True))
-    ece = expected_calibration_error(shifted.max(axis=-1) / shifted.sum(axis=-1), hits)
+    ece = expected_calibration_error(softmax(intent_logits).max(axis=-1), hits)
     if not labels.has_tags or tag_logits is None:
         return Metrics(n=len(items), intent_accuracy=accuracy, intent_ece=ece)
     tp = fp = fn = 0

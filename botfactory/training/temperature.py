@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from botfactory.evaluation.calibration import expected_calibration_error
+from botfactory.training.metrics import softmax
 
 MIN_T, MAX_T = 0.5, 10.0
 SHARPEN_MIN_TEXTS = 200
@@ -57,7 +58,7 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
 
 def ece(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Expected calibration error (15 bins) of the top class's probability."""
-    probs = np.exp(_log_softmax(logits.astype(np.float64) / temperature))
+    probs = softmax(logits.astype(np.float64) / temperature)
     return expected_calibration_error(probs.max(axis=-1), probs.argmax(axis=-1) == labels)
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from botfactory.training.metrics import softmax
+
 GRID = tuple(round(0.10 + 0.05 * step, 2) for step in range(13))
 MAX_FALSE_FALLBACK = 0.05
 DEFAULT = 0.5
@@ -48,12 +50,6 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    result: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
-    return result
-
-
 def at(value: float, source: str, confidences: np.ndarray, wrong: np.ndarray) -> Threshold:
     """What falling back below `value` does on texts with these confidences, `wrong` marking
     the answers that would be wrong."""
@@ -75,7 +71,7 @@ def choose(intent_logits: np.ndarray, gold: Sequence[int], intents: Sequence[str
     if len(gold) == 0:
         return Threshold(DEFAULT if configured is None else configured,
                          "default" if configured is None else "configured")
-    probs = _softmax(intent_logits.astype(np.float64))
+    probs = softmax(intent_logits)
     predicted, confidences = probs.argmax(axis=-1), probs.max(axis=-1)
     gold_ids = np.asarray(gold)
     oos = intents.index(out_of_scope_intent) if out_of_scope_intent in intents else -1

@@ -291,13 +291,9 @@ def _tiny_sentiment(root: Path) -> Path:
     """A classification-only sentiment model on a tiny random encoder (meaningless scores,
     the real files and serving path)."""
     from botfactory.training import CheckThresholds, train_sentiment
-    from tests.support.models import make_tiny_encoder
+    from tests.support.models import make_tiny_encoder, write_sentiment_csv
 
-    rows = ["text,label"] + [f"{word} day number {i},{label}" for i in range(8)
-                             for word, label in (("great", "positive"), ("awful", "negative"),
-                                                 ("ordinary", "neutral"))]
-    data = root / "sentiment.csv"
-    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    data = write_sentiment_csv(root / "sentiment.csv")
     out = root / "sentiment"
     train_sentiment(data, out, base_model=str(make_tiny_encoder(root / "encoder")), epochs=1,
                     progress=False, checks=CheckThresholds(max_int8_disagreement=1.0))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from botfactory.local.stack import SentimentJob, _publish_sentiment
-from tests.support.models import make_tiny_encoder
+from tests.support.models import make_tiny_encoder, write_sentiment_csv
 
 
 def _wait(job: SentimentJob, within: float = 300.0) -> int:
@@ -24,17 +24,9 @@ def _wait(job: SentimentJob, within: float = 300.0) -> int:
         time.sleep(0.2)
 
 
-def _csv(path: Path) -> Path:
-    rows = ["text,label"] + [f"{word} day {i},{label}" for i in range(8)
-                             for word, label in (("great", "positive"), ("awful", "negative"),
-                                                 ("plain", "neutral"))]
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return path
-
-
 def test_it_trains_in_the_background_at_the_lowest_priority(tmp_path: Path) -> None:
     encoder = make_tiny_encoder(tmp_path / "encoder")
-    job = SentimentJob(_csv(tmp_path / "s.csv"), tmp_path / "models" / "sentiment",
+    job = SentimentJob(write_sentiment_csv(tmp_path / "s.csv"), tmp_path / "models" / "sentiment",
                        tmp_path / "sentiment.log",
                        ("--base-model", str(encoder), "--epochs", "1"))
     assert not job.trained

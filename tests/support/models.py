@@ -72,3 +72,12 @@ TINY_ENTITIES = (
 def tiny_settings(base_model: Path, seed: int = 7, epochs: int = 30) -> NluSettings:
     return NluSettings(base_model=str(base_model), confidence_threshold=0.0, max_length=32,
                        epochs=epochs, learning_rate=5e-3, batch_size=8, seed=seed)
+
+
+def write_sentiment_csv(path: Path) -> Path:
+    """A tiny `text,label` sentiment CSV: 8 texts of each class."""
+    rows = ["text,label"] + [f"{word} day number {i},{label}" for i in range(8)
+                             for word, label in (("great", "positive"), ("awful", "negative"),
+                                                 ("ordinary", "neutral"))]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
