@@ -5,17 +5,18 @@ runner and nats-server.
 
     python benchmarks/chaos.py [--quick] [--users 50] [--minutes 5] [--seed 7]
 
-Each simulated user runs transfer conversations through slot filling (`/transfer_money`,
-amount, recipient, then `/affirm` - a transfer_funds workflow against the demo bank - or
-`/deny`). Every message has a client-chosen id; retriable answers (503/429 with Retry-After,
-refused connections, timeouts) are retried with the same id; a message counts as accepted once
-the gateway answered 200/202. When the bot answers "trouble understanding" (NLU down) the user
-types the message again (a new id). At the end (after a drain) the run checks, from the CONV
-stream, the trackers (dialogue admin gRPC), the runs (KV rpa_runs) and the bank's counters:
-every accepted message answered exactly once and in order, the slots equal what each user set,
-every run finished and each bank side effect happened once. Writes
-benchmarks/results/chaos.json (exit 1 if anything was lost) and regenerates
-docs/reliability.md.
+Each simulated user runs transfer conversations through slot filling (`/transfer_money`, amount,
+recipient, then `/affirm` - a transfer_funds workflow against the demo bank - or `/deny`). Every
+message has a client-chosen id, unique only within its conversation (`m<step>-<attempt>`: every
+conversation uses the same ids, as a messaging platform numbers messages per chat, so the ids
+collide across conversations); retriable answers (503/429 with Retry-After, refused connections,
+timeouts) are retried with the same id; a message counts as accepted once the gateway answered
+200/202. When the bot answers "trouble understanding" (NLU down) the user types the message
+again (a new id). At the end (after a drain) the run checks, from the CONV stream, the trackers
+(dialogue admin gRPC), the runs (KV rpa_runs) and the bank's counters: every accepted message
+answered exactly once and in order, the slots equal what each user set, every run finished and
+each bank side effect happened once. Writes benchmarks/results/chaos.json (exit 1 if anything
+was lost) and regenerates docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ class Plan:
 
 @dataclass
 class Tally:
-    accepted: dict[str, str] = field(default_factory=dict)  # message id -> conversation
+    # (conversation, message id) -> conversation: message ids are unique per conversation
+    accepted: dict[tuple[str, str], str] = field(default_factory=dict)
     order: dict[str, list[str]] = field(default_factory=dict)  # conversation -> accepted ids
     retried: Counter[str] = field(default_factory=Counter)  # by cause
     hard_errors: Counter[str] = field(default_factory=Counter)
@@ -192,8 +194,8 @@ class Users:
             n += 1
 
     async def converse(self, plan: Plan, rng: random.Random) -> None:
-        for text, expected in plan.steps():
-            reply = await self.say(plan.conversation, text)
+        for step, (text, expected) in enumerate(plan.steps()):
+            reply = await self.say(plan.conversation, text, step)
             if reply is None:
                 return  # stopping, or never accepted
             if expected not in reply:
@@ -202,11 +204,11 @@ class Users:
             await asyncio.sleep(rng.expovariate(1 / self.think_s))
         plan.completed = True
 
-    async def say(self, conversation: str, text: str) -> str | None:
+    async def say(self, conversation: str, text: str, step: int) -> str | None:
         """Send until the bot understood (typing it again after "trouble understanding");
-        the first reply's text, or None."""
-        for _ in range(RETYPES):
-            message_id = uuid.uuid4().hex
+        the first reply's text, or None. The ids repeat in every conversation."""
+        for attempt in range(RETYPES):
+            message_id = f"m{step}-{attempt}"
             body = await self.client.send(conversation, text, message_id)
             if body is None:
                 self.tally.abandoned += 1
@@ -224,7 +226,7 @@ class Users:
         return None
 
     def accept(self, conversation: str, message_id: str, body: dict[str, Any]) -> None:
-        self.tally.accepted[message_id] = conversation
+        self.tally.accepted[(conversation, message_id)] = conversation
         self.tally.order.setdefault(conversation, []).append(message_id)
         ids = [r["message_id"] for r in body.get("replies", [])]
         self.tally.sync_duplicates += len(ids) - len(set(ids))
@@ -360,11 +362,11 @@ async def read_replies(nats_url: str) -> list[Any]:
 def check_replies(tally: Tally, replies: list[Any]) -> dict[str, int]:
     """Lost: accepted with no reply; duplicated: a bot message id twice; out of order: the
     replies of a conversation not in the order its messages were accepted."""
-    ids = Counter(r.message_id for r in replies)
+    ids = Counter((r.conversation_id, r.message_id) for r in replies)
     by_conversation: dict[str, list[Any]] = {}
     for reply in replies:
         by_conversation.setdefault(reply.conversation_id, []).append(reply)
-    answered = {r.in_reply_to for r in replies}
+    answered = {(r.conversation_id, r.in_reply_to) for r in replies}
     out_of_order = 0
     for conversation, sent in tally.order.items():
         rank = {m: i for i, m in enumerate(sent)}
@@ -381,7 +383,7 @@ async def wait_answered(tally: Tally, nats_url: str, limit_s: float) -> list[Any
     deadline = time.monotonic() + limit_s
     while True:
         replies = await read_replies(nats_url)
-        answered = {r.in_reply_to for r in replies}
+        answered = {(r.conversation_id, r.in_reply_to) for r in replies}
         if all(m in answered for m in tally.accepted) or time.monotonic() > deadline:
             return replies
         await asyncio.sleep(1.0)

@@ -5,18 +5,20 @@ benchmarks/stack.py) driven through the HTTP API by a light asyncio generator.
         [--users 50] [--connections 10] [--duration 30] [--steps 25,50,100,200,400]
         [--step-seconds 30] [--soak-minutes 10]
 
-Shapes: `users` (N conversations, each waits for the reply then thinks ~Exp(200 ms), and
-thinks once before its first message so that the users do not start in lockstep),
-`saturation` (C connections sending back to back), `step` (the users shape at 25 -> 400
-conversations; the knee is the highest message rate whose p99 is still <= 100 ms) and `soak`
-(the users shape held for minutes while each process's RSS, open file descriptors and threads
-are sampled; memory growth after the warm-up). Reports p50/p99 latency, messages/s, errors,
-lost replies (answered 200 without its replies), late ones (202: accepted, replies after
-the gateway's sync wait), duplicated and out-of-order replies, the CPU milliseconds per
-message of every process, the host's speed just before the shape (`host_yardstick`: fixed
-Python and memory workloads, benchmarks/stack.py; lower = faster) and the generator's own
-CPU share; writes benchmarks/results/e2e_load.json (shapes not run keep their earlier figures,
-each with its `measured_at`), then regenerates docs/reliability.md.
+Shapes: `users` (N conversations, each waits for the reply then thinks ~Exp(200 ms), and thinks
+once before its first message so that the users do not start in lockstep), `saturation` (C
+connections sending back to back), `step` (the users shape at 25 -> 400 conversations; the knee
+is the highest message rate whose p99 is still <= 100 ms) and `soak` (the users shape held for
+minutes while each process's RSS, open file descriptors and threads are sampled; memory growth
+after the warm-up). Reports p50/p99 latency, messages/s, errors, lost replies (answered 200
+without its replies; the message ids repeat in every conversation, so a message deduplicated
+across conversations counts as lost), late ones (202: accepted, replies after the gateway's sync
+wait), handed-off ones (answered at once without replies: a human agent has the conversation,
+which a model that falls back often brings about), duplicated and out-of-order replies, the CPU
+milliseconds per message of every process, the host's speed just before the shape
+(`host_yardstick`: fixed Python and memory workloads, benchmarks/stack.py; lower = faster) and
+the generator's own CPU share; writes benchmarks/results/e2e_load.json (shapes not run keep
+their earlier figures, each with its `measured_at`), then regenerates docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class Tally:
     errors: int = 0
     lost: int = 0
     late: int = 0  # 202: accepted, the replies came after the gateway's sync wait
+    handed_off: int = 0  # answered at once without replies: a human agent has the conversation
     duplicated: int = 0
     out_of_order: int = 0
 
@@ -82,6 +85,7 @@ class Tally:
         self.errors += other.errors
         self.lost += other.lost
         self.late += other.late
+        self.handed_off += other.handed_off
         self.duplicated += other.duplicated
         self.out_of_order += other.out_of_order
 
@@ -104,7 +108,9 @@ async def send(session: Any, url: str, key: str, text: str, message_id: str,
     replies = body.get("replies", [])
     if status == 202:
         tally.late += 1
-    elif not body.get("complete") or not replies:
+    elif body.get("handoff") and not replies:
+        tally.handed_off += 1
+    elif not body.get("complete") or not replies or body.get("duplicate"):
         tally.lost += 1
     ids = [r["message_id"] for r in replies]
     tally.duplicated += len(ids) - len(set(ids))
@@ -125,7 +131,9 @@ async def user(session: Any, base: str, key: str, name: str, deadline: float, th
     if think > 0:
         await asyncio.sleep(rng.expovariate(1 / think))
     while time.perf_counter() < deadline:
-        await send(session, url, key, rng.choice(TEXTS), f"{name}-{n}", tally)
+        # ids unique per conversation only: every conversation uses m-0, m-1, ... (as
+        # messaging platforms number messages per chat), so they collide across conversations
+        await send(session, url, key, rng.choice(TEXTS), f"m-{n}", tally)
         n += 1
         if think > 0:
             await asyncio.sleep(rng.expovariate(1 / think))
@@ -152,6 +160,7 @@ async def shape(base: str, key: str, concurrency: int, duration: float, think: f
     return {"messages": len(total.latencies), "messages_per_s": round(len(ms) / elapsed, 1),
             "p50_ms": round(percentile(ms, 50), 2), "p99_ms": round(percentile(ms, 99), 2),
             "errors": total.errors, "lost": total.lost, "late": total.late,
+            "handed_off": total.handed_off,
             "duplicated": total.duplicated,
             "out_of_order": total.out_of_order, "duration_s": round(elapsed, 1)}
 

@@ -158,6 +158,7 @@ class ProcessStack:
             "BOTFACTORY_GATEWAY_NATS_URL": "", "BOTFACTORY_GATEWAY_HTTP_PORT": str(self.http_port),
             "BOTFACTORY_GATEWAY_METRICS_PORT": "0", "BOTFACTORY_GATEWAY_GRPC_PORT": "0",
             "BOTFACTORY_GATEWAY_API_KEY_PEPPER": secrets.token_urlsafe(24),
+            "BOTFACTORY_GATEWAY_VISITOR_TOKEN_SECRET": secrets.token_urlsafe(32),
             "BOTFACTORY_GATEWAY_ADMIN_BOOTSTRAP_KEY": self.admin_key,
             "BOTFACTORY_GATEWAY_SYNC_WAIT_S": str(self.options.sync_wait_s),
             "BOTFACTORY_GATEWAY_RATE_LIMIT_RPS": "100000",
@@ -254,16 +255,12 @@ def start_bank(log: Path) -> tuple[subprocess.Popen[bytes], str]:
             [sys.executable, "-m", "botfactory.local.demo_bank", "--port", "0",
              "--token", BANK_TOKEN, "--legacy-pin", BANK_PIN],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=service_env())
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            if line.startswith("demo bank on "):
-                return process, line.split()[-1]
-        if process.poll() is not None:
-            raise RuntimeError(f"demo bank exited: {log.read_text()}")
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("demo bank did not start")
+    try:
+        started = wait_for_event(log, process, "demo_bank_started", timeout=30)
+    except AssertionError:
+        process.kill()
+        raise RuntimeError(f"demo bank did not start: {log.read_text()}") from None
+    return process, str(started["url"])
 
 
 async def client_key(base_url: str, admin_key: str, bots: tuple[str, ...] = ("banking",)) -> str:

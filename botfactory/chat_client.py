@@ -172,8 +172,8 @@ class HttpChatClient:
         dialogue service answers."""
         probe = f"probe-{uuid.uuid4().hex[:12]}"
         try:
-            async with self.session.get(self._url(probe, "transcript"),
-                                        params={"limit": "1"}) as response:
+            # Asking for a visitor token checks the key and its bot, and changes nothing.
+            async with self.session.post(self._url(probe, "tokens")) as response:
                 await _json_or_error(response)
         except aiohttp.ClientError as exc:
             raise ChatClientError(f"cannot reach the gateway at {self.gateway}: {exc}") from exc
@@ -221,7 +221,8 @@ class HttpChatClient:
             replies.extend(await self._late_replies(conversation_id, message_id,
                                                     before.turn + 1, replies))
         self._seen[conversation_id].update(r.message_id for r in replies)
-        replies.extend(await self._asynchronous(conversation_id, before.turn + 1))
+        replies.extend(await self._asynchronous(conversation_id, before.turn + 1, message_id,
+                                                replies))
         return replies
 
     async def state(self, conversation_id: str) -> dict[str, Any]:
@@ -254,18 +255,20 @@ class HttpChatClient:
             reply = await socket.next(self.grace_s if applied else POLL_S)
             if applied and (reply is None or _now() >= deadline):
                 return late
-            if reply is not None and reply.in_reply_to == message_id \
+            if reply is not None and reply.group == message_id \
                     and reply.message_id not in have:
                 have.add(reply.message_id)
                 late.append(reply)
 
-    async def _asynchronous(self, conversation_id: str, my_turn: int) -> list[Reply]:
+    async def _asynchronous(self, conversation_id: str, my_turn: int, message_id: str,
+                            got: list[Reply]) -> list[Reply]:
         """The messages of the workflow results applied after turn `my_turn` (this step's
-        message), waiting while a workflow runs."""
+        message `message_id`), waiting while a workflow runs; those the sync answer brought
+        already (`got`: they answer the step's message too) count."""
         socket = self._socket(conversation_id)
         seen = self._seen[conversation_id]
         found: list[Reply] = []
-        groups: set[str] = set()
+        groups = {r.group for r in got if r.group != message_id}
         deadline = _now() + self.workflow_timeout_s
         settle: float | None = None
         while True:
@@ -274,8 +277,8 @@ class HttpChatClient:
             if not state.waiting_workflow:
                 if len(groups) >= due:
                     # the rest of the last result's messages may still be on their way
-                    found.extend(await self._drain(socket, seen, groups,
-                                                   self.grace_s if due else 0.0))
+                    found.extend(await self._drain(socket, seen, groups, message_id,
+                                               self.grace_s if due else 0.0))
                     return found
                 # a result is applied but its messages have not all come (or it had none)
                 settle = settle if settle is not None else _now() + SETTLE_S
@@ -286,16 +289,16 @@ class HttpChatClient:
                     f"a workflow did not finish within {self.workflow_timeout_s:g}s "
                     "(is the RPA runner running?)")
             reply = await socket.next(POLL_S)
-            if reply is not None and _asynchronous(reply, seen):
+            if reply is not None and _asynchronous(reply, seen, message_id):
                 seen.add(reply.message_id)
                 groups.add(reply.group)
                 found.append(reply)
 
-    async def _drain(self, socket: _Socket, seen: set[str], groups: set[str],
+    async def _drain(self, socket: _Socket, seen: set[str], groups: set[str], message_id: str,
                      grace_s: float) -> list[Reply]:
         found = []
         while (reply := await socket.next(grace_s)) is not None:
-            if _asynchronous(reply, seen):
+            if _asynchronous(reply, seen, message_id):
                 seen.add(reply.message_id)
                 groups.add(reply.group)
                 found.append(reply)
@@ -330,9 +333,11 @@ class HttpChatClient:
                             slots=slots, active_flow=view.active_flow or None)
 
 
-def _asynchronous(reply: Reply, seen: set[str]) -> bool:
-    """A message not answering a user message (a workflow's result), not taken before."""
-    return not reply.in_reply_to and reply.message_id not in seen
+def _asynchronous(reply: Reply, seen: set[str], message_id: str) -> bool:
+    """A message of a workflow (its result answers the message whose turn started it, older
+    runs' nothing), not taken before."""
+    return reply.in_reply_to in ("", message_id) and reply.group != message_id \
+        and reply.message_id not in seen
 
 
 def _now() -> float:

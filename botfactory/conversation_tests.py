@@ -90,6 +90,9 @@ TESTS_FILE_SCHEMA: dict[str, Any] = {
                 "properties": {
                     "name": {"type": "string", "minLength": 1},
                     "description": {"type": "string"},
+                    # true: the test needs its `nlu:` results (a confidence, a ranking) that
+                    # no real model can be made to give: it runs offline only
+                    "offline": {"type": "boolean"},
                     "steps": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/step"}},
                 },
             },
@@ -183,13 +186,15 @@ class ConversationStep:
 
 @dataclass(frozen=True)
 class ConversationTest:
-    """A named conversation; `workflow_results`: the file's offline workflow results."""
+    """A named conversation; `workflow_results`: the file's offline workflow results;
+    `offline`: it needs its NLU hints, so a client without them (the stack) skips it."""
 
     name: str
     file: str
     line: int
     steps: tuple[ConversationStep, ...]
     workflow_results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    offline: bool = False
 
     def workflow_result(self, step: ConversationStep, workflow: str) -> dict[str, Any]:
         """The offline result of `workflow` started at `step` (default: succeeded)."""
@@ -256,7 +261,8 @@ def _test(
         where: list[PathPart] = ["tests", index, "steps", number]
         steps.append(_step(to_plain(step), file, line_of(doc, where), where, issues))
     line = line_of(doc, ["tests", index])
-    return ConversationTest(str(raw["name"]), file, line, tuple(steps), results)
+    return ConversationTest(str(raw["name"]), file, line, tuple(steps), results,
+                            offline=bool(raw.get("offline", False)))
 
 
 def _step(
@@ -351,20 +357,28 @@ class ScriptedClient(Protocol):
     def bind(self, conversation_id: str, test: ConversationTest) -> None: ...
 
 
+SKIPPED_OFFLINE = "offline only: needs the NLU results its steps give (`offline: true`)"
+
+
 @dataclass(frozen=True)
 class TestResult:
     """The outcome of one test: `failures` empty when it passed; `steps_run` counts the
-    steps done (a run stops at the first failing step)."""
+    steps done (a run stops at the first failing step); `skipped`: why it did not run."""
 
     __test__: ClassVar[bool] = False
 
     test: ConversationTest
     steps_run: int
     failures: tuple[str, ...] = ()
+    skipped: str | None = None
 
     @property
     def passed(self) -> bool:
         return not self.failures
+
+    @property
+    def mark(self) -> str:
+        return "SKIP" if self.skipped else "PASS" if self.passed else "FAIL"
 
 
 @dataclass(frozen=True)
@@ -383,23 +397,33 @@ class TestReport:
     def failed(self) -> list[TestResult]:
         return [result for result in self.results if not result.passed]
 
+    @property
+    def skipped(self) -> list[TestResult]:
+        return [result for result in self.results if result.skipped]
+
     def render(self) -> str:
         width = max([len(r.test.name) for r in self.results] + [4])
         lines = [f"{'':4}  {'test':<{width}}  steps"]
         for result in self.results:
-            mark = "PASS" if result.passed else "FAIL"
             steps = f"{result.steps_run}/{len(result.test.steps)}"
-            lines.append(f"{mark:4}  {result.test.name:<{width}}  {steps}")
+            lines.append(f"{result.mark:4}  {result.test.name:<{width}}  {steps}")
             lines.extend(f"{'':6}{failure}" for failure in result.failures)
-        done = len(self.results) - len(self.failed)
-        lines.append(f"{done} passed, {len(self.failed)} failed, {len(self.results)} total")
+            if result.skipped:
+                lines.append(f"{'':6}{result.skipped}")
+        skipped = len(self.skipped)
+        done = len(self.results) - len(self.failed) - skipped
+        summary = f"{done} passed, {len(self.failed)} failed"
+        if skipped:
+            summary += f", {skipped} skipped"
+        lines.append(f"{summary}, {len(self.results)} total")
         return "\n".join(lines)
 
 
 async def run_conversation_tests(
     tests: Sequence[ConversationTest], client: ChatClient, *, prefix: str = "convtest"
 ) -> TestReport:
-    """Run each test in a new conversation (id `PREFIX-RUN-N`, RUN random per call)."""
+    """Run each test in a new conversation (id `PREFIX-RUN-N`, RUN random per call); a
+    client that takes no hints (not a ScriptedClient) skips the `offline` tests."""
     run = uuid.uuid4().hex[:8]
     results = [
         await _run_test(test, client, f"{prefix}-{run}-{index + 1}")
@@ -411,7 +435,10 @@ async def run_conversation_tests(
 async def _run_test(
     test: ConversationTest, client: ChatClient, conversation_id: str
 ) -> TestResult:
-    if isinstance(client, ScriptedClient):
+    if not isinstance(client, ScriptedClient):
+        if test.offline:  # the stack's NLU cannot be told what to understand
+            return TestResult(test, 0, skipped=SKIPPED_OFFLINE)
+    else:
         client.bind(conversation_id, test)
     try:
         await client.start(conversation_id)

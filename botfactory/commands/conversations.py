@@ -7,7 +7,9 @@ slots and the active flow are read from the dialogue service's admin gRPC (--dia
 HOST:PORT). Each test runs in a new conversation (ids `convtest-<run>-<n>`, unique per run);
 asynchronous bot messages (workflow results) count as replies of the step that started the
 workflow, so the RPA runner must be running for tests with workflows. `nlu:` hints and
-`workflow_result(s)` of the test files are for the offline runner: the stack ignores them.
+`workflow_result(s)` of the test files are for the offline runner: the stack ignores them,
+and skips the tests marked `offline: true` (they need a given confidence or ranking), which
+the report lists as SKIP.
 
 Exit status: 0 when every test passes, 1 when any fails, 2 when the tests could not run (bad
 arguments or test files, the gateway or the dialogue service unreachable, the key refused).
@@ -135,7 +137,13 @@ async def run(plan: Plan, args: argparse.Namespace) -> tuple[TestReport, list[st
                               initial_slots=plan.initial_slots, timeout_s=args.timeout,
                               workflow_timeout_s=args.workflow_timeout) as client:
         report = await run_conversation_tests(plan.tests, client, prefix=PREFIX)
-        return report, list(client.started)
+        return report, aligned(report, client.started)
+
+
+def aligned(report: TestReport, started: list[str]) -> list[str]:
+    """The conversation id of each result ("" for a test skipped: it started none)."""
+    ids = iter(started)
+    return ["" if result.skipped else next(ids, "") for result in report.results]
 
 
 def render(report: TestReport, conversations: list[str]) -> str:
@@ -161,11 +169,13 @@ def write_report(path: Path, report: TestReport, conversations: list[str], bot: 
         "passed": report.passed,
         "total": len(report.results),
         "failed": len(report.failed),
+        "skipped": len(report.skipped),
         "tests": [{
             "name": result.test.name,
             "file": result.test.file,
             "line": result.test.line,
             "passed": result.passed,
+            "skipped": result.skipped,
             "steps": len(result.test.steps),
             "steps_run": result.steps_run,
             "conversation_id": conversation,

@@ -240,6 +240,11 @@ def _print_calibration(report: dict[str, Any], configured: float) -> None:
         print(f"{name}: {part['n_answerable']} answerable, {part['n_unanswerable']} "
               "unanswerable questions")
         _print_metrics(part)
+    scores = report.get("score_calibration")
+    if scores is not None:
+        print(f"score calibration (knowledge.score_calibration): slope {scores['slope']:g}, "
+              f"intercept {scores['intercept']:g}; held-out Brier "
+              f"{_fmt(scores['held_out_brier'])} (raw score {_fmt(scores['held_out_brier_raw'])})")
 
 
 def _print_report(report: dict[str, Any]) -> None:

@@ -6,11 +6,15 @@ Metrics: recall@1, recall@5 and MRR over the answerable cases, the share of unan
 cases declined, the share of answerable cases that would be answered (top score at or above
 the threshold), and the share of all cases handled correctly (answerable: answered with the
 expected item at rank 1; unanswerable: declined). `calibrate` picks the threshold that
-maximises that share on a seeded half of the cases and reports the other half with it.
+maximises that share on a seeded half of the cases and reports the other half with it; it
+also fits the score calibration (`knowledge.score_calibration`): the probability that the
+top hit answers the question, P = 1 / (1 + exp(-(slope * score + intercept))) (Platt
+scaling), which the dialogue compares with an intent's confidence (docs/bot-definition.md).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +30,8 @@ CASES_FILE = Path("tests") / "kb.yml"
 SEARCH_K = 5
 DEFAULT_THRESHOLD = 0.5
 THRESHOLD_STEP = 0.01
+RIDGE = 1e-3
+"""L2 penalty of the Platt fit (keeps it finite when the scores separate the cases)."""
 
 
 class SearchesText(Protocol):
@@ -162,14 +168,68 @@ def pick_threshold(results: Sequence[CaseResult]) -> float:
 
 
 def calibrate(searcher: SearchesText, cases: Sequence[KbCase], seed: int) -> dict[str, Any]:
-    """Pick the threshold on a seeded half of the cases; the metrics of both halves with it
-    (the held-out half's are the honest estimate)."""
+    """Pick the threshold and fit the score calibration on a seeded half of the cases; the
+    metrics of both halves with them (the held-out half's are the honest estimate)."""
     calibration, held_out = split_cases(cases, seed)
     calibration_results = run_cases(searcher, calibration)
+    held_out_results = run_cases(searcher, held_out)
     threshold = pick_threshold(calibration_results)
-    return {"seed": seed, "answer_threshold": threshold,
+    fitted = fit_score_calibration(calibration_results)
+    scores: dict[str, Any] | None = None
+    if fitted is not None:
+        slope, intercept = fitted
+        scores = {"slope": slope, "intercept": intercept,
+                  "held_out_brier": brier(held_out_results, fitted),
+                  "held_out_brier_raw": brier(held_out_results, None)}
+    return {"seed": seed, "answer_threshold": threshold, "score_calibration": scores,
             "calibration": report(calibration_results, threshold),
-            "held_out": report(run_cases(searcher, held_out), threshold)}
+            "held_out": report(held_out_results, threshold)}
+
+
+def _answered_right(result: CaseResult) -> float:
+    """1.0 when the top hit answers the question (the expected item at rank 1), else 0.0."""
+    return 1.0 if result.case.expect is not None and result.rank == 1 else 0.0
+
+
+def fit_score_calibration(results: Sequence[CaseResult]) -> tuple[float, float] | None:
+    """(slope, intercept), 3 decimals, of the logistic fit of "the top hit answers the
+    question" on the top score (Newton's method, with a small ridge); None without both
+    right and wrong top hits."""
+    points = [(r.top or 0.0, _answered_right(r)) for r in results]
+    if len({y for _, y in points}) < 2:
+        return None
+    slope, intercept = 0.0, 0.0
+    for _ in range(100):
+        grad, hessian = [0.0, 0.0], [[RIDGE, 0.0], [0.0, RIDGE]]
+        for x, y in points:
+            p = _sigmoid(slope * x + intercept)
+            weight = p * (1 - p)
+            grad = [grad[0] + (p - y) * x, grad[1] + (p - y)]
+            hessian = [[hessian[0][0] + weight * x * x, hessian[0][1] + weight * x],
+                       [hessian[1][0] + weight * x, hessian[1][1] + weight]]
+        grad = [grad[0] + RIDGE * slope, grad[1] + RIDGE * intercept]
+        det = hessian[0][0] * hessian[1][1] - hessian[0][1] * hessian[1][0]
+        step = ((hessian[1][1] * grad[0] - hessian[0][1] * grad[1]) / det,
+                (hessian[0][0] * grad[1] - hessian[1][0] * grad[0]) / det)
+        slope, intercept = slope - step[0], intercept - step[1]
+        if max(abs(step[0]), abs(step[1])) < 1e-9:
+            break
+    return round(slope, 3), round(intercept, 3)
+
+
+def brier(results: Sequence[CaseResult], fitted: tuple[float, float] | None) -> float | None:
+    """Mean squared error of the probability that the top hit answers (the calibrated score,
+    or the raw score when `fitted` is None): lower is better calibrated."""
+    errors = []
+    for result in results:
+        score = result.top or 0.0
+        p = score if fitted is None else _sigmoid(fitted[0] * score + fitted[1])
+        errors.append((p - _answered_right(result)) ** 2)
+    return _mean(errors)
+
+
+def _sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-max(-60.0, min(60.0, z))))
 
 
 def _mean(values: Sequence[float | bool]) -> float | None:

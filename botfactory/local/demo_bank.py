@@ -4,6 +4,8 @@
 
 JSON API (with `--token`, requests need `Authorization: Bearer <token>`):
   GET  /accounts/{account}/balance        {"account", "balance", "currency"}
+                       (503 for "business": its ledger is offline, so that a conversation
+                       test sees a failing lookup on the running stack)
   POST /holds          {account, amount, reference}    -> 201 {"hold_id", ...}
   POST /holds/{id}/release                             -> 200 (a hold's compensation)
   POST /transfers      {from_account, amount, recipient, reference} -> 201 {"transfer_id", ...}
@@ -38,7 +40,12 @@ from typing import Any
 
 from aiohttp import web
 
+from services.common.logging import configure_logging, get_logger
+
+log = get_logger(__name__)
+
 ACCOUNTS = {"checking": 12500.0, "savings": 10400.5, "business": 48000.0}
+OFFLINE_LEDGERS = frozenset({"business"})  # balance lookups answer 503 (transfers still work)
 CURRENCIES = ("EUR", "USD", "GBP")
 
 
@@ -149,6 +156,8 @@ async def balance(request: web.Request) -> web.Response:
     bank = _bank(request)
     if account not in bank.balances:
         return _error(404, f"no account {account!r}")
+    if account in OFFLINE_LEDGERS:
+        return _error(503, f"the {account} ledger is unavailable")
     return web.json_response({"account": account, "balance": round(bank.balances[account], 2),
                               "currency": "EUR"})
 
@@ -352,7 +361,7 @@ async def serve(app: web.Application, host: str = "127.0.0.1",
 
 async def _run(args: argparse.Namespace) -> None:
     runner, port = await serve(create_app(args.token, args.legacy_pin), args.host, args.port)
-    print(f"demo bank on http://{args.host}:{port}", flush=True)
+    log.info("demo_bank_started", url=f"http://{args.host}:{port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -369,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8099, help="0: a free port (printed)")
     parser.add_argument("--token", default=None, help="require this bearer token on the API")
     parser.add_argument("--legacy-pin", default=None, help="require this PIN on the web form")
+    parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    configure_logging("demo_bank", args.log_level)  # JSON lines, like the services
     asyncio.run(_run(args))
     return 0
 

@@ -204,9 +204,12 @@ def _wait_grpc_serving(target: str, process: subprocess.Popen[bytes],
     raise RuntimeError(f"{target} not serving after {timeout:.0f}s")
 
 
-def _demo_key(base_url: str, admin_key: str, bot: str) -> str:
-    body = json.dumps({"tenant": "demo", "bots": [bot], "role": "agent",
-                       "description": "make run demo key"}).encode()
+def _demo_key(base_url: str, admin_key: str, bot: str, role: str = "client") -> str:
+    """A key of the demo tenant for `bot`: `client` for the chat page and the terminal chat
+    (the page trades it for a visitor token of its conversation), `agent` for the handoff
+    desk and workflow approvals (never the chat's: it could approve its own transfers)."""
+    body = json.dumps({"tenant": "demo", "bots": [bot], "role": role,
+                       "description": f"make run demo {role} key"}).encode()
     request = urllib.request.Request(f"{base_url}/v1/admin/keys", data=body, method="POST",
                                      headers={"Authorization": f"Bearer {admin_key}",
                                               "Content-Type": "application/json"})
@@ -304,14 +307,19 @@ def main(argv: list[str] | None = None) -> int:
             BOTFACTORY_GATEWAY_HTTP_PORT=str(args.http_port),
             BOTFACTORY_GATEWAY_API_KEY_PEPPER=_secret(args.data_dir / "pepper"),
             BOTFACTORY_GATEWAY_ADMIN_BOOTSTRAP_KEY=admin_key,
+            # Generated here for the local stack only: production sets its own (config.py).
+            BOTFACTORY_GATEWAY_VISITOR_TOKEN_SECRET=_secret(args.data_dir /
+                                                            "visitor-token-secret"),
         ), logs))
         base_url = f"http://127.0.0.1:{args.http_port}"
         _wait_ready(f"{base_url}/readyz", processes[-1])
         key = _demo_key(base_url, admin_key, args.bot.name)
+        agent_key = _demo_key(base_url, admin_key, args.bot.name, "agent")
         print(f"\nbotfactory is running.\n  web chat:  {base_url}/  (bot: {args.bot.name}, "
               f"API key: {key})\n  HTTP API:  {base_url}/openapi.json\n"
               f"  terminal:  .venv/bin/botfactory chat {args.bot.name} --gateway {base_url} "
-              f"--api-key {key}\n  admin key: {args.data_dir / 'admin-key'}\n"
+              f"--api-key {key}\n  agent key: {agent_key}  (handoffs, workflow approvals, "
+              f"transcripts: not for the chat)\n  admin key: {args.data_dir / 'admin-key'}\n"
               f"  NATS {nats.plain_url} (auth on: admin password in "
               f"{nats.workdir / 'admin-password'}),\n  NLU gRPC 127.0.0.1:{args.nlu_port}, "
               f"RPA gRPC 127.0.0.1:50081, "

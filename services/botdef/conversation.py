@@ -140,7 +140,13 @@ class SlotDef:
     """A slot: its type (text, number, boolean, categorical, entity), how it is filled
     (`entity`: from that entity; `from_text`: from the raw answer to its question) and its
     validation. `keep`: not reset when a flow that uses it starts. `label` (default: the
-    name in words) names it in messages."""
+    name in words) names it in messages.
+
+    A slot whose entity has a lookup list takes only the list's values (and the entity's
+    synonyms) unless `lookup_only` is false; a value at least `fuzzy` similar to one of them
+    (0..1, case and accents ignored; 1: exact only) is taken as that value. `currencies`
+    (number slots): the currencies an amount may be in, by ISO code; an amount naming
+    another currency is invalid (never converted)."""
 
     name: str
     type: str = "text"
@@ -153,6 +159,9 @@ class SlotDef:
     description: str = ""
     from_text: bool = True
     keep: bool = False
+    lookup_only: bool = True
+    fuzzy: float = 0.8
+    currencies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -267,6 +276,23 @@ class ConversationDefinition:
 
 
 # -- shared helpers (also used by the dialogue engine) ----------------------------------------
+
+
+def answers_only(flow: FlowDef) -> bool:
+    """Whether the flow only answers (says, sets slots, searches, ends): no question, call,
+    workflow or handoff, so another answer may stand in for it."""
+    return _answer_steps(flow.steps)
+
+
+def _answer_steps(steps: tuple[Step, ...]) -> bool:
+    for step in steps:
+        if isinstance(step, Branch):
+            branches = [body for _, body in step.cases] + [step.otherwise]
+            if not all(_answer_steps(body) for body in branches):
+                return False
+        elif not isinstance(step, Say | SetSlots | Search | End):
+            return False
+    return True
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
@@ -602,6 +628,9 @@ class _Builder:
             description=str(raw.get("description", "")),
             from_text=bool(raw.get("from_text", True)),
             keep=bool(raw.get("keep", False)),
+            lookup_only=bool(raw.get("lookup_only", True)),
+            fuzzy=float(raw.get("fuzzy", 0.8)),
+            currencies=tuple(str(c).upper() for c in raw.get("currencies", ())),
         )
         self._check_slot(entry, slot, raw)
         return slot
@@ -615,9 +644,10 @@ class _Builder:
         if slot.entity is not None and entities is not None and slot.entity not in entities:
             known = ", ".join(sorted(entities)) or "none"
             self.add(entry, ["entity"], f"unknown entity {slot.entity!r} (declared: {known})")
-        ranged = [key for key in ("min", "max", "gt", "lt") if key in raw]
+        ranged = [key for key in ("min", "max", "gt", "lt", "currencies") if key in raw]
         if ranged and slot.type != "number":
-            self.add(entry, [ranged[0]], "a range applies to number slots only")
+            what = "currencies apply" if ranged[0] == "currencies" else "a range applies"
+            self.add(entry, [ranged[0]], f"{what} to number slots only")
         problem = value_problem(slot, slot.initial)
         if problem is not None:
             self.add(entry, ["initial"], f"invalid initial value {slot.initial!r}: {problem}")

@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from services.botdef.annotation import parse_annotated
-from services.botdef.conversation import ConversationDefinition, SectionEntry, build_conversation
+from services.botdef.conversation import (
+    ConversationDefinition,
+    SectionEntry,
+    answers_only,
+    build_conversation,
+)
 from services.botdef.model import (
     BotDefinition,
     BotDefinitionError,
@@ -296,7 +301,10 @@ class _Loader:
             self.issues.extend(issues)
 
     def check_knowledge(self, bot_file: str, bot_doc: Any) -> None:
-        """`knowledge.faq_intent` must name an intent of the bot (when given)."""
+        """`knowledge.faq_intent` must name an intent of the bot (when given);
+        `knowledge.answer_intents` intents of the bot whose flows only say things (the
+        knowledge base never answers in place of a flow that collects, calls, runs a
+        workflow or hands off)."""
         section = bot_doc.get("knowledge")
         if not isinstance(section, dict) or not self.intents_complete:
             return
@@ -305,6 +313,22 @@ class _Loader:
             line = line_of(bot_doc, ["knowledge", "faq_intent"])
             message = f"unknown intent {intent!r} (use null for no FAQ intent)"
             self.issues.append(DefinitionIssue(bot_file, line, "knowledge.faq_intent", message))
+        for index, name in enumerate(section.get("answer_intents") or ()):
+            problem = self._answer_intent_problem(str(name))
+            if problem is not None:
+                line = line_of(bot_doc, ["knowledge", "answer_intents", index])
+                field = f"knowledge.answer_intents[{index}]"
+                self.issues.append(DefinitionIssue(bot_file, line, field, problem))
+
+    def _answer_intent_problem(self, intent: str) -> str | None:
+        if intent not in self.intents:
+            return f"unknown intent {intent!r}"
+        flow = self.conversation.flow_for_intent(intent)
+        if flow is not None and not answers_only(flow):
+            return (f"intent {intent!r} starts the flow {flow.name!r}, which does more than "
+                    "answer (collect, call, workflow or handoff): the knowledge base never "
+                    "answers in its place")
+        return None
 
     def _check_mentions(self) -> None:
         declared = ", ".join(sorted(self.entities)) or "none"
@@ -420,4 +444,13 @@ def knowledge_settings(section: dict[str, Any]) -> KnowledgeSettings:
         on_out_of_scope=bool(section.get("on_out_of_scope", defaults.on_out_of_scope)),
         max_sentences=int(section.get("max_sentences", defaults.max_sentences)),
         k=int(section.get("k", defaults.k)),
+        answer_intents=tuple(str(i) for i in section.get("answer_intents") or ()),
+        intent_margin=float(section.get("intent_margin", defaults.intent_margin)),
+        score_calibration=_score_calibration(section.get("score_calibration")),
     )
+
+
+def _score_calibration(raw: Any) -> tuple[float, float] | None:
+    if not isinstance(raw, dict):
+        return None
+    return float(raw["slope"]), float(raw["intercept"])

@@ -75,7 +75,13 @@ class KnowledgeSettings:
     `answer_threshold`: the lowest hit score answered (below it: the normal fallback);
     `faq_intent`: the intent whose messages go to the knowledge base (None: none);
     `on_out_of_scope`: out-of-scope and low-confidence messages try the knowledge base first;
-    `max_sentences`: sentences in an answer taken from a document passage; `k`: hits asked for.
+    `max_sentences`: sentences in an answer taken from a document passage; `k`: hits asked for;
+    `answer_intents`: intents (FAQ-type: their flows only say things) whose messages also
+    search the knowledge base, which answers instead when its best hit reaches
+    `answer_threshold` and its calibrated score plus `intent_margin` reaches the intent's
+    confidence; `score_calibration`: (slope, intercept) of the Platt scaling that turns a hit
+    score into the probability that the hit answers (`botfactory test-kb --calibrate`; None:
+    the raw score).
     """
 
     answer_threshold: float = 0.5
@@ -83,6 +89,9 @@ class KnowledgeSettings:
     on_out_of_scope: bool = True
     max_sentences: int = 2
     k: int = 5
+    answer_intents: tuple[str, ...] = ()
+    intent_margin: float = 0.0
+    score_calibration: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,10 @@ PII is redacted from every log line (services/common/pii.py, docs/security.md): 
 `redact_pii` processor rewrites every string value of a structlog event (nested values too)
 before it is rendered, and a filter on the root handler does the same for plain `logging`
 records (libraries).
+
+Plain `logging` records (nats-py's warnings, aiohttp's errors, ...) are rendered as the same
+JSON lines (`event` is the message; `logger`, `level`, `timestamp`, `service` and the bound
+correlation id are added; a traceback goes in `exception`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,32 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+def add_exception_text(logger: Any, method_name: str, event_dict: Any) -> Any:
+    """structlog processor for `logging` records: their (redacted) traceback, if any."""
+    record = event_dict.get("_record")
+    if isinstance(record, logging.LogRecord) and record.exc_text:
+        event_dict["exception"] = record.exc_text
+    return event_dict
+
+
+def json_formatter() -> structlog.stdlib.ProcessorFormatter:
+    """Renders plain `logging` records as the services' JSON lines."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            add_exception_text,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            redact_pii,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
     """JSON lines on stdout: timestamp, level, service, event, correlation id, fields."""
     numeric = logging.getLevelNamesMapping().get(level.upper())
@@ -60,6 +90,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     logging.basicConfig(format="%(message)s", stream=sys.stdout, level=numeric, force=True)
     for handler in logging.root.handlers:
         handler.addFilter(RedactingFilter())
+        handler.setFormatter(json_formatter())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -83,6 +114,12 @@ def get_logger(name: str) -> Any:
 
 def new_correlation_id() -> str:
     return uuid.uuid4().hex
+
+
+def current_correlation_id() -> str | None:
+    """The correlation id bound to the current context (None when none is)."""
+    value = structlog.contextvars.get_contextvars().get("correlation_id")
+    return value if isinstance(value, str) and value else None
 
 
 def bind_correlation_id(value: str | None) -> str:

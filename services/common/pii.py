@@ -32,6 +32,15 @@ _EMAIL = re.compile(
     r"(?<![\w.%+-])[A-Za-z0-9._%+-]{1,64}@"
     r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}(?![\w-])"
 )
+
+
+def email_spans(text: str) -> list[tuple[int, int]]:
+    """The [start, end) spans of the e-mail addresses in `text`."""
+    if "@" not in text:
+        return []
+    return [match.span() for match in _EMAIL.finditer(text)]
+
+
 # Two letters, two check digits, then 11-30 letters or digits, optionally grouped by spaces.
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]){11,30}")
 # A run of digits with single space or dash separators; card numbers are searched inside it.

@@ -23,6 +23,9 @@ HEADER_REPLY_INBOX = "Bf-Reply-Inbox"
 # The gateway's reply inboxes are `<its inbox prefix>.gw.<replica>.<message id>`.
 GATEWAY_REPLIES = "gw"
 HEADER_KIND = "Bf-Kind"
+# On a workflow's `notify` message: the run that sent it (its replies answer the message whose
+# turn started the run).
+HEADER_RUN_ID = "Bf-Run-Id"
 # On the replies and events of a bot that keeps PII (bot.yml `privacy: {redact_pii: false}`):
 # readers such as the transcript leave their text as it is instead of masking it.
 HEADER_PII = "Bf-Pii"
@@ -40,6 +43,13 @@ KIND_NOTIFY = "notify"
 # On conv.event.*: the message is a ConversationEvents (all events of one turn), not a single
 # ConversationEvent (services/common/events.py).
 KIND_EVENTS = "events"
+# On the waiting gateway's reply inbox only: the TurnSummary that ends a turn's replies
+# (conversation.proto), published to `<reply inbox>.turn` (a gateway older than the summary
+# finds no waiter for that subject and ignores it).
+KIND_TURN = "turn"
+# On conv.out: a user's message relayed to the human agent of a handed-off conversation (a
+# BotMessage with role "user"; not a reply: the waiting gateway does not get it).
+KIND_RELAYED_USER = "relayed_user"
 
 
 def check_id(value: str, what: str) -> str:
@@ -47,6 +57,21 @@ def check_id(value: str, what: str) -> str:
     if not ID_RE.match(value):
         raise InvalidArgument(f"{what} must be 1-128 characters of letters, digits, '_' or '-'")
     return value
+
+
+def scoped_id(bot_id: str, conversation_id: str, message_id: str) -> str:
+    """The bus-wide key of a message id, which is unique only within its conversation:
+    `<bot>.<conversation>.<id>`. Every dedupe store keys by it (the `Nats-Msg-Id` of conv.in,
+    conv.out, conv.event and rpa.jobs, the gateway's waiters, reply inboxes and pending
+    messages). Bots are globally unique and belong to one tenant, so this scopes by tenant too;
+    ids hold no dots (check_id), so the parts can be told apart."""
+    return f"{bot_id}.{conversation_id}.{message_id}"
+
+
+def unscoped_id(msg_id: str) -> str:
+    """The conversation's own id in a (possibly) scoped `Nats-Msg-Id`: `m1:e` of
+    `banking.c1.m1:e`; an id stored before scoping (`m1:e`) is returned as it is."""
+    return msg_id.rsplit(".", 1)[-1]
 
 
 def partition(conversation_id: str, partitions: int) -> int:

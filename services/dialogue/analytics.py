@@ -10,7 +10,8 @@ A conversation (for containment) is a session of it: a session starts at the fir
 of a conversation, and again at each `session_expired` event (the engine emits it in the first
 turn after the idle timeout, when the tracker starts a new session). A user message opens its
 conversation when the conversation's first event in the stream belongs to the same turn (the
-event's `Nats-Msg-Id` starts with `<message id>:e`): one stream lookup for a conversation this
+event's `Nats-Msg-Id`, scoped `<bot>.<conversation>.<message id>:e` or, stored before ids were
+scoped, `<message id>:e`, names the same message): one stream lookup for a conversation this
 process has not seen yet, so the rule holds with any number of replicas and no shared state.
 A turn's events come as one message (services/common/events.py); it is acked as a whole.
 See docs/observability.md for the metrics and the PromQL of the rates.
@@ -33,7 +34,7 @@ from services.common.logging import get_logger
 from services.common.nats import Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.common.pull import ContinuousPull, open_pull, pulled_batches
-from services.common.subjects import HEADER_MSG_ID
+from services.common.subjects import HEADER_MSG_ID, unscoped_id
 from services.dialogue.metrics import AnalyticsMetrics
 
 log = get_logger(__name__)
@@ -174,7 +175,7 @@ class AnalyticsConsumer:
         if msg.metadata is not None and first.seq == msg.metadata.sequence.stream:
             return True
         message_id = str(data.get("message_id", ""))
-        first_id = (first.headers or {}).get(HEADER_MSG_ID, "")
+        first_id = unscoped_id((first.headers or {}).get(HEADER_MSG_ID, ""))
         return bool(message_id) and first_id.startswith(f"{message_id}:e")
 
 

@@ -7,7 +7,8 @@ EVENTS). A user message is queued when
 - its NLU confidence is below `review_low_confidence` (reason `low_confidence`), or NLU flagged
   it out of scope (`out_of_scope`) — from the `user_message` event;
 - the turn fell back (`fallback`) — from the `fallback` event, whose turn's `user_message`
-  event (same message id, `Nats-Msg-Id` `<message id>:e<n>`) gives the text;
+  event (same message id, `Nats-Msg-Id` `<bot>.<conversation>.<message id>:e`, or
+  `<message id>:e` when stored before ids were scoped) gives the text;
 - the user rated the bot's answer -1 (`negative_feedback`) — the rated message id is
   `<user message id>:<index>`; the user message is looked up in the conversation's events;
 - the live and the candidate model disagreed in shadow mode (`disagreement`): JSON
@@ -37,7 +38,7 @@ from services.common.logging import get_logger
 from services.common.nats import KV_REVIEW, Bus
 from services.common.pull import ContinuousPull, open_pull, pulled_batches
 from services.common.reviewqueue import EntityGuess, Observation, ReviewQueue
-from services.common.subjects import HEADER_MSG_ID
+from services.common.subjects import HEADER_MSG_ID, unscoped_id
 
 log = get_logger(__name__)
 
@@ -173,7 +174,8 @@ class ReviewCollector:
             return None if turn is None or reason is None else nlu_observation(
                 bot, turn, reason, at_ms)
         if kind == "fallback":
-            message_id = (msg.headers or {}).get(HEADER_MSG_ID, "").rsplit(":e", 1)[0]
+            header = unscoped_id((msg.headers or {}).get(HEADER_MSG_ID, ""))
+            message_id = header.rsplit(":e", 1)[0]
             turn = said or await self.find_user_message(bot, conversation, message_id)
             return None if turn is None else nlu_observation(bot, turn, "fallback", at_ms)
         if kind == "feedback" and _float(data.get("rating")) < 0:
@@ -197,7 +199,8 @@ class ReviewCollector:
             if raw.seq is None:
                 return None
             seq = raw.seq + 1
-            if not (raw.headers or {}).get(HEADER_MSG_ID, "").startswith(f"{message_id}:e"):
+            header = unscoped_id((raw.headers or {}).get(HEADER_MSG_ID, ""))
+            if not header.startswith(f"{message_id}:e"):
                 continue
             for event in decode_events(raw.data or b"", raw.headers):
                 if event.type == "user_message":

@@ -22,6 +22,7 @@ from services.dialogue.engine import Tracker
 
 FORMAT = 1
 RECENT_IDS = 32
+RECENT_RUNS = 16
 
 
 class ConcurrentUpdate(Exception):
@@ -46,15 +47,34 @@ class Outgoing:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """The user message whose turn started a workflow run, and the reply inbox of the gateway
+    that waited for it: the run's result answers that message (in_reply_to) and goes to that
+    inbox too."""
+
+    message_id: str
+    reply_inbox: str = ""
+
+
+@dataclass(frozen=True)
 class Record:
+    """`applied`: the last message ids handled in this conversation (ids are unique per
+    conversation, so this is its dedupe store); `origins`: run id → Origin of the workflow
+    runs started lately (records written before it have none: their results answer
+    nothing)."""
+
     tracker: Tracker
     revision: int | None
     applied: tuple[str, ...] = ()
     outbox_for: str | None = None
     outbox: tuple[Outgoing, ...] = ()
+    origins: dict[str, Origin] = field(default_factory=dict)
 
     def seen(self, message_id: str) -> bool:
         return message_id in self.applied
+
+    def origin(self, run_id: str) -> Origin | None:
+        return self.origins.get(run_id)
 
     def encode(self) -> bytes:
         return json.dumps({
@@ -63,19 +83,25 @@ class Record:
             "applied": list(self.applied),
             "outbox_for": self.outbox_for,
             "outbox": [o.to_json() for o in self.outbox],
+            "origins": {run: [o.message_id, o.reply_inbox] for run, o in self.origins.items()},
         }, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, data: bytes, revision: int) -> Record:
         raw = json.loads(data)
         tracker = Tracker.from_dict(raw["tracker"])
+        origins = {str(run): Origin(str(ids[0]), str(ids[1]))
+                   for run, ids in (raw.get("origins") or {}).items()}
         return cls(tracker, revision, tuple(raw.get("applied", ())), raw.get("outbox_for"),
-                   tuple(Outgoing.from_json(o) for o in raw.get("outbox", ())))
+                   tuple(Outgoing.from_json(o) for o in raw.get("outbox", ())), origins)
 
-    def after_turn(self, tracker: Tracker, message_id: str,
-                   outbox: tuple[Outgoing, ...]) -> Record:
+    def after_turn(self, tracker: Tracker, message_id: str, outbox: tuple[Outgoing, ...],
+                   started: dict[str, Origin] | None = None) -> Record:
+        """The record after a turn that handled `message_id` and sent `outbox`; `started`:
+        the workflow runs it started, by run id, with their origin."""
         applied = (*self.applied, message_id)[-RECENT_IDS:] if message_id else self.applied
-        return Record(tracker, self.revision, applied, message_id or None, outbox)
+        origins = dict(list({**self.origins, **(started or {})}.items())[-RECENT_RUNS:])
+        return Record(tracker, self.revision, applied, message_id or None, outbox, origins)
 
 
 class TrackerStore:

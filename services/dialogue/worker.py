@@ -31,7 +31,7 @@ from services.common.events import encode_events
 from services.common.logging import bind_correlation_id, get_logger
 from services.common.nats import KV_HANDOFFS, STREAM_CONV_IN, Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
-from services.common.pii import redact_value
+from services.common.pii import redact, redact_value
 from services.common.pull import ContinuousPull, open_pull
 from services.common.subjects import (
     HEADER_CORRELATION,
@@ -39,11 +39,14 @@ from services.common.subjects import (
     HEADER_MSG_ID,
     HEADER_PII,
     HEADER_REPLY_INBOX,
+    HEADER_RUN_ID,
     KIND_AGENT,
     KIND_EVENTS,
     KIND_MESSAGE,
     KIND_NOTIFY,
+    KIND_RELAYED_USER,
     KIND_RELEASE,
+    KIND_TURN,
     KIND_WORKFLOW_PROGRESS,
     KIND_WORKFLOW_RESULT,
     PII_KEEP,
@@ -51,7 +54,9 @@ from services.common.subjects import (
     inbound_filter,
     outbound,
     parse_inbound,
+    scoped_id,
     tracker_key,
+    unscoped_id,
 )
 from services.dialogue.bots import BotRegistry
 from services.dialogue.engine import (
@@ -69,6 +74,7 @@ from services.dialogue.metrics import DialogueMetrics
 from services.dialogue.nlu_client import NluClient, NluUnavailable
 from services.dialogue.store import (
     ConcurrentUpdate,
+    Origin,
     Outgoing,
     RecentRecords,
     Record,
@@ -82,6 +88,9 @@ UNKNOWN_BOT_TEXT = "Sorry, this assistant is not available right now."
 BROKEN_TEXT = "Sorry, something went wrong on our side. Your message was kept; please try again."
 # Event fields that are identifiers, never redacted (a digit-only id would read as a phone).
 EVENT_IDS = frozenset({"message_id", "run_id", "in_reply_to"})
+# The subject of an Outgoing that goes only to the waiting gateway's reply inbox (the turn's
+# TurnSummary), never to JetStream.
+INBOX_ONLY = ""
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,25 @@ class Inbound:
     user: conversation_pb2.UserMessage | None
     workflow: WorkflowResult | None
     progress_run_id: str = ""  # a `workflow_progress` notice: the run that is taking long
+    notify_run_id: str = ""  # a `notify` message: the run that sent it (header Bf-Run-Id)
+
+    @property
+    def run_id(self) -> str:
+        """The workflow run whose result, progress notice or notify message this is ("" for
+        a user or agent message)."""
+        if self.workflow is not None:
+            return self.workflow.run_id
+        return self.progress_run_id or self.notify_run_id
+
+    def origin(self, record: Record) -> Origin:
+        """Whom the turn's replies answer and where the waiting gateway is: the user (or
+        agent) message itself; for a workflow's result, progress notice or notify message, the
+        message whose turn started the run (unknown run, e.g. started before origins were
+        recorded: none)."""
+        if self.run_id:
+            return record.origin(self.run_id) or Origin("")
+        answered = self.message_id if self.kind in (KIND_MESSAGE, KIND_AGENT) else ""
+        return Origin(answered, self.reply_inbox or "")
 
 
 def decode(msg: Msg) -> Inbound:
@@ -113,10 +141,11 @@ def decode(msg: Msg) -> Inbound:
         message_id = f"wf-{workflow.run_id}"
     else:
         user = conversation_pb2.UserMessage.FromString(msg.data)
-        message_id = user.message_id or headers.get(HEADER_MSG_ID, "")
+        message_id = user.message_id or unscoped_id(headers.get(HEADER_MSG_ID, ""))
+    notify_run = headers.get(HEADER_RUN_ID, "") if kind == KIND_NOTIFY else ""
     return Inbound(bot_id, conversation_id, kind, message_id,
                    headers.get(HEADER_CORRELATION, ""), headers.get(HEADER_REPLY_INBOX), user,
-                   workflow, progress)
+                   workflow, progress, notify_run)
 
 
 class DialogueWorker:
@@ -196,9 +225,13 @@ class DialogueWorker:
             self._recent.forget_partition(part)
             await self._failed(msg, inbound, exc)
         finally:
+            seconds = time.perf_counter() - started
             self._metrics.messages.labels(bot=inbound.bot_id, kind=inbound.kind,
                                           outcome=outcome).inc()
-            self._metrics.latency.observe(time.perf_counter() - started)
+            self._metrics.latency.observe(seconds)
+            log.info("turn", bot=inbound.bot_id, conversation=inbound.conversation_id,
+                     kind=inbound.kind, message_id=inbound.message_id, outcome=outcome,
+                     duration_ms=round(seconds * 1000, 1))
 
     def _received(self, msg: Msg) -> int:
         """The message's partition, its delivery noted for the tracker memory (-1: unknown)."""
@@ -228,13 +261,16 @@ class DialogueWorker:
         for attempt in range(CAS_RETRIES):
             record = await self._load(key, part, attempt == 0) or Record(
                 Tracker.new(inbound.bot_id, inbound.conversation_id, time.time()), None)
+            origin = inbound.origin(record)
             if record.seen(inbound.message_id):
                 if record.outbox_for == inbound.message_id:
-                    await self._publish(record.outbox, inbound.reply_inbox)
+                    await self._publish(record.outbox, origin.reply_inbox)
                 return "duplicate"
             result = await self._searching_turn(engine, record.tracker, inbound, nlu, found)
-            outbox = self._outgoing(inbound, result, nlu, redact=engine.bot.redacts_pii)
-            written = record.after_turn(result.tracker, inbound.message_id, outbox)
+            outbox = self._outgoing(inbound, result, nlu, origin, engine,
+                                    relay=record.tracker.handed_off and result.tracker.handed_off)
+            written = record.after_turn(result.tracker, inbound.message_id, outbox,
+                                        {job.run_id: origin for job in result.workflows})
             try:
                 revision = await self._store.save(key, written)
             except ConcurrentUpdate:
@@ -242,7 +278,7 @@ class DialogueWorker:
                 continue
             self._recent.put(part, key, dataclasses.replace(written, revision=revision))
             await self._side_effects(inbound, record.tracker, result.tracker)
-            await self._publish(outbox, inbound.reply_inbox)
+            await self._publish(outbox, origin.reply_inbox)
             return "ok"
         raise ConcurrentUpdate(key)
 
@@ -292,36 +328,48 @@ class DialogueWorker:
         return engine.handle_message(tracker, inbound.message_id, text,
                                      nlu or payload_nlu(text), now, knowledge=knowledge)
 
-    def _outgoing(self, inbound: Inbound, result: TurnResult, nlu: NluResult | None, *,
-                  redact: bool = True) -> tuple[Outgoing, ...]:
+    def _outgoing(self, inbound: Inbound, result: TurnResult, nlu: NluResult | None,
+                  origin: Origin, engine: DialogueEngine, *,
+                  relay: bool = False) -> tuple[Outgoing, ...]:
+        """The turn's outbox: replies (conv.out), a user message relayed to the human agent
+        when `relay` (the conversation was handed off), the turn's events, workflow jobs and,
+        last, the TurnSummary for the waiting gateway. Every `Nats-Msg-Id` is scoped by bot and
+        conversation (subjects.scoped_id): message ids are unique per conversation only."""
         bot, conv = inbound.bot_id, inbound.conversation_id
+        redact_pii = engine.bot.redacts_pii
         headers = {HEADER_CORRELATION: inbound.correlation_id} if inbound.correlation_id else {}
-        if not redact:
+        if not redact_pii:
             headers[HEADER_PII] = PII_KEEP
         now_ms = int(time.time() * 1000)
         out: list[Outgoing] = []
-        in_reply_to = inbound.message_id if inbound.kind in (KIND_MESSAGE, KIND_AGENT) else ""
         for index, reply in enumerate(result.replies):
-            message = bot_message(bot, conv, inbound.message_id, in_reply_to, index,
+            message = bot_message(bot, conv, inbound.message_id, origin.message_id, index,
                                   len(result.replies), reply, now_ms)
-            out.append(Outgoing(outbound(bot, conv), message.message_id,
+            out.append(Outgoing(outbound(bot, conv), scoped_id(bot, conv, message.message_id),
                                 message.SerializeToString(), headers))
+        if relay and inbound.kind == KIND_MESSAGE and inbound.user is not None:
+            out.append(relayed_user_message(inbound, now_ms, headers, redact_pii=redact_pii))
         turn_events = [
             conversation_pb2.ConversationEvent(
                 bot_id=bot, conversation_id=conv, type=kind, at_unix_ms=now_ms,
                 correlation_id=inbound.correlation_id,
-                data_json=json.dumps(redact_value(data, keep=EVENT_IDS) if redact else data,
+                data_json=json.dumps(redact_value(data, keep=EVENT_IDS) if redact_pii else data,
                                      default=str))
             for kind, data in self._events(inbound, result, nlu)]
         if turn_events:  # one message for the whole turn (services/common/events.py)
-            out.append(Outgoing(events(bot, conv), f"{inbound.message_id}:e",
+            out.append(Outgoing(events(bot, conv), scoped_id(bot, conv, f"{inbound.message_id}:e"),
                                 encode_events(turn_events), {**headers, HEADER_KIND: KIND_EVENTS}))
         for job in result.workflows:
             body = {"run_id": job.run_id, "workflow": job.workflow, "inputs": job.inputs,
                     "bot_id": bot, "conversation_id": conv,
                     "correlation_id": inbound.correlation_id}
-            out.append(Outgoing(f"rpa.jobs.{bot}", job.run_id,
+            out.append(Outgoing(f"rpa.jobs.{bot}", scoped_id(bot, conv, job.run_id),
                                 json.dumps(body, default=str).encode(), headers))
+        if origin.reply_inbox:
+            understood = nlu if nlu is not None or inbound.user is None or \
+                inbound.kind != KIND_MESSAGE else engine.payload_nlu(inbound.user.text)
+            out.append(turn_summary(inbound, result, understood, origin,
+                                    engine.position(result.tracker)))
         return tuple(out)
 
     @staticmethod
@@ -347,22 +395,31 @@ class DialogueWorker:
             await kv.delete(key)
 
     async def _publish(self, outbox: tuple[Outgoing, ...], inbox: str | None) -> None:
+        """The replies and then the TurnSummary to the waiting gateway's inbox (in order, one
+        connection), then everything but the summary to JetStream."""
         if inbox:
             for item in outbox:
-                if item.subject.startswith("conv.out."):
+                if item.subject == INBOX_ONLY:
+                    await self._bus.nc.publish(f"{inbox}.{KIND_TURN}", item.data,
+                                               headers=item.headers)
+                elif item.subject.startswith("conv.out.") and \
+                        item.headers.get(HEADER_KIND) != KIND_RELAYED_USER:
                     await self._bus.nc.publish(inbox, item.data)
         await asyncio.gather(*(
             self._bus.js.publish(item.subject, item.data,
                                  headers={**item.headers, HEADER_MSG_ID: item.msg_id})
-            for item in outbox))
+            for item in outbox if item.subject != INBOX_ONLY))
 
     async def _reply_unavailable(self, inbound: Inbound, text: str = UNKNOWN_BOT_TEXT) -> None:
+        bot, conv = inbound.bot_id, inbound.conversation_id
         reply = Reply(text=text, buttons=[])
-        message = bot_message(inbound.bot_id, inbound.conversation_id, inbound.message_id,
-                              inbound.message_id, 0, 1, reply, int(time.time() * 1000))
-        item = Outgoing(outbound(inbound.bot_id, inbound.conversation_id), message.message_id,
+        message = bot_message(bot, conv, inbound.message_id, inbound.message_id, 0, 1, reply,
+                              int(time.time() * 1000))
+        item = Outgoing(outbound(bot, conv), scoped_id(bot, conv, message.message_id),
                         message.SerializeToString())
-        await self._publish((item,), inbound.reply_inbox)
+        summary = conversation_pb2.TurnSummary(in_reply_to=inbound.message_id, replies=1)
+        done = Outgoing(INBOX_ONLY, "", summary.SerializeToString(), {HEADER_KIND: KIND_TURN})
+        await self._publish((item, done), inbound.reply_inbox)
 
     async def _failed(self, msg: Msg, inbound: Inbound, exc: Exception) -> None:
         delivered = msg.metadata.num_delivered if msg.metadata else 1
@@ -397,6 +454,50 @@ def nlu_json(nlu: NluResult | None) -> dict[str, Any] | None:
             "entities": [{"entity": e.entity, "value": e.value} for e in nlu.entities],
             "out_of_scope": nlu.out_of_scope, "sentiment": nlu.sentiment,
             "model_version": nlu.model_version, "variant": nlu.variant}
+
+
+def turn_nlu(nlu: NluResult | None, position: tuple[str, str]) -> conversation_pb2.TurnNlu | None:
+    if nlu is None:
+        return None
+    return conversation_pb2.TurnNlu(
+        intent=nlu.intent, confidence=nlu.confidence,
+        ranking=[conversation_pb2.TurnIntent(name=n, confidence=c) for n, c in nlu.ranking],
+        entities=[conversation_pb2.TurnEntity(entity=e.entity, value=e.value, raw=e.raw,
+                                              start=e.start, end=e.end) for e in nlu.entities],
+        out_of_scope=nlu.out_of_scope, sentiment=nlu.sentiment,
+        model_version=nlu.model_version, flow=position[0], step=position[1])
+
+
+def turn_summary(inbound: Inbound, result: TurnResult, nlu: NluResult | None, origin: Origin,
+                 position: tuple[str, str]) -> Outgoing:
+    """The end of the turn for the gateway waiting on `origin`: how many replies, the workflow
+    runs still to answer (the run of a progress notice or notify message included while the
+    conversation waits for it), whether a human has the conversation, and the NLU result with
+    the flow step."""
+    awaiting = [job.run_id for job in result.workflows]
+    running = inbound.progress_run_id or inbound.notify_run_id
+    if running and result.tracker.waiting_workflow == running:
+        awaiting.append(running)
+    summary = conversation_pb2.TurnSummary(
+        in_reply_to=origin.message_id, replies=len(result.replies), awaiting_runs=awaiting,
+        run_id=inbound.run_id,
+        handoff=inbound.kind == KIND_MESSAGE and result.tracker.handed_off,
+        nlu=turn_nlu(nlu, position))
+    return Outgoing(INBOX_ONLY, "", summary.SerializeToString(), {HEADER_KIND: KIND_TURN})
+
+
+def relayed_user_message(inbound: Inbound, now_ms: int, headers: dict[str, str], *,
+                         redact_pii: bool) -> Outgoing:
+    """A user's message in a handed-off conversation, for the human agent: on conv.out with
+    role "user" (webhooks, agent desks), PII masked unless the bot keeps it."""
+    assert inbound.user is not None
+    bot, conv = inbound.bot_id, inbound.conversation_id
+    text = redact(inbound.user.text) if redact_pii else inbound.user.text
+    message = conversation_pb2.BotMessage(
+        bot_id=bot, conversation_id=conv, message_id=inbound.message_id, text=text, index=0,
+        last=True, sent_at_unix_ms=inbound.user.sent_at_unix_ms or now_ms, role="user")
+    return Outgoing(outbound(bot, conv), scoped_id(bot, conv, f"{inbound.message_id}:u"),
+                    message.SerializeToString(), {**headers, HEADER_KIND: KIND_RELAYED_USER})
 
 
 def bot_message(bot: str, conv: str, message_id: str, in_reply_to: str, index: int, count: int,

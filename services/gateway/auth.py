@@ -5,10 +5,16 @@ one tenant, a list of bots (`*`: all) and a role (client < agent < admin, each i
 ones before). Every failure to authenticate (missing, malformed, unknown, revoked) gives the
 same error, so the answer tells nothing about which keys exist.
 
-Key guessing is throttled per client address: each failure takes a token from the client's
-bucket (`failures`, a RateLimiter); while it is empty, every request from that address is
-refused with 429 before its key is looked at. Failures are logged (`auth_failed`, with the
-reason and the client; `auth_blocked` when a client runs out), never with the presented key.
+End users hold visitor tokens instead (`services/gateway/visitor.py`): signed, short-lived,
+for one conversation; they authenticate as a Principal bound to that conversation.
+
+Failed attempts are throttled per client address: each failure takes a token from the client's
+bucket (`failures`, a RateLimiter); while it is empty, a request from that address whose key
+fails gets 429 instead of 401 (and malformed ones are refused without a look-up), while the
+valid keys of the address go on working: one bad client behind a NAT locks nobody else out.
+Keys have 256 random bits, so answering a right key while throttled gives a guesser nothing.
+Failures are logged (`auth_failed`, with the reason and the client; `auth_blocked` when a
+client runs out), never with the presented key.
 """
 
 from __future__ import annotations
@@ -38,6 +44,13 @@ from services.common.logging import get_logger
 from services.common.nats import Bus
 from services.gateway.ports import ALL_BOTS, ApiKeyRecord, KeyStore, Role
 from services.gateway.ratelimit import AuthThrottled, RateLimited, RateLimiter
+from services.gateway.visitor import (
+    INVALID_TOKEN,
+    TokenExpired,
+    VisitorClaims,
+    VisitorTokens,
+    is_visitor_token,
+)
 
 log = get_logger(__name__)
 
@@ -73,16 +86,29 @@ def new_token() -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the scope of the key that authenticated the request."""
+    """Who is calling: the scope of the key that authenticated the request, or of a visitor
+    token (`conversation` set: that conversation of its one bot and nothing else)."""
 
     key_id: str
     tenant: str
     bots: tuple[str, ...]
     role: Role
+    conversation: str | None = None
 
     @classmethod
     def of(cls, record: ApiKeyRecord) -> Principal:
         return cls(record.key_id, record.tenant, record.bots, record.role)
+
+    @classmethod
+    def visitor(cls, claims: VisitorClaims, tenant: str) -> Principal:
+        """A visitor's principal; its key id (the rate-limit bucket, the logs) names the
+        issuing key and the conversation."""
+        return cls(f"{claims.issuer}:{claims.bot}:{claims.conversation}", tenant,
+                   (claims.bot,), Role.CLIENT, claims.conversation)
+
+    @property
+    def is_visitor(self) -> bool:
+        return self.conversation is not None
 
     def allows_bot(self, bot: str) -> bool:
         return ALL_BOTS in self.bots or bot in self.bots
@@ -115,9 +141,11 @@ class Authenticator:
 
     def __init__(self, store: KeyStore, pepper: str, *, bootstrap_key: str = "",
                  cache_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
-                 failures: RateLimiter | None = None) -> None:
+                 failures: RateLimiter | None = None,
+                 tokens: VisitorTokens | None = None) -> None:
         self.store = store
         self.failures = failures
+        self.tokens = tokens if tokens is not None else VisitorTokens("", 0.0)
         self._pepper = pepper
         self._bootstrap_hash = hash_secret(pepper, bootstrap_key) if bootstrap_key else ""
         self._cache_s = cache_s
@@ -125,22 +153,28 @@ class Authenticator:
         self._cache: dict[str, _Cached] = {}
 
     async def authenticate(self, token: str | None, client: str | None = None) -> Principal:
-        """The key's principal; Unauthenticated (401) for any bad key. With `client` (the
-        caller's address), failures are counted and throttled (AuthThrottled, 429)."""
+        """The key's (or visitor token's) principal; Unauthenticated (401) for any bad one.
+        With `client` (the caller's address), failures are counted; once the address has used
+        up its tries, its failing requests get AuthThrottled (429), its valid ones go on."""
         if client is None or self.failures is None:
             return await self._authenticate(token)
         wait_s = self.failures.peek(client)
-        if wait_s > 0:
-            raise AuthThrottled(wait_s)
+        if wait_s > 0 and not (_well_formed(token) or self._is_bootstrap(token)):
+            raise AuthThrottled(wait_s)  # no look-up for garbage while throttled
         try:
             return await self._authenticate(token)
+        except TokenExpired:
+            raise  # a genuine token, only old: not a guess
         except Unauthenticated:
+            if wait_s > 0:
+                raise AuthThrottled(wait_s) from None
             self._failed(token, client)
             raise
 
     def _failed(self, token: str | None, client: str) -> None:
         shape = KEY_SHAPE.match(token or "")
-        reason = "missing" if not token else "malformed" if shape is None else "unknown_or_revoked"
+        reason = ("missing" if not token else "visitor_token_invalid" if is_visitor_token(token)
+                  else "malformed" if shape is None else "unknown_or_revoked")
         log.warning("auth_failed", client=client, reason=reason,
                     key_id=shape.group(1) if shape else None)
         assert self.failures is not None
@@ -151,6 +185,8 @@ class Authenticator:
             log.warning("auth_blocked", client=client, retry_after_s=round(wait_s, 1))
 
     async def _authenticate(self, token: str | None) -> Principal:
+        if token and is_visitor_token(token):
+            return await self._visitor(token)
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise Unauthenticated(INVALID_KEY)
         key_hash = hash_secret(self._pepper, token)
@@ -161,16 +197,57 @@ class Authenticator:
             return cached.principal
         return await self._lookup(key_hash)
 
+    def _is_bootstrap(self, token: str | None) -> bool:
+        if not token or not self._bootstrap_hash or len(token) > MAX_TOKEN_CHARS:
+            return False
+        return hmac.compare_digest(hash_secret(self._pepper, token), self._bootstrap_hash)
+
+    async def _visitor(self, token: str) -> Principal:
+        """A visitor token's principal: its signature and expiry, then its issuing key (a
+        revoked key's tokens stop working with it)."""
+        claims = self.tokens.verify(token)
+        issuer = await self._issuer(claims.issuer)
+        if issuer is None or not issuer.allows_bot(claims.bot):
+            raise Unauthenticated(INVALID_TOKEN)
+        return Principal.visitor(claims, issuer.tenant)
+
+    async def _issuer(self, key_id: str) -> Principal | None:
+        """The principal of a live key by its id (cached like keys), None when revoked."""
+        if key_id == BOOTSTRAP_KEY_ID:
+            return BOOTSTRAP_PRINCIPAL if self._bootstrap_hash else None
+        cached = self._cache.get(f"id:{key_id}")
+        if cached is not None and cached.expires > self._clock():
+            return cached.principal
+        record = await self.store.get(key_id)
+        if record is None or record.revoked:
+            return None
+        principal = Principal.of(record)
+        self._remember(f"id:{key_id}", principal)
+        return principal
+
+    def _remember(self, cache_key: str, principal: Principal) -> None:
+        if self._cache_s > 0:
+            if len(self._cache) >= MAX_CACHED_KEYS:
+                self._cache.clear()
+            self._cache[cache_key] = _Cached(principal, self._clock() + self._cache_s)
+
+    def mint(self, principal: Principal, bot: str, conversation: str) -> tuple[str, int]:
+        """A visitor token of `conversation` issued by the principal's key, and its expiry
+        (unix seconds). Visitors cannot mint (a token would renew itself forever)."""
+        if principal.is_visitor:
+            raise PermissionDenied("a visitor token cannot issue visitor tokens")
+        token, expires = self.tokens.mint(principal.key_id, bot, conversation)
+        log.info("visitor_token_issued", key_id=principal.key_id, bot=bot,
+                 conversation=conversation, expires_unix_s=expires)
+        return token, expires
+
     async def _lookup(self, key_hash: str) -> Principal:
         record = await self.store.get_by_hash(key_hash)
         if record is None or record.revoked or not hmac.compare_digest(record.key_hash, key_hash):
             self._cache.pop(key_hash, None)
             raise Unauthenticated(INVALID_KEY)
         principal = Principal.of(record)
-        if self._cache_s > 0:
-            if len(self._cache) >= MAX_CACHED_KEYS:
-                self._cache.clear()
-            self._cache[key_hash] = _Cached(principal, self._clock() + self._cache_s)
+        self._remember(key_hash, principal)
         return principal
 
     async def issue(self, tenant: str, bots: Iterable[str], role: Role,
@@ -193,17 +270,41 @@ class Authenticator:
         record = await self.store.revoke(key_id)
         if record is not None:
             self._cache.pop(record.key_hash, None)
+            self._cache.pop(f"id:{key_id}", None)
             log.info("api_key_revoked", key_id=key_id, tenant=record.tenant)
         return record
 
 
-def authorize(principal: Principal, role: Role, bot: str | None = None) -> None:
-    """Raise PermissionDenied unless the principal has `role` (or more) and access to `bot`."""
+def authorize(principal: Principal, role: Role, bot: str | None = None, *,
+              conversation: str | None = None) -> None:
+    """Raise PermissionDenied unless the principal has `role` (or more) and access to `bot`.
+
+    `conversation`: the operation is on this conversation and a visitor token of it may do
+    it too; without it, visitor tokens are refused."""
+    if principal.is_visitor:
+        _authorize_visitor(principal, bot, conversation)
+        return
     if not principal.role.includes(role):
+        also = "" if conversation is None else ", or a visitor token of this conversation"
         raise PermissionDenied(f"this API key's role ({principal.role.value}) "
-                               f"may not do this (needs {role.value})")
+                               f"may not do this (needs {role.value}{also})")
     if bot is not None and not principal.allows_bot(bot):
         raise PermissionDenied(f"this API key has no access to bot {bot!r}")
+
+
+def _authorize_visitor(principal: Principal, bot: str | None, conversation: str | None) -> None:
+    if conversation is None:
+        raise PermissionDenied("a visitor token may only send messages to, follow and read "
+                               "its own conversation")
+    if bot is None or not principal.allows_bot(bot) or conversation != principal.conversation:
+        raise PermissionDenied("this visitor token is for another conversation")
+
+
+def _well_formed(token: str | None) -> bool:
+    """Whether `token` has the shape of an API key or a visitor token (worth a look-up)."""
+    if not token:
+        return False
+    return KEY_SHAPE.match(token) is not None or is_visitor_token(token)
 
 
 # --- stores -----------------------------------------------------------------------------------

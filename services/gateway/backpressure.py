@@ -3,8 +3,10 @@
 
 Two bounds, both from GatewayConfig (docs/gateway.md, "Backpressure"):
 - messages this replica accepted whose replies are not complete yet, in all and per bot
-  (`max_pending`, `max_pending_per_bot`); an entry leaves when the message's last reply comes,
-  or after `pending_expiry_s` (a message that gets no reply, e.g. during a handoff);
+  (`max_pending`, `max_pending_per_bot`), keyed by the message id scoped by bot and conversation
+  (`subjects.scoped_id`: ids are unique per conversation only); an entry leaves when the
+  message's turn is over (its TurnSummary comes; a handed-off conversation's at once), or after
+  `pending_expiry_s` (a message whose turn never ends, e.g. a dialogue that died);
 - the dialogue's backlog: the messages its partition consumers have not finished
   (`num_pending + num_ack_pending` of the durable consumers `dialogue-p<N>` on CONV_IN), read in
   the background every `backlog_check_s` — never a JetStream API call per request.
@@ -130,8 +132,8 @@ class Backpressure:
             self._task = None
 
     def admit(self, bot: str, message_id: str) -> bool:
-        """Take a slot for `message_id` or raise Overloaded; False: it already holds one
-        (a retry of a message still in flight)."""
+        """Take a slot for `message_id` (scoped: `subjects.scoped_id`) or raise Overloaded;
+        False: it already holds one (a retry of a message still in flight)."""
         self._expire()
         if message_id in self._pending:
             return False

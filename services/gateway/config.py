@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,9 @@ from services.common.subjects import DEFAULT_PARTITIONS
 SECTION = "gateway"
 PREFIX = "BOTFACTORY_GATEWAY_"
 MIN_SECRET_CHARS = 16
+ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+MIN_VISITOR_SECRET_CHARS = 32
+MAX_VISITOR_TOKEN_TTL_S = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -31,11 +35,19 @@ class GatewayConfig:
     # A key that acts as an admin of every tenant, so the first admin can create keys.
     # Empty: disabled.
     admin_bootstrap_key: str = ""
+    # HMAC-SHA256 key that signs visitor tokens (per-conversation end-user credentials,
+    # docs/security.md). Required: the same on every replica; changing it ends every token.
+    visitor_token_secret: str = ""
+    # How long a visitor token is valid (seconds); the chat page asks for a new one after.
+    visitor_token_ttl_s: float = 3600.0
     # How long a verified key is trusted before the store is asked again (revocations made
     # on another replica take effect within this time; on this replica at once).
     key_cache_s: float = 5.0
     # How long POST .../messages waits for the bot's replies before answering 202.
     sync_wait_s: float = 5.0
+    # After the turn's own replies, how much longer a synchronous send waits for the results
+    # of the workflows the turn started (0: not at all; docs/chat-api.md, "complete").
+    workflow_wait_s: float = 10.0
     body_limit_bytes: int = 64 * 1024
     definition_body_limit_bytes: int = 1024 * 1024
     max_text_chars: int = 2000
@@ -51,6 +63,10 @@ class GatewayConfig:
     # Where the client address comes from: "" = the TCP peer; behind a trusted proxy or load
     # balancer, the header it sets (e.g. X-Forwarded-For: its last entry is used).
     client_ip_header: str = ""
+    # Browser origins allowed to call the API from their pages (CORS), e.g.
+    # "https://shop.example.com"; "*": any origin. Empty: none (the web chat is served from
+    # the gateway itself, same origin).
+    cors_allowed_origins: tuple[str, ...] = ()
     ws_heartbeat_s: float = 30.0
     webhook_timeout_s: float = 5.0
     webhook_max_attempts: int = 5
@@ -90,6 +106,9 @@ class GatewayConfig:
         self._validate_tls()
 
     def _validate_backpressure(self) -> None:
+        require(all(o == "*" or ORIGIN.match(o) for o in self.cors_allowed_origins),
+                f"{PREFIX}CORS_ALLOWED_ORIGINS",
+                "must be origins like https://app.example.com[:port] (comma-separated), or *")
         require(self.max_pending >= 1, f"{PREFIX}MAX_PENDING", "must be >= 1")
         require(1 <= self.max_pending_per_bot <= self.max_pending,
                 f"{PREFIX}MAX_PENDING_PER_BOT", "must be 1..MAX_PENDING")
@@ -124,9 +143,16 @@ class GatewayConfig:
                 f"{PREFIX}ADMIN_BOOTSTRAP_KEY",
                 f"must be empty (disabled) or at least {MIN_SECRET_CHARS} characters")
         require(self.key_cache_s >= 0, f"{PREFIX}KEY_CACHE_S", "must be >= 0")
+        require(len(self.visitor_token_secret) >= MIN_VISITOR_SECRET_CHARS,
+                f"{PREFIX}VISITOR_TOKEN_SECRET",
+                f"must be set to a random string of at least {MIN_VISITOR_SECRET_CHARS} "
+                "characters (e.g. openssl rand -hex 32)")
+        require(1 <= self.visitor_token_ttl_s <= MAX_VISITOR_TOKEN_TTL_S,
+                f"{PREFIX}VISITOR_TOKEN_TTL_S", f"must be 1..{MAX_VISITOR_TOKEN_TTL_S}")
 
     def _validate_limits(self) -> None:
         require(self.sync_wait_s >= 0, f"{PREFIX}SYNC_WAIT_S", "must be >= 0")
+        require(self.workflow_wait_s >= 0, f"{PREFIX}WORKFLOW_WAIT_S", "must be >= 0")
         require(self.body_limit_bytes >= 1024, f"{PREFIX}BODY_LIMIT_BYTES", "must be >= 1024")
         require(self.definition_body_limit_bytes >= self.body_limit_bytes,
                 f"{PREFIX}DEFINITION_BODY_LIMIT_BYTES", "must be >= BODY_LIMIT_BYTES")

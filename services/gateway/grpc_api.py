@@ -176,13 +176,14 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
             raise
         return principal
 
-    async def _admit(self, context: grpc.aio.ServicerContext, bot: str,
-                     conversation: str) -> Principal:
-        """UNAUTHENTICATED → RESOURCE_EXHAUSTED → INVALID_ARGUMENT (ids) → PERMISSION_DENIED."""
+    async def _admit(self, context: grpc.aio.ServicerContext, bot: str, conversation: str,
+                     role: Role = Role.CLIENT) -> Principal:
+        """UNAUTHENTICATED → RESOURCE_EXHAUSTED → INVALID_ARGUMENT (ids) → PERMISSION_DENIED.
+        The conversation's visitor token is accepted as well as a key with `role`."""
         principal = await self._authenticate(context)
         check_id(bot, "bot_id")
         check_id(conversation, "conversation_id")
-        authorize(principal, Role.CLIENT, bot)
+        authorize(principal, role, bot, conversation=conversation)
         return principal
 
     def _wait_s(self, context: grpc.aio.ServicerContext) -> float:
@@ -191,6 +192,16 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
         if remaining is None:
             return self.config.sync_wait_s
         return max(0.001, min(self.config.sync_wait_s, float(remaining) - DEADLINE_MARGIN_S))
+
+    def _workflow_wait_s(self, context: grpc.aio.ServicerContext, wait_s: float) -> float:
+        """The workflow wait, within what the call's deadline leaves after the sync wait."""
+        if wait_s <= 0:
+            return 0.0
+        remaining = context.time_remaining()
+        if remaining is None:
+            return self.config.workflow_wait_s
+        left = float(remaining) - DEADLINE_MARGIN_S - wait_s
+        return max(0.0, min(self.config.workflow_wait_s, left))
 
     # -- unary calls ---------------------------------------------------------------------------
 
@@ -203,16 +214,19 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
                                self.config.max_text_chars)
         wait_s = 0.0 if request.no_wait else self._wait_s(context)
         with retry_hint(context):
-            result = await self.hub.send(message, wait_s=wait_s)
+            result = await self.hub.send(message, wait_s=wait_s,
+                                         workflow_wait_s=self._workflow_wait_s(context, wait_s))
         return gateway_pb2.SendMessageResponse(
             message_id=message.message_id, replies=result.replies, complete=result.complete,
-            duplicate=result.duplicate)
+            duplicate=result.duplicate, handoff=result.handoff,
+            nlu=result.nlu if request.include_nlu else None)
 
     @grpc_errors
     async def GetTranscript(self, request: gateway_pb2.GetTranscriptRequest,
                             context: grpc.aio.ServicerContext
                             ) -> gateway_pb2.GetTranscriptResponse:
-        await self._admit(context, request.bot_id, request.conversation_id)
+        # Reading a conversation: its visitor token or an agent key (a client key only sends).
+        await self._admit(context, request.bot_id, request.conversation_id, Role.AGENT)
         maximum = self.config.transcript_max_limit
         limit = request.limit or min(DEFAULT_TRANSCRIPT_LIMIT, maximum)
         if not 1 <= limit <= maximum:

@@ -1,8 +1,16 @@
 """The gateway's side of the bus: publishes user messages to JetStream and collects replies.
 
 Each gateway replica subscribes to its own inbox prefix; a user message carries
-`Bf-Reply-Inbox: <prefix>.<message id>` so the dialogue worker answers this replica directly,
-while the replies also go to `conv.out.<bot>.<conversation>` (transcript, sockets, webhooks).
+`Bf-Reply-Inbox: <prefix>.<bot>.<conversation>.<message id>` so the dialogue worker answers this
+replica directly, while the replies also go to `conv.out.<bot>.<conversation>` (transcript,
+sockets, webhooks). Message ids are unique per conversation only: the `Nats-Msg-Id`, the
+waiters, the reply inbox and the pending messages are all keyed by `subjects.scoped_id`.
+
+A turn's replies end with its TurnSummary (conversation.proto): the sync wait ends when the
+summary and the replies it counts are here. When the turn started workflows, their results
+come to the same inbox (the dialogue remembers where the run's turn was waited for) and the
+wait goes on for up to `workflow_wait_s` more; a handed-off conversation's turn ends at once
+with no replies and `handoff` set.
 
 The transcript (docs/security.md) is read from the stream: the user's messages from the
 dialogue's `user_message` events (`conv.in` keeps a message only until it is handled), the
@@ -17,7 +25,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +34,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.common.events import decode_events
-from services.common.logging import get_logger
+from services.common.logging import current_correlation_id, get_logger
 from services.common.nats import KV_HANDOFFS, OBJ_MODELS, Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.common.pii import redact
@@ -41,11 +49,13 @@ from services.common.subjects import (
     KIND_AGENT,
     KIND_MESSAGE,
     KIND_RELEASE,
+    KIND_TURN,
     PII_KEEP,
     check_id,
     events,
     inbound,
     outbound,
+    scoped_id,
 )
 from services.gateway.backpressure import Backpressure, RetryLater
 from services.gateway.http.wire import citation_json
@@ -58,6 +68,9 @@ BUS_DOWN = "the message bus is unavailable; please retry"
 # After a sync wait that got no reply: how long to look for replies already published (a
 # retry of a message handled before, after the dedupe window).
 LOOKUP_TIMEOUT_S = 1.0
+# The role of a user's message relayed on conv.out to the human agent of a handed-off
+# conversation (services/dialogue/worker.py): not a reply, not shown back to the user.
+RELAYED_ROLE = "user"
 
 
 @contextlib.contextmanager
@@ -72,20 +85,72 @@ def bus_errors(message_id: str = "") -> Iterator[None]:
 
 @dataclass
 class _Waiter:
-    replies: dict[int, conversation_pb2.BotMessage] = field(default_factory=dict)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    """What came to one message's reply inbox: its turn's replies and summary, and those of
+    the workflow runs the turn started (by message id, in arrival order: each turn's replies
+    come in order on one connection)."""
+
+    replies: dict[str, conversation_pb2.BotMessage] = field(default_factory=dict)
+    summaries: dict[bytes, conversation_pb2.TurnSummary] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, message: conversation_pb2.BotMessage) -> None:
-        self.replies[message.index] = message
-        if message.last and len(self.replies) == message.index + 1:
-            self.done.set()
+        self.replies[message.message_id] = message
+        self.changed.set()
 
-    def ordered(self) -> list[conversation_pb2.BotMessage]:
-        return [self.replies[i] for i in sorted(self.replies)]
+    def summarize(self, summary: conversation_pb2.TurnSummary) -> None:
+        self.summaries[summary.SerializeToString(deterministic=True)] = summary
+        self.changed.set()
+
+    @property
+    def turn(self) -> conversation_pb2.TurnSummary | None:
+        """The summary of the message's own turn (not of a workflow's result)."""
+        return next((s for s in self.summaries.values() if not s.run_id), None)
+
+    def turn_done(self) -> bool:
+        """The message's turn is over and every reply the summaries count is here."""
+        return self.turn is not None and \
+            len(self.replies) >= sum(s.replies for s in self.summaries.values())
+
+    def outstanding(self) -> set[str]:
+        """Workflow runs started by the turn (or by a result of one) not answered yet."""
+        awaited = {run for s in self.summaries.values() for run in s.awaiting_runs}
+        answered = {s.run_id for s in self.summaries.values()
+                    if s.run_id and s.run_id not in s.awaiting_runs}
+        return awaited - answered
+
+    def all_done(self) -> bool:
+        return self.turn_done() and not self.outstanding()
+
+    async def until(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until `done()` holds, at most `timeout_s`; whether it holds."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not done():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), left)
+        return True
+
+    def result(self, *, duplicate: bool = False, awaited_workflows: bool = False) -> SendResult:
+        turn = self.turn
+        return SendResult(list(self.replies.values()), complete=self.all_done(),
+                          duplicate=duplicate, handoff=bool(turn and turn.handoff),
+                          nlu=turn.nlu if turn is not None and turn.HasField("nlu") else None,
+                          awaited_workflows=awaited_workflows)
 
 
 def _complete(replies: list[conversation_pb2.BotMessage]) -> bool:
-    return any(r.last for r in replies) and len(replies) == max(r.index for r in replies) + 1
+    """Whether stored replies (found for a retry) are whole turns: each turn's (a user
+    message's, a workflow result's) has its last one and every index before it."""
+    if not replies:
+        return False
+    turns: dict[str, list[conversation_pb2.BotMessage]] = {}
+    for reply in replies:
+        turns.setdefault(reply.message_id.rsplit(":", 1)[0], []).append(reply)
+    return all(any(r.last for r in turn) and len({r.index for r in turn}) ==
+               max(r.index for r in turn) + 1 for turn in turns.values())
 
 
 class BusHub:
@@ -114,16 +179,26 @@ class BusHub:
             await self._sub.unsubscribe()
 
     async def _on_reply(self, msg: Msg) -> None:
-        message_id = msg.subject[len(self._prefix) + 1:]
+        """A reply (BotMessage) or the TurnSummary (`Bf-Kind: turn`) that ends a turn."""
+        key = msg.subject[len(self._prefix) + 1:]
+        if (msg.headers or {}).get(HEADER_KIND) == KIND_TURN:  # `<inbox>.turn`
+            key = key.removesuffix(f".{KIND_TURN}")
+            summary = conversation_pb2.TurnSummary.FromString(msg.data)
+            for waiter in self._waiters.get(key, ()):
+                waiter.summarize(summary)
+            if not summary.run_id and self._backpressure is not None:
+                self._backpressure.release(key)
+            return
         reply = conversation_pb2.BotMessage.FromString(msg.data)
-        for waiter in self._waiters.get(message_id, ()):
+        for waiter in self._waiters.get(key, ()):
             waiter.add(reply)
-        if reply.last and self._backpressure is not None:
-            self._backpressure.release(message_id)
 
-    async def send(self, message: conversation_pb2.UserMessage, *, wait_s: float) -> SendResult:
+    async def send(self, message: conversation_pb2.UserMessage, *, wait_s: float,
+                   workflow_wait_s: float = 0.0) -> SendResult:
         """Publish `message` (once JetStream stored it, it is accepted) and wait up to `wait_s`
-        for its replies. Raises RetryLater (503) when overloaded or the bus is down."""
+        for its turn's replies, then up to `workflow_wait_s` more for the results of the
+        workflows the turn started. Raises RetryLater (503) when overloaded or the bus is
+        down."""
         check_id(message.bot_id, "bot")
         check_id(message.conversation_id, "conversation")
         if not message.message_id:
@@ -132,25 +207,25 @@ class BusHub:
         if not message.sent_at_unix_ms:
             message.sent_at_unix_ms = int(time.time() * 1000)
         kind = KIND_AGENT if message.role == "agent" else KIND_MESSAGE
-        admitted = self._admit(message)
+        key = scoped_id(message.bot_id, message.conversation_id, message.message_id)
+        admitted = self._admit(message, key)
         waiter = _Waiter()
-        waiters = self._waiters.setdefault(message.message_id, [])
-        waiters.append(waiter)
+        self._waiters.setdefault(key, []).append(waiter)
         try:
             ack = await self._publish_inbound(message, kind, wants_reply=True)
         except BaseException:
             if admitted and self._backpressure is not None:
-                self._backpressure.release(message.message_id)
-            self._forget(message.message_id, waiter)
+                self._backpressure.release(key)
+            self._forget(key, waiter)
             raise
         try:
             if ack.duplicate:
                 return await self._duplicate(message, waiter, wait_s)
-            return await self._wait(message, waiter, wait_s)
+            return await self._wait(message, waiter, wait_s, workflow_wait_s)
         finally:
-            self._forget(message.message_id, waiter)
+            self._forget(key, waiter)
 
-    def _admit(self, message: conversation_pb2.UserMessage) -> bool:
+    def _admit(self, message: conversation_pb2.UserMessage, key: str) -> bool:
         """Refuse (503) before publishing when overloaded or when the bus is not connected."""
         if not self.connected:
             if self._backpressure is not None:
@@ -158,7 +233,7 @@ class BusHub:
             raise RetryLater(BUS_DOWN, BUS_RETRY_AFTER_S, message_id=message.message_id)
         if self._backpressure is None:
             return False
-        return self._backpressure.admit(message.bot_id, message.message_id)
+        return self._backpressure.admit(message.bot_id, key)
 
     def _forget(self, message_id: str, waiter: _Waiter) -> None:
         waiters = self._waiters.get(message_id, [])
@@ -168,16 +243,17 @@ class BusHub:
             self._waiters.pop(message_id, None)
 
     async def _wait(self, message: conversation_pb2.UserMessage, waiter: _Waiter,
-                    wait_s: float) -> SendResult:
+                    wait_s: float, workflow_wait_s: float) -> SendResult:
         if wait_s <= 0:
             return SendResult([], complete=False)
-        try:
-            await asyncio.wait_for(waiter.done.wait(), wait_s)
-        except TimeoutError:
-            if waiter.replies:
-                return SendResult(waiter.ordered(), complete=False)
+        if not await waiter.until(waiter.turn_done, wait_s):
+            if waiter.replies or waiter.turn is not None:
+                return waiter.result()
             return await self._handled_before(message)
-        return SendResult(waiter.ordered(), complete=True)
+        if workflow_wait_s > 0 and waiter.outstanding():
+            await waiter.until(waiter.all_done, workflow_wait_s)
+            return waiter.result(awaited_workflows=True)
+        return waiter.result()
 
     async def _handled_before(self, message: conversation_pb2.UserMessage) -> SendResult:
         """No reply within the wait: a retry of a message handled before, after the dedupe
@@ -186,7 +262,7 @@ class BusHub:
             found = await asyncio.wait_for(self._replies_to(message), LOOKUP_TIMEOUT_S)
         except (RetryLater, TimeoutError):
             found = []
-        if found and _complete(found):
+        if _complete(found):
             return SendResult(found, complete=True, duplicate=True)
         return SendResult([], complete=False)
 
@@ -195,22 +271,21 @@ class BusHub:
         """A retry within the dedupe window: the replies already published, else (the original
         is still being handled) those that come within the wait."""
         found = await self._replies_to(message)
-        if (found and _complete(found)) or wait_s <= 0:
-            return SendResult(found, complete=bool(found) and _complete(found), duplicate=True)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waiter.done.wait(), wait_s)
-        if waiter.done.is_set():
-            return SendResult(waiter.ordered(), complete=True, duplicate=True)
+        if _complete(found) or wait_s <= 0:
+            return SendResult(found, complete=_complete(found), duplicate=True)
+        if await waiter.until(waiter.turn_done, wait_s):
+            return waiter.result(duplicate=True)
         found = await self._replies_to(message)
-        return SendResult(found, complete=bool(found) and _complete(found), duplicate=True)
+        return SendResult(found, complete=_complete(found), duplicate=True)
 
     async def _publish_inbound(self, message: conversation_pb2.UserMessage, kind: str,
                                wants_reply: bool) -> Any:
-        headers = {HEADER_MSG_ID: message.message_id, HEADER_KIND: kind,
+        key = scoped_id(message.bot_id, message.conversation_id, message.message_id)
+        headers = {HEADER_MSG_ID: key, HEADER_KIND: kind,
                    HEADER_CORRELATION: message.metadata.get("correlation_id")
-                   or message.message_id}
+                   or current_correlation_id() or message.message_id}
         if wants_reply:
-            headers[HEADER_REPLY_INBOX] = f"{self._prefix}.{message.message_id}"
+            headers[HEADER_REPLY_INBOX] = f"{self._prefix}.{key}"
         subject = inbound(message.bot_id, message.conversation_id, self._partitions)
         with bus_errors(message.message_id):
             return await self._bus.js.publish(subject, message.SerializeToString(),
@@ -252,7 +327,9 @@ class BusHub:
         said = [(seq, m) for seq, m in
                 await self._read(events(bot_id, conversation_id), mask=True)
                 if isinstance(m, UserEntry)]
-        replies = await self._read(outbound(bot_id, conversation_id), mask=True)
+        replies = [(seq, m) for seq, m in
+                   await self._read(outbound(bot_id, conversation_id), mask=True)
+                   if m.role != RELAYED_ROLE]
         # A user message's event is written with its replies: it goes before the first one.
         first_reply: dict[str, float] = {}
         for seq, reply in replies:
@@ -264,15 +341,31 @@ class BusHub:
 
     async def subscribe(self, bot_id: str,
                         conversation_id: str) -> AsyncIterator[conversation_pb2.BotMessage]:
+        """The conversation's bot and agent messages (not the user's own messages relayed to
+        a human agent)."""
         check_id(bot_id, "bot")
         check_id(conversation_id, "conversation")
+        async for message in self._follow(outbound(bot_id, conversation_id)):
+            if message.role != RELAYED_ROLE:
+                yield message
+
+    async def handoff_messages(self, bot_id: str) -> AsyncIterator[conversation_pb2.BotMessage]:
+        """For agent desks: the user messages of `bot_id`'s handed-off conversations, live
+        (BotMessage with role "user", text PII-masked unless the bot keeps PII)."""
+        check_id(bot_id, "bot")
+        async for message in self._follow(outbound(bot_id, "*")):
+            if message.role == RELAYED_ROLE:
+                yield message
+
+    async def _follow(self, subject: str) -> AsyncIterator[conversation_pb2.BotMessage]:
+        """Live BotMessages on `subject` (core NATS; a slow reader loses the overflow)."""
         queue: asyncio.Queue[conversation_pb2.BotMessage] = asyncio.Queue(maxsize=256)
 
         async def on_message(msg: Msg) -> None:
             if not queue.full():
                 queue.put_nowait(conversation_pb2.BotMessage.FromString(msg.data))
 
-        sub = await self._bus.nc.subscribe(outbound(bot_id, conversation_id), cb=on_message)
+        sub = await self._bus.nc.subscribe(subject, cb=on_message)
         try:
             while True:
                 yield await queue.get()

@@ -22,30 +22,45 @@ ALL_BOTS = "*"
 class SendResult:
     """What `ConversationHub.send` collected within its wait.
 
-    `complete` is False when the wait ran out: the message is kept and the remaining replies
-    arrive later (WebSocket, webhook, transcript). `duplicate` is True when the message id was
-    seen before (the message is not processed twice).
+    `complete` is True when every reply of the message's turn is here and so are the results
+    of the workflows the turn started (they answer the same message: in_reply_to); False when a
+    wait ran out: the message is kept and the remaining replies arrive later (WebSocket,
+    webhook, transcript). `duplicate` is True when the message id was seen before in the
+    conversation (the message is not processed twice). `handoff`: a human agent has the
+    conversation (the bot does not answer; the message was passed to the agent). `nlu`: what
+    NLU understood and the flow step (None for a duplicate or a turn without NLU).
+    `awaited_workflows`: the turn started workflows and the wait went on for their results.
     """
 
     replies: list[conversation_pb2.BotMessage] = field(default_factory=list)
     complete: bool = True
     duplicate: bool = False
+    handoff: bool = False
+    nlu: conversation_pb2.TurnNlu | None = None
+    awaited_workflows: bool = False
 
 
 class ConversationHub(Protocol):
-    async def send(self, message: conversation_pb2.UserMessage, *, wait_s: float) -> SendResult:
-        """Publish `message` and wait up to `wait_s` seconds for its replies (0: don't wait)."""
+    async def send(self, message: conversation_pb2.UserMessage, *, wait_s: float,
+                   workflow_wait_s: float = 0.0) -> SendResult:
+        """Publish `message` and wait up to `wait_s` seconds for its turn's replies (0: don't
+        wait), then up to `workflow_wait_s` more for the results of the workflows it started."""
         ...
 
     async def transcript(self, bot_id: str, conversation_id: str,
                          limit: int) -> list[dict[str, Any]]:
-        """The last `limit` entries, chronological: {"type": "user"|"bot"|"agent"|"event",
+        """The last `limit` entries, chronological: {"type": "user"|"bot"|"agent",
         "message_id", "text", "buttons", "at_unix_ms", ...}."""
         ...
 
     def subscribe(self, bot_id: str,
                   conversation_id: str) -> AsyncIterator[conversation_pb2.BotMessage]:
         """Live bot (and agent) messages of one conversation, until the iterator is closed."""
+        ...
+
+    def handoff_messages(self, bot_id: str) -> AsyncIterator[conversation_pb2.BotMessage]:
+        """Live user messages of the bot's handed-off conversations (role "user"), for agent
+        desks, until the iterator is closed."""
         ...
 
     async def feedback(self, feedback: conversation_pb2.Feedback) -> None:

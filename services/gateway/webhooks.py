@@ -1,8 +1,11 @@
 """Webhook delivery of bot messages to asynchronous channels.
 
-Each POST carries `X-Botfactory-Signature: sha256=<hex HMAC-SHA256 of the raw body, keyed by
-the channel's secret>` and `X-Botfactory-Delivery: <id>` (the same on every retry, so the
-receiver can drop duplicates; the caller may pass a stable id, see `webhook_relay`). Failed
+Each POST carries `X-Botfactory-Timestamp: <unix seconds of this attempt>`,
+`X-Botfactory-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>." + raw body, keyed by the
+channel's secret>` (the timestamp is signed, so a receiver that rejects old timestamps is safe
+from replays; see `verify`) and `X-Botfactory-Delivery: <id>` (the same on every retry, so the
+receiver can drop duplicates; the caller may pass a stable id, see `webhook_relay`). Each attempt
+is signed again with its own timestamp. Failed
 attempts (connection errors, timeouts, 408, 429, 5xx) are retried with exponential backoff and
 jitter, up to `max_attempts`; other answers are final. The dispatcher queues deliveries in
 memory, bounded: when full, new ones are dropped (counted). The gateway itself delivers through
@@ -16,6 +19,7 @@ import hashlib
 import hmac
 import json
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,17 +37,34 @@ from services.gateway.ports import Webhook as Webhook  # re-exported: defined wi
 log = get_logger(__name__)
 
 SIGNATURE_HEADER = "X-Botfactory-Signature"
+TIMESTAMP_HEADER = "X-Botfactory-Timestamp"
 DELIVERY_HEADER = "X-Botfactory-Delivery"
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+TOLERANCE_S = 300.0
 
 
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """`sha256=<hex HMAC-SHA256 of "<timestamp>." + body>`: the timestamp is signed too."""
+    signed = timestamp.encode() + b"." + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 
 
-def verify(secret: str, body: bytes, signature: str) -> bool:
-    """For receivers (and tests): does `signature` match `body` under `secret`?"""
-    return hmac.compare_digest(sign(secret, body), signature)
+def signed_headers(secret: str, body: bytes, now: float) -> dict[str, str]:
+    timestamp = str(int(now))
+    return {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: sign(secret, timestamp, body)}
+
+
+def verify(secret: str, body: bytes, timestamp: str, signature: str, *,
+           tolerance_s: float = TOLERANCE_S, now: float | None = None) -> bool:
+    """For receivers (and tests): is `timestamp` within `tolerance_s` of `now` (default: the
+    clock) and does `signature` match it and `body` under `secret`? An old timestamp is
+    refused, so a captured request cannot be replayed later."""
+    if not timestamp.isdigit():
+        return False
+    current = time.time() if now is None else now
+    if abs(current - int(timestamp)) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
 @dataclass(frozen=True)
@@ -68,7 +89,10 @@ class WebhookSettings:
 
 
 def message_payload(message: conversation_pb2.BotMessage) -> dict[str, Any]:
-    return {"type": "message", "bot_id": message.bot_id,
+    """`type` "message" for a bot or agent message; "user_message" for a user's message in a
+    handed-off conversation, relayed to the human agent (role "user")."""
+    kind = "user_message" if message.role == "user" else "message"
+    return {"type": kind, "bot_id": message.bot_id,
             "conversation_id": message.conversation_id, "message": reply_json(message)}
 
 
@@ -84,22 +108,25 @@ class WebhookSender:
 
     def __init__(self, session: aiohttp.ClientSession, settings: WebhookSettings,
                  metrics: GatewayMetrics | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.time) -> None:
         self.session = session
         self.settings = settings
         self.metrics = metrics
         self._sleep = sleep
+        self._clock = clock
 
     async def deliver(self, hook: Webhook, payload: dict[str, Any], *,
                       delivery_id: str | None = None) -> bool:
         """POST `payload` until it is accepted (2xx) or the attempts run out; True if accepted.
 
-        `delivery_id` (default: a new random one) goes in the body and the delivery header."""
+        `delivery_id` (default: a new random one) goes in the body and the delivery header;
+        each attempt is signed with its own timestamp."""
         delivery_id = delivery_id or uuid.uuid4().hex
         body = json.dumps({**payload, "delivery_id": delivery_id}, separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(hook.secret, body),
-                   DELIVERY_HEADER: delivery_id}
         for attempt in range(1, self.settings.max_attempts + 1):
+            headers = {"Content-Type": "application/json", DELIVERY_HEADER: delivery_id,
+                       **signed_headers(hook.secret, body, self._clock())}
             outcome = await self._attempt(hook.url, body, headers)
             if outcome.delivered or not outcome.retry or attempt == self.settings.max_attempts:
                 self.count("delivered" if outcome.delivered else "failed")

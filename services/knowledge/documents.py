@@ -1,8 +1,14 @@
 """Documents of a knowledge folder parsed into sections: Markdown, plain text and HTML.
 
-A section is the paragraphs under one heading path (outermost heading first). Markdown: the
-first `# ` heading is the title, `#`..`######` headings make the path, fenced code stays
-text. Plain text: the title is the file name, no headings. HTML: the title is `<title>` or the
+A section is the paragraphs under one heading path (outermost heading first). A paragraph is
+one unit of text: hard-wrapped lines are joined with spaces, so a sentence never ends at a
+line break inside one; a list (one item per line), a table (one row per line) and a code block
+(one line per line) are units of their own, whose lines are split apart as sentences.
+
+Markdown (parsed by markdown-it-py, CommonMark with tables): the first `# ` heading is the
+title, `#`..`######` headings make the path, code stays text. Plain text: the title is the
+file name, no headings; blank lines separate paragraphs, a line starting with a list marker
+(`-`, `*`, `+`, `1.`) starts a new line of its paragraph. HTML: the title is `<title>` or the
 first `<h1>`, `<h1>`..`<h6>` make the path; page chrome is dropped (scripts, styles, `<head>`,
 `<nav>`, `<aside>`, `<form>`, the page's `<header>` and `<footer>`, navigation roles, hidden
 elements).
@@ -15,13 +21,15 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import PurePosixPath
 
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
 MARKDOWN_SUFFIXES = (".md", ".markdown")
 TEXT_SUFFIXES = (".txt",)
 HTML_SUFFIXES = (".html", ".htm")
 DOCUMENT_SUFFIXES = (*MARKDOWN_SUFFIXES, *TEXT_SUFFIXES, *HTML_SUFFIXES)
 
-_HEADING = re.compile(r"^(#{1,6})[ \t]+(.*?)[ \t]*#*[ \t]*$")
-_FENCE = re.compile(r"^\s*(```|~~~)")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d{1,9}[.)])\s+\S")
 _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 _LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
 _EMPHASIS = re.compile(r"(?<!\w)(\*\*|__|\*|_|`)(?=\S)(.+?)(?<=\S)\1(?!\w)")
@@ -65,17 +73,20 @@ def clean_inline(text: str) -> str:
 
 
 def _paragraphs(lines: list[str]) -> list[str]:
-    """Blank-line separated blocks; lines of a block joined by newlines (list items stay
-    apart), each line cleaned."""
+    """Blank-line separated blocks of plain text, each line cleaned: a block's lines are
+    joined with spaces (hard-wrapped text), except that a list item starts a new line."""
     blocks: list[str] = []
     current: list[str] = []
     for line in [*lines, ""]:
         cleaned = clean_inline(line)
-        if cleaned:
+        if not cleaned:
+            if current:
+                blocks.append("\n".join(current))
+                current = []
+        elif current and not _LIST_ITEM.match(line):
+            current[-1] = f"{current[-1]} {cleaned}"
+        else:
             current.append(cleaned)
-        elif current:
-            blocks.append("\n".join(current))
-            current = []
     return blocks
 
 
@@ -83,6 +94,7 @@ class _SectionBuilder:
     def __init__(self) -> None:
         self.path: list[tuple[int, str]] = []
         self.lines: list[str] = []
+        self.paragraphs: list[str] = []
         self.sections: list[Section] = []
 
     def heading(self, level: int, title: str) -> None:
@@ -92,34 +104,109 @@ class _SectionBuilder:
         self.path.append((level, title))
 
     def flush(self) -> None:
-        paragraphs = _paragraphs(self.lines)
+        paragraphs = [*self.paragraphs, *_paragraphs(self.lines)]
         self.lines = []
+        self.paragraphs = []
         if paragraphs:
             heading_path = tuple(t for _, t in self.path)
             self.sections.append(Section(heading_path, tuple(paragraphs)))
 
 
+_MARKDOWN = MarkdownIt("commonmark").enable("table")
+
+
 def parse_markdown(text: str, default_title: str) -> ParsedDocument:
     builder = _SectionBuilder()
     title: str | None = None
-    fenced = False
-    for line in text.splitlines():
-        if _FENCE.match(line):
-            fenced = not fenced
+    tokens = _MARKDOWN.parse(text)
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        if token.type == "heading_open":
+            heading = _inline_text(tokens[index + 1])
+            level = int(token.tag[1])
+            if heading:
+                title = title or (heading if level == 1 else None)
+                builder.heading(level, heading)
+            index += 3
             continue
-        match = None if fenced else _HEADING.match(line)
-        if match is None:
-            builder.lines.append(line)
-            continue
-        heading = clean_inline(match.group(2))
-        if not heading:
-            continue
-        level = len(match.group(1))
-        if title is None and level == 1:
-            title = heading
-        builder.heading(level, heading)
+        end = _block_end(tokens, index)
+        unit = _block_text(tokens[index:end])
+        if unit:
+            builder.paragraphs.append(unit)
+        index = end
     builder.flush()
     return ParsedDocument(title or default_title, tuple(builder.sections))
+
+
+def _block_end(tokens: list[Token], start: int) -> int:
+    """The index after the top-level block that starts at `start`."""
+    depth = 0
+    for index in range(start, len(tokens)):
+        depth += tokens[index].nesting
+        if depth <= 0:
+            return index + 1
+    return len(tokens)
+
+
+def _block_text(tokens: list[Token]) -> str:
+    """One top-level Markdown block as a paragraph: a paragraph's (or quote's) text on one
+    line; a list one item per line (nested items indented), a table one row per line (cells
+    joined by " | "), code one line per line; HTML blocks without their tags."""
+    kind = tokens[0].type
+    if kind in ("fence", "code_block"):
+        return "\n".join(line.strip() for line in tokens[0].content.splitlines() if line.strip())
+    if kind == "html_block":
+        return clean_inline(_TAG.sub(" ", tokens[0].content))
+    if kind in ("bullet_list_open", "ordered_list_open"):
+        return "\n".join(_list_lines(tokens))
+    if kind == "table_open":
+        return "\n".join(_table_rows(tokens))
+    inline = [t for t in tokens if t.type == "inline"]
+    return " ".join(filter(None, (_inline_text(t) for t in inline)))
+
+
+def _list_lines(tokens: list[Token]) -> list[str]:
+    items: list[tuple[str, list[str]]] = []
+    depth = -1
+    for token in tokens:
+        if token.type in ("bullet_list_open", "ordered_list_open"):
+            depth += 1
+        elif token.type in ("bullet_list_close", "ordered_list_close"):
+            depth -= 1
+        elif token.type == "list_item_open":
+            items.append((f"{'  ' * depth}{token.info}{token.markup}", []))
+        elif token.type == "inline" and items:
+            items[-1][1].append(_inline_text(token))
+    return [f"{marker} {' '.join(filter(None, parts))}" for marker, parts in items
+            if any(parts)]
+
+
+def _table_rows(tokens: list[Token]) -> list[str]:
+    rows: list[list[str]] = []
+    for token in tokens:
+        if token.type == "tr_open":
+            rows.append([])
+        elif token.type == "inline" and rows:
+            rows[-1].append(_inline_text(token))
+    return [" | ".join(row) for row in rows if any(row)]
+
+
+def _inline_text(token: Token) -> str:
+    """The plain text of an inline token: markup and HTML dropped, links and images keep
+    their text, soft line breaks become spaces (hard ones stay line breaks)."""
+    parts: list[str] = []
+    for child in token.children or ():
+        if child.type in ("text", "code_inline"):
+            parts.append(child.content)
+        elif child.type == "image":
+            parts.append(_inline_text(child))
+        elif child.type == "softbreak":
+            parts.append(" ")
+        elif child.type == "hardbreak":
+            parts.append("\n")
+    lines = (_SPACES.sub(" ", line).strip() for line in "".join(parts).split("\n"))
+    return "\n".join(line for line in lines if line)
 
 
 def parse_text(text: str, title: str) -> ParsedDocument:

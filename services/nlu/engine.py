@@ -27,6 +27,7 @@ from services.common.modelformat import (
     content_version,
     served_file,
 )
+from services.common.pii import email_spans
 from services.common.regexsafety import unsafe_reason
 from services.common.textenc import Span, decode_spans, load_tokenizer, words
 
@@ -243,7 +244,7 @@ class NluModel:
         best = tag_probs.argmax(axis=-1)
         tags = [self.tags[i] for i in best]
         found: list[Entity] = []
-        for span in decode_spans(encoding, tags):
+        for span in whole_addresses(text, decode_spans(encoding, tags)):
             raw = text[span.start:span.end]
             confidence = _span_confidence(encoding, span, tag_probs)
             found.append(Entity(span.entity, span.start, span.end, raw,
@@ -252,6 +253,23 @@ class NluModel:
             if not any(_overlaps(extra, e) for e in found):
                 found.append(extra)
         return sorted(found, key=lambda e: (e.start, e.end))
+
+
+def whole_addresses(text: str, spans: list[Span]) -> list[Span]:
+    """The model's spans with any that covers part of an e-mail address widened to the whole
+    address (the tokenizer splits `jane@example.com` at `@` and `.`, and the tagger may tag
+    only `jane`); spans then inside a widened one are dropped."""
+    addresses = email_spans(text[:MAX_RULE_TEXT_CHARS])
+    if not addresses:
+        return spans
+    widened: list[Span] = []
+    for span in spans:
+        for start, end in addresses:
+            if span.start < end and start < span.end:
+                span = Span(min(span.start, start), max(span.end, end), span.entity)
+        if not any(w.start <= span.start and span.end <= w.end for w in widened):
+            widened.append(span)
+    return widened
 
 
 def _overlaps(a: Entity, b: Entity) -> bool:

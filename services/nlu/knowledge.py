@@ -66,7 +66,7 @@ class KnowledgeRegistry:
             searcher = await loop.run_in_executor(self._executor, Searcher.load, directory,
                                                   self._options)
         except Exception:
-            self._metrics.load_failures.labels(source=source).inc()
+            self._metrics.load_failed(source)
             raise
         bot = searcher.data.bot
         self._metrics.load_seconds.labels(bot=bot).observe(time.perf_counter() - started)

@@ -11,6 +11,11 @@ from services.common.metrics import LATENCY_BUCKETS
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 DELTA_BUCKETS = (-0.5, -0.25, -0.1, -0.05, -0.01, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+# Where a rejected model came from: the `source` of a load is "<kind>:<detail>" (dir:<path>,
+# store:<version>, kb-store:<version>); only the kind is a label, and every kind's series
+# exists from the start at 0, so `increase()` sees the first failure (a series born at 1 has
+# no increase). The detail is in the `model_rejected` / `kb_rejected` logs.
+LOAD_SOURCES = ("dir", "store", "kb-store")
 
 
 @dataclass
@@ -29,6 +34,17 @@ class NluMetrics:
     @classmethod
     def create(cls) -> NluMetrics:
         registry = CollectorRegistry()
+        metrics = cls._create(registry)
+        for source in LOAD_SOURCES:
+            metrics.load_failures.labels(source=source)
+        return metrics
+
+    def load_failed(self, source: str) -> None:
+        """Count a rejected load from `source` ("<kind>:<detail>") under its kind."""
+        self.load_failures.labels(source=source.partition(":")[0]).inc()
+
+    @classmethod
+    def _create(cls, registry: CollectorRegistry) -> NluMetrics:
         return cls(
             registry=registry,
             requests=Counter("botfactory_nlu_requests", "Parse requests by bot, method, status.",
@@ -42,7 +58,8 @@ class NluMetrics:
                                    "Time to load and validate a model.", ["bot"],
                                    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30), registry=registry),
             load_failures=Counter("botfactory_nlu_model_load_failures",
-                                  "Models rejected at load (corrupt or incompatible).",
+                                  "Models rejected at load (corrupt or incompatible), "
+                                  "by source kind (dir, store, kb-store).",
                                   ["source"], registry=registry),
             model_info=Gauge("botfactory_nlu_model_loaded", "Loaded model versions (1 = serving).",
                              ["bot", "version", "kind"], registry=registry),

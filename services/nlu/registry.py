@@ -70,7 +70,7 @@ class ModelRegistry:
         try:
             model = await loop.run_in_executor(self._executor, self._loader, directory)
         except Exception:
-            self._metrics.load_failures.labels(source=source).inc()
+            self._metrics.load_failed(source)
             raise
         bot = SENTIMENT if model.kind == "sentiment" else model.bot
         self._metrics.load_seconds.labels(bot=bot).observe(time.perf_counter() - started)

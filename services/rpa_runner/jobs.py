@@ -15,11 +15,13 @@ from services.common.subjects import (
     HEADER_CORRELATION,
     HEADER_KIND,
     HEADER_MSG_ID,
+    HEADER_RUN_ID,
     KIND_NOTIFY,
     KIND_WORKFLOW_PROGRESS,
     KIND_WORKFLOW_RESULT,
     check_id,
     inbound,
+    scoped_id,
 )
 from services.rpa_runner.state import COMPENSATED, SUCCEEDED, RunState
 
@@ -80,6 +82,12 @@ def encode_job(job: Job) -> bytes:
                        "correlation_id": job.correlation_id}, default=str).encode()
 
 
+def conversation_msg_id(state: RunState, message_id: str) -> str:
+    """The `Nats-Msg-Id` of a message into the run's conversation: scoped by bot and
+    conversation like every id of the conversation's stream (subjects.scoped_id)."""
+    return scoped_id(state.bot, state.conversation, message_id)
+
+
 def result_status(state: RunState) -> str:
     """The status the conversation sees: succeeded, compensated or failed."""
     if state.status in (SUCCEEDED, COMPENSATED):
@@ -108,6 +116,7 @@ class Publisher:
             headers[HEADER_CORRELATION] = state.correlation
         if state.conversation:
             subject = inbound(state.bot, state.conversation, self.partitions)
+            headers[HEADER_MSG_ID] = conversation_msg_id(state, headers[HEADER_MSG_ID])
             await self.bus.js.publish(subject, data,
                                       headers={**headers, HEADER_KIND: KIND_WORKFLOW_RESULT})
         else:
@@ -118,7 +127,8 @@ class Publisher:
         workflow_progress`, on the conversation's inbound subject like the result)."""
         body = {"run_id": state.run_id, "workflow": state.workflow,
                 "elapsed_s": round(elapsed_s, 3)}
-        headers = {HEADER_KIND: KIND_WORKFLOW_PROGRESS, HEADER_MSG_ID: f"progress-{state.run_id}"}
+        headers = {HEADER_KIND: KIND_WORKFLOW_PROGRESS,
+                   HEADER_MSG_ID: conversation_msg_id(state, f"progress-{state.run_id}")}
         if state.correlation:
             headers[HEADER_CORRELATION] = state.correlation
         await self.bus.js.publish(inbound(state.bot, state.conversation, self.partitions),
@@ -129,7 +139,8 @@ class Publisher:
         message = conversation_pb2.UserMessage(bot_id=state.bot,
                                                conversation_id=state.conversation,
                                                message_id=message_id, text=text, role="bot")
-        headers = {HEADER_KIND: KIND_NOTIFY, HEADER_MSG_ID: message_id}
+        headers = {HEADER_KIND: KIND_NOTIFY, HEADER_RUN_ID: state.run_id,
+                   HEADER_MSG_ID: conversation_msg_id(state, message_id)}
         if state.correlation:
             headers[HEADER_CORRELATION] = state.correlation
         await self.bus.js.publish(inbound(state.bot, state.conversation, self.partitions),

@@ -4,8 +4,9 @@ hostile client or tenant would.
 - cross-tenant reads and writes with valid keys of another tenant, on every guarded route
   (HTTP, WebSocket, gRPC): refused, and nothing changes;
 - revoked and malformed keys: one and the same 401 everywhere;
-- key brute force: throttled per client address (429 with Retry-After, then even a right key
-  from that address), logged without the guesses;
+- key brute force: failed attempts throttled per client address (429 with Retry-After), while
+  the valid keys of that address go on working; logged without the guesses;
+- transcripts: only with the conversation's visitor token or an agent/admin key (HTTP, gRPC);
 - oversized bodies (413), deep JSON, invalid UTF-8, lone surrogates, control characters (400,
   over HTTP, WebSocket and gRPC), huge slot values (bounded by the text limit);
 - template injection through user text (`{{ 7*7 }}` stays text) and through bot files
@@ -38,6 +39,7 @@ from services.common.logging import configure_logging
 from services.common.nats import KV_TRACKERS, connect
 from services.common.pb.botfactory.v1 import conversation_pb2, gateway_pb2, gateway_pb2_grpc
 from services.gateway.http.routes import ROUTES, RouteSpec
+from services.gateway.http.state import STATE
 from tests.support.rpa import harness, write_test_bot
 from tests.support.stack import BOOTSTRAP, Stack, running_stack
 
@@ -280,14 +282,15 @@ async def test_key_guessing_is_throttled_per_address_and_logged(
             statuses.append(status)
         assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}
         assert time.perf_counter() - started < 10
-        # throttled even with a right key while its bucket refills (one try per 20 s) ...
+        # the guesses are throttled while the bucket refills (one try per 20 s) ...
         assert stack.session is not None
         async with stack.session.get(f"{stack.base_url}{url}", headers={
-                "Authorization": f"Bearer {stack.client_key}", **source("203.0.113.5")}) as resp:
+                "Authorization": "Bearer bfk_00_one_more_guess", **source("203.0.113.5")}) as resp:
             assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
-        # ... while other addresses are served as before
-        assert (await request(stack, "GET", url, stack.client_key,
-                              headers=source("203.0.113.6")))[0] == 200
+        # ... not the valid keys of that address (everyone else behind the same NAT)
+        for ip in ("203.0.113.5", "203.0.113.6"):
+            assert (await request(stack, "GET", url, stack.agent_key,
+                                  headers=source(ip)))[0] == 200
         # gRPC shares the limit (here its own address from the same header)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.gateway.grpc_port}") as channel:
             stub = gateway_pb2_grpc.ChatServiceStub(channel)
@@ -308,6 +311,51 @@ async def test_key_guessing_is_throttled_per_address_and_logged(
     assert all(f["reason"] == "unknown_or_revoked" for f in failed)
     assert '"auth_blocked"' in out
     assert not any(f"guess{n}secretpart" in out for n in range(40))
+
+
+# --- who reads a conversation ---------------------------------------------------------------
+
+
+async def grpc_transcript_code(stack: Stack, conversation: str, key: str) -> grpc.StatusCode:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.gateway.grpc_port}") as channel:
+        stub = gateway_pb2_grpc.ChatServiceStub(channel)
+        try:
+            await stub.GetTranscript(gateway_pb2.GetTranscriptRequest(
+                bot_id="banking", conversation_id=conversation), metadata=bearer(key),
+                timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def test_transcripts_need_the_conversations_visitor_token_or_an_agent_key(
+        stack: Stack) -> None:
+    acme = await tenant(stack, "acme", "banking")
+    for conversation in ("v1", "v2"):
+        assert (await stack.post(conversation, "/greet", key=acme.client))[0] == 200
+    status, issued = await request(stack, "POST", "/v1/bots/banking/conversations/v1/tokens",
+                                   acme.client)
+    assert status == 201 and issued["token"].startswith("bfv_")
+    token = issued["token"]
+    read = "/v1/bots/banking/conversations/{}/transcript"
+    expected = [(acme.client, "v1", 403), (acme.client, "v2", 403), (token, "v1", 200),
+                (token, "v2", 403), (acme.agent, "v2", 200), (acme.admin, "v1", 200)]
+    grpc_codes = {200: grpc.StatusCode.OK, 403: grpc.StatusCode.PERMISSION_DENIED}
+    for key, conversation, status in expected:
+        assert (await request(stack, "GET", read.format(conversation), key))[0] == status
+        assert await grpc_transcript_code(stack, conversation, key) == grpc_codes[status]
+    # the token sends and follows its own conversation only
+    assert (await stack.post("v1", "/greet", key=token))[0] == 200
+    assert (await stack.post("v2", "/greet", key=token))[0] == 403
+    assert await socket_status(stack, "/v1/bots/banking/conversations/v2/ws", token) == 403
+    # expired: 401 over HTTP and gRPC (the gateway's wall clock moved on past the TTL)
+    assert stack.gateway.runner is not None
+    tokens = stack.gateway.runner.app[STATE].auth.tokens
+    now = tokens.clock()
+    tokens.clock = lambda: now + tokens.ttl_s
+    status, answer = await request(stack, "GET", read.format("v1"), token)
+    assert status == 401 and "expired" in answer["detail"]
+    assert await grpc_transcript_code(stack, "v1", token) == grpc.StatusCode.UNAUTHENTICATED
 
 
 # --- hostile input ----------------------------------------------------------------------------

@@ -67,9 +67,10 @@ EXPECTED = {
     ("botfactory_flows_started_total", (("flow", "transfer_money"),)): 1.0,
     ("botfactory_flows_completed_total", (("flow", "transfer_money"),)): 1.0,
     ("botfactory_flows_cancelled_total", (("flow", "transfer_money"),)): 0.0,
-    # the bot's human_handoff flow is cancelled by its own handoff step
+    # the bot's human_handoff flow completes at its own handoff step
     ("botfactory_flows_started_total", (("flow", "human_handoff"),)): 1.0,
-    ("botfactory_flows_cancelled_total", (("flow", "human_handoff"),)): 1.0,
+    ("botfactory_flows_completed_total", (("flow", "human_handoff"),)): 1.0,
+    ("botfactory_flows_cancelled_total", (("flow", "human_handoff"),)): 0.0,
     ("botfactory_feedback_events_total", (("rating", "up"),)): 1.0,
     ("botfactory_feedback_events_total", (("rating", "down"),)): 1.0,
 }
@@ -122,7 +123,7 @@ async def test_metrics_count_each_event_once_and_report_shows_the_totals(
         assert card(page, "containment") == "66.7%"
         assert card(page, "fallback rate") == "14.3%"
         assert card(page, "handoff rate") == "33.3%"
-        assert card(page, "flow completion") == "50.0%"  # transfer done, handoff cancelled
+        assert card(page, "flow completion") == "100.0%"  # transfer and handoff flows done
         assert card(page, "feedback score") == "+0.00"
         assert ("<tr><td>transfer_money</td><td class=\"num\">1</td><td class=\"num\">1</td>"
                 "<td class=\"num\">0</td><td class=\"num\">100.0%</td></tr>") in page

@@ -63,9 +63,14 @@ async def test_send_message_transcript_and_feedback(
     assert again.duplicate
     assert [r.text for r in again.replies] == [r.text for r in response.replies]
 
+    # a client key only sends; reading is for the conversation's visitor token or an agent
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.GetTranscript(gateway_pb2.GetTranscriptRequest(
+            bot_id="banking", conversation_id="g1"), metadata=auth, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     transcript = await stub.GetTranscript(
         gateway_pb2.GetTranscriptRequest(bot_id="banking", conversation_id="g1"),
-        metadata=auth, timeout=10)
+        metadata=bearer(stack.agent_key), timeout=10)
     assert [(e.type, e.message_id) for e in transcript.entries] == \
         [("user", "g1-m1"), ("bot", response.replies[0].message_id)]
     assert transcript.entries[1].in_reply_to == "g1-m1"
@@ -172,7 +177,8 @@ async def test_auth_failures_and_bad_input(
 
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await stub.GetTranscript(gateway_pb2.GetTranscriptRequest(
-            bot_id="banking", conversation_id="g4", limit=100_000), metadata=auth, timeout=10)
+            bot_id="banking", conversation_id="g4", limit=100_000),
+            metadata=bearer(stack.agent_key), timeout=10)
     assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await stub.SendFeedback(gateway_pb2.SendFeedbackRequest(

@@ -83,7 +83,7 @@ async def grpc_transcript(stack: Stack, conversation: str) -> gateway_pb2.GetTra
         stub = gateway_pb2_grpc.ChatServiceStub(channel)
         request = gateway_pb2.GetTranscriptRequest(bot_id="banking", conversation_id=conversation)
         response: gateway_pb2.GetTranscriptResponse = await stub.GetTranscript(
-            request, metadata=(("authorization", f"Bearer {stack.client_key}"),), timeout=10)
+            request, metadata=(("authorization", f"Bearer {stack.agent_key}"),), timeout=10)
         return response
 
 

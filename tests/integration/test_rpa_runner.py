@@ -96,12 +96,13 @@ async def test_result_and_notify_reach_the_conversation(nats_server: NatsServer,
                           "error": None, "subject": subject}
         notify = [m for m in seen if (m.headers or {}).get("Bf-Kind") == "notify"]
         assert len(notify) == 1 and notify[0].subject == subject and notify[0].headers
-        assert notify[0].headers["Nats-Msg-Id"] == f"notify-{run_id}-tell"
+        # scoped by bot and conversation (issue 17 item 1)
+        assert notify[0].headers["Nats-Msg-Id"] == f"rpatest.conv-1.notify-{run_id}-tell"
         message = conversation_pb2.UserMessage.FromString(notify[0].data)
         assert (message.text, message.role, message.message_id) == (
             "Booking 25.00 EUR for anna...", "bot", f"notify-{run_id}-tell")
         done = [m.headers for m in seen if (m.headers or {}).get("Bf-Kind") == "workflow_result"]
-        assert done[0] and done[0]["Nats-Msg-Id"] == f"wf-{run_id}"
+        assert done[0] and done[0]["Nats-Msg-Id"] == f"rpatest.conv-1.wf-{run_id}"
 
 
 async def test_retries_timeouts_and_compensation(nats_server: NatsServer, bot_dir: Path) -> None:

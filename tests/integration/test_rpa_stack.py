@@ -45,8 +45,11 @@ async def _transfer(stack: Stack, conversation: str, amount: int, recipient: str
     payload = f'/transfer_money{{"amount": "{amount}", "recipient": "{recipient}"}}'
     status, body = await stack.post(conversation, payload)
     assert status == 200 and body["replies"][-1]["text"].startswith("Send ")
-    status, body = await stack.post(conversation, "/affirm")
-    assert [r["text"] for r in body["replies"]] == ["Sending the money now..."]
+    status, body = await stack.post(conversation, "/affirm", message_id=f"{conversation}-yes")
+    # the sync reply waits (bounded) for the workflow's result and its notify messages, which
+    # answer the message that started the run (issue 17 item 7)
+    assert body["replies"][0]["text"] == "Sending the money now..."
+    assert {r["in_reply_to"] for r in body["replies"]} == {f"{conversation}-yes"}
 
 
 async def test_transfer_flow_runs_the_real_workflow(nats_server: NatsServer,
@@ -64,6 +67,8 @@ async def test_transfer_flow_runs_the_real_workflow(nats_server: NatsServer,
         async with running_stack(nats_server.url, tiny_banking_model) as stack:
             await runner.start()
             await _transfer(stack, "e2e-1", 50, "anna")
+            done = [e for e in await stack.transcript("e2e-1") if "reference TX-" in e["text"]]
+            assert done and done[0]["in_reply_to"] == "e2e-1-yes"  # in the sync reply too
             texts = await _bot_text(stack, "e2e-1", "reference TX-")
             assert "Done! 50.00 EUR is on its way to anna (reference TX-000001)." in texts
 

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from playwright.async_api import BrowserContext, ConsoleMessage, Page, async_playwright, expect
+from playwright.async_api import (
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    Request,
+    async_playwright,
+    expect,
+)
 from prometheus_client import CollectorRegistry
 
 from services.gateway.auth import InMemoryKeyStore
@@ -167,6 +174,35 @@ async def test_transcript_is_shown_when_a_conversation_is_resumed(
         ["echo: hello"])
     await expect(again.get_by_test_id("user-message")).to_have_text(["hello"])
     assert errors == []
+
+
+async def test_the_page_chats_with_a_visitor_token_and_renews_it(
+        served: Served, browser: BrowserContext) -> None:
+    issued = await served.app[STATE].auth.issue("t1", ["alpha"], Role.CLIENT)
+    page, errors = await open_chat(browser, served, issued.secret, "web-4")
+    sent_with: list[tuple[str, str]] = []
+
+    async def record(request: Request) -> None:
+        if "/v1/" in request.url:
+            credential = (await request.all_headers()).get("authorization", "")
+            sent_with.append((request.url.rsplit("/", 1)[-1], credential[7:11]))
+
+    page.on("request", record)
+    await expect(page.get_by_test_id("connection")).to_have_text("live")
+    await send(page, "hello")
+    await expect(page.get_by_test_id("bot-message")).to_have_count(1)
+    # the token expires: the page gets a new one with its key and goes on
+    tokens = served.app[STATE].auth.tokens
+    now = tokens.clock()
+    tokens.clock = lambda: now + 601
+    await send(page, "still there?")
+    await expect(page.get_by_test_id("bot-message")).to_have_count(2)
+    assert [m.text for m in served.hub.sent] == ["hello", "still there?"]
+    # the key only ever asks for tokens; everything else goes with the visitor token
+    assert {credential for url, credential in sent_with if url != "tokens"} == {"bfv_"}
+    assert {credential for url, credential in sent_with if url == "tokens"} == {"bfk_"}
+    assert sent_with[-3:] == [("messages", "bfv_"), ("tokens", "bfk_"), ("messages", "bfv_")]
+    assert all("401" in error for error in errors)  # the browser logs the expired token's 401
 
 
 async def test_a_wrong_key_is_reported_on_the_page(served: Served,

@@ -36,6 +36,7 @@ from services.gateway.webhook_relay import (
 from services.gateway.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
     Webhook,
     WebhookSender,
     WebhookSettings,
@@ -160,9 +161,9 @@ async def test_replies_are_delivered_to_the_webhook_signed_once_after_a_retry(
         assert first.status == 503 and first.body == retried.body
         assert first.headers[DELIVERY_HEADER] == retried.headers[DELIVERY_HEADER]
         for request in receiver.requests:
-            assert verify(SECRET, request.body, request.headers[SIGNATURE_HEADER])
-            assert not verify("some-other-secret-123", request.body,
-                              request.headers[SIGNATURE_HEADER])
+            signed = request.headers[TIMESTAMP_HEADER], request.headers[SIGNATURE_HEADER]
+            assert verify(SECRET, request.body, *signed)
+            assert not verify("some-other-secret-123", request.body, *signed)
             payload = request.payload
             assert payload["type"] == "message" and payload["bot_id"] == "banking"
             assert payload["conversation_id"] == "w-hook"

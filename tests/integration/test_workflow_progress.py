@@ -22,6 +22,7 @@ from services.common.subjects import (
     HEADER_MSG_ID,
     KIND_WORKFLOW_PROGRESS,
     KIND_WORKFLOW_RESULT,
+    unscoped_id,
 )
 from services.rpa_runner.app import RunnerServer
 from services.rpa_runner.config import RunnerConfig
@@ -88,7 +89,7 @@ async def test_a_slow_run_tells_its_conversation_once_before_the_result(
         assert seen.index(progress) < seen.index(final)
         assert progress.subject == final.subject == result["subject"]
         assert progress.headers is not None
-        assert progress.headers[HEADER_MSG_ID] == f"progress-{slow}"
+        assert unscoped_id(progress.headers[HEADER_MSG_ID]) == f"progress-{slow}"
         body = json.loads(progress.data)
         assert set(body) == {"run_id", "workflow", "elapsed_s"}
         assert body["workflow"] == "hold" and NOTICE_S <= body["elapsed_s"] < 1.0
@@ -153,10 +154,14 @@ async def test_the_conversation_hears_still_working_before_a_slow_result(
             async with stack.session.post(f"{bank}/_faults", json={
                     "path": "/accounts/checking/balance", "delay_ms": 1500}) as response:
                 assert response.status < 300
-            status, body = await stack.post("slow-1", "/check_balance")
-            assert status == 200
+            status, body = await stack.post("slow-1", "/check_balance", message_id="bal-1")
+            # the sync reply waits for the turn's workflow (issue 17 item 7): the notice and
+            # the result answer the message that started the run
+            assert status == 200 and body["complete"] is True
             assert [r["text"] for r in body["replies"]] == [
-                "One moment, I'm looking up your checking balance."]
+                "One moment, I'm looking up your checking balance.", PENDING,
+                "Your checking balance is 12,500.00 EUR."]
+            assert {r["in_reply_to"] for r in body["replies"]} == {"bal-1"}
             texts = await _bot_texts(stack, "slow-1", "balance is")
             assert texts == ["One moment, I'm looking up your checking balance.", PENDING,
                              "Your checking balance is 12,500.00 EUR."]

@@ -22,6 +22,7 @@ from services.nlu.config import NluConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = "bootstrap-admin-key-for-tests"
+VISITOR_SECRET = "visitor-token-secret-for-tests-0123456789"
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Stack:
     dialogues: list[DialogueServer] = field(default_factory=list)
     session: aiohttp.ClientSession | None = None
     client_key: str = ""
+    # Reads transcripts (a client key only sends: docs/security.md).
+    agent_key: str = ""
 
     @property
     def base_url(self) -> str:
@@ -64,7 +67,7 @@ class Stack:
     async def transcript(self, conversation: str, bot: str = "banking") -> list[dict[str, Any]]:
         assert self.session is not None
         url = f"{self.base_url}/v1/bots/{bot}/conversations/{conversation}/transcript"
-        headers = {"Authorization": f"Bearer {self.client_key}"}
+        headers = {"Authorization": f"Bearer {self.agent_key}"}
         async with self.session.get(url, headers=headers) as resp:
             assert resp.status == 200, await resp.text()
             body = await resp.json()
@@ -106,6 +109,7 @@ async def running_stack(nats_url: str, model: Path, *, dialogues: int = 1,
         http_port=0, metrics_port=0, grpc_port=0, nats_url=service_url(nats_url, "gateway"),
         partitions=4,
         api_key_pepper="pepper-for-tests-only", admin_bootstrap_key=BOOTSTRAP,
+        visitor_token_secret=VISITOR_SECRET,
         sync_wait_s=sync_wait_s, rate_limit_rps=1000, rate_limit_burst=1000,
         shutdown_grace_s=1.0), **gateway_config))
     stack = Stack(nats_url, nlu, gateway)
@@ -116,6 +120,7 @@ async def running_stack(nats_url: str, model: Path, *, dialogues: int = 1,
         async with aiohttp.ClientSession() as session:
             stack.session = session
             stack.client_key = await issue_key(session, stack.base_url)
+            stack.agent_key = await issue_key(session, stack.base_url, role="agent")
             yield stack
     finally:
         await gateway.stop()

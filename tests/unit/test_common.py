@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,28 @@ def test_logs_are_json_with_service_and_correlation_id(capsys: pytest.CaptureFix
     assert lines[0]["bot"] == "banking" and "timestamp" in lines[0]
 
 
+def test_library_logs_are_json_lines_too(capsys: pytest.CaptureFixture[str]) -> None:
+    """nats-py and aiohttp log through `logging`: their lines are JSON like the services'."""
+    configure_logging("gateway", "INFO")
+    bind_correlation_id("corr-7")
+    logging.getLogger("nats.aio.client").warning("nats: encountered error %s", "timeout")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logging.getLogger("aiohttp.server").exception("Error handling request")
+    structlog.contextvars.clear_contextvars()
+    out = capsys.readouterr().out
+    lines = [json.loads(line) for line in out.splitlines() if line]
+    assert [line["event"] for line in lines] == ["nats: encountered error timeout",
+                                                 "Error handling request"]
+    warning, error = lines
+    assert warning["logger"] == "nats.aio.client" and warning["level"] == "warning"
+    assert warning["service"] == "gateway" and warning["correlation_id"] == "corr-7"
+    assert "timestamp" in warning
+    assert error["level"] == "error" and "RuntimeError: boom" in error["exception"]
+    structlog.reset_defaults()
+
+
 def test_unknown_log_level_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown log level"):
         configure_logging("nlu", "LOUD")
@@ -116,3 +139,25 @@ def test_printed_nats_urls_hide_their_passwords() -> None:
     assert "s3cr3t" not in masked and "p4ss" not in masked
     assert masked == "publish M --nats nats://admin:***@127.0.0.1:4222,nats://nlu:***@h:4222 --x"
     assert without_passwords("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+
+
+def test_the_demo_bank_logs_json_lines(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from botfactory.local.processes import log_events, wait_for_event
+
+    log = tmp_path / "demo_bank.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "botfactory.local.demo_bank",
+                                    "--port", "0"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        started = wait_for_event(log, process, "demo_bank_started", timeout=30)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert str(started["url"]).startswith("http://127.0.0.1:")
+    assert started["service"] == "demo_bank" and started["level"] == "info"
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert all(line.startswith("{") for line in lines), lines
+    assert log_events(log)[0] == "demo_bank_started"

@@ -409,3 +409,59 @@ def test_hint_nlu() -> None:
     assert result.entities == [EntityValue("amount", "5", "five", 5, 9)]
     assert result.ranking == [("pay", 0.8)]
     assert hint_nlu(None, "x") == NO_NLU
+
+
+class StackLikeClient:
+    """A client without `bind` (like the running stack's): it cannot use NLU hints."""
+
+    def __init__(self, inner: EngineClient) -> None:
+        self.inner = inner
+        self.started: list[str] = []
+
+    async def start(self, conversation_id: str) -> None:
+        self.started.append(conversation_id)
+        await self.inner.start(conversation_id)
+
+    async def send(self, conversation_id: str, text: str) -> list[Reply]:
+        return await self.inner.send(conversation_id, text)
+
+    async def state(self, conversation_id: str) -> dict[str, Any]:
+        return await self.inner.state(conversation_id)
+
+
+OFFLINE = """\
+    tests:
+      - name: needs a low confidence
+        offline: true
+        steps:
+          - {user: hm, nlu: {intent: pay, confidence: 0.3}, bot: "nothing to match"}
+      - name: greets
+        steps:
+          - {user: hi, bot: How can I help}
+    """
+
+
+async def test_offline_tests_are_skipped_by_clients_without_hints(
+    mini: BotDefinition, tmp_path: Path
+) -> None:
+    tests = script(tmp_path, OFFLINE)
+    assert [t.offline for t in tests] == [True, False]
+    client = StackLikeClient(EngineClient(mini, mini_nlu()))
+    report = await run_conversation_tests(tests, client)
+    assert report.passed and [r.mark for r in report.results] == ["SKIP", "PASS"]
+    assert len(client.started) == 1  # the skipped test starts no conversation
+    assert report.render().splitlines()[-1] == "1 passed, 0 failed, 1 skipped, 2 total"
+    assert "offline only" in report.render()
+    # a client with hints runs it (here: and it fails, its expectation being wrong)
+    offline = await run_conversation_tests(tests, EngineClient(mini, mini_nlu()))
+    assert [r.mark for r in offline.results] == ["FAIL", "PASS"] and not offline.skipped
+
+
+def test_the_banking_tests_run_on_the_stack_but_one() -> None:
+    """Only a test that needs a given confidence is offline-only: a failing workflow is a
+    real failure on the stack (the demo bank's business ledger is down)."""
+    tests = load_conversation_tests(BANKING)
+    assert [t.name for t in tests if t.offline] == ["low confidence asks which intent was meant"]
+    failing = next(t for t in tests if t.name == "balance lookup fails")
+    assert failing.steps[0].user.startswith("/check_balance") and "business" in \
+        failing.steps[0].user

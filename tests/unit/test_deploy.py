@@ -999,6 +999,44 @@ def test_rules_use_only_exported_metrics_and_labels() -> None:
     assert problems == []
 
 
+def exported_at_start() -> set[str]:
+    """The sample names a freshly started service exports before anything happened."""
+    registries = [GatewayMetrics.create(CollectorRegistry()).registry, NluMetrics.create().registry,
+                  DialogueMetrics.create().registry, RunnerMetrics.create().registry]
+    return {sample.name for registry in registries for family in registry.collect()
+            for sample in family.samples}
+
+
+def test_counters_alerted_on_with_increase_exist_from_the_start() -> None:
+    """`increase()` over a series born at 1 is 0: an alert on the first failure of a label set
+    never fires unless every series it watches exists (at 0) from the start."""
+    present = exported_at_start()
+    watched = set()
+    for group in rule_groups():
+        for rule in group["rules"]:
+            if "alert" in rule and "increase(" in rule["expr"]:
+                names = {s.name for s in selectors(rule["expr"])}
+                watched |= names
+                assert names <= present, f"{rule['alert']}: {sorted(names - present)}"
+    assert "botfactory_nlu_model_load_failures_total" in watched
+
+
+def test_latency_sli_leaves_out_intentional_waits() -> None:
+    """A send that waited the whole sync wait (wait="incomplete": a human handoff, a long
+    workflow) or went on waiting for its turn's workflow results (wait="workflow") is slow by
+    design: the latency SLI and p99 must not count it."""
+    checked = 0
+    for group in rule_groups():
+        for rule in group["rules"]:
+            for selector in selectors(rule["expr"]):
+                if selector.name.startswith("botfactory_gateway_http_request_duration_seconds"):
+                    matchers = {(m.name, str(m.op), m.value) for m in selector.matchers.matchers}
+                    assert ("wait", "MatchOp.NotRe", "incomplete|workflow") in matchers, \
+                        rule.get("record") or rule.get("alert")
+                    checked += 1
+    assert checked >= 9
+
+
 def test_prometheusrule_is_rendered_from_the_rule_file() -> None:
     result = subprocess.run([sys.executable, str(MONITORING / "render.py"), "--check"],
                             capture_output=True, text=True, timeout=60)

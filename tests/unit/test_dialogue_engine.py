@@ -198,8 +198,8 @@ def test_intent_starts_its_flow_and_collect_asks(banking: DialogueEngine) -> Non
 
 def test_entities_prefill_slots_and_skip_their_questions(banking: DialogueEngine) -> None:
     chat = Chat(banking)
-    result = chat.say("send $1,200 to mom", "transfer_money",
-                      entities={"amount": "$1,200", "recipient": "mom"})
+    result = chat.say("send €1,200 to mom", "transfer_money",
+                      entities={"amount": "€1,200", "recipient": "mom"})
     assert texts(result) == ["Send 1,200.00 EUR to mom?"]
     assert result.replies[0].buttons == [Button("Yes", "/affirm"), Button("No", "/deny")]
     assert chat.slots()["amount"] == 1200
@@ -305,6 +305,17 @@ def test_run_id_is_derived_from_the_message(banking: DialogueEngine) -> None:
     assert first.workflows[0].run_id == again.workflows[0].run_id
     assert first.workflows[0].run_id != other.workflows[0].run_id
     assert first.workflows[0].run_id != elsewhere.workflows[0].run_id
+    other_bot = banking.handle_message(Tracker.new("otherbot", "c1", 0.0), "m-1", "balance",
+                                       nlu("check_balance"), 1.0)
+    assert first.workflows[0].run_id != other_bot.workflows[0].run_id  # issue 17 item 1
+
+
+def test_position_names_the_flow_and_step(banking: DialogueEngine) -> None:
+    tracker = Tracker.new("banking", "c1", 0.0)
+    assert banking.position(tracker) == ("", "")
+    started = banking.handle_message(tracker, "m-1", "balance", nlu("check_balance"), 1.0)
+    flow, step = banking.position(started.tracker)
+    assert flow == started.tracker.active_flow and step.startswith("run_workflow:")
 
 
 def test_workflow_failure_says_so_and_cancels_the_flow(banking: DialogueEngine) -> None:
@@ -528,7 +539,8 @@ def test_handoff_intent_and_step(banking: DialogueEngine, lab: DialogueEngine) -
     assert result.tracker.handed_off
     result = Chat(lab).say("escalate", "escalate")
     assert texts(result) == ["Passing you to a colleague."]
-    assert kinds(result) == ["flow_started", "flow_cancelled", "handoff"]
+    # A flow that reaches its handoff step completed (its completion rate is not 0 %).
+    assert kinds(result) == ["flow_started", "flow_completed", "handoff"]
     assert result.tracker.handed_off and result.tracker.stack == ()
 
 

@@ -4,6 +4,7 @@ server that fails or answers late."""
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -12,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.botdef import load_bot
+from services.botdef import BotDefinitionError, load_bot
 from services.common.pb.botfactory.v1 import nlu_pb2
 from services.dialogue.analytics import record
 from services.dialogue.engine import (
@@ -27,6 +28,7 @@ from services.dialogue.engine import (
     Tracker,
     TurnResult,
 )
+from services.dialogue.engine.knowledge import calibrated_score
 from services.dialogue.knowledge import MAX_SEARCHES_PER_MESSAGE, KnowledgeSearcher, complete
 from services.dialogue.metrics import DialogueMetrics
 from services.dialogue.nlu_client import NluClient
@@ -358,3 +360,120 @@ def test_search_hit_buttons_and_link_reach_the_engine() -> None:
         buttons=[conversation_pb2.Button(title="Block my card", payload="/block_card")]))
     assert hit.url == "https://bank.example/lost"
     assert [(b.title, b.payload) for b in hit.buttons] == [("Block my card", "/block_card")]
+
+
+# -- intent or knowledge base: answer intents (issue 17 item 9, the demo bot) -------------------
+
+BANKING = Path(__file__).resolve().parents[2] / "bots" / "banking"
+OVERDRAFT_RATE = ("Interest of 15.9% EAR variable on the overdrawn balance, calculated daily "
+                  "and charged monthly.")
+OVERDRAFT = KnowledgeHit("passage", "docs/accounts/overdrafts.md#1", 0.72,
+                         "docs/accounts/overdrafts.md", title="Overdrafts",
+                         heading_path=("Overdrafts", "Arranged overdraft"),
+                         snippet=OVERDRAFT_RATE)
+CLOSING = KnowledgeHit("passage", "docs/accounts/closing-an-account.md#0", 0.69,
+                       "docs/accounts/closing-an-account.md", title="Closing an account",
+                       heading_path=("Closing an account",),
+                       snippet="You can close any Northwind account at any time, free of charge.")
+PRICE_LIST = KnowledgeHit("passage", "docs/fees/price-list.md#0", 0.62,
+                          "docs/fees/price-list.md", title="Price list",
+                          snippet="The Everyday Current Account costs 4 EUR a month.")
+CANNED_FEES = ("Checking accounts cost 4 EUR a month (free with a monthly income above "
+               "1,000 EUR). Transfers within the EU are free; card payments abroad cost 1.5%.")
+
+
+@pytest.fixture(scope="module")
+def bank() -> DialogueEngine:
+    return DialogueEngine(load_bot(BANKING))
+
+
+async def bank_say(engine: DialogueEngine, text: str, result: NluResult,
+                   hits: tuple[KnowledgeHit, ...], tracker: Tracker | None = None
+                   ) -> tuple[TurnResult, list[str]]:
+    """One message to the demo bot whose searches all find `hits`; also the queries run."""
+    searched: list[str] = []
+
+    async def search(query: KnowledgeQuery) -> tuple[KnowledgeHit, ...]:
+        searched.append(query.query)
+        return hits
+
+    start = tracker or Tracker.new("banking", "c1", 0.0)
+    turn = await complete(lambda knowledge: engine.handle_message(
+        start, f"m{start.turn}", text, result, 1.0, knowledge=knowledge), search, {})
+    return turn, searched
+
+
+async def test_a_confident_faq_intent_loses_to_a_better_knowledge_base_answer(
+        bank: DialogueEngine) -> None:
+    """"what is the overdraft interest rate?" was classified faq_fees (0.83) and got the
+    canned fees answer although the knowledge base's top passage answered it."""
+    question = "what is the overdraft interest rate?"
+    result, searched = await bank_say(bank, question, nlu("faq_fees", 0.83), (OVERDRAFT,))
+    assert searched == [question]
+    assert texts(result) == [OVERDRAFT_RATE]
+    assert result.replies[0].citations[0].document == "docs/accounts/overdrafts.md"
+    assert events(result, "knowledge_answer") == [{
+        "hit_id": "docs/accounts/overdrafts.md#1", "hit_kind": "passage", "score": 0.72,
+        "document": "docs/accounts/overdrafts.md", "source": "answer_intent",
+        "intent": "faq_fees", "confidence": 0.83, "probability": 0.9369}]
+    assert events(result, "flow_started") == []
+
+
+async def test_the_scores_are_compared_as_calibrated_probabilities(
+        bank: DialogueEngine) -> None:
+    """The raw hit score (a cosine) is not a probability: 0.72 < 0.83 would keep the intent;
+    the demo's score calibration (fitted by test-kb --calibrate) makes it 0.94."""
+    settings = bank.bot.knowledge
+    assert settings is not None and settings.score_calibration == (12.309, -6.165)
+    assert calibrated_score(settings, 0.72) == pytest.approx(0.9369, abs=1e-4)
+    assert calibrated_score(replace(settings, score_calibration=None), 0.72) == 0.72
+    raw = DialogueEngine(replace(bank.bot, knowledge=replace(settings, score_calibration=None)))
+    result, _ = await bank_say(raw, "what is the overdraft interest rate?",
+                               nlu("faq_fees", 0.83), (OVERDRAFT,))
+    assert texts(result) == [CANNED_FEES]
+    margin = DialogueEngine(replace(bank.bot, knowledge=replace(
+        settings, score_calibration=None, intent_margin=0.15)))
+    result, _ = await bank_say(margin, "what is the overdraft interest rate?",
+                               nlu("faq_fees", 0.83), (OVERDRAFT,))
+    assert texts(result) == [OVERDRAFT_RATE]
+
+
+async def test_the_intent_keeps_its_answer_when_it_beats_the_knowledge_base(
+        bank: DialogueEngine) -> None:
+    sure, _ = await bank_say(bank, "what are your fees?", nlu("faq_fees", 0.97), (PRICE_LIST,))
+    assert texts(sure) == [CANNED_FEES]
+    weak = replace(OVERDRAFT, score=0.45)  # under answer_threshold 0.475
+    below, _ = await bank_say(bank, "overdraft fees?", nlu("faq_fees", 0.6), (weak,))
+    assert texts(below) == [CANNED_FEES]
+    button, searched = await bank_say(bank, "/faq_fees", nlu("", 0.0), (OVERDRAFT,))
+    assert texts(button) == [CANNED_FEES] and searched == []
+
+
+async def test_cancel_with_nothing_to_cancel_may_be_answered_from_the_knowledge_base(
+        bank: DialogueEngine) -> None:
+    """"how do I close my account?" was classified cancel: "OK. What can I do for you?"."""
+    result, _ = await bank_say(bank, "how do I close my account?", nlu("cancel", 0.88),
+                               (CLOSING,))
+    assert texts(result) == [CLOSING.snippet]
+    said, searched = await bank_say(bank, "cancel", nlu("cancel", 0.99), (CLOSING,))
+    assert texts(said) == ["OK. What can I do for you?"] and searched == []
+
+
+async def test_transactional_intents_are_never_answered_from_the_knowledge_base(
+        bank: DialogueEngine, tmp_path: Path) -> None:
+    strong = replace(CLOSING, score=0.99)
+    result, searched = await bank_say(bank, "send money", nlu("transfer_money", 0.55),
+                                      (strong,))
+    assert searched == [] and events(result, "flow_started")[0]["flow"] == "transfer_money"
+    asking = result.tracker
+    cancel, searched = await bank_say(bank, "close it, cancel this", nlu("cancel", 0.9),
+                                      (strong,), tracker=asking)
+    assert searched == [] and events(cancel, "flow_cancelled")  # a running task is cancelled
+    shutil.copytree(BANKING, tmp_path / "bot", ignore=shutil.ignore_patterns("knowledge"))
+    bot_yml = tmp_path / "bot" / "bot.yml"
+    bot_yml.write_text(bot_yml.read_text().replace(
+        "answer_intents: [faq_fees,", "answer_intents: [transfer_money, faq_fees,"))
+    with pytest.raises(BotDefinitionError) as error:
+        load_bot(tmp_path / "bot")
+    assert "knowledge.answer_intents[0]: intent 'transfer_money' starts the flow " \
+           "'transfer_money', which does more than answer" in str(error.value)

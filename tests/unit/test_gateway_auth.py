@@ -32,9 +32,11 @@ from services.gateway.auth import (
 )
 from services.gateway.config import GatewayConfig, load
 from services.gateway.ports import ApiKeyRecord, KeyStore, Role
-from services.gateway.ratelimit import RateLimited, RateLimiter
+from services.gateway.ratelimit import AuthThrottled, RateLimited, RateLimiter
+from services.gateway.visitor import EXPIRED_TOKEN, TokenExpired, VisitorTokens
 
 PEPPER = "pepper-0123456789abcdef"
+VISITOR_SECRET = "visitor-secret-0123456789abcdef-0123"
 
 
 @dataclass
@@ -149,6 +151,117 @@ def test_admin_scope_over_tenants_and_bots() -> None:
     assert Principal("k", "t1", ("*",), Role.ADMIN).covers_bots(["*", "beta"])
     assert not Principal("k", "t1", ("*",), Role.AGENT).manages_tenant("t1")
     assert BOOTSTRAP_PRINCIPAL.manages_tenant("anyone")
+
+
+# --- visitor tokens ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def wall() -> FakeClock:
+    return FakeClock(1_800_000_000.0)
+
+
+@pytest.fixture
+def visitors(clock: FakeClock, wall: FakeClock) -> Authenticator:
+    return Authenticator(InMemoryKeyStore(), PEPPER, bootstrap_key="boot-0123456789abcdef",
+                         cache_s=5.0, clock=clock,
+                         tokens=VisitorTokens(VISITOR_SECRET, 600.0, clock=wall))
+
+
+async def test_a_visitor_token_is_bound_to_its_bot_and_conversation(
+        visitors: Authenticator) -> None:
+    issued = await visitors.issue("t1", ["alpha", "beta"], Role.CLIENT)
+    client = await visitors.authenticate(issued.secret)
+    token, expires = visitors.mint(client, "alpha", "c1")
+    assert token.startswith("bfv_") and expires == 1_800_000_600
+    visitor = await visitors.authenticate(token)
+    assert (visitor.tenant, visitor.bots, visitor.conversation) == ("t1", ("alpha",), "c1")
+    assert visitor.is_visitor and issued.record.key_id in visitor.key_id
+    authorize(visitor, Role.AGENT, "alpha", conversation="c1")  # e.g. the transcript
+    for bot, conversation in (("alpha", "c2"), ("beta", "c1")):
+        with pytest.raises(PermissionDenied, match="another conversation"):
+            authorize(visitor, Role.CLIENT, bot, conversation=conversation)
+    with pytest.raises(PermissionDenied, match="its own conversation"):
+        authorize(visitor, Role.CLIENT, "alpha")  # a route that takes no visitor token
+    with pytest.raises(PermissionDenied, match="cannot issue"):
+        visitors.mint(visitor, "alpha", "c1")
+
+
+async def test_client_keys_may_not_read_what_a_visitor_token_may() -> None:
+    client = Principal("k", "t1", ("alpha",), Role.CLIENT)
+    with pytest.raises(PermissionDenied, match="needs agent, or a visitor token"):
+        authorize(client, Role.AGENT, "alpha", conversation="c1")
+    authorize(Principal("k", "t1", ("alpha",), Role.AGENT), Role.AGENT, "alpha",
+              conversation="c1")
+
+
+async def test_visitor_tokens_expire_and_die_with_their_key(
+        visitors: Authenticator, clock: FakeClock, wall: FakeClock) -> None:
+    issued = await visitors.issue("t1", ["alpha"], Role.CLIENT)
+    token, _ = visitors.mint(await visitors.authenticate(issued.secret), "alpha", "c1")
+    wall.now += 600
+    with pytest.raises(TokenExpired, match=EXPIRED_TOKEN):
+        await visitors.authenticate(token)
+    wall.now -= 1
+    await visitors.authenticate(token)
+    await visitors.revoke(issued.record.key_id)
+    with pytest.raises(Unauthenticated) as caught:
+        await visitors.authenticate(token)
+    assert str(caught.value) == INVALID_KEY
+
+
+async def test_forged_visitor_tokens_get_the_one_401(visitors: Authenticator) -> None:
+    issued = await visitors.issue("t1", ["alpha"], Role.CLIENT)
+    token, _ = visitors.mint(await visitors.authenticate(issued.secret), "alpha", "c1")
+    payload, signature = token[4:].split(".")
+    other = VisitorTokens("another-secret-0123456789abcdef-0123", 600.0)
+    forged_elsewhere, _ = other.mint(issued.record.key_id, "alpha", "c1")
+    swapped = other.mint(issued.record.key_id, "alpha", "c2")[0].split(".")[0] + "." + signature
+    for bad in (f"bfv_{payload}.{signature[:-2]}", f"bfv_{payload}x.{signature}", "bfv_",
+                "bfv_.", forged_elsewhere, swapped, token + "x" * 1100):
+        with pytest.raises(Unauthenticated) as caught:
+            await visitors.authenticate(bad)
+        assert str(caught.value) == INVALID_KEY, bad[:30]
+    off = Authenticator(InMemoryKeyStore(), PEPPER)  # no secret: tokens are off
+    with pytest.raises(Unauthenticated):
+        await off.authenticate(token)
+
+
+# --- failed attempts throttle ----------------------------------------------------------------
+
+
+class CountingStore(InMemoryKeyStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups = 0
+
+    async def get_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
+        self.lookups += 1
+        return await super().get_by_hash(key_hash)
+
+
+async def test_a_throttled_address_keeps_its_valid_keys(clock: FakeClock) -> None:
+    store = CountingStore()
+    auth = Authenticator(store, PEPPER, bootstrap_key="boot-0123456789abcdef", clock=clock,
+                         failures=RateLimiter(0.1, 2, clock=clock))
+    good = (await auth.issue("t1", ["alpha"], Role.CLIENT)).secret
+    for _ in range(2):
+        with pytest.raises(Unauthenticated):
+            await auth.authenticate("bfk_00_wrong", client="10.0.0.1")
+    with pytest.raises(AuthThrottled):
+        await auth.authenticate("bfk_00_wrong", client="10.0.0.1")
+    # the bad client is throttled; the valid keys behind the same address are not
+    assert (await auth.authenticate(good, client="10.0.0.1")).role is Role.CLIENT
+    assert await auth.authenticate("boot-0123456789abcdef", client="10.0.0.1") == \
+        BOOTSTRAP_PRINCIPAL
+    looked_up = store.lookups
+    for garbage in (None, "", "nonsense", "x" * 300):
+        with pytest.raises(AuthThrottled):
+            await auth.authenticate(garbage, client="10.0.0.1")
+    assert store.lookups == looked_up  # garbage costs no look-up while throttled
+    clock.now += 10
+    with pytest.raises(Unauthenticated):
+        await auth.authenticate("bfk_00_wrong", client="10.0.0.1")
 
 
 # --- stores: one contract, two implementations ------------------------------------------------
@@ -266,8 +379,12 @@ def test_rate_limiter_rejects_nonsense() -> None:
 # --- configuration ----------------------------------------------------------------------------
 
 
+SECRETS = {"BOTFACTORY_GATEWAY_API_KEY_PEPPER": PEPPER,
+           "BOTFACTORY_GATEWAY_VISITOR_TOKEN_SECRET": VISITOR_SECRET}
+
+
 def test_config_from_environment() -> None:
-    config = load({"BOTFACTORY_GATEWAY_API_KEY_PEPPER": PEPPER,
+    config = load({**SECRETS,
                    "BOTFACTORY_GATEWAY_HTTP_PORT": "0",
                    "BOTFACTORY_GATEWAY_SYNC_WAIT_S": "2.5",
                    "BOTFACTORY_GATEWAY_RATE_LIMIT_BURST": "7"})
@@ -282,8 +399,11 @@ def test_config_from_environment() -> None:
     ({"BOTFACTORY_GATEWAY_RATE_LIMIT_RPS": "0"}, "RATE_LIMIT_RPS"),
     ({"BOTFACTORY_GATEWAY_HTTP_PORT": "70000"}, "HTTP_PORT"),
     ({"BOTFACTORY_GATEWAY_WEBHOOK_MAX_ATTEMPTS": "0"}, "WEBHOOK_MAX_ATTEMPTS"),
+    ({"BOTFACTORY_GATEWAY_VISITOR_TOKEN_SECRET": ""}, "VISITOR_TOKEN_SECRET"),
+    ({"BOTFACTORY_GATEWAY_VISITOR_TOKEN_SECRET": "x" * 31}, "VISITOR_TOKEN_SECRET"),
+    ({"BOTFACTORY_GATEWAY_VISITOR_TOKEN_TTL_S": "0"}, "VISITOR_TOKEN_TTL_S"),
 ])
 def test_config_validation_names_the_variable(env: dict[str, str], variable: str) -> None:
-    base = {} if variable.endswith("PEPPER") else {"BOTFACTORY_GATEWAY_API_KEY_PEPPER": PEPPER}
+    base = {} if variable.endswith("PEPPER") else SECRETS
     with pytest.raises(ConfigError, match=variable):
         load({**base, **env})

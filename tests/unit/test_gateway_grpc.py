@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.common.errors import Unavailable
-from services.common.pb.botfactory.v1 import gateway_pb2, gateway_pb2_grpc
+from services.common.pb.botfactory.v1 import conversation_pb2, gateway_pb2, gateway_pb2_grpc
 from services.gateway.auth import Authenticator, InMemoryKeyStore
 from services.gateway.config import GatewayConfig
 from services.gateway.grpc_api import ChatServicer, add_chat_service
@@ -101,6 +101,18 @@ async def test_the_wait_ends_before_the_callers_deadline(gw: Served) -> None:
     assert 0 < gw.hub.waits[-1] < 1.0
     await gw.stub.SendMessage(send(), metadata=gw.metadata())
     assert gw.hub.waits[-1] == 2.0
+    assert gw.hub.workflow_waits[-1] == make_config().workflow_wait_s
+    await gw.stub.SendMessage(send(), metadata=gw.metadata(), timeout=3.0)
+    assert gw.hub.waits[-1] + gw.hub.workflow_waits[-1] < 3.0  # both waits fit the deadline
+
+
+async def test_send_message_reports_handoff_and_nlu_on_request(gw: Served) -> None:
+    gw.hub.result_extra = {"handoff": True,
+                           "nlu": conversation_pb2.TurnNlu(intent="greet", confidence=0.5)}
+    plain = await gw.stub.SendMessage(send(), metadata=gw.metadata())
+    assert plain.handoff and not plain.HasField("nlu")
+    asked = await gw.stub.SendMessage(send(include_nlu=True), metadata=gw.metadata())
+    assert asked.nlu.intent == "greet" and asked.nlu.confidence == 0.5
 
 
 async def test_rate_limit_gives_resource_exhausted_with_retry_after(limited: Served) -> None:

@@ -29,6 +29,7 @@ from services.gateway.ports import Role, SendResult
 from services.gateway.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
     Webhook,
     WebhookSender,
     WebhookSettings,
@@ -38,6 +39,7 @@ from services.gateway.webhooks import (
 
 ROOT = Path(__file__).resolve().parents[2]
 PEPPER = "test-pepper-0123456789abcdef"
+VISITOR_SECRET = "test-visitor-secret-0123456789abcdef"
 BOOTSTRAP = "bootstrap-admin-key-0123456789"
 CONV = "/v1/bots/{bot}/conversations/{conv}"
 PROBLEM = "application/problem+json"
@@ -61,11 +63,16 @@ class FakeHub:
         self.handoff_list: dict[str, list[dict[str, Any]]] = {}
         self.complete = True
         self.fail: Exception | None = None
+        self.workflow_waits: list[float] = []
+        self.result_extra: dict[str, Any] = {}  # SendResult fields of the next answers
+        self.handoff_subscribers: dict[str, list[asyncio.Queue[Any]]] = defaultdict(list)
 
-    async def send(self, message: conversation_pb2.UserMessage, *, wait_s: float) -> SendResult:
+    async def send(self, message: conversation_pb2.UserMessage, *, wait_s: float,
+                   workflow_wait_s: float = 0.0) -> SendResult:
         if self.fail is not None:
             raise self.fail
         self.waits.append(wait_s)
+        self.workflow_waits.append(workflow_wait_s)
         if message.message_id in self.replies:
             return SendResult(self.replies[message.message_id], complete=True, duplicate=True)
         self.sent.append(message)
@@ -83,7 +90,7 @@ class FakeHub:
                 queue.put_nowait(reply)
         if wait_s == 0 or not self.complete:
             return SendResult([], complete=False)
-        return SendResult(replies, complete=True)
+        return SendResult(replies, complete=True, **self.result_extra)
 
     def answer(self, message: conversation_pb2.UserMessage) -> list[conversation_pb2.BotMessage]:
         if message.role == "agent":
@@ -104,6 +111,9 @@ class FakeHub:
 
     def subscribe(self, bot_id: str, conversation_id: str) -> Subscription:
         return Subscription(self.subscribers[(bot_id, conversation_id)])
+
+    def handoff_messages(self, bot_id: str) -> Subscription:
+        return Subscription(self.handoff_subscribers[bot_id])
 
     async def feedback(self, feedback: conversation_pb2.Feedback) -> None:
         self.feedbacks.append(feedback)
@@ -171,7 +181,8 @@ class FakeClock:
 
 def make_config(**overrides: Any) -> GatewayConfig:
     base = GatewayConfig(api_key_pepper=PEPPER, admin_bootstrap_key=BOOTSTRAP, sync_wait_s=0.5,
-                         rate_limit_rps=1000.0, rate_limit_burst=1000)
+                         rate_limit_rps=1000.0, rate_limit_burst=1000,
+                         visitor_token_secret=VISITOR_SECRET, visitor_token_ttl_s=600.0)
     return replace(base, **overrides)
 
 
@@ -272,9 +283,14 @@ async def test_every_route_is_documented_in_openapi(gw: Gateway) -> None:
     documented = {(method.upper(), path) for path, ops in document["paths"].items()
                   for method in ops}
     served = {(route.method, route.resource.canonical) for route in gw.app.router.routes()
-              if route.resource is not None}
+              if route.resource is not None and route.method != "HEAD"}
     assert served == documented
     assert {(r.method, r.path) for r in ROUTES} == served
+    # every GET but a WebSocket's answers HEAD too (the document says so once)
+    heads = {route.resource.canonical for route in gw.app.router.routes()
+             if route.resource is not None and route.method == "HEAD"}
+    assert heads == {r.path for r in ROUTES if r.method == "GET" and not r.websocket}
+    assert "HEAD" in document["info"]["description"]
 
 
 async def test_openapi_references_resolve_and_errors_are_problems(gw: Gateway) -> None:
@@ -308,6 +324,35 @@ async def test_post_message_returns_replies_with_buttons(gw: Gateway) -> None:
                                                                           "user")
     assert sent.sender == "u1" and dict(sent.metadata) == {"locale": "en"}
     assert sent.sent_at_unix_ms > 0 and gw.hub.waits == [0.5]
+
+
+async def test_send_waits_for_workflows_and_reports_handoff_and_nlu(gw: Gateway) -> None:
+    """Issue 17 items 3, 7, 13: the sync wait includes the workflow wait; `handoff` is always
+    there; `nlu` only with ?include=nlu; an unknown include is a 400."""
+    key = await gw.key()
+    plain = await (await gw.client.post(f"{conv()}/messages", headers=auth(key),
+                                        json={"text": "hi"})).json()
+    assert plain["handoff"] is False and "nlu" not in plain
+    assert gw.hub.workflow_waits == [make_config().workflow_wait_s]
+    gw.hub.result_extra = {"handoff": True, "nlu": conversation_pb2.TurnNlu(
+        intent="block_card", confidence=0.875, flow="block_card", step="collect:card_type",
+        entities=[conversation_pb2.TurnEntity(entity="card_type", value="credit", raw="visa",
+                                              start=3, end=7)])}
+    response = await gw.client.post(f"{conv()}/messages?include=nlu", headers=auth(key),
+                                    json={"text": "my visa"})
+    body = await response.json()
+    assert response.status == 200 and body["handoff"] is True
+    assert body["nlu"] == {"intent": "block_card", "confidence": 0.875, "ranking": [],
+                           "entities": [{"entity": "card_type", "value": "credit",
+                                         "raw": "visa", "start": 3, "end": 7}],
+                           "out_of_scope": False, "sentiment": None, "model_version": "",
+                           "flow": "block_card", "step": "collect:card_type"}
+    quick = await gw.client.post(f"{conv()}/messages?wait=false&include=nlu",
+                                 headers=auth(key), json={"text": "x"})
+    assert (await quick.json())["nlu"] is None and gw.hub.workflow_waits[-1] == 0.0
+    bad = await gw.client.post(f"{conv()}/messages?include=slots", headers=auth(key),
+                               json={"text": "y"})
+    assert (await problem_of(bad, 400))["errors"][0]["field"] == "include"
 
 
 async def test_message_id_is_generated_and_idempotent(gw: Gateway) -> None:
@@ -358,9 +403,10 @@ async def test_invalid_message_bodies_get_field_level_400(gw: Gateway, body: Any
 
 async def test_bad_json_and_bad_path_ids_are_400(gw: Gateway) -> None:
     key = await gw.key()
-    response = await gw.client.post(f"{conv()}/messages", headers=auth(key), data=b"{nope")
+    headers = {**auth(key), "Content-Type": "application/json"}
+    response = await gw.client.post(f"{conv()}/messages", headers=headers, data=b"{nope")
     assert "not valid JSON" in (await problem_of(response, 400))["detail"]
-    response = await gw.client.post(f"{conv()}/messages", headers=auth(key), data=b"")
+    response = await gw.client.post(f"{conv()}/messages", headers=headers, data=b"")
     await problem_of(response, 400)
     response = await gw.client.post(f"{conv('alpha', 'a.b')}/messages", headers=auth(key),
                                     json={"text": "x"})
@@ -370,20 +416,21 @@ async def test_bad_json_and_bad_path_ids_are_400(gw: Gateway) -> None:
 async def test_body_over_the_limit_is_413(gw: Gateway) -> None:
     key = await gw.key()
     big = json.dumps({"text": "x" * (70 * 1024)}).encode()
-    response = await gw.client.post(f"{conv()}/messages", headers=auth(key), data=big)
+    headers = {**auth(key), "Content-Type": "application/json"}
+    response = await gw.client.post(f"{conv()}/messages", headers=headers, data=big)
     await problem_of(response, 413)
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while reading
         for _ in range(70):
             yield b" " * 1024
 
-    response = await gw.client.post(f"{conv()}/messages", headers=auth(key), data=chunks())
+    response = await gw.client.post(f"{conv()}/messages", headers=headers, data=chunks())
     await problem_of(response, 413)
     assert gw.hub.sent == []
 
 
 async def test_transcript_with_limit(gw: Gateway) -> None:
-    key = await gw.key()
+    key = await gw.key(Role.AGENT)
     await gw.client.post(f"{conv()}/messages", headers=auth(key), json={"text": "menu"})
     response = await gw.client.get(f"{conv()}/transcript?limit=10", headers=auth(key))
     body = await response.json()
@@ -398,6 +445,8 @@ async def test_transcript_with_limit(gw: Gateway) -> None:
 
 async def test_feedback_is_forwarded_and_counted(gw: Gateway) -> None:
     key = await gw.key()
+    await gw.client.post(f"{conv()}/messages", headers=auth(key),
+                         json={"text": "x", "message_id": "m1"})
     url = f"{conv()}/messages/r-m1/feedback"
     response = await gw.client.post(url, headers=auth(key),
                                     json={"rating": -1, "comment": "wrong answer"})
@@ -434,7 +483,7 @@ async def test_unknown_route_and_method_are_problems(gw: Gateway) -> None:
     await problem_of(await gw.client.get("/v1/nope"), 404)
     response = await gw.client.delete("/healthz")
     await problem_of(response, 405)
-    assert response.headers["Allow"] == "GET"
+    assert response.headers["Allow"] == "GET,HEAD"
 
 
 async def test_correlation_id_is_echoed_or_made(gw: Gateway) -> None:
@@ -451,9 +500,38 @@ async def test_request_metrics_use_route_templates(gw: Gateway) -> None:
     route = "/v1/bots/{bot}/conversations/{conversation}/messages"
     labels = {"route": route, "method": "POST"}
     assert metric(gw, "botfactory_gateway_http_requests_total", status="200", **labels) == 1.0
-    assert metric(gw, "botfactory_gateway_http_request_duration_seconds_count", **labels) == 1.0
+    assert metric(gw, "botfactory_gateway_http_request_duration_seconds_count", **labels,
+                  wait="complete") == 1.0
     assert metric(gw, "botfactory_gateway_http_requests_total", route="unmatched",
                   method="GET", status="404") == 1.0
+
+
+async def test_sends_whose_sync_wait_ran_out_are_labelled_for_the_latency_sli(gw: Gateway) -> None:
+    key = await gw.key()
+    gw.hub.complete = False  # the bot's turn does not end within the wait (e.g. handed off)
+    response = await gw.client.post(f"{conv()}/messages", headers=auth(key), json={"text": "x"})
+    assert response.status == 202
+    await gw.client.post(f"{conv()}/messages?wait=false", headers=auth(key), json={"text": "y"})
+    await gw.client.get(f"{conv()}/transcript", headers=auth(key))
+    count = "botfactory_gateway_http_request_duration_seconds_count"
+    route = "/v1/bots/{bot}/conversations/{conversation}"
+    sent = {"route": f"{route}/messages", "method": "POST"}
+    assert metric(gw, count, **sent, wait="incomplete") == 1.0
+    assert metric(gw, count, **sent, wait="none") == 1.0
+    assert metric(gw, count, route=f"{route}/transcript", method="GET", wait="none") == 1.0
+
+
+async def test_sends_that_waited_for_workflows_are_labelled_apart(gw: Gateway) -> None:
+    """A 200 that waited for its turn's workflow results took the workflows' time: labelled
+    wait="workflow", not "complete" (issue 17 item 7)."""
+    key = await gw.key()
+    gw.hub.result_extra = {"awaited_workflows": True}
+    response = await gw.client.post(f"{conv()}/messages", headers=auth(key), json={"text": "x"})
+    assert response.status == 200
+    count = "botfactory_gateway_http_request_duration_seconds_count"
+    sent = {"route": "/v1/bots/{bot}/conversations/{conversation}/messages", "method": "POST"}
+    assert metric(gw, count, **sent, wait="workflow") == 1.0
+    assert metric(gw, count, **sent, wait="complete") == 0.0
 
 
 # --- authentication and authorization ---------------------------------------------------------
@@ -507,6 +585,103 @@ async def test_client_keys_cannot_use_agent_or_admin_routes(gw: Gateway, spec: A
     assert "role" in (await problem_of(response, 403))["detail"]
 
 
+async def visitor_token(gw: Gateway, key: str, conversation: str = "c1",
+                        bot: str = "alpha") -> str:
+    response = await gw.client.post(f"{conv(bot, conversation)}/tokens", headers=auth(key))
+    assert response.status == 201, await response.text()
+    body = await response.json()
+    assert (body["bot_id"], body["conversation_id"]) == (bot, conversation)
+    token: str = body["token"]
+    return token
+
+
+async def test_client_keys_send_but_only_visitors_agents_and_admins_read(gw: Gateway) -> None:
+    client = await gw.key(Role.CLIENT)
+    assert (await gw.client.post(f"{conv()}/messages", headers=auth(client),
+                                 json={"text": "my IBAN is ..."})).status == 200
+    for conversation in ("c1", "c2"):
+        refused = await gw.client.get(f"{conv('alpha', conversation)}/transcript",
+                                      headers=auth(client))
+        detail = (await problem_of(refused, 403))["detail"]
+        assert "needs agent, or a visitor token of this conversation" in detail
+    for role in (Role.AGENT, Role.ADMIN):
+        read = await gw.client.get(f"{conv()}/transcript", headers=auth(await gw.key(role)))
+        assert read.status == 200 and len((await read.json())["entries"]) == 2
+    assert gw.hub.transcript_limits == [100, 100]
+
+
+async def test_a_visitor_token_reaches_its_own_conversation_only(gw: Gateway) -> None:
+    client = await gw.key(Role.CLIENT, bots=("alpha", "beta"))
+    token = await visitor_token(gw, client, "c1")
+    assert token.startswith("bfv_")
+    sent = await gw.client.post(f"{conv()}/messages", headers=auth(token),
+                                json={"text": "hi", "message_id": "m1"})
+    assert sent.status == 200
+    read = await gw.client.get(f"{conv()}/transcript", headers=auth(token))
+    assert read.status == 200 and [e["text"] for e in (await read.json())["entries"]] == [
+        "hi", "echo: hi"]
+    rated = await gw.client.post(f"{conv()}/messages/r-m1/feedback", headers=auth(token),
+                                 json={"rating": 1})
+    assert rated.status == 202
+    async with gw.client.ws_connect(f"{conv()}/ws",
+                                    protocols=("botfactory.v1", f"bearer.{token}")) as ws:
+        await ws.send_json({"text": "live", "message_id": "w1"})
+        assert (await ws.receive_json(timeout=5))["type"] == "ack"
+    before = (len(gw.hub.sent), len(gw.hub.transcript_limits))
+    for method, path in (("GET", f"{conv('alpha', 'c2')}/transcript"),
+                         ("POST", f"{conv('alpha', 'c2')}/messages"),
+                         ("GET", f"{conv('beta', 'c1')}/transcript"),
+                         ("POST", f"{conv()}/tokens"),
+                         ("GET", "/v1/bots/alpha/handoffs"),
+                         ("GET", "/v1/admin/keys")):
+        response = await gw.client.request(method, path, headers=auth(token), json={"text": "x"})
+        await problem_of(response, 403)
+    assert (len(gw.hub.sent), len(gw.hub.transcript_limits)) == before
+
+
+async def test_an_expired_visitor_token_is_a_401_and_a_new_one_works(gw: Gateway) -> None:
+    token = await visitor_token(gw, await gw.key(Role.CLIENT))
+    tokens = gw.app[STATE].auth.tokens
+    now = tokens.clock()
+    tokens.clock = lambda: now + 600
+    expired = await gw.client.get(f"{conv()}/transcript", headers=auth(token))
+    assert "expired" in (await problem_of(expired, 401))["detail"]
+    fresh = await visitor_token(gw, await gw.key(Role.CLIENT))
+    assert (await gw.client.get(f"{conv()}/transcript", headers=auth(fresh))).status == 200
+
+
+async def test_an_open_socket_ends_when_its_visitor_token_expires(gw: Gateway) -> None:
+    token = await visitor_token(gw, await gw.key(Role.CLIENT))
+    tokens = gw.app[STATE].auth.tokens
+    async with gw.client.ws_connect(f"{conv()}/ws",
+                                    protocols=("botfactory.v1", f"bearer.{token}")) as ws:
+        now = tokens.clock()
+        tokens.clock = lambda: now + 600
+        await ws.send_json({"text": "still there?"})
+        error = await ws.receive_json(timeout=5)
+        await ws.receive(timeout=5)
+    assert error["status"] == 401 and "expired" in error["detail"]
+    assert ws.close_code == 4401 and gw.hub.sent == []
+
+
+async def test_visitor_tokens_die_with_the_key_that_issued_them(gw: Gateway) -> None:
+    client = await gw.key(Role.CLIENT)
+    token = await visitor_token(gw, client)
+    record = (await gw.keys.list_keys())[0]
+    await gw.app[STATE].auth.revoke(record.key_id)
+    response = await gw.client.get(f"{conv()}/transcript", headers=auth(token))
+    assert (await problem_of(response, 401))["detail"] == "missing or invalid API key"
+
+
+async def test_without_a_token_secret_minting_is_unavailable() -> None:
+    gw = await start_gateway(make_config(visitor_token_secret=""))
+    try:
+        response = await gw.client.post(f"{conv()}/tokens", headers=auth(await gw.key()))
+        assert "VISITOR_TOKEN_SECRET" in (await problem_of(response, 503))["detail"]
+    finally:
+        await gw.client.close()
+
+
 async def test_a_key_for_all_bots_reaches_any_bot(gw: Gateway) -> None:
     key = await gw.key(bots=("*",))
     response = await gw.client.post(f"{conv('beta')}/messages", headers=auth(key),
@@ -517,7 +692,7 @@ async def test_a_key_for_all_bots_reaches_any_bot(gw: Gateway) -> None:
 async def test_rate_limit_per_key_gives_429_with_retry_after() -> None:
     gw = await start_gateway(make_config(rate_limit_rps=0.5, rate_limit_burst=2))
     try:
-        first, second = await gw.key(), await gw.key()
+        first, second = await gw.key(Role.AGENT), await gw.key(Role.AGENT)
         url = f"{conv()}/transcript"
         for _ in range(2):
             assert (await gw.client.get(url, headers=auth(first))).status == 200
@@ -646,6 +821,24 @@ async def test_agents_list_reply_and_release(gw: Gateway) -> None:
 
 
 # --- admin ------------------------------------------------------------------------------------
+
+
+async def test_the_make_run_chat_key_is_a_client_key_that_cannot_approve(gw: Gateway) -> None:
+    from botfactory.local.stack import _demo_key
+
+    base = str(gw.client.make_url("")).rstrip("/")
+    chat_key = await asyncio.to_thread(_demo_key, base, BOOTSTRAP, "alpha")
+    agent_key = await asyncio.to_thread(_demo_key, base, BOOTSTRAP, "alpha", "agent")
+    roles = {k.description: k.role for k in await gw.keys.list_keys()}
+    assert roles == {"make run demo client key": Role.CLIENT,
+                     "make run demo agent key": Role.AGENT}
+    approve = "/v1/bots/alpha/runs/run-1/approve"
+    refused = await gw.client.post(approve, headers=auth(chat_key), json={})
+    assert "needs agent" in (await problem_of(refused, 403))["detail"]
+    # the separate agent key passes the guard (here no runner is wired: 503)
+    await problem_of(await gw.client.post(approve, headers=auth(agent_key), json={}), 503)
+    assert (await gw.client.post(f"{conv()}/messages", headers=auth(chat_key),
+                                 json={"text": "hi"})).status == 200
 
 
 async def test_bootstrap_admin_creates_keys_shown_once(gw: Gateway) -> None:
@@ -812,8 +1005,9 @@ async def test_webhook_is_signed_and_retried_with_backoff() -> None:
     deliveries = {headers[DELIVERY_HEADER] for _, headers in receiver.seen}
     assert len(bodies) == 1 and len(deliveries) == 1
     body, headers = receiver.seen[0]
-    assert verify("s3cret", body, headers[SIGNATURE_HEADER])
-    assert not verify("other", body, headers[SIGNATURE_HEADER])
+    signed = headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER]
+    assert verify("s3cret", body, *signed)
+    assert not verify("other", body, *signed)
     assert json.loads(body)["message"]["text"] == "done"
     assert 0.5 <= delays[0] <= 1.0 and 1.0 <= delays[1] <= 2.0
 
@@ -898,3 +1092,93 @@ def test_chat_command_arguments() -> None:
     assert (args.bot, args.gateway, args.api_key, args.conversation) == (
         "banking", "http://gw:1", "k", "c9")
     assert args.func is chat.run_chat
+
+
+# --- content types, HEAD, OPTIONS and CORS, feedback on unknown messages (issue 17) ----------
+
+
+async def test_a_body_that_is_not_json_is_415(gw: Gateway) -> None:
+    key = await gw.key()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "text/json"):
+        response = await gw.client.post(f"{conv()}/messages", data=b'{"text": "hi"}',
+                                        headers={**auth(key), "Content-Type": content_type})
+        assert content_type in (await problem_of(response, 415))["detail"]
+    assert gw.hub.sent == []
+    for content_type in ("application/json; charset=utf-8", "application/merge-patch+json"):
+        response = await gw.client.post(f"{conv()}/messages", data=b'{"text": "hi"}',
+                                        headers={**auth(key), "Content-Type": content_type})
+        assert response.status == 200
+    # the credential is checked before the media type
+    response = await gw.client.post(f"{conv()}/messages", data=b"x",
+                                    headers={"Content-Type": "text/plain"})
+    await problem_of(response, 401)
+
+
+async def test_every_get_answers_head_with_the_same_guard(gw: Gateway) -> None:
+    key = await gw.key(Role.AGENT)
+    response = await gw.client.head("/healthz")
+    assert response.status == 200 and await response.read() == b""
+    response = await gw.client.head(f"{conv()}/transcript", headers=auth(key))
+    assert response.status == 200 and response.content_type == "application/json"
+    assert (await gw.client.head(f"{conv()}/transcript")).status == 401
+    assert (await gw.client.head(f"{conv()}/ws", headers=auth(key))).status == 405
+
+
+async def test_options_and_cors_preflight_follow_the_allowed_origins() -> None:
+    preflight = {"Origin": "https://shop.example.com",
+                 "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    closed = await start_gateway()  # default: no origin allowed
+    try:
+        response = await closed.client.options(f"{conv()}/messages")
+        assert response.status == 204 and response.headers["Allow"] == "OPTIONS, POST"
+        response = await closed.client.options(f"{conv()}/messages", headers=preflight)
+        await problem_of(response, 403)
+        assert "Access-Control-Allow-Origin" not in response.headers
+        await problem_of(await closed.client.options("/v1/nope"), 404)
+        response = await closed.client.get("/healthz", headers={"Origin": preflight["Origin"]})
+        assert "Access-Control-Allow-Origin" not in response.headers
+    finally:
+        await closed.client.close()
+    gw = await start_gateway(make_config(cors_allowed_origins=("https://shop.example.com",)))
+    try:
+        response = await gw.client.options(f"{conv()}/messages", headers=preflight)
+        assert response.status == 204
+        assert response.headers["Access-Control-Allow-Origin"] == "https://shop.example.com"
+        assert "POST" in response.headers["Access-Control-Allow-Methods"]
+        assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
+        key = await gw.key()
+        response = await gw.client.post(f"{conv()}/messages", json={"text": "hi"},
+                                        headers={**auth(key), "Origin": preflight["Origin"]})
+        assert response.status == 200
+        assert response.headers["Access-Control-Allow-Origin"] == "https://shop.example.com"
+        assert "X-Correlation-Id" in response.headers["Access-Control-Expose-Headers"]
+        other = {**preflight, "Origin": "https://evil.example"}
+        await problem_of(await gw.client.options(f"{conv()}/messages", headers=other), 403)
+    finally:
+        await gw.client.close()
+
+
+def test_cors_origins_are_validated() -> None:
+    from services.common.config import ConfigError
+
+    with pytest.raises(ConfigError, match="CORS_ALLOWED_ORIGINS"):
+        make_config(cors_allowed_origins=("shop.example.com/path",)).validate()
+    make_config(cors_allowed_origins=("*", "http://localhost:3000")).validate()
+
+
+async def test_feedback_on_a_message_the_bot_never_sent_is_404(gw: Gateway) -> None:
+    key = await gw.key()
+    await gw.client.post(f"{conv()}/messages", headers=auth(key),
+                         json={"text": "x", "message_id": "m1"})
+    for unknown in ("r-nope", "m1"):  # never sent; a user message, not the bot's
+        response = await gw.client.post(f"{conv()}/messages/{unknown}/feedback",
+                                        headers=auth(key), json={"rating": 1})
+        await problem_of(response, 404)
+    response = await gw.client.post(f"{conv('alpha', 'c2')}/messages/r-m1/feedback",
+                                    headers=auth(key), json={"rating": 1})
+    await problem_of(response, 404)  # another conversation's message
+    assert gw.hub.feedbacks == []
+    response = await gw.client.post(f"{conv()}/messages/r-m1/feedback", headers=auth(key),
+                                    json={"rating": 1, "comment": ""})
+    assert response.status == 202 and len(gw.hub.feedbacks) == 1

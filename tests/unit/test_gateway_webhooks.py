@@ -41,8 +41,10 @@ from services.gateway.webhook_relay import (
 from services.gateway.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
     WebhookSender,
     WebhookSettings,
+    sign,
     verify,
 )
 from tests.unit.test_gateway_http import BOOTSTRAP, FakeHub, auth, make_config, problem_of
@@ -390,7 +392,7 @@ async def test_relay_delivers_signed_with_a_stable_id_then_acks(relay: Relay) ->
     assert len(relay.receiver.seen) == 2  # one retry
     (first, headers, raw), (again, _, raw_again) = relay.receiver.seen
     assert first == again and raw == raw_again
-    assert verify(SECRET, raw, headers[SIGNATURE_HEADER])
+    assert verify(SECRET, raw, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER])
     assert first["type"] == "message" and first["bot_id"] == "alpha"
     assert first["conversation_id"] == "c1" and first["message"]["text"] == "hello"
     assert first["delivery_id"] == headers[DELIVERY_HEADER] == delivery_id(bot_message("hello"))
@@ -489,3 +491,50 @@ async def test_stopping_hands_unfinished_messages_back(relay: Relay) -> None:
     await asyncio.sleep(0.05)
     await relay.relay.stop(grace_s=0.05)
     assert msg.settled == ["nak"] and relay.relay.in_flight == 0
+
+
+# --- signatures: timestamped, replays refused -------------------------------------------------
+
+
+def test_the_signature_covers_the_timestamp_and_old_timestamps_are_refused() -> None:
+    body, now = b'{"type":"message"}', 1_767_225_600.0
+    stamp = str(int(now))
+    signature = sign(SECRET, stamp, body)
+    assert verify(SECRET, body, stamp, signature, now=now)
+    assert verify(SECRET, body, stamp, signature, now=now + 299)
+    # A captured request replayed later is refused, even with its valid signature...
+    assert not verify(SECRET, body, stamp, signature, now=now + 301)
+    assert not verify(SECRET, body, stamp, signature, now=now - 301)
+    # ... and a fresh timestamp cannot be put on it: the signature covers the timestamp.
+    assert not verify(SECRET, body, str(int(now) + 400), signature, now=now + 400)
+    assert not verify(SECRET, body + b" ", stamp, signature, now=now)
+    assert not verify(SECRET, body, "not-a-number", signature, now=now)
+
+
+async def test_each_attempt_is_signed_with_its_own_timestamp() -> None:
+    seen: list[tuple[bytes, dict[str, str]]] = []
+    statuses = [503, 200]
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append((await request.read(), dict(request.headers)))
+        return web.Response(status=statuses.pop(0))
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    clock = iter([1_767_225_600.0, 1_767_225_700.0])
+
+    async def no_sleep(_: float) -> None:
+        await asyncio.sleep(0)
+
+    async with TestClient(TestServer(app)) as client:
+        sender = WebhookSender(client.session, WebhookSettings(max_attempts=2), None,
+                               sleep=no_sleep, clock=lambda: next(clock))
+        hook = Webhook(str(client.make_url("/hook")), SECRET)
+        assert await sender.deliver(hook, {"type": "message"}, delivery_id="d1")
+    (body, first), (again, second) = seen
+    assert body == again and first[DELIVERY_HEADER] == second[DELIVERY_HEADER] == "d1"
+    assert (first[TIMESTAMP_HEADER], second[TIMESTAMP_HEADER]) == ("1767225600", "1767225700")
+    assert verify(SECRET, body, first[TIMESTAMP_HEADER], first[SIGNATURE_HEADER],
+                  now=1_767_225_600.0)
+    assert verify(SECRET, body, second[TIMESTAMP_HEADER], second[SIGNATURE_HEADER],
+                  now=1_767_225_700.0)

@@ -4,6 +4,7 @@ encoder (exported once per test session and cached), and the test-kb metrics."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from botfactory.kb.build import BuildOptions, BuildResult, build_index
 from botfactory.kb.evaluate import (
     CaseResult,
     KbCase,
+    brier,
     calibrate,
     evaluate,
+    fit_score_calibration,
     load_cases,
     pick_threshold,
     split_cases,
@@ -227,6 +230,29 @@ def test_calibrate_reports_the_held_out_half_at_the_picked_threshold() -> None:
     assert held["correct_share"] == held["answered_share"] == held["declined_share"] == 1.0
     questions = {c["question"] for c in report["calibration"]["cases"]}
     assert questions.isdisjoint(c["question"] for c in held["cases"])
+
+
+def test_score_calibration_turns_top_scores_into_the_probability_of_a_right_answer() -> None:
+    """Issue 17 item 9: the dialogue compares a hit with an intent's confidence as
+    probabilities; the fit is Platt scaling of "the top hit answers" on the top score."""
+    cases = _cases(20, 0) + [KbCase(f"w{i}", "a.md", 100 + i) for i in range(10)]
+    right = [CaseResult(case, ("a.md#0",), 1, 0.5 + i / 50) for i, case in enumerate(cases[:20])]
+    wrong = [CaseResult(case, ("b.md#0",), None, 0.3 + i / 25) for i, case in
+             enumerate(cases[20:])]
+    fitted = fit_score_calibration(right + wrong)
+    assert fitted is not None
+    slope, intercept = fitted
+    assert slope > 0
+    probability = [1 / (1 + math.exp(-(slope * x + intercept))) for x in (0.3, 0.55, 0.8)]
+    assert probability[0] < 0.1 < probability[1] < 0.9 < probability[2]
+    brier_fitted, brier_raw = brier(right + wrong, fitted), brier(right + wrong, None)
+    assert brier_fitted is not None and brier_raw is not None and brier_fitted < brier_raw
+    assert fit_score_calibration(right) is None  # nothing wrong to learn from
+    answers = {f"q{i}": [_hit("a.md#0", 0.6 + i / 100)] for i in range(10)}
+    answers.update({f"n{i}": [_hit("b.md#0", 0.3 + i / 50)] for i in range(6)})
+    report = calibrate(_FakeSearcher(answers), _cases(10, 6), seed=1)
+    assert set(report["score_calibration"]) == {"slope", "intercept", "held_out_brier",
+                                                "held_out_brier_raw"}
 
 
 def test_test_kb_cli_calibrate(fixture_index: BuildResult, tmp_path: Path,

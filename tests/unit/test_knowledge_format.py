@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from services.common.definitions import read_folder
-from services.knowledge.documents import parse_html, parse_markdown
+from services.knowledge.documents import parse_html, parse_markdown, parse_text
 from services.knowledge.errors import KnowledgeFormatError
 from services.knowledge.source import MAX_DOCUMENT_BYTES, load_knowledge
 from services.knowledge.splitting import sentence_spans, sentences, split_passages
 
 FIXTURE = Path(__file__).parent / "data" / "knowledge" / "bot"
+BANKING_DOCS = Path(__file__).parents[2] / "bots" / "banking" / "knowledge" / "docs"
 
 
 @pytest.fixture
@@ -58,6 +59,35 @@ def test_markdown_headings_code_fences_and_inline_markup() -> None:
     assert doc.sections[2].paragraphs == ("snake_case_name stays",)
     assert doc.sections[3].paragraphs == ("- one\n- two",)
     assert parse_markdown("no heading here", default_title="notes").title == "notes"
+
+
+def test_hard_wrapped_markdown_is_parsed_as_paragraphs_not_lines() -> None:
+    """Issue 17 item 8: the demo's hard-wrapped Markdown made every line a sentence, so a
+    snippet stitched the ends of non-adjacent lines together."""
+    text = (BANKING_DOCS / "branches" / "cheques.md").read_text()
+    writing = next(s for s in parse_markdown(text, "cheques").sections
+                   if s.heading_path[-1] == "Writing cheques")
+    passage = split_passages(writing.paragraphs, 800)[0]
+    assert sentences(passage) == [
+        "A chequebook with 25 cheques is available free for Everyday Current Account holders; "
+        "order it in the app or at a branch and it arrives within 7 working days.",
+        "Chequebooks are not available for Student Accounts.",
+        "If you have lost a chequebook or want to cancel a cheque you wrote, call "
+        "+44 20 0000 0000 and we will place a stop on it for a fee of 8 EUR per cheque "
+        "(free for a lost or stolen chequebook).",
+    ]
+
+
+def test_markdown_lists_tables_and_code_are_units_and_text_paragraphs_join_lines() -> None:
+    doc = parse_markdown("Intro wrapped\nhere.\n\n- one\n  wrapped\n- two\n  1. nested\n\n"
+                         "| Code | Rate |\n|---|---|\n| `NW-1` | 2% |\n\n```\nx = 1\ny = 2\n```\n"
+                         "Lazy\ncontinuation *stays* ![a chart](c.png).\n", "f")
+    assert doc.sections[0].paragraphs == (
+        "Intro wrapped here.", "- one wrapped\n- two\n  1. nested", "Code | Rate\nNW-1 | 2%",
+        "x = 1\ny = 2", "Lazy continuation stays a chart.")
+    plain = parse_text("A wrapped\nline.\n- an item\n- another\n\nNext one.", "t")
+    assert plain.sections[0].paragraphs == ("A wrapped line.\n- an item\n- another",
+                                            "Next one.")
 
 
 def test_html_title_falls_back_to_first_h1() -> None:

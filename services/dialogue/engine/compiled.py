@@ -15,6 +15,7 @@ from services.botdef import (
     FlowDef,
     KnowledgeSettings,
     SlotDef,
+    answers_only,
     humanize,
 )
 from services.dialogue.engine.api import Button
@@ -69,6 +70,9 @@ class CompiledBot:
     """The `knowledge:` settings (the defaults when bot.yml has none: for `search` steps)."""
     knowledge_policy: bool
     """Whether messages try the knowledge base (bot.yml has a `knowledge:` section)."""
+    answer_intents: frozenset[str]
+    """`knowledge.answer_intents` whose flows only answer (the loader refuses others; a
+    transactional flow is never answered in place of, whatever the settings say)."""
 
     @classmethod
     def build(cls, bot: BotDefinition, *, handoff_after: int, max_depth: int) -> CompiledBot:
@@ -94,6 +98,7 @@ class CompiledBot:
             max_depth=max_depth,
             knowledge=bot.knowledge or KnowledgeSettings(),
             knowledge_policy=bot.knowledge is not None,
+            answer_intents=_answer_intents(bot),
         )
 
     def slot(self, name: str) -> SlotDef:
@@ -125,6 +130,15 @@ def _resets(
     slots = conversation.slots
     used = {name for name in referenced_slots(program) if slots[name].entity is not None}
     return frozenset(n for n in collected_slots(program) | used if not slots[n].keep)
+
+
+def _answer_intents(bot: BotDefinition) -> frozenset[str]:
+    if bot.knowledge is None:
+        return frozenset()
+    conversation = bot.conversation
+    return frozenset(
+        intent for intent in bot.knowledge.answer_intents
+        if (flow := conversation.flow_for_intent(intent)) is None or answers_only(flow))
 
 
 def _help_buttons(conversation: ConversationDefinition) -> list[Button]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from services.botdef import BotDefinition, RunWorkflow
+from services.botdef import BotDefinition, Collect, RunWorkflow
 from services.dialogue.engine.api import (
     Event,
     Knowledge,
@@ -183,9 +183,28 @@ class DialogueEngine:
         `text` is one naming an intent this bot knows; else None."""
         return payload_nlu(self._bot, text)
 
+    def position(self, tracker: Tracker) -> tuple[str, str]:
+        """(innermost flow, its current step) of the conversation: the step as
+        `collect:<slot>`, `run_workflow:<workflow>` or the step's kind (`say`, `handoff`, ...);
+        ("", "") when no flow runs."""
+        if tracker.active_flow is None:
+            return "", ""
+        step = Turn(self._bot, tracker, "").current()
+        return tracker.active_flow, _step_name(step)
+
     def slot_values(self, tracker: Tracker) -> dict[str, object]:
         """Every slot of the bot with its current value (initial when never set)."""
         return Turn(self._bot, tracker, "").values()
+
+
+def _step_name(step: object) -> str:
+    if step is None:
+        return "end"
+    if isinstance(step, Collect):
+        return f"collect:{step.slot}"
+    if isinstance(step, RunWorkflow):
+        return f"run_workflow:{step.name}"
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in type(step).__name__)[1:]
 
 
 def _pending(tracker: Tracker, needed: SearchNeeded) -> TurnResult:

@@ -8,9 +8,10 @@ search and then uses them). Knowledge-base text is never rendered as a template.
 
 from __future__ import annotations
 
+import math
 import re
 
-from services.botdef import Search
+from services.botdef import KnowledgeSettings, Search
 from services.dialogue.engine.api import Citation, KnowledgeHit, KnowledgeQuery, Reply
 from services.dialogue.engine.turn import Turn
 
@@ -53,10 +54,11 @@ def best_hit(turn: Turn, text: str) -> KnowledgeHit | None:
     return best
 
 
-def answer(turn: Turn, hit: KnowledgeHit, source: str) -> None:
+def answer(turn: Turn, hit: KnowledgeHit, source: str, **context: object) -> None:
     """Say the hit (an FAQ answer with its buttons, or a passage's best sentences) with its
-    citation; record a `knowledge_answer` event. The bot answered, so the fallback streak ends.
-    `source`: what asked ("out_of_scope", "low_confidence", "faq_intent" or "flow")."""
+    citation; record a `knowledge_answer` event (with `context`). The bot answered, so the
+    fallback streak ends. `source`: what asked ("out_of_scope", "low_confidence",
+    "faq_intent", "answer_intent" or "flow")."""
     turn.streak = 0
     text = hit.snippet or hit.text
     if hit.kind != "faq":
@@ -65,7 +67,7 @@ def answer(turn: Turn, hit: KnowledgeHit, source: str) -> None:
                         heading_path=hit.heading_path, url=hit.url)
     turn.replies.append(Reply(text=text, buttons=list(hit.buttons), citations=[citation]))
     turn.event("knowledge_answer", hit_id=hit.id, hit_kind=hit.kind, score=round(hit.score, 4),
-               document=hit.document, source=source)
+               document=hit.document, source=source, **context)
 
 
 def try_answer(turn: Turn, text: str, source: str) -> bool:
@@ -75,6 +77,35 @@ def try_answer(turn: Turn, text: str, source: str) -> bool:
         return False
     answer(turn, hit, source)
     return True
+
+
+def answer_instead(turn: Turn, intent: str, confidence: float) -> bool:
+    """Arbitrate between an understood answer intent (`knowledge.answer_intents`) and the
+    knowledge base, both as probabilities of being right: the best hit answers instead when
+    it reaches the answer threshold and its calibrated score plus `intent_margin` reaches the
+    intent's (temperature-scaled) confidence. False (and no search) for other intents and
+    button payloads."""
+    settings = turn.bot.knowledge
+    if not turn.bot.knowledge_policy or intent not in turn.bot.answer_intents:
+        return False
+    hit = best_hit(turn, turn.text)
+    if hit is None:
+        return False
+    probability = calibrated_score(settings, hit.score)
+    if probability + settings.intent_margin < confidence:
+        return False
+    answer(turn, hit, "answer_intent", intent=intent, confidence=round(confidence, 4),
+           probability=round(probability, 4))
+    return True
+
+
+def calibrated_score(settings: KnowledgeSettings, score: float) -> float:
+    """The probability that a hit of `score` answers the question (`score_calibration`,
+    Platt scaling); the score itself without a calibration."""
+    if settings.score_calibration is None:
+        return score
+    slope, intercept = settings.score_calibration
+    return 1 / (1 + math.exp(-max(-60.0, min(60.0, slope * score + intercept))))
 
 
 def run_search(turn: Turn, step: Search) -> None:

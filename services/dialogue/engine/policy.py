@@ -18,11 +18,11 @@ from services.dialogue.engine.compiled import (
     HANDOFF,
     CompiledBot,
 )
-from services.dialogue.engine.knowledge import try_answer
+from services.dialogue.engine.knowledge import answer_instead, try_answer
 from services.dialogue.engine.program import same
 from services.dialogue.engine.runner import ask, run
 from services.dialogue.engine.turn import Turn
-from services.dialogue.engine.values import Parsed, from_entity, from_text
+from services.dialogue.engine.values import Parsed, currency_context, from_entity, from_text
 
 CLARIFY_OPTIONS = 2
 
@@ -51,7 +51,7 @@ def handle_user(turn: Turn, text: str, nlu: NluResult) -> None:
     if turn.waiting is not None:
         _while_waiting(turn, nlu)
     elif _is_cancel(turn.bot, text, nlu):
-        _cancel(turn)
+        _cancel(turn, text, nlu)
     elif isinstance(turn.current(), Collect):
         _answer(turn, text, nlu)
     else:
@@ -59,8 +59,11 @@ def handle_user(turn: Turn, text: str, nlu: NluResult) -> None:
 
 
 def _is_cancel(bot: CompiledBot, text: str, nlu: NluResult) -> bool:
-    words = " ".join(re.sub(r"[^\w' ]+", " ", text.lower()).split())
-    return words in CANCEL_TEXTS or (understood(bot, nlu) and nlu.intent in CANCEL)
+    return _said_cancel(text) or (understood(bot, nlu) and nlu.intent in CANCEL)
+
+
+def _said_cancel(text: str) -> bool:
+    return " ".join(re.sub(r"[^\w' ]+", " ", text.lower()).split()) in CANCEL_TEXTS
 
 
 def _while_waiting(turn: Turn, nlu: NluResult) -> None:
@@ -70,11 +73,16 @@ def _while_waiting(turn: Turn, nlu: NluResult) -> None:
     turn.say("utter_workflow_pending")
 
 
-def _cancel(turn: Turn) -> None:
-    turn.streak = 0
+def _cancel(turn: Turn, text: str, nlu: NluResult) -> None:
+    """Cancel the current task. With nothing to cancel, a message only classified as the
+    cancel intent ("how do I close my account?") may be answered from the knowledge base
+    (`knowledge.answer_intents`); "cancel", "stop", ... never are."""
     if not turn.stack:
-        turn.say("utter_nothing_to_cancel")
+        if _said_cancel(text) or not answer_instead(turn, nlu.intent, nlu.confidence):
+            turn.streak = 0
+            turn.say("utter_nothing_to_cancel")
         return
+    turn.streak = 0
     turn.cancel_task("user")
     turn.say("utter_cancelled")
     run(turn)
@@ -82,8 +90,8 @@ def _cancel(turn: Turn) -> None:
 
 def _idle(turn: Turn, nlu: NluResult) -> None:
     """No question is pending: start the intent's flow or answer it, else fall back. Out of
-    scope / low confidence and the FAQ intent try the knowledge base first (bot.yml
-    `knowledge:`)."""
+    scope / low confidence and the FAQ intent try the knowledge base first; an answer intent
+    is arbitrated against it (bot.yml `knowledge:`)."""
     bot = turn.bot
     if not understood(bot, nlu):
         reason = "out_of_scope" if _out_of_scope(bot, nlu) else "low_confidence"
@@ -92,6 +100,8 @@ def _idle(turn: Turn, nlu: NluResult) -> None:
             fallback(turn, reason, nlu)
         return
     if _faq_question(bot, nlu) and try_answer(turn, turn.text, "faq_intent"):
+        return
+    if answer_instead(turn, nlu.intent, nlu.confidence):
         return
     flow = bot.flow_for(nlu.intent)
     if flow is not None:
@@ -171,8 +181,17 @@ def _slots_of(turn: Turn, entity: str, flow: str) -> list[SlotDef]:
             if slot.entity == entity and name in names]
 
 
+def _entity_value(turn: Turn, slot: SlotDef, entity: EntityValue) -> str:
+    """What an entity gives `slot`: its value; for an amount (a number slot with
+    `currencies`), also the currency named right around it in the message."""
+    spans_raw = 0 <= entity.start < entity.end and turn.text[entity.start:entity.end] == entity.raw
+    if slot.type != "number" or not slot.currencies or not spans_raw:
+        return entity.value
+    return currency_context(turn.text, entity.start, entity.end)
+
+
 def _fill(turn: Turn, slot: SlotDef, entity: EntityValue) -> bool:
-    parsed = from_entity(slot, entity.value, turn.bot.matcher(slot))
+    parsed = from_entity(slot, _entity_value(turn, slot, entity), turn.bot.matcher(slot))
     if not parsed.ok:
         turn.say(slot.invalid or "utter_invalid", slot=turn.slot_context(slot, parsed.problem))
         return False
@@ -188,7 +207,8 @@ def _answer(turn: Turn, text: str, nlu: NluResult) -> None:
     intents for a boolean slot; another flow's intent (digression); entities of other slots
     of the flow (filling or correcting them: a message carrying them is information, not
     small talk, whatever its intent); the FAQ intent answered from the knowledge base (then
-    the question is asked again); small talk; the raw text."""
+    the question is asked again); small talk; the raw text. An answer intent the knowledge
+    base wins is answered from it before the digression (then the question is asked again)."""
     step = turn.current()
     assert isinstance(step, Collect)
     bot = turn.bot
@@ -197,10 +217,14 @@ def _answer(turn: Turn, text: str, nlu: NluResult) -> None:
     own = [e for e in nlu.entities if slot.entity is not None and e.entity == slot.entity]
     if own:
         _other_entities(turn, nlu, skip=slot.name)
-        _take(turn, step, from_entity(slot, own[0].value, bot.matcher(slot), step.validation))
+        value = _entity_value(turn, slot, own[0])
+        _take(turn, step, from_entity(slot, value, bot.matcher(slot), step.validation))
         return
     if confident and slot.type == "boolean" and nlu.intent in AFFIRM | DENY:
         _accept(turn, nlu.intent in AFFIRM)
+        return
+    if confident and answer_instead(turn, nlu.intent, nlu.confidence):
+        run(turn)  # answered: the question is asked again
         return
     if confident and _digress(turn, nlu):
         return
@@ -314,7 +338,7 @@ def _other_entities(turn: Turn, nlu: NluResult, skip: str) -> bool:
 
 def _correct(turn: Turn, slot: SlotDef, entity: EntityValue) -> bool:
     current = turn.value(slot.name)
-    parsed = from_entity(slot, entity.value, turn.bot.matcher(slot))
+    parsed = from_entity(slot, _entity_value(turn, slot, entity), turn.bot.matcher(slot))
     if parsed.ok and same(current, parsed.value):
         return False
     if current is None or not parsed.ok:

@@ -36,6 +36,7 @@ def execute(turn: Turn, instruction: Instruction) -> bool:
         start_workflow(turn, instruction)
         return False
     if isinstance(instruction, Handoff):
+        turn.pop()  # the flow reached its handoff step: it did its job (completed, not cancelled)
         turn.handoff("flow", instruction.message)
         return False
     if isinstance(instruction, Search):

@@ -156,10 +156,12 @@ class Turn:
             self.pop(reason)
 
     def run_id(self) -> str:
-        """The workflow run id of the current step: conversation, message (or result) key,
-        flow and step; the same again for a redelivered message."""
+        """The workflow run id of the current step: bot, conversation, message (or result)
+        key, flow and step; the same again for a redelivered message. Message ids are unique
+        per conversation only, so the bot and the conversation are part of it."""
         frame = self.stack[-1]
-        text = f"{self.tracker.conversation_id}\n{self.key}\n{frame.flow}\n{frame.pc}"
+        text = (f"{self.tracker.bot_id}\n{self.tracker.conversation_id}\n{self.key}\n"
+                f"{frame.flow}\n{frame.pc}")
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     # -- handoff -----------------------------------------------------------------------------

@@ -1,8 +1,11 @@
-"""Slot values from what users write: numbers, yes/no, choices, entity values."""
+"""Slot values from what users write: numbers, amounts' currencies, yes/no, choices, entity
+values (checked against the entity's lookup list, close spellings included)."""
 
 from __future__ import annotations
 
+import difflib
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -29,6 +32,17 @@ _TENS: Mapping[str, int] = MappingProxyType({w: 10 * (i + 2) for i, w in enumera
 _SCALES: Mapping[str, int] = MappingProxyType({"thousand": 1000, "million": 1_000_000})
 _NUMERIC = re.compile(r"(?<![\w.,])[-+]?\d(?:[\d.,']*\d)?(?:\s?[kK]\b)?")
 _WORD = re.compile(r"[a-z]+")
+_CURRENCY_NAMES: Mapping[str, str] = MappingProxyType({
+    "eur": "EUR", "euro": "EUR", "euros": "EUR", "usd": "USD", "dollar": "USD",
+    "dollars": "USD", "bucks": "USD", "gbp": "GBP", "pound": "GBP", "pounds": "GBP",
+    "quid": "GBP", "sterling": "GBP", "chf": "CHF", "franc": "CHF", "francs": "CHF",
+    "jpy": "JPY", "yen": "JPY", "cad": "CAD", "aud": "AUD", "sek": "SEK", "nok": "NOK",
+    "dkk": "DKK", "pln": "PLN", "czk": "CZK", "huf": "HUF", "cny": "CNY", "inr": "INR",
+    "rupees": "INR",
+})
+_NEXT_WORD = re.compile(r"\s*[^\W\d_]+")
+_CURRENCY_SIGNS: Mapping[str, str] = MappingProxyType({"€": "EUR", "$": "USD", "£": "GBP",
+                                                        "¥": "JPY", "₹": "INR"})
 
 
 def parse_number(text: str) -> int | float | None:
@@ -96,6 +110,29 @@ def _words(text: str) -> int | None:
     return total + current if started else None
 
 
+def named_currency(text: str) -> str | None:
+    """The ISO code of the currency `text` names (`$`, `€`, `£`, `dollars`, `euros`, `GBP`,
+    ...), None when it names none or several different ones."""
+    found = {code for sign, code in _CURRENCY_SIGNS.items() if sign in text}
+    found |= {_CURRENCY_NAMES[w] for w in _normal(text).split() if w in _CURRENCY_NAMES}
+    return found.pop() if len(found) == 1 else None
+
+
+def currency_context(text: str, start: int, end: int) -> str:
+    """The span [start, end) of `text` with the character just before it and the word just
+    after it: where a currency is named around an amount the tagger found ("$" + "50",
+    "50" + " dollars")."""
+    after = _NEXT_WORD.match(text, end)
+    return text[max(0, start - 1):end] + (after.group(0) if after else "")
+
+
+def fold(text: str) -> str:
+    """`text` for comparing names: accents removed, case folded, spaces collapsed."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(bare.casefold().split())
+
+
 def parse_boolean(text: str) -> bool | None:
     """True / False from yes / no words (`yes please`, `nope`, `of course`), else None."""
     words = _normal(text)
@@ -146,12 +183,29 @@ class EntityMatcher:
     def canonical(self, value: str) -> str:
         return self.synonyms.get(value.lower(), value)
 
+    def known(self, value: str, fuzzy: float) -> str | None:
+        """The lookup value (or synonym's canonical value) `value` is, case and accents
+        ignored; else the one it is a close spelling of (similarity at least `fuzzy`, and
+        clearly closer than any other); None when it is none of them."""
+        names = {fold(v): v for v in self.lookup}
+        names.update({fold(variant): canonical for variant, canonical in self.synonyms.items()})
+        names.update({fold(canonical): canonical for canonical in self.synonyms.values()})
+        key = fold(value)
+        if key in names:
+            return names[key]
+        if fuzzy >= 1:
+            return None
+        close = difflib.get_close_matches(key, list(names), n=2, cutoff=fuzzy)
+        values = {names[name] for name in close}
+        return values.pop() if len(values) == 1 else None
+
 
 def _find_phrase(text: str, phrases: list[str]) -> str | None:
-    """The longest of `phrases` found in `text` as whole words (case-insensitive)."""
-    folded = f" {_normal(text)} "
+    """The longest of `phrases` found in `text` as whole words (case and accents ignored;
+    words are runs of letters and digits of any script)."""
+    folded = f" {fold(_normal(text))} "
     for phrase in sorted(phrases, key=len, reverse=True):
-        if f" {_normal(phrase)} " in folded:
+        if f" {fold(_normal(phrase))} " in folded:
             return phrase
     return None
 
@@ -174,15 +228,15 @@ def from_text(
     """The value of `slot` given by a raw answer, converted by the slot's type, validated."""
     value: SlotValue = None
     if slot.type == "number":
-        value = parse_number(text)
-    elif slot.type == "boolean":
+        return _amount(slot, text, rules)
+    if slot.type == "boolean":
         value = parse_boolean(text)
     elif slot.type == "categorical":
         value = match_choice(slot, text, matcher, rules)
     elif slot.type == "entity" and matcher is not None and not matcher.empty:
-        value = matcher.find(text)
+        value = matcher.find(text) or _from_lookup(slot, text.strip(), matcher)
     else:
-        value = text.strip() or None
+        return _listed(slot, text.strip(), matcher, rules)
     return _checked(slot, value, rules)
 
 
@@ -195,7 +249,38 @@ def from_entity(
     if slot.type == "categorical":
         return _checked(slot, match_choice(slot, raw, matcher, rules), rules)
     value = matcher.canonical(raw) if matcher is not None else raw
-    return _checked(slot, value.strip() or None, rules)
+    return _listed(slot, value.strip(), matcher, rules)
+
+
+def _looked_up(slot: SlotDef, matcher: EntityMatcher | None) -> bool:
+    """Whether the slot takes only the values of its entity's lookup list."""
+    return slot.lookup_only and matcher is not None and bool(matcher.lookup)
+
+
+def _from_lookup(slot: SlotDef, text: str, matcher: EntityMatcher) -> str | None:
+    return matcher.known(text, slot.fuzzy) if text and _looked_up(slot, matcher) else None
+
+
+def _listed(
+    slot: SlotDef, value: str, matcher: EntityMatcher | None, rules: Validation | None
+) -> Parsed:
+    """A text value, which must be (or be a close spelling of) a lookup value when the
+    slot's entity has a lookup list."""
+    if not value or matcher is None or not _looked_up(slot, matcher):
+        return _checked(slot, value or None, rules)
+    known = matcher.known(value, slot.fuzzy)
+    if known is None:
+        return Parsed(None, f"{value} is not a {slot.label} I know")
+    return _checked(slot, known, rules)
+
+
+def _amount(slot: SlotDef, text: str, rules: Validation | None) -> Parsed:
+    """A number; with `currencies`, one that names no other currency than those."""
+    currency = named_currency(text) if slot.currencies else None
+    if currency is not None and currency not in slot.currencies:
+        accepted = ", ".join(slot.currencies)
+        return Parsed(None, f"only {accepted} amounts are possible, not {currency}")
+    return _checked(slot, parse_number(text), rules)
 
 
 def coerce(slot: SlotDef, value: Any) -> Parsed:

@@ -41,6 +41,13 @@ MAX_DESCRIPTION_CHARS = 200
 MAX_WEBHOOK_URL_CHARS = 2000
 MIN_WEBHOOK_SECRET_CHARS = 16
 MAX_WEBHOOK_SECRET_CHARS = 256
+# http(s), optional user info, a host name or IPv4 address, a port in 0..65535, then printable
+# ASCII: the OpenAPI document states the same pattern.
+WEBHOOK_URL = re.compile(
+    r"^[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9._~%!$&'()*+,;=:-]*@)?"
+    r"[A-Za-z0-9._~%!$&'()*+,;=-]+"
+    r"(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?"
+    r"(?:[/?#][!-~]*)?$")
 
 
 async def audited(request: web.Request, action: str, target: dict[str, Any],
@@ -229,13 +236,14 @@ def check_webhook_url(url: str) -> str | None:
     """Why `url` is not an acceptable webhook address (None when it is)."""
     if any(c.isspace() or not c.isprintable() for c in url):
         return "must not contain spaces or control characters"
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https"):
-        return "must be an http:// or https:// URL"
+    if not WEBHOOK_URL.match(url):
+        return ("must be an http:// or https:// URL with a host and a port up to 65535, in "
+                "printable ASCII")
     try:
+        parts = urlsplit(url)
         host, _ = parts.hostname, parts.port
     except ValueError:
-        return "has an invalid port"
+        return "has an invalid host or port"
     if not host:
         return "must name a host"
     return None

@@ -23,6 +23,7 @@ from services.gateway.ports import (
 )
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.runs import RunsApi
+from services.gateway.visitor import VisitorTokens
 
 
 def create_app(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
@@ -46,7 +47,8 @@ def create_app(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
     """
     app = web.Application(
         client_max_size=config.definition_body_limit_bytes,
-        middlewares=[middlewares.observe, middlewares.problems, middlewares.guard],
+        middlewares=[middlewares.observe, middlewares.cors, middlewares.problems,
+                     middlewares.guard],
     )
     app[STATE] = build_state(hub, keys, config, metrics, models, definitions, ready, clock,
                              auth=auth, limiter=limiter, webhooks=webhooks)
@@ -75,8 +77,10 @@ def build_authenticator(keys: KeyStore, config: GatewayConfig,
                         clock: Callable[[], float] | None = None) -> Authenticator:
     timing = {} if clock is None else {"clock": clock}
     failures = RateLimiter(config.auth_failures_per_s, config.auth_failures_burst, **timing)
+    tokens = VisitorTokens(config.visitor_token_secret, config.visitor_token_ttl_s)
     return Authenticator(keys, config.api_key_pepper, bootstrap_key=config.admin_bootstrap_key,
-                         cache_s=config.key_cache_s, failures=failures, **timing)
+                         cache_s=config.key_cache_s, failures=failures, tokens=tokens,
+                         **timing)
 
 
 def build_limiter(config: GatewayConfig,

@@ -4,6 +4,7 @@ conversation's WebSocket."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -11,13 +12,19 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from services.common.errors import DomainError, PermissionDenied, Unauthenticated
+from services.common.errors import DomainError, NotFound, PermissionDenied, Unauthenticated
 from services.common.logging import get_logger
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.gateway.auth import Principal, authorize
 from services.gateway.backpressure import RetryLater
 from services.gateway.http.problems import RequestInvalid
-from services.gateway.http.state import PRINCIPAL, TOKEN, GatewayState, state_of
+from services.gateway.http.state import (
+    PRINCIPAL,
+    TOKEN,
+    WAITED_WORKFLOWS,
+    GatewayState,
+    state_of,
+)
 from services.gateway.http.wire import (
     MAX_SENDER_CHARS,
     MESSAGE_ID,
@@ -26,6 +33,7 @@ from services.gateway.http.wire import (
     parse_json,
     read_json,
     reply_json,
+    turn_nlu_json,
 )
 from services.gateway.ports import Role, SendResult
 from services.gateway.ratelimit import RateLimited
@@ -36,6 +44,7 @@ WS_PROTOCOL = "botfactory.v1"
 WS_TOKEN_PREFIX = "bearer."
 DEFAULT_TRANSCRIPT_LIMIT = 100
 WS_POLICY_VIOLATION = 4401
+RATED_TYPES = ("bot", "agent")  # transcript entries that can be rated
 
 
 def now_ms() -> int:
@@ -68,13 +77,32 @@ def wait_requested(request: web.Request) -> bool:
     return raw in ("true", "1")
 
 
-def send_response(message_id: str, result: SendResult, waited: bool) -> web.Response:
-    body = {
+INCLUDES = ("nlu",)
+
+
+def includes_requested(request: web.Request) -> frozenset[str]:
+    """`?include=nlu` (comma-separated; the only extra so far): 400 for anything else."""
+    asked = frozenset(p.strip() for raw in request.query.getall("include", [])
+                      for p in raw.split(",") if p.strip())
+    unknown = sorted(asked - set(INCLUDES))
+    if unknown:
+        raise RequestInvalid.one("include", f"unknown {', '.join(unknown)}; allowed: "
+                                            f"{', '.join(INCLUDES)}")
+    return asked
+
+
+def send_response(message_id: str, result: SendResult, waited: bool,
+                  include: frozenset[str] = frozenset()) -> web.Response:
+    """200 when the wait saw the whole turn (`complete`), else 202 (docs/chat-api.md)."""
+    body: dict[str, Any] = {
         "message_id": message_id,
         "replies": [reply_json(r) for r in result.replies],
         "complete": result.complete,
         "duplicate": result.duplicate,
+        "handoff": result.handoff,
     }
+    if "nlu" in include:
+        body["nlu"] = turn_nlu_json(result.nlu)
     return json_response(body, status=200 if waited and result.complete else 202)
 
 
@@ -82,11 +110,17 @@ async def post_message(request: web.Request) -> web.Response:
     state = state_of(request)
     bot, conversation = ids(request)
     waited = wait_requested(request)
+    include = includes_requested(request)
     body = await read_json(request, state.config.body_limit_bytes)
     message = user_message(body, bot, conversation, max_chars=state.config.max_text_chars,
                            channel="http")
-    result = await state.hub.send(message, wait_s=state.config.sync_wait_s if waited else 0.0)
-    return send_response(message.message_id, result, waited)
+    if waited:
+        result = await state.hub.send(message, wait_s=state.config.sync_wait_s,
+                                      workflow_wait_s=state.config.workflow_wait_s)
+        request[WAITED_WORKFLOWS] = result.awaited_workflows
+    else:
+        result = await state.hub.send(message, wait_s=0.0)
+    return send_response(message.message_id, result, waited, include)
 
 
 def transcript_limit(request: web.Request, maximum: int) -> int:
@@ -113,6 +147,7 @@ async def post_feedback(request: web.Request) -> web.Response:
     comment = fields.text("comment", max_chars=state.config.max_comment_chars, required=False,
                           allow_empty=True)
     fields.done()
+    await check_rated_message(state, bot, conversation, message_id)
     await state.hub.feedback(conversation_pb2.Feedback(
         bot_id=bot, conversation_id=conversation, message_id=message_id, rating=rating,
         comment=comment or ""))
@@ -120,11 +155,21 @@ async def post_feedback(request: web.Request) -> web.Response:
     return json_response({"message_id": message_id, "rating": rating}, status=202)
 
 
+async def check_rated_message(state: GatewayState, bot: str, conversation: str,
+                              message_id: str) -> None:
+    """404 unless `message_id` is a bot (or agent) message of the conversation."""
+    entries = await state.hub.transcript(bot, conversation, sys.maxsize)
+    if not any(e.get("message_id") == message_id and e.get("type") in RATED_TYPES
+               for e in entries):
+        raise NotFound(f"no bot message {message_id!r} in this conversation")
+
+
 # --- WebSocket --------------------------------------------------------------------------------
 
 
 def socket_token(request: web.Request) -> str | None:
-    """A browser cannot set headers on a WebSocket: it offers `bearer.<key>` as a subprotocol."""
+    """A browser cannot set headers on a WebSocket: it offers `bearer.<key>` (or
+    `bearer.<visitor token>`) as a subprotocol."""
     offered = request.headers.get("Sec-WebSocket-Protocol", "")
     for protocol in (p.strip() for p in offered.split(",")):
         if protocol.startswith(WS_TOKEN_PREFIX):
@@ -229,8 +274,10 @@ async def socket_message(raw: str, request: web.Request, state: GatewayState) ->
 
 
 async def recheck(request: web.Request, state: GatewayState) -> Principal:
-    """Re-authenticate a long-lived socket's key (cached), so revocation ends the session."""
+    """Re-authenticate a long-lived socket's key or visitor token (cached), so revocation or
+    expiry ends the session."""
     principal = await state.auth.authenticate(request.get(TOKEN))
-    authorize(principal, Role.CLIENT, ids(request)[0])
+    bot, conversation = ids(request)
+    authorize(principal, Role.CLIENT, bot, conversation=conversation)
     request[PRINCIPAL] = principal
     return principal

@@ -1,19 +1,63 @@
-"""Human handoff routes (role agent or admin): list handed-off conversations, reply as an
-agent, give a conversation back to the bot."""
+"""Human handoff routes (role agent or admin): list handed-off conversations, follow their
+user messages (agent desk WebSocket), reply as an agent, give a conversation back to the
+bot."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
-from services.gateway.http.conversations import ids, user_message
+from services.common.pb.botfactory.v1.conversation_pb2 import BotMessage
+from services.gateway.http.conversations import WS_PROTOCOL, close_socket, ids, user_message
+from services.gateway.http.problems import RequestInvalid
 from services.gateway.http.state import principal_of, state_of
-from services.gateway.http.wire import json_response, read_json
+from services.gateway.http.wire import json_response, read_json, reply_json
 
 
 async def list_handoffs(request: web.Request) -> web.Response:
     state = state_of(request)
     bot = request.match_info["bot"]
     return json_response({"bot_id": bot, "handoffs": await state.hub.handoffs(bot)})
+
+
+async def handoff_socket(request: web.Request) -> web.WebSocketResponse:
+    """Agent desks: every user message of the bot's handed-off conversations, pushed as
+    `{"type": "user_message", "bot_id", "conversation_id", ...reply fields}` (role "user").
+    Frames from the client are ignored; agents answer with POST .../agent-messages."""
+    state = state_of(request)
+    bot = request.match_info["bot"]
+    ws = web.WebSocketResponse(protocols=(WS_PROTOCOL,), heartbeat=state.config.ws_heartbeat_s)
+    if not ws.can_prepare(request).ok:
+        raise RequestInvalid.one("Upgrade", "a WebSocket handshake is required")
+    messages = state.hub.handoff_messages(bot)  # before the handshake: nothing is missed
+    open_ = asyncio.Event()
+    pusher = asyncio.create_task(_push_user_messages(ws, messages, open_))
+    try:
+        await ws.prepare(request)
+        open_.set()
+        state.sockets.add(ws)
+        async for _ in ws:  # until the client closes it
+            pass
+    finally:
+        pusher.cancel()
+        await asyncio.shield(close_socket(ws, pusher, messages))
+    return ws
+
+
+async def _push_user_messages(ws: web.WebSocketResponse, messages: AsyncIterator[BotMessage],
+                              open_: asyncio.Event) -> None:
+    try:
+        async for message in messages:
+            await open_.wait()
+            if ws.closed:
+                return
+            await ws.send_json({"type": "user_message", "bot_id": message.bot_id,
+                                "conversation_id": message.conversation_id,
+                                **reply_json(message)})
+    except ConnectionError:
+        pass
 
 
 async def post_agent_message(request: web.Request) -> web.Response:

@@ -30,8 +30,12 @@ class GatewayMetrics:
                              "HTTP requests by route template, method and status.",
                              ["route", "method", "status"], registry=registry),
             latency=Histogram("botfactory_gateway_http_request_duration_seconds",
-                              "HTTP request latency (until the response is ready).",
-                              ["route", "method"], buckets=HTTP_BUCKETS, registry=registry),
+                              "HTTP request latency (until the response is ready); wait: "
+                              "none, complete, workflow (a send that waited for the workflow "
+                              "results of its turn) or incomplete (a send whose sync wait for "
+                              "the bot's turn ran out or was cut short).",
+                              ["route", "method", "wait"], buckets=HTTP_BUCKETS,
+                              registry=registry),
             rate_limited=Counter("botfactory_gateway_rate_limited",
                                  "Requests refused by the per-key rate limit.",
                                  registry=registry),

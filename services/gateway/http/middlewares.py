@@ -1,6 +1,7 @@
-"""Middlewares, outermost first: `observe` (correlation id, metrics, security headers),
-`problems` (the one place errors become RFC 9457 responses), `guard` (API key, rate limit,
-path ids, role and bot scope, as the route table says)."""
+"""Middlewares, outermost first: `observe` (correlation id, metrics, a log line, security
+headers), `cors` (OPTIONS and CORS headers), `problems` (the one place errors become RFC 9457
+responses), `guard` (API key or visitor token, rate limit, path ids, role, bot and
+conversation scope, as the route table says; then a JSON body's Content-Type)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,21 @@ from services.gateway.http.conversations import socket_token
 from services.gateway.http.problems import (
     INTERNAL_DETAIL,
     RequestInvalid,
+    UnsupportedMediaType,
     from_domain_error,
     from_http_exception,
     problem,
 )
-from services.gateway.http.routes import RouteSpec, spec_of
+from services.gateway.http.routes import WAIT, RouteSpec, spec_of
 from services.gateway.http.runs import RUN_ID
-from services.gateway.http.state import CORRELATION, PRINCIPAL, TOKEN, GatewayState, state_of
+from services.gateway.http.state import (
+    CORRELATION,
+    PRINCIPAL,
+    TOKEN,
+    WAITED_WORKFLOWS,
+    GatewayState,
+    state_of,
+)
 from services.gateway.http.wire import BOT_ID, CONVERSATION_ID, RATED_MESSAGE_ID
 from services.gateway.ratelimit import RateLimited
 
@@ -61,11 +70,36 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+def wait_label(request: web.Request, status: int) -> str:
+    """How a request that may wait for the bot's turn ended: "complete" (200: the turn ended
+    within the sync wait), "workflow" (the wait went on for the results of the workflows the
+    turn started: their time, not the platform's), "incomplete" (202 after waiting: the wait
+    ran out or was cut short, e.g. a long workflow), "none" (no wait asked). The latency SLI
+    leaves "incomplete" and "workflow" out: that time is the configured wait or the
+    workflows', by design."""
+    spec = spec_of(request)
+    if spec is None or WAIT not in spec.query:
+        return "none"
+    if request.query.get("wait", "true").lower() not in ("true", "1"):
+        return "none"
+    if request.get(WAITED_WORKFLOWS) and status in (200, 202):
+        return "workflow"
+    return {200: "complete", 202: "incomplete"}.get(status, "none")
+
+
+PROBE_ROUTES = frozenset({"/healthz", "/readyz"})
+
+
 def record(state: GatewayState, request: web.Request, status: int, seconds: float) -> None:
+    """Metrics and one log line per request (INFO; probes at DEBUG)."""
     route = route_label(request)
     state.metrics.requests.labels(route=route, method=request.method, status=str(status)).inc()
+    write = log.debug if route in PROBE_ROUTES else log.info
+    write("http_request", method=request.method, route=route, status=status,
+          bot=request.match_info.get("bot"), duration_ms=round(seconds * 1000, 1))
     if status != 101:  # a WebSocket's time is the session's length, not a latency
-        state.metrics.latency.labels(route=route, method=request.method).observe(seconds)
+        state.metrics.latency.labels(route=route, method=request.method,
+                                     wait=wait_label(request, status)).observe(seconds)
 
 
 @web.middleware
@@ -95,7 +129,80 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     spec = spec_of(request)
     if spec is not None and spec.role is not None:
         await admit(request, spec)
+    if spec is not None and spec.request is not None:
+        check_content_type(request)
     return await handler(request)
+
+
+def check_content_type(request: web.Request) -> None:
+    """415 for a body that is not JSON (`application/json` or `application/<x>+json`); a
+    request without a body is left to the handler (some bodies are optional)."""
+    if not request.body_exists:
+        return
+    kind = request.content_type.lower()
+    if kind != "application/json" and not (kind.startswith("application/")
+                                           and kind.endswith("+json")):
+        raise UnsupportedMediaType(request.headers.get("Content-Type", ""))
+
+
+# --- CORS -------------------------------------------------------------------------------------
+
+CORS_HEADERS = "Authorization, Content-Type, X-Correlation-Id"
+CORS_EXPOSED = "X-Correlation-Id, Retry-After"
+CORS_MAX_AGE_S = "600"
+
+
+def allowed_origin(request: web.Request) -> str | None:
+    """The request's Origin when the configuration allows it (None otherwise)."""
+    origin = request.headers.get("Origin")
+    allowed = state_of(request).config.cors_allowed_origins
+    if origin and (origin in allowed or "*" in allowed):
+        return origin
+    return None
+
+
+@web.middleware
+async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """OPTIONS (CORS preflight or not) answered here, without an API key; the answers to
+    allowed origins carry Access-Control-Allow-Origin (BOTFACTORY_GATEWAY_CORS_ALLOWED_ORIGINS,
+    none by default)."""
+    if request.method == "OPTIONS":
+        return options(request)
+    response = await handler(request)
+    origin = allowed_origin(request)
+    if origin is not None and not response.prepared:
+        response.headers.update({"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+                                 "Access-Control-Expose-Headers": CORS_EXPOSED})
+    return response
+
+
+def options(request: web.Request) -> web.Response:
+    """204 with the path's methods in Allow (and, for an allowed origin's preflight, the
+    Access-Control-Allow-* headers); 404 for an unknown path; 403 for a preflight from an
+    origin that is not allowed."""
+    methods = path_methods(request)
+    if methods is None:
+        return problem(404, "Not Found")
+    allow = ", ".join(sorted({*methods, "OPTIONS"}))
+    if "Access-Control-Request-Method" not in request.headers:
+        return web.Response(status=204, headers={"Allow": allow})
+    origin = allowed_origin(request)
+    if origin is None:
+        return problem(403, "this origin may not call the API from a browser (CORS)")
+    return web.Response(status=204, headers={
+        "Allow": allow, "Access-Control-Allow-Origin": origin, "Vary": "Origin",
+        "Access-Control-Allow-Methods": allow, "Access-Control-Allow-Headers": CORS_HEADERS,
+        "Access-Control-Max-Age": CORS_MAX_AGE_S})
+
+
+def path_methods(request: web.Request) -> set[str] | None:
+    """The methods the request's path has routes for (None: no such path)."""
+    error = request.match_info.http_exception
+    if isinstance(error, web.HTTPMethodNotAllowed):
+        return set(error.allowed_methods)
+    if error is not None:
+        return None
+    return {request.method}
 
 
 async def admit(request: web.Request, spec: RouteSpec) -> None:
@@ -113,7 +220,8 @@ async def admit(request: web.Request, spec: RouteSpec) -> None:
         state.metrics.rate_limited.inc()
         raise
     check_path_ids(request)
-    authorize(principal, spec.role, request.match_info.get("bot"))
+    conversation = request.match_info.get("conversation") if spec.visitor else None
+    authorize(principal, spec.role, request.match_info.get("bot"), conversation=conversation)
 
 
 def client_address(request: web.Request, header: str) -> str:

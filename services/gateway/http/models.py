@@ -49,8 +49,6 @@ SCHEMAS: dict[str, Any] = {
     "Activation": _ACTIVATION,
     "ActivationResult": {"type": "object", "required": ["bot_id", "activation"], "properties": {
         "bot_id": _STR, "activation": {"$ref": "#/components/schemas/Activation"}}},
-    "RolloutRequest": {"type": "object", "required": ["candidate", "mode"],
-                       "properties": _ROLLOUT_FIELDS, "additionalProperties": False},
     "Rollout": {"type": "object", "required": ["candidate", "mode", "share"], "properties": {
         **_ROLLOUT_FIELDS, "baseline": _STR, "started_at_unix_ms": _INT, "actor": _STR}},
     "RolloutState": {"type": "object", "required": ["bot_id", "rollout"], "properties": {

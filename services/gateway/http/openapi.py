@@ -6,25 +6,33 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from services.gateway.http.contract import (
+    PATH_EXAMPLES,
+    WEBSOCKET_HEADERS,
+    body_required,
+    request_schemas,
+)
 from services.gateway.http.models import SCHEMAS as MODEL_SCHEMAS
 from services.gateway.http.problems import PROBLEM_CONTENT_TYPE
 from services.gateway.http.review import SCHEMAS as REVIEW_SCHEMAS
 from services.gateway.http.routes import RouteSpec
-from services.gateway.http.runs import RUN_ID, STATUSES, STEP, WORKFLOW
+from services.gateway.http.runs import RUN_ID, STATUSES
 from services.gateway.http.wire import BOT_ID, CONVERSATION_ID, MESSAGE_ID
 
 ERROR_TEXT = {
     400: "Invalid request (field-level `errors`)",
-    401: "Missing, invalid or revoked API key",
-    403: "The key's role or bots do not allow this",
+    401: "Missing, invalid or revoked API key or visitor token, or an expired visitor token",
+    403: "The key's role or bots (a visitor token's conversation) do not allow this",
     404: "Not found",
     409: "Conflict: the current state (of the run, the rollout) does not allow this",
     413: "Request body too large",
+    415: "The body is not `application/json` (Content-Type)",
     422: "Invalid bot definition (`issues`)",
     429: "Rate limit exceeded (see Retry-After)",
     500: "Internal error",
     502: "The workflow runner failed",
-    503: "Unavailable (the workflow runner: see Retry-After)",
+    503: "Unavailable: the message bus (overloaded or not connected) or the workflow runner; "
+         "see Retry-After",
 }
 PATH_PARAMS = {
     "bot": ("Bot id", BOT_ID.pattern),
@@ -56,7 +64,6 @@ _KEY = _obj(["key_id", "tenant", "bots", "role", "revoked"], key_id=_STR, tenant
             bots={"type": "array", "items": _STR}, role={"enum": ["client", "agent", "admin"]},
             description=_STR, created_at_unix_ms=_INT,
             revoked_at_unix_ms={"type": ["integer", "null"]}, revoked={"type": "boolean"})
-_TEXT = {"type": "string", "minLength": 1, "maxLength": 2000}
 _NULLABLE_STR = {"type": ["string", "null"]}
 _OBJECT = {"type": "object"}
 _STEP_RECORD = _obj(["step", "kind", "status", "attempts", "visit"], step=_STR, kind=_STR,
@@ -79,8 +86,6 @@ _RUN = _obj(["run_id", "bot_id", "workflow", "status", "inputs", "outputs"],
             finished_at_unix_ms={"type": ["integer", "null"]},
             steps={"type": "array", "items": {"$ref": "#/components/schemas/RunStep"},
                    "description": "The step history (not in lists)"})
-_NAME = {"type": "string", "maxLength": 200,
-         "description": "Who acts (recorded with the API key id)"}
 
 SCHEMAS: dict[str, Any] = {
     "Problem": _obj(["type", "title", "status", "detail"], type=_STR, title=_STR, status=_INT,
@@ -91,39 +96,45 @@ SCHEMAS: dict[str, Any] = {
     "Button": _BUTTON,
     "Citation": _CITATION,
     "Reply": _REPLY,
-    "UserMessageRequest": {**_obj(["text"], text=_TEXT, message_id={
-        "type": "string", "pattern": MESSAGE_ID.pattern,
-        "description": "Idempotency key (generated when absent)"}, sender=_STR,
-        metadata={"type": "object", "additionalProperties": _STR}),
-        "additionalProperties": False},
-    "SendResult": _obj(["message_id", "replies", "complete"], message_id=_STR,
-                       replies={"type": "array", "items": {"$ref": "#/components/schemas/Reply"}},
-                       complete={"type": "boolean"}, duplicate={"type": "boolean"}),
+    "SendResult": _obj(
+        ["message_id", "replies", "complete"], message_id=_STR,
+        replies={"type": "array", "items": {"$ref": "#/components/schemas/Reply"}},
+        complete={"type": "boolean", "description": "Every reply of the turn is here, the "
+                  "results of the workflows it started included (docs/chat-api.md)"},
+        duplicate={"type": "boolean", "description": "The message_id was seen before in this "
+                   "conversation: not processed again"},
+        handoff={"type": "boolean", "description": "A human agent has the conversation: the "
+                 "bot does not answer; the message went to the agent"},
+        nlu={"description": "With ?include=nlu: the NLU result and the flow step (null when "
+             "the turn ran no NLU)", "oneOf": [{"type": "null"}, _obj(
+                 ["intent", "confidence"], intent=_STR, confidence={"type": "number"},
+                 ranking={"type": "array", "items": _obj(["intent", "confidence"],
+                                                         intent=_STR,
+                                                         confidence={"type": "number"})},
+                 entities={"type": "array", "items": _obj(
+                     ["entity", "value"], entity=_STR, value=_STR, raw=_STR, start=_INT,
+                     end=_INT)},
+                 out_of_scope={"type": "boolean"}, sentiment={"type": ["string", "null"]},
+                 model_version=_STR, flow={"type": ["string", "null"]},
+                 step={"type": ["string", "null"]})]}),
     "Transcript": _obj(["bot_id", "conversation_id", "entries"], bot_id=_STR,
                        conversation_id=_STR, entries={"type": "array", "items": _obj(
-                           ["type"], type={"enum": ["user", "bot", "agent", "event"]},
+                           ["type"], type={"enum": ["user", "bot", "agent"]},
                            message_id=_STR, text=_STR, at_unix_ms=_INT,
                            buttons={"type": "array",
                                     "items": {"$ref": "#/components/schemas/Button"}},
                            citations=_CITATIONS)}),
-    "FeedbackRequest": {**_obj(["rating"], rating={"enum": [1, -1]},
-                               comment={"type": "string", "maxLength": 1000}),
-                        "additionalProperties": False},
+    "VisitorToken": _obj(["token", "bot_id", "conversation_id", "expires_at_unix_ms"],
+                         token={"type": "string", "description": "`bfv_...`: the bearer "
+                                "credential of this conversation's end user"},
+                         bot_id=_STR, conversation_id=_STR, expires_at_unix_ms=_INT),
     "FeedbackAccepted": _obj(["message_id", "rating"], message_id=_STR, rating=_INT),
     "Handoffs": _obj(["bot_id", "handoffs"], bot_id=_STR,
                      handoffs={"type": "array", "items": {"type": "object"}}),
-    "AgentMessageRequest": {**_obj(["text"], text=_TEXT, message_id=_STR, sender=_STR),
-                            "additionalProperties": False},
     "AgentMessageAccepted": _obj(["message_id"], message_id=_STR,
                                  duplicate={"type": "boolean"}),
     "Released": _obj(["bot_id", "conversation_id", "released"], bot_id=_STR,
                      conversation_id=_STR, released={"type": "boolean"}),
-    "CreateKeyRequest": {**_obj(["tenant", "bots", "role"], tenant=_STR,
-                                bots={"type": "array", "items": _STR, "minItems": 1,
-                                      "description": "Bot ids, or [\"*\"] for all"},
-                                role={"enum": ["client", "agent", "admin"]},
-                                description=_STR),
-                         "additionalProperties": False},
     "Key": _KEY,
     "CreatedKey": {"allOf": [{"$ref": "#/components/schemas/Key"},
                              _obj(["secret"], secret={
@@ -131,36 +142,13 @@ SCHEMAS: dict[str, Any] = {
                                  "description": "The API key; shown only in this response"})]},
     "KeyList": _obj(["keys"],
                     keys={"type": "array", "items": {"$ref": "#/components/schemas/Key"}}),
-    "ActivateModelRequest": {**_obj(["version"], version=_STR), "additionalProperties": False},
     "ActiveModel": _obj(["bot_id", "version", "active"], bot_id=_STR, version=_STR,
                         active={"type": "boolean"}),
-    "DefinitionRequest": {**_obj(["files"], files={
-        "type": "object", "additionalProperties": _STR,
-        "description": "Relative path in the bot folder (bot.yml, data/...) → YAML text"}),
-        "additionalProperties": False},
     "DeployedDefinition": _obj(["bot_id", "revision", "files"], bot_id=_STR, revision=_INT,
                                files={"type": "array", "items": _STR}),
-    "WebhookRequest": {**_obj(["url", "secret"], url={
-        "type": "string", "format": "uri", "maxLength": 2000,
-        "description": "An http:// or https:// URL with a host"}, secret={
-        "type": "string", "minLength": 16, "maxLength": 256,
-        "description": "Signs each delivery (HMAC-SHA256); never shown back"}),
-        "additionalProperties": False},
     "Webhook": _obj(["bot_id", "url"], bot_id=_STR, url=_STR),
     "WebhookDeleted": _obj(["bot_id", "deleted"], bot_id=_STR, deleted={"type": "boolean"}),
     "Status": _obj(["status"], status=_STR),
-    "StartRunRequest": {**_obj(["workflow"], workflow={
-        "type": "string", "pattern": WORKFLOW.pattern}, inputs={
-        "type": "object", "description": "The workflow's inputs (checked by the runner)"}),
-        "additionalProperties": False},
-    "CancelRunRequest": {**_obj([], reason={"type": "string", "maxLength": 1000}, by=_NAME),
-                         "additionalProperties": False,
-                         "description": "May be empty"},
-    "ApprovalDecisionRequest": {**_obj([], comment={"type": "string", "maxLength": 1000},
-                                       step={"type": "string", "pattern": STEP.pattern,
-                                             "description": "Default: the step it waits on"},
-                                       approver=_NAME),
-                                "additionalProperties": False, "description": "May be empty"},
     "RunStep": _STEP_RECORD,
     "PendingApproval": _APPROVAL,
     "Run": _RUN,
@@ -168,6 +156,7 @@ SCHEMAS: dict[str, Any] = {
                     runs={"type": "array", "items": {"$ref": "#/components/schemas/Run"}}),
     **REVIEW_SCHEMAS,
     **MODEL_SCHEMAS,  # ModelVersions, Activation, Rollout, ...
+    **request_schemas(),  # the request bodies (contract.py)
 }
 
 
@@ -181,12 +170,19 @@ def build_document(routes: Iterable[RouteSpec], version: str = "1.0.0") -> dict[
                  "description": "Chat with bots, hand conversations to agents, start and "
                                 "manage workflow runs, administer keys, models, bot "
                                 "definitions and webhooks. Errors are "
-                                "application/problem+json (RFC 9457)."},
+                                "application/problem+json (RFC 9457). Every GET but the "
+                                "WebSockets also answers HEAD (the same status and headers, "
+                                "no body); OPTIONS answers with Allow, and CORS preflights "
+                                "from the configured origins (none by default) with the "
+                                "Access-Control-Allow-* headers."},
         "paths": paths,
         "components": {
             "schemas": SCHEMAS,
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer",
-                                           "description": "An API key: `Bearer bfk_...`"}},
+            "securitySchemes": {"apiKey": {
+                "type": "http", "scheme": "bearer",
+                "description": "An API key: `Bearer bfk_...`; where an operation has "
+                               "`x-visitor-token: true`, also a visitor token of the path's "
+                               "conversation: `Bearer bfv_...`"}},
         },
     }
 
@@ -199,9 +195,11 @@ def operation(spec: RouteSpec) -> dict[str, Any]:
     }
     if spec.role is not None:
         op["x-required-role"] = spec.role.value
+    if spec.visitor:
+        op["x-visitor-token"] = True
     if spec.request is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {
-            "schema": {"$ref": f"#/components/schemas/{spec.request}"}}}}
+        op["requestBody"] = {"required": body_required(spec.request), "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{spec.request}"}}}}
     return op
 
 
@@ -210,10 +208,13 @@ def parameters(spec: RouteSpec) -> list[dict[str, Any]]:
     for name in re.findall(r"\{(\w+)\}", spec.path):
         description, pattern = PATH_PARAMS[name]
         found.append({"name": name, "in": "path", "required": True, "description": description,
-                      "schema": {"type": "string", "pattern": pattern}})
+                      "schema": {"type": "string", "pattern": pattern,
+                                 "examples": [PATH_EXAMPLES[name]]}})
     for query in spec.query:
         found.append({"name": query.name, "in": "query", "required": False,
                       "description": query.description, "schema": query.schema})
+    if spec.websocket:
+        found.extend(WEBSOCKET_HEADERS)
     return found
 
 
@@ -237,4 +238,6 @@ def error_statuses(spec: RouteSpec) -> list[int]:
     statuses = {500, *spec.extra_errors}
     if spec.role is not None:
         statuses |= {400, 401, 403, 429}
+    if spec.request is not None:
+        statuses |= {400, 415}  # a body that is not application/json: 415
     return sorted(statuses)

@@ -54,6 +54,13 @@ class PayloadTooLarge(DomainError):
         super().__init__(f"request body larger than {limit} bytes")
 
 
+class UnsupportedMediaType(DomainError):
+    http_status = 415
+
+    def __init__(self, offered: str) -> None:
+        super().__init__(f"the body must be application/json, not {offered or 'untyped'}")
+
+
 class DefinitionInvalid(DomainError):
     """A bot definition that does not load: the issues, with file, line and field."""
 

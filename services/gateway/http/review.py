@@ -44,9 +44,6 @@ REVIEW_SKIPPED = "review.skipped"
 REVIEW_APPLIED = "review.applied"
 
 _STR = {"type": "string"}
-_SPAN = {"type": "object", "required": ["entity", "start", "end"],
-         "properties": {"entity": _STR, "start": {"type": "integer", "minimum": 0},
-                        "end": {"type": "integer", "minimum": 1}, "value": _STR}}
 SCHEMAS: dict[str, Any] = {
     "ReviewItem": {"type": "object", "required": ["id", "text", "count", "status", "priority"],
                    "properties": {
@@ -61,16 +58,6 @@ SCHEMAS: dict[str, Any] = {
     "ReviewItems": {"type": "object", "required": ["bot_id", "items"],
                     "properties": {"bot_id": _STR, "items": {
                         "type": "array", "items": {"$ref": "#/components/schemas/ReviewItem"}}}},
-    "ReviewDecisionRequest": {
-        "type": "object", "required": ["item"], "additionalProperties": False,
-        "description": "Exactly one of `intent` and `out_of_scope: true`.",
-        "properties": {"item": _STR, "intent": _STR, "out_of_scope": {"type": "boolean"},
-                       "entities": {"type": "array", "items": _SPAN}}},
-    "ReviewItemRequest": {"type": "object", "required": ["item"],
-                          "additionalProperties": False, "properties": {"item": _STR}},
-    "ReviewAppliedRequest": {"type": "object", "required": ["items"],
-                             "additionalProperties": False,
-                             "properties": {"items": {"type": "array", "items": _STR}}},
     "ReviewApplied": {"type": "object", "required": ["bot_id", "applied"],
                       "properties": {"bot_id": _STR,
                                      "applied": {"type": "array", "items": _STR}}},

@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from services.common.reviewqueue import REASONS, STATUSES
-from services.gateway.http import admin, conversations, handoff, models, review, runs, system
+from services.gateway.http import (
+    admin,
+    conversations,
+    handoff,
+    models,
+    review,
+    runs,
+    system,
+    visitors,
+)
 from services.gateway.ports import Role
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -39,7 +48,7 @@ class RouteSpec:
     name: str
     summary: str
     tag: str
-    # None: public (no API key); else the least role that may call it.
+    # None: public (no API key); else the least role of an API key that may call it.
     role: Role | None
     # status → (description, component schema name or None)
     responses: dict[int, tuple[str, str | None]]
@@ -48,16 +57,22 @@ class RouteSpec:
     websocket: bool = False
     content_type: str = "application/json"
     extra_errors: tuple[int, ...] = field(default=())
+    # A visitor token of the path's conversation may call it too (whatever `role` says).
+    visitor: bool = False
 
 
 WAIT = Query("wait", "false: answer 202 at once; the replies come on the WebSocket, webhook "
              "or transcript.", {"type": "boolean", "default": True})
-LIMIT = Query("limit", "Most recent entries to return.",
-              {"type": "integer", "minimum": 1, "default": 100})
+INCLUDE = Query("include", "nlu: add the NLU result (intent, confidence, ranking, entities) "
+                "and the flow step to the response (SendResult.nlu).", {"enum": ["nlu"]})
+LIMIT = Query("limit", "Most recent entries to return (at most "
+              "BOTFACTORY_GATEWAY_TRANSCRIPT_MAX_LIMIT, 1000 by default).",
+              {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})
 TENANT = Query("tenant", "Only this tenant's keys (an admin of one tenant sees only its own).",
                {"type": "string"})
 RUN_FILTERS = (
-    Query("workflow", "Only runs of this workflow.", {"type": "string"}),
+    Query("workflow", "Only runs of this workflow (empty: all).",
+          {"type": "string", "pattern": f"^$|{runs.WORKFLOW.pattern}"}),
     Query("status", "Only runs in this status.", {"enum": list(runs.STATUSES)}),
     Query("limit", "At most this many runs, newest first.",
           {"type": "integer", "minimum": 1, "maximum": runs.MAX_LIMIT,
@@ -76,27 +91,43 @@ REVIEW_FILTERS = (
 ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("POST", f"{CONVERSATION}/messages", conversations.post_message, "post_message",
               "Send a user message; the bot's replies come in the response", "conversations",
-              Role.CLIENT, {200: ("All replies", "SendResult"),
+              Role.CLIENT, {200: ("The whole turn: every reply, workflow results included "
+                                  "(complete: true; handoff: true when a human agent has the "
+                                  "conversation)", "SendResult"),
                             202: ("Accepted; replies so far (complete: false)", "SendResult")},
-              request="UserMessageRequest", query=(WAIT,), extra_errors=(413,)),
+              request="UserMessageRequest", query=(WAIT, INCLUDE), extra_errors=(413, 503),
+              visitor=True),
+    RouteSpec("POST", f"{CONVERSATION}/tokens", visitors.post_token, "create_visitor_token",
+              "A visitor token of this conversation, for its end user: it sends, follows and "
+              "reads this conversation only, until it expires (a client key's holder asks; "
+              "visitor tokens cannot)", "conversations", Role.CLIENT,
+              {201: ("Issued", "VisitorToken")}, extra_errors=(503,)),
     RouteSpec("GET", f"{CONVERSATION}/transcript", conversations.get_transcript,
-              "get_transcript", "The conversation's messages and events, oldest first",
-              "conversations", Role.CLIENT, {200: ("Transcript", "Transcript")}, query=(LIMIT,)),
+              "get_transcript", "The conversation's messages, oldest first (the "
+              "conversation's visitor token, or an agent or admin key)",
+              "conversations", Role.AGENT, {200: ("Transcript", "Transcript")}, query=(LIMIT,),
+              visitor=True),
     RouteSpec("GET", f"{CONVERSATION}/ws", conversations.conversation_socket,
               "conversation_socket",
               "WebSocket: the server pushes {type: message, ...Reply}; the client may send "
               "{text, message_id?} frames (acknowledged with {type: ack}). Browsers pass the "
-              "key as the subprotocol `bearer.<key>` beside `botfactory.v1`.",
+              "key or visitor token as the subprotocol `bearer.<token>` beside "
+              "`botfactory.v1`.",
               "conversations", Role.CLIENT, {101: ("Switching protocols", None)},
-              websocket=True),
+              websocket=True, visitor=True),
     RouteSpec("POST", f"{CONVERSATION}/messages/{{message_id}}/feedback",
               conversations.post_feedback, "post_feedback",
               "Rate a bot message (+1 / -1, optional comment)", "conversations", Role.CLIENT,
               {202: ("Recorded", "FeedbackAccepted")}, request="FeedbackRequest",
-              extra_errors=(413,)),
+              extra_errors=(404, 413), visitor=True),
     RouteSpec("GET", "/v1/bots/{bot}/handoffs", handoff.list_handoffs, "list_handoffs",
               "Conversations handed off to a human agent", "handoff", Role.AGENT,
               {200: ("Handed-off conversations", "Handoffs")}),
+    RouteSpec("GET", "/v1/bots/{bot}/handoffs/ws", handoff.handoff_socket, "handoff_socket",
+              "WebSocket for agent desks: the server pushes {type: user_message, ...Reply} for "
+              "every user message of the bot's handed-off conversations (role user, "
+              "conversation_id set)", "handoff", Role.AGENT,
+              {101: ("Switching protocols", None)}, websocket=True),
     RouteSpec("POST", f"{CONVERSATION}/agent-messages", handoff.post_agent_message,
               "post_agent_message", "Reply to the user as a human agent", "handoff", Role.AGENT,
               {202: ("Sent", "AgentMessageAccepted")}, request="AgentMessageRequest",
@@ -201,15 +232,22 @@ ROUTES: tuple[RouteSpec, ...] = (
               {200: ("HTML page", None)}, content_type="text/html"),
     RouteSpec("GET", "/static/{name}", system.static_file, "static_file",
               "The web chat page's scripts and styles", "webchat", None,
-              {200: ("File", None)}, content_type="text/plain", extra_errors=(404,)),
+              {200: ("File (JavaScript, CSS or HTML)", None)}, content_type="text/*",
+              extra_errors=(404,)),
 )
 
 SPEC = web.AppKey("route_specs", dict)
 
 
 def register(app: web.Application) -> None:
+    """Every route; a GET (but a WebSocket's) answers HEAD too, under the same name (so the
+    same guard applies)."""
     for spec in ROUTES:
-        app.router.add_route(spec.method, spec.path, spec.handler, name=spec.name)
+        if spec.method == "GET":
+            app.router.add_get(spec.path, spec.handler, name=spec.name,
+                               allow_head=not spec.websocket)
+        else:
+            app.router.add_route(spec.method, spec.path, spec.handler, name=spec.name)
     app[SPEC] = {spec.name: spec for spec in ROUTES}
 
 

@@ -163,7 +163,7 @@ async def get_run(request: web.Request) -> web.Response:
 async def cancel_run(request: web.Request) -> web.Response:
     fields = await optional_body(request)
     reason = fields.text("reason", max_chars=state_of(request).config.max_comment_chars,
-                         required=False)
+                         required=False, allow_empty=True)
     name = fields.text("by", max_chars=MAX_NAME_CHARS, required=False)
     fields.done()
     run = await own_run(request)
@@ -176,7 +176,7 @@ async def cancel_run(request: web.Request) -> web.Response:
 async def _decide(request: web.Request, *, approved: bool) -> web.Response:
     fields = await optional_body(request)
     comment = fields.text("comment", max_chars=state_of(request).config.max_comment_chars,
-                          required=False)
+                          required=False, allow_empty=True)
     step = fields.identifier("step", STEP, required=False)
     name = fields.text("approver", max_chars=MAX_NAME_CHARS, required=False)
     fields.done()

@@ -43,6 +43,9 @@ STATE = web.AppKey("gateway_state", GatewayState)
 PRINCIPAL = web.RequestKey("principal", Principal)
 TOKEN = web.RequestKey("token", str)
 CORRELATION = web.RequestKey("correlation_id", str)
+# Set by a send whose sync wait went on for the workflow results of its turn (docs/chat-api.md):
+# its latency is the workflows', labelled wait="workflow" (middlewares.wait_label).
+WAITED_WORKFLOWS = web.RequestKey("waited_workflows", bool)
 
 
 def state_of(request: web.Request) -> GatewayState:

@@ -171,10 +171,13 @@ class Fields:
 
     def number(self, name: str, *, minimum: float, maximum: float,
                integer: bool = False) -> float | None:
-        """An optional number in minimum..maximum (an integer when `integer`)."""
+        """An optional number in minimum..maximum (an integer when `integer`: 3 or 3.0, as
+        JSON Schema's "integer" reads it)."""
         value = self._get(name, False)
         if value is None:
             return None
+        if integer and isinstance(value, float) and value.is_integer():
+            value = int(value)
         kinds = (int,) if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds) \
                 or not minimum <= value <= maximum:
@@ -237,6 +240,26 @@ def citation_json(citation: conversation_pb2.Citation) -> dict[str, Any]:
     """The source of a knowledge-base answer (replies, WebSocket, webhooks, transcript)."""
     return {"title": citation.title, "document": citation.document,
             "heading_path": list(citation.heading_path), "url": citation.url}
+
+
+def turn_nlu_json(nlu: conversation_pb2.TurnNlu | None) -> dict[str, Any] | None:
+    """`?include=nlu`: the matched intent, its confidence, the ranking, the parameters
+    (entities) and the flow step after the turn; None when the turn ran no NLU."""
+    if nlu is None:
+        return None
+    return {
+        "intent": nlu.intent,
+        "confidence": round(nlu.confidence, 4),
+        "ranking": [{"intent": i.name, "confidence": round(i.confidence, 4)}
+                    for i in nlu.ranking],
+        "entities": [{"entity": e.entity, "value": e.value, "raw": e.raw, "start": e.start,
+                      "end": e.end} for e in nlu.entities],
+        "out_of_scope": nlu.out_of_scope,
+        "sentiment": nlu.sentiment or None,
+        "model_version": nlu.model_version,
+        "flow": nlu.flow or None,
+        "step": nlu.step or None,
+    }
 
 
 def reply_json(message: conversation_pb2.BotMessage) -> dict[str, Any]:

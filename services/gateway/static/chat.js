@@ -1,4 +1,7 @@
 // botfactory web chat: talks to the gateway's HTTP API and WebSocket. No build step.
+// The page trades the API key it is given (a client key) for a visitor token of its
+// conversation and uses only that token from then on; it asks for a new one when the token
+// expires. Given a visitor token (bfv_...) instead of a key, it uses it as it is.
 "use strict";
 
 (() => {
@@ -8,7 +11,9 @@
     conversation: $("conversation"), messages: $("messages"), status: $("status"),
     composer: $("composer"), text: $("text"), send: $("send"), connection: $("connection"),
   };
-  const session = { key: "", bot: "", conversation: "", socket: null, retry: 0, closing: false };
+  const session = {
+    key: "", token: "", bot: "", conversation: "", socket: null, retry: 0, closing: false,
+  };
   const seen = new Set(); // bot message ids already shown (replies come by HTTP and socket)
 
   function randomId() {
@@ -25,10 +30,10 @@
     return `/v1/bots/${bot}/conversations/${conversation}`;
   }
 
-  async function api(method, path, body) {
+  async function request(method, path, body, credential) {
     const response = await fetch(path, {
       method,
-      headers: { "Authorization": `Bearer ${session.key}`, "Content-Type": "application/json" },
+      headers: { "Authorization": `Bearer ${credential}`, "Content-Type": "application/json" },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const data = await response.json().catch(() => ({}));
@@ -39,6 +44,29 @@
       throw error;
     }
     return data;
+  }
+
+  const isVisitorToken = (credential) => credential.startsWith("bfv_");
+
+  // A visitor token of this conversation, asked for with the API key.
+  async function renewToken() {
+    if (isVisitorToken(session.key)) {
+      session.token = session.key;
+      return false; // nothing to renew it with
+    }
+    const issued = await request("POST", `${base()}/tokens`, undefined, session.key);
+    session.token = issued.token;
+    return true;
+  }
+
+  // A call with the visitor token; once more with a new token when it has expired.
+  async function api(method, path, body) {
+    try {
+      return await request(method, path, body, session.token);
+    } catch (error) {
+      if (error.status !== 401 || !(await renewToken())) throw error;
+      return request(method, path, body, session.token);
+    }
   }
 
   // --- rendering ----------------------------------------------------------------------------
@@ -197,7 +225,7 @@
   function openSocket() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const socket = new WebSocket(`${scheme}://${location.host}${base()}/ws`,
-      ["botfactory.v1", `bearer.${session.key}`]);
+      ["botfactory.v1", `bearer.${session.token}`]);
     session.socket = socket;
     socket.addEventListener("open", () => {
       session.retry = 0;
@@ -212,10 +240,26 @@
     socket.addEventListener("close", (event) => {
       els.connection.textContent = "not live";
       els.connection.classList.remove("live");
-      if (session.closing || session.socket !== socket || event.code === 4401) return;
+      if (session.closing || session.socket !== socket) return;
+      // 4401: the token stopped working; nothing to renew it with when given a token
+      if (event.code === 4401 && isVisitorToken(session.key)) return;
       const delay = Math.min(30000, 1000 * 2 ** session.retry++);
-      setTimeout(() => { if (session.socket === socket) openSocket(); }, delay);
+      setTimeout(() => reconnect(socket), delay);
     });
+  }
+
+  // Reopen with a fresh token (the old one may have expired while the socket was open).
+  async function reconnect(socket) {
+    if (session.socket !== socket) return;
+    try {
+      await renewToken();
+    } catch (error) {
+      if (error.status !== undefined && error.status < 500) {
+        showStatus(`Not live: ${error.message}`);
+        return;
+      }
+    }
+    if (session.socket === socket) openSocket();
   }
 
   // --- wiring ---------------------------------------------------------------------------------
@@ -234,6 +278,7 @@
     seen.clear();
     showStatus("");
     try {
+      await renewToken();
       const transcript = await api("GET", `${base()}/transcript?limit=100`);
       renderTranscript(transcript.entries || []);
     } catch (error) {

@@ -81,6 +81,66 @@ class Citation(_message.Message):
     url: str
     def __init__(self, title: _Optional[str] = ..., document: _Optional[str] = ..., heading_path: _Optional[_Iterable[str]] = ..., url: _Optional[str] = ...) -> None: ...
 
+class TurnSummary(_message.Message):
+    __slots__ = ("in_reply_to", "replies", "awaiting_runs", "run_id", "handoff", "nlu")
+    IN_REPLY_TO_FIELD_NUMBER: _ClassVar[int]
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    AWAITING_RUNS_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    HANDOFF_FIELD_NUMBER: _ClassVar[int]
+    NLU_FIELD_NUMBER: _ClassVar[int]
+    in_reply_to: str
+    replies: int
+    awaiting_runs: _containers.RepeatedScalarFieldContainer[str]
+    run_id: str
+    handoff: bool
+    nlu: TurnNlu
+    def __init__(self, in_reply_to: _Optional[str] = ..., replies: _Optional[int] = ..., awaiting_runs: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ..., handoff: _Optional[bool] = ..., nlu: _Optional[_Union[TurnNlu, _Mapping]] = ...) -> None: ...
+
+class TurnNlu(_message.Message):
+    __slots__ = ("intent", "confidence", "ranking", "entities", "out_of_scope", "sentiment", "model_version", "flow", "step")
+    INTENT_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    RANKING_FIELD_NUMBER: _ClassVar[int]
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    SENTIMENT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FLOW_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    intent: str
+    confidence: float
+    ranking: _containers.RepeatedCompositeFieldContainer[TurnIntent]
+    entities: _containers.RepeatedCompositeFieldContainer[TurnEntity]
+    out_of_scope: bool
+    sentiment: str
+    model_version: str
+    flow: str
+    step: str
+    def __init__(self, intent: _Optional[str] = ..., confidence: _Optional[float] = ..., ranking: _Optional[_Iterable[_Union[TurnIntent, _Mapping]]] = ..., entities: _Optional[_Iterable[_Union[TurnEntity, _Mapping]]] = ..., out_of_scope: _Optional[bool] = ..., sentiment: _Optional[str] = ..., model_version: _Optional[str] = ..., flow: _Optional[str] = ..., step: _Optional[str] = ...) -> None: ...
+
+class TurnIntent(_message.Message):
+    __slots__ = ("name", "confidence")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    confidence: float
+    def __init__(self, name: _Optional[str] = ..., confidence: _Optional[float] = ...) -> None: ...
+
+class TurnEntity(_message.Message):
+    __slots__ = ("entity", "value", "raw", "start", "end")
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    entity: str
+    value: str
+    raw: str
+    start: int
+    end: int
+    def __init__(self, entity: _Optional[str] = ..., value: _Optional[str] = ..., raw: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
 class ConversationEvent(_message.Message):
     __slots__ = ("bot_id", "conversation_id", "type", "at_unix_ms", "correlation_id", "data_json")
     BOT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.common.pb.botfactory.v1 import conversation_pb2 as botfactory_dot_v1_dot_conversation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x62otfactory/v1/gateway.proto\x12\rbotfactory.v1\x1a botfactory/v1/conversation.proto\"\xf4\x01\n\x12SendMessageRequest\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x0e\n\x06sender\x18\x05 \x01(\t\x12\x41\n\x08metadata\x18\x06 \x03(\x0b\x32/.botfactory.v1.SendMessageRequest.MetadataEntry\x12\x0f\n\x07no_wait\x18\x07 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x13SendMessageResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12*\n\x07replies\x18\x02 \x03(\x0b\x32\x19.botfactory.v1.BotMessage\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"N\n\x14GetTranscriptRequest\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"\xbe\x01\n\x0fTranscriptEntry\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0bin_reply_to\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12&\n\x07\x62uttons\x18\x05 \x03(\x0b\x32\x15.botfactory.v1.Button\x12\x12\n\nat_unix_ms\x18\x06 \x01(\x03\x12*\n\tcitations\x18\x07 \x03(\x0b\x32\x17.botfactory.v1.Citation\"q\n\x15GetTranscriptResponse\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12/\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x1e.botfactory.v1.TranscriptEntry\"@\n\x13SendFeedbackRequest\x12)\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x01 \x01(\x0b\x32\x17.botfactory.v1.Feedback\":\n\x14SendFeedbackResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06rating\x18\x02 \x01(\x05\"\xdd\x01\n\x0f\x43onverseRequest\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x0e\n\x06sender\x18\x05 \x01(\t\x12>\n\x08metadata\x18\x06 \x03(\x0b\x32,.botfactory.v1.ConverseRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\nMessageAck\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"h\n\rConverseError\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x15\n\rretry_after_s\x18\x05 \x01(\x05\"\xa2\x01\n\x10\x43onverseResponse\x12,\n\x07message\x18\x01 \x01(\x0b\x32\x19.botfactory.v1.BotMessageH\x00\x12(\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x19.botfactory.v1.MessageAckH\x00\x12-\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1c.botfactory.v1.ConverseErrorH\x00\x42\x07\n\x05\x65vent2\xe9\x02\n\x0b\x43hatService\x12T\n\x0bSendMessage\x12!.botfactory.v1.SendMessageRequest\x1a\".botfactory.v1.SendMessageResponse\x12Z\n\rGetTranscript\x12#.botfactory.v1.GetTranscriptRequest\x1a$.botfactory.v1.GetTranscriptResponse\x12W\n\x0cSendFeedback\x12\".botfactory.v1.SendFeedbackRequest\x1a#.botfactory.v1.SendFeedbackResponse\x12O\n\x08\x43onverse\x12\x1e.botfactory.v1.ConverseRequest\x1a\x1f.botfactory.v1.ConverseResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x62otfactory/v1/gateway.proto\x12\rbotfactory.v1\x1a botfactory/v1/conversation.proto\"\x89\x02\n\x12SendMessageRequest\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x0e\n\x06sender\x18\x05 \x01(\t\x12\x41\n\x08metadata\x18\x06 \x03(\x0b\x32/.botfactory.v1.SendMessageRequest.MetadataEntry\x12\x0f\n\x07no_wait\x18\x07 \x01(\x08\x12\x13\n\x0binclude_nlu\x18\x08 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb0\x01\n\x13SendMessageResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12*\n\x07replies\x18\x02 \x03(\x0b\x32\x19.botfactory.v1.BotMessage\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x12\x11\n\tduplicate\x18\x04 \x01(\x08\x12\x0f\n\x07handoff\x18\x05 \x01(\x08\x12#\n\x03nlu\x18\x06 \x01(\x0b\x32\x16.botfactory.v1.TurnNlu\"N\n\x14GetTranscriptRequest\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"\xbe\x01\n\x0fTranscriptEntry\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x13\n\x0bin_reply_to\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12&\n\x07\x62uttons\x18\x05 \x03(\x0b\x32\x15.botfactory.v1.Button\x12\x12\n\nat_unix_ms\x18\x06 \x01(\x03\x12*\n\tcitations\x18\x07 \x03(\x0b\x32\x17.botfactory.v1.Citation\"q\n\x15GetTranscriptResponse\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12/\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x1e.botfactory.v1.TranscriptEntry\"@\n\x13SendFeedbackRequest\x12)\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x01 \x01(\x0b\x32\x17.botfactory.v1.Feedback\":\n\x14SendFeedbackResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06rating\x18\x02 \x01(\x05\"\xdd\x01\n\x0f\x43onverseRequest\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x0e\n\x06sender\x18\x05 \x01(\t\x12>\n\x08metadata\x18\x06 \x03(\x0b\x32,.botfactory.v1.ConverseRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\nMessageAck\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"h\n\rConverseError\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x15\n\rretry_after_s\x18\x05 \x01(\x05\"\xa2\x01\n\x10\x43onverseResponse\x12,\n\x07message\x18\x01 \x01(\x0b\x32\x19.botfactory.v1.BotMessageH\x00\x12(\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x19.botfactory.v1.MessageAckH\x00\x12-\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1c.botfactory.v1.ConverseErrorH\x00\x42\x07\n\x05\x65vent2\xe9\x02\n\x0b\x43hatService\x12T\n\x0bSendMessage\x12!.botfactory.v1.SendMessageRequest\x1a\".botfactory.v1.SendMessageResponse\x12Z\n\rGetTranscript\x12#.botfactory.v1.GetTranscriptRequest\x1a$.botfactory.v1.GetTranscriptResponse\x12W\n\x0cSendFeedback\x12\".botfactory.v1.SendFeedbackRequest\x1a#.botfactory.v1.SendFeedbackResponse\x12O\n\x08\x43onverse\x12\x1e.botfactory.v1.ConverseRequest\x1a\x1f.botfactory.v1.ConverseResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,31 +37,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERSEREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_CONVERSEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SENDMESSAGEREQUEST']._serialized_start=81
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=325
-  _globals['_SENDMESSAGEREQUEST_METADATAENTRY']._serialized_start=278
-  _globals['_SENDMESSAGEREQUEST_METADATAENTRY']._serialized_end=325
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=327
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=449
-  _globals['_GETTRANSCRIPTREQUEST']._serialized_start=451
-  _globals['_GETTRANSCRIPTREQUEST']._serialized_end=529
-  _globals['_TRANSCRIPTENTRY']._serialized_start=532
-  _globals['_TRANSCRIPTENTRY']._serialized_end=722
-  _globals['_GETTRANSCRIPTRESPONSE']._serialized_start=724
-  _globals['_GETTRANSCRIPTRESPONSE']._serialized_end=837
-  _globals['_SENDFEEDBACKREQUEST']._serialized_start=839
-  _globals['_SENDFEEDBACKREQUEST']._serialized_end=903
-  _globals['_SENDFEEDBACKRESPONSE']._serialized_start=905
-  _globals['_SENDFEEDBACKRESPONSE']._serialized_end=963
-  _globals['_CONVERSEREQUEST']._serialized_start=966
-  _globals['_CONVERSEREQUEST']._serialized_end=1187
-  _globals['_CONVERSEREQUEST_METADATAENTRY']._serialized_start=278
-  _globals['_CONVERSEREQUEST_METADATAENTRY']._serialized_end=325
-  _globals['_MESSAGEACK']._serialized_start=1189
-  _globals['_MESSAGEACK']._serialized_end=1240
-  _globals['_CONVERSEERROR']._serialized_start=1242
-  _globals['_CONVERSEERROR']._serialized_end=1346
-  _globals['_CONVERSERESPONSE']._serialized_start=1349
-  _globals['_CONVERSERESPONSE']._serialized_end=1511
-  _globals['_CHATSERVICE']._serialized_start=1514
-  _globals['_CHATSERVICE']._serialized_end=1875
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=346
+  _globals['_SENDMESSAGEREQUEST_METADATAENTRY']._serialized_start=299
+  _globals['_SENDMESSAGEREQUEST_METADATAENTRY']._serialized_end=346
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=349
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=525
+  _globals['_GETTRANSCRIPTREQUEST']._serialized_start=527
+  _globals['_GETTRANSCRIPTREQUEST']._serialized_end=605
+  _globals['_TRANSCRIPTENTRY']._serialized_start=608
+  _globals['_TRANSCRIPTENTRY']._serialized_end=798
+  _globals['_GETTRANSCRIPTRESPONSE']._serialized_start=800
+  _globals['_GETTRANSCRIPTRESPONSE']._serialized_end=913
+  _globals['_SENDFEEDBACKREQUEST']._serialized_start=915
+  _globals['_SENDFEEDBACKREQUEST']._serialized_end=979
+  _globals['_SENDFEEDBACKRESPONSE']._serialized_start=981
+  _globals['_SENDFEEDBACKRESPONSE']._serialized_end=1039
+  _globals['_CONVERSEREQUEST']._serialized_start=1042
+  _globals['_CONVERSEREQUEST']._serialized_end=1263
+  _globals['_CONVERSEREQUEST_METADATAENTRY']._serialized_start=299
+  _globals['_CONVERSEREQUEST_METADATAENTRY']._serialized_end=346
+  _globals['_MESSAGEACK']._serialized_start=1265
+  _globals['_MESSAGEACK']._serialized_end=1316
+  _globals['_CONVERSEERROR']._serialized_start=1318
+  _globals['_CONVERSEERROR']._serialized_end=1422
+  _globals['_CONVERSERESPONSE']._serialized_start=1425
+  _globals['_CONVERSERESPONSE']._serialized_end=1587
+  _globals['_CHATSERVICE']._serialized_start=1590
+  _globals['_CHATSERVICE']._serialized_end=1951
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SendMessageRequest(_message.Message):
-    __slots__ = ("bot_id", "conversation_id", "message_id", "text", "sender", "metadata", "no_wait")
+    __slots__ = ("bot_id", "conversation_id", "message_id", "text", "sender", "metadata", "no_wait", "include_nlu")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class SendMessageRequest(_message.Message):
     SENDER_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     NO_WAIT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_NLU_FIELD_NUMBER: _ClassVar[int]
     bot_id: str
     conversation_id: str
     message_id: str
@@ -30,19 +31,24 @@ class SendMessageRequest(_message.Message):
     sender: str
     metadata: _containers.ScalarMap[str, str]
     no_wait: bool
-    def __init__(self, bot_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., text: _Optional[str] = ..., sender: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., no_wait: _Optional[bool] = ...) -> None: ...
+    include_nlu: bool
+    def __init__(self, bot_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., text: _Optional[str] = ..., sender: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., no_wait: _Optional[bool] = ..., include_nlu: _Optional[bool] = ...) -> None: ...
 
 class SendMessageResponse(_message.Message):
-    __slots__ = ("message_id", "replies", "complete", "duplicate")
+    __slots__ = ("message_id", "replies", "complete", "duplicate", "handoff", "nlu")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     REPLIES_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    HANDOFF_FIELD_NUMBER: _ClassVar[int]
+    NLU_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     replies: _containers.RepeatedCompositeFieldContainer[_conversation_pb2.BotMessage]
     complete: bool
     duplicate: bool
-    def __init__(self, message_id: _Optional[str] = ..., replies: _Optional[_Iterable[_Union[_conversation_pb2.BotMessage, _Mapping]]] = ..., complete: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    handoff: bool
+    nlu: _conversation_pb2.TurnNlu
+    def __init__(self, message_id: _Optional[str] = ..., replies: _Optional[_Iterable[_Union[_conversation_pb2.BotMessage, _Mapping]]] = ..., complete: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., handoff: _Optional[bool] = ..., nlu: _Optional[_Union[_conversation_pb2.TurnNlu, _Mapping]] = ...) -> None: ...
 
 class GetTranscriptRequest(_message.Message):
     __slots__ = ("bot_id", "conversation_id", "limit")
