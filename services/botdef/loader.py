@@ -287,6 +287,9 @@ class _Loader:
         except YamlSyntaxError as exc:
             self.issues.append(DefinitionIssue(file, exc.line, "", str(exc)))
             return
+        except (OSError, UnicodeDecodeError) as exc:
+            self.issues.append(DefinitionIssue(file, 0, "", f"cannot read: {exc}"))
+            return
         if not isinstance(doc, dict):
             self.issues.append(DefinitionIssue(file, 1, "", "a workflow file must hold a mapping"))
             return

@@ -122,3 +122,15 @@ def test_the_runtime_parse_of_plain_workflows_keeps_its_names() -> None:
     _, issues = parse_workflow("w", {"name": "w", "steps": [{"id": "a", "fail": "x"}],
                                      "outputs": {"x": "steps.b.outputs.y"}})
     assert [(i.file, i.line, i.field) for i in issues] == [("workflows/w", 0, "outputs.x")]
+
+
+def test_unreadable_files_are_named_never_a_traceback(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    bot = shutil.copytree(CAR, tmp_path / "car")
+    (bot / "workflows" / "scan.yml").write_bytes(b"\xff\xfe name: scan")
+    (bot / "tests" / "more.yml").write_bytes(b"\xff")
+    code, lines, _ = validate(capsys, bot)
+    assert code == 1
+    for path in (bot / "workflows" / "scan.yml", bot / "tests" / "more.yml"):
+        assert f"{path}: cannot read: 'utf-8' codec can't decode byte 0xff in position 0: " \
+               "invalid start byte" in lines
