@@ -12,8 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = ("importers", "train", "evaluate", "models", "chat", "report", "conversations",
-                   "review", "data", "gate", "kb")
+COMMAND_MODULES = ("importers", "validate", "train", "evaluate", "models", "chat", "report",
+                   "conversations", "review", "data", "gate", "kb")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from botfactory.evaluation.frozen import FROZEN_FILE
 from services.botdef.model import DefinitionIssue
 from services.botdef.schema import DRAFT, INTENT_NAME_PATTERN, check_schema
 from services.botdef.yamlio import (
@@ -216,8 +217,18 @@ def load_conversation_tests(path: str | Path) -> list[ConversationTest]:
     return tests
 
 
-OTHER_TEST_FILES = frozenset({"kb.yml"})
-"""Test files of other kinds in a bot's tests/ folder (kb.yml: `botfactory test-kb`)."""
+OTHER_TEST_FILES = frozenset({"kb.yml", FROZEN_FILE.name})
+"""Test files of other kinds in a bot's tests/ folder, at any depth: `kb.yml` (the knowledge
+base's questions, `botfactory test-kb`) and `nlu.yml` (the frozen NLU test set, `botfactory
+gate`). Every other `*.yml` / `*.yaml` file there is a conversation test file."""
+
+
+def conversation_test_files(folder: Path) -> list[Path]:
+    """The conversation test files under `folder` (a bot's `tests/`), sorted; [] if none."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file()
+                  and p.name not in OTHER_TEST_FILES)
 
 
 def _test_files(path: Path) -> list[Path]:
@@ -227,8 +238,7 @@ def _test_files(path: Path) -> list[Path]:
         path = path / "tests"
     if not path.is_dir():
         raise ConversationTestError([DefinitionIssue(str(path), 0, "", "no such file or folder")])
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file()
-                   and p.name not in OTHER_TEST_FILES)
+    files = conversation_test_files(path)
     if not files:
         raise ConversationTestError([DefinitionIssue(str(path), 0, "", "no YAML test files")])
     return files

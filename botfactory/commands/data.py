@@ -1,5 +1,7 @@
 """`botfactory data check BOT_DIR`: duplicates, near duplicates, conflicting labels and frozen
-test set leaks across all of a bot's data files (botfactory/evaluation/datacheck.py).
+test set leaks across all of a bot's data files (botfactory/evaluation/datacheck.py), after the
+definition's warnings (file:line: field: message; e.g. an examples list written as `[...]`,
+where an unquoted comma splits an example in two).
 
 Exit status: 0 clean (duplicates and near duplicates are warnings), 1 on conflicting labels or
 leaks (also on near duplicates with different intents under `--strict`), 2 on bad input.
@@ -54,9 +56,13 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     report = check(bot.examples(), frozen=frozen, threshold=args.threshold)
+    warnings = [str(warning) for warning in bot.warnings]
     if args.json:
-        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+        print(json.dumps({**report.to_json(), "warnings": warnings}, indent=2,
+                         ensure_ascii=False))
     else:
+        for warning in warnings:
+            print(f"warning: {warning}")
         print_report(report, sys.stdout)
     strict_fail = args.strict and any(p.conflicting for p in report.near)
     return 1 if report.failed or strict_fail else 0

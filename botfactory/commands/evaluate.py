@@ -1,6 +1,9 @@
 """`botfactory test`: evaluate an NLU model on labelled data and write a report folder.
 
 Input: a bot folder (`bot.yml`), a BIO folder (`seq.in`, `seq.out`, `label`) or a CSV file.
+On a bot folder it evaluates on the model's held-out split (the examples training held out,
+`heldout.json` in the model directory), unless `--split all` asks for every example, most of
+which the model trained on (the command then says its figures are optimistic).
 Predictions go through `services.nlu.engine.NluModel`, the onnxruntime path the server uses.
 Writes `report.json`, `errors.json`, `confusion.png` and `reliability.png` (see
 `botfactory.evaluation.report`) and prints a summary. Bad input (missing paths, unreadable
@@ -12,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from services.botdef import Example
 
 BOT_FILES = ("bot.yml",)
+SPLITS = ("heldout", "all")
 BIO_FILES = ("seq.in", "seq.out", "label")
 EXIT_USAGE = 2
 
@@ -79,6 +83,7 @@ class Dataset:
     path: Path
     format: str  # "bot", "bio" or "csv"
     examples: list[Example]
+    split: dict[str, Any] | None = None  # a bot folder's: {"split", "source", "n_total"}
 
 
 def _positive_int(value: str) -> int:
@@ -109,6 +114,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                 "default)")
     precision.add_argument("--fp32", dest="quantized", action="store_false",
                            help="evaluate model.onnx")
+    parser.add_argument("--split", choices=SPLITS, default="heldout",
+                        help="a bot folder's examples to evaluate on: the model's held-out "
+                             "split (default), or all of them, most of which the model trained "
+                             "on (optimistic figures)")
     parser.add_argument("--oos-intent", default=None, metavar="NAME",
                         help="out-of-scope intent of the gold data (default: the model's, "
                              f"else {DEFAULT_OUT_OF_SCOPE})")
@@ -128,6 +137,11 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     dataset = load_dataset(args.data)
     _check_report_dir(args.report)
     model = load_model(args.model, quantized=args.quantized)
+    if dataset.format == "bot":
+        dataset = select_split(dataset, args.model, args.split)
+        print(split_note(dataset), file=out)
+        if args.split == "all":
+            print(f"warning: {split_note(dataset)}", file=sys.stderr)
     evaluation, samples = evaluate_model(model, dataset.examples, args.batch_size,
                                          args.oos_intent)
     files = _write(args.report, evaluation, samples, _model_info(model, args), dataset)
@@ -185,6 +199,33 @@ def load_dataset(path: Path) -> Dataset:
     if not examples:
         raise UsageError(f"{path}: no labelled examples")
     return Dataset(path, format_, examples)
+
+
+def select_split(dataset: Dataset, model_dir: Path, split: str) -> Dataset:
+    """A bot folder's examples to evaluate on: the model's held-out split, or all."""
+    from botfactory.evaluation.heldout import SplitError, heldout_examples
+
+    n_total = len(dataset.examples)
+    if split == "all":
+        return replace(dataset, split={"split": "all", "source": None, "n_total": n_total})
+    try:
+        held = heldout_examples(model_dir, dataset.examples)
+    except SplitError as exc:
+        raise UsageError(f"{exc}\n(`--split all` evaluates on every example of {dataset.path}, "
+                         "most of which the model trained on)") from exc
+    return replace(dataset, examples=held.examples,
+                   split={"split": "heldout", "source": held.source, "n_total": n_total})
+
+
+def split_note(dataset: Dataset) -> str:
+    """What a bot folder's evaluation measured, in one line."""
+    split = dataset.split or {}
+    n, total = len(dataset.examples), split.get("n_total", len(dataset.examples))
+    if split.get("split") == "heldout":
+        return (f"data: the model's held-out split ({split['source']}): {n} of the {total} "
+                f"examples of {dataset.path}, none of which it trained on")
+    return (f"data: all {n} examples of {dataset.path}, including those the model trained on: "
+            "the figures are optimistic (without --split all, the held-out split is used)")
 
 
 def _check_report_dir(path: Path) -> None:
@@ -255,7 +296,7 @@ def _write(out_dir: Path, evaluation: Evaluation, samples: Sequence[Sample],
     except ImportError as exc:
         raise UsageError(f"writing the report needs matplotlib "
                          f"(pip install 'botfactory[train]'): {exc}") from exc
-    data = {"path": str(dataset.path), "format": dataset.format}
+    data = {"path": str(dataset.path), "format": dataset.format, **(dataset.split or {})}
     try:
         return write_report(out_dir, evaluation, samples, model, data)
     except OSError as exc:

@@ -1,4 +1,4 @@
-"""`botfactory import bio|csv|rasa ...` (data set -> bot folder) and `botfactory validate`.
+"""`botfactory import bio|csv|rasa ...` (data set -> bot folder).
 
 The bot-definition library is imported when a command runs, so `botfactory --help` stays fast.
 """
@@ -14,24 +14,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from services.botdef import BotDefinition, EntityDef, Example
+    from services.botdef import EntityDef, Example
 
 SPLIT_NAMES = frozenset({"train", "training", "valid", "validation", "dev", "test", "nlu", "data"})
 MIN_EXAMPLES = 2
-EXIT_INVALID = 1
 EXIT_BAD_INPUT = 2
 
 Imported = tuple[list["Example"], list["EntityDef"]]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `import` and `validate` commands."""
+    """Add the `import` command."""
     _register_import(subparsers)
-    validate = subparsers.add_parser(
-        "validate", help="check a bot folder and list every problem in it"
-    )
-    validate.add_argument("bot_dir", metavar="BOT_DIR", type=Path, help="the bot folder")
-    validate.set_defaults(func=run_validate)
 
 
 def _register_import(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -149,26 +143,3 @@ def _summary(examples: Sequence[Example], entities: Sequence[EntityDef]) -> str:
     names.update(span.entity for example in examples for span in example.entities)
     return f"{len(intents)} intents, {len(examples)} examples, {len(names)} entities"
 
-
-def run_validate(args: argparse.Namespace) -> int:
-    """Load the bot folder: print a summary, or every issue (stdout) and return 1."""
-    from services.botdef import BotDefinitionError, load_bot
-
-    try:
-        bot = load_bot(args.bot_dir)
-    except BotDefinitionError as exc:
-        for issue in exc.issues:
-            print(issue)
-        print(f"error: {len(exc.issues)} issue(s) in {args.bot_dir}", file=sys.stderr)
-        return EXIT_INVALID
-    print(f"ok: {bot_summary(bot)}")
-    return 0
-
-
-def bot_summary(bot: BotDefinition) -> str:
-    """`bot 'name': N intents, N examples, N entities`."""
-    examples = bot.examples()
-    return (
-        f"bot {bot.name!r} ({bot.path}): {len(bot.intents)} intents, {len(examples)} examples, "
-        f"{len(bot.entities)} entities"
-    )

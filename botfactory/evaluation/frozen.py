@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from services.botdef import Example, parse_annotated
-from services.botdef.yamlio import YamlSyntaxError, read_yaml, to_plain
+from services.botdef.yamlio import YamlSyntaxError, line_of, read_yaml, to_plain
 
 FROZEN_FILE = Path("tests") / "nlu.yml"
 
@@ -26,25 +26,38 @@ def frozen_path(bot_dir: Path) -> Path:
 
 
 def load_examples(path: Path) -> list[Example]:
-    """The examples of an intents file (`intents: [{name, examples: [...]}]`)."""
+    """The examples of an intents file (`intents: [{name, examples: [...]}]`); raises
+    FrozenSetError naming the file, line and field of the first problem."""
     try:
-        document: Any = to_plain(read_yaml(path))
-    except (YamlSyntaxError, OSError) as exc:
-        raise FrozenSetError(f"{path}: {exc}") from None
+        document: Any = read_yaml(path)
+    except YamlSyntaxError as exc:
+        raise FrozenSetError(f"{path}:{exc.line}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FrozenSetError(f"{path}: cannot read: {exc}") from None
     intents = document.get("intents") if isinstance(document, dict) else None
     if not isinstance(intents, list):
-        raise FrozenSetError(f"{path}: expected a mapping with an `intents:` list")
+        raise FrozenSetError(f"{path}:{line_of(document, [])}: expected a mapping with an "
+                             "`intents:` list")
     examples: list[Example] = []
     for index, intent in enumerate(intents):
-        if not isinstance(intent, dict) or not isinstance(intent.get("name"), str) \
-                or not isinstance(intent.get("examples"), list):
-            raise FrozenSetError(f"{path}: intents[{index}] needs a name and an examples list")
-        for number, text in enumerate(intent["examples"]):
-            try:
-                examples.append(parse_annotated(str(text), intent=intent["name"]))
-            except ValueError as exc:
-                raise FrozenSetError(f"{path}: intents[{index}].examples[{number}]: "
-                                     f"{exc}") from None
+        examples.extend(_intent_examples(path, document, index, intent))
+    return examples
+
+
+def _intent_examples(path: Path, document: Any, index: int, intent: Any) -> list[Example]:
+    if not isinstance(intent, dict) or not isinstance(intent.get("name"), str) \
+            or not isinstance(intent.get("examples"), list):
+        line = line_of(document, ["intents", index])
+        raise FrozenSetError(f"{path}:{line}: intents[{index}]: needs a name and an examples "
+                             "list")
+    examples = []
+    for number, text in enumerate(to_plain(intent["examples"])):
+        try:
+            examples.append(parse_annotated(str(text), intent=intent["name"]))
+        except ValueError as exc:
+            line = line_of(document, ["intents", index, "examples", number])
+            raise FrozenSetError(f"{path}:{line}: intents[{index}].examples[{number}]: "
+                                 f"{exc}") from None
     return examples
 
 

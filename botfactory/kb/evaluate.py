@@ -59,13 +59,15 @@ def load_cases(path: Path) -> list[KbCase]:
     for index, raw in enumerate(doc["cases"]):
         line = line_of(doc, ["cases", index])
         if not isinstance(raw, dict) or "expect" not in raw:
-            raise KnowledgeFormatError(f"{path}:{line}: a case needs `question` and `expect`")
+            raise KnowledgeFormatError(f"{path}:{line}: cases[{index}]: a case needs "
+                                       "`question` and `expect`")
         question, expect = raw.get("question"), raw["expect"]
         if not isinstance(question, str) or not question.strip():
-            raise KnowledgeFormatError(f"{path}:{line}: question must be a non-empty text")
+            raise KnowledgeFormatError(f"{path}:{line}: cases[{index}].question: question "
+                                       "must be a non-empty text")
         if expect is not None and (not isinstance(expect, str) or not expect.strip()):
-            raise KnowledgeFormatError(f"{path}:{line}: expect must be a document path, "
-                                       "faq:<id> or null")
+            raise KnowledgeFormatError(f"{path}:{line}: cases[{index}].expect: expect must be "
+                                       "a document path, faq:<id> or null")
         cases.append(KbCase(question.strip(), expect, line))
     return cases
 

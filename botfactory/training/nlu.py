@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from botfactory.training import pipeline
-from botfactory.training.data import from_examples, stratified_split
+from botfactory.training.data import LabeledText, from_examples, stratified_split
 from botfactory.training.export import CheckThresholds
 from botfactory.training.trainer import TrainConfig
 
@@ -47,9 +47,7 @@ def train_bot(bot: BotDefinition, out_dir: Path, *, base_model: str | None = Non
 
     texts = from_examples(bot.examples())
     pipeline.require(bool(texts), f"bot {bot.name!r} has no examples")
-    train, heldout = stratified_split(texts, lambda t: t.label,
-                                      config.heldout_fraction_for(len(texts)),
-                                      config.seed)
+    train, heldout = split_texts(texts, config)
     job = pipeline.Job(
         kind="nlu",
         bot=bot.name,
@@ -63,3 +61,10 @@ def train_bot(bot: BotDefinition, out_dir: Path, *, base_model: str | None = Non
     )
     return pipeline.run(job, Path(out_dir), base_model=base_model, config=config,
                         checks=checks, progress=progress, init_from=init_from)
+
+
+def split_texts(texts: list[LabeledText], config: TrainConfig) -> tuple[list[LabeledText],
+                                                                        list[LabeledText]]:
+    """(train, held-out) of a bot's texts, as training splits them (seeded, stratified)."""
+    return stratified_split(texts, lambda t: t.label, config.heldout_fraction_for(len(texts)),
+                            config.seed)

@@ -44,6 +44,7 @@ from botfactory.training.trainer import (
 from services.common.modelformat import (
     ENTITIES_FILE,
     FP32_FILE,
+    HELDOUT_FILE,
     INT8_FILE,
     LABELS_FILE,
     METADATA_FILE,
@@ -51,6 +52,7 @@ from services.common.modelformat import (
     TOKENIZER_FILE,
     TORCH_DIR,
     content_version,
+    heldout_record,
 )
 from services.common.textenc import load_tokenizer
 
@@ -148,6 +150,8 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
         save_torch(model, staging / TORCH_DIR)
         export.write_json(staging / LABELS_FILE, labels.to_json())
         export.write_json(staging / ENTITIES_FILE, job.entities_config)
+        export.write_json(staging / HELDOUT_FILE,
+                          heldout_record((t.label, t.text) for t in job.heldout))
         metadata = {
             "format": MODEL_FORMAT,
             "kind": job.kind,

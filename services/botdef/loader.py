@@ -35,7 +35,15 @@ from services.botdef.schema import (
     SECTION_KEYS,
     check_schema,
 )
-from services.botdef.yamlio import PathPart, YamlSyntaxError, line_of, read_yaml, to_plain
+from services.botdef.yamlio import (
+    PathPart,
+    YamlSyntaxError,
+    field_path,
+    is_flow_list,
+    line_of,
+    read_yaml,
+    to_plain,
+)
 from services.common.regexsafety import unsafe_reason
 
 BOT_FILE = "bot.yml"
@@ -85,6 +93,7 @@ class _Loader:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.issues: list[DefinitionIssue] = []
+        self.warnings: list[DefinitionIssue] = []
         self.intents: dict[str, _IntentAcc] = {}
         self.entities: dict[str, EntityDef] = {}
         self.entity_origins: dict[str, _Origin] = {}
@@ -215,6 +224,9 @@ class _Loader:
     def _add_intent(self, file: str, doc: Any, index: int, intent: Any) -> None:
         name = str(intent["name"])
         origin = _Origin(file, line_of(doc, ["intents", index]), f"intents[{index}]")
+        warning = comma_split_warning(file, doc, ["intents", index, "examples"])
+        if warning is not None:
+            self.warnings.append(warning)
         acc = self.intents.setdefault(name, _IntentAcc(origin))
         for number, text in enumerate(intent["examples"]):
             acc.count += 1
@@ -274,6 +286,9 @@ class _Loader:
             doc = read_yaml(path)
         except YamlSyntaxError as exc:
             self.issues.append(DefinitionIssue(file, exc.line, "", str(exc)))
+            return
+        except (OSError, UnicodeDecodeError) as exc:
+            self.issues.append(DefinitionIssue(file, 0, "", f"cannot read: {exc}"))
             return
         if not isinstance(doc, dict):
             self.issues.append(DefinitionIssue(file, 1, "", "a workflow file must hold a mapping"))
@@ -376,6 +391,34 @@ def load_bot(path: str | Path) -> BotDefinition:
     return _build(root, bot_doc, loader)
 
 
+def comma_split_warning(file: str, doc: Any, path: list[PathPart]) -> DefinitionIssue | None:
+    """A warning when the examples list at `path` is a `[...]` flow sequence of several items,
+    not all quoted: there an unquoted comma ends an example (`[nothing else, bye]` is two)."""
+    node: Any = doc
+    for part in path:
+        node = node[part]
+    if not is_flow_list(node) or len(node) < 2 or _all_quoted(Path(file), node):
+        return None
+    shown = ", ".join(repr(str(item)) for item in node[:3]) + (", ..." if len(node) > 3 else "")
+    message = (f"examples written as a [...] list: a comma outside quotes splits an example "
+               f"in two ({len(node)} examples read: {shown}); write one example per `- ` "
+               "line, or quote each example")
+    return DefinitionIssue(file, line_of(doc, path), field_path(path), message)
+
+
+def _all_quoted(path: Path, node: Any) -> bool:
+    """Whether every item of a flow list starts with a quote in the file's text."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    for index in range(len(node)):
+        line, column = node.lc.item(index)
+        if line >= len(lines) or lines[line][column:column + 1] not in ("'", '"'):
+            return False
+    return True
+
+
 def _list_entries(file: str, doc: Any, key: str, items: list[Any]) -> list[SectionEntry]:
     """The entries of a section written as a list: each named by its `name` (or a flow's
     `id`)."""
@@ -413,6 +456,7 @@ def _build(root: Path, bot_doc: Any, loader: _Loader) -> BotDefinition:
         conversation=loader.conversation,
         knowledge=knowledge_settings(to_plain(bot_doc["knowledge"]))
         if isinstance(bot_doc.get("knowledge"), dict) else None,
+        warnings=tuple(loader.warnings),
     )
 
 

@@ -117,6 +117,9 @@ class BotDefinition:
         default_factory=lambda: _empty_conversation()
     )
     knowledge: KnowledgeSettings | None = None
+    warnings: tuple[DefinitionIssue, ...] = ()
+    """Problems that do not stop the bot from loading (`botfactory validate` and `data check`
+    print them), e.g. an examples list written as a `[...]` flow sequence."""
 
     @property
     def redacts_pii(self) -> bool:

@@ -27,9 +27,10 @@ from services.botdef.expressions import (
     references,
     value_templates,
 )
+from services.botdef.loader import WORKFLOWS_DIR, yaml_files
 from services.botdef.model import BotDefinitionError, DefinitionIssue
 from services.botdef.schema import check_schema
-from services.botdef.yamlio import YamlSyntaxError, read_yaml, to_plain
+from services.botdef.yamlio import PathPart, YamlSyntaxError, line_of, read_yaml, to_plain
 
 RPA_FILE = "rpa.yml"
 STEP_KINDS = ("http", "set", "transform", "branch", "wait", "subworkflow", "approval", "notify",
@@ -426,14 +427,19 @@ class RpaSettings:
 
 def parse_rpa_settings(doc: Any, file: str = RPA_FILE
                        ) -> tuple[RpaSettings, list[DefinitionIssue]]:
+    """The settings and the issues of an `rpa.yml` document. With issues, the settings are
+    those of its valid parts (`allowed_hosts` and `settings` without an error), so that the
+    workflows can still be checked against them."""
     if doc is None:
         return RpaSettings(), []
-    issues, _ = check_schema(doc, file, RPA_SCHEMA)
-    if issues:
+    issues, bad = check_schema(doc, file, RPA_SCHEMA)
+    if not isinstance(doc, dict):
         return RpaSettings(), issues
     plain = to_plain(doc)
-    hosts = tuple(str(h) for h in plain.get("allowed_hosts") or ())
-    return RpaSettings(HostAllowList(hosts), dict(plain.get("settings") or {})), []
+    valid = {key: plain.get(key) for key in ("allowed_hosts", "settings")
+             if not any(path[:1] == (key,) for path in bad)}
+    hosts = tuple(str(h) for h in valid.get("allowed_hosts") or ())
+    return RpaSettings(HostAllowList(hosts), dict(valid.get("settings") or {})), issues
 
 
 def load_rpa_settings(bot_dir: Path) -> RpaSettings:
@@ -454,13 +460,24 @@ def load_rpa_settings(bot_dir: Path) -> RpaSettings:
 # -- parsing and validation --------------------------------------------------------------------
 
 
-class _Checker:
-    """Builds one workflow and collects its issues (file = `workflows/<name>`)."""
+_WHERE_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
 
-    def __init__(self, name: str, doc: Any, settings: RpaSettings, known: Iterable[str]) -> None:
+
+def where_path(where: str) -> list[PathPart]:
+    """`steps[2].http.url` -> `["steps", 2, "http", "url"]`."""
+    return [int(index) if index else key for index, key in _WHERE_PART.findall(where)]
+
+
+class _Checker:
+    """Builds one workflow and collects its issues (file = `workflows/<name>` unless given).
+
+    A document read with line information (`read_yaml`) gives each issue its line."""
+
+    def __init__(self, name: str, doc: Any, settings: RpaSettings, known: Iterable[str],
+                 file: str | None = None) -> None:
         self.name = name
         self.doc = doc
-        self.file = f"workflows/{name}"
+        self.file = file or f"workflows/{name}"
         self.settings = settings
         self.known = set(known)
         self.issues: list[DefinitionIssue] = []
@@ -468,7 +485,8 @@ class _Checker:
         self.inputs: set[str] | None = None
 
     def issue(self, where: str, message: str) -> None:
-        self.issues.append(DefinitionIssue(self.file, 0, where, message))
+        line = line_of(self.doc, where_path(where)) if hasattr(self.doc, "lc") else 0
+        self.issues.append(DefinitionIssue(self.file, line, where, message))
 
     def build(self) -> WorkflowDef | None:
         problems, _ = check_schema(self.doc, self.file, WORKFLOW_SCHEMA)
@@ -700,9 +718,12 @@ def _action(kind: str, value: Any) -> BrowserAction:
 
 
 def parse_workflow(name: str, doc: Any, settings: RpaSettings = RpaSettings(),
-                   known: Iterable[str] = ()) -> tuple[WorkflowDef | None, list[DefinitionIssue]]:
-    """One workflow from its document; (None, issues) when its structure is invalid."""
-    checker = _Checker(name, doc, settings, known or (name,))
+                   known: Iterable[str] = (), file: str | None = None
+                   ) -> tuple[WorkflowDef | None, list[DefinitionIssue]]:
+    """One workflow from its document; (None, issues) when its structure is invalid. Issues
+    name `file` (default `workflows/<name>`), and their line when `doc` has line information
+    (as `read_yaml` gives)."""
+    checker = _Checker(name, doc, settings, known or (name,), file)
     workflow = checker.build()
     if workflow is not None and isinstance(to_plain(doc).get("name"), str) \
             and to_plain(doc)["name"] != name:
@@ -724,6 +745,44 @@ def parse_workflows(raw: Mapping[str, Any], settings: RpaSettings = RpaSettings(
     if issues:
         raise BotDefinitionError(issues)
     return workflows
+
+
+def check_bot_workflows(bot_dir: Path) -> list[DefinitionIssue]:
+    """Every problem of a bot folder's `rpa.yml` and `workflows/*.yml`, each naming its file,
+    line and field (`botfactory validate`). Files that are not YAML mappings and duplicate
+    names are left to `load_bot`, which reports them."""
+    settings, issues = _rpa_file_settings(bot_dir / RPA_FILE)
+    documents = _workflow_documents(bot_dir / WORKFLOWS_DIR)
+    for name, (path, doc) in documents.items():
+        _, found = parse_workflow(name, doc, settings, documents.keys(), str(path))
+        issues.extend(found)
+    return issues
+
+
+def _rpa_file_settings(path: Path) -> tuple[RpaSettings, list[DefinitionIssue]]:
+    if not path.is_file():
+        return RpaSettings(), []
+    try:
+        doc = read_yaml(path)
+    except YamlSyntaxError as exc:
+        return RpaSettings(), [DefinitionIssue(str(path), exc.line, "", str(exc))]
+    except (OSError, UnicodeDecodeError) as exc:
+        return RpaSettings(), [DefinitionIssue(str(path), 0, "", f"cannot read: {exc}")]
+    return parse_rpa_settings(doc, str(path))
+
+
+def _workflow_documents(directory: Path) -> dict[str, tuple[Path, Any]]:
+    """name -> (file, document with line information) of the readable workflow files."""
+    documents: dict[str, tuple[Path, Any]] = {}
+    for path in yaml_files(directory):
+        try:
+            doc = read_yaml(path)
+        except (YamlSyntaxError, OSError, UnicodeDecodeError):
+            continue
+        if isinstance(doc, dict):
+            name = doc["name"] if isinstance(doc.get("name"), str) else path.stem
+            documents.setdefault(name, (path, doc))
+    return documents
 
 
 def coerce_inputs(workflow: WorkflowDef, given: Mapping[str, Any]) -> dict[str, Any]:

@@ -95,6 +95,12 @@ def _child_line(node: Any, part: PathPart) -> tuple[int, Any] | None:
     return None
 
 
+def is_flow_list(node: Any) -> bool:
+    """Whether `node` is a list written in flow style (`[a, b]`) in its file."""
+    fa = getattr(node, "fa", None)
+    return isinstance(node, list) and fa is not None and bool(fa.flow_style())
+
+
 def value_line(mapping: Any, key: str) -> int:
     """The 1-based line where the value of `mapping[key]` starts."""
     lc = getattr(mapping, "lc", None)

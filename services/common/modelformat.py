@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 MODEL_FORMAT = 1
@@ -12,6 +13,9 @@ TOKENIZER_FILE = "tokenizer.json"
 LABELS_FILE = "labels.json"
 ENTITIES_FILE = "entities.json"
 METADATA_FILE = "metadata.json"
+# The training texts held out of fine-tuning, as example ids (`example_id`): `botfactory test`
+# on a bot folder evaluates on them. Absent in models trained before it was written.
+HELDOUT_FILE = "heldout.json"
 # PyTorch weights of the fine-tuned model (benchmarks, warm-start retraining); not served,
 # not part of the version hash nor of the published artifact.
 TORCH_DIR = "torch"
@@ -37,3 +41,15 @@ def content_version(directory: Path) -> str:
                        if p.is_file() and p.name != METADATA_FILE):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def example_id(intent: str, text: str) -> str:
+    """The id of a labelled text in HELDOUT_FILE: 16 hex digits of sha256 over
+    `intent TAB text` (the text is not kept in the model directory)."""
+    return hashlib.sha256(f"{intent}\t{text}".encode()).hexdigest()[:16]
+
+
+def heldout_record(pairs: Iterable[tuple[str, str]]) -> dict[str, object]:
+    """The content of HELDOUT_FILE for (intent, text) pairs: sorted distinct ids."""
+    return {"id": "sha256(intent TAB text)[:16]",
+            "ids": sorted({example_id(intent, text) for intent, text in pairs})}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.botdef.yamlio import YamlSyntaxError, line_of, read_yaml, to_plain
+from services.botdef.yamlio import YamlSyntaxError, field_path, line_of, read_yaml, to_plain
 from services.knowledge.documents import DOCUMENT_SUFFIXES, parse_document
 from services.knowledge.errors import KnowledgeFormatError
 from services.knowledge.splitting import split_passages
@@ -128,7 +128,8 @@ def _unknown_keys(doc: Mapping[str, Any], allowed: set[str], where: str, root: A
     for key in doc:
         if key not in allowed:
             problems.error(f"{where}:{line_of(root, [*path, key])}",
-                           f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
+                           f"{field_path([*path, key])}: unknown key {key!r} "
+                           f"(allowed: {', '.join(sorted(allowed))})")
 
 
 def _load_settings(path: Path, problems: _Problems) -> KnowledgeSettings:

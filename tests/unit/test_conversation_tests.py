@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from botfactory.conversation_tests import (
+    OTHER_TEST_FILES,
     ConversationStep,
     ConversationTest,
     ConversationTestError,
@@ -198,6 +199,15 @@ def test_load_a_folder_or_a_bot(tmp_path: Path) -> None:
     names = [t.name for t in load_conversation_tests(tmp_path / "bot")]
     assert names == ["greets", "pays", "g2", "p2"]
     assert len(load_conversation_tests(tmp_path / "bot" / "tests")) == 4
+
+
+def test_the_frozen_nlu_set_and_kb_questions_are_not_conversation_tests() -> None:
+    """tests/nlu.yml (the frozen NLU test set, docs/improvement-loop.md) and tests/kb.yml sit
+    beside the conversation tests; every other tests/*.yml is one (issue 18)."""
+    bot = REPO / "tests" / "unit" / "data" / "car_insurance"
+    assert (bot / "tests" / "nlu.yml").is_file()
+    assert [t.name for t in load_conversation_tests(bot)] == ["filing a claim"]
+    assert {"kb.yml", "nlu.yml"} == OTHER_TEST_FILES
 
 
 @pytest.mark.parametrize(("text", "line", "field", "message"), [

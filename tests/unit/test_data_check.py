@@ -10,7 +10,7 @@ import pytest
 
 from botfactory.cli import main
 from botfactory.evaluation.datacheck import check, near_duplicates, occurrence
-from services.botdef import EntitySpan, Example, write_bot
+from services.botdef import EntitySpan, Example, load_bot, write_bot
 from tests.support.models import TINY_ENTITIES, tiny_examples
 
 
@@ -76,3 +76,29 @@ def test_cli_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert report["failed"] and [o["text"] for o in report["leaks"]] == ["Hello!"]
     assert main(["data", "check", str(tmp_path / "missing")]) == 2
     assert "invalid bot definition" in capsys.readouterr().err
+
+
+def test_an_examples_flow_list_is_named_as_the_cause_of_its_split_example(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`[goodbye, bye, nothing else, bye, see you]`: unquoted, `nothing else, bye` became two
+    examples and a duplicate `bye`; the warning names the list's file, line and field."""
+    bot = Path(__file__).parent / "data" / "car_insurance"
+    warning = (f"warning: {bot}/data/nlu.yml:8: intents[1].examples: examples written as a "
+               "[...] list: a comma outside quotes splits an example in two")
+    assert main(["data", "check", str(bot)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(warning)
+    assert "'bye' (goodbye) | 'bye' (goodbye)" in out  # the duplicate it caused
+    assert main(["data", "check", str(bot), "--json"]) == 0
+    [found] = json.loads(capsys.readouterr().out)["warnings"]
+    assert found.startswith(f"{bot}/data/nlu.yml:8: intents[1].examples: ")
+
+
+def test_a_block_list_one_flow_item_or_quoted_flow_items_give_no_warning(tmp_path: Path) -> None:
+    bot = write_bot(tmp_path / "bot", "b", [Example("hi", "greet"), Example("hello", "greet")])
+    (bot / "data" / "more.yml").write_text(
+        "intents:\n  - name: bye\n    examples: ['bye, then']\n  - name: bye\n"
+        "    examples:\n      - see you\n  - name: thanks\n"
+        "    examples: [\"thanks, bye\", 'ok, thank you',\n      \"cheers\"]\n",
+        encoding="utf-8")
+    assert load_bot(bot).warnings == ()

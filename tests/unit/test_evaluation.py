@@ -20,7 +20,12 @@ from botfactory.commands import evaluate as cli
 from botfactory.evaluation import metrics as m
 from botfactory.evaluation.confusion import figure_inches, font_size, row_shares
 from botfactory.evaluation.report import build_report, error_records, write_report
+from botfactory.training.data import LabeledText
+from botfactory.training.nlu import split_texts
+from botfactory.training.trainer import TrainConfig
+from services.botdef import load_bot, write_bot
 from services.botdef.model import EntitySpan, Example
+from services.common.modelformat import HELDOUT_FILE, heldout_record
 from services.nlu import engine
 
 REPORT_KEYS = {"intent", "entities", "out_of_scope", "n_examples", "model", "data", "created_at"}
@@ -524,7 +529,7 @@ def test_cli_real_csv_importer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert report["out_of_scope"] == {"precision": 1.0, "recall": 1.0}  # flagged: confidence 0.3
 
 
-def test_cli_real_bot_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def write_demo_bot(tmp_path: Path) -> Path:
     bot = tmp_path / "bot"
     (bot / "data").mkdir(parents=True)
     (bot / "bot.yml").write_text('version: "1"\nname: demo\nentities:\n  - name: city\n',
@@ -533,9 +538,90 @@ def test_cli_real_bot_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         "intents:\n  - name: book\n    examples:\n      - fly to [paris](city)\n"
         "      - fly to [rome](city)\n  - name: greet\n    examples:\n      - hello\n"
         "      - hi\n", encoding="utf-8")
+    return bot
+
+
+def test_cli_real_bot_folder_all_examples_says_it_is_optimistic(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    bot = write_demo_bot(tmp_path)
     use_model(monkeypatch, FakeModel(FAKE.answers))
-    assert run_cli([str(bot), "--model", str(tmp_path), "--report", str(tmp_path / "r")]) == 0
+    assert run_cli([str(bot), "--model", str(tmp_path), "--report", str(tmp_path / "r"),
+                    "--split", "all"]) == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["n_examples"] == 4 and report["data"]["format"] == "bot"
+    assert report["data"]["split"] == "all" and report["data"]["n_total"] == 4
     assert report["intent"]["accuracy"] == 0.75
     assert report["entities"]["micro_f1"] == pytest.approx(2 / 3)
+    out, err = capsys.readouterr()
+    assert err.startswith("warning: data: all 4 examples of ") and "optimistic" in err
+    assert "the figures are optimistic" in out
+
+
+def test_cli_bot_folder_evaluates_on_the_recorded_heldout_split(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    bot = write_demo_bot(tmp_path)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    record = heldout_record([("book", "fly to rome"), ("greet", "hi"), ("greet", "gone")])
+    (model_dir / HELDOUT_FILE).write_text(json.dumps(record), encoding="utf-8")
+    use_model(monkeypatch, FakeModel(FAKE.answers))
+    assert run_cli([str(bot), "--model", str(model_dir), "--report", str(tmp_path / "r")]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["n_examples"] == 2  # "fly to rome" (right, no entity found) and "hi" (right)
+    assert report["intent"]["accuracy"] == 1.0
+    assert report["data"] == {"path": str(bot), "format": "bot", "split": "heldout",
+                              "source": HELDOUT_FILE, "n_total": 4}
+    out, err = capsys.readouterr()
+    assert "held-out split (heldout.json): 2 of the 4 examples" in out and err == ""
+
+
+@dataclass
+class RecordingModel(FakeModel):
+    texts: list[str] = field(default_factory=list)
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[engine.Prediction]:
+        self.texts.extend(texts)
+        return super().predict(texts, batch_size)
+
+
+def test_cli_bot_folder_rebuilds_the_split_of_an_older_model_from_its_seed(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    bot = write_bot(tmp_path / "bot", "demo", [
+        Example(f"{word} {i}", intent) for intent, word in (("book", "fly"), ("greet", "hello"))
+        for i in range(4)])
+    examples = load_bot(bot).examples()
+    _, heldout = split_texts([LabeledText(e.text, e.intent) for e in examples],
+                             TrainConfig(seed=3))
+    assert len(heldout) == 2  # one of 4 per intent (0.15, rounded)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()  # a model written before heldout.json: its seed and counts only
+    metadata = {"training": {"seed": 3, "n_train": 6, "n_heldout": 2}}
+    (model_dir / "metadata.json").write_text(json.dumps(metadata), encoding="utf-8")
+    model = RecordingModel({e.text: (e.intent, 0.9, []) for e in examples})
+    use_model(monkeypatch, model)
+    assert run_cli([str(bot), "--model", str(model_dir), "--report", str(tmp_path / "r")]) == 0
+    assert sorted(model.texts) == sorted(t.text for t in heldout)
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["n_examples"] == 2 and report["data"]["source"] == "training seed 3"
+
+
+@pytest.mark.parametrize(("metadata", "message"), [
+    (None, "no heldout.json, and no training seed and counts in metadata.json"),
+    ({"training": {"seed": 3, "n_train": 5, "n_heldout": 1}},
+     "examples changed since training (4 now, 6 then)"),
+])
+def test_cli_bot_folder_without_a_known_split_is_refused(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        metadata: dict[str, Any] | None, message: str) -> None:
+    bot = write_demo_bot(tmp_path)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    if metadata is not None:
+        (model_dir / "metadata.json").write_text(json.dumps(metadata), encoding="utf-8")
+    use_model(monkeypatch, FakeModel(FAKE.answers))
+    code = run_cli([str(bot), "--model", str(model_dir), "--report", str(tmp_path / "r")])
+    err = assert_usage_error(code, capsys, message)
+    assert "`--split all` evaluates on every example" in err
+    assert not (tmp_path / "r").exists()

@@ -316,7 +316,7 @@ def test_rasa_examples_as_a_list(tmp_path: Path) -> None:
 @pytest.fixture(autouse=True)
 def only_importer_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     """Build the CLI with this module's commands only (the others may load heavy stacks)."""
-    monkeypatch.setattr(botfactory.cli, "COMMAND_MODULES", ("importers",))
+    monkeypatch.setattr(botfactory.cli, "COMMAND_MODULES", ("importers", "validate"))
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -447,7 +447,9 @@ def test_cli_import_requires_out(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_validate_ok(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "validate", str(REPO / "bots" / "banking"))
     assert (code, err) == (0, "")
-    assert re.fullmatch(r"ok: bot 'banking' \(.*\): 16 intents, \d+ examples, 6 entities\n", out)
+    assert re.fullmatch(r"ok: bot 'banking' \(.*\): 16 intents, \d+ examples, 6 entities; "
+                        r"3 workflows; \d+ conversation tests; \d+ knowledge-base questions; "
+                        r"knowledge: \d+ documents, \d+ FAQ entries\n", out)
 
 
 def test_cli_validate_lists_every_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -177,7 +177,8 @@ def test_kb_cases_errors_name_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "kb.yml"
     path.write_text('version: "1"\ncases:\n  - question: hi\n    expect: a.md\n'
                     '  - question: ""\n    expect: null\n')
-    with pytest.raises(KnowledgeFormatError, match=r"kb.yml:5: question must be"):
+    with pytest.raises(KnowledgeFormatError,
+                       match=r"kb.yml:5: cases\[1\].question: question must be"):
         load_cases(path)
     path.write_text("cases: []\n")
     with pytest.raises(KnowledgeFormatError, match="non-empty list"):

@@ -183,7 +183,7 @@ def test_faq_and_settings_errors_give_file_and_line(folder: Path) -> None:
     message = _error(folder)
     assert "faq.yml:3: faq[0].id must match" in message
     assert "faq.yml:6: ok: questions must be a non-empty list" in message
-    assert "faq.yml:12: unknown key 'colour'" in message
+    assert "faq.yml:12: faq[2].colour: unknown key 'colour'" in message
     assert "faq.yml:13: duplicate FAQ id 'dup'" in message
     assert "knowledge.yml:2: bm25_weight must be a number 0..1, got 2" in message
     assert "knowledge.yml:3: max_passage_chars must be an integer 100..10000" in message

