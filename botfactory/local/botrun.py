@@ -133,3 +133,22 @@ def settings_overrides(items: list[str]) -> list[str]:
             raise BotRunError(f"--setting {item!r}: a value may not hold ',' "
                               "(BOTFACTORY_RPA_SETTINGS is a comma list)")
     return items
+
+
+def stale_model(bot_dir: Path, model_dir: Path, intents: list[str]) -> str | None:
+    """Why the model in `model_dir` no longer fits the bot (None: it does): its intents
+    differ from `intents`, or the bot's training data (bot.yml, data/) changed after it."""
+    import json
+
+    try:
+        trained = json.loads((model_dir / "labels.json").read_text(encoding="utf-8"))["intents"]
+        built = (model_dir / "metadata.json").stat().st_mtime
+    except (OSError, ValueError, KeyError, TypeError):
+        return "the model folder is incomplete"
+    if sorted(trained) != sorted(intents):
+        added, gone = sorted(set(intents) - set(trained)), sorted(set(trained) - set(intents))
+        return f"the intents changed (new: {added or 'none'}, gone: {gone or 'none'})"
+    data = [bot_dir / "bot.yml", *(bot_dir / "data").rglob("*.y*ml")]
+    changed = sorted(str(path.relative_to(bot_dir)) for path in data
+                     if path.is_file() and path.stat().st_mtime > built)
+    return f"{', '.join(changed[:3])} changed since it was trained" if changed else None

@@ -32,6 +32,7 @@ from botfactory.local.botrun import (
     missing_secrets,
     secret_env,
     settings_overrides,
+    stale_model,
 )
 from botfactory.local.nats_server import NatsServer
 from botfactory.local.options import DEMO_BOT, ROOT, add_arguments
@@ -55,13 +56,19 @@ def _botfactory(*args: str) -> None:
 
 
 def prepare_model(bot_dir: Path, models_dir: Path, name: str | None = None,
-                  retrain: bool = False) -> Path:
+                  retrain: bool = False, intents: list[str] | None = None) -> Path:
     """Train the bot (into models_dir/NAME, NAME the bot's name) unless a model for it is
-    already there and `retrain` is false."""
+    there that still fits it (`intents`, its data not changed since) and `retrain` is false."""
     target = models_dir / (name or bot_dir.name)
-    if retrain or not (target / "metadata.json").is_file():
+    if not (target / "metadata.json").is_file():
         print(f"training {bot_dir} (first run; a few minutes)...", flush=True)
-        _botfactory("train", str(bot_dir), "--out", str(target))
+    elif retrain:
+        print(f"training {bot_dir} again (--retrain; a few minutes)...", flush=True)
+    elif intents is not None and (why := stale_model(bot_dir, target, intents)) is not None:
+        print(f"training {bot_dir} again: {why} (a few minutes)...", flush=True)
+    else:
+        return target
+    _botfactory("train", str(bot_dir), "--out", str(target))
     return target
 
 
@@ -260,7 +267,8 @@ def run_stack(args: argparse.Namespace) -> int:
     logs = args.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     try:
-        model = prepare_model(args.bot, args.data_dir / "models", plan.name, args.retrain)
+        model = prepare_model(args.bot, args.data_dir / "models", plan.name, args.retrain,
+                              list(plan.intents))
         knowledge = prepare_knowledge(args.bot, args.data_dir)
         nats = NatsServer(args.data_dir / "nats")
         nats.start(port=plan.ports.nats)
@@ -417,6 +425,7 @@ class RunPlan:
     secrets: dict[str, str]
     demo_bank: bool
     missing_secrets: tuple[str, ...] = ()
+    intents: tuple[str, ...] = ()
 
 
 def plan_run(args: argparse.Namespace) -> RunPlan:
@@ -435,7 +444,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     secrets_env = secret_env(args.bot, args.secrets)
     missing = () if demo_bank else tuple(missing_secrets(bot.raw.get("workflows"), secrets_env))
     return RunPlan(bot.name, ports.resolved(), tuple(settings_overrides(args.setting)),
-                   secrets_env, demo_bank, missing)
+                   secrets_env, demo_bank, missing, tuple(bot.intent_names()))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ secrets (secrets.env or the environment), free ports, the demo bank for the demo
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 
 from botfactory.cli import build_parser
 from botfactory.cli import main as botfactory
+from botfactory.local import stack
 from botfactory.local.botrun import (
     BotRunError,
     Ports,
@@ -18,6 +21,7 @@ from botfactory.local.botrun import (
     read_secrets,
     secret_env,
     settings_overrides,
+    stale_model,
 )
 from botfactory.local.stack import plan_run
 from botfactory.scaffold import ScaffoldError, create_bot
@@ -148,3 +152,50 @@ def test_make_run_passes_bot() -> None:
 
     assert "scripts/run_local.py --bot bots/insurance" in dry("BOT=bots/insurance")
     assert "--bot" not in dry().splitlines()[-1]  # the demo, as README's `make run`
+
+
+# -- the model: trained again when it no longer fits the bot -------------------------------------
+
+
+def fake_model(model_dir: Path, intents: list[str]) -> Path:
+    model_dir.mkdir(parents=True)
+    (model_dir / "labels.json").write_text(json.dumps({"intents": intents, "tags": ["O"]}))
+    (model_dir / "metadata.json").write_text("{}")
+    return model_dir
+
+
+def age(path: Path, seconds: float) -> None:
+    stat = path.stat()
+    os.utime(path, (stat.st_atime - seconds, stat.st_mtime - seconds))
+
+
+def test_stale_model(new_bot: Path, tmp_path: Path) -> None:
+    intents = load_bot(new_bot).intent_names()
+    model = fake_model(tmp_path / "model", intents)
+    assert stale_model(new_bot, model, intents) is None
+    assert stale_model(new_bot, model, [*intents, "file_claim"]) == \
+        "the intents changed (new: ['file_claim'], gone: none)"
+    age(model / "metadata.json", 60)
+    assert stale_model(new_bot, model, intents) == \
+        "bot.yml, data/entities.yml, data/nlu/conversation.yml changed since it was trained"
+    (model / "labels.json").unlink()
+    assert stale_model(new_bot, model, intents) == "the model folder is incomplete"
+
+
+def test_run_trains_only_when_needed(new_bot: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    trained: list[tuple[str, ...]] = []
+    monkeypatch.setattr(stack, "_botfactory", lambda *args: trained.append(args))
+    intents = load_bot(new_bot).intent_names()
+    models = tmp_path / "models"
+    stack.prepare_model(new_bot, models, "insurance", intents=intents)
+    assert trained == [("train", str(new_bot), "--out", str(models / "insurance"))]
+    fake_model(models / "insurance", intents)
+    stack.prepare_model(new_bot, models, "insurance", intents=intents)
+    assert len(trained) == 1  # up to date: served as it is
+    stack.prepare_model(new_bot, models, "insurance", retrain=True, intents=intents)
+    stack.prepare_model(new_bot, models, "insurance", intents=[*intents, "file_claim"])
+    assert len(trained) == 3
+    out = capsys.readouterr().out
+    assert "again (--retrain" in out and "again: the intents changed" in out
