@@ -57,6 +57,20 @@ class Ports:
         return cls(**{f.name: 0 for f in dataclasses.fields(cls)})
 
 
+def taken_ports(ports: Ports) -> list[int]:
+    """The ports of `ports` that something already listens on (or that cannot be bound)."""
+    taken = []
+    for field in dataclasses.fields(ports):
+        port = getattr(ports, field.name)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                taken.append(port)
+    return taken
+
+
 def free_port() -> int:
     """A TCP port of 127.0.0.1 that nothing listens on now (the OS's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -33,6 +33,7 @@ from botfactory.local.botrun import (
     secret_env,
     settings_overrides,
     stale_model,
+    taken_ports,
 )
 from botfactory.local.nats_server import NatsServer
 from botfactory.local.options import DEMO_BOT, ROOT, add_arguments
@@ -261,6 +262,10 @@ def run_stack(args: argparse.Namespace) -> int:
     """Run the stack for `args.bot` until Ctrl-C / SIGTERM; the exit code."""
     try:
         plan = plan_run(args)
+        taken = taken_ports(plan.ports)
+        if taken:
+            raise BotRunError(f"ports {taken} are taken (another make run?): stop what listens "
+                              "there, or run with --free-ports (make run RUN_ARGS=--free-ports)")
     except BotRunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

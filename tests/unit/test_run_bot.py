@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -199,3 +200,18 @@ def test_run_trains_only_when_needed(new_bot: Path, tmp_path: Path,
     assert len(trained) == 3
     out = capsys.readouterr().out
     assert "again (--retrain" in out and "again: the intents changed" in out
+
+
+def test_taken_ports_stop_the_run_before_anything_starts(new_bot: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        code = botfactory(["run", str(new_bot), "--http-port", str(port), "--data-dir",
+                           str(tmp_path / "data")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"ports [{port}] are taken" in err and "--free-ports" in err
+    assert not (tmp_path / "data").exists()
