@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## Create or update .venv (nothing is installed outside the repo)
 
 RUN_ARGS ?=
-run: setup ## Start the local stack (nats-server + services; trains the demo bot on first run)
-	$(PY) scripts/run_local.py $(RUN_ARGS)
+BOT ?=
+run: setup ## Start the local stack for BOT (default the demo bots/banking; trains it on first run)
+	$(PY) scripts/run_local.py $(if $(BOT),--bot $(BOT)) $(RUN_ARGS)
 
 first-run-check: setup ## README's `make run` from an empty data folder, a first conversation, Ctrl-C
 	$(PY) scripts/first_run_check.py

@@ -27,6 +27,11 @@ from services.botdef.yamlio import (
 
 WORKFLOW_STATUSES = ("succeeded", "failed", "compensated")
 _SCALAR = {"type": ["string", "number", "boolean", "null"]}
+# A slot's expected value: a scalar, or {regex: PATTERN} matched (re.search) against the value
+# as text (ids and references differ between the stack and the offline runner).
+_SLOT_VALUE = {"oneOf": [_SCALAR, {"type": "object", "required": ["regex"],
+                                   "additionalProperties": False,
+                                   "properties": {"regex": {"type": "string", "minLength": 1}}}]}
 _EXPECTATION = {
     "type": ["string", "object"],
     "minLength": 1,
@@ -109,7 +114,7 @@ TESTS_FILE_SCHEMA: dict[str, Any] = {
                 "bot": {**_EXPECTATION, "type": ["string", "object", "array"],
                         "items": _EXPECTATION},
                 "no_reply": {"type": "boolean"},
-                "slots": {"type": "object", "additionalProperties": _SCALAR},
+                "slots": {"type": "object", "additionalProperties": _SLOT_VALUE},
                 "flow": {"type": ["string", "null"]},
                 "nlu": _NLU_HINT,
                 "workflow_result": _RESULT,
@@ -285,11 +290,13 @@ def _step(
     bot = raw.get("bot")
     items = bot if isinstance(bot, list) else [] if bot is None else [bot]
     expectations = tuple(_expectation(item) for item in items)
-    for number, expectation in enumerate(expectations):
-        if expectation.regex is not None and _bad_regex(expectation.regex):
-            field_name = field_path([*where, "bot", number])
-            issues.append(DefinitionIssue(file, line, field_name,
-                                          f"invalid regex {expectation.regex!r}"))
+    patterns = [([*where, "bot", number], e.regex) for number, e in enumerate(expectations)]
+    patterns += [([*where, "slots", name], value["regex"])
+                 for name, value in (raw.get("slots") or {}).items() if isinstance(value, dict)]
+    for path, pattern in patterns:
+        if pattern is not None and _bad_regex(pattern):
+            issues.append(DefinitionIssue(file, line, field_path(path),
+                                          f"invalid regex {pattern!r}"))
     if raw.get("no_reply") and expectations:
         issues.append(DefinitionIssue(file, line, field_path(where),
                                       "`no_reply` and `bot` exclude each other"))
@@ -494,15 +501,20 @@ def check_state(step: ConversationStep, state: Mapping[str, Any]) -> list[str]:
     for name, expected in (step.slots or {}).items():
         actual = slots.get(name)
         if not same_value(actual, expected):
-            problems.append(f"slot {name}: expected {expected!r}, got {actual!r}")
+            want = (f"a value matching /{expected['regex']}/" if isinstance(expected, Mapping)
+                    else repr(expected))
+            problems.append(f"slot {name}: expected {want}, got {actual!r}")
     if step.check_flow and state.get("active_flow") != step.flow:
         problems.append(f"active flow: expected {step.flow!r}, got {state.get('active_flow')!r}")
     return problems
 
 
 def same_value(actual: Any, expected: Any) -> bool:
-    """Slot values compare numbers by value and text case-insensitively."""
+    """Slot values compare numbers by value and text case-insensitively; an expected
+    {regex: PATTERN} matches a set value whose text it finds (re.search)."""
     numbers = (int, float)
+    if isinstance(expected, Mapping):
+        return actual is not None and re.search(str(expected["regex"]), str(actual)) is not None
     if isinstance(actual, bool) or isinstance(expected, bool):
         return actual is expected
     if isinstance(actual, numbers) and isinstance(expected, numbers):

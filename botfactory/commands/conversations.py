@@ -1,6 +1,12 @@
 """`botfactory test-conversations BOT_DIR`: run the bot's YAML conversation tests (user says X →
 bot replies matching Y, slots Z, flow F active; format: docs/bot-definition.md) against the
-running stack, and print a pass/fail report.
+running stack, or with --offline through the dialogue engine in-process, and print a
+pass/fail report.
+
+--offline needs no stack, no model and no key: NLU comes from each step's `nlu:` hint, a
+button payload (`/affirm`) or a training example of the bot with the same text (else the
+message is not understood), and workflows complete at once with the tests'
+`workflow_result(s)` (default: succeeded). See botfactory/offline_chat.py.
 
 Messages go through the gateway's HTTP API (--gateway, --api-key: a key for the bot);
 slots and the active flow are read from the dialogue service's admin gRPC (--dialogue
@@ -24,7 +30,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botfactory.chat_client import DEFAULT_DIALOGUE, ChatClientError, HttpChatClient
 from botfactory.conversation_tests import (
@@ -34,6 +40,9 @@ from botfactory.conversation_tests import (
     load_conversation_tests,
     run_conversation_tests,
 )
+
+if TYPE_CHECKING:
+    from services.botdef import BotDefinition
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 EXIT_FAILED = 1
@@ -52,6 +61,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("bot_dir", metavar="BOT_DIR", type=Path, help="the bot folder")
     parser.add_argument("--tests", type=Path, default=None, metavar="PATH",
                         help="a test file or folder (default: BOT_DIR/tests)")
+    parser.add_argument("--offline", action="store_true",
+                        help="run through the dialogue engine in-process: no stack, no model, "
+                             "no key (NLU from the steps' nlu: hints and the bot's examples)")
     parser.add_argument("--bot", default=None,
                         help="the bot id on the stack (default: the bot's name in bot.yml)")
     parser.add_argument("--gateway", default=os.environ.get("BOTFACTORY_GATEWAY_URL",
@@ -81,6 +93,7 @@ class Plan:
     bot: str
     tests: list[ConversationTest]
     initial_slots: dict[str, Any]
+    definition: BotDefinition
 
 
 def run_test_conversations(args: argparse.Namespace) -> int:
@@ -97,7 +110,8 @@ def run_test_conversations(args: argparse.Namespace) -> int:
     print(text)
     if args.report is not None:
         try:
-            write_report(args.report, report, conversations, plan.bot, args.gateway, text)
+            where = "offline" if args.offline else args.gateway
+            write_report(args.report, report, conversations, plan.bot, where, text)
         except OSError as exc:
             print(f"error: cannot write the report: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -109,10 +123,8 @@ def prepare(args: argparse.Namespace) -> Plan:
     from services.botdef import load_bot
     from services.botdef.model import BotDefinitionError
 
-    if not args.api_key:
-        raise UsageError("give --api-key or set BOTFACTORY_API_KEY")
-    if not str(args.gateway).startswith(("http://", "https://")):
-        raise UsageError(f"--gateway must be an http(s) URL, got {args.gateway!r}")
+    if not args.offline:
+        _check_stack_args(args)
     if args.timeout <= 0 or args.workflow_timeout <= 0:
         raise UsageError("--timeout and --workflow-timeout must be > 0")
     try:
@@ -128,11 +140,24 @@ def prepare(args: argparse.Namespace) -> Plan:
     if not tests:
         raise UsageError(f"no test name contains {args.select!r}")
     slots = {name: slot.initial for name, slot in bot.conversation.slots.items()}
-    return Plan(args.bot or bot.name, tests, slots)
+    return Plan(args.bot or bot.name, tests, slots, bot)
+
+
+def _check_stack_args(args: argparse.Namespace) -> None:
+    if not args.api_key:
+        raise UsageError("give --api-key or set BOTFACTORY_API_KEY (or run --offline)")
+    if not str(args.gateway).startswith(("http://", "https://")):
+        raise UsageError(f"--gateway must be an http(s) URL, got {args.gateway!r}")
 
 
 async def run(plan: Plan, args: argparse.Namespace) -> tuple[TestReport, list[str]]:
     """The report, and the conversation id each test ran in."""
+    if args.offline:
+        from botfactory.offline_chat import EngineClient
+
+        offline = EngineClient(plan.definition)
+        report = await run_conversation_tests(plan.tests, offline, prefix=PREFIX)
+        return report, aligned(report, list(offline.trackers))
     async with HttpChatClient(args.gateway, args.api_key, plan.bot, args.dialogue,
                               initial_slots=plan.initial_slots, timeout_s=args.timeout,
                               workflow_timeout_s=args.workflow_timeout) as client:

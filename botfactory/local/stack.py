@@ -1,8 +1,12 @@
-"""`make run`: the whole platform on one machine, with no installs beyond pip.
+"""`make run` (`make run BOT=DIR`, `botfactory run DIR`): the whole platform on one machine,
+with no installs beyond pip.
 
-Starts nats-server (JetStream data under `.botfactory/nats`), trains the demo bot on first run
-(`.botfactory/models/<bot>`), publishes it to the model store, starts the services as child
-processes, prints the endpoints, and stops everything on Ctrl-C / SIGTERM.
+Starts nats-server (JetStream data under `.botfactory/nats`), trains the bot on first run
+(`.botfactory/models/<bot>`; the demo bot bots/banking by default), publishes it to the model
+store, starts the services as child processes, prints the endpoints, and stops everything on
+Ctrl-C / SIGTERM. The bot's workflows get its rpa.yml settings (--setting NAME=VALUE
+overrides one) and its secrets (BOT/secrets.env or --secrets FILE; botfactory/local/
+botrun.py); the demo bank runs for the demo bot only. --free-ports: free ports, printed.
 """
 
 from __future__ import annotations
@@ -18,12 +22,23 @@ import sys
 import time
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from botfactory.local.botrun import (
+    SECRETS_FILE,
+    BotRunError,
+    Ports,
+    missing_secrets,
+    secret_env,
+    settings_overrides,
+    stale_model,
+    taken_ports,
+)
 from botfactory.local.nats_server import NatsServer
+from botfactory.local.options import DEMO_BOT, ROOT, add_arguments
 from services.common.nats import without_passwords
-
-ROOT = Path(__file__).resolve().parents[2]
+from services.rpa_runner.secrets import SECRET_ENV_PREFIX
 
 
 def _env(**values: str) -> dict[str, str]:
@@ -41,12 +56,20 @@ def _botfactory(*args: str) -> None:
     subprocess.run(command, cwd=ROOT, env=_env(), check=True)
 
 
-def prepare_model(bot_dir: Path, models_dir: Path) -> Path:
-    """Train the bot unless a model for it is already there."""
-    target = models_dir / bot_dir.name
+def prepare_model(bot_dir: Path, models_dir: Path, name: str | None = None,
+                  retrain: bool = False, intents: list[str] | None = None) -> Path:
+    """Train the bot (into models_dir/NAME, NAME the bot's name) unless a model for it is
+    there that still fits it (`intents`, its data not changed since) and `retrain` is false."""
+    target = models_dir / (name or bot_dir.name)
     if not (target / "metadata.json").is_file():
         print(f"training {bot_dir} (first run; a few minutes)...", flush=True)
-        _botfactory("train", str(bot_dir), "--out", str(target))
+    elif retrain:
+        print(f"training {bot_dir} again (--retrain; a few minutes)...", flush=True)
+    elif intents is not None and (why := stale_model(bot_dir, target, intents)) is not None:
+        print(f"training {bot_dir} again: {why} (a few minutes)...", flush=True)
+    else:
+        return target
+    _botfactory("train", str(bot_dir), "--out", str(target))
     return target
 
 
@@ -66,7 +89,6 @@ def prepare_knowledge(bot_dir: Path, data_dir: Path) -> Path | None:
     return target
 
 
-SENTIMENT_DATA = ROOT.parent / "shared" / "data" / "goemotions"
 SENTIMENT_TRAIN_ARGS = ("--max-train", "8000", "--max-heldout", "1000")
 
 
@@ -230,30 +252,43 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bot", type=Path, default=ROOT / "bots" / "banking")
-    parser.add_argument("--data-dir", type=Path, default=ROOT / ".botfactory")
-    parser.add_argument("--nats-port", type=int, default=4222)
-    parser.add_argument("--nlu-port", type=int, default=50051)
-    parser.add_argument("--http-port", type=int, default=8080)
-    parser.add_argument("--bank-port", type=int, default=8099,
-                        help="the demo core-banking service the workflows call")
-    parser.add_argument("--sentiment-data", type=Path,
-                        default=SENTIMENT_DATA if SENTIMENT_DATA.is_dir() else None,
-                        help="GoEmotions folder (or text,label CSV) to train the sentiment "
-                             "model from (default ../shared/data/goemotions when it exists)")
-    parser.add_argument("--no-sentiment", action="store_true",
-                        help="serve no sentiment model")
-    args = parser.parse_args(argv)
+    parser.add_argument("--bot", type=Path, default=DEMO_BOT,
+                        help="the bot folder to run (default: the demo bot bots/banking)")
+    add_arguments(parser)
+    return run_stack(parser.parse_args(argv))
+
+
+def run_stack(args: argparse.Namespace) -> int:
+    """Run the stack for `args.bot` until Ctrl-C / SIGTERM; the exit code."""
+    try:
+        plan = plan_run(args)
+        taken = taken_ports(plan.ports)
+        if taken:
+            raise BotRunError(f"ports {taken} are taken (another make run?): stop what listens "
+                              "there, or run with --free-ports (make run RUN_ARGS=--free-ports)")
+    except BotRunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logs = args.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     try:
-        model = prepare_model(args.bot, args.data_dir / "models")
+        model = prepare_model(args.bot, args.data_dir / "models", plan.name, args.retrain,
+                              list(plan.intents))
         knowledge = prepare_knowledge(args.bot, args.data_dir)
         nats = NatsServer(args.data_dir / "nats")
-        nats.start(port=args.nats_port)
+        nats.start(port=plan.ports.nats)
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    for name in plan.missing_secrets:
+        print(f"warning: the workflows read secrets.{name}, which is not set (add {name}=... "
+              f"to {args.bot / SECRETS_FILE} or set {SECRET_ENV_PREFIX}{name})",
+              file=sys.stderr, flush=True)
+    return _serve(args, plan, model, knowledge, nats, logs)
+
+
+def _serve(args: argparse.Namespace, plan: RunPlan, model: Path, knowledge: Path | None,
+           nats: NatsServer, logs: Path) -> int:
     processes: list[subprocess.Popen[bytes]] = []
     sentiment = SentimentJob(None if args.no_sentiment else args.sentiment_data,
                              args.data_dir / "models" / "sentiment", logs / "sentiment.log")
@@ -274,58 +309,11 @@ def main(argv: list[str] | None = None) -> int:
             _botfactory("kb", "publish", str(knowledge), "--nats", nats.url)
         if sentiment.trained and not args.no_sentiment:
             _botfactory("publish", str(sentiment.target), "--nats", nats.url)
-        processes.append(_start("nlu", "services.nlu", _env(
-            BOTFACTORY_NLU_NATS_URL=nats.url_for("nlu"),
-            BOTFACTORY_NLU_GRPC_PORT=str(args.nlu_port),
-            BOTFACTORY_NLU_MODEL_CACHE_DIR=str(args.data_dir / "model-cache"),
-        ), logs))
-        _wait_grpc_serving(f"127.0.0.1:{args.nlu_port}", processes[-1])
-        processes.append(_start("dialogue", "services.dialogue", _env(
-            BOTFACTORY_DIALOGUE_NATS_URL=nats.url_for("dialogue"),
-            BOTFACTORY_DIALOGUE_NLU_ADDRESS=f"127.0.0.1:{args.nlu_port}",
-            BOTFACTORY_DIALOGUE_BOTS=str(args.bot),
-        ), logs))
-        bank_token = _secret(args.data_dir / "demo-bank-token")
-        bank_pin = _secret(args.data_dir / "demo-bank-pin")[:8]
-        processes.append(_start("demo_bank", "botfactory.local.demo_bank", _env(), logs,
-                                "--port", str(args.bank_port), "--token", bank_token,
-                                "--legacy-pin", bank_pin))
-        browser = Path("/usr/bin/chromium").is_file()
-        processes.append(_start("rpa_runner", "services.rpa_runner", _env(
-            BOTFACTORY_RPA_NATS_URL=nats.url_for("rpa-runner"),
-            BOTFACTORY_RPA_BOTS=str(args.bot),
-            BOTFACTORY_RPA_SETTINGS=(f"core_bank_url=http://127.0.0.1:{args.bank_port},"
-                                     f"legacy_url=http://127.0.0.1:{args.bank_port},"
-                                     f"legacy_filing={'true' if browser else 'false'}"),
-            BOTFACTORY_RPA_SCREENSHOTS_DIR=str(args.data_dir / "screenshots"),
-            BOTFACTORY_SECRET_CORE_API_TOKEN=bank_token,
-            BOTFACTORY_SECRET_LEGACY_PIN=bank_pin,
-        ), logs))
+        base_url = _start_services(args, plan, nats, logs, processes)
         admin_key = _secret(args.data_dir / "admin-key")
-        processes.append(_start("gateway", "services.gateway", _env(
-            BOTFACTORY_GATEWAY_NATS_URL=nats.url_for("gateway"),
-            BOTFACTORY_GATEWAY_HTTP_PORT=str(args.http_port),
-            BOTFACTORY_GATEWAY_API_KEY_PEPPER=_secret(args.data_dir / "pepper"),
-            BOTFACTORY_GATEWAY_ADMIN_BOOTSTRAP_KEY=admin_key,
-            # Generated here for the local stack only: production sets its own (config.py).
-            BOTFACTORY_GATEWAY_VISITOR_TOKEN_SECRET=_secret(args.data_dir /
-                                                            "visitor-token-secret"),
-        ), logs))
-        base_url = f"http://127.0.0.1:{args.http_port}"
-        _wait_ready(f"{base_url}/readyz", processes[-1])
-        key = _demo_key(base_url, admin_key, args.bot.name)
-        agent_key = _demo_key(base_url, admin_key, args.bot.name, "agent")
-        print(f"\nbotfactory is running.\n  web chat:  {base_url}/  (bot: {args.bot.name}, "
-              f"API key: {key})\n  HTTP API:  {base_url}/openapi.json\n"
-              f"  terminal:  .venv/bin/botfactory chat {args.bot.name} --gateway {base_url} "
-              f"--api-key {key}\n  agent key: {agent_key}  (handoffs, workflow approvals, "
-              f"transcripts: not for the chat)\n  admin key: {args.data_dir / 'admin-key'}\n"
-              f"  NATS {nats.plain_url} (auth on: admin password in "
-              f"{nats.workdir / 'admin-password'}),\n  NLU gRPC 127.0.0.1:{args.nlu_port}, "
-              f"RPA gRPC 127.0.0.1:50081, "
-              f"demo bank http://127.0.0.1:{args.bank_port}\n  metrics on :9101 (nlu), "
-              f":9102 (gateway), :9103 (dialogue), :9104 (rpa); logs in {logs}\n"
-              f"Ctrl-C stops it.", flush=True)
+        key = _demo_key(base_url, admin_key, plan.name)
+        agent_key = _demo_key(base_url, admin_key, plan.name, "agent")
+        print(_banner(args, plan, nats, base_url, key, agent_key), flush=True)
         if not args.no_sentiment:
             print(sentiment.start(), flush=True)
         while not stopping and all(p.poll() is None for p in processes):
@@ -343,6 +331,125 @@ def main(argv: list[str] | None = None) -> int:
         sentiment.stop()
         _stop(processes)
         nats.stop()
+
+
+def _start_services(args: argparse.Namespace, plan: RunPlan, nats: NatsServer, logs: Path,
+                    processes: list[subprocess.Popen[bytes]]) -> str:
+    """Start NLU, dialogue, (the demo bank,) RPA runner and gateway; the gateway's URL."""
+    ports = plan.ports
+    processes.append(_start("nlu", "services.nlu", _env(
+        BOTFACTORY_NLU_NATS_URL=nats.url_for("nlu"),
+        BOTFACTORY_NLU_GRPC_PORT=str(ports.nlu),
+        BOTFACTORY_NLU_METRICS_PORT=str(ports.nlu_metrics),
+        BOTFACTORY_NLU_MODEL_CACHE_DIR=str(args.data_dir / "model-cache"),
+    ), logs))
+    _wait_grpc_serving(f"127.0.0.1:{ports.nlu}", processes[-1])
+    processes.append(_start("dialogue", "services.dialogue", _env(
+        BOTFACTORY_DIALOGUE_NATS_URL=nats.url_for("dialogue"),
+        BOTFACTORY_DIALOGUE_NLU_ADDRESS=f"127.0.0.1:{ports.nlu}",
+        BOTFACTORY_DIALOGUE_GRPC_PORT=str(ports.dialogue_grpc),
+        BOTFACTORY_DIALOGUE_METRICS_PORT=str(ports.dialogue_metrics),
+        BOTFACTORY_DIALOGUE_BOTS=str(args.bot),
+    ), logs))
+    rpa_env = dict(plan.secrets)
+    settings = list(plan.settings)
+    if plan.demo_bank:
+        rpa_env, settings = _start_demo_bank(args, ports, logs, processes, rpa_env, settings)
+    processes.append(_start("rpa_runner", "services.rpa_runner", _env(
+        BOTFACTORY_RPA_NATS_URL=nats.url_for("rpa-runner"),
+        BOTFACTORY_RPA_BOTS=str(args.bot),
+        BOTFACTORY_RPA_SETTINGS=",".join(settings),
+        BOTFACTORY_RPA_SCREENSHOTS_DIR=str(args.data_dir / "screenshots"),
+        BOTFACTORY_RPA_GRPC_PORT=str(ports.rpa_grpc),
+        BOTFACTORY_RPA_METRICS_PORT=str(ports.rpa_metrics),
+        **rpa_env,
+    ), logs))
+    processes.append(_start("gateway", "services.gateway", _env(
+        BOTFACTORY_GATEWAY_NATS_URL=nats.url_for("gateway"),
+        BOTFACTORY_GATEWAY_HTTP_PORT=str(ports.http),
+        BOTFACTORY_GATEWAY_GRPC_PORT=str(ports.gateway_grpc),
+        BOTFACTORY_GATEWAY_METRICS_PORT=str(ports.gateway_metrics),
+        BOTFACTORY_GATEWAY_RPA_ADDRESS=f"127.0.0.1:{ports.rpa_grpc}",
+        BOTFACTORY_GATEWAY_API_KEY_PEPPER=_secret(args.data_dir / "pepper"),
+        BOTFACTORY_GATEWAY_ADMIN_BOOTSTRAP_KEY=_secret(args.data_dir / "admin-key"),
+        # Generated here for the local stack only: production sets its own (config.py).
+        BOTFACTORY_GATEWAY_VISITOR_TOKEN_SECRET=_secret(args.data_dir /
+                                                        "visitor-token-secret"),
+    ), logs))
+    base_url = f"http://127.0.0.1:{ports.http}"
+    _wait_ready(f"{base_url}/readyz", processes[-1])
+    return base_url
+
+
+def _start_demo_bank(args: argparse.Namespace, ports: Ports, logs: Path,
+                     processes: list[subprocess.Popen[bytes]], rpa_env: dict[str, str],
+                     settings: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Start the demo bank; the RPA runner's secrets and settings with the demo's first (the
+    user's --setting and secrets win)."""
+    bank_token = _secret(args.data_dir / "demo-bank-token")
+    bank_pin = _secret(args.data_dir / "demo-bank-pin")[:8]
+    processes.append(_start("demo_bank", "botfactory.local.demo_bank", _env(), logs,
+                            "--port", str(ports.bank), "--token", bank_token,
+                            "--legacy-pin", bank_pin))
+    browser = Path("/usr/bin/chromium").is_file()
+    demo = [f"core_bank_url=http://127.0.0.1:{ports.bank}",
+            f"legacy_url=http://127.0.0.1:{ports.bank}",
+            f"legacy_filing={'true' if browser else 'false'}"]
+    secrets_env = {f"{SECRET_ENV_PREFIX}CORE_API_TOKEN": bank_token,
+                   f"{SECRET_ENV_PREFIX}LEGACY_PIN": bank_pin, **rpa_env}
+    return secrets_env, demo + settings
+
+
+def _banner(args: argparse.Namespace, plan: RunPlan, nats: NatsServer, base_url: str,
+            key: str, agent_key: str) -> str:
+    ports, logs = plan.ports, args.data_dir / "logs"
+    dialogue = ("" if ports.dialogue_grpc == Ports().dialogue_grpc
+                else f" --dialogue 127.0.0.1:{ports.dialogue_grpc}")
+    bank = f", demo bank http://127.0.0.1:{ports.bank}" if plan.demo_bank else ""
+    return (f"\nbotfactory is running.\n  web chat:  {base_url}/  (bot: {plan.name}, "
+            f"API key: {key})\n  HTTP API:  {base_url}/openapi.json\n"
+            f"  terminal:  .venv/bin/botfactory chat {plan.name} --gateway {base_url} "
+            f"--api-key {key}{dialogue}\n  agent key: {agent_key}  (handoffs, workflow "
+            f"approvals, transcripts: not for the chat)\n  admin key: "
+            f"{args.data_dir / 'admin-key'}\n  NATS {nats.plain_url} (auth on: admin password "
+            f"in {nats.workdir / 'admin-password'}),\n  NLU gRPC 127.0.0.1:{ports.nlu}, "
+            f"dialogue gRPC 127.0.0.1:{ports.dialogue_grpc}, RPA gRPC "
+            f"127.0.0.1:{ports.rpa_grpc}{bank}\n  metrics on :{ports.nlu_metrics} (nlu), "
+            f":{ports.gateway_metrics} (gateway), :{ports.dialogue_metrics} (dialogue), "
+            f":{ports.rpa_metrics} (rpa); logs in {logs}\nCtrl-C stops it.")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What `run_stack` starts for a bot: its id, ports, RPA settings overrides, secrets
+    (BOTFACTORY_SECRET_* variables) and whether the demo bank runs."""
+
+    name: str
+    ports: Ports
+    settings: tuple[str, ...]
+    secrets: dict[str, str]
+    demo_bank: bool
+    missing_secrets: tuple[str, ...] = ()
+    intents: tuple[str, ...] = ()
+
+
+def plan_run(args: argparse.Namespace) -> RunPlan:
+    """The RunPlan of the parsed options (BotRunError: the bot or an option is unusable)."""
+    from services.botdef import BotDefinitionError, load_bot
+
+    try:
+        bot = load_bot(args.bot)
+    except BotDefinitionError as exc:
+        raise BotRunError(f"{args.bot} is not a valid bot folder "
+                          f"(botfactory validate {args.bot}):\n{exc}") from None
+    demo = args.bot.resolve() == DEMO_BOT.resolve()
+    demo_bank = demo if args.demo_bank is None else bool(args.demo_bank)
+    ports = Ports.free() if args.free_ports else Ports(
+        nats=args.nats_port, nlu=args.nlu_port, http=args.http_port, bank=args.bank_port)
+    secrets_env = secret_env(args.bot, args.secrets)
+    missing = () if demo_bank else tuple(missing_secrets(bot.raw.get("workflows"), secrets_env))
+    return RunPlan(bot.name, ports.resolved(), tuple(settings_overrides(args.setting)),
+                   secrets_env, demo_bank, missing, tuple(bot.intent_names()))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ conversations run offline through the dialogue engine with a fake NLU."""
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,96 +21,12 @@ from botfactory.conversation_tests import (
     run_conversation_tests,
     same_value,
 )
+from botfactory.offline_chat import EngineClient, hint_nlu
 from services.botdef import BotDefinition, load_bot
-from services.dialogue.engine import (
-    DialogueEngine,
-    EntityValue,
-    NluResult,
-    Reply,
-    Tracker,
-    WorkflowResult,
-)
+from services.dialogue.engine import EntityValue, NluResult, Reply
 
 REPO = Path(__file__).resolve().parents[2]
 BANKING = REPO / "bots" / "banking"
-NO_NLU = NluResult(intent="", confidence=0.0, ranking=[], entities=[], out_of_scope=False)
-
-
-def hint_nlu(hint: NluHint | None, text: str) -> NluResult:
-    """The NluResult a test step's `nlu:` hint stands for (no hint: nothing understood)."""
-    if hint is None:
-        return NO_NLU
-    entities = [_entity(text, entity, value, raw) for entity, value, raw in hint.entities]
-    ranking = list(hint.ranking) or [(hint.intent, hint.confidence)]
-    return NluResult(hint.intent, hint.confidence, ranking, entities, hint.out_of_scope)
-
-
-def _entity(text: str, entity: str, value: str, raw: str) -> EntityValue:
-    start = max(text.lower().find(raw.lower()), 0)
-    return EntityValue(entity, value, raw, start, start + len(raw))
-
-
-class EngineClient:
-    """A ChatClient that drives a DialogueEngine in-process.
-
-    NLU comes from `nlu` (exact text -> NluResult) or, for a bound test, from the current
-    step's hint. Workflows are completed at once with the step's or the file's result.
-    """
-
-    def __init__(self, bot: BotDefinition, nlu: Mapping[str, NluResult] | None = None) -> None:
-        self.engine = DialogueEngine(bot)
-        self.nlu = dict(nlu or {})
-        self.trackers: dict[str, Tracker] = {}
-        self.tests: dict[str, ConversationTest] = {}
-        self.sent: dict[str, int] = {}
-        self.clock = 1000.0
-
-    def bind(self, conversation_id: str, test: ConversationTest) -> None:
-        self.tests[conversation_id] = test
-
-    async def start(self, conversation_id: str) -> None:
-        self.trackers[conversation_id] = Tracker.new(self.engine.bot.name, conversation_id,
-                                                     self.clock)
-        self.sent[conversation_id] = 0
-
-    async def send(self, conversation_id: str, text: str) -> list[Reply]:
-        step = self._step(conversation_id)
-        nlu = self.nlu.get(text) or hint_nlu(step.nlu if step else None, text)
-        self.clock += 1
-        number = self.sent[conversation_id]
-        result = self.engine.handle_message(self.trackers[conversation_id], f"m{number}", text,
-                                            nlu, self.clock)
-        replies = list(result.replies)
-        pending = list(result.workflows)
-        tracker = result.tracker
-        while pending:
-            job = pending.pop(0)
-            spec = self._result(conversation_id, step, job.workflow)
-            done = self.engine.handle_workflow_result(
-                tracker, WorkflowResult(job.run_id, job.workflow, spec["status"],
-                                        dict(spec["outputs"]), spec["error"]), self.clock)
-            tracker = done.tracker
-            replies.extend(done.replies)
-            pending.extend(done.workflows)
-        self.trackers[conversation_id] = tracker
-        self.sent[conversation_id] = number + 1
-        return replies
-
-    async def state(self, conversation_id: str) -> dict[str, Any]:
-        tracker = self.trackers[conversation_id]
-        return {"slots": self.engine.slot_values(tracker), "active_flow": tracker.active_flow}
-
-    def _step(self, conversation_id: str) -> ConversationStep | None:
-        test = self.tests.get(conversation_id)
-        number = self.sent[conversation_id]
-        return test.steps[number] if test is not None and number < len(test.steps) else None
-
-    def _result(self, conversation_id: str, step: ConversationStep | None,
-                workflow: str) -> dict[str, Any]:
-        test = self.tests.get(conversation_id)
-        if test is None or step is None:
-            return {"status": "succeeded", "outputs": {}, "error": None}
-        return test.workflow_result(step, workflow)
 
 
 @pytest.fixture(scope="module")
@@ -418,7 +333,6 @@ def test_hint_nlu() -> None:
     result = hint_nlu(hint, "send five now")
     assert result.entities == [EntityValue("amount", "5", "five", 5, 9)]
     assert result.ranking == [("pay", 0.8)]
-    assert hint_nlu(None, "x") == NO_NLU
 
 
 class StackLikeClient:
