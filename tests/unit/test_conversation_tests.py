@@ -88,7 +88,8 @@ class EngineClient:
             spec = self._result(conversation_id, step, job.workflow)
             done = self.engine.handle_workflow_result(
                 tracker, WorkflowResult(job.run_id, job.workflow, spec["status"],
-                                        dict(spec["outputs"]), spec["error"]), self.clock)
+                                        dict(spec["outputs"]), spec["error"],
+                                        spec["message"]), self.clock)
             tracker = done.tracker
             replies.extend(done.replies)
             pending.extend(done.workflows)
@@ -185,7 +186,7 @@ def test_load_a_file(tmp_path: Path) -> None:
                                (("pay", 0.9), ("greet", 0.1)))
     assert step.slots == {"amount": 5, "recipient": "al"} and not step.check_flow
     assert pays.workflow_result(step, "pay") == {"status": "failed", "outputs": {},
-                                                 "error": "down"}
+                                                 "error": "down", "message": ""}
     assert pays.workflow_result(pays.steps[1], "pay")["outputs"] == {"ref": "R1"}
     assert pays.workflow_result(pays.steps[1], "other")["status"] == "succeeded"
     assert pays.steps[1].no_reply
