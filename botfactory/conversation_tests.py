@@ -49,7 +49,8 @@ _RESULT = {
     "properties": {
         "status": {"enum": list(WORKFLOW_STATUSES)},
         "outputs": {"type": "object"},
-        "error": {"type": "string"},
+        "error": {"type": "string"},  # the details (agents, logs)
+        "message": {"type": "string"},  # what the customer may be told (a `fail` step's text)
     },
 }
 _NLU_HINT = {
@@ -205,7 +206,7 @@ class ConversationTest:
     def workflow_result(self, step: ConversationStep, workflow: str) -> dict[str, Any]:
         """The offline result of `workflow` started at `step` (default: succeeded)."""
         found = step.workflow_result or self.workflow_results.get(workflow) or {}
-        return {"status": "succeeded", "outputs": {}, "error": None, **found}
+        return {"status": "succeeded", "outputs": {}, "error": None, "message": "", **found}
 
 
 def load_conversation_tests(path: str | Path) -> list[ConversationTest]:

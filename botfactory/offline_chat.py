@@ -104,7 +104,8 @@ class EngineClient:
             spec = self._result(conversation_id, step, job.workflow)
             done = self.engine.handle_workflow_result(
                 tracker, WorkflowResult(job.run_id, job.workflow, spec["status"],
-                                        dict(spec["outputs"]), spec["error"]), self.clock)
+                                        dict(spec["outputs"]), spec["error"],
+                                        spec.get("message", "")), self.clock)
             tracker = done.tracker
             replies.extend(done.replies)
             pending.extend(done.workflows)
@@ -133,5 +134,5 @@ class EngineClient:
                 workflow: str) -> dict[str, Any]:
         test = self.tests.get(conversation_id)
         if test is None or step is None:
-            return {"status": "succeeded", "outputs": {}, "error": None}
+            return {"status": "succeeded", "outputs": {}, "error": None, "message": ""}
         return test.workflow_result(step, workflow)

@@ -49,7 +49,12 @@ from services.botdef.model import (
     KnowledgeSettings,
     NluSettings,
 )
-from services.botdef.schema import BOT_FILE_SCHEMA, CONVERSATION_SCHEMA, DATA_FILE_SCHEMA
+from services.botdef.schema import (
+    BOT_FILE_SCHEMA,
+    CONVERSATION_SCHEMA,
+    DATA_FILE_SCHEMA,
+    DATE_TYPES,
+)
 from services.botdef.writer import write_bot
 
 __all__ = [
@@ -57,6 +62,7 @@ __all__ = [
     "BUILTIN_RESPONSES",
     "CONVERSATION_SCHEMA",
     "DATA_FILE_SCHEMA",
+    "DATE_TYPES",
     "BotDefinition",
     "BotDefinitionError",
     "Branch",

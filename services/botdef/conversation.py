@@ -8,6 +8,7 @@ docs/bot-definition.md ("Conversation").
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import re
@@ -21,7 +22,7 @@ from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from services.botdef.model import DefinitionIssue, EntityDef
-from services.botdef.schema import ENTRY_SCHEMAS, INTENT_NAME_PATTERN, entry_issues
+from services.botdef.schema import DATE_TYPES, ENTRY_SCHEMAS, INTENT_NAME_PATTERN, entry_issues
 from services.botdef.yamlio import PathPart, field_path, line_of
 from services.common.pii import redact
 from services.common.regexsafety import unsafe_reason
@@ -474,7 +475,20 @@ def _type_problem(slot_type: str, value: Any) -> str | None:
         return None if ok else "it must be a number"
     if slot_type == "boolean":
         return None if isinstance(value, bool) else "it must be yes or no"
+    if slot_type in DATE_TYPES:
+        return None if _iso_date(slot_type, value) else f"it must be an ISO {slot_type}"
     return None if isinstance(value, str) else "it must be text"
+
+
+def _iso_date(slot_type: str, value: Any) -> bool:
+    """Whether `value` is an ISO date (date slots) or timestamp (datetime slots) text."""
+    if not isinstance(value, str):
+        return False
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return slot_type == "datetime" or (len(value) == 10 and parsed.time() == datetime.time())
 
 
 def _range_problem(rules: Validation, number: float) -> str | None:

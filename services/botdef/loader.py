@@ -8,6 +8,7 @@ together as one `BotDefinitionError`.
 from __future__ import annotations
 
 import re
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,6 +336,14 @@ class _Loader:
                 field = f"knowledge.answer_intents[{index}]"
                 self.issues.append(DefinitionIssue(bot_file, line, field, problem))
 
+    def check_timezone(self, bot_file: str, bot_doc: Any) -> None:
+        """bot.yml `timezone` must be an IANA timezone this system knows."""
+        zone = bot_doc.get("timezone")
+        if isinstance(zone, str) and not known_timezone(zone):
+            self.issues.append(DefinitionIssue(bot_file, line_of(bot_doc, ["timezone"]),
+                                               "timezone", f"unknown timezone {zone!r} (an "
+                                               "IANA name such as Europe/Berlin or UTC)"))
+
     def _answer_intent_problem(self, intent: str) -> str | None:
         if intent not in self.intents:
             return f"unknown intent {intent!r}"
@@ -386,6 +395,7 @@ def load_bot(path: str | Path) -> BotDefinition:
     loader.check(str(bot_path))
     if isinstance(bot_doc, dict):
         loader.check_knowledge(str(bot_path), bot_doc)
+        loader.check_timezone(str(bot_path), bot_doc)
     if loader.issues or bot_doc is None:
         raise BotDefinitionError(sorted(loader.issues, key=lambda i: (i.file, i.line)))
     return _build(root, bot_doc, loader)
@@ -458,6 +468,14 @@ def _build(root: Path, bot_doc: Any, loader: _Loader) -> BotDefinition:
         if isinstance(bot_doc.get("knowledge"), dict) else None,
         warnings=tuple(loader.warnings),
     )
+
+
+def known_timezone(name: str) -> bool:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def nlu_settings(nlu: dict[str, Any], language: str = "en") -> NluSettings:

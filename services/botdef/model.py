@@ -128,6 +128,12 @@ class BotDefinition:
         privacy = self.raw.get("privacy")
         return not isinstance(privacy, dict) or privacy.get("redact_pii", True) is not False
 
+    @property
+    def timezone(self) -> str:
+        """The IANA timezone date and datetime slots read relative dates in (bot.yml
+        `timezone`, default UTC)."""
+        return str(self.raw.get("timezone") or "UTC")
+
     def examples(self) -> list[Example]:
         """All examples: intent order, then file order within an intent."""
         return [example for intent in self.intents for example in intent.examples]

@@ -105,6 +105,8 @@ _SECTIONS: dict[str, Any] = {
     "flows": _LOOSE,
 }
 
+TIMEZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*$"
+
 BOT_FILE_SCHEMA: dict[str, Any] = {
     "$schema": DRAFT,
     "title": "botfactory bot.yml",
@@ -116,6 +118,8 @@ BOT_FILE_SCHEMA: dict[str, Any] = {
         "name": {"type": "string", "pattern": BOT_NAME_PATTERN},
         "description": {"type": "string"},
         "language": {"type": "string", "pattern": LANGUAGE_PATTERN},
+        # date and datetime slots read relative dates in it (IANA name; default UTC)
+        "timezone": {"type": "string", "pattern": TIMEZONE_PATTERN},
         "nlu": {"$ref": "#/$defs/nlu"},
         "knowledge": {"$ref": "#/$defs/knowledge"},
         # docs/security.md: PII is redacted from events and transcripts unless turned off.
@@ -141,7 +145,9 @@ DATA_FILE_SCHEMA: dict[str, Any] = {
 SECTION_KEYS = ("slots", "responses", "flows")
 """The conversation sections: merged over all files, then checked entry by entry."""
 
-SLOT_TYPES = ("text", "number", "boolean", "categorical", "entity")
+SLOT_TYPES = ("text", "number", "boolean", "categorical", "entity", "date", "datetime")
+DATE_TYPES = ("date", "datetime")
+"""Slot types whose values are ISO dates / timestamps read in the bot's `timezone`."""
 SLOT_TYPE_ALIASES = ("float", "int", "integer", "bool", "string", "str")
 
 _NUMBER = {"type": "number"}

@@ -125,6 +125,19 @@ class Inbound:
         return Origin(answered, self.reply_inbox or "")
 
 
+def workflow_result(raw: dict[str, Any], bot_id: str, conversation_id: str) -> WorkflowResult:
+    """A run's result body (docs/workflows.md); a failure's details are logged here (the
+    customer hears only the author's message: WorkflowResult.message)."""
+    result = WorkflowResult(run_id=raw["run_id"], workflow=raw["workflow"],
+                            status=raw["status"], outputs=raw.get("outputs", {}),
+                            error=raw.get("error"), message=raw.get("message") or "")
+    if result.status != "succeeded":
+        log.warning("workflow_failed", bot=bot_id, conversation=conversation_id,
+                    run_id=result.run_id, workflow=result.workflow, status=result.status,
+                    error=result.error)
+    return result
+
+
 def decode(msg: Msg) -> Inbound:
     bot_id, conversation_id = parse_inbound(msg.subject)
     headers = msg.headers or {}
@@ -134,10 +147,7 @@ def decode(msg: Msg) -> Inbound:
         progress = str(json.loads(msg.data)["run_id"])
         message_id = f"progress-{progress}"
     elif kind == KIND_WORKFLOW_RESULT:
-        raw = json.loads(msg.data)
-        workflow = WorkflowResult(run_id=raw["run_id"], workflow=raw["workflow"],
-                                  status=raw["status"], outputs=raw.get("outputs", {}),
-                                  error=raw.get("error"))
+        workflow = workflow_result(json.loads(msg.data), bot_id, conversation_id)
         message_id = f"wf-{workflow.run_id}"
     else:
         user = conversation_pb2.UserMessage.FromString(msg.data)

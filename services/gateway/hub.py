@@ -15,7 +15,9 @@ with no replies and `handoff` set.
 The transcript (docs/security.md) is read from the stream: the user's messages from the
 dialogue's `user_message` events (`conv.in` keeps a message only until it is handled), the
 bot's from `conv.out`; PII is masked in what it returns unless the bot keeps it (`Bf-Pii:
-keep`). Feedback comments are stored with PII masked.
+keep`). Feedback comments are stored with PII masked. With `with_events` (agents and admins,
+`?include=events`), each turn's other events (nlu, slot_set, slot_rejected, fallback,
+workflow_finished, ...) follow its user message, in the order the dialogue wrote them.
 """
 
 from __future__ import annotations
@@ -297,9 +299,11 @@ class BusHub:
         return [m for _, m in found if isinstance(m, conversation_pb2.BotMessage)
                 and m.in_reply_to == message.message_id]
 
-    async def _read(self, subject: str, *, mask: bool = False) -> list[tuple[int, Any]]:
+    async def _read(self, subject: str, *, mask: bool = False,
+                    with_events: bool = False) -> list[tuple[int, Any]]:
         """All stored messages of one subject with their stream sequence, decoded (PII
-        masked when `mask`, as the transcript shows them)."""
+        masked when `mask`, as the transcript shows them; the turns' events too when
+        `with_events`)."""
         config = ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
                                 filter_subject=subject, inactive_threshold=5.0)
         with bus_errors():
@@ -312,7 +316,7 @@ class BusHub:
                     break
                 for msg in batch:
                     seq = msg.metadata.sequence.stream
-                    found.extend((seq, item) for item in _decode(msg, mask))
+                    found.extend((seq, item) for item in _decode(msg, mask, with_events))
                 if batch[-1].metadata.num_pending == 0:
                     break
         finally:
@@ -320,22 +324,28 @@ class BusHub:
                 await sub.unsubscribe()
         return found
 
-    async def transcript(self, bot_id: str, conversation_id: str,
-                         limit: int) -> list[dict[str, Any]]:
+    async def transcript(self, bot_id: str, conversation_id: str, limit: int,
+                         *, with_events: bool = False) -> list[dict[str, Any]]:
         check_id(bot_id, "bot")
         check_id(conversation_id, "conversation")
         said = [(seq, m) for seq, m in
-                await self._read(events(bot_id, conversation_id), mask=True)
-                if isinstance(m, UserEntry)]
+                await self._read(events(bot_id, conversation_id), mask=True,
+                                 with_events=with_events)
+                if isinstance(m, UserEntry | EventEntry)]
         replies = [(seq, m) for seq, m in
                    await self._read(outbound(bot_id, conversation_id), mask=True)
                    if m.role != RELAYED_ROLE]
-        # A user message's event is written with its replies: it goes before the first one.
+        # A user message's event is written with its replies: it goes before the first one,
+        # and the other events of its turn right after it.
         first_reply: dict[str, float] = {}
         for seq, reply in replies:
             first_reply.setdefault(reply.in_reply_to, seq)
-        merged = [(min(seq, first_reply.get(m.message_id, seq)) - 0.5, m) for seq, m in said]
-        merged += [(float(seq), m) for seq, m in replies]
+        merged: list[tuple[tuple[float, int], Any]] = []
+        for index, (seq, m) in enumerate(said):
+            turn = m.message_id if isinstance(m, UserEntry) else m.turn
+            place = min(seq, first_reply.get(turn, seq)) - 0.5 if turn else float(seq)
+            merged.append(((place, index), m))
+        merged += [((float(seq), 0), m) for seq, m in replies]
         merged.sort(key=lambda item: item[0])
         return [_entry(m) for _, m in merged][-limit:]
 
@@ -436,9 +446,27 @@ class UserEntry:
     at_unix_ms: int
 
 
-def _decode(msg: Msg, mask: bool) -> list[Any]:
+@dataclass(frozen=True)
+class EventEntry:
+    """Another event of a turn (`?include=events`): `turn` is the id of the turn's user
+    message ("" for a turn no user message started, e.g. a workflow result's)."""
+
+    kind: str
+    data: dict[str, Any]
+    at_unix_ms: int
+    turn: str
+
+
+HIDDEN_EVENTS = frozenset({"user_message", "bot_message", "agent_message"})
+"""Events the transcript shows as messages, not as events."""
+
+
+def _decode(msg: Msg, mask: bool, with_events: bool = False) -> list[Any]:
     """The BotMessage (conv.out) or the UserEntry of a `user_message` event (conv.event) in
-    `msg`, or nothing; with PII masked when `mask`, unless the writer marked it `Bf-Pii: keep`."""
+    `msg`, or nothing; with PII masked when `mask`, unless the writer marked it `Bf-Pii: keep`
+    (the events' data is masked when written, unless the bot keeps PII). With `with_events`,
+    the other events of a conv.event message too (EventEntry; the user message's NLU result
+    as the first, `nlu`)."""
     keep = not mask or (msg.headers or {}).get(HEADER_PII) == PII_KEEP
     if msg.subject.startswith("conv.out."):
         message = conversation_pb2.BotMessage.FromString(msg.data)
@@ -448,9 +476,24 @@ def _decode(msg: Msg, mask: bool) -> list[Any]:
                 button.title, button.payload = redact(button.title), redact(button.payload)
         return [message]
     if msg.subject.startswith("conv.event."):
-        return [_user_entry(event, keep) for event in decode_events(msg.data, msg.headers)
-                if event.type == "user_message"]
+        decoded = decode_events(msg.data, msg.headers)
+        users = [_user_entry(event, keep) for event in decoded if event.type == "user_message"]
+        if not with_events:
+            return users
+        return [*users, *_event_entries(decoded, users[0].message_id if users else "")]
     return []
+
+
+def _event_entries(decoded: list[conversation_pb2.ConversationEvent],
+                   turn: str) -> list[EventEntry]:
+    found: list[EventEntry] = []
+    for event in decoded:
+        data = json.loads(event.data_json or "{}")
+        if event.type == "user_message" and isinstance(data.get("nlu"), dict):
+            found.append(EventEntry("nlu", data["nlu"], event.at_unix_ms, turn))
+        elif event.type not in HIDDEN_EVENTS:
+            found.append(EventEntry(event.type, data, event.at_unix_ms, turn))
+    return found
 
 
 def _user_entry(event: conversation_pb2.ConversationEvent, keep: bool) -> UserEntry:
@@ -467,5 +510,8 @@ def _entry(message: Any) -> dict[str, Any]:
                 "buttons": [{"title": b.title, "payload": b.payload} for b in message.buttons],
                 "citations": [citation_json(c) for c in message.citations],
                 "at_unix_ms": message.sent_at_unix_ms}
+    if isinstance(message, EventEntry):
+        return {"type": "event", "event": message.kind, "in_reply_to": message.turn,
+                "data": message.data, "at_unix_ms": message.at_unix_ms}
     return {"type": "user", "message_id": message.message_id, "text": message.text,
             "buttons": [], "citations": [], "at_unix_ms": message.at_unix_ms}

@@ -47,10 +47,11 @@ class ConversationHub(Protocol):
         wait), then up to `workflow_wait_s` more for the results of the workflows it started."""
         ...
 
-    async def transcript(self, bot_id: str, conversation_id: str,
-                         limit: int) -> list[dict[str, Any]]:
+    async def transcript(self, bot_id: str, conversation_id: str, limit: int,
+                         *, with_events: bool = False) -> list[dict[str, Any]]:
         """The last `limit` entries, chronological: {"type": "user"|"bot"|"agent",
-        "message_id", "text", "buttons", "at_unix_ms", ...}."""
+        "message_id", "text", "buttons", "at_unix_ms", ...}; with `with_events`, also the
+        turns' events {"type": "event", "event", "in_reply_to", "data", "at_unix_ms"}."""
         ...
 
     def subscribe(self, bot_id: str,

@@ -91,6 +91,27 @@ class RuleExtractors:
     def normalise(self, entity: str, raw: str) -> str:
         return self.synonyms.get(entity, {}).get(raw.lower(), raw)
 
+    def admits(self, entity: str, raw: str) -> bool:
+        """Whether the tagger's span `raw` may be `entity`: an entity with regexes takes
+        only what one of them (or its lookup list, or a synonym) matches whole; "12345" is
+        no `claim_id` of pattern `[A-Z]{2}[0-9]{6}`."""
+        regexes = self.patterns.get(f"regex:{entity}")
+        if not regexes or any(p.fullmatch(raw) for p in regexes):
+            return True
+        lookups = self.patterns.get(f"lookup:{entity}", [])
+        return raw.lower() in self.synonyms.get(entity, {}) or \
+            any(p.fullmatch(raw) for p in lookups)
+
+    def merge(self, text: str, predicted: list[Entity]) -> list[Entity]:
+        """The tagger's entities that their regexes admit, then the regex and lookup matches
+        that overlap none of those (a regex match wins over a mis-tagged part of it), by
+        position."""
+        found = [e for e in predicted if self.admits(e.entity, e.text)]
+        for extra in self.extract(text):
+            if not any(_overlaps(extra, e) for e in found):
+                found.append(extra)
+        return sorted(found, key=lambda e: (e.start, e.end))
+
     def extract(self, text: str) -> list[Entity]:
         text = text[:MAX_RULE_TEXT_CHARS]  # bounds the time of every regex
         found: list[Entity] = []
@@ -249,10 +270,7 @@ class NluModel:
             confidence = _span_confidence(encoding, span, tag_probs)
             found.append(Entity(span.entity, span.start, span.end, raw,
                                 self.rules.normalise(span.entity, raw), "model", confidence))
-        for extra in self.rules.extract(text):
-            if not any(_overlaps(extra, e) for e in found):
-                found.append(extra)
-        return sorted(found, key=lambda e: (e.start, e.end))
+        return self.rules.merge(text, found)
 
 
 def whole_addresses(text: str, spans: list[Span]) -> list[Span]:

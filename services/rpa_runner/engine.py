@@ -301,6 +301,7 @@ class Engine:
             and state.inflight is None
         state.status = COMPENSATING if resume_compensation else RUNNING
         state.error, state.finished, state.attempts, state.retry_at = None, None, 0, None
+        state.message = None
         if state.inflight is not None:  # the same visit again (e.g. a step that needed a
             state.inflight.update(executing=False, retry=True)  # person's check)
         log.info("run_retried", run_id=state.run_id, pc=state.pc)
@@ -443,6 +444,7 @@ class Engine:
         state.attempts -= 1  # _record counts the attempt that failed
         self._record(state, step, "failed", started, error=error)
         state.attempts = 0
+        state.message = held.secrets.scrub(outcome.message) if outcome.message else None
         if outcome.attention:
             await self._attention(held, f"step {step.id!r}: {error}")
             return
@@ -529,7 +531,8 @@ class Engine:
         if state.status == NEEDS_ATTENTION:
             return Failed(f"subworkflow {spec.name} needs attention: {state.error}",
                           attention=True)
-        return Failed(f"subworkflow {spec.name} {state.status}: {state.error}")
+        return Failed(f"subworkflow {spec.name} {state.status}: {state.error}",
+                      message=state.message)
 
     async def _child(self, held: Held, call: StepCall, spec: SubworkflowSpec,
                      retry: bool = True) -> Held | Failed:

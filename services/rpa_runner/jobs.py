@@ -109,7 +109,8 @@ class Publisher:
         `events.rpa.finished.<bot>` (also published for conversation runs' observers)."""
         body = {"run_id": state.run_id, "workflow": state.workflow,
                 "status": result_status(state), "outputs": state.outputs,
-                "error": state.error if state.status != SUCCEEDED else None}
+                "error": state.error if state.status != SUCCEEDED else None,
+                "message": state.message if state.status != SUCCEEDED else None}
         data = json.dumps(body, default=str).encode()
         headers = {HEADER_MSG_ID: f"wf-{state.run_id}"}
         if state.correlation:

@@ -19,9 +19,13 @@ class Done:
 
 @dataclass
 class Failed:
+    """`error`: the details (logs, the run record, agents); `message`: what the customer
+    may be told, written by the bot's author (a `fail` step's text), None when there is none."""
+
     error: str
     retryable: bool = False
     attention: bool = False  # the run needs a person (e.g. a subworkflow that does)
+    message: str | None = None
 
 
 @dataclass

@@ -80,6 +80,7 @@ class RunState:
     compensations: list[dict[str, Any]] = field(default_factory=list)
     approval: dict[str, Any] | None = None
     error: str | None = None
+    message: str | None = None  # what the customer may be told of the failure (a `fail` step's)
     outputs: dict[str, Any] = field(default_factory=dict)
     owner: str | None = None
     epoch: int = 0

@@ -64,7 +64,8 @@ async def wait(call: StepCall, spec: WaitSpec, inline_max: float) -> Outcome:
 
 
 def fail(call: StepCall, spec: FailSpec) -> Outcome:
-    return Failed(to_text(render_value(spec.message, call.scope)))
+    text = to_text(render_value(spec.message, call.scope))
+    return Failed(text, message=text)
 
 
 class Messaging:

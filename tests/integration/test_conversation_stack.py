@@ -5,6 +5,7 @@ test needs a given path (the tiny test model's predictions are meaningless)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 
@@ -258,3 +259,51 @@ async def test_remembered_trackers_are_used_and_another_writer_is_noticed(
         assert conflicts._value.get() == before + 1  # the write failed, the turn re-read KV
         record = await _tracker(stack, "mem1")
         assert record["applied"] == [body["message_id"]]  # a fresh conversation
+
+
+async def test_agents_see_why_the_bot_did_what_it_did(nats_server: NatsServer,
+                                                      tiny_banking_model: Path) -> None:
+    """Issue 18: `?include=events` puts each turn's NLU result and events (a refused slot
+    value with its reason) between the user's message and the bot's replies."""
+    async with running_stack(nats_server.url, tiny_banking_model) as stack:
+        payload = '/transfer_money{"amount": "50000", "recipient": "anna"}'
+        status, _ = await stack.post("why-1", payload, message_id="w1")
+        assert status == 200
+        entries = await stack.transcript("why-1", include="events")
+        kinds = [e.get("event") or e["type"] for e in entries]
+        assert kinds[:2] == ["user", "flow_started"] and kinds[-1] == "bot"  # a payload: no NLU
+        rejected = next(e for e in entries if e.get("event") == "slot_rejected")
+        assert rejected["in_reply_to"] == "w1"
+        assert rejected["data"] == {"slot": "amount", "value": "50000", "reason": "validation",
+                                    "problem": "it must be at most 10,000"}
+        assert kinds.index("slot_rejected") < kinds.index("bot")
+        assert "event" not in [e["type"] for e in await stack.transcript("why-1")]
+        status, _ = await stack.post("why-1", "fifty please", message_id="w2")
+        entries = await stack.transcript("why-1", include="events")
+        said = [e["type"] for e in entries].index("user", 1)
+        assert entries[said + 1]["event"] == "nlu" and entries[said + 1]["in_reply_to"] == "w2"
+        assert {"intent", "confidence", "entities"} <= set(entries[said + 1]["data"])
+
+
+async def test_chat_debug_prints_the_turns_events_from_the_stack(
+        nats_server: NatsServer, tiny_banking_model: Path) -> None:
+    """`botfactory chat --debug` with an agent key, against the real stack: the turn's events
+    (stored after its replies) are waited for and shown before the replies."""
+    from botfactory.commands.chat import ChatClient, chat_loop
+
+    async with running_stack(nats_server.url, tiny_banking_model) as stack:
+        lines = iter(['/transfer_money{"amount": "50000", "recipient": "anna"}'])
+
+        async def read_line() -> str | None:
+            return next(lines, None)
+
+        out = io.StringIO()
+        async with ChatClient(stack.base_url, stack.agent_key, "banking", "dbg-1",
+                              debug=True) as client:
+            assert await chat_loop(client, read_line, out, live=False) == 0
+        shown = out.getvalue().splitlines()
+        refused = ("  [slot_rejected] amount: '50000' refused (validation: it must be at most "
+                   "10,000)")
+        assert shown[0].startswith("  [nlu] transfer_money 1.00")
+        assert refused in shown
+        assert shown.index(refused) < min(i for i, s in enumerate(shown) if s.startswith("bot:"))

@@ -85,6 +85,32 @@ async def test_transfer_flow_runs_the_real_workflow(nats_server: NatsServer,
         await web.cleanup()
 
 
+async def test_a_failed_step_tells_the_customer_only_what_the_author_wrote(
+        nats_server: NatsServer, tiny_banking_model: Path, tmp_path: Path) -> None:
+    """Issue 18: the bank refuses the booking (HTTP 422); the customer gets the flow's
+    on_failure message without the technical error, which agents see in the transcript's
+    workflow_finished event (and the run record keeps)."""
+    web, port = await serve(create_app(TOKEN, PIN))
+    bank = f"http://127.0.0.1:{port}"
+    runner = RunnerServer(RunnerConfig(
+        nats_url=nats_server.url, bots=(str(ROOT / "bots" / "banking"),), partitions=4,
+        settings=(f"core_bank_url={bank}", f"legacy_url={bank}"), grpc_port=0, metrics_port=0,
+        ack_wait_s=5.0, shutdown_grace_s=1.0, screenshots_dir=tmp_path / "shots"))
+    try:
+        async with running_stack(nats_server.url, tiny_banking_model) as stack:
+            await runner.start()
+            await _transfer(stack, "e2e-fail", 50, "blocked-bob")
+            texts = await _bot_text(stack, "e2e-fail", "didn't go through")
+            assert texts[-1] == "Sorry, the transfer didn't go through. No money was sent."
+            events = [e for e in await stack.transcript("e2e-fail", include="events")
+                      if e.get("event") == "workflow_finished"]
+            assert events[0]["data"]["status"] == "failed"
+            assert "returned HTTP 422" in events[0]["data"]["error"]
+    finally:
+        await runner.stop()
+        await web.cleanup()
+
+
 async def _approve(runner: RunnerServer) -> None:
     import grpc
 

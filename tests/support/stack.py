@@ -64,9 +64,12 @@ class Stack:
         async with self.session.post(url, json={"text": text, **body}, headers=headers) as resp:
             return resp.status, await resp.json()
 
-    async def transcript(self, conversation: str, bot: str = "banking") -> list[dict[str, Any]]:
+    async def transcript(self, conversation: str, bot: str = "banking",
+                         include: str = "") -> list[dict[str, Any]]:
         assert self.session is not None
         url = f"{self.base_url}/v1/bots/{bot}/conversations/{conversation}/transcript"
+        if include:
+            url += f"?include={include}"
         headers = {"Authorization": f"Bearer {self.agent_key}"}
         async with self.session.get(url, headers=headers) as resp:
             assert resp.status == 200, await resp.text()

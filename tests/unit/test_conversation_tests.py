@@ -101,7 +101,7 @@ def test_load_a_file(tmp_path: Path) -> None:
                                (("pay", 0.9), ("greet", 0.1)))
     assert step.slots == {"amount": 5, "recipient": "al"} and not step.check_flow
     assert pays.workflow_result(step, "pay") == {"status": "failed", "outputs": {},
-                                                 "error": "down"}
+                                                 "error": "down", "message": ""}
     assert pays.workflow_result(pays.steps[1], "pay")["outputs"] == {"ref": "R1"}
     assert pays.workflow_result(pays.steps[1], "other")["status"] == "succeeded"
     assert pays.steps[1].no_reply

@@ -148,9 +148,9 @@ class Chat:
             self.tracker, f"m{self.tracker.turn}", text, message, self._tick()))
 
     def finish(self, status: str = "succeeded", outputs: dict[str, Any] | None = None,
-               error: str | None = None) -> TurnResult:
+               error: str | None = None, message: str = "") -> TurnResult:
         job = self.jobs.pop()
-        result = WorkflowResult(job.run_id, job.workflow, status, outputs or {}, error)
+        result = WorkflowResult(job.run_id, job.workflow, status, outputs or {}, error, message)
         return self._keep(self.engine.handle_workflow_result(self.tracker, result, self._tick()))
 
     def slots(self) -> dict[str, Any]:
@@ -236,8 +236,10 @@ def test_max_attempts_falls_back_and_leaves_the_flow(banking: DialogueEngine) ->
     result = chat.say("heaps")
     assert texts(result) == ["Sorry, I still didn't get that, so let's leave it there. "
                              "What else can I do for you?"]
-    assert kinds(result) == ["flow_cancelled", "fallback"]
-    assert result.events[0].data == {"flow": "transfer_money", "reason": "max_attempts"}
+    assert kinds(result) == ["slot_rejected", "flow_cancelled", "fallback"]
+    assert result.events[0].data == {"slot": "amount", "value": "heaps", "reason": "type",
+                                      "problem": "it must be a number"}
+    assert result.events[1].data == {"flow": "transfer_money", "reason": "max_attempts"}
     assert chat.tracker.active_flow is None
     assert chat.tracker.fallback_streak == 1
 
@@ -322,12 +324,29 @@ def test_workflow_failure_says_so_and_cancels_the_flow(banking: DialogueEngine) 
     chat = Chat(banking)
     chat.say("send 75 to Bob", "transfer_money", entities={"amount": "75", "recipient": "Bob"})
     chat.say("yes", "affirm")
-    result = chat.finish("failed", error="insufficient funds")
+    result = chat.finish("failed", error="step 'insufficient': insufficient funds",
+                         message="insufficient funds")
     assert texts(result) == [
         "Sorry, the transfer didn't go through: insufficient funds. No money was sent."]
     assert kinds(result) == ["workflow_finished", "flow_cancelled"]
+    assert result.events[0].data["error"] == "step 'insufficient': insufficient funds"
     assert result.events[1].data["reason"] == "workflow_failed"
     assert chat.tracker.active_flow is None
+
+
+def test_a_workflows_technical_error_never_reaches_the_customer(
+        banking: DialogueEngine) -> None:
+    """Issue 18: the details of a failed step go to the workflow_finished event (agents, the
+    transcript with ?include=events), the customer hears only the author's message."""
+    chat = Chat(banking)
+    chat.say("send 75 to Bob", "transfer_money", entities={"amount": "75", "recipient": "Bob"})
+    chat.say("yes", "affirm")
+    error = "step 'book': POST /transfers returned HTTP 422"
+    result = chat.finish("failed", error=error)
+    assert texts(result) == ["Sorry, the transfer didn't go through. No money was sent."]
+    assert result.events[0].data == {"run_id": result.events[0].data["run_id"],
+                                     "workflow": "transfer_funds", "status": "failed",
+                                     "error": error, "message": ""}
 
 
 def test_stale_workflow_result_changes_nothing(banking: DialogueEngine) -> None:
@@ -360,7 +379,8 @@ def test_workflow_step_inputs_saves_and_messages(lab: DialogueEngine) -> None:
     assert texts(done) == ["Found it.", "Result: forty-two (3)"]
     chat.say("fetch", "fetch")
     chat.say("X2")
-    assert texts(chat.finish("compensated", error="timeout")) == ["Lookup failed: timeout"]
+    assert texts(chat.finish("compensated", error="step 'get': timeout",
+                             message="timeout")) == ["Lookup failed: timeout"]
 
 
 # -- repair -----------------------------------------------------------------------------------

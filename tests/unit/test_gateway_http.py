@@ -8,7 +8,7 @@ import io
 import json
 import re
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,8 @@ class FakeHub:
         self.released: list[tuple[str, str]] = []
         self.waits: list[float] = []
         self.transcript_limits: list[int] = []
+        self.transcript_events: list[bool] = []
+        self.turnless_events: list[dict[str, Any]] = []  # e.g. a workflow result's
         self.replies: dict[str, list[conversation_pb2.BotMessage]] = {}
         self.log: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         self.subscribers: dict[tuple[str, str], list[asyncio.Queue[Any]]] = defaultdict(list)
@@ -104,10 +106,19 @@ class FakeHub:
             buttons=buttons if message.text == "menu" else [])
         return [reply]
 
-    async def transcript(self, bot_id: str, conversation_id: str,
-                         limit: int) -> list[dict[str, Any]]:
+    async def transcript(self, bot_id: str, conversation_id: str, limit: int,
+                         *, with_events: bool = False) -> list[dict[str, Any]]:
         self.transcript_limits.append(limit)
-        return self.log[(bot_id, conversation_id)][-limit:]
+        self.transcript_events.append(with_events)
+        entries = self.log[(bot_id, conversation_id)]
+        if with_events:  # an event after each user message
+            entries = [shown for entry in entries for shown in (
+                [entry, {"type": "event", "event": "slot_rejected", "data": {
+                    "slot": "claim_id", "value": "12345", "reason": "regex",
+                    "problem": "12345 doesn't look like a claim id"},
+                    "in_reply_to": entry["message_id"], "at_unix_ms": 1}]
+                if entry["type"] == "user" else [entry])] + self.turnless_events
+        return entries[-limit:]
 
     def subscribe(self, bot_id: str, conversation_id: str) -> Subscription:
         return Subscription(self.subscribers[(bot_id, conversation_id)])
@@ -595,6 +606,24 @@ async def visitor_token(gw: Gateway, key: str, conversation: str = "c1",
     return token
 
 
+async def test_the_turns_events_are_for_agents_and_admins_only(gw: Gateway) -> None:
+    """Issue 18: `?include=events` adds the turns' events (why the bot did what it did)."""
+    agent = await gw.key(Role.AGENT)
+    await gw.client.post(f"{conv()}/messages", headers=auth(agent), json={"text": "hi"})
+    read = await gw.client.get(f"{conv()}/transcript?include=events", headers=auth(agent))
+    entries = (await read.json())["entries"]
+    assert [(e["type"], e.get("event")) for e in entries] == [
+        ("user", None), ("event", "slot_rejected"), ("bot", None)]
+    token = await visitor_token(gw, await gw.key(Role.CLIENT))
+    refused = await gw.client.get(f"{conv()}/transcript?include=events", headers=auth(token))
+    assert "agent or admin" in (await problem_of(refused, 403))["detail"]
+    plain = await gw.client.get(f"{conv()}/transcript", headers=auth(token))
+    assert [e["type"] for e in (await plain.json())["entries"]] == ["user", "bot"]
+    unknown = await gw.client.get(f"{conv()}/transcript?include=nlu", headers=auth(agent))
+    assert (await problem_of(unknown, 400))["errors"][0]["field"] == "include"
+    assert gw.hub.transcript_events == [True, False]
+
+
 async def test_client_keys_send_but_only_visitors_agents_and_admins_read(gw: Gateway) -> None:
     client = await gw.key(Role.CLIENT)
     assert (await gw.client.post(f"{conv()}/messages", headers=auth(client),
@@ -1080,6 +1109,69 @@ async def test_chat_command_shows_live_messages_once(gw: Gateway) -> None:
     assert "bot: transfer done" in out.getvalue()
 
 
+async def test_chat_debug_shows_the_nlu_result_and_the_turns_events(gw: Gateway) -> None:
+    """Issue 18: `botfactory chat --debug` says why the bot did what it did."""
+    from botfactory.commands.chat import ChatClient, chat_loop
+
+    gw.hub.result_extra = {"nlu": conversation_pb2.TurnNlu(
+        intent="check_claim", confidence=0.934,
+        entities=[conversation_pb2.TurnEntity(entity="claim_id", value="12345")],
+        flow="check_claim", step="collect:claim_id")}
+    lines: Iterator[str] = iter(())
+
+    async def read_line() -> str | None:
+        return next(lines, None)
+
+    for role, expected in ((Role.AGENT, ["  [slot_rejected] claim_id: '12345' refused (regex: "
+                                         "12345 doesn't look like a claim id)"]),
+                           (Role.CLIENT, ["  (the turn's events need an agent or admin key; "
+                                          "NLU only)"])):
+        out = io.StringIO()
+        lines = iter(["status of 12345", "again"])
+        async with ChatClient(str(gw.client.make_url("")), await gw.key(role), "alpha",
+                              f"debug-{role}", debug=True) as client:
+            assert await chat_loop(client, read_line, out, live=False) == 0
+        shown = out.getvalue().splitlines()
+        nlu = ("  [nlu] check_claim 0.93 | entities: claim_id='12345' | flow check_claim at "
+               "collect:claim_id")
+        assert shown[:3] == [nlu, *expected, "bot: echo: status of 12345"]
+        assert shown.count(expected[0]) == (2 if role == Role.AGENT else 1)
+
+
+async def test_chat_debug_shows_a_workflow_results_events_once(gw: Gateway) -> None:
+    from botfactory.commands.chat import ChatClient, chat_loop
+
+    gw.hub.turnless_events = [{"type": "event", "event": "workflow_finished", "in_reply_to": "",
+                               "data": {"status": "failed", "error": "HTTP 422"},
+                               "at_unix_ms": 5}]
+    lines = iter(["one", "two"])
+
+    async def read_line() -> str | None:
+        return next(lines, None)
+
+    out = io.StringIO()
+    async with ChatClient(str(gw.client.make_url("")), await gw.key(Role.AGENT), "alpha",
+                          "debug-wf", debug=True) as client:
+        assert await chat_loop(client, read_line, out, live=False) == 0
+    assert out.getvalue().count("[workflow_finished] status=failed error=HTTP 422") == 1
+
+
+def test_chat_debug_lines_of_events() -> None:
+    from botfactory.commands.chat import describe_event, describe_nlu
+
+    assert describe_event({"event": "slot_set", "data": {"slot": "amount", "value": 50}}) == \
+        "[slot_set] amount = 50"
+    assert describe_event({"event": "workflow_finished", "data": {
+        "status": "failed", "error": "step 'book': HTTP 422"}}) == \
+        "[workflow_finished] status=failed error=step 'book': HTTP 422"
+    assert describe_event({"event": "question_repeated", "data": {
+        "slot": "claim_id", "reason": "same_intent", "intent": "check_claim"}}) == \
+        "[question_repeated] slot=claim_id reason=same_intent intent=check_claim"
+    assert describe_nlu(None).startswith("[nlu] none")
+    assert describe_nlu({"intent": "x", "confidence": 0.2, "out_of_scope": True}) == \
+        "[nlu] x 0.20 out of scope"
+
+
 def test_chat_command_arguments() -> None:
     import argparse
 
@@ -1088,9 +1180,9 @@ def test_chat_command_arguments() -> None:
     parser = argparse.ArgumentParser()
     chat.register(parser.add_subparsers())
     args = parser.parse_args(["chat", "banking", "--gateway", "http://gw:1", "--api-key", "k",
-                              "--conversation", "c9"])
-    assert (args.bot, args.gateway, args.api_key, args.conversation) == (
-        "banking", "http://gw:1", "k", "c9")
+                              "--conversation", "c9", "--debug"])
+    assert (args.bot, args.gateway, args.api_key, args.conversation, args.debug) == (
+        "banking", "http://gw:1", "k", "c9", True)
     assert args.func is chat.run_chat
 
 

@@ -5,6 +5,7 @@ HTTP steps call the demo bank, served in-process on a free port."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ from services.rpa_runner.browser import BrowserPool
 from services.rpa_runner.config import RunnerConfig
 from services.rpa_runner.engine import Delivery, Engine, Verdict
 from services.rpa_runner.http_step import HttpStep
-from services.rpa_runner.jobs import WAKE, Job
+from services.rpa_runner.jobs import WAKE, Job, Publisher
 from services.rpa_runner.metrics import RunnerMetrics
 from services.rpa_runner.secrets import Secrets
 from services.rpa_runner.state import RunState, RunStore
@@ -175,6 +176,9 @@ WORKFLOWS: dict[str, Any] = {
         {"id": "after", "branch": [{"if": "inputs.fail_late", "goto": "boom"},
                                    {"else": "end"}]},
         {"id": "boom", "fail": "parent failed"}]},
+    "wrapper": {"name": "wrapper", "steps": [
+        {"id": "sub", "subworkflow": {"name": "transfer",
+                                      "inputs": {"to": "{{ inputs.to }}", "fail_late": True}}}]},
 }
 
 
@@ -363,6 +367,28 @@ async def test_subworkflow_runs_as_a_child_and_is_compensated(rig: Rig) -> None:
     assert child is not None and child.status == "compensated"
     stats = await rig.bank("GET", "/_stats")
     assert stats["effects"] == {"transfer": 2, "reverse": 1}
+
+
+async def test_a_fail_steps_text_is_what_the_customer_may_hear_a_technical_error_not(
+        rig: Rig) -> None:
+    """Issue 18: the run keeps the details in `error` (the run record, logs, agents) and the
+    author's `fail` text apart in `message`, which the result carries to the conversation."""
+    _, state = await rig.run("transfer", {"to": "anna", "fail_late": True})
+    assert state.message == "late failure for anna"
+    assert state.error == "step 'boom': late failure for anna"
+    _, state = await rig.run("transfer", {"to": "blocked-bob"})
+    assert state.message is None and "HTTP 422" in (state.error or "")
+    _, state = await rig.run("wrapper", {"to": "carl"})
+    assert state.status == "failed" and state.message == "late failure for carl"
+    sent: list[dict[str, Any]] = []
+
+    async def publish(subject: str, data: bytes, headers: dict[str, str]) -> None:
+        sent.append(json.loads(data))
+
+    bus = SimpleNamespace(js=SimpleNamespace(publish=publish))
+    await Publisher(bus, 1).result(state)  # type: ignore[arg-type]
+    assert sent[0]["message"] == "late failure for carl"
+    assert sent[0]["error"].startswith("step 'sub': subworkflow transfer compensated")
 
 
 async def test_unknown_workflow_and_bad_inputs_fail_the_run(rig: Rig) -> None:

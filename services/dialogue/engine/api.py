@@ -14,6 +14,8 @@ EVENT_TYPES = (
     "user_message",
     "bot_message",
     "slot_set",
+    "slot_rejected",
+    "question_repeated",
     "flow_started",
     "flow_completed",
     "flow_cancelled",
@@ -135,13 +137,17 @@ class WorkflowRequest:
 
 @dataclass(frozen=True)
 class WorkflowResult:
-    """The end of a workflow run: status is "succeeded", "failed" or "compensated"."""
+    """The end of a workflow run: status is "succeeded", "failed" or "compensated".
+    `error`: the failure's details (for logs, the run record and agents, never the customer);
+    `message`: what the customer may be told (written by the bot's author: a `fail` step's
+    text; "" when none)."""
 
     run_id: str
     workflow: str
     status: str
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    message: str = ""
 
 
 @dataclass(frozen=True)

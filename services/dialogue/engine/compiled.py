@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from services.botdef import (
+    DATE_TYPES,
     BotDefinition,
     ConversationDefinition,
     FlowDef,
@@ -19,10 +20,12 @@ from services.botdef import (
     humanize,
 )
 from services.dialogue.engine.api import Button
+from services.dialogue.engine.dates import Clock, warm_up
 from services.dialogue.engine.program import (
     Instruction,
     collected_slots,
     compile_flow,
+    entity_filled_slots,
     referenced_slots,
 )
 from services.dialogue.engine.render import Renderer
@@ -59,6 +62,8 @@ class CompiledBot:
     programs: Mapping[str, tuple[Instruction, ...]]
     resets: Mapping[str, frozenset[str]]
     referenced: Mapping[str, frozenset[str]]
+    fillable: Mapping[str, frozenset[str]]
+    """Per flow, the slots a message's entities fill (program.entity_filled_slots)."""
     matchers: Mapping[str, EntityMatcher]
     renderer: Renderer
     threshold: float
@@ -73,6 +78,9 @@ class CompiledBot:
     answer_intents: frozenset[str]
     """`knowledge.answer_intents` whose flows only answer (the loader refuses others; a
     transactional flow is never answered in place of, whatever the settings say)."""
+    timezone: str = "UTC"
+    language: str = "en"
+    """Where and in which language date slots read relative dates (bot.yml)."""
 
     @classmethod
     def build(cls, bot: BotDefinition, *, handoff_after: int, max_depth: int) -> CompiledBot:
@@ -81,12 +89,15 @@ class CompiledBot:
         synonyms = bot.entities_runtime_config()["synonyms"]
         matchers = {name: EntityMatcher.of(entity, synonyms.get(name, {}))
                     for name, entity in bot.entities.items()}
+        if any(slot.type in DATE_TYPES for slot in conversation.slots.values()):
+            warm_up(Clock(0.0, bot.timezone, bot.nlu.language))
         return cls(
             bot_id=bot.name,
             conversation=conversation,
             programs=MappingProxyType(programs),
             resets=MappingProxyType({n: _resets(conversation, p) for n, p in programs.items()}),
             referenced=MappingProxyType({n: referenced_slots(p) for n, p in programs.items()}),
+            fillable=MappingProxyType({n: entity_filled_slots(p) for n, p in programs.items()}),
             matchers=MappingProxyType(matchers),
             renderer=Renderer(conversation, _help_buttons(conversation)),
             # None: the model's own threshold, chosen at training (the NLU's out_of_scope)
@@ -99,6 +110,8 @@ class CompiledBot:
             knowledge=bot.knowledge or KnowledgeSettings(),
             knowledge_policy=bot.knowledge is not None,
             answer_intents=_answer_intents(bot),
+            timezone=bot.timezone,
+            language=bot.nlu.language,
         )
 
     def slot(self, name: str) -> SlotDef:

@@ -61,7 +61,7 @@ class DialogueEngine:
         `knowledge`: the knowledge-base results found so far for this message; a search
         still needed comes back as `TurnResult.search` (see its doc). None: the knowledge base
         is not consulted (as if it had no answer)."""
-        turn = Turn(self._bot, tracker, message_id, text=text, knowledge=knowledge)
+        turn = Turn(self._bot, tracker, message_id, text=text, knowledge=knowledge, now=now)
         turn.slots["sentiment"] = nlu.sentiment or None
         turn.slots["sentiment_score"] = nlu.sentiment_score if nlu.sentiment else None
         try:
@@ -87,7 +87,7 @@ class DialogueEngine:
         the step's success or failure response and resumes (failure: the flow is cancelled).
         A result for another run (stale, or redelivered) changes nothing but is recorded.
         `knowledge`: as for `handle_message` (a `search` step may follow the workflow)."""
-        turn = Turn(self._bot, tracker, result.run_id, knowledge=knowledge)
+        turn = Turn(self._bot, tracker, result.run_id, knowledge=knowledge, now=now)
         try:
             return self._workflow_result(turn, tracker, result, now)
         except SearchNeeded as needed:
@@ -98,7 +98,7 @@ class DialogueEngine:
     ) -> TurnResult:
         step = turn.current()
         finished = {"run_id": result.run_id, "workflow": result.workflow,
-                    "status": result.status, "error": result.error}
+                    "status": result.status, "error": result.error, "message": result.message}
         if tracker.waiting_workflow != result.run_id:
             stale = Event("workflow_finished", {**finished, "stale": True})
             return TurnResult(replace(tracker), [], [stale], [])
@@ -108,8 +108,9 @@ class DialogueEngine:
             turn.cancel_task("definition_changed")
             run(turn)
             return turn.result(now)
+        # the customer sees the author's message, never the technical error (docs/workflows.md)
         context: dict[str, object] = {"name": result.workflow, "status": result.status,
-                   "error": result.error or "", "outputs": dict(result.outputs)}
+                   "error": result.message, "outputs": dict(result.outputs)}
         if result.status == "succeeded":
             self._succeeded(turn, step, result, context)
         else:

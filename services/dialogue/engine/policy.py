@@ -176,7 +176,7 @@ def start_flow(turn: Turn, flow: str, entry: str, nlu: NluResult) -> None:
 
 
 def _slots_of(turn: Turn, entity: str, flow: str) -> list[SlotDef]:
-    names = turn.bot.referenced.get(flow, frozenset())
+    names = turn.bot.fillable.get(flow, frozenset())
     return [slot for name, slot in turn.bot.conversation.slots.items()
             if slot.entity == entity and name in names]
 
@@ -191,8 +191,10 @@ def _entity_value(turn: Turn, slot: SlotDef, entity: EntityValue) -> str:
 
 
 def _fill(turn: Turn, slot: SlotDef, entity: EntityValue) -> bool:
-    parsed = from_entity(slot, _entity_value(turn, slot, entity), turn.bot.matcher(slot))
+    value = _entity_value(turn, slot, entity)
+    parsed = from_entity(slot, value, turn.bot.matcher(slot), clock=turn.clock)
     if not parsed.ok:
+        turn.reject(slot, value, parsed.problem, parsed.reason)
         turn.say(slot.invalid or "utter_invalid", slot=turn.slot_context(slot, parsed.problem))
         return False
     turn.set_slot(slot.name, parsed.value)
@@ -218,7 +220,11 @@ def _answer(turn: Turn, text: str, nlu: NluResult) -> None:
     if own:
         _other_entities(turn, nlu, skip=slot.name)
         value = _entity_value(turn, slot, own[0])
-        _take(turn, step, from_entity(slot, value, bot.matcher(slot), step.validation))
+        parsed = from_entity(slot, value, bot.matcher(slot), step.validation, clock=turn.clock)
+        if parsed.reason == "regex" and slot.from_text:  # a mis-tagged span: try the text
+            found = from_text(slot, text, bot.matcher(slot), step.validation, clock=turn.clock)
+            parsed = found if found.ok else parsed
+        _take(turn, step, parsed, value)
         return
     if confident and slot.type == "boolean" and nlu.intent in AFFIRM | DENY:
         _accept(turn, nlu.intent in AFFIRM)
@@ -240,20 +246,24 @@ def _answer(turn: Turn, text: str, nlu: NluResult) -> None:
 
 
 def _by_text(turn: Turn, step: Collect, slot: SlotDef, text: str, nlu: NluResult) -> None:
-    parsed = Parsed(None, "I couldn't find it in your answer")
+    parsed = Parsed(None, "I couldn't find it in your answer", "missing")
     if slot.from_text:
-        parsed = from_text(slot, text, turn.bot.matcher(slot), step.validation)
+        parsed = from_text(slot, text, turn.bot.matcher(slot), step.validation, clock=turn.clock)
     flow = turn.bot.flow_for(nlu.intent) if understood(turn.bot, nlu) else None
     if not parsed.ok and flow is not None and turn.top is not None and flow.name == turn.top.flow:
-        ask(turn, step)  # the flow's own intent again, without an answer: just ask again
+        # the flow's own intent again, without an answer: just ask again
+        turn.event("question_repeated", slot=slot.name, reason="same_intent", intent=nlu.intent)
+        ask(turn, step)
         return
-    _take(turn, step, parsed)
+    _take(turn, step, parsed, text)
 
 
-def _take(turn: Turn, step: Collect, parsed: Parsed) -> None:
+def _take(turn: Turn, step: Collect, parsed: Parsed, tried: str) -> None:
+    """Accept the answer `tried` to the question, or say why it is refused and ask again."""
     if parsed.ok:
         _accept(turn, parsed.value)
     else:
+        turn.reject(turn.bot.slot(step.slot), tried, parsed.problem, parsed.reason)
         _invalid(turn, step, parsed.problem)
 
 
@@ -303,6 +313,8 @@ def _digress(turn: Turn, nlu: NluResult) -> bool:
     running = any(frame.flow == flow.name for frame in turn.stack)
     if running or len(turn.stack) >= turn.bot.max_depth:
         assert isinstance(step, Collect)
+        turn.event("question_repeated", slot=step.slot, intent=nlu.intent,
+                   reason="flow_running" if running else "max_depth")
         ask(turn, step)
         return True
     turn.streak = 0
@@ -338,7 +350,8 @@ def _other_entities(turn: Turn, nlu: NluResult, skip: str) -> bool:
 
 def _correct(turn: Turn, slot: SlotDef, entity: EntityValue) -> bool:
     current = turn.value(slot.name)
-    parsed = from_entity(slot, _entity_value(turn, slot, entity), turn.bot.matcher(slot))
+    value = _entity_value(turn, slot, entity)
+    parsed = from_entity(slot, value, turn.bot.matcher(slot), clock=turn.clock)
     if parsed.ok and same(current, parsed.value):
         return False
     if current is None or not parsed.ok:

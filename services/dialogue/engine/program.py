@@ -90,6 +90,19 @@ def referenced_slots(program: tuple[Instruction, ...]) -> frozenset[str]:
     return frozenset(found)
 
 
+def entity_filled_slots(program: tuple[Instruction, ...]) -> frozenset[str]:
+    """The slots a message's entities may fill while the program runs: those it references,
+    except the ones only a workflow or a search fills (`save:` targets it does not collect);
+    those come from the system, never from what the user wrote."""
+    saved: set[str] = set()
+    for instruction in program:
+        if isinstance(instruction, RunWorkflow):
+            saved.update(slot for _, slot in instruction.save)
+        elif isinstance(instruction, Search) and instruction.save is not None:
+            saved.add(instruction.save)
+    return referenced_slots(program) - (saved - collected_slots(program))
+
+
 def _condition_slots(condition: Condition) -> Iterator[str]:
     if condition.slot:
         yield condition.slot

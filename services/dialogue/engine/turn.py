@@ -13,17 +13,20 @@ from typing import Any
 from services.botdef import MessageRef, SlotDef, Variation
 from services.dialogue.engine.api import Button, Event, Knowledge, TurnResult, WorkflowRequest
 from services.dialogue.engine.compiled import CompiledBot
+from services.dialogue.engine.dates import Clock
 from services.dialogue.engine.program import Instruction, same
 from services.dialogue.engine.tracker import Frame, Tracker
 
 
 class Turn:
     """`text`: the user message being handled ("" for other calls); `knowledge`: the
-    knowledge-base results this call may use (None: the knowledge base is not consulted)."""
+    knowledge-base results this call may use (None: the knowledge base is not consulted);
+    `now`: the call's time (unix seconds), which relative dates are read from."""
 
     def __init__(self, bot: CompiledBot, tracker: Tracker, key: str, *, text: str = "",
-                 knowledge: Knowledge | None = None) -> None:
+                 knowledge: Knowledge | None = None, now: float = 0.0) -> None:
         self.bot = bot
+        self.clock = Clock(now, bot.timezone, bot.language)
         self.tracker = tracker
         self.key = key
         self.text = text
@@ -98,6 +101,11 @@ class Turn:
         self.slots[name] = value
         if not same(previous, value):
             self.event("slot_set", slot=name, value=value, **data)
+
+    def reject(self, slot: SlotDef, value: object, problem: str | None, reason: str) -> None:
+        """Record that `value` was refused for `slot` and why (`reason`: values.REASONS)."""
+        self.event("slot_rejected", slot=slot.name, value=value, reason=reason,
+                   problem=problem or "")
 
     def reset_slot(self, name: str) -> None:
         if name in self.slots:

@@ -1,5 +1,7 @@
-"""Slot values from what users write: numbers, amounts' currencies, yes/no, choices, entity
-values (checked against the entity's lookup list, close spellings included)."""
+"""Slot values from what users write: numbers, amounts' currencies, yes/no, choices, dates,
+entity values (checked against the entity's lookup list, close spellings included, and its
+regexes). A refused value says why (`Parsed.problem`, for the user) and what kind of rule
+refused it (`Parsed.reason`, for the `slot_rejected` event)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from services.botdef import EntityDef, SlotDef, SlotValue, Validation, value_problem
+from services.botdef import DATE_TYPES, EntityDef, SlotDef, SlotValue, Validation, value_problem
+from services.dialogue.engine.dates import Clock, parse_date
 
 YES_WORDS = frozenset({
     "yes", "y", "yeah", "yea", "yep", "yup", "sure", "ok", "okay", "correct", "right", "true",
@@ -183,6 +186,14 @@ class EntityMatcher:
     def canonical(self, value: str) -> str:
         return self.synonyms.get(value.lower(), value)
 
+    def admits(self, value: str) -> bool:
+        """Whether a value NLU tagged may be this entity's: with regexes, one of them must
+        match it whole, unless it is a lookup value or a synonym (a learned tagger predicts
+        spans that need not follow the patterns)."""
+        if not self.patterns or any(p.fullmatch(value) for p in self.patterns):
+            return True
+        return self.known(value, 1.0) is not None
+
     def known(self, value: str, fuzzy: float) -> str | None:
         """The lookup value (or synonym's canonical value) `value` is, case and accents
         ignored; else the one it is a close spelling of (similarity at least `fuzzy`, and
@@ -210,12 +221,20 @@ def _find_phrase(text: str, phrases: list[str]) -> str | None:
     return None
 
 
+REASONS = ("type", "regex", "lookup", "currency", "validation", "missing")
+"""What refused a value (`Parsed.reason`): it is not of the slot's type (a number, yes/no, a
+date), its entity's regexes or lookup list, the slot's currencies, its validation (range,
+choices, regex), or nothing was found."""
+
+
 @dataclass(frozen=True)
 class Parsed:
-    """A converted slot value, or why it could not be had (`problem`)."""
+    """A converted slot value, or why it could not be had (`problem`, said to the user;
+    `reason`, one of REASONS)."""
 
     value: SlotValue = None
     problem: str | None = None
+    reason: str = ""
 
     @property
     def ok(self) -> bool:
@@ -223,33 +242,55 @@ class Parsed:
 
 
 def from_text(
-    slot: SlotDef, text: str, matcher: EntityMatcher | None, rules: Validation | None = None
+    slot: SlotDef, text: str, matcher: EntityMatcher | None, rules: Validation | None = None,
+    *, clock: Clock | None = None,
 ) -> Parsed:
-    """The value of `slot` given by a raw answer, converted by the slot's type, validated."""
+    """The value of `slot` given by a raw answer, converted by the slot's type, validated.
+    `clock`: the moment and place relative dates are read in (date slots; default: now, UTC)."""
     value: SlotValue = None
     if slot.type == "number":
         return _amount(slot, text, rules)
+    if slot.type in DATE_TYPES:
+        return _date(slot, text, rules, clock)
     if slot.type == "boolean":
         value = parse_boolean(text)
     elif slot.type == "categorical":
         value = match_choice(slot, text, matcher, rules)
     elif slot.type == "entity" and matcher is not None and not matcher.empty:
         value = matcher.find(text) or _from_lookup(slot, text.strip(), matcher)
+    elif slot.type == "text" and matcher is not None and matcher.patterns:
+        return _patterned(slot, text, matcher, rules)
     else:
         return _listed(slot, text.strip(), matcher, rules)
     return _checked(slot, value, rules)
 
 
 def from_entity(
-    slot: SlotDef, raw: str, matcher: EntityMatcher | None, rules: Validation | None = None
+    slot: SlotDef, raw: str, matcher: EntityMatcher | None, rules: Validation | None = None,
+    *, clock: Clock | None = None,
 ) -> Parsed:
-    """The value of `slot` given by an entity value found by NLU."""
-    if slot.type in ("number", "boolean"):
-        return from_text(slot, raw, matcher, rules)
+    """The value of `slot` given by an entity value found by NLU (refused when the entity's
+    regexes do not match it: EntityMatcher.admits)."""
+    if slot.type in ("number", "boolean", *DATE_TYPES):
+        return from_text(slot, raw, matcher, rules, clock=clock)
+    if matcher is not None and not matcher.admits(raw.strip()):
+        return _unlike(slot, raw)
     if slot.type == "categorical":
         return _checked(slot, match_choice(slot, raw, matcher, rules), rules)
     value = matcher.canonical(raw) if matcher is not None else raw
     return _listed(slot, value.strip(), matcher, rules)
+
+
+def _patterned(slot: SlotDef, text: str, matcher: EntityMatcher,
+               rules: Validation | None) -> Parsed:
+    """A text slot whose entity has regexes: what they (or its lookup list) find in `text`."""
+    found = matcher.find(text)
+    return _unlike(slot, text) if found is None else _listed(slot, found, matcher, rules)
+
+
+def _unlike(slot: SlotDef, value: str) -> Parsed:
+    """`value` refused: its entity's regexes do not match it."""
+    return Parsed(None, f"{value.strip()} doesn't look like a {slot.label}", "regex")
 
 
 def _looked_up(slot: SlotDef, matcher: EntityMatcher | None) -> bool:
@@ -270,7 +311,7 @@ def _listed(
         return _checked(slot, value or None, rules)
     known = matcher.known(value, slot.fuzzy)
     if known is None:
-        return Parsed(None, f"{value} is not a {slot.label} I know")
+        return Parsed(None, f"{value} is not a {slot.label} I know", "lookup")
     return _checked(slot, known, rules)
 
 
@@ -279,8 +320,14 @@ def _amount(slot: SlotDef, text: str, rules: Validation | None) -> Parsed:
     currency = named_currency(text) if slot.currencies else None
     if currency is not None and currency not in slot.currencies:
         accepted = ", ".join(slot.currencies)
-        return Parsed(None, f"only {accepted} amounts are possible, not {currency}")
+        return Parsed(None, f"only {accepted} amounts are possible, not {currency}", "currency")
     return _checked(slot, parse_number(text), rules)
+
+
+def _date(slot: SlotDef, text: str, rules: Validation | None, clock: Clock | None) -> Parsed:
+    """A date (`yesterday`, `3 March`, `2026-03-03`) as an ISO date, or a date and time as
+    an ISO timestamp with the bot's UTC offset, read in the bot's language and timezone."""
+    return _checked(slot, parse_date(text, slot.type == "datetime", clock or Clock()), rules)
 
 
 def coerce(slot: SlotDef, value: Any) -> Parsed:
@@ -291,7 +338,7 @@ def coerce(slot: SlotDef, value: Any) -> Parsed:
         return _checked(slot, _tidy(float(value)), None)
     if isinstance(value, str | int | float):
         return from_entity(slot, str(value), None)
-    return Parsed(None, "it is not a plain value")
+    return Parsed(None, "it is not a plain value", "type")
 
 
 def match_choice(
@@ -317,9 +364,10 @@ def _choice_case(value: str, choices: list[str]) -> str:
 
 def _checked(slot: SlotDef, value: SlotValue, rules: Validation | None) -> Parsed:
     if value is None:
-        return Parsed(None, _missing(slot, rules))
+        typed = slot.type in ("number", "boolean", *DATE_TYPES)
+        return Parsed(None, _missing(slot, rules), "type" if typed else "missing")
     problem = value_problem(slot, value, rules)
-    return Parsed(value, problem)
+    return Parsed(value, problem, "validation" if problem is not None else "")
 
 
 def _missing(slot: SlotDef, rules: Validation | None) -> str:
@@ -327,6 +375,8 @@ def _missing(slot: SlotDef, rules: Validation | None) -> str:
         return "it must be a number"
     if slot.type == "boolean":
         return "please answer yes or no"
+    if slot.type in DATE_TYPES:
+        return "it must be a date" if slot.type == "date" else "it must be a date and time"
     choices = slot.validation.merged(rules).choices
     if choices:
         return f"it must be one of: {', '.join(str(c) for c in choices)}"

@@ -23,6 +23,7 @@ from services.gateway.http.state import (
     TOKEN,
     WAITED_WORKFLOWS,
     GatewayState,
+    principal_of,
     state_of,
 )
 from services.gateway.http.wire import (
@@ -78,16 +79,18 @@ def wait_requested(request: web.Request) -> bool:
 
 
 INCLUDES = ("nlu",)
+TRANSCRIPT_INCLUDES = ("events",)
 
 
-def includes_requested(request: web.Request) -> frozenset[str]:
-    """`?include=nlu` (comma-separated; the only extra so far): 400 for anything else."""
+def includes_requested(request: web.Request,
+                       allowed: tuple[str, ...] = INCLUDES) -> frozenset[str]:
+    """`?include=nlu` (comma-separated extras, those `allowed`): 400 for anything else."""
     asked = frozenset(p.strip() for raw in request.query.getall("include", [])
                       for p in raw.split(",") if p.strip())
-    unknown = sorted(asked - set(INCLUDES))
+    unknown = sorted(asked - set(allowed))
     if unknown:
         raise RequestInvalid.one("include", f"unknown {', '.join(unknown)}; allowed: "
-                                            f"{', '.join(INCLUDES)}")
+                                            f"{', '.join(allowed)}")
     return asked
 
 
@@ -134,7 +137,10 @@ async def get_transcript(request: web.Request) -> web.Response:
     state = state_of(request)
     bot, conversation = ids(request)
     limit = transcript_limit(request, state.config.transcript_max_limit)
-    entries = await state.hub.transcript(bot, conversation, limit)
+    with_events = "events" in includes_requested(request, TRANSCRIPT_INCLUDES)
+    if with_events and principal_of(request).is_visitor:
+        raise PermissionDenied("?include=events needs an agent or admin key")
+    entries = await state.hub.transcript(bot, conversation, limit, with_events=with_events)
     return json_response({"bot_id": bot, "conversation_id": conversation, "entries": entries})
 
 

@@ -119,8 +119,11 @@ SCHEMAS: dict[str, Any] = {
                  step={"type": ["string", "null"]})]}),
     "Transcript": _obj(["bot_id", "conversation_id", "entries"], bot_id=_STR,
                        conversation_id=_STR, entries={"type": "array", "items": _obj(
-                           ["type"], type={"enum": ["user", "bot", "agent"]},
-                           message_id=_STR, text=_STR, at_unix_ms=_INT,
+                           ["type"], type={"enum": ["user", "bot", "agent", "event"]},
+                           message_id=_STR, text=_STR, at_unix_ms=_INT, in_reply_to=_STR,
+                           event={"type": "string", "description": "?include=events: the "
+                                  "event type (docs/chat-api.md)"},
+                           data={"type": "object"},
                            buttons={"type": "array",
                                     "items": {"$ref": "#/components/schemas/Button"}},
                            citations=_CITATIONS)}),

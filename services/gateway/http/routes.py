@@ -65,6 +65,11 @@ WAIT = Query("wait", "false: answer 202 at once; the replies come on the WebSock
              "or transcript.", {"type": "boolean", "default": True})
 INCLUDE = Query("include", "nlu: add the NLU result (intent, confidence, ranking, entities) "
                 "and the flow step to the response (SendResult.nlu).", {"enum": ["nlu"]})
+TRANSCRIPT_INCLUDE = Query(
+    "include", "events (agent and admin keys only): add each turn's events after its user "
+    "message: nlu (intent, confidence, entities), slot_set, slot_rejected (slot, value, reason, "
+    "problem), question_repeated, flow_*, fallback, workflow_finished (the error details) ...",
+    {"enum": ["events"]})
 LIMIT = Query("limit", "Most recent entries to return (at most "
               "BOTFACTORY_GATEWAY_TRANSCRIPT_MAX_LIMIT, 1000 by default).",
               {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})
@@ -105,7 +110,8 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("GET", f"{CONVERSATION}/transcript", conversations.get_transcript,
               "get_transcript", "The conversation's messages, oldest first (the "
               "conversation's visitor token, or an agent or admin key)",
-              "conversations", Role.AGENT, {200: ("Transcript", "Transcript")}, query=(LIMIT,),
+              "conversations", Role.AGENT, {200: ("Transcript", "Transcript")},
+              query=(LIMIT, TRANSCRIPT_INCLUDE),
               visitor=True),
     RouteSpec("GET", f"{CONVERSATION}/ws", conversations.conversation_socket,
               "conversation_socket",
