@@ -93,7 +93,7 @@ async def test_result_and_notify_reach_the_conversation(nats_server: NatsServer,
         subject = inbound("rpatest", "conv-1", 4)
         assert result == {"run_id": run_id, "workflow": "pay", "status": "succeeded",
                           "outputs": {"reference": result["outputs"]["reference"]},
-                          "error": None, "subject": subject}
+                          "error": None, "message": None, "subject": subject}
         notify = [m for m in seen if (m.headers or {}).get("Bf-Kind") == "notify"]
         assert len(notify) == 1 and notify[0].subject == subject and notify[0].headers
         # scoped by bot and conversation (issue 17 item 1)
