@@ -1,8 +1,9 @@
 """NATS / JetStream connection and idempotent provisioning of the platform's streams and buckets.
 
-DESIGN.md "State": KV `trackers`, `rpa_runs`, `bots`; object store `models`; streams `CONV_IN`
-(inbound conversation messages, work queue), `CONV` (bot messages and conversation events),
-`RPA` (work queue), `EVENTS` (model published, feedback, audit).
+KV `trackers`, `rpa_runs`, `bots`, `handoffs`, `review`, `apikeys`; object store `models`; streams
+`CONV_IN` (inbound conversation messages, work queue), `CONV` (bot messages and conversation
+events), `RPA` (work queue), `EVENTS` (model published, feedback, audit). Who reads and writes
+each: docs/architecture.md, "Subjects, streams and buckets".
 """
 
 from __future__ import annotations

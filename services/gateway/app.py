@@ -29,12 +29,8 @@ from services.gateway.http.review import REVIEW
 from services.gateway.hub import BusHub, BusModelAdmin
 from services.gateway.rollouts import BusModelRollouts
 from services.gateway.runs import GrpcRunsClient
-from services.gateway.webhook_relay import (
-    CachedWebhookStore,
-    FollowedWebhookStore,
-    NatsWebhookStore,
-    WebhookRelay,
-)
+from services.gateway.webhook_relay import FollowedWebhookStore, WebhookRelay
+from services.gateway.webhook_store import CachedWebhookStore, NatsWebhookStore
 from services.gateway.webhooks import WebhookSender, WebhookSettings
 
 log = get_logger(__name__)

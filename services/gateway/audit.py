@@ -52,13 +52,3 @@ def new_event(principal: Principal, action: str, target: dict[str, Any], *,
                       actor_tenant=principal.tenant, target=target,
                       at_unix_ms=int(time.time() * 1000), correlation_id=correlation_id,
                       event_id=uuid.uuid4().hex)
-
-
-class MemoryAuditLog:
-    """AuditLog in process memory (tests)."""
-
-    def __init__(self) -> None:
-        self.events: list[AuditEvent] = []
-
-    async def record(self, event: AuditEvent) -> None:
-        self.events.append(event)

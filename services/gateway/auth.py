@@ -19,7 +19,6 @@ client runs out), never with the presented key.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -305,45 +304,6 @@ def _well_formed(token: str | None) -> bool:
     if not token:
         return False
     return KEY_SHAPE.match(token) is not None or is_visitor_token(token)
-
-
-# --- stores -----------------------------------------------------------------------------------
-
-
-class InMemoryKeyStore:
-    """A KeyStore in process memory (tests, single-process development)."""
-
-    def __init__(self) -> None:
-        self._by_id: dict[str, ApiKeyRecord] = {}
-        self._id_by_hash: dict[str, str] = {}
-        self._lock = asyncio.Lock()
-
-    async def create(self, record: ApiKeyRecord) -> None:
-        async with self._lock:
-            if record.key_id in self._by_id or record.key_hash in self._id_by_hash:
-                raise KeyExists(record.key_id)
-            self._by_id[record.key_id] = record
-            self._id_by_hash[record.key_hash] = record.key_id
-
-    async def get_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
-        key_id = self._id_by_hash.get(key_hash)
-        return self._by_id.get(key_id) if key_id is not None else None
-
-    async def get(self, key_id: str) -> ApiKeyRecord | None:
-        return self._by_id.get(key_id)
-
-    async def revoke(self, key_id: str) -> ApiKeyRecord | None:
-        async with self._lock:
-            record = self._by_id.get(key_id)
-            if record is None or record.revoked:
-                return record
-            record = replace(record, revoked_at_unix_ms=now_ms())
-            self._by_id[key_id] = record
-            return record
-
-    async def list_keys(self, tenant: str | None = None) -> list[ApiKeyRecord]:
-        records = [r for r in self._by_id.values() if tenant is None or r.tenant == tenant]
-        return sorted(records, key=lambda r: (r.created_at_unix_ms, r.key_id))
 
 
 def record_to_json(record: ApiKeyRecord) -> bytes:

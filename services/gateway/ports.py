@@ -1,7 +1,8 @@
 """The interfaces the gateway's HTTP layer is written against.
 
 The bus side (publishing user messages to JetStream, collecting replies, the model registry,
-deployed definitions, webhook configuration) implements these; the tests use in-memory fakes.
+deployed definitions, webhook configuration) implements these; the tests use in-memory fakes
+(tests/support/memstores.py).
 """
 
 from __future__ import annotations

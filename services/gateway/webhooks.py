@@ -1,15 +1,15 @@
-"""Webhook delivery of bot messages to asynchronous channels.
+"""Sending one webhook delivery: the payload of a bot message, its signature and the POST with
+retries (`WebhookSender`); `verify` is the receiver's side of the signature.
 
 Each POST carries `X-Botfactory-Timestamp: <unix seconds of this attempt>`,
 `X-Botfactory-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>." + raw body, keyed by the
 channel's secret>` (the timestamp is signed, so a receiver that rejects old timestamps is safe
 from replays; see `verify`) and `X-Botfactory-Delivery: <id>` (the same on every retry, so the
-receiver can drop duplicates; the caller may pass a stable id, see `webhook_relay`). Each attempt
-is signed again with its own timestamp. Failed
-attempts (connection errors, timeouts, 408, 429, 5xx) are retried with exponential backoff and
-jitter, up to `max_attempts`; other answers are final. The dispatcher queues deliveries in
-memory, bounded: when full, new ones are dropped (counted). The gateway itself delivers through
-`webhook_relay.WebhookRelay` (a JetStream consumer: nothing is dropped).
+receiver can drop duplicates; the relay passes an id derived from the message). Each attempt is
+signed again with its own timestamp. Failed attempts (connection errors, timeouts, 408, 429,
+5xx) are retried with exponential backoff and jitter, up to `max_attempts`; other answers are
+final. Which messages are sent, and when: `webhook_relay.WebhookRelay` (a JetStream consumer;
+docs/gateway.md, "Webhooks").
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The durable run loop: steps in order (or where a branch goes), each attempt under its
 timeout and retry policy, a checkpoint in KV after every step, compensation in reverse order
-on failure (saga), approvals and long waits parked, subworkflows run inline as child runs.
+on failure (saga: `compensation.py`), approvals and long waits parked, subworkflows run inline
+as child runs (`children.py`).
 
 `Engine.process(job, delivery)` takes a job message and says what to do with it: ack it (the
 run stopped), nak it with a delay (the run is parked, or another runner holds it), or leave
@@ -16,12 +17,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from services.botdef.expressions import ExpressionError, render_value, truthy
+from services.botdef.expressions import ExpressionError, truthy
 from services.botdef.workflows import (
-    MAX_DEPTH,
     ApprovalSpec,
     AssignSpec,
     BranchSpec,
@@ -37,17 +37,18 @@ from services.botdef.workflows import (
 )
 from services.common.logging import get_logger
 from services.rpa_runner import steps
-from services.rpa_runner.bots import BotWorkflows, WorkflowRegistry
+from services.rpa_runner.bots import WorkflowRegistry
 from services.rpa_runner.browser import BrowserPool
+from services.rpa_runner.children import ChildRuns
+from services.rpa_runner.compensation import Compensation
 from services.rpa_runner.config import RunnerConfig
+from services.rpa_runner.held import Held, record_step
 from services.rpa_runner.http_step import HttpStep
 from services.rpa_runner.jobs import WAKE, Job, Publisher
 from services.rpa_runner.metrics import RunnerMetrics
 from services.rpa_runner.outcomes import Done, Failed, Outcome, Park, StepCall
-from services.rpa_runner.secrets import Secrets
 from services.rpa_runner.state import (
     CANCELLED,
-    COMPENSATED,
     COMPENSATING,
     FAILED,
     NEEDS_ATTENTION,
@@ -81,17 +82,6 @@ LEAVE = Verdict("leave")
 
 
 @dataclass
-class Held:
-    """A run this runner executes now (with its checkpoint lock and its secrets)."""
-
-    state: RunState
-    workflow: WorkflowDef | None
-    bot: BotWorkflows | None
-    secrets: Secrets = field(default_factory=Secrets)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-@dataclass
 class Delivery:
     """The job message as the engine sees it."""
 
@@ -112,6 +102,8 @@ class Engine:
         self.owner = owner
         self.messaging = steps.Messaging(publisher, metrics)
         self.held: dict[str, Held] = {}
+        self.children = ChildRuns(self)
+        self.compensation = Compensation(self, self.children)
         self._notices: set[asyncio.Task[None]] = set()
 
     # -- taking a job ------------------------------------------------------------------------
@@ -140,7 +132,7 @@ class Engine:
         problem = self._start_problem(held, job)
         try:
             if problem is not None:
-                await self._finish(held, FAILED, problem)
+                await self.finish(held, FAILED, problem)
                 return ACK
             return await self._drive_root(held)
         except Conflict:
@@ -185,7 +177,7 @@ class Engine:
         if crashed:
             log.warning("run_resumed", run_id=state.run_id, resumes=state.resumes, pc=state.pc)
         if state.resumes > self.config.max_resumes:
-            await self._finish(held, FAILED, f"stopped: its runner crashed {state.resumes} "
+            await self.finish(held, FAILED, f"stopped: its runner crashed {state.resumes} "
                                              "times on it")
             return Verdict("dead_letter")
         return await self._drive_root(held)
@@ -268,12 +260,12 @@ class Engine:
         """Run until the run stops (None) or parks (Park)."""
         state = held.state
         if held.workflow is None:
-            await self._finish(held, FAILED, f"workflow {state.workflow!r} is not deployed")
+            await self.finish(held, FAILED, f"workflow {state.workflow!r} is not deployed")
             return None
         self._apply_retry(state)
         if state.status == NEEDS_ATTENTION and state.control.cancel:
             if state.inflight is None and state.compensations:
-                await self._finish(held, FAILED, f"{state.error}; cancelled with compensations "
+                await self.finish(held, FAILED, f"{state.error}; cancelled with compensations "
                                                  "left undone")
                 return None
             state.status = RUNNING
@@ -282,10 +274,10 @@ class Engine:
                 await self._cancel(held)
                 continue
             if state.status == COMPENSATING:
-                await self._compensate(held)
+                await self.compensation.run(held)
                 continue
             if state.pc >= len(held.workflow.steps):
-                await self._finish(held, SUCCEEDED)
+                await self.finish(held, SUCCEEDED)
                 continue
             parked = await self._step(held, held.workflow.steps[state.pc])
             if parked is not None:
@@ -327,7 +319,7 @@ class Engine:
             state.visits[step.id] = state.visits.get(step.id, 0) + 1
             state.inflight = {"step": step.id, "started": time.time(), "executing": False}
         elif state.inflight.get("executing") and step.non_idempotent:
-            await self._attention(held, f"step {step.id!r} was in flight when its runner "
+            await self.attention(held, f"step {step.id!r} was in flight when its runner "
                                         "stopped and is not idempotent: check the target "
                                         "system, then retry or cancel the run")
             return None
@@ -362,7 +354,7 @@ class Engine:
                 await self.checkpoint(held)
             started = time.time()
             outcome = await self.attempt(held, step, compensation=False)
-            self._observe(step, outcome, started)
+            self.observe(step, outcome, started)
             if isinstance(outcome, Park):
                 return outcome
             if isinstance(outcome, Done):
@@ -390,7 +382,7 @@ class Engine:
                  error=held.secrets.scrub(outcome.error))
         return step.retry.delay(state.attempts)
 
-    def _observe(self, step: StepDef, outcome: Outcome, started: float) -> None:
+    def observe(self, step: StepDef, outcome: Outcome, started: float) -> None:
         label = type(outcome).__name__.lower()
         self.metrics.step_duration.labels(kind=step.kind, outcome=label).observe(
             time.time() - started)
@@ -402,14 +394,14 @@ class Engine:
         state.steps[step.id] = {"outputs": outputs}
         if outcome.variables is not None:
             state.vars.update(held.secrets.scrub(outcome.variables))
-        self._record(state, step, "succeeded", started, outputs=outputs)
+        record_step(state, step, "succeeded", started, outputs=outputs)
         if step.compensate is not None or (step.kind == "subworkflow" and outputs.get("_run")):
             state.compensations.append({"step": step.id, "visit": state.visits[step.id],
                                         "outputs": outputs})
         state.pc = self._next(held.workflow, state.pc, outcome.goto)
         state.inflight, state.attempts, state.wake_at, state.approval = None, 0, None, None
         if state.pc >= len(held.workflow.steps) and not state.control.cancel:
-            await self._finish(held, SUCCEEDED)  # the last step's checkpoint is the final one
+            await self.finish(held, SUCCEEDED)  # the last step's checkpoint is the final one
             return
         await self.checkpoint(held)
 
@@ -421,32 +413,16 @@ class Engine:
             return len(workflow.steps)
         return workflow.position(goto)
 
-    def _record(self, state: RunState, step: StepDef, status: str, started: float, *,
-                error: str | None = None, outputs: dict[str, Any] | None = None,
-                compensation: bool = False) -> None:
-        now = time.time()
-        entry: dict[str, Any] = {"step": step.id, "visit": state.visits.get(step.id, 1),
-                                 "kind": step.kind, "status": status,
-                                 "attempts": state.attempts + 1, "started": started,
-                                 "finished": now, "ms": round((now - started) * 1000, 3)}
-        if error is not None:
-            entry["error"] = error
-        if outputs:
-            entry["outputs"] = outputs
-        if compensation:
-            entry["compensation"] = True
-        state.record(entry)
-
     async def _step_failed(self, held: Held, step: StepDef, outcome: Failed,
                            started: float) -> None:
         error = held.secrets.scrub(outcome.error)
         state = held.state
-        state.attempts -= 1  # _record counts the attempt that failed
-        self._record(state, step, "failed", started, error=error)
+        state.attempts -= 1  # record_step counts the attempt that failed
+        record_step(state, step, "failed", started, error=error)
         state.attempts = 0
         state.message = held.secrets.scrub(outcome.message) if outcome.message else None
         if outcome.attention:
-            await self._attention(held, f"step {step.id!r}: {error}")
+            await self.attention(held, f"step {step.id!r}: {error}")
             return
         await self._fail(held, f"step {step.id!r}: {error}")
 
@@ -464,7 +440,7 @@ class Engine:
                 "settings": held.bot.rpa.settings if held.bot else {},
                 "secrets": held.secrets}
 
-    def _call(self, held: Held, step: StepDef, compensation: bool,
+    def step_call(self, held: Held, step: StepDef, compensation: bool,
               entry: dict[str, Any] | None = None) -> StepCall:
         state = held.state
         visit = entry["visit"] if entry else state.visits.get(step.id, 1)
@@ -477,7 +453,7 @@ class Engine:
 
     async def attempt(self, held: Held, step: StepDef, *, compensation: bool,
                       entry: dict[str, Any] | None = None) -> Outcome:
-        call = self._call(held, step, compensation, entry)
+        call = self.step_call(held, step, compensation, entry)
         timeout = step.timeout or self._default_timeout(step)
         try:
             return await asyncio.wait_for(self._execute(held, call), timeout)
@@ -513,81 +489,8 @@ class Engine:
         if isinstance(spec, FailSpec):
             return steps.fail(call, spec)
         if isinstance(spec, SubworkflowSpec):
-            return await self._subworkflow(held, call, spec)
+            return await self.children.run(held, call, spec)
         return Failed(f"unsupported step kind {call.step.kind!r}")
-
-    # -- subworkflows ------------------------------------------------------------------------
-
-    async def _subworkflow(self, held: Held, call: StepCall, spec: SubworkflowSpec) -> Outcome:
-        child = await self._child(held, call, spec)
-        if isinstance(child, Failed):
-            return child
-        parked = await self.drive(child)
-        state = child.state
-        if parked is not None:
-            return Park(parked.until, parked.status)
-        if state.status == SUCCEEDED:
-            return Done({**state.outputs, "_run": state.run_id})
-        if state.status == NEEDS_ATTENTION:
-            return Failed(f"subworkflow {spec.name} needs attention: {state.error}",
-                          attention=True)
-        return Failed(f"subworkflow {spec.name} {state.status}: {state.error}",
-                      message=state.message)
-
-    async def _child(self, held: Held, call: StepCall, spec: SubworkflowSpec,
-                     retry: bool = True) -> Held | Failed:
-        """The child run of a subworkflow step: created, or taken over (and retried when it
-        needs attention and its parent is being retried)."""
-        parent = held.state
-        assert held.bot is not None
-        run_id = f"{parent.run_id}-{call.step_key.replace('#', '-')}"
-        workflow = held.bot.workflows.get(spec.name)
-        if workflow is None or parent.depth + 1 > MAX_DEPTH:
-            return Failed(f"subworkflow {spec.name!r} unknown or nested deeper than {MAX_DEPTH}")
-        state = await self.store.get(run_id)
-        if state is None:
-            try:
-                inputs = coerce_inputs(workflow, render_value(spec.inputs, call.scope))
-            except ValueError as exc:
-                return Failed(f"subworkflow {spec.name}: invalid inputs: {exc}")
-            state = RunState.new(run_id, parent.bot, spec.name, inputs, status=RUNNING,
-                                 conversation=parent.conversation, root=parent.root,
-                                 correlation=parent.correlation, parent=parent.run_id,
-                                 depth=parent.depth + 1, owner=self.owner, epoch=1)
-            self.metrics.runs_started.labels(bot=state.bot, workflow=state.workflow).inc()
-            await self.store.save(state)
-        elif state.status not in TERMINAL:
-            retried = retry and bool((parent.inflight or {}).get("retry"))
-            state = await self._claim(run_id, parent.control.cancel,
-                                      retry=retried and state.status == NEEDS_ATTENTION)
-        return Held(state, workflow, held.bot, held.secrets)
-
-    async def _claim(self, run_id: str, cancel: dict[str, Any] | None = None,
-                     retry: bool = False) -> RunState:
-        """Take over a child run (this runner holds its root's job)."""
-
-        def claim(state: RunState) -> None:
-            state.owner, state.epoch = self.owner, state.epoch + 1
-            if cancel and not state.control.cancel:
-                state.control.cancel = cancel
-            if retry:
-                state.control.retry = max(state.control.retry, state.retried) + 1
-
-        return await self.store.modify(run_id, claim)
-
-    async def _compensate_child(self, held: Held, run_id: str) -> Outcome:
-        found = await self.store.get(run_id)
-        if found is None or not found.compensations:
-            return Done()
-        assert held.bot is not None
-        state = await self._claim(run_id)
-        state.status, state.error = COMPENSATING, f"parent {held.state.run_id} failed"
-        child = Held(state, held.bot.workflows.get(state.workflow), held.bot, held.secrets)
-        await self.checkpoint(child)
-        await self.drive(child)
-        if child.state.status == COMPENSATED:
-            return Done()
-        return Failed(f"compensation of subworkflow run {run_id}: {child.state.error}")
 
     # -- the end of a run --------------------------------------------------------------------
 
@@ -606,80 +509,22 @@ class Engine:
             state.status = COMPENSATING
             await self.checkpoint(held)
             return
-        await self._finish(held, status, state.error)
+        await self.finish(held, status, state.error)
 
     async def _cancel(self, held: Held) -> None:
         state = held.state
         cancel = state.control.cancel or {}
         reason = str(cancel.get("reason") or "no reason given")
-        await self._cancel_child(held)
+        await self.children.cancel(held)
         state.error = f"cancelled by {cancel.get('by') or 'an operator'}: {reason}"
         await self._stop(held, CANCELLED)
-
-    async def _cancel_child(self, held: Held) -> None:
-        """A run cancelled while a subworkflow of it is parked cancels that child too."""
-        state = held.state
-        if state.inflight is None or held.workflow is None or held.bot is None \
-                or state.pc >= len(held.workflow.steps):
-            return
-        step = held.workflow.steps[state.pc]
-        if not isinstance(step.spec, SubworkflowSpec):
-            return
-        call = self._call(held, step, False)
-        child = await self._child(held, call, step.spec, retry=False)
-        if isinstance(child, Held) and child.state.status not in TERMINAL:
-            await self.drive(child)
 
     def _leave_approval(self, state: RunState) -> None:
         if state.approval is not None:
             self.metrics.waiting_approval.dec()
             state.approval = None
 
-    async def _compensate(self, held: Held) -> None:
-        state = held.state
-        assert held.workflow is not None
-        while state.compensations:
-            entry = state.compensations[-1]
-            step = held.workflow.step(entry["step"])
-            started = time.time()
-            outcome = await self._undo(held, step, entry)
-            if not isinstance(outcome, Done):
-                error = outcome.error if isinstance(outcome, Failed) else "parked"
-                error = held.secrets.scrub(error)
-                self._record(state, step, "compensation_failed", started, error=error,
-                             compensation=True)
-                await self._attention(held, f"{state.error}; compensation of step "
-                                            f"{step.id!r} failed: {error}", publish=True)
-                return
-            self._record(state, step, "compensated", started, compensation=True)
-            state.compensations.pop()
-            state.attempts = 0
-            if state.compensations:
-                await self.checkpoint(held)
-        await self._finish(held, COMPENSATED, state.error)
-
-    async def _undo(self, held: Held, step: StepDef, entry: dict[str, Any]) -> Outcome:
-        """Run one compensation with its retry policy (back-off waits stay in the process)."""
-        compensate = step.compensate
-        if compensate is None:
-            child = entry["outputs"].get("_run")
-            return await self._compensate_child(held, str(child)) if child else Done()
-        held.state.attempts = 0
-        while True:
-            started = time.time()
-            outcome = await self.attempt(held, compensate, compensation=True, entry=entry)
-            self._observe(compensate, outcome, started)
-            if not isinstance(outcome, Failed):
-                return outcome
-            held.state.attempts += 1
-            if not outcome.retryable or not compensate.retry.allows_another(
-                    held.state.attempts):
-                return outcome
-            self.metrics.retries.labels(bot=held.state.bot, workflow=held.state.workflow,
-                                        kind=compensate.kind).inc()
-            await asyncio.sleep(compensate.retry.delay(held.state.attempts))
-
-    async def _attention(self, held: Held, error: str, publish: bool = False) -> None:
+    async def attention(self, held: Held, error: str, publish: bool = False) -> None:
         state = held.state
         state.status, state.error = NEEDS_ATTENTION, held.secrets.scrub(error)
         state.owner = None
@@ -693,7 +538,7 @@ class Engine:
         if publish and state.depth == 0:
             await self.publisher.result(state)
 
-    async def _finish(self, held: Held, status: str, error: str | None = None) -> None:
+    async def finish(self, held: Held, status: str, error: str | None = None) -> None:
         state = held.state
         if status == SUCCEEDED:
             try:

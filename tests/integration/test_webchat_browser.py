@@ -22,10 +22,10 @@ from playwright.async_api import (
 )
 from prometheus_client import CollectorRegistry
 
-from services.gateway.auth import InMemoryKeyStore
 from services.gateway.http import GatewayMetrics, create_app
 from services.gateway.http.state import STATE
 from services.gateway.ports import Role
+from tests.support.memstores import InMemoryKeyStore
 from tests.unit.test_gateway_http import FakeHub, make_config
 
 CHROMIUM = Path("/usr/bin/chromium")

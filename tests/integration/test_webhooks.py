@@ -24,15 +24,9 @@ from botfactory.local.nats_server import NatsServer
 from services.common.nats import KV_BOTS, Bus, connect, provision
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.gateway.http import GatewayMetrics
-from services.gateway.webhook_relay import (
-    DURABLE,
-    NO_BOT_FILTER,
-    STREAM,
-    FollowedWebhookStore,
-    NatsWebhookStore,
-    WebhookRelay,
-    bot_filter,
-)
+from services.gateway.webhook_follower import DURABLE, NO_BOT_FILTER, bot_filter
+from services.gateway.webhook_relay import FollowedWebhookStore, WebhookRelay
+from services.gateway.webhook_store import STREAM, NatsWebhookStore
 from services.gateway.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,

@@ -44,16 +44,14 @@ from services.botdef.expressions import (
 from services.common.errors import NotFound
 from services.common.pb.botfactory.v1 import rpa_pb2
 from services.common.reviewqueue import ReviewQueue
-from services.gateway.auth import InMemoryKeyStore
 from services.gateway.config import GatewayConfig
 from services.gateway.http import GatewayMetrics, create_app
 from services.gateway.http.models import MODEL_ROLLOUTS
 from services.gateway.http.openapi import build_document
 from services.gateway.http.review import REVIEW
 from services.gateway.http.routes import ROUTES
-from services.gateway.rollouts import MemoryModelRollouts
-from services.gateway.webhook_relay import InMemoryWebhookStore
 from tests.support.memkv import MemoryKeyValue
+from tests.support.memstores import InMemoryKeyStore, InMemoryWebhookStore, MemoryModelRollouts
 from tests.unit.test_gateway_http import FakeDefinitions, FakeHub, FakeModels
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,6 @@ from services.gateway.auth import (
     INVALID_KEY,
     KV_APIKEYS,
     Authenticator,
-    InMemoryKeyStore,
     KeyExists,
     NatsKeyStore,
     Principal,
@@ -34,6 +33,7 @@ from services.gateway.config import GatewayConfig, load
 from services.gateway.ports import ApiKeyRecord, KeyStore, Role
 from services.gateway.ratelimit import AuthThrottled, RateLimited, RateLimiter
 from services.gateway.visitor import EXPIRED_TOKEN, TokenExpired, VisitorTokens
+from tests.support.memstores import InMemoryKeyStore
 
 PEPPER = "pepper-0123456789abcdef"
 VISITOR_SECRET = "visitor-secret-0123456789abcdef-0123"

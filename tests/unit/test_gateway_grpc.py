@@ -15,12 +15,13 @@ from prometheus_client import CollectorRegistry
 
 from services.common.errors import Unavailable
 from services.common.pb.botfactory.v1 import conversation_pb2, gateway_pb2, gateway_pb2_grpc
-from services.gateway.auth import Authenticator, InMemoryKeyStore
+from services.gateway.auth import Authenticator
 from services.gateway.config import GatewayConfig
 from services.gateway.grpc_api import ChatServicer, add_chat_service
 from services.gateway.http import GatewayMetrics
 from services.gateway.http.app import build_authenticator, build_limiter
 from services.gateway.ports import Role
+from tests.support.memstores import InMemoryKeyStore
 from tests.unit.test_gateway_http import FakeClock, FakeHub, make_config
 
 

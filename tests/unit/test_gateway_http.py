@@ -20,7 +20,6 @@ from prometheus_client import CollectorRegistry
 
 from services.common.errors import Unavailable
 from services.common.pb.botfactory.v1 import conversation_pb2
-from services.gateway.auth import InMemoryKeyStore
 from services.gateway.config import GatewayConfig
 from services.gateway.http import GatewayMetrics, create_app
 from services.gateway.http.routes import ROUTES
@@ -36,6 +35,7 @@ from services.gateway.webhooks import (
     message_payload,
     verify,
 )
+from tests.support.memstores import InMemoryKeyStore
 
 ROOT = Path(__file__).resolve().parents[2]
 PEPPER = "test-pepper-0123456789abcdef"

@@ -18,24 +18,17 @@ from prometheus_client import CollectorRegistry
 
 from services.common.errors import InvalidArgument
 from services.common.pb.botfactory.v1 import conversation_pb2
-from services.gateway.auth import InMemoryKeyStore
 from services.gateway.http import GatewayMetrics, create_app
 from services.gateway.http.state import STATE
 from services.gateway.ports import Role, Webhook
-from services.gateway.webhook_relay import (
-    DEAD_LETTER_SUBJECT,
-    NO_BOT_FILTER,
+from services.gateway.webhook_follower import NO_BOT_FILTER, bots_of, filter_target, filters_for
+from services.gateway.webhook_relay import DEAD_LETTER_SUBJECT, WebhookRelay, delivery_id
+from services.gateway.webhook_store import (
     CachedWebhookStore,
-    InMemoryWebhookStore,
     Subscription,
-    WebhookRelay,
-    bots_of,
     decode,
     decode_subscription,
-    delivery_id,
     encode,
-    filter_target,
-    filters_for,
     webhook_key,
 )
 from services.gateway.webhooks import (
@@ -47,6 +40,7 @@ from services.gateway.webhooks import (
     sign,
     verify,
 )
+from tests.support.memstores import InMemoryKeyStore, InMemoryWebhookStore
 from tests.unit.test_gateway_http import BOOTSTRAP, FakeHub, auth, make_config, problem_of
 
 HOOK = "/v1/admin/bots/{bot}/webhook"

@@ -35,14 +35,12 @@ from services.common.pii import (
 from services.common.regexsafety import unsafe_reason
 from services.dialogue.engine.render import MAX_RENDERED_CHARS, _render
 from services.gateway import audit
-from services.gateway.audit import MemoryAuditLog
-from services.gateway.auth import InMemoryKeyStore
 from services.gateway.config import GatewayConfig
 from services.gateway.http import GatewayMetrics, create_app
 from services.gateway.http.state import STATE
 from services.gateway.ports import Role
-from services.gateway.webhook_relay import InMemoryWebhookStore
 from services.nlu.engine import MAX_RULE_TEXT_CHARS, ModelLoadError, RuleExtractors
+from tests.support.memstores import InMemoryKeyStore, InMemoryWebhookStore, MemoryAuditLog
 from tests.unit.test_gateway_http import FakeDefinitions, FakeHub, FakeModels
 
 PEPPER = "test-pepper-0123456789abcdef"
