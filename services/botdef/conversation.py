@@ -21,11 +21,15 @@ from jinja2 import ChainableUndefined, Undefined, nodes
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from services.botdef.expressions import ExpressionError
+from services.botdef.expressions import money as format_money
+from services.botdef.expressions import parse as parse_expression
+from services.botdef.expressions import references as expression_references
 from services.botdef.model import DefinitionIssue, EntityDef
 from services.botdef.schema import DATE_TYPES, ENTRY_SCHEMAS, INTENT_NAME_PATTERN, entry_issues
 from services.botdef.yamlio import PathPart, field_path, line_of
 from services.common.pii import redact
-from services.common.regexsafety import unsafe_reason
+from services.common.regexsafety import compile_bot_regex, pattern_issue
 
 SlotValue = str | int | float | bool | None
 
@@ -171,12 +175,15 @@ class SlotDef:
 
 @dataclass(frozen=True)
 class Condition:
-    """`op` is one of CONDITION_OPS on `slot` with `value`, or all/any/not of `children`."""
+    """`op` is one of CONDITION_OPS on `slot` with `value`, or all/any/not of `children`, or
+    "expression": `value` is the parsed expression (services/botdef/expressions.py) over
+    `slots`, reading the slots in `reads`."""
 
     op: str
     slot: str = ""
     value: Any = None
     children: tuple[Condition, ...] = ()
+    reads: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -417,15 +424,8 @@ def _finalize(value: Any) -> Any:
 
 
 def money(value: Any, places: int = 2) -> str:
-    """`1234.5` -> `1,234.50`; a value that is not a number is written as it is."""
-    if value is None or isinstance(value, Undefined):
-        return ""
-    if isinstance(value, bool):
-        return str(value)
-    try:
-        return f"{float(value):,.{int(places)}f}"
-    except (TypeError, ValueError):
-        return str(value)
+    """The `money` filter: `expressions.money` (a missing value renders empty)."""
+    return "" if isinstance(value, Undefined) else format_money(value, places)
 
 
 def parse_payload(text: str) -> tuple[str, dict[str, str]] | None:
@@ -464,7 +464,7 @@ def value_problem(slot: SlotDef, value: Any, validation: Validation | None = Non
         return _range_problem(rules, float(value)) or _choice_problem(rules, value)
     problem = _choice_problem(rules, value)
     if problem is None and rules.regex is not None and isinstance(value, str):
-        matched = re.fullmatch(rules.regex, value) is not None
+        matched = compile_bot_regex(rules.regex).fullmatch(value) is not None
         return None if matched else "it doesn't have the expected format"
     return problem
 
@@ -670,15 +670,10 @@ class _Builder:
         self, entry: SectionEntry, path: list[PathPart], raw: dict[str, Any]
     ) -> Validation:
         regex = raw.get("regex")
-        if regex is not None:
-            try:
-                re.compile(regex)
-            except re.error as exc:
-                self.add(entry, [*path, "regex"], f"invalid regex {regex!r}: {exc}")
-            else:
-                unsafe = unsafe_reason(regex)  # user text runs through it: no ReDoS
-                if unsafe is not None:
-                    self.add(entry, [*path, "regex"], f"unsafe regex {regex!r}: {unsafe}")
+        issue = None if regex is None else pattern_issue(regex)  # RE2: no ReDoS
+        if issue is not None:
+            self.add(entry, [*path, "regex"], issue)
+            regex = None
         rules = Validation(
             regex=regex,
             choices=tuple(raw.get("choices") or ()),
@@ -889,8 +884,10 @@ class _Builder:
         return Branch(tuple(cases), otherwise)
 
     def _condition(
-        self, entry: SectionEntry, path: list[PathPart], raw: dict[str, Any]
+        self, entry: SectionEntry, path: list[PathPart], raw: dict[str, Any] | str
     ) -> Condition | None:
+        if isinstance(raw, str):
+            return self._expression(entry, path, raw)
         combinators = [key for key in ("all", "any", "not") if key in raw]
         if combinators:
             if len(raw) > 1:
@@ -904,6 +901,27 @@ class _Builder:
                 return None
             return Condition(op, children=tuple(c for c in children if c is not None))
         return self._comparison(entry, path, raw)
+
+    def _expression(
+        self, entry: SectionEntry, path: list[PathPart], source: str
+    ) -> Condition | None:
+        """`if: "slots.amount > 100 and slots.confirmed"`: the workflow expression language,
+        reading only `slots.NAME` of declared slots."""
+        try:
+            node = parse_expression(source)
+        except ExpressionError as exc:
+            self.add(entry, path, f"invalid expression {source!r}: {exc}")
+            return None
+        names: list[str] = []
+        for reference in expression_references(node):
+            if reference[0] != "slots" or len(reference) < 2:
+                self.add(entry, path, f"an `if` expression reads slots as `slots.NAME`, not "
+                                      f"{'.'.join(reference)!r}")
+                return None
+            if not self._slot_ref(entry, path, reference[1]):
+                return None
+            names.append(reference[1])
+        return Condition("expression", value=node, reads=tuple(dict.fromkeys(names)))
 
     def _comparison(
         self, entry: SectionEntry, path: list[PathPart], raw: dict[str, Any]

@@ -292,7 +292,8 @@ _CONVERSATION_DEFS: dict[str, Any] = {
         "minProperties": 1,
         "additionalProperties": False,
         "properties": {
-            "if": {"$ref": "#/$defs/condition"},
+            "if": {"anyOf": [{"type": "string", "minLength": 1},  # an expression over slots
+                             {"$ref": "#/$defs/condition"}]},
             "then": {"$ref": "#/$defs/steps"},
             "else": {"$ref": "#/$defs/steps"},
         },
