@@ -13,12 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from services.botdef.annotation import parse_annotated
-from services.botdef.conversation import (
-    ConversationDefinition,
-    SectionEntry,
-    answers_only,
-    build_conversation,
-)
+from services.botdef.builder import SectionEntry, build_conversation
+from services.botdef.conversation import ConversationDefinition, answers_only
 from services.botdef.model import (
     BotDefinition,
     BotDefinitionError,

@@ -231,19 +231,10 @@ def test_conditions(tmp_path: Path) -> None:
 def test_expression_conditions_read_slots(tmp_path: Path) -> None:
     from services.dialogue.engine.program import holds
 
-    flows = """\
-        flows:
-          pay:
-            trigger: pay
-            steps:
-              - branch:
-                  - if: >-
-                      slots.amount != null and slots.amount > 10
-                      and slots.city in ['Paris', 'Rome'] or not slots.ok
-                    then: [utter_done]
-                  - if: slots.amount > 10 or true
-                    then: [utter_done]
-        """
+    guarded = "slots.amount != null and slots.amount > 10 and slots.city in ['Paris', 'Rome']"
+    flows = ("flows:\n  pay:\n    trigger: pay\n    steps:\n      - branch:\n"
+             f'          - {{if: "{guarded} or not slots.ok", then: [utter_done]}}\n'
+             '          - {if: "slots.amount > 10 or true", then: [utter_done]}\n')
     step = load_bot(with_flows(tmp_path, flows)).conversation.flows["pay"].steps[0]
     assert isinstance(step, Branch)
     condition = step.cases[0][0]

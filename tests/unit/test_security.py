@@ -20,7 +20,7 @@ from jinja2.exceptions import SecurityError
 from prometheus_client import CollectorRegistry
 
 from services.botdef import BotDefinitionError, load_bot, template_environment
-from services.botdef.conversation import template_problems
+from services.botdef.templates import template_problems
 from services.common.logging import configure_logging, get_logger
 from services.common.pii import (
     CARD,
