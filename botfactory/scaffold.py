@@ -225,7 +225,7 @@ flows:
           slot: lookup_confirmed
           ask: utter_confirm_lookup
       - branch:
-          - if: {{slot: lookup_confirmed, equals: false}}
+          - if: slots.lookup_confirmed == false
             then:
               - say: utter_lookup_cancelled
               - end

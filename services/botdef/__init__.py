@@ -30,11 +30,8 @@ from services.botdef.conversation import (
     Variation,
     WorkflowInput,
     answers_only,
-    format_number,
     humanize,
     parse_payload,
-    template_environment,
-    value_problem,
 )
 from services.botdef.importers import DataImportError, import_bio, import_csv, import_rasa
 from services.botdef.loader import load_bot
@@ -55,6 +52,8 @@ from services.botdef.schema import (
     DATA_FILE_SCHEMA,
     DATE_TYPES,
 )
+from services.botdef.slotrules import format_number, value_problem
+from services.botdef.templates import template_environment
 from services.botdef.writer import write_bot
 
 __all__ = [

@@ -527,9 +527,25 @@ def _join(items: Any, separator: Any = ", ") -> str:
     return _checked(str(separator).join(to_text(item) for item in items))  # type: ignore[no-any-return]
 
 
-def _format_amount(value: Any) -> str:
-    """`1234.5` -> `1,234.50` (as the dialogue's `money` filter writes amounts)."""
-    return f"{_number(value, 'money()'):,.2f}"
+def money(value: Any, places: Any = 2) -> str:
+    """An amount with thousands separators: `1234.5` and `"1234.5"` -> `1,234.50`; null ->
+    empty. The one `money` of bot authors: the expression function and the template filter.
+    Anything else (a boolean, a list, text that is no number) raises ExpressionError."""
+    if value is None:
+        return ""
+    number = _number(float(value) if isinstance(value, str) and _is_numeral(value) else value,
+                     "money()")
+    if not math.isfinite(number):
+        raise ExpressionError("money() needs a finite number")
+    return f"{number:,.{int(_number(places, 'money()'))}f}"
+
+
+def _is_numeral(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {
@@ -547,7 +563,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "startswith": lambda value, prefix: to_text(value).startswith(to_text(prefix)),
     "default": _default,
     "join": _join,
-    "money": _format_amount,
+    "money": money,
 }
 
 

@@ -24,6 +24,7 @@ from services.botdef.annotation import ENTITY_NAME_RE, parse_annotated
 from services.botdef.model import EntityDef, EntitySpan, Example
 from services.botdef.schema import INTENT_NAME_PATTERN
 from services.botdef.yamlio import YamlSyntaxError, line_of, read_yaml, value_line
+from services.common.regexsafety import pattern_issue
 
 log = logging.getLogger(__name__)
 
@@ -339,10 +340,9 @@ def _rasa_parse(path: Path, intent: str, texts: Iterable[tuple[int, str]]) -> li
 
 def _rasa_regex(path: Path, texts: Iterable[tuple[int, str]]) -> None:
     for line, pattern in texts:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise DataImportError(f"{path}:{line}: invalid regex {pattern!r}: {exc}") from None
+        issue = pattern_issue(pattern)  # as the loader will check it
+        if issue is not None:
+            raise DataImportError(f"{path}:{line}: {issue}")
 
 
 def _rasa_entities(data: _RasaData) -> list[EntityDef]:

@@ -7,19 +7,14 @@ together as one `BotDefinitionError`.
 
 from __future__ import annotations
 
-import re
 import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from services.botdef.annotation import parse_annotated
-from services.botdef.conversation import (
-    ConversationDefinition,
-    SectionEntry,
-    answers_only,
-    build_conversation,
-)
+from services.botdef.builder import SectionEntry, build_conversation
+from services.botdef.conversation import ConversationDefinition, answers_only
 from services.botdef.model import (
     BotDefinition,
     BotDefinitionError,
@@ -45,7 +40,7 @@ from services.botdef.yamlio import (
     read_yaml,
     to_plain,
 )
-from services.common.regexsafety import unsafe_reason
+from services.common.regexsafety import pattern_issue
 
 BOT_FILE = "bot.yml"
 DATA_DIR = "data"
@@ -211,14 +206,9 @@ class _Loader:
                 line_of(doc, ["entities", index, "regex", number]),
                 f"entities[{index}].regex[{number}]",
             )
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                self.issues.append(origin.issue(f"invalid regex {pattern!r}: {exc}"))
-                continue
-            unsafe = unsafe_reason(pattern)  # user text runs through it: no ReDoS
-            if unsafe is not None:
-                self.issues.append(origin.issue(f"unsafe regex {pattern!r}: {unsafe}"))
+            issue = pattern_issue(pattern)  # user text runs through it: RE2, no ReDoS
+            if issue is not None:
+                self.issues.append(origin.issue(issue))
 
     # -- intents -------------------------------------------------------------------------
 

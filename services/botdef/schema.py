@@ -3,7 +3,7 @@
 `BOT_FILE_SCHEMA` is for `bot.yml`, `DATA_FILE_SCHEMA` for each file under `data/` and
 `domain/`. In a file, the conversation sections (`slots`, `responses`, `flows`) are only
 checked to be a mapping or a list; once merged over all files, each entry is checked against
-`CONVERSATION_SCHEMA` (`$defs`: `slot`, `response`, `flow`, ...) by `services.botdef.conversation`.
+`CONVERSATION_SCHEMA` (`$defs`: `slot`, `response`, `flow`, ...) by `services.botdef.builder`.
 """
 
 from __future__ import annotations
@@ -292,7 +292,8 @@ _CONVERSATION_DEFS: dict[str, Any] = {
         "minProperties": 1,
         "additionalProperties": False,
         "properties": {
-            "if": {"$ref": "#/$defs/condition"},
+            "if": {"anyOf": [{"type": "string", "minLength": 1},  # an expression over slots
+                             {"$ref": "#/$defs/condition"}]},
             "then": {"$ref": "#/$defs/steps"},
             "else": {"$ref": "#/$defs/steps"},
         },

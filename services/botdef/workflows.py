@@ -1,5 +1,6 @@
 """Workflow definitions of a bot folder (`workflows/*.yml`) and its RPA settings (`rpa.yml`):
-JSON Schema, typed model and validation. docs/workflows.md describes the format.
+typed model and validation (the JSON Schema: `workflow_schema`; the host allow-list:
+`hosts`). docs/workflows.md describes the format.
 
 `parse_workflows(bot.raw["workflows"], settings)` turns the loader's raw workflows into
 `WorkflowDef`s and lists every problem (schema, step ids, goto targets, expression syntax and
@@ -9,13 +10,11 @@ unknown subworkflows). Shared library code: the RPA runner executes these defini
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import jmespath
 import jmespath.exceptions
@@ -27,164 +26,23 @@ from services.botdef.expressions import (
     references,
     value_templates,
 )
+from services.botdef.hosts import HostAllowList as HostAllowList  # (re-exported)
 from services.botdef.loader import WORKFLOWS_DIR, yaml_files
 from services.botdef.model import BotDefinitionError, DefinitionIssue
 from services.botdef.schema import check_schema
+from services.botdef.workflow_schema import RPA_SCHEMA, WORKFLOW_SCHEMA
 from services.botdef.yamlio import PathPart, YamlSyntaxError, line_of, read_yaml, to_plain
 
 RPA_FILE = "rpa.yml"
 STEP_KINDS = ("http", "set", "transform", "branch", "wait", "subworkflow", "approval", "notify",
               "browser", "fail")
-COMPENSATION_KINDS = ("http", "browser", "notify", "set")
 BROWSER_ACTIONS = ("goto", "fill", "select", "click", "wait_for", "extract_text")
-INPUT_TYPES = ("string", "number", "integer", "boolean", "object", "list", "any")
-HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 SCOPE_ROOTS = frozenset({"inputs", "steps", "vars", "run", "settings", "secrets"})
 END = "end"
 DEFAULT_MAX_STEPS = 100
 MAX_DEPTH = 5  # subworkflows nested deeper than this fail
-IDENT = "^[A-Za-z_][A-Za-z0-9_]*$"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-# -- JSON Schema -------------------------------------------------------------------------------
-
-_DURATION_SCHEMA = {"type": ["string", "number"]}
-_TEXT = {"type": "string", "minLength": 1}
-_NAMES = {"type": "array", "items": _TEXT}
-_RETRY = {
-    "type": "object", "additionalProperties": False,
-    "properties": {
-        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
-        "initial_interval": _DURATION_SCHEMA,
-        "backoff_coefficient": {"type": "number", "minimum": 1, "maximum": 10},
-        "max_interval": _DURATION_SCHEMA,
-        "non_retryable_statuses": {"type": "array",
-                                   "items": {"type": "integer", "minimum": 100, "maximum": 599}},
-    },
-}
-_HTTP = {
-    "type": "object", "required": ["url"], "additionalProperties": False,
-    "properties": {
-        "method": {"enum": [*HTTP_METHODS, *(m.lower() for m in HTTP_METHODS)]},
-        "url": _TEXT,
-        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-        "query": {"type": "object",
-                  "additionalProperties": {"type": ["string", "number", "boolean"]}},
-        "json": {},
-        "body": {"type": "string"},
-        "expect": {"type": "array", "minItems": 1,
-                   "items": {"type": "integer", "minimum": 100, "maximum": 599}},
-        "outputs": {"type": "object", "propertyNames": {"pattern": IDENT},
-                    "additionalProperties": _TEXT},
-    },
-}
-_SELECTOR_VALUE = {"type": "object", "required": ["selector", "value"],
-                   "additionalProperties": False,
-                   "properties": {"selector": _TEXT, "value": {"type": ["string", "number"]}}}
-_ACTION = {
-    "type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
-    "properties": {
-        "goto": _TEXT,
-        "fill": _SELECTOR_VALUE,
-        "select": _SELECTOR_VALUE,
-        "click": _TEXT,
-        "wait_for": {"oneOf": [_TEXT, {
-            "type": "object", "required": ["selector"], "additionalProperties": False,
-            "properties": {"selector": _TEXT,
-                           "state": {"enum": ["attached", "detached", "visible", "hidden"]}}}]},
-        "extract_text": {"type": "object", "required": ["selector", "output"],
-                         "additionalProperties": False,
-                         "properties": {"selector": _TEXT,
-                                        "output": {"type": "string", "pattern": IDENT}}},
-    },
-}
-_BROWSER = {"type": "object", "required": ["actions"], "additionalProperties": False,
-            "properties": {"actions": {"type": "array", "minItems": 1, "items": _ACTION}}}
-_EXPRESSIONS = {"type": "object", "minProperties": 1, "propertyNames": {"pattern": IDENT}}
-_BRANCH = {"type": "array", "minItems": 1, "items": {"oneOf": [
-    {"type": "object", "required": ["if", "goto"], "additionalProperties": False,
-     "properties": {"if": {"type": ["string", "boolean"]}, "goto": _TEXT}},
-    {"type": "object", "required": ["else"], "additionalProperties": False,
-     "properties": {"else": _TEXT}},
-]}}
-_ESCALATION = {"type": "object", "required": ["timeout"], "additionalProperties": False,
-               "properties": {"approvers": _NAMES, "timeout": _DURATION_SCHEMA,
-                              "message": {"type": "string"}}}
-_APPROVAL = {
-    "type": "object", "required": ["timeout"], "additionalProperties": False,
-    "properties": {
-        "message": {"type": "string"}, "approvers": _NAMES, "timeout": _DURATION_SCHEMA,
-        "notify": {"type": "string"}, "escalation": {"type": "array", "items": _ESCALATION},
-        "on_timeout": {"enum": ["reject", "approve"]},
-    },
-}
-_SUBWORKFLOW = {"type": "object", "required": ["name"], "additionalProperties": False,
-                "properties": {"name": _TEXT, "inputs": {"type": "object"}}}
-_KIND_SCHEMAS: dict[str, Any] = {
-    "http": _HTTP,
-    "set": _EXPRESSIONS,
-    "transform": _EXPRESSIONS,
-    "branch": _BRANCH,
-    "wait": {"oneOf": [_DURATION_SCHEMA, {"type": "object", "required": ["duration"],
-                                          "additionalProperties": False,
-                                          "properties": {"duration": _DURATION_SCHEMA}}]},
-    "subworkflow": _SUBWORKFLOW,
-    "approval": _APPROVAL,
-    "notify": {"oneOf": [_TEXT, {"type": "object", "required": ["text"],
-                                 "additionalProperties": False, "properties": {"text": _TEXT}}]},
-    "browser": _BROWSER,
-    "fail": _TEXT,
-}
-_COMMON = {"timeout": _DURATION_SCHEMA, "retry": _RETRY, "description": {"type": "string"}}
-_COMPENSATION = {
-    "type": "object", "additionalProperties": False, "minProperties": 1,
-    "properties": {**{k: _KIND_SCHEMAS[k] for k in COMPENSATION_KINDS}, **_COMMON},
-}
-_STEP = {
-    "type": "object", "required": ["id"], "additionalProperties": False,
-    "properties": {
-        "id": {"type": "string", "pattern": IDENT},
-        **_KIND_SCHEMAS, **_COMMON,
-        "when": {"type": ["string", "boolean"]},
-        "non_idempotent": {"type": "boolean"},
-        "compensate": _COMPENSATION,
-    },
-}
-_INPUT = {"type": "object", "additionalProperties": False,
-          "properties": {"type": {"enum": list(INPUT_TYPES)}, "required": {"type": "boolean"},
-                         "default": {}, "description": {"type": "string"}}}
-
-WORKFLOW_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "botfactory workflow",
-    "type": "object",
-    "required": ["name", "steps"],
-    "additionalProperties": False,
-    "properties": {
-        "version": {"const": "1"},
-        "name": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_-]*$"},
-        "description": {"type": "string"},
-        "inputs": {"type": "object", "propertyNames": {"pattern": IDENT},
-                   "additionalProperties": {"oneOf": [{"enum": list(INPUT_TYPES)}, _INPUT]}},
-        "outputs": {"type": "object", "propertyNames": {"pattern": IDENT}},
-        "max_steps": {"type": "integer", "minimum": 1, "maximum": 10000},
-        "steps": {"type": "array", "minItems": 1, "items": _STEP},
-    },
-}
-
-RPA_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "botfactory rpa.yml",
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "version": {"const": "1"},
-        "allowed_hosts": {"type": "array", "items": _TEXT},
-        "settings": {"type": "object", "propertyNames": {"pattern": IDENT},
-                     "additionalProperties": {"type": ["string", "number", "boolean"]}},
-    },
-}
 
 # -- model -------------------------------------------------------------------------------------
 
@@ -360,65 +218,14 @@ class WorkflowDef:
         return self.steps[self.position(step_id)]
 
 
-# -- RPA settings: allow-list and settings ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HostAllowList:
-    """Hosts HTTP and browser steps may reach: `host` (any port), `host:port`, `*.domain`."""
-
-    entries: tuple[str, ...] = ()
-
-    def allows(self, url: str) -> bool:
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError:
-            return False
-        return self.allows_host(parts.scheme, parts.hostname or "", port)
-
-    def allows_host(self, scheme: str, host: str, port: int | None) -> bool:
-        host = normalize_host(host)
-        if scheme not in ("http", "https") or not host:
-            return False
-        port = port or (443 if scheme == "https" else 80)
-        return any(_matches(entry, host, port) for entry in self.entries)
-
-
-def normalize_host(host: str) -> str:
-    host = host.strip().lower().rstrip(".")
-    try:
-        return str(ipaddress.ip_address(host.strip("[]")))
-    except ValueError:
-        return host
-
-
-def _matches(entry: str, host: str, port: int) -> bool:
-    pattern, wanted_port = _split_entry(entry)
-    if wanted_port and str(port) != wanted_port:
-        return False
-    if pattern.startswith("*."):
-        return host.endswith(pattern[1:]) and host != pattern[2:]
-    return host == normalize_host(pattern)
-
-
-def _split_entry(entry: str) -> tuple[str, str]:
-    """(host, port or '') of an allow-list entry: `host`, `host:port`, `[v6]`, `[v6]:port`."""
-    entry = entry.strip().lower()
-    if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        return host, rest[1:] if rest.startswith(":") else ""
-    if entry.count(":") == 1:
-        host, port = entry.split(":")
-        return host, port
-    return entry, ""
+# -- RPA settings ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class RpaSettings:
     """A bot's `rpa.yml`: the host allow-list and named settings (`{{ settings.NAME }}`)."""
 
-    allowed_hosts: HostAllowList = HostAllowList()
+    allowed_hosts: HostAllowList = field(default_factory=HostAllowList)
     settings: dict[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> RpaSettings:

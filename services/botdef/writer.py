@@ -12,6 +12,7 @@ from services.botdef.loader import BOT_FILE, DATA_DIR, MIN_EXAMPLES
 from services.botdef.model import EntityDef, Example, NluSettings
 from services.botdef.schema import BOT_NAME_PATTERN, INTENT_NAME_PATTERN
 from services.botdef.yamlio import dump_yaml
+from services.common.regexsafety import pattern_issue
 
 INTENTS_FILE = "intents.yml"
 ENTITIES_FILE = "entities.yml"
@@ -110,10 +111,9 @@ def _check_entity(entity: EntityDef) -> None:
     if not ENTITY_NAME_RE.fullmatch(entity.name):
         raise ValueError(f"invalid entity name {entity.name!r}")
     for pattern in entity.regex:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"entity {entity.name!r}: invalid regex {pattern!r}: {exc}") from None
+        issue = pattern_issue(pattern)  # as the loader will check it
+        if issue is not None:
+            raise ValueError(f"entity {entity.name!r}: {issue}")
     seen: dict[str, str] = {}
     for canonical, variants in entity.synonyms.items():
         for variant in [canonical, *variants]:

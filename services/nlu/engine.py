@@ -28,7 +28,7 @@ from services.common.modelformat import (
     served_file,
 )
 from services.common.pii import email_spans
-from services.common.regexsafety import unsafe_reason
+from services.common.regexsafety import BotPattern, UnsafeRegex, compile_bot_regex
 from services.common.textenc import Span, decode_spans, load_tokenizer, words
 
 REQUIRED_FILES = (METADATA_FILE, LABELS_FILE, TOKENIZER_FILE, ENTITIES_FILE)
@@ -60,27 +60,27 @@ class Prediction:
     out_of_scope: bool
 
 
+Rule = BotPattern | re.Pattern[str]
+"""A bot author's regex (RE2) or a lookup list's alternation (escaped values)."""
+
+
 @dataclass(frozen=True)
 class RuleExtractors:
     """Regex and lookup extractors plus synonym normalisation from `entities.json`."""
 
     synonyms: dict[str, dict[str, str]]
-    patterns: dict[str, list[re.Pattern[str]]]
+    patterns: dict[str, list[Rule]]
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> RuleExtractors:
-        patterns: dict[str, list[re.Pattern[str]]] = {}
-        try:
-            for entity, regexes in config.get("regex", {}).items():
-                patterns[entity] = [re.compile(p) for p in regexes]
-                for pattern in regexes:  # a model made before the loader refused these
-                    unsafe = unsafe_reason(pattern)
-                    if unsafe is not None:
-                        raise ModelLoadError(f"entities.json: unsafe regex {pattern!r} for "
-                                             f"{entity!r}: {unsafe}")
-        except re.error as exc:
-            raise ModelLoadError(f"entities.json: bad regex: {exc}") from exc
-        lookups: dict[str, list[re.Pattern[str]]] = {}
+        patterns: dict[str, list[Rule]] = {}
+        for entity, regexes in config.get("regex", {}).items():
+            try:  # RE2, as the loader checked (a model made before it did may not comply)
+                patterns[entity] = [compile_bot_regex(p) for p in regexes]
+            except UnsafeRegex as exc:
+                raise ModelLoadError(f"entities.json: unsafe regex for {entity!r}: {exc}") \
+                    from None
+        lookups: dict[str, list[Rule]] = {}
         for entity, values in config.get("lookup", {}).items():
             alternatives = "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
             lookups[entity] = [re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)]
@@ -126,8 +126,7 @@ class RuleExtractors:
         return found
 
 
-def _tag(extractor: str,
-         patterns: dict[str, list[re.Pattern[str]]]) -> dict[str, list[re.Pattern[str]]]:
+def _tag(extractor: str, patterns: dict[str, list[Rule]]) -> dict[str, list[Rule]]:
     return {f"{extractor}:{entity}": p for entity, p in patterns.items()}
 
 

@@ -12,7 +12,8 @@ from playwright.async_api import Browser, BrowserContext, Page, Playwright, Rout
 from playwright.async_api import Error as PlaywrightError
 
 from services.botdef.expressions import ExpressionError, render_value, to_text
-from services.botdef.workflows import BrowserAction, BrowserSpec, HostAllowList
+from services.botdef.hosts import HostAllowList
+from services.botdef.workflows import BrowserAction, BrowserSpec
 from services.common.logging import get_logger
 from services.rpa_runner.outcomes import Done, Failed, Outcome, StepCall
 

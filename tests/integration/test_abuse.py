@@ -514,10 +514,10 @@ async def test_bot_files_are_sandboxed_and_runaway_ones_refused(stack: Stack) ->
 
 async def test_catastrophic_regexes_are_refused_and_long_text_is_fast(stack: Stack) -> None:
     url = "/v1/admin/bots/inject/definition"
-    for files in (inject_files("Hi", entity_regex=r"(a+)+$"),
-                  inject_files("Hi", slot_regex=r"(\w+\s?)*$"),
-                  inject_files("Hi", entity_regex=r"(\d+)(\d+)x"),
-                  inject_files("Hi", entity_regex=r"(a|ab)+c")):
+    for files in (inject_files("Hi", entity_regex=r"(a+)\1$"),
+                  inject_files("Hi", slot_regex=r"(?<!x)(\w+\s?)*$"),
+                  inject_files("Hi", entity_regex=r"(?=\d)(\d+)(\d+)x"),
+                  inject_files("Hi", entity_regex=r"(?>a|ab)+c")):
         status, body = await request(stack, "PUT", url, BOOTSTRAP, body={"files": files})
         assert status == 422 and "unsafe regex" in json.dumps(body["issues"]), body
     # the demo bot's own entity regexes on the longest, most hostile text allowed

@@ -586,6 +586,7 @@ def test_write_bot_round_trips(tmp_path: Path) -> None:
         ("ok", [Example("a b", "bad intent"), Example("c", "bad intent")], (), "invalid intent"),
         ("ok", [], (), "no examples"),
         ("ok", TRICKY, (EntityDef("x", {}, ("(",), ()),), "invalid regex"),
+        ("ok", TRICKY, (EntityDef("x", {}, (r"(a)\1",), ()),), "backreference `\\1`"),
         ("ok", TRICKY, (EntityDef("x", {"a": ["b"], "c": ["B"]}, (), ()),), "synonym of both"),
         ("ok", TRICKY, (EntityDef("x", {}, (), ()),) * 2, "given twice"),
     ],

@@ -228,6 +228,44 @@ def test_conditions(tmp_path: Path) -> None:
         "not", children=(Condition("present", "city", True),))
 
 
+def test_expression_conditions_read_slots(tmp_path: Path) -> None:
+    from services.dialogue.engine.program import holds
+
+    guarded = "slots.amount != null and slots.amount > 10 and slots.city in ['Paris', 'Rome']"
+    flows = ("flows:\n  pay:\n    trigger: pay\n    steps:\n      - branch:\n"
+             f'          - {{if: "{guarded} or not slots.ok", then: [utter_done]}}\n'
+             '          - {if: "slots.amount > 10 or true", then: [utter_done]}\n')
+    step = load_bot(with_flows(tmp_path, flows)).conversation.flows["pay"].steps[0]
+    assert isinstance(step, Branch)
+    condition = step.cases[0][0]
+    assert (condition.op, condition.reads) == ("expression", ("amount", "city", "ok"))
+    cases: list[tuple[dict[str, object], bool]] = [
+        ({"amount": 20, "city": "Rome", "ok": True}, True),
+        ({"amount": 5, "city": "Rome", "ok": True}, False),
+        ({"amount": None, "city": None, "ok": False}, True),
+        ({"amount": None, "city": None, "ok": True}, False)]
+    for values, expected in cases:
+        assert holds(condition, values.get) is expected, values
+    failing = step.cases[1][0]  # cannot be evaluated (null > 10): false, as `gt` of unset is
+    assert holds(failing, {"amount": None}.get) is False
+    assert holds(failing, {"amount": 1}.get) is True
+
+
+@pytest.mark.parametrize("values", [{"ok": True}, {"ok": False}, {"ok": None}, {}])
+def test_the_banking_expressions_mean_what_the_structured_conditions_meant(
+        values: dict[str, object]) -> None:
+    from services.dialogue.engine.program import holds
+
+    conversation = load_bot(BANKING).conversation
+    for flow, slot, equals in [("transfer_money", "transfer_confirmed", True),
+                               ("block_card", "block_confirmed", False)]:
+        branch = next(s for s in conversation.flows[flow].steps if isinstance(s, Branch))
+        expression = branch.cases[0][0]
+        assert expression.op == "expression" and expression.reads == (slot,)
+        value_of = {slot: values.get("ok")}.get
+        assert holds(expression, value_of) == holds(Condition("equals", slot, equals), value_of)
+
+
 def test_list_forms_and_shorthands(tmp_path: Path) -> None:
     flows = """\
         flows:
@@ -345,6 +383,18 @@ def test_unknown_slot_in_collect(tmp_path: Path) -> None:
         ("flows:\n  pay:\n    trigger: pay\n    steps:\n      - branch:\n"
          "          - if: {slot: ok, gt: 1, lt: 2}\n            then: [end]\n",
          6, "flows.pay.steps[0].branch[0].if", "exactly one of"),
+        ("flows:\n  pay:\n    trigger: pay\n    steps:\n      - branch:\n"
+         "          - if: slots.amnt > 1\n            then: [end]\n",
+         6, "flows.pay.steps[0].branch[0].if", "unknown slot 'amnt'"),
+        ("flows:\n  pay:\n    trigger: pay\n    steps:\n      - branch:\n"
+         "          - if: amount > 1\n            then: [end]\n",
+         6, "flows.pay.steps[0].branch[0].if", "reads slots as `slots.NAME`, not 'amount'"),
+        ("flows:\n  pay:\n    trigger: pay\n    steps:\n      - branch:\n"
+         "          - if: slots.amount >\n            then: [end]\n",
+         6, "flows.pay.steps[0].branch[0].if", "invalid expression 'slots.amount >'"),
+        ("flows:\n  pay:\n    trigger: pay\n    steps:\n      - branch:\n"
+         "          - if: {slot: ok, eq: true}\n            then: [end]\n",
+         6, "flows.pay.steps[0].branch[0].if", "eq"),
     ],
 )
 def test_flow_errors(tmp_path: Path, flows: str, line: int, field: str, message: str) -> None:
@@ -485,6 +535,23 @@ def test_template_sandbox() -> None:
     for source in ("{{ slots.pop('a') }}", "{{ 'x' * 10**6 }}", "{{ 2 ** 1000 }}"):
         with pytest.raises(SecurityError):
             render(source)
+
+
+@pytest.mark.parametrize(("value", "written"), [
+    ("12", "12.00"), (12, "12.00"), (12.5, "12.50"), (1234.5, "1,234.50"), (None, ""),
+    ("abc", None), (True, None), ([1], None), ("nan", None)])
+def test_one_money_for_templates_and_expressions(value: object, written: str | None) -> None:
+    from services.botdef.expressions import ExpressionError, evaluate_source
+
+    template = template_environment().from_string("{{ slots.v | money }}")
+    if written is None:
+        with pytest.raises(ExpressionError):
+            evaluate_source("money(inputs.v)", {"inputs": {"v": value}})
+        with pytest.raises(ExpressionError):
+            template.render(slots={"v": value})
+        return
+    assert evaluate_source("money(inputs.v)", {"inputs": {"v": value}}) == written
+    assert template.render(slots={"v": value}) == written
 
 
 # -- built-in sentiment slots -----------------------------------------------------------------

@@ -289,6 +289,7 @@ def test_import_rasa_fixture(caplog: pytest.LogCaptureFixture) -> None:
         ("nlu:\n- intent: '?'\n  examples: |\n    - a\n", ":2: label '?' has no character"),
         ("nlu:\n- foo: x\n", ":2: an nlu item needs one of intent, synonym, regex, lookup"),
         ("nlu:\n- regex: r\n  examples: |\n    - '[0-9'\n", ":4: invalid regex"),
+        ("nlu:\n- regex: r\n  examples: |\n    - '(?<!x)[0-9]'\n", ":4: unsafe regex"),
         ("nlu:\n- intent: x\n  examples: 3\n", ":2: 'examples' must be a '|' block"),
         ("stories: []\n", ":1: no 'nlu:' list"),
         ("nlu: [\n", ":2: invalid YAML"),

@@ -20,7 +20,7 @@ from jinja2.exceptions import SecurityError
 from prometheus_client import CollectorRegistry
 
 from services.botdef import BotDefinitionError, load_bot, template_environment
-from services.botdef.conversation import template_problems
+from services.botdef.templates import template_problems
 from services.common.logging import configure_logging, get_logger
 from services.common.pii import (
     CARD,
@@ -32,7 +32,7 @@ from services.common.pii import (
     redact,
     redact_value,
 )
-from services.common.regexsafety import unsafe_reason
+from services.common.regexsafety import compile_bot_regex, regex_problem
 from services.dialogue.engine.render import MAX_RENDERED_CHARS, _render
 from services.gateway import audit
 from services.gateway.config import GatewayConfig
@@ -128,30 +128,52 @@ def test_logs_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
 
 # --- regexes ----------------------------------------------------------------------------------
 
-UNSAFE = [r"(a+)+$", r"(a*)*b", r"(\w+\s?)+$", r"(a|aa)+$", r"([a-z]+)*@", r"(x+x+)+y",
-          r"\d+\d+x", r"(\d+)(\d+)x", r".*.*=.*", r"\w+ ?\w+", r"(a?)+b", r"(a?){25}a{25}",
-          r"(a)\1", r"(a{1,3}){2,}", r"^(([a-z])+.)+[A-Z]([a-z])+$"]
+CATASTROPHIC = [r"(a+)+$", r"(a*)*b", r"(\w+\s?)+$", r"(a|aa)+$", r"([a-z]+)*@", r"(x+x+)+y",
+                r"\d+\d+x", r"(\d+)(\d+)x", r".*.*=.*", r"\w+ ?\w+", r"(a?)+b",
+                r"(a?){25}a{25}", r"(a{1,3}){2,}", r"^(([a-z])+.)+[A-Z]([a-z])+$"]
+"""Exponential or high polynomial for a backtracking engine; linear for RE2."""
+REFUSED = {r"(a)\1": "backreference `\\1`", r"(?P<x>a)(?P=x)": "backreference `(?P=name)`",
+           r"a(?=b)": "lookahead", r"a(?!b)": "negative lookahead", r"(?<=a)b": "lookbehind",
+           r"(?<!a)b": "negative lookbehind", r"(a)?(?(1)b|c)": "conditional",
+           r"(?>a+)b": "atomic group", r"a++b": "possessive quantifier",
+           r"[\W\d]": "`\\W` inside brackets"}
 SAFE = [r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
         r"(?:\d{3}[ -]?)+$", r"(?:foo|bar)+x", r"\w+@\w+\.\w+", r"\d+(?:[.,]\d+)?",
         r"\d{4}(?:[ -]?\d{4}){3}", r"[A-Z]{3}-\d{4,6}", r"(?i)\b(?:visa|mastercard)\b",
         r"^\+?\d{7,15}$", r"[^@\s]+@[^@\s]+", r"(\d|\w)*x"]
 
 
-@pytest.mark.parametrize("pattern", UNSAFE)
-def test_catastrophic_regexes_are_named(pattern: str) -> None:
-    assert unsafe_reason(pattern) is not None
-
-
-@pytest.mark.parametrize("pattern", SAFE)
-def test_ordinary_regexes_pass_and_run_fast(pattern: str) -> None:
+@pytest.mark.parametrize("pattern", CATASTROPHIC + SAFE)
+def test_bot_regexes_run_with_re2_and_match_as_python_does(pattern: str) -> None:
     import re
 
-    assert unsafe_reason(pattern) is None
-    compiled = re.compile(pattern)
-    started = time.perf_counter()
+    assert regex_problem(pattern) is None
+    compiled = compile_bot_regex(pattern)
+    assert type(compiled).__module__ == "re2"  # no backtracking: linear time by construction
     for text in ("a" * 2000 + "!", "1" * 2000 + "x", "ab " * 700, "A1" * 1000):
         compiled.search(text)
-    assert time.perf_counter() - started < 1.0
+    for text in ("aaab", "DE12 3456 7890 12", "x@y.io", "12.50", "Visa card", "aaaa=", "aa1"):
+        ours, python = compiled.search(text), re.search(pattern, text)
+        assert (ours and ours.group(0)) == (python and python.group(0)), text
+
+
+@pytest.mark.parametrize(("pattern", "construct"), REFUSED.items())
+def test_constructs_re2_cannot_run_are_named(pattern: str, construct: str) -> None:
+    problem = regex_problem(pattern)
+    assert problem is not None and problem.startswith(construct), problem
+    assert "not allowed" in problem
+
+
+def test_shorthand_classes_keep_their_unicode_meaning() -> None:
+    import re
+
+    for pattern in (r"\w+", r"\d+", r"\s+", r"\W+", r"\D+", r"\S+", r"[\w-]+", r"[^\w]+",
+                    r"[\d]+", r"[\D]+", r"[]a]+", r"\\w"):
+        for text in ("héllo wörld", "٣٤ 12", "a\u00a0b\u2028c", "-x-", "]a]", "\\w"):
+            found = [m.group(0) for m in compile_bot_regex(pattern).finditer(text)]
+            assert found == re.findall(pattern, text), (pattern, text)
+    # \b is RE2's: only ASCII letters, digits and _ are word characters around it
+    assert compile_bot_regex(r"\bx").search("éx") is not None
 
 
 def _bot(root: Path, *, entity_regex: str = r"\d{5}", slot_regex: str = r"[A-Z]{2}\d+",
@@ -172,10 +194,13 @@ def _bot(root: Path, *, entity_regex: str = r"\d{5}", slot_regex: str = r"[A-Z]{
 def test_the_loader_refuses_unsafe_entity_and_slot_regexes(tmp_path: Path) -> None:
     assert load_bot(_bot(tmp_path / "ok")).name == "sec"
     with pytest.raises(BotDefinitionError) as caught:
-        load_bot(_bot(tmp_path / "bad", entity_regex=r"(a+)+$", slot_regex=r"(\w+\s?)*$"))
-    issues = {issue.field: issue.message for issue in caught.value.issues}
-    assert "nested quantifiers" in issues["entities[0].regex[0]"]
-    assert issues["slots.code.regex"].startswith("unsafe regex")
+        load_bot(_bot(tmp_path / "bad", entity_regex=r"(\d)\1", slot_regex=r"(?<!x)[A-Z]+"))
+    issues = {issue.field: issue for issue in caught.value.issues}
+    entity, slot = issues["entities[0].regex[0]"], issues["slots.code.regex"]
+    assert "backreference `\\1` is not allowed" in entity.message
+    assert entity.file.endswith("data/nlu.yml") and entity.line == 7
+    assert slot.message.startswith("unsafe regex") and "negative lookbehind" in slot.message
+    assert slot.file.endswith("domain/d.yml") and slot.line == 5
 
 
 def test_privacy_section_turns_redaction_off(tmp_path: Path) -> None:
@@ -188,7 +213,7 @@ def test_privacy_section_turns_redaction_off(tmp_path: Path) -> None:
 
 def test_the_nlu_refuses_unsafe_rule_regexes_and_bounds_the_text() -> None:
     with pytest.raises(ModelLoadError, match="unsafe regex"):
-        RuleExtractors.from_config({"regex": {"code": [r"(a+)+$"]}})
+        RuleExtractors.from_config({"regex": {"code": [r"(?=a)a"]}})
     rules = RuleExtractors.from_config({"regex": {"code": [r"\bZ\d{3}\b"]}})
     text = "x " * MAX_RULE_TEXT_CHARS + "Z123"
     assert rules.extract(text) == []  # beyond the bound: not searched

@@ -20,6 +20,7 @@ from services.botdef import (
     SetSlots,
     Step,
 )
+from services.botdef.expressions import ExpressionError, evaluate, truthy
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ def entity_filled_slots(program: tuple[Instruction, ...]) -> frozenset[str]:
 def _condition_slots(condition: Condition) -> Iterator[str]:
     if condition.slot:
         yield condition.slot
+    yield from condition.reads
     for child in condition.children:
         yield from _condition_slots(child)
 
@@ -118,6 +120,8 @@ def holds(condition: Condition, value_of: Callable[[str], Any]) -> bool:
         return any(holds(child, value_of) for child in condition.children)
     if condition.op == "not":
         return not holds(condition.children[0], value_of)
+    if condition.op == "expression":
+        return _expression_holds(condition, value_of)
     value = value_of(condition.slot)
     if condition.op == "present":
         return (value is not None) == bool(condition.value)
@@ -128,6 +132,16 @@ def holds(condition: Condition, value_of: Callable[[str], Any]) -> bool:
     if condition.op == "in":
         return any(same(value, item) for item in condition.value)
     return _compare(condition.op, value, condition.value)
+
+
+def _expression_holds(condition: Condition, value_of: Callable[[str], Any]) -> bool:
+    """An `if:` expression over the slots; one that cannot be evaluated (`slots.amount > 100`
+    while the amount is unset) is false, as `gt` of an unset slot is."""
+    slots = {name: value_of(name) for name in condition.reads}
+    try:
+        return truthy(evaluate(condition.value, {"slots": slots}))
+    except ExpressionError:
+        return False
 
 
 def _compare(op: str, value: Any, limit: Any) -> bool:

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from services.botdef import DATE_TYPES, EntityDef, SlotDef, SlotValue, Validation, value_problem
+from services.common.regexsafety import BotPattern, compile_bot_regex
 from services.dialogue.engine.dates import Clock, parse_date
 
 YES_WORDS = frozenset({
@@ -162,11 +163,11 @@ class EntityMatcher:
 
     synonyms: Mapping[str, str]
     lookup: tuple[str, ...]
-    patterns: tuple[re.Pattern[str], ...]
+    patterns: tuple[BotPattern, ...]
 
     @classmethod
     def of(cls, entity: EntityDef, synonyms: Mapping[str, str]) -> EntityMatcher:
-        patterns = tuple(re.compile(p) for p in entity.regex)
+        patterns = tuple(compile_bot_regex(p) for p in entity.regex)
         return cls(MappingProxyType(dict(synonyms)), entity.lookup, patterns)
 
     @property
