@@ -47,7 +47,7 @@ from services.common.reviewqueue import ReviewQueue
 from services.gateway.auth import InMemoryKeyStore
 from services.gateway.config import GatewayConfig
 from services.gateway.http import GatewayMetrics, create_app
-from services.gateway.http.models import MODEL_ROLLOUTS
+from services.gateway.http.model_versions import MODEL_ROLLOUTS
 from services.gateway.http.openapi import build_document
 from services.gateway.http.review import REVIEW
 from services.gateway.http.routes import ROUTES

@@ -101,12 +101,6 @@ def _dumps(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
-def check_id(field: str, value: str, pattern: re.Pattern[str]) -> str:
-    if not pattern.match(value):
-        raise RequestInvalid.one(field, f"must match {pattern.pattern}")
-    return value
-
-
 class Fields:
     """Reads fields of one JSON object, collecting every problem; `done()` raises them all."""
 

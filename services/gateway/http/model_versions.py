@@ -14,7 +14,7 @@ from aiohttp import web
 
 from services.common import audit as actions
 from services.common.errors import Unavailable
-from services.common.modelstore import MODES, Rollout
+from services.common.modelstore import MODES, Activation, Rollout
 from services.gateway.http import admin
 from services.gateway.http.admin import VERSION, audited
 from services.gateway.http.state import principal_of, state_of
@@ -97,9 +97,15 @@ async def put_active(request: web.Request) -> web.Response:
 
 
 async def post_rollback(request: web.Request) -> web.Response:
+    activation = await _rollouts(request).rollback(request.match_info["bot"], _actor(request))
+    return await _activated(request, actions.MODEL_ROLLED_BACK, activation)
+
+
+async def _activated(request: web.Request, action: str,
+                     activation: Activation) -> web.Response:
+    """Audit a rollback or promotion and answer with the activation it made."""
     bot = request.match_info["bot"]
-    activation = await _rollouts(request).rollback(bot, _actor(request))
-    await audited(request, actions.MODEL_ROLLED_BACK,
+    await audited(request, action,
                   {"bot_id": bot, "version": activation.version, "from": activation.previous})
     return json_response({"bot_id": bot, "activation": activation.to_json()})
 
@@ -137,11 +143,8 @@ async def put_rollout(request: web.Request) -> web.Response:
 
 
 async def post_promote(request: web.Request) -> web.Response:
-    bot = request.match_info["bot"]
-    activation = await _rollouts(request).promote(bot, _actor(request))
-    await audited(request, actions.ROLLOUT_PROMOTED,
-                  {"bot_id": bot, "version": activation.version, "from": activation.previous})
-    return json_response({"bot_id": bot, "activation": activation.to_json()})
+    activation = await _rollouts(request).promote(request.match_info["bot"], _actor(request))
+    return await _activated(request, actions.ROLLOUT_PROMOTED, activation)
 
 
 async def delete_rollout(request: web.Request) -> web.Response:
