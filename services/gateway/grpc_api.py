@@ -37,7 +37,6 @@ SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 AUTHORIZATION = "authorization"
 RETRY_AFTER = "retry-after"
 CHANNEL = "grpc"
-DEFAULT_TRANSCRIPT_LIMIT = 100
 # Kept from a call's deadline for answering after the wait for replies.
 DEADLINE_MARGIN_S = 0.2
 STREAM_QUEUE = 256
@@ -187,9 +186,8 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
         # Reading a conversation: its visitor token or an agent key (a client key only sends).
         await self._admit(context, request.bot_id, request.conversation_id, Role.AGENT)
         maximum = self.config.transcript_max_limit
-        limit = request.limit or min(DEFAULT_TRANSCRIPT_LIMIT, maximum)
-        if not 1 <= limit <= maximum:
-            raise InvalidArgument(f"limit must be from 1 to {maximum} (0: the default)")
+        limit = conversations.check_limit(
+            request.limit or min(conversations.DEFAULT_TRANSCRIPT_LIMIT, maximum), maximum)
         with retry_hint(context):
             entries = await self.hub.transcript(request.bot_id, request.conversation_id, limit)
         return gateway_pb2.GetTranscriptResponse(

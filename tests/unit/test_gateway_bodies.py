@@ -17,11 +17,12 @@ from services.common.pb.botfactory.v1 import conversation_pb2, gateway_pb2
 from services.gateway.config import GatewayConfig
 from services.gateway.http.bodies import MESSAGE, check_path_id, grpc_fields
 from services.gateway.http.problems import RequestInvalid
+from services.gateway.ports import Role
 from tests.unit.test_gateway_grpc import Served, serve
 from tests.unit.test_gateway_http import Gateway, auth, make_config, start_gateway
 
 # Limits below the defaults: a body within the defaults but over these tells them apart.
-CONFIG = make_config(max_text_chars=10, max_comment_chars=5)
+CONFIG = make_config(max_text_chars=10, max_comment_chars=5, transcript_max_limit=7)
 BOT, CONVERSATION = "alpha", "c1"
 MESSAGES: list[tuple[dict[str, Any], bool]] = [
     ({"text": "hi"}, True),
@@ -92,18 +93,22 @@ def documented(schema: dict[str, Any], body: Any) -> bool:
 
 
 async def http_errors(both: Both, path: str, body: dict[str, Any]) -> str | None:
-    """The 400's field errors as gRPC words them (`field: message; ...`); None: not a 400."""
+    """The 400's field errors, worded; None: not a 400."""
     response = await both.http.client.post(path, headers=auth(both.key), json=body)
     if response.status != 400:
         return None
-    problem = await response.json()
+    return worded(await response.json())
+
+
+def worded(problem: dict[str, Any]) -> str:
+    """A 400 problem's field errors as gRPC words them (`field: message; ...`)."""
     return "; ".join(f"{e['field']}: {e['message']}" for e in problem["errors"])
 
 
-async def grpc_error(call: Any, request: Any, both: Both) -> str | None:
+async def grpc_error(call: Any, request: Any, both: Both, key: str | None = None) -> str | None:
     """The INVALID_ARGUMENT detail of the call (None: any other outcome)."""
     try:
-        await call(request, metadata=both.grpc.metadata())
+        await call(request, metadata=both.grpc.metadata(key))
     except grpc.aio.AioRpcError as exc:
         if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
             return str(exc.details())
@@ -147,6 +152,20 @@ async def test_ids_agree(both: Both, name: str, value: str, valid: bool) -> None
     assert documented({"type": "string", "pattern": pattern}, value) is valid
     assert (from_http is None) is valid
     assert from_grpc == from_http
+
+
+@pytest.mark.parametrize(("limit", "valid"), [(1, True), (7, True), (8, False)])
+async def test_transcript_limits_agree(both: Both, limit: int, valid: bool) -> None:
+    http_key = await both.http.key(Role.AGENT)
+    response = await both.http.client.get(
+        f"/v1/bots/{BOT}/conversations/{CONVERSATION}/transcript?limit={limit}",
+        headers=auth(http_key))
+    grpc_key = (await both.grpc.auth.issue("t1", (BOT,), Role.AGENT)).secret
+    request = gateway_pb2.GetTranscriptRequest(bot_id=BOT, conversation_id=CONVERSATION,
+                                               limit=limit)
+    from_grpc = await grpc_error(both.grpc.stub.GetTranscript, request, both, grpc_key)
+    assert (response.status == 200) is valid
+    assert from_grpc == (None if valid else worded(await response.json()))
 
 
 async def test_the_document_takes_its_limits_from_the_config(both: Both) -> None:

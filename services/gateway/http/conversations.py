@@ -124,9 +124,15 @@ async def post_message(request: web.Request) -> web.Response:
 
 def transcript_limit(request: web.Request, maximum: int) -> int:
     raw = request.query.get("limit", str(min(DEFAULT_TRANSCRIPT_LIMIT, maximum)))
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    return check_limit(int(raw) if raw.isdigit() else 0, maximum)
+
+
+def check_limit(limit: int, maximum: int) -> int:
+    """A transcript limit (HTTP `?limit=`, gRPC `limit`): 1..maximum, else 400 /
+    INVALID_ARGUMENT."""
+    if not 1 <= limit <= maximum:
         raise RequestInvalid.one("limit", f"must be an integer from 1 to {maximum}")
-    return int(raw)
+    return limit
 
 
 async def get_transcript(request: web.Request) -> web.Response:
