@@ -171,8 +171,9 @@ async def test_transcript_limits_agree(both: Both, limit: int, valid: bool) -> N
 async def test_the_document_takes_its_limits_from_the_config(both: Both) -> None:
     properties = both.schema("UserMessageRequest")["properties"]
     assert properties["text"]["maxLength"] == 10
-    comment = both.schema("FeedbackRequest")["properties"]["comment"]["anyOf"][0]
-    assert comment["maxLength"] == 5
+    for name, field in (("FeedbackRequest", "comment"), ("CancelRunRequest", "reason"),
+                        ("ApprovalDecisionRequest", "comment")):
+        assert both.schema(name)["properties"][field]["anyOf"][0]["maxLength"] == 5
     assert MESSAGE.schema(GatewayConfig())["properties"]["text"]["maxLength"] == \
         GatewayConfig.max_text_chars
 

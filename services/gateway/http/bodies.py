@@ -20,7 +20,6 @@ from typing import Any, Protocol
 
 from services.gateway.config import GatewayConfig
 from services.gateway.http.problems import RequestInvalid
-from services.gateway.http.runs import RUN_ID
 from services.gateway.http.wire import (
     BOT_ID,
     CONVERSATION_ID,
@@ -36,6 +35,10 @@ from services.gateway.http.wire import (
 # surrogate, refused too, cannot be sent as UTF-8).
 CONTROL = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
 KEY_ID = re.compile(r"^[0-9a-f]{1,64}$")
+RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # the runner's ids (services/common/subjects.py)
+WORKFLOW = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
+STEP = re.compile(r"^[A-Za-z0-9_#-]{1,128}$")
+MAX_NAME_CHARS = 200  # who acts on a run (`by`, `approver`)
 # Path (and gRPC request) ids: they end up in NATS subjects and KV keys.
 PATH_IDS: dict[str, re.Pattern[str]] = {
     "bot": BOT_ID, "conversation": CONVERSATION_ID, "message_id": RATED_MESSAGE_ID,
@@ -142,6 +145,19 @@ class StringMap:
                           self.description)
 
 
+@dataclass(frozen=True)
+class JsonObject:
+    """Any JSON object ({} when absent); what is inside is checked elsewhere."""
+
+    description: str = ""
+
+    def read(self, fields: Fields, name: str, required: bool, config: GatewayConfig) -> Any:
+        return fields.object(name)
+
+    def schema(self, config: GatewayConfig) -> dict[str, Any]:
+        return _described({"type": "object"}, self.description)
+
+
 def _described(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {**schema, "description": description} if description else schema
 
@@ -152,6 +168,7 @@ class Body:
 
     required: Mapping[str, Rule]
     optional: Mapping[str, Rule]
+    description: str = ""
 
     def read(self, raw: Any, config: GatewayConfig) -> dict[str, Any]:
         """The fields' values (None for an absent optional one); 400 / INVALID_ARGUMENT
@@ -166,8 +183,8 @@ class Body:
 
     def schema(self, config: GatewayConfig) -> dict[str, Any]:
         rules = {**self.required, **self.optional}
-        return object_schema(list(self.required),
-                             **{name: rule.schema(config) for name, rule in rules.items()})
+        return _described(object_schema(list(self.required), **{
+            name: rule.schema(config) for name, rule in rules.items()}), self.description)
 
 
 MESSAGE = Body(
@@ -177,9 +194,20 @@ MESSAGE = Body(
               "metadata": StringMap(description="Free-form string pairs kept with the message")})
 FEEDBACK = Body(required={"rating": Choice((1, -1))},
                 optional={"comment": Text("max_comment_chars", blank=True)})
-# The bodies shared by the HTTP and gRPC APIs, by their OpenAPI schema name.
+_COMMENT = Text("max_comment_chars", blank=True)
+_ACTOR = Text(MAX_NAME_CHARS, description="Who acts (recorded with the API key id)")
+START_RUN = Body(required={"workflow": Identifier(WORKFLOW)},
+                 optional={"inputs": JsonObject("The workflow's inputs (checked by the runner)")})
+CANCEL_RUN = Body(required={}, optional={"reason": _COMMENT, "by": _ACTOR},
+                  description="May be empty")
+DECIDE_RUN = Body(required={}, optional={
+    "comment": _COMMENT, "step": Identifier(STEP, "Default: the step it waits on"),
+    "approver": _ACTOR}, description="May be empty")
+# The bodies defined here, by their OpenAPI schema name (the first three are those of the gRPC
+# API too).
 BODIES = {"UserMessageRequest": MESSAGE, "AgentMessageRequest": MESSAGE,
-          "FeedbackRequest": FEEDBACK}
+          "FeedbackRequest": FEEDBACK, "StartRunRequest": START_RUN,
+          "CancelRunRequest": CANCEL_RUN, "ApprovalDecisionRequest": DECIDE_RUN}
 
 
 def grpc_fields(request: Any, body: Body) -> dict[str, Any]:

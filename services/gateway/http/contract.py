@@ -32,7 +32,6 @@ from services.gateway.http.admin import (
 )
 from services.gateway.http.bodies import BODIES, matching, object_schema, text_schema
 from services.gateway.http.review import INTENT, ITEM_ID, MAX_APPLIED, MAX_ENTITIES
-from services.gateway.http.runs import MAX_NAME_CHARS, STEP, WORKFLOW
 
 # A bot folder's file: up to 8 names, none hidden, a YAML file (admin.check_definition_path).
 _NAME = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}"
@@ -44,8 +43,6 @@ def _described(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {**schema, "description": description}
 
 
-_ACTOR = text_schema(MAX_NAME_CHARS)
-_ACTOR["description"] = "Who acts (recorded with the API key id)"
 _SPAN = {"type": "object", "required": ["entity", "start", "end"], "additionalProperties": False,
          "properties": {"entity": matching(f"^{ENTITY_NAME_RE.pattern}$"),
                         "start": {"type": "integer", "minimum": 0},
@@ -64,10 +61,9 @@ _ROLLOUT_LIMITS = {
 }
 
 
-def restated_schemas(config: GatewayConfig) -> dict[str, Any]:
-    """The schemas of the HTTP-only bodies, restating their handlers' checks (the bodies
-    shared with gRPC come from `bodies.BODIES`)."""
-    comment = text_schema(config.max_comment_chars, blank=True)
+def restated_schemas() -> dict[str, Any]:
+    """The schemas of the bodies not (yet) defined in `bodies.BODIES`, restating their
+    handlers' checks."""
     return {
         "CreateKeyRequest": object_schema(
             ["tenant", "bots", "role"], tenant=matching(TENANT_RE.pattern),
@@ -90,15 +86,6 @@ def restated_schemas(config: GatewayConfig) -> dict[str, Any]:
                  "maxLength": MAX_WEBHOOK_URL_CHARS},
             secret={**text_schema(MAX_WEBHOOK_SECRET_CHARS, min_chars=MIN_WEBHOOK_SECRET_CHARS),
                     "description": "Signs each delivery (HMAC-SHA256); never shown back"}),
-        "StartRunRequest": object_schema(
-            ["workflow"], workflow=matching(WORKFLOW.pattern),
-            inputs={"type": "object",
-                    "description": "The workflow's inputs (checked by the runner)"}),
-        "CancelRunRequest": _described(object_schema([], reason=comment, by=_ACTOR),
-                                       "May be empty"),
-        "ApprovalDecisionRequest": _described(object_schema(
-            [], comment=comment, step=matching(STEP.pattern, "Default: the step it waits on"),
-            approver=_ACTOR), "May be empty"),
         "ReviewDecisionRequest": {
             **_described(object_schema(["item"], item=matching(ITEM_ID.pattern),
                                        intent=matching(INTENT.pattern),
@@ -158,7 +145,7 @@ def nullable_optionals(schema: dict[str, Any],
 def request_schemas(config: GatewayConfig) -> dict[str, Any]:
     """Every request body's schema, with the limits of `config`."""
     schemas = {**{name: body.schema(config) for name, body in BODIES.items()},
-               **restated_schemas(config)}
+               **restated_schemas()}
     return {name: nullable_optionals(schema, NOT_NULLABLE.get(name, frozenset()))
             for name, schema in schemas.items()}
 

@@ -19,6 +19,7 @@ from services.gateway.http import (
     system,
     visitors,
 )
+from services.gateway.http.bodies import WORKFLOW
 from services.gateway.ports import Role
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -77,7 +78,7 @@ TENANT = Query("tenant", "Only this tenant's keys (an admin of one tenant sees o
                {"type": "string"})
 RUN_FILTERS = (
     Query("workflow", "Only runs of this workflow (empty: all).",
-          {"type": "string", "pattern": f"^$|{runs.WORKFLOW.pattern}"}),
+          {"type": "string", "pattern": f"^$|{WORKFLOW.pattern}"}),
     Query("status", "Only runs in this status.", {"enum": list(runs.STATUSES)}),
     Query("limit", "At most this many runs, newest first.",
           {"type": "integer", "minimum": 1, "maximum": runs.MAX_LIMIT,

@@ -209,6 +209,16 @@ class Fields:
             return None
         return list(dict.fromkeys(value))
 
+    def object(self, name: str) -> dict[str, Any]:
+        """An optional JSON object field ({} when absent)."""
+        value = self._get(name, False)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(name, "must be a JSON object")
+            return {}
+        return value
+
     def string_dict(self, name: str) -> dict[str, str] | None:
         value = self._get(name, True)
         if value is None:
