@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from services.gateway.auth import TENANT_RE
 from services.gateway.config import GatewayConfig
 from services.gateway.http.problems import RequestInvalid
 from services.gateway.http.wire import (
@@ -30,6 +31,7 @@ from services.gateway.http.wire import (
     RATED_MESSAGE_ID,
     Fields,
 )
+from services.gateway.ports import Role
 
 # What `wire.text_problem` refuses: C0 controls but tab, LF and CR; DEL and C1 (a lone
 # surrogate, refused too, cannot be sent as UTF-8).
@@ -39,6 +41,9 @@ RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # the runner's ids (services/com
 WORKFLOW = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
 STEP = re.compile(r"^[A-Za-z0-9_#-]{1,128}$")
 MAX_NAME_CHARS = 200  # who acts on a run (`by`, `approver`)
+VERSION = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")  # a model version
+BOT_SCOPE = re.compile(r"^(\*|[A-Za-z0-9_-]{1,64})$")  # an API key's bots
+MAX_DESCRIPTION_CHARS = 200
 # Path (and gRPC request) ids: they end up in NATS subjects and KV keys.
 PATH_IDS: dict[str, re.Pattern[str]] = {
     "bot": BOT_ID, "conversation": CONVERSATION_ID, "message_id": RATED_MESSAGE_ID,
@@ -146,6 +151,22 @@ class StringMap:
 
 
 @dataclass(frozen=True)
+class StringList:
+    """1..max_items strings matching `pattern` (repeats dropped); always required."""
+
+    pattern: re.Pattern[str]
+    max_items: int = 100
+    description: str = ""
+
+    def read(self, fields: Fields, name: str, required: bool, config: GatewayConfig) -> Any:
+        return fields.string_list(name, self.pattern, max_items=self.max_items)
+
+    def schema(self, config: GatewayConfig) -> dict[str, Any]:
+        return _described({"type": "array", "minItems": 1, "maxItems": self.max_items,
+                           "items": matching(self.pattern.pattern)}, self.description)
+
+
+@dataclass(frozen=True)
 class JsonObject:
     """Any JSON object ({} when absent); what is inside is checked elsewhere."""
 
@@ -203,11 +224,17 @@ CANCEL_RUN = Body(required={}, optional={"reason": _COMMENT, "by": _ACTOR},
 DECIDE_RUN = Body(required={}, optional={
     "comment": _COMMENT, "step": Identifier(STEP, "Default: the step it waits on"),
     "approver": _ACTOR}, description="May be empty")
+ACTIVATE_MODEL = Body(required={"version": Identifier(VERSION)}, optional={})
+CREATE_KEY = Body(required={"tenant": Identifier(TENANT_RE),
+                            "bots": StringList(BOT_SCOPE, description='Bot ids, or ["*"]'),
+                            "role": Choice(tuple(role.value for role in Role))},
+                  optional={"description": Text(MAX_DESCRIPTION_CHARS, blank=True)})
 # The bodies defined here, by their OpenAPI schema name (the first three are those of the gRPC
 # API too).
 BODIES = {"UserMessageRequest": MESSAGE, "AgentMessageRequest": MESSAGE,
           "FeedbackRequest": FEEDBACK, "StartRunRequest": START_RUN,
-          "CancelRunRequest": CANCEL_RUN, "ApprovalDecisionRequest": DECIDE_RUN}
+          "CancelRunRequest": CANCEL_RUN, "ApprovalDecisionRequest": DECIDE_RUN,
+          "ActivateModelRequest": ACTIVATE_MODEL, "CreateKeyRequest": CREATE_KEY}
 
 
 def grpc_fields(request: Any, body: Body) -> dict[str, Any]:

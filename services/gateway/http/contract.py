@@ -18,19 +18,15 @@ import copy
 from typing import Any
 
 from services.botdef.annotation import ENTITY_NAME_RE
-from services.gateway.auth import TENANT_RE
 from services.gateway.config import GatewayConfig
 from services.gateway.http.admin import (
-    BOT_SCOPE,
     MAX_DEFINITION_FILES,
-    MAX_DESCRIPTION_CHARS,
     MAX_WEBHOOK_SECRET_CHARS,
     MAX_WEBHOOK_URL_CHARS,
     MIN_WEBHOOK_SECRET_CHARS,
-    VERSION,
     WEBHOOK_URL,
 )
-from services.gateway.http.bodies import BODIES, matching, object_schema, text_schema
+from services.gateway.http.bodies import BODIES, VERSION, matching, object_schema, text_schema
 from services.gateway.http.review import INTENT, ITEM_ID, MAX_APPLIED, MAX_ENTITIES
 
 # A bot folder's file: up to 8 names, none hidden, a YAML file (admin.check_definition_path).
@@ -65,13 +61,6 @@ def restated_schemas() -> dict[str, Any]:
     """The schemas of the bodies not (yet) defined in `bodies.BODIES`, restating their
     handlers' checks."""
     return {
-        "CreateKeyRequest": object_schema(
-            ["tenant", "bots", "role"], tenant=matching(TENANT_RE.pattern),
-            bots={"type": "array", "minItems": 1, "maxItems": 100,
-                  "items": matching(BOT_SCOPE.pattern), "description": "Bot ids, or [\"*\"]"},
-            role={"enum": ["client", "agent", "admin"]},
-            description=text_schema(MAX_DESCRIPTION_CHARS, blank=True)),
-        "ActivateModelRequest": object_schema(["version"], version=matching(VERSION.pattern)),
         "DefinitionRequest": object_schema(["files"], files={
             "type": "object", "required": ["bot.yml"], "maxProperties": MAX_DEFINITION_FILES,
             "propertyNames": matching(DEFINITION_FILE),

@@ -16,7 +16,8 @@ from services.common import audit as actions
 from services.common.errors import Unavailable
 from services.common.modelstore import MODES, Activation, Rollout
 from services.gateway.http import admin
-from services.gateway.http.admin import VERSION, audited
+from services.gateway.http.admin import audited
+from services.gateway.http.bodies import VERSION
 from services.gateway.http.state import principal_of, state_of
 from services.gateway.http.wire import Fields, json_response, read_json
 from services.gateway.ports import ModelRollouts
@@ -87,10 +88,7 @@ async def put_active(request: web.Request) -> web.Response:
     if request.app.get(MODEL_ROLLOUTS) is None:
         return await admin.put_model(request)
     models, bot = _rollouts(request), request.match_info["bot"]
-    fields = Fields(await read_json(request, state_of(request).config.body_limit_bytes))
-    version = fields.identifier("version", VERSION)
-    fields.done()
-    assert version is not None
+    version = await admin.requested_version(request)
     await models.activate(bot, version, _actor(request))
     await audited(request, actions.MODEL_ACTIVATED, {"bot_id": bot, "version": version})
     return json_response({"bot_id": bot, "version": version, "active": True})
