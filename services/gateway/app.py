@@ -24,7 +24,7 @@ from services.gateway.config import GatewayConfig
 from services.gateway.grpc_api import SERVICE_NAME, ChatServicer, add_chat_service
 from services.gateway.http.app import build_authenticator, build_limiter, create_app
 from services.gateway.http.metrics import GatewayMetrics
-from services.gateway.http.models import MODEL_ROLLOUTS
+from services.gateway.http.model_versions import MODEL_ROLLOUTS
 from services.gateway.http.review import REVIEW
 from services.gateway.hub import BusHub, BusModelAdmin
 from services.gateway.rollouts import BusModelRollouts
@@ -85,7 +85,8 @@ class GatewayServer:
                          ready=lambda: hub.connected, auth=auth, limiter=limiter,
                          audit=BusAuditLog(bus), runs=self.runs)
         app[REVIEW] = ReviewQueue(await bus.kv(KV_REVIEW))
-        app[MODEL_ROLLOUTS] = BusModelRollouts(bus)  # versions and rollouts (http/models.py)
+        # versions and rollouts (http/model_versions.py)
+        app[MODEL_ROLLOUTS] = BusModelRollouts(bus)
         self.runner = web.AppRunner(app, access_log=None,
                                     shutdown_timeout=self.config.shutdown_grace_s)
         await self.runner.setup()

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import time
-import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,17 +22,12 @@ import grpc
 from services.common.errors import DomainError, InvalidArgument, Unavailable, grpc_errors
 from services.common.logging import get_logger
 from services.common.pb.botfactory.v1 import conversation_pb2, gateway_pb2, gateway_pb2_grpc
-from services.common.subjects import check_id
 from services.gateway.auth import Authenticator, Principal, authorize
 from services.gateway.backpressure import RetryLater
 from services.gateway.config import GatewayConfig
+from services.gateway.http import conversations
+from services.gateway.http.bodies import FEEDBACK, MESSAGE, check_path_id, grpc_fields
 from services.gateway.http.metrics import GatewayMetrics
-from services.gateway.http.wire import (
-    MAX_METADATA_CHARS,
-    MAX_METADATA_ENTRIES,
-    MAX_SENDER_CHARS,
-    text_problem,
-)
 from services.gateway.ports import ConversationHub, Role
 from services.gateway.ratelimit import RateLimited, RateLimiter
 
@@ -45,12 +37,9 @@ SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 AUTHORIZATION = "authorization"
 RETRY_AFTER = "retry-after"
 CHANNEL = "grpc"
-DEFAULT_TRANSCRIPT_LIMIT = 100
 # Kept from a call's deadline for answering after the wait for replies.
 DEADLINE_MARGIN_S = 0.2
 STREAM_QUEUE = 256
-# A bot message's id is `<user message id>:<index>` (services/dialogue/worker.py).
-BOT_MESSAGE_ID = re.compile(r"^[A-Za-z0-9_:-]{1,160}$")
 FLUSH_TIMEOUT_S = 5.0
 SHUTTING_DOWN = "the gateway is shutting down; reconnect"
 
@@ -76,10 +65,6 @@ def peer_address(context: grpc.aio.ServicerContext, header: str) -> str:
     return host.strip("[]") or peer
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @contextlib.contextmanager
 def retry_hint(context: grpc.aio.ServicerContext) -> Iterator[None]:
     """A retriable refusal (overload, bus down) ends the call UNAVAILABLE with the trailing
@@ -91,38 +76,13 @@ def retry_hint(context: grpc.aio.ServicerContext) -> Iterator[None]:
         raise
 
 
-def check_text(text: str, max_chars: int) -> str:
-    if not text.strip():
-        raise InvalidArgument("text must not be empty")
-    if len(text) > max_chars:
-        raise InvalidArgument(f"text must be at most {max_chars} characters")
-    problem = text_problem(text)
-    if problem is not None:
-        raise InvalidArgument(f"text {problem}")
-    return text
-
-
-def check_metadata(metadata: dict[str, str]) -> dict[str, str]:
-    too_long = any(len(k) > MAX_METADATA_CHARS or len(v) > MAX_METADATA_CHARS
-                   for k, v in metadata.items())
-    if len(metadata) > MAX_METADATA_ENTRIES or too_long:
-        raise InvalidArgument(f"metadata must have at most {MAX_METADATA_ENTRIES} entries, keys "
-                              f"and values up to {MAX_METADATA_CHARS} characters")
-    return metadata
-
-
-def user_message(bot: str, conversation: str, message_id: str, text: str, sender: str,
-                 metadata: dict[str, str], max_chars: int) -> conversation_pb2.UserMessage:
-    """The UserMessage a request asks to send (INVALID_ARGUMENT for a bad field)."""
-    check_text(text, max_chars)
-    if message_id:
-        check_id(message_id, "message_id")
-    if len(sender) > MAX_SENDER_CHARS:
-        raise InvalidArgument(f"sender must be at most {MAX_SENDER_CHARS} characters")
-    return conversation_pb2.UserMessage(
-        bot_id=bot, conversation_id=conversation, message_id=message_id or uuid.uuid4().hex,
-        text=text, channel=CHANNEL, sender=sender, sent_at_unix_ms=now_ms(), role="user",
-        metadata=check_metadata(metadata))
+def user_message(request: gateway_pb2.SendMessageRequest | gateway_pb2.ConverseRequest,
+                 bot: str, conversation: str, config: GatewayConfig
+                 ) -> conversation_pb2.UserMessage:
+    """The UserMessage a request asks to send: the HTTP API's body (`bodies.MESSAGE`), so the
+    same INVALID_ARGUMENT messages as its 400s."""
+    return conversations.user_message(grpc_fields(request, MESSAGE), bot, conversation,
+                                      config=config, channel=CHANNEL)
 
 
 def transcript_entry(entry: dict[str, object]) -> gateway_pb2.TranscriptEntry:
@@ -181,8 +141,8 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
         """UNAUTHENTICATED → RESOURCE_EXHAUSTED → INVALID_ARGUMENT (ids) → PERMISSION_DENIED.
         The conversation's visitor token is accepted as well as a key with `role`."""
         principal = await self._authenticate(context)
-        check_id(bot, "bot_id")
-        check_id(conversation, "conversation_id")
+        check_path_id(bot, "bot")
+        check_path_id(conversation, "conversation")
         authorize(principal, role, bot, conversation=conversation)
         return principal
 
@@ -209,9 +169,7 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
     async def SendMessage(self, request: gateway_pb2.SendMessageRequest,
                           context: grpc.aio.ServicerContext) -> gateway_pb2.SendMessageResponse:
         await self._admit(context, request.bot_id, request.conversation_id)
-        message = user_message(request.bot_id, request.conversation_id, request.message_id,
-                               request.text, request.sender, dict(request.metadata),
-                               self.config.max_text_chars)
+        message = user_message(request, request.bot_id, request.conversation_id, self.config)
         wait_s = 0.0 if request.no_wait else self._wait_s(context)
         with retry_hint(context):
             result = await self.hub.send(message, wait_s=wait_s,
@@ -228,9 +186,8 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
         # Reading a conversation: its visitor token or an agent key (a client key only sends).
         await self._admit(context, request.bot_id, request.conversation_id, Role.AGENT)
         maximum = self.config.transcript_max_limit
-        limit = request.limit or min(DEFAULT_TRANSCRIPT_LIMIT, maximum)
-        if not 1 <= limit <= maximum:
-            raise InvalidArgument(f"limit must be from 1 to {maximum} (0: the default)")
+        limit = conversations.check_limit(
+            request.limit or min(conversations.DEFAULT_TRANSCRIPT_LIMIT, maximum), maximum)
         with retry_hint(context):
             entries = await self.hub.transcript(request.bot_id, request.conversation_id, limit)
         return gateway_pb2.GetTranscriptResponse(
@@ -243,14 +200,8 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
                            ) -> gateway_pb2.SendFeedbackResponse:
         feedback = request.feedback
         await self._admit(context, feedback.bot_id, feedback.conversation_id)
-        if not BOT_MESSAGE_ID.match(feedback.message_id):
-            raise InvalidArgument("message_id must be a bot message's id (1-160 letters, "
-                                  "digits, '_', '-' or ':')")
-        if feedback.rating not in (1, -1):
-            raise InvalidArgument("rating must be 1 or -1")
-        if len(feedback.comment) > self.config.max_comment_chars:
-            raise InvalidArgument(
-                f"comment must be at most {self.config.max_comment_chars} characters")
+        check_path_id(feedback.message_id, "message_id")
+        FEEDBACK.read(grpc_fields(feedback, FEEDBACK), self.config)
         with retry_hint(context):
             await self.hub.feedback(conversation_pb2.Feedback(
                 bot_id=feedback.bot_id, conversation_id=feedback.conversation_id,
@@ -272,8 +223,8 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
         first = await self._first(request_iterator)
         if first is None:
             return
-        check_id(first.bot_id, "bot_id")
-        check_id(first.conversation_id, "conversation_id")
+        check_path_id(first.bot_id, "bot")
+        check_path_id(first.conversation_id, "conversation")
         authorize(principal, Role.CLIENT, first.bot_id)
         session = _Session(self, context, token, first.bot_id, first.conversation_id)
         await session.run(first, request_iterator)
@@ -396,9 +347,7 @@ class _Session:
                                   f"{self.bot!r}, {self.conversation!r}")
         try:
             service.limiter.check(principal.key_id)
-            message = user_message(self.bot, self.conversation, request.message_id, request.text,
-                                   request.sender, dict(request.metadata),
-                                   service.config.max_text_chars)
+            message = user_message(request, self.bot, self.conversation, service.config)
             return await self._send(message)
         except RateLimited as exc:
             service.metrics.rate_limited.inc()

@@ -46,7 +46,7 @@ from services.common.pb.botfactory.v1 import rpa_pb2
 from services.common.reviewqueue import ReviewQueue
 from services.gateway.config import GatewayConfig
 from services.gateway.http import GatewayMetrics, create_app
-from services.gateway.http.models import MODEL_ROLLOUTS
+from services.gateway.http.model_versions import MODEL_ROLLOUTS
 from services.gateway.http.openapi import build_document
 from services.gateway.http.review import REVIEW
 from services.gateway.http.routes import ROUTES

@@ -18,7 +18,7 @@ from services.common.pb.botfactory.v1 import nlu_pb2
 from services.dialogue.nlu_client import to_result
 from services.dialogue.rollout_guard import RolloutWindow, VariantStats, decide
 from services.dialogue.worker import nlu_json
-from services.gateway.http.models import rollout_of
+from services.gateway.http.model_versions import rollout_of
 from services.gateway.http.problems import RequestInvalid
 from services.nlu.engine import Prediction
 from services.nlu.metrics import NluMetrics

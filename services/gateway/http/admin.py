@@ -19,7 +19,8 @@ from services.botdef import BotDefinitionError, DefinitionIssue, load_bot
 from services.common.definitions import unpacked
 from services.common.errors import NotFound, PermissionDenied, Unavailable
 from services.gateway import audit
-from services.gateway.auth import ALL_TENANTS, TENANT_RE
+from services.gateway.auth import ALL_TENANTS
+from services.gateway.http.bodies import ACTIVATE_MODEL, CREATE_KEY
 from services.gateway.http.problems import DefinitionInvalid, RequestInvalid
 from services.gateway.http.state import CORRELATION, principal_of, state_of
 from services.gateway.http.wire import BOT_ID, Fields, json_response, read_json
@@ -32,12 +33,9 @@ from services.gateway.ports import (
     WebhookStore,
 )
 
-BOT_SCOPE = re.compile(r"^(\*|[A-Za-z0-9_-]{1,64})$")
-VERSION = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")
 YAML_SUFFIXES = (".yml", ".yaml")
 DEFINITION_PATH = re.compile(r"^[A-Za-z0-9_.-]{1,100}(/[A-Za-z0-9_.-]{1,100}){0,7}$")
 MAX_DEFINITION_FILES = 200
-MAX_DESCRIPTION_CHARS = 200
 MAX_WEBHOOK_URL_CHARS = 2000
 MIN_WEBHOOK_SECRET_CHARS = 16
 MAX_WEBHOOK_SECRET_CHARS = 256
@@ -74,14 +72,10 @@ def key_json(record: ApiKeyRecord) -> dict[str, Any]:
 
 async def create_key(request: web.Request) -> web.Response:
     state = state_of(request)
-    fields = Fields(await read_json(request, state.config.body_limit_bytes))
-    tenant = fields.identifier("tenant", TENANT_RE)
-    bots = fields.string_list("bots", BOT_SCOPE)
-    role = fields.choice("role", tuple(r.value for r in Role))
-    description = fields.text("description", max_chars=MAX_DESCRIPTION_CHARS, required=False,
-                              allow_empty=True)
-    fields.done()
-    assert tenant is not None and bots is not None
+    fields = CREATE_KEY.read(await read_json(request, state.config.body_limit_bytes),
+                             state.config)
+    tenant, bots, role = fields["tenant"], fields["bots"], fields["role"]
+    description = fields["description"]
     principal = principal_of(request)
     if not principal.manages_tenant(tenant):
         raise PermissionDenied(f"this API key cannot manage tenant {tenant!r}")
@@ -133,18 +127,23 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def put_model(request: web.Request) -> web.Response:
-    state = state_of(request)
     bot = request.match_info["bot"]
-    fields = Fields(await read_json(request, state.config.body_limit_bytes))
-    version = fields.identifier("version", VERSION)
-    fields.done()
-    assert version is not None
+    version = await requested_version(request)
     models = model_admin(request)
     if version not in await models.versions(bot):
         raise NotFound(f"bot {bot!r} has no model version {version!r} in the store")
     await models.activate(bot, version)
     await audited(request, audit.MODEL_ACTIVATED, {"bot_id": bot, "version": version})
     return json_response({"bot_id": bot, "version": version, "active": True})
+
+
+async def requested_version(request: web.Request) -> str:
+    """The model version an ActivateModelRequest body names."""
+    state = state_of(request)
+    fields = ACTIVATE_MODEL.read(await read_json(request, state.config.body_limit_bytes),
+                                 state.config)
+    version: str = fields["version"]
+    return version
 
 
 # --- bot definitions --------------------------------------------------------------------------

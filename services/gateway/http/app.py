@@ -55,7 +55,7 @@ def create_app(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
     app[STATE].audit = audit
     app[STATE].runs = runs
     routes.register(app)
-    app[OPENAPI] = build_document(routes.ROUTES)
+    app[OPENAPI] = build_document(routes.ROUTES, config=config)
     app.on_shutdown.append(close_sockets)
     return app
 

@@ -2,7 +2,10 @@
 allows is accepted (or refused only for a reason a schema cannot state: an unknown resource,
 a conflict, a bot definition that does not load) and a request it does not allow gets a 4xx.
 
-The schemas restate the handlers' checks (`wire.Fields`, the id patterns of each module):
+The bodies shared with the gRPC API are defined once in `bodies.py` (their schema, HTTP and
+gRPC validation come from that definition, with the limits of the app's config); the schemas
+of the HTTP-only bodies restate their handlers' checks (`wire.Fields`, the id patterns of each
+module):
 text fields refuse control characters (other than tab and line breaks) and lone surrogates
 and, unless they may be empty, blank text; `null` for an optional field is the same as
 leaving it out; path parameters carry an example each (a bot of the demo, ...), so that a
@@ -15,77 +18,27 @@ import copy
 from typing import Any
 
 from services.botdef.annotation import ENTITY_NAME_RE
-from services.gateway.auth import TENANT_RE
 from services.gateway.config import GatewayConfig
 from services.gateway.http.admin import (
-    BOT_SCOPE,
     MAX_DEFINITION_FILES,
-    MAX_DESCRIPTION_CHARS,
     MAX_WEBHOOK_SECRET_CHARS,
     MAX_WEBHOOK_URL_CHARS,
     MIN_WEBHOOK_SECRET_CHARS,
-    VERSION,
     WEBHOOK_URL,
 )
+from services.gateway.http.bodies import BODIES, VERSION, matching, object_schema, text_schema
 from services.gateway.http.review import INTENT, ITEM_ID, MAX_APPLIED, MAX_ENTITIES
-from services.gateway.http.runs import MAX_NAME_CHARS, STEP, WORKFLOW
-from services.gateway.http.wire import (
-    MAX_METADATA_CHARS,
-    MAX_METADATA_ENTRIES,
-    MAX_SENDER_CHARS,
-    MESSAGE_ID,
-)
 
-DEFAULTS = GatewayConfig  # the documented limits are the defaults (class attributes)
-# What `wire.text_problem` refuses: C0 controls but tab, LF and CR; DEL and C1 (a lone
-# surrogate, refused too, cannot be sent as UTF-8).
-CONTROL = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
 # A bot folder's file: up to 8 names, none hidden, a YAML file (admin.check_definition_path).
 _NAME = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}"
 _YAML = r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,95}\.yml|[A-Za-z0-9_.-]{0,94}\.yaml)"
 DEFINITION_FILE = rf"^(?:{_NAME}/){{0,7}}{_YAML}$"
 
 
-def text(max_chars: int, *, blank: bool = False, min_chars: int = 0) -> dict[str, Any]:
-    """A text field as `wire.Fields.text` reads it (`blank`: it may be empty or blank)."""
-    pattern = (f"^[^{CONTROL}]*$" if blank
-               else rf"^[^{CONTROL}]*[^\s{CONTROL}][^{CONTROL}]*$")
-    schema: dict[str, Any] = {"type": "string", "maxLength": max_chars, "pattern": pattern}
-    if min_chars:
-        schema["minLength"] = min_chars
-    return schema
-
-
-def matching(pattern: str, description: str | None = None) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "string", "pattern": pattern}
-    if description:
-        schema["description"] = description
-    return schema
-
-
-def _request(required: list[str], **properties: Any) -> dict[str, Any]:
-    """A request body's object schema (no other fields)."""
-    return {"type": "object", "required": required, "properties": properties,
-            "additionalProperties": False}
-
-
 def _described(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {**schema, "description": description}
 
 
-_METADATA = {"type": "object", "maxProperties": MAX_METADATA_ENTRIES,
-             "propertyNames": text(MAX_METADATA_CHARS, blank=True),
-             "additionalProperties": text(MAX_METADATA_CHARS, blank=True),
-             "description": "Free-form string pairs kept with the message"}
-_MESSAGE = {
-    "text": text(DEFAULTS.max_text_chars),
-    "message_id": matching(MESSAGE_ID.pattern, "Idempotency key (generated when absent)"),
-    "sender": text(MAX_SENDER_CHARS, blank=True),
-    "metadata": _METADATA,
-}
-_ACTOR = text(MAX_NAME_CHARS)
-_ACTOR["description"] = "Who acts (recorded with the API key id)"
-_COMMENT = text(DEFAULTS.max_comment_chars, blank=True)
 _SPAN = {"type": "object", "required": ["entity", "start", "end"], "additionalProperties": False,
          "properties": {"entity": matching(f"^{ENTITY_NAME_RE.pattern}$"),
                         "start": {"type": "integer", "minimum": 0},
@@ -103,59 +56,50 @@ _ROLLOUT_LIMITS = {
     "min_samples": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000, "default": 50},
 }
 
-REQUEST_SCHEMAS: dict[str, Any] = {
-    "UserMessageRequest": _request(["text"], **_MESSAGE),
-    "AgentMessageRequest": _request(["text"], **_MESSAGE),
-    "FeedbackRequest": _request(["rating"], rating={"enum": [1, -1]}, comment=_COMMENT),
-    "CreateKeyRequest": _request(
-        ["tenant", "bots", "role"], tenant=matching(TENANT_RE.pattern),
-        bots={"type": "array", "minItems": 1, "maxItems": 100,
-              "items": matching(BOT_SCOPE.pattern), "description": "Bot ids, or [\"*\"]"},
-        role={"enum": ["client", "agent", "admin"]},
-        description=text(MAX_DESCRIPTION_CHARS, blank=True)),
-    "ActivateModelRequest": _request(["version"], version=matching(VERSION.pattern)),
-    "DefinitionRequest": _request(["files"], files={
-        "type": "object", "required": ["bot.yml"], "maxProperties": MAX_DEFINITION_FILES,
-        "propertyNames": matching(DEFINITION_FILE), "additionalProperties": {"type": "string"},
-        "description": "Relative path in the bot folder (bot.yml, data/...) → YAML text; "
-                       "422 when the files are not a valid bot definition"}),
-    "WebhookRequest": _request(
-        ["url", "secret"],
-        url={**matching(WEBHOOK_URL.pattern, "An http:// or https:// URL with a host name "
-                                             "or IPv4 address, in printable ASCII (an IDN "
-                                             "host in punycode)"),
-             "maxLength": MAX_WEBHOOK_URL_CHARS},
-        secret={**text(MAX_WEBHOOK_SECRET_CHARS, min_chars=MIN_WEBHOOK_SECRET_CHARS),
-                "description": "Signs each delivery (HMAC-SHA256); never shown back"}),
-    "StartRunRequest": _request(["workflow"], workflow=matching(WORKFLOW.pattern), inputs={
-        "type": "object", "description": "The workflow's inputs (checked by the runner)"}),
-    "CancelRunRequest": _described(_request([], reason=_COMMENT, by=_ACTOR), "May be empty"),
-    "ApprovalDecisionRequest": _described(_request(
-        [], comment=_COMMENT, step=matching(STEP.pattern, "Default: the step it waits on"),
-        approver=_ACTOR), "May be empty"),
-    "ReviewDecisionRequest": {
-        **_described(_request(["item"], item=matching(ITEM_ID.pattern),
-                              intent=matching(INTENT.pattern),
-                              out_of_scope={"type": "boolean"},
-                              entities={"type": "array", "maxItems": MAX_ENTITIES,
-                                        "items": _SPAN}),
-                     "Exactly one of `intent` and `out_of_scope: true`."),
-        "oneOf": [{"required": ["intent"], "properties": {"intent": {"type": "string"},
-                                                          "out_of_scope": {"const": False}}},
-                  {"required": ["out_of_scope"],
-                   "properties": {"intent": {"type": "null"}, "out_of_scope": {"const": True},
-                                  "entities": {"anyOf": [{"type": "null"},
-                                                         {"maxItems": 0}]}}}]},
-    "ReviewItemRequest": _request(["item"], item=matching(ITEM_ID.pattern)),
-    "ReviewAppliedRequest": _request(["items"], items={
-        "type": "array", "minItems": 1, "maxItems": MAX_APPLIED,
-        "items": matching(ITEM_ID.pattern)}),
-    "RolloutRequest": {
-        **_request(["candidate", "mode"], **_ROLLOUT_LIMITS),
-        "if": {"properties": {"mode": {"const": "canary"}}},
-        "then": {"required": ["share"],
-                 "properties": {"share": {"type": "number", "exclusiveMinimum": 0}}}},
-}
+
+def restated_schemas() -> dict[str, Any]:
+    """The schemas of the bodies not (yet) defined in `bodies.BODIES`, restating their
+    handlers' checks."""
+    return {
+        "DefinitionRequest": object_schema(["files"], files={
+            "type": "object", "required": ["bot.yml"], "maxProperties": MAX_DEFINITION_FILES,
+            "propertyNames": matching(DEFINITION_FILE),
+            "additionalProperties": {"type": "string"},
+            "description": "Relative path in the bot folder (bot.yml, data/...) → YAML text; "
+                           "422 when the files are not a valid bot definition"}),
+        "WebhookRequest": object_schema(
+            ["url", "secret"],
+            url={**matching(WEBHOOK_URL.pattern, "An http:// or https:// URL with a host name "
+                                                 "or IPv4 address, in printable ASCII (an IDN "
+                                                 "host in punycode)"),
+                 "maxLength": MAX_WEBHOOK_URL_CHARS},
+            secret={**text_schema(MAX_WEBHOOK_SECRET_CHARS, min_chars=MIN_WEBHOOK_SECRET_CHARS),
+                    "description": "Signs each delivery (HMAC-SHA256); never shown back"}),
+        "ReviewDecisionRequest": {
+            **_described(object_schema(["item"], item=matching(ITEM_ID.pattern),
+                                       intent=matching(INTENT.pattern),
+                                       out_of_scope={"type": "boolean"},
+                                       entities={"type": "array", "maxItems": MAX_ENTITIES,
+                                                 "items": _SPAN}),
+                         "Exactly one of `intent` and `out_of_scope: true`."),
+            "oneOf": [{"required": ["intent"], "properties": {"intent": {"type": "string"},
+                                                              "out_of_scope": {"const": False}}},
+                      {"required": ["out_of_scope"],
+                       "properties": {"intent": {"type": "null"},
+                                      "out_of_scope": {"const": True},
+                                      "entities": {"anyOf": [{"type": "null"},
+                                                             {"maxItems": 0}]}}}]},
+        "ReviewItemRequest": object_schema(["item"], item=matching(ITEM_ID.pattern)),
+        "ReviewAppliedRequest": object_schema(["items"], items={
+            "type": "array", "minItems": 1, "maxItems": MAX_APPLIED,
+            "items": matching(ITEM_ID.pattern)}),
+        "RolloutRequest": {
+            **object_schema(["candidate", "mode"], **_ROLLOUT_LIMITS),
+            "if": {"properties": {"mode": {"const": "canary"}}},
+            "then": {"required": ["share"],
+                     "properties": {"share": {"type": "number", "exclusiveMinimum": 0}}}},
+    }
+
 
 PATH_EXAMPLES = {"bot": "banking", "conversation": "c1", "message_id": "m1:0",
                  "key_id": "0123456789abcdef", "run_id": "run-0", "name": "chat.js"}
@@ -187,11 +131,14 @@ def nullable_optionals(schema: dict[str, Any],
     return out
 
 
-def request_schemas() -> dict[str, Any]:
+def request_schemas(config: GatewayConfig) -> dict[str, Any]:
+    """Every request body's schema, with the limits of `config`."""
+    schemas = {**{name: body.schema(config) for name, body in BODIES.items()},
+               **restated_schemas()}
     return {name: nullable_optionals(schema, NOT_NULLABLE.get(name, frozenset()))
-            for name, schema in REQUEST_SCHEMAS.items()}
+            for name, schema in schemas.items()}
 
 
 def body_required(name: str) -> bool:
     """A body whose fields are all optional may be left out (runs.optional_body)."""
-    return bool(REQUEST_SCHEMAS[name].get("required"))
+    return bool(request_schemas(GatewayConfig())[name].get("required"))

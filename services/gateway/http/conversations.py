@@ -17,6 +17,8 @@ from services.common.logging import get_logger
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.gateway.auth import Principal, authorize
 from services.gateway.backpressure import RetryLater
+from services.gateway.config import GatewayConfig
+from services.gateway.http.bodies import FEEDBACK, MESSAGE
 from services.gateway.http.problems import RequestInvalid
 from services.gateway.http.state import (
     PRINCIPAL,
@@ -27,9 +29,6 @@ from services.gateway.http.state import (
     state_of,
 )
 from services.gateway.http.wire import (
-    MAX_SENDER_CHARS,
-    MESSAGE_ID,
-    Fields,
     json_response,
     parse_json,
     read_json,
@@ -56,19 +55,16 @@ def ids(request: web.Request) -> tuple[str, str]:
     return request.match_info["bot"], request.match_info["conversation"]
 
 
-def user_message(body: Any, bot: str, conversation: str, *, max_chars: int,
+def user_message(body: Any, bot: str, conversation: str, *, config: GatewayConfig,
                  channel: str, role: str = "user") -> conversation_pb2.UserMessage:
-    """The UserMessage a client's JSON body asks to send (400 with every bad field)."""
-    fields = Fields(body)
-    text = fields.text("text", max_chars=max_chars)
-    message_id = fields.identifier("message_id", MESSAGE_ID, required=False)
-    sender = fields.text("sender", max_chars=MAX_SENDER_CHARS, required=False, allow_empty=True)
-    metadata = fields.string_map("metadata")
-    fields.done()
+    """The UserMessage a client's JSON body (or gRPC request) asks to send (400 /
+    INVALID_ARGUMENT with every bad field: `bodies.MESSAGE`)."""
+    fields = MESSAGE.read(body, config)
     return conversation_pb2.UserMessage(
-        bot_id=bot, conversation_id=conversation, message_id=message_id or uuid.uuid4().hex,
-        text=text, channel=channel, sender=sender or "", sent_at_unix_ms=now_ms(), role=role,
-        metadata=metadata)
+        bot_id=bot, conversation_id=conversation,
+        message_id=fields["message_id"] or uuid.uuid4().hex, text=fields["text"],
+        channel=channel, sender=fields["sender"] or "", sent_at_unix_ms=now_ms(), role=role,
+        metadata=fields["metadata"])
 
 
 def wait_requested(request: web.Request) -> bool:
@@ -115,7 +111,7 @@ async def post_message(request: web.Request) -> web.Response:
     waited = wait_requested(request)
     include = includes_requested(request)
     body = await read_json(request, state.config.body_limit_bytes)
-    message = user_message(body, bot, conversation, max_chars=state.config.max_text_chars,
+    message = user_message(body, bot, conversation, config=state.config,
                            channel="http")
     if waited:
         result = await state.hub.send(message, wait_s=state.config.sync_wait_s,
@@ -128,9 +124,15 @@ async def post_message(request: web.Request) -> web.Response:
 
 def transcript_limit(request: web.Request, maximum: int) -> int:
     raw = request.query.get("limit", str(min(DEFAULT_TRANSCRIPT_LIMIT, maximum)))
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    return check_limit(int(raw) if raw.isdigit() else 0, maximum)
+
+
+def check_limit(limit: int, maximum: int) -> int:
+    """A transcript limit (HTTP `?limit=`, gRPC `limit`): 1..maximum, else 400 /
+    INVALID_ARGUMENT."""
+    if not 1 <= limit <= maximum:
         raise RequestInvalid.one("limit", f"must be an integer from 1 to {maximum}")
-    return int(raw)
+    return limit
 
 
 async def get_transcript(request: web.Request) -> web.Response:
@@ -148,11 +150,8 @@ async def post_feedback(request: web.Request) -> web.Response:
     state = state_of(request)
     bot, conversation = ids(request)
     message_id = request.match_info["message_id"]
-    fields = Fields(await read_json(request, state.config.body_limit_bytes))
-    rating = fields.choice("rating", (1, -1))
-    comment = fields.text("comment", max_chars=state.config.max_comment_chars, required=False,
-                          allow_empty=True)
-    fields.done()
+    fields = FEEDBACK.read(await read_json(request, state.config.body_limit_bytes), state.config)
+    rating, comment = fields["rating"], fields["comment"]
     await check_rated_message(state, bot, conversation, message_id)
     await state.hub.feedback(conversation_pb2.Feedback(
         bot_id=bot, conversation_id=conversation, message_id=message_id, rating=rating,
@@ -273,7 +272,7 @@ async def socket_message(raw: str, request: web.Request, state: GatewayState) ->
     state.limiter.check(principal.key_id)
     bot, conversation = ids(request)
     body = parse_json(raw)
-    message = user_message(body, bot, conversation, max_chars=state.config.max_text_chars,
+    message = user_message(body, bot, conversation, config=state.config,
                            channel="websocket")
     result = await state.hub.send(message, wait_s=0.0)
     return {"type": "ack", "message_id": message.message_id, "duplicate": result.duplicate}

@@ -65,7 +65,7 @@ async def post_agent_message(request: web.Request) -> web.Response:
     state = state_of(request)
     bot, conversation = ids(request)
     body = await read_json(request, state.config.body_limit_bytes)
-    message = user_message(body, bot, conversation, max_chars=state.config.max_text_chars,
+    message = user_message(body, bot, conversation, config=state.config,
                            channel="agent", role="agent")
     if not message.sender:
         message.sender = principal_of(request).key_id

@@ -15,17 +15,16 @@ from aiohttp.typedefs import Handler
 from services.common.errors import DomainError
 from services.common.logging import bind_correlation_id, get_logger
 from services.gateway.auth import authorize
+from services.gateway.http.bodies import PATH_IDS, check_path_id
 from services.gateway.http.conversations import socket_token
 from services.gateway.http.problems import (
     INTERNAL_DETAIL,
-    RequestInvalid,
     UnsupportedMediaType,
     from_domain_error,
     from_http_exception,
     problem,
 )
 from services.gateway.http.routes import WAIT, RouteSpec, spec_of
-from services.gateway.http.runs import RUN_ID
 from services.gateway.http.state import (
     CORRELATION,
     PRINCIPAL,
@@ -34,15 +33,12 @@ from services.gateway.http.state import (
     GatewayState,
     state_of,
 )
-from services.gateway.http.wire import BOT_ID, CONVERSATION_ID, RATED_MESSAGE_ID
 from services.gateway.ratelimit import RateLimited
 
 log = get_logger(__name__)
 
 CORRELATION_HEADER = "X-Correlation-Id"
 CORRELATION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-PATH_IDS = {"bot": BOT_ID, "conversation": CONVERSATION_ID, "message_id": RATED_MESSAGE_ID,
-            "key_id": re.compile(r"^[0-9a-f]{1,64}$"), "run_id": RUN_ID}
 API_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
 
@@ -241,6 +237,5 @@ def bearer_token(request: web.Request) -> str | None:
 
 def check_path_ids(request: web.Request) -> None:
     for name, value in request.match_info.items():
-        pattern = PATH_IDS.get(name)
-        if pattern is not None and not pattern.match(value):
-            raise RequestInvalid.one(name, f"must match {pattern.pattern}")
+        if name in PATH_IDS:
+            check_path_id(value, name)

@@ -6,18 +6,19 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from services.gateway.config import GatewayConfig
+from services.gateway.http.bodies import PATH_IDS
 from services.gateway.http.contract import (
     PATH_EXAMPLES,
     WEBSOCKET_HEADERS,
     body_required,
     request_schemas,
 )
-from services.gateway.http.models import SCHEMAS as MODEL_SCHEMAS
+from services.gateway.http.model_versions import SCHEMAS as MODEL_SCHEMAS
 from services.gateway.http.problems import PROBLEM_CONTENT_TYPE
 from services.gateway.http.review import SCHEMAS as REVIEW_SCHEMAS
 from services.gateway.http.routes import RouteSpec
-from services.gateway.http.runs import RUN_ID, STATUSES
-from services.gateway.http.wire import BOT_ID, CONVERSATION_ID, MESSAGE_ID
+from services.gateway.http.runs import STATUSES
 
 ERROR_TEXT = {
     400: "Invalid request (field-level `errors`)",
@@ -34,14 +35,11 @@ ERROR_TEXT = {
     503: "Unavailable: the message bus (overloaded or not connected) or the workflow runner; "
          "see Retry-After",
 }
-PATH_PARAMS = {
-    "bot": ("Bot id", BOT_ID.pattern),
-    "conversation": ("Conversation id (chosen by the client)", CONVERSATION_ID.pattern),
-    "message_id": ("A bot message's id", MESSAGE_ID.pattern),
-    "key_id": ("API key id", r"^[0-9a-f]{1,64}$"),
-    "run_id": ("Workflow run id", RUN_ID.pattern),
-    "name": ("File name", r"^[A-Za-z0-9_.-]+$"),
-}
+PATH_TEXT = {"bot": "Bot id", "conversation": "Conversation id (chosen by the client)",
+             "message_id": "A bot message's id", "key_id": "API key id",
+             "run_id": "Workflow run id", "name": "File name"}
+PATH_PATTERNS = {**{name: pattern.pattern for name, pattern in PATH_IDS.items()},
+                 "name": r"^[A-Za-z0-9_.-]+$"}
 
 
 def _obj(required: Iterable[str], **properties: Any) -> dict[str, Any]:
@@ -159,11 +157,13 @@ SCHEMAS: dict[str, Any] = {
                     runs={"type": "array", "items": {"$ref": "#/components/schemas/Run"}}),
     **REVIEW_SCHEMAS,
     **MODEL_SCHEMAS,  # ModelVersions, Activation, Rollout, ...
-    **request_schemas(),  # the request bodies (contract.py)
 }
 
 
-def build_document(routes: Iterable[RouteSpec], version: str = "1.0.0") -> dict[str, Any]:
+def build_document(routes: Iterable[RouteSpec], version: str = "1.0.0",
+                   config: GatewayConfig | None = None) -> dict[str, Any]:
+    """The document of `routes`; the request bodies' limits are those of `config` (default:
+    the gateway's defaults)."""
     paths: dict[str, dict[str, Any]] = {}
     for spec in routes:
         paths.setdefault(spec.path, {})[spec.method.lower()] = operation(spec)
@@ -180,7 +180,8 @@ def build_document(routes: Iterable[RouteSpec], version: str = "1.0.0") -> dict[
                                 "Access-Control-Allow-* headers."},
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            # the request bodies (bodies.py, contract.py) with the limits of `config`
+            "schemas": {**SCHEMAS, **request_schemas(config or GatewayConfig())},
             "securitySchemes": {"apiKey": {
                 "type": "http", "scheme": "bearer",
                 "description": "An API key: `Bearer bfk_...`; where an operation has "
@@ -209,9 +210,9 @@ def operation(spec: RouteSpec) -> dict[str, Any]:
 def parameters(spec: RouteSpec) -> list[dict[str, Any]]:
     found = []
     for name in re.findall(r"\{(\w+)\}", spec.path):
-        description, pattern = PATH_PARAMS[name]
-        found.append({"name": name, "in": "path", "required": True, "description": description,
-                      "schema": {"type": "string", "pattern": pattern,
+        found.append({"name": name, "in": "path", "required": True,
+                      "description": PATH_TEXT[name],
+                      "schema": {"type": "string", "pattern": PATH_PATTERNS[name],
                                  "examples": [PATH_EXAMPLES[name]]}})
     for query in spec.query:
         found.append({"name": query.name, "in": "query", "required": False,

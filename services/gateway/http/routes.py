@@ -13,12 +13,13 @@ from services.gateway.http import (
     admin,
     conversations,
     handoff,
-    models,
+    model_versions,
     review,
     runs,
     system,
     visitors,
 )
+from services.gateway.http.bodies import WORKFLOW
 from services.gateway.ports import Role
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -77,7 +78,7 @@ TENANT = Query("tenant", "Only this tenant's keys (an admin of one tenant sees o
                {"type": "string"})
 RUN_FILTERS = (
     Query("workflow", "Only runs of this workflow (empty: all).",
-          {"type": "string", "pattern": f"^$|{runs.WORKFLOW.pattern}"}),
+          {"type": "string", "pattern": f"^$|{WORKFLOW.pattern}"}),
     Query("status", "Only runs in this status.", {"enum": list(runs.STATUSES)}),
     Query("limit", "At most this many runs, newest first.",
           {"type": "integer", "minimum": 1, "maximum": runs.MAX_LIMIT,
@@ -176,26 +177,26 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("DELETE", "/v1/admin/keys/{key_id}", admin.revoke_key, "revoke_key",
               "Revoke an API key", "admin", Role.ADMIN, {200: ("Revoked", "Key")},
               extra_errors=(404,)),
-    RouteSpec("GET", "/v1/admin/bots/{bot}/models", models.list_versions, "list_models",
+    RouteSpec("GET", "/v1/admin/bots/{bot}/models", model_versions.list_versions, "list_models",
               "The bot's model versions in the store (with metadata), the active one, the "
               "activation history and the rollout", "admin", Role.ADMIN,
               {200: ("Versions", "ModelVersions")}, extra_errors=(503,)),
-    RouteSpec("PUT", "/v1/admin/bots/{bot}/model", models.put_active, "put_model",
+    RouteSpec("PUT", "/v1/admin/bots/{bot}/model", model_versions.put_active, "put_model",
               "Activate a model version for the bot", "admin", Role.ADMIN,
               {200: ("Activated", "ActiveModel")}, request="ActivateModelRequest",
               extra_errors=(404, 413, 503)),
-    RouteSpec("POST", "/v1/admin/bots/{bot}/model/rollback", models.post_rollback,
+    RouteSpec("POST", "/v1/admin/bots/{bot}/model/rollback", model_versions.post_rollback,
               "rollback_model", "Activate the version that was active before the current one",
               "admin", Role.ADMIN, {200: ("Rolled back", "ActivationResult")},
               extra_errors=(409, 503)),
-    RouteSpec("PUT", ROLLOUT, models.put_rollout, "put_rollout",
+    RouteSpec("PUT", ROLLOUT, model_versions.put_rollout, "put_rollout",
               "Start (or change) the rollout of a candidate version: shadow or canary",
               "admin", Role.ADMIN, {200: ("Rollout in effect", "RolloutState")},
               request="RolloutRequest", extra_errors=(404, 409, 413, 503)),
-    RouteSpec("POST", f"{ROLLOUT}/promote", models.post_promote, "promote_rollout",
+    RouteSpec("POST", f"{ROLLOUT}/promote", model_versions.post_promote, "promote_rollout",
               "Make the rollout's candidate the active version (ends the rollout)", "admin",
               Role.ADMIN, {200: ("Promoted", "ActivationResult")}, extra_errors=(409, 503)),
-    RouteSpec("DELETE", ROLLOUT, models.delete_rollout, "delete_rollout",
+    RouteSpec("DELETE", ROLLOUT, model_versions.delete_rollout, "delete_rollout",
               "Abort the rollout: the candidate stops serving", "admin", Role.ADMIN,
               {200: ("Aborted", "RolloutState")}, extra_errors=(409, 503)),
     RouteSpec("PUT", "/v1/admin/bots/{bot}/definition", admin.put_definition, "put_definition",

@@ -11,7 +11,6 @@ responses in services/gateway/runs.py (503 with Retry-After when it cannot be re
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from aiohttp import web
@@ -19,33 +18,24 @@ from aiohttp import web
 from services.common.errors import NotFound, Unavailable
 from services.common.logging import get_logger
 from services.common.pb.botfactory.v1 import rpa_pb2
+from services.gateway.http.bodies import (
+    CANCEL_RUN,
+    DECIDE_RUN,
+    START_RUN,
+    WORKFLOW,
+    Body,
+)
 from services.gateway.http.problems import RequestInvalid
 from services.gateway.http.state import CORRELATION, principal_of, state_of
-from services.gateway.http.wire import Fields, json_response, parse_json, read_body, read_json
+from services.gateway.http.wire import json_response, parse_json, read_body, read_json
 from services.gateway.runs import RunsApi
 
 log = get_logger(__name__)
 
-RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # the runner's ids (services/common/subjects.py)
-WORKFLOW = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
-STEP = re.compile(r"^[A-Za-z0-9_#-]{1,128}$")
 STATUSES = ("pending", "running", "waiting", "waiting_approval", "compensating", "succeeded",
             "failed", "compensated", "cancelled", "needs_attention")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
-MAX_NAME_CHARS = 200
-
-
-class RunFields(Fields):
-    def object(self, name: str) -> dict[str, Any]:
-        """An optional JSON object field ({} when absent)."""
-        value = self._get(name, False)
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(name, "must be a JSON object")
-            return {}
-        return value
 
 
 def runs_api(request: web.Request) -> RunsApi:
@@ -55,10 +45,11 @@ def runs_api(request: web.Request) -> RunsApi:
     return runs
 
 
-async def optional_body(request: web.Request) -> RunFields:
-    """The body's fields; an empty body is `{}`."""
-    raw = await read_body(request, state_of(request).config.body_limit_bytes)
-    return RunFields(parse_json(raw) if raw.strip() else {})
+async def optional_body(request: web.Request, body: Body) -> dict[str, Any]:
+    """The values of `body`'s fields; an empty body is `{}`."""
+    state = state_of(request)
+    raw = await read_body(request, state.config.body_limit_bytes)
+    return body.read(parse_json(raw) if raw.strip() else {}, state.config)
 
 
 def actor(request: web.Request, name: str | None) -> str:
@@ -121,13 +112,10 @@ def _logged(request: web.Request, action: str, run: rpa_pb2.Run) -> None:
 async def start_run(request: web.Request) -> web.Response:
     state = state_of(request)
     bot = request.match_info["bot"]
-    fields = RunFields(await read_json(request, state.config.body_limit_bytes))
-    workflow = fields.identifier("workflow", WORKFLOW)
-    inputs = fields.object("inputs")
-    fields.done()
-    assert workflow is not None
+    fields = START_RUN.read(await read_json(request, state.config.body_limit_bytes),
+                            state.config)
     run = await runs_api(request).start(rpa_pb2.StartRunRequest(
-        bot_id=bot, workflow=workflow, inputs_json=json.dumps(inputs),
+        bot_id=bot, workflow=fields["workflow"], inputs_json=json.dumps(fields["inputs"]),
         correlation_id=request.get(CORRELATION, "")))
     _logged(request, "start_requested", run)
     return json_response(run_json(run), status=202)
@@ -161,29 +149,20 @@ async def get_run(request: web.Request) -> web.Response:
 
 
 async def cancel_run(request: web.Request) -> web.Response:
-    fields = await optional_body(request)
-    reason = fields.text("reason", max_chars=state_of(request).config.max_comment_chars,
-                         required=False, allow_empty=True)
-    name = fields.text("by", max_chars=MAX_NAME_CHARS, required=False)
-    fields.done()
+    fields = await optional_body(request, CANCEL_RUN)
     run = await own_run(request)
     run = await runs_api(request).cancel(rpa_pb2.CancelRunRequest(
-        run_id=run.run_id, reason=reason or "", by=actor(request, name)))
+        run_id=run.run_id, reason=fields["reason"] or "", by=actor(request, fields["by"])))
     _logged(request, "cancel_requested", run)
     return json_response(run_json(run), status=202)
 
 
 async def _decide(request: web.Request, *, approved: bool) -> web.Response:
-    fields = await optional_body(request)
-    comment = fields.text("comment", max_chars=state_of(request).config.max_comment_chars,
-                          required=False, allow_empty=True)
-    step = fields.identifier("step", STEP, required=False)
-    name = fields.text("approver", max_chars=MAX_NAME_CHARS, required=False)
-    fields.done()
+    fields = await optional_body(request, DECIDE_RUN)
     run = await own_run(request)
     run = await runs_api(request).decide(rpa_pb2.ApprovalDecision(
-        run_id=run.run_id, step=step or "", approver=actor(request, name),
-        comment=comment or ""), approved=approved)
+        run_id=run.run_id, step=fields["step"] or "", approver=actor(request, fields["approver"]),
+        comment=fields["comment"] or ""), approved=approved)
     _logged(request, "approved" if approved else "rejected", run)
     return json_response(run_json(run), status=202)
 

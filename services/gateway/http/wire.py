@@ -101,12 +101,6 @@ def _dumps(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
-def check_id(field: str, value: str, pattern: re.Pattern[str]) -> str:
-    if not pattern.match(value):
-        raise RequestInvalid.one(field, f"must match {pattern.pattern}")
-    return value
-
-
 class Fields:
     """Reads fields of one JSON object, collecting every problem; `done()` raises them all."""
 
@@ -214,6 +208,16 @@ class Fields:
                             f"{pattern.pattern}")
             return None
         return list(dict.fromkeys(value))
+
+    def object(self, name: str) -> dict[str, Any]:
+        """An optional JSON object field ({} when absent)."""
+        value = self._get(name, False)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(name, "must be a JSON object")
+            return {}
+        return value
 
     def string_dict(self, name: str) -> dict[str, str] | None:
         value = self._get(name, True)

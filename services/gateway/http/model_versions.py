@@ -14,9 +14,10 @@ from aiohttp import web
 
 from services.common import audit as actions
 from services.common.errors import Unavailable
-from services.common.modelstore import MODES, Rollout
+from services.common.modelstore import MODES, Activation, Rollout
 from services.gateway.http import admin
-from services.gateway.http.admin import VERSION, audited
+from services.gateway.http.admin import audited
+from services.gateway.http.bodies import VERSION
 from services.gateway.http.state import principal_of, state_of
 from services.gateway.http.wire import Fields, json_response, read_json
 from services.gateway.ports import ModelRollouts
@@ -87,19 +88,22 @@ async def put_active(request: web.Request) -> web.Response:
     if request.app.get(MODEL_ROLLOUTS) is None:
         return await admin.put_model(request)
     models, bot = _rollouts(request), request.match_info["bot"]
-    fields = Fields(await read_json(request, state_of(request).config.body_limit_bytes))
-    version = fields.identifier("version", VERSION)
-    fields.done()
-    assert version is not None
+    version = await admin.requested_version(request)
     await models.activate(bot, version, _actor(request))
     await audited(request, actions.MODEL_ACTIVATED, {"bot_id": bot, "version": version})
     return json_response({"bot_id": bot, "version": version, "active": True})
 
 
 async def post_rollback(request: web.Request) -> web.Response:
+    activation = await _rollouts(request).rollback(request.match_info["bot"], _actor(request))
+    return await _activated(request, actions.MODEL_ROLLED_BACK, activation)
+
+
+async def _activated(request: web.Request, action: str,
+                     activation: Activation) -> web.Response:
+    """Audit a rollback or promotion and answer with the activation it made."""
     bot = request.match_info["bot"]
-    activation = await _rollouts(request).rollback(bot, _actor(request))
-    await audited(request, actions.MODEL_ROLLED_BACK,
+    await audited(request, action,
                   {"bot_id": bot, "version": activation.version, "from": activation.previous})
     return json_response({"bot_id": bot, "activation": activation.to_json()})
 
@@ -137,11 +141,8 @@ async def put_rollout(request: web.Request) -> web.Response:
 
 
 async def post_promote(request: web.Request) -> web.Response:
-    bot = request.match_info["bot"]
-    activation = await _rollouts(request).promote(bot, _actor(request))
-    await audited(request, actions.ROLLOUT_PROMOTED,
-                  {"bot_id": bot, "version": activation.version, "from": activation.previous})
-    return json_response({"bot_id": bot, "activation": activation.to_json()})
+    activation = await _rollouts(request).promote(request.match_info["bot"], _actor(request))
+    return await _activated(request, actions.ROLLOUT_PROMOTED, activation)
 
 
 async def delete_rollout(request: web.Request) -> web.Response:
