@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.imports import imports
+
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ("common", "botdef", "knowledge")
 # Every package under services/ that is not shared code is a service.
@@ -20,8 +22,7 @@ SERVICES = tuple(sorted(p.name for p in (ROOT / "services").iterdir()
 def _imports(package: Path) -> set[tuple[Path, str]]:
     found: set[tuple[Path, str]] = set()
     for path in package.rglob("*.py"):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        found.update((path, module) for node in ast.walk(tree) for module in _modules(node))
+        found.update((path, module) for _, module in imports(path))
     return found
 
 
@@ -66,21 +67,12 @@ SERVER_FIXTURES = ("nats_server",)
 
 def _starts_servers(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    found = [f"line {module_line}: imports {module}" for module_line, module in
-             ((n.lineno, m) for n in ast.walk(tree) for m in _modules(n))
+    found = [f"line {line}: imports {module}" for line, module in imports(path)
              if any(module == s or module.startswith(f"{s}.") for s in SERVER_MODULES)]
     found += [f"line {node.lineno}: {node.name} takes the {arg.arg} fixture"
               for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
               for arg in node.args.args if arg.arg in SERVER_FIXTURES]
     return found
-
-
-def _modules(node: ast.AST) -> list[str]:
-    if isinstance(node, ast.Import):
-        return [alias.name for alias in node.names]
-    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-        return [node.module]
-    return []
 
 
 def test_unit_tests_start_no_servers() -> None:

@@ -5,13 +5,14 @@ statically: installing into a fresh venv takes minutes."""
 
 from __future__ import annotations
 
-import ast
 import re
 import sys
 import tomllib
 from functools import cache
 from importlib.metadata import PackageNotFoundError, packages_distributions, requires
 from pathlib import Path
+
+from tests.support.imports import imports
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -47,14 +48,10 @@ def _third_party_imports(package: Path) -> dict[str, str]:
     """Top-level third-party module -> the first file:line importing it."""
     found: dict[str, str] = {}
     for path in sorted(package.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module] if isinstance(node, ast.ImportFrom) and node.module
-                     and node.level == 0 else [])
-            for name in names:
-                top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top not in {"services", "__future__"}:
-                    found.setdefault(top, f"{path.relative_to(ROOT)}:{node.lineno}")
+        for line, name in imports(path):
+            top = name.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in {"services", "__future__"}:
+                found.setdefault(top, f"{path.relative_to(ROOT)}:{line}")
     return found
 
 

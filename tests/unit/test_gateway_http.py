@@ -36,6 +36,7 @@ from services.gateway.webhooks import (
     message_payload,
     verify,
 )
+from tests.support.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 PEPPER = "test-pepper-0123456789abcdef"
@@ -1079,14 +1080,6 @@ async def test_chat_command_reports_bad_keys(gw: Gateway) -> None:
             await client.send("hi")
 
 
-async def until(condition: Any, timeout_s: float = 5.0) -> None:
-    for _ in range(int(timeout_s / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
-
-
 async def test_chat_command_shows_live_messages_once(gw: Gateway) -> None:
     from botfactory.commands.chat import ChatClient, chat_loop
 
@@ -1097,9 +1090,9 @@ async def test_chat_command_shows_live_messages_once(gw: Gateway) -> None:
     async def read_line() -> str | None:
         step = next(steps, None)
         if step == "wait":  # a message the bot sends later arrives on the socket
-            await until(lambda: bool(gw.hub.subscribers[("alpha", "live-1")]))
+            await eventually(lambda: bool(gw.hub.subscribers[("alpha", "live-1")]))
             gw.hub.push("alpha", "live-1", "transfer done")
-            await until(lambda: "transfer done" in out.getvalue())
+            await eventually(lambda: "transfer done" in out.getvalue())
             return ""
         return step
 
