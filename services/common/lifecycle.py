@@ -7,7 +7,8 @@ import functools
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from contextlib import AsyncExitStack
+from typing import Any, Protocol, TypeVar
 
 from services.common.logging import configure_logging, get_logger
 
@@ -33,6 +34,33 @@ class Service(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Service)
+
+
+class Components:
+    """A service's start/stop bookkeeping: what `start()` brought up is stopped in the reverse
+    order, each part once, also when `start()` failed half-way (one AsyncExitStack)."""
+
+    def __init__(self) -> None:
+        self._stack = AsyncExitStack()
+
+    async def start(self, component: S) -> S:
+        """Start `component` and stop it with the others."""
+        await component.start()
+        self.on_stop(component.stop)
+        return component
+
+    def on_stop(self, stop: Callable[[], Awaitable[object]]) -> None:
+        self._stack.push_async_callback(stop)
+
+    def on_stop_sync(self, stop: Callable[[], object]) -> None:
+        self._stack.callback(stop)
+
+    async def stop(self) -> None:
+        """Stop everything started so far, last first (a second call does nothing)."""
+        await self._stack.aclose()
 
 
 async def run_service(factory: Callable[[], Service]) -> None:
