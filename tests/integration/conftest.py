@@ -8,6 +8,15 @@ import pytest
 
 from services.botdef import load_bot, write_bot
 from tests.support.models import TINY_ENTITIES, make_tiny_encoder, tiny_examples, tiny_settings
+from tests.support.rpa import PIN, TOKEN
+
+
+@pytest.fixture
+def rpa_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo bank's token and PIN as the secrets CORE_TOKEN and LEGACY_PIN of in-process
+    runners (they read BOTFACTORY_SECRET_* from the environment; tests/support/rpa.py)."""
+    monkeypatch.setenv("BOTFACTORY_SECRET_CORE_TOKEN", TOKEN)
+    monkeypatch.setenv("BOTFACTORY_SECRET_LEGACY_PIN", PIN)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,37 +19,13 @@ from botfactory.local.nats_server import NatsServer
 from services.gateway.app import GatewayServer
 from services.gateway.config import GatewayConfig
 from tests.support.polling import eventually
-from tests.support.rpa import BOT, TOKEN, harness, write_test_bot
+from tests.support.rpa import BOOK, BOT, HOLD, harness, write_test_bot
 from tests.support.stack import BOOTSTRAP, issue_key
 
 PROBLEM = "application/problem+json"
-HOLD = """
-  - id: hold
-    http:
-      method: POST
-      url: "{{ settings.bank }}/holds"
-      headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-      json: {account: checking, amount: "{{ inputs.amount }}", reference: "{{ run.id }}"}
-      outputs: {id: body.hold_id}
-    compensate:
-      http:
-        method: POST
-        url: "{{ settings.bank }}/holds/{{ steps.hold.outputs.id }}/release"
-        headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-"""
 REVIEW = """
   - id: review
     approval: {message: "Pay {{ inputs.amount }}?", approvers: [ops], timeout: 1h}
-"""
-BOOK = """
-  - id: book
-    http:
-      method: POST
-      url: "{{ settings.bank }}/transfers"
-      headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-      json: {amount: "{{ inputs.amount }}", recipient: anna, reference: "{{ run.id }}"}
-      outputs: {id: body.transfer_id}
-    retry: {max_attempts: 1}
 """
 WORKFLOWS = {
     "review": "name: review\ninputs: {amount: number}\nsteps:" + HOLD + REVIEW + BOOK,
@@ -57,10 +33,7 @@ WORKFLOWS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("BOTFACTORY_SECRET_CORE_TOKEN", TOKEN)
-    yield
+pytestmark = pytest.mark.usefixtures("rpa_secrets")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -14,42 +13,17 @@ import pytest
 from botfactory.local.nats_server import NatsServer
 from services.common.pb.botfactory.v1 import rpa_pb2, rpa_pb2_grpc
 from tests.support.polling import eventually
-from tests.support.rpa import TOKEN, Harness, harness, write_test_bot
-
-HOLD = """
-          - id: hold
-            http:
-              method: POST
-              url: "{{ settings.bank }}/holds"
-              headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-              json: {account: checking, amount: "{{ inputs.amount }}", reference: "{{ run.id }}"}
-              outputs: {id: body.hold_id}
-            compensate:
-              http:
-                method: POST
-                url: "{{ settings.bank }}/holds/{{ steps.hold.outputs.id }}/release"
-                headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-"""
-BOOK = """
-          - id: book
-            http:
-              method: POST
-              url: "{{ settings.bank }}/transfers"
-              headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-              json: {amount: "{{ inputs.amount }}", recipient: anna, reference: "{{ run.id }}"}
-              outputs: {id: body.transfer_id}
-            retry: {max_attempts: 1}
-"""
+from tests.support.rpa import BOOK, HOLD, Harness, harness, write_test_bot
 
 
 def approval(timeout: str, escalation: str) -> str:
     return f"""
-          - id: review
-            approval:
-              message: "Pay {{{{ inputs.amount }}}}?"
-              approvers: [ops]
-              timeout: {timeout}
-              escalation: [{{timeout: {escalation}, approvers: [leads]}}]
+  - id: review
+    approval:
+      message: "Pay {{{{ inputs.amount }}}}?"
+      approvers: [ops]
+      timeout: {timeout}
+      escalation: [{{timeout: {escalation}, approvers: [leads]}}]
 """
 
 
@@ -62,10 +36,7 @@ WORKFLOWS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("BOTFACTORY_SECRET_CORE_TOKEN", TOKEN)
-    yield
+pytestmark = pytest.mark.usefixtures("rpa_secrets")
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,11 +70,7 @@ WORKFLOWS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("BOTFACTORY_SECRET_CORE_TOKEN", TOKEN)
-    monkeypatch.setenv("BOTFACTORY_SECRET_LEGACY_PIN", PIN)
-    yield
+pytestmark = pytest.mark.usefixtures("rpa_secrets")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +49,8 @@ PENDING = "I'm still working on your previous request, one moment please."
 
 
 @pytest.fixture(autouse=True)
-def _secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("BOTFACTORY_SECRET_CORE_TOKEN", TOKEN)
+def _secrets(rpa_secrets: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BOTFACTORY_SECRET_CORE_API_TOKEN", TOKEN)
-    yield
 
 
 @pytest.fixture

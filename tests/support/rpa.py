@@ -32,6 +32,32 @@ from services.rpa_runner.state import RunState, RunStore
 BOT = "rpatest"
 TOKEN = "core-token-5f2a9c1e7b"  # the bank's API token, given to runners as a secret
 PIN = "pin-8d41c3"
+# Workflow steps against the demo bank, for the tests' workflow YAML ("steps:" + HOLD + BOOK):
+# a hold of inputs.amount released on compensation, and a transfer of it to anna.
+HOLD = """
+  - id: hold
+    http:
+      method: POST
+      url: "{{ settings.bank }}/holds"
+      headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
+      json: {account: checking, amount: "{{ inputs.amount }}", reference: "{{ run.id }}"}
+      outputs: {id: body.hold_id}
+    compensate:
+      http:
+        method: POST
+        url: "{{ settings.bank }}/holds/{{ steps.hold.outputs.id }}/release"
+        headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
+"""
+BOOK = """
+  - id: book
+    http:
+      method: POST
+      url: "{{ settings.bank }}/transfers"
+      headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
+      json: {amount: "{{ inputs.amount }}", recipient: anna, reference: "{{ run.id }}"}
+      outputs: {id: body.transfer_id}
+    retry: {max_attempts: 1}
+"""
 
 
 def write_test_bot(root: Path, workflows: dict[str, str], *, hosts: tuple[str, ...] = (
