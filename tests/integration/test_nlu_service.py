@@ -24,7 +24,7 @@ from services.common.pb.botfactory.v1 import nlu_pb2, nlu_pb2_grpc
 from services.nlu.app import NluServer
 from services.nlu.config import NluConfig
 from services.nlu.engine import content_version
-from tests.integration.conftest import TinyModels
+from tests.support.models import TinyModels
 from tests.support.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -43,7 +43,7 @@ from services.gateway.config import GatewayConfig
 from services.nlu.app import NluServer
 from services.nlu.config import NluConfig
 from services.nlu.rollout import Plan
-from tests.integration.conftest import TinyModels
+from tests.support.models import TinyModels
 from tests.support.polling import eventually
 from tests.support.stack import BOOTSTRAP
 

@@ -88,3 +88,12 @@ def test_the_server_check_finds_a_server(tmp_path: Path) -> None:
                       "async def test_a(nats_server: NatsServer) -> None: ...\n")
     assert _starts_servers(module) == ["line 1: imports botfactory.local.nats_server",
                                        "line 2: test_a takes the nats_server fixture"]
+
+
+def test_test_modules_import_no_other_test_module() -> None:
+    """Shared fixtures live in conftest.py, shared helpers in tests/support."""
+    tests = ROOT / "tests"
+    bad = [f"{path.relative_to(ROOT)}:{line}: {module}"
+           for path in sorted(tests.rglob("*.py")) for line, module in imports(path)
+           if module.startswith(("tests.unit", "tests.integration", "tests.chaos"))]
+    assert bad == []

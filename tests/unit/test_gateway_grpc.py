@@ -21,7 +21,7 @@ from services.gateway.grpc_api import ChatServicer, add_chat_service
 from services.gateway.http import GatewayMetrics
 from services.gateway.http.app import build_authenticator, build_limiter
 from services.gateway.ports import Role
-from tests.unit.test_gateway_http import FakeClock, FakeHub, make_config
+from tests.support.gateway import FakeClock, FakeHub, make_config
 
 
 @dataclass

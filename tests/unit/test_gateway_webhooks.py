@@ -47,7 +47,7 @@ from services.gateway.webhooks import (
     sign,
     verify,
 )
-from tests.unit.test_gateway_http import BOOTSTRAP, FakeHub, auth, make_config, problem_of
+from tests.support.gateway import BOOTSTRAP, FakeHub, auth, make_config, problem_of
 
 HOOK = "/v1/admin/bots/{bot}/webhook"
 SECRET = "webhook-secret-0123456789"

@@ -43,7 +43,7 @@ from services.gateway.http.state import STATE
 from services.gateway.ports import Role
 from services.gateway.webhook_relay import InMemoryWebhookStore
 from services.nlu.engine import MAX_RULE_TEXT_CHARS, ModelLoadError, RuleExtractors
-from tests.unit.test_gateway_http import FakeDefinitions, FakeHub, FakeModels
+from tests.support.gateway import FakeDefinitions, FakeHub, FakeModels
 
 PEPPER = "test-pepper-0123456789abcdef"
 BOOTSTRAP = "bootstrap-admin-key-0123456789"
