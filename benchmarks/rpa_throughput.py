@@ -41,7 +41,7 @@ from botfactory.local.processes import start_service, wait_for_event  # noqa: E4
 from services.common.nats import KV_RPA_RUNS, Bus, connect, provision  # noqa: E402
 from services.rpa_runner.jobs import Job, encode_job, job_subject  # noqa: E402
 from services.rpa_runner.state import RunStore  # noqa: E402
-from tests.support.rpa import write_test_bot  # noqa: E402
+from tests.support.rpa import RELEASE, hold, write_test_bot  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "rpa_throughput.json"
 BOT = "bench"
@@ -51,19 +51,7 @@ WORKFLOW = """
 name: pay
 inputs: {to: string}
 outputs: {reference: steps.transfer.outputs.id}
-steps:
-  - id: hold
-    http:
-      method: POST
-      url: "{{ settings.bank }}/holds"
-      headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-      json: {account: business, amount: 1, reference: "{{ run.id }}"}
-      outputs: {id: body.hold_id}
-    compensate:
-      http:
-        method: POST
-        url: "{{ settings.bank }}/holds/{{ steps.hold.outputs.id }}/release"
-        headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
+steps:""" + hold("1", account="business") + RELEASE + """\
   - id: transfer
     http:
       method: POST

@@ -10,7 +10,11 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Protocol, TypeVar
 
+from prometheus_client import CollectorRegistry
+
 from services.common.logging import configure_logging, get_logger
+from services.common.metrics import MetricsServer, start_metrics_server
+from services.common.nats import Bus, connect, provision
 
 log = get_logger(__name__)
 
@@ -51,6 +55,19 @@ class Components:
         await component.start()
         self.on_stop(component.stop)
         return component
+
+    def serve_metrics(self, registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
+        """`/metrics` for `registry` (port 0: a free one), stopped with the others."""
+        server = start_metrics_server(registry, host, port)
+        self.on_stop_sync(server.stop)
+        return server
+
+    async def bus(self, url: str, name: str) -> Bus:
+        """A connection to NATS with every stream and bucket provisioned, drained on stop."""
+        bus = await connect(url, name=name)
+        self.on_stop(bus.drain)
+        await provision(bus)
+        return bus
 
     def on_stop(self, stop: Callable[[], Awaitable[object]]) -> None:
         self._stack.push_async_callback(stop)

@@ -8,8 +8,8 @@ from pathlib import Path
 from services.common.grpc_server import GrpcServer
 from services.common.lifecycle import Components
 from services.common.logging import get_logger
-from services.common.metrics import MetricsServer, start_metrics_server
-from services.common.nats import KV_TRACKERS, Bus, connect, provision
+from services.common.metrics import MetricsServer
+from services.common.nats import KV_TRACKERS, Bus
 from services.common.partitions import agreed_partitions
 from services.common.pb.botfactory.v1 import dialogue_pb2, dialogue_pb2_grpc
 from services.dialogue.admin import DialogueAdminServicer
@@ -54,14 +54,10 @@ class DialogueServer:
         first, then the consumers beside it, gRPC, the bus and the metrics server last."""
         for folder in self.config.bots:
             self.registry.load_folder(Path(folder))
-        self.metrics_server = start_metrics_server(self.metrics.registry,
-                                                   self.config.metrics_host,
-                                                   self.config.metrics_port)
-        self.parts.on_stop_sync(self.metrics_server.stop)
-        self.bus = bus = await connect(self.config.nats_url, name="dialogue")
-        self.parts.on_stop(bus.drain)
+        self.metrics_server = self.parts.serve_metrics(
+            self.metrics.registry, self.config.metrics_host, self.config.metrics_port)
+        self.bus = bus = await self.parts.bus(self.config.nats_url, "dialogue")
         self.parts.on_stop(self.nlu.close)
-        await provision(bus)
         await self.registry.follow(bus)
         self.parts.on_stop(self.registry.stop)
         partitions = await agreed_partitions(bus, self.config.partitions)

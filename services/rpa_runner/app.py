@@ -12,8 +12,8 @@ import aiohttp
 from services.common.grpc_server import GrpcServer
 from services.common.lifecycle import Components
 from services.common.logging import get_logger
-from services.common.metrics import MetricsServer, start_metrics_server
-from services.common.nats import KV_RPA_RUNS, Bus, connect, provision
+from services.common.metrics import MetricsServer
+from services.common.nats import KV_RPA_RUNS, Bus
 from services.common.partitions import agreed_partitions
 from services.common.pb.botfactory.v1 import rpa_pb2, rpa_pb2_grpc
 from services.rpa_runner.api import RpaRunnerServicer
@@ -56,13 +56,9 @@ class RunnerServer:
         first, then gRPC, the browsers, the HTTP session, the bus and the metrics server."""
         for folder in self.config.bots:
             self.registry.load_folder(Path(folder))
-        self.metrics_server = start_metrics_server(self.metrics.registry,
-                                                   self.config.metrics_host,
-                                                   self.config.metrics_port)
-        self.parts.on_stop_sync(self.metrics_server.stop)
-        self.bus = bus = await connect(self.config.nats_url, name="rpa-runner")
-        self.parts.on_stop(bus.drain)
-        await provision(bus)
+        self.metrics_server = self.parts.serve_metrics(
+            self.metrics.registry, self.config.metrics_host, self.config.metrics_port)
+        self.bus = bus = await self.parts.bus(self.config.nats_url, "rpa-runner")
         await self.registry.follow(bus)
         partitions = await agreed_partitions(bus, self.config.partitions)
         store = RunStore(await bus.kv(KV_RPA_RUNS))

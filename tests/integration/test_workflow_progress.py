@@ -25,18 +25,10 @@ from services.common.subjects import (
 )
 from services.rpa_runner.app import RunnerServer
 from services.rpa_runner.config import RunnerConfig
-from tests.support.rpa import TOKEN, Harness, harness, write_test_bot
+from tests.support.rpa import TOKEN, Harness, harness, hold, write_test_bot
 from tests.support.stack import ROOT, Stack, running_stack
 
-HOLD = """
-  - id: hold
-    http:
-      method: POST
-      url: "{{ settings.bank }}/holds"
-      headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-      json: {account: checking, amount: 5, reference: "{{ run.id }}"}
-      outputs: {id: body.hold_id}
-"""
+HOLD = hold("5")
 WORKFLOWS = {
     "hold": "name: hold\nsteps:" + HOLD,
     "review": "name: review\nsteps:" + HOLD + """

@@ -32,22 +32,32 @@ from services.rpa_runner.state import RunState, RunStore
 BOT = "rpatest"
 TOKEN = "core-token-5f2a9c1e7b"  # the bank's API token, given to runners as a secret
 PIN = "pin-8d41c3"
-# Workflow steps against the demo bank, for the tests' workflow YAML ("steps:" + HOLD + BOOK):
-# a hold of inputs.amount released on compensation, and a transfer of it to anna.
-HOLD = """
+
+
+def hold(amount: str = '"{{ inputs.amount }}"', account: str = "checking") -> str:
+    """A workflow step (YAML, for "steps:" + ...) that holds `amount` on the demo bank's
+    `account`; + RELEASE releases the hold on compensation."""
+    return f"""
   - id: hold
     http:
       method: POST
-      url: "{{ settings.bank }}/holds"
-      headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-      json: {account: checking, amount: "{{ inputs.amount }}", reference: "{{ run.id }}"}
-      outputs: {id: body.hold_id}
+      url: "{{{{ settings.bank }}}}/holds"
+      headers: {{Authorization: "Bearer {{{{ secrets.CORE_TOKEN }}}}"}}
+      json: {{account: {account}, amount: {amount}, reference: "{{{{ run.id }}}}"}}
+      outputs: {{id: body.hold_id}}
+"""
+
+
+RELEASE = """\
     compensate:
       http:
         method: POST
         url: "{{ settings.bank }}/holds/{{ steps.hold.outputs.id }}/release"
         headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
 """
+# The tests' workflow steps ("steps:" + HOLD + BOOK): a hold of inputs.amount released on
+# compensation, and a transfer of it to anna.
+HOLD = hold() + RELEASE
 BOOK = """
   - id: book
     http:
