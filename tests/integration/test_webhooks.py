@@ -104,12 +104,10 @@ async def admin(stack: Stack, method: str, body: Any = None) -> tuple[int, str]:
 
 async def bot_replies(stack: Stack, conversation: str) -> list[dict[str, Any]]:
     """The conversation's bot messages, once the dialogue has answered."""
-    for _ in range(200):
-        entries = [e for e in await stack.transcript(conversation) if e["type"] == "bot"]
-        if entries:
-            return entries
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no bot reply in conversation {conversation}")
+    async def replies() -> list[dict[str, Any]]:
+        return [e for e in await stack.transcript(conversation) if e["type"] == "bot"]
+
+    return await eventually(replies, f"a bot reply in conversation {conversation}")
 
 
 async def relay_caught_up(stack: Stack) -> None:
