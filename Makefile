@@ -93,7 +93,7 @@ images: ## Build the container images (deploy/docker/*.Dockerfile) where a Docke
 	done
 
 k8s-validate: setup ## Render + validate deploy/ (kustomize, kubernetes-validate, hadolint, rules)
-	$(PY) -m pytest tests/unit/test_deploy.py -q -ra
+	$(PY) -m pytest tests/unit/test_deploy.py tests/integration/test_deploy_nats.py -q -ra
 
 clean: ## Remove local runtime data (.botfactory/) and caches
 	rm -rf .botfactory .pytest_cache .mypy_cache .ruff_cache

@@ -51,6 +51,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import aiohttp  # noqa: E402
 
+from benchmarks.paths import shown  # noqa: E402
 from benchmarks.stack import ProcessStack, StackOptions, client_key  # noqa: E402
 from services.botdef import Example  # noqa: E402
 from services.common.nats import without_passwords  # noqa: E402
@@ -456,7 +457,7 @@ async def run_rounds(loop: Loop) -> None:
 def result_of(loop: Loop, data_dir: Path) -> dict[str, Any]:
     args, data = loop.args, loop.data
     return {
-        "benchmark": "improvement_loop", "data": str(data_dir), "quick": args.quick,
+        "benchmark": "improvement_loop", "data": shown(data_dir), "quick": args.quick,
         "seed": args.seed, "intents": len({e.intent for e in data.initial}),
         "initial_share": args.initial_share, "frozen_examples": len(data.frozen),
         "pool_examples": len(data.pool), "test_examples": len(data.test),

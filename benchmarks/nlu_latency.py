@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from benchmarks.paths import shown  # noqa: E402
+
 SNIPS_TEST = ROOT.parent / "shared" / "data" / "snips" / "test"
 RESULTS = ROOT / "benchmarks" / "results" / "nlu_latency.json"
 
@@ -272,9 +274,9 @@ def main() -> int:
     print(f"speedup p50: int8 vs torch {speedup:.2f}x, fp32 ort vs torch {fp32_speedup:.2f}x, "
           f"fused int8 vs unfused int8 {fusion:.2f}x")
     result = {
-        "benchmark": "nlu_latency", "quick": args.quick, "model": str(model_dir),
+        "benchmark": "nlu_latency", "quick": args.quick, "model": shown(model_dir),
         "model_version": json.loads((model_dir / "metadata.json").read_text())["version"],
-        "data": str(data), "n_utterances": len(texts), "threads": args.threads,
+        "data": shown(data), "n_utterances": len(texts), "threads": args.threads,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "modes": modes, "speedup_int8_vs_torch": round(speedup, 2),
         "speedup_ort_fp32_vs_torch": round(fp32_speedup, 2),

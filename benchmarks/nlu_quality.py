@@ -54,6 +54,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks.improvement_loop import LoopError, botfactory  # noqa: E402
+from benchmarks.paths import shown  # noqa: E402
 
 if TYPE_CHECKING:
     from botfactory.evaluation.metrics import Evaluation
@@ -265,7 +266,7 @@ def assemble(results: dict[str, dict[str, Any]], data: Path, quick: bool,
              skipped: Sequence[str]) -> dict[str, Any]:
     """The results JSON: run information and one entry per data set that ran."""
     return {
-        "benchmark": "nlu_quality", "quick": quick, "data": str(data),
+        "benchmark": "nlu_quality", "quick": quick, "data": shown(data),
         "seed": SEED, **results, "skipped": list(skipped),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks.nlu_latency import summary  # noqa: E402
+from benchmarks.paths import shown  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "rollout.json"
 TEXTS = ["what is my balance", "send 50 euros to anna", "hello there", "block my card please",
@@ -185,11 +186,6 @@ async def run(model_dir: Path, concurrency: int, seconds: float) -> dict[str, An
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _shown(path: Path) -> str:
-    resolved = path.resolve()
-    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short phases")
@@ -207,7 +203,7 @@ def main() -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "benchmark": "rollout", "quick": args.quick, "concurrency": args.concurrency,
-        "phase_s": seconds, "model": _shown(args.model), "machine": platform.platform(),
+        "phase_s": seconds, "model": shown(args.model), "machine": platform.platform(),
         "cpus": os.cpu_count(), "results": results}, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0

@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.stack import BANK_TOKEN, start_bank  # noqa: E402
 from botfactory.local.nats_server import NatsServer  # noqa: E402
 from botfactory.local.processes import start_service, wait_for_event  # noqa: E402
-from services.botdef import Example, write_bot  # noqa: E402
 from services.common.nats import KV_RPA_RUNS, Bus, connect, provision  # noqa: E402
 from services.rpa_runner.jobs import Job, encode_job, job_subject  # noqa: E402
 from services.rpa_runner.state import RunStore  # noqa: E402
+from tests.support.rpa import RELEASE, hold, write_test_bot  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "rpa_throughput.json"
 BOT = "bench"
@@ -51,19 +51,7 @@ WORKFLOW = """
 name: pay
 inputs: {to: string}
 outputs: {reference: steps.transfer.outputs.id}
-steps:
-  - id: hold
-    http:
-      method: POST
-      url: "{{ settings.bank }}/holds"
-      headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-      json: {account: business, amount: 1, reference: "{{ run.id }}"}
-      outputs: {id: body.hold_id}
-    compensate:
-      http:
-        method: POST
-        url: "{{ settings.bank }}/holds/{{ steps.hold.outputs.id }}/release"
-        headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
+steps:""" + hold("1", account="business") + RELEASE + """\
   - id: transfer
     http:
       method: POST
@@ -90,14 +78,8 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def write_bench_bot(root: Path, bank_url: str) -> Path:
-    examples = [Example(t, "greet") for t in ("hi", "hello")] + \
-        [Example(t, "bye") for t in ("bye", "goodbye")]
-    write_bot(root, BOT, examples)
-    (root / "workflows").mkdir(exist_ok=True)
-    (root / "workflows" / "pay.yml").write_text(WORKFLOW, encoding="utf-8")
-    rpa = {"version": "1", "allowed_hosts": ["127.0.0.1"], "settings": {"bank": bank_url}}
-    (root / "rpa.yml").write_text(json.dumps(rpa), encoding="utf-8")
-    return root
+    """The bench bot: the tests' minimal bot folder with the `pay` workflow."""
+    return write_test_bot(root, {"pay": WORKFLOW}, name=BOT, settings={"bank": bank_url})
 
 
 class Driver:

@@ -1,14 +1,16 @@
 """The analytics report as ONE self-contained HTML file: inline CSS, charts as inline base64 PNG
-(matplotlib on an Agg canvas, no pyplot global state), no external assets. Every text that
-comes from users or bot definitions is escaped with `html.escape`."""
+(matplotlib on an Agg canvas, no pyplot global state), no external assets. The page is the
+autoescaped Jinja template botfactory/templates/report.html: every text that comes from users
+or bot definitions is escaped there."""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -17,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from botfactory.analytics.aggregate import Figures
 from botfactory.analytics.models import ModelRow
 from botfactory.analytics.trends import FeedbackRow, Insights
+from botfactory.pages import render_page
 
 DPI = 100
 CHART_INTENTS = 15
@@ -27,27 +30,6 @@ SCORE_COLUMNS = (("heldout.intent_accuracy", "held-out intent acc."),
                  ("heldout.entity_micro_f1", "held-out entity F1"),
                  ("test.intent_accuracy", "test intent acc."))
 DASH = "\u2013"
-NUM = ' class="num"'
-
-STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
-       max-width: 60rem; color: #1f2933; padding: 0 1rem; }
-h1 { margin-bottom: 0.2rem; }
-.period { color: #616e7c; margin-top: 0; }
-.cards { display: flex; flex-wrap: wrap; gap: 0.8rem; margin: 1.2rem 0; }
-.card { border: 1px solid #d9e2ec; border-radius: 6px; padding: 0.6rem 0.9rem; min-width: 8rem; }
-.card .value { font-size: 1.5rem; font-weight: 600; }
-.card .label { color: #616e7c; font-size: 0.85rem; }
-table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; }
-th, td { border-bottom: 1px solid #e4e7eb; padding: 0.3rem 0.8rem; text-align: left; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-img { max-width: 100%; height: auto; display: block; margin: 0.5rem 0 1.5rem; }
-.empty { color: #9aa5b1; }
-"""
-
-
-def esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def percent(value: float | None) -> str:
@@ -133,27 +115,17 @@ def funnel_chart(figures: Figures) -> Figure:
 # --- page ---------------------------------------------------------------------------------------
 
 
-def _card(label: str, value: str) -> str:
-    return (f'<div class="card"><div class="value">{esc(value)}</div>'
-            f'<div class="label">{esc(label)}</div></div>')
+@dataclass(frozen=True)
+class Table:
+    """A table of the page: cells from column `numeric_from` on are right-aligned numbers."""
+
+    headers: Sequence[str]
+    rows: Sequence[Sequence[object]]
+    numeric_from: int = 1
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], numeric_from: int = 1) -> str:
-    if not rows:
-        return '<p class="empty">none</p>'
-
-    def cells(tag: str, values: Sequence[object]) -> str:
-        return "".join(f'<{tag}{NUM if i >= numeric_from else ""}>{esc(v)}</{tag}>'
-                       for i, v in enumerate(values))
-
-    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
-    return f"<table><thead><tr>{cells('th', headers)}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _image(alt: str, figure: Figure | None) -> str:
-    if figure is None:
-        return '<p class="empty">no data</p>'
-    return f'<img alt="{esc(alt)}" src="{png_data_uri(figure)}">'
+def _image(figure: Figure | None) -> str | None:
+    return None if figure is None else png_data_uri(figure)
 
 
 def _when_text(value: str) -> str:
@@ -171,27 +143,22 @@ def _bucket_label(unix_ms: int, bucket: str) -> str:
     return datetime.fromtimestamp(unix_ms / 1000, UTC).strftime(fmt)
 
 
-def trends_section(insights: Insights) -> str:
-    rows = [(_bucket_label(p.start_ms, insights.bucket), p.user_messages, p.fallbacks,
-             percent(p.fallback_rate), p.sessions, percent(p.containment_rate))
-            for p in insights.trend]
-    table = _table((f"{insights.bucket} (UTC)", "user messages", "fallbacks", "fallback rate",
-                    "sessions started", "containment"), rows)
-    return (f"<h2>Fallback and containment per {esc(insights.bucket)}</h2>\n{table}\n"
-            f"{sentiment_section(insights)}")
+def trend_table(insights: Insights) -> Table:
+    return Table((f"{insights.bucket} (UTC)", "user messages", "fallbacks", "fallback rate",
+                  "sessions started", "containment"),
+                 [(_bucket_label(p.start_ms, insights.bucket), p.user_messages, p.fallbacks,
+                   percent(p.fallback_rate), p.sessions, percent(p.containment_rate))
+                  for p in insights.trend])
 
 
-def sentiment_section(insights: Insights) -> str:
-    """User messages per bucket by the NLU's sentiment (negative / neutral / positive)."""
-    heading = f"<h2>Sentiment per {esc(insights.bucket)}</h2>"
+def sentiment_table(insights: Insights) -> Table | None:
+    """User messages per bucket by the NLU's sentiment (None: no message carried one)."""
     if not any(p.with_sentiment for p in insights.trend):
-        return (f"{heading}\n<p>No message carried a sentiment: no sentiment model was served "
-                "(README: make run trains one).</p>")
-    rows = [(_bucket_label(p.start_ms, insights.bucket), p.with_sentiment, p.negative,
-             p.neutral, p.positive, percent(p.negative_rate)) for p in insights.trend]
-    table = _table((f"{insights.bucket} (UTC)", "messages with a sentiment", "negative",
-                    "neutral", "positive", "negative share"), rows)
-    return f"{heading}\n{table}"
+        return None
+    return Table((f"{insights.bucket} (UTC)", "messages with a sentiment", "negative",
+                  "neutral", "positive", "negative share"),
+                 [(_bucket_label(p.start_ms, insights.bucket), p.with_sentiment, p.negative,
+                   p.neutral, p.positive, percent(p.negative_rate)) for p in insights.trend])
 
 
 def _activations(row: ModelRow) -> str:
@@ -202,9 +169,9 @@ def _score_cell(value: float | None) -> str:
     return DASH if value is None else f"{100 * value:.1f}%"
 
 
-def models_section(rows: Sequence[ModelRow] | None, note: str = "") -> str:
-    """Versions over time with their scores; `note` says why the store was not read."""
-    body = _table(
+def models_table(rows: Sequence[ModelRow] | None) -> Table:
+    """Versions over time with their scores."""
+    return Table(
         ("version", "created", "activated", *(label for _, label in SCORE_COLUMNS),
          "live messages", "live fallback rate", "live feedback"),
         [(row.version + (" (active)" if row.active else "")
@@ -215,48 +182,44 @@ def models_section(rows: Sequence[ModelRow] | None, note: str = "") -> str:
           percent(row.live.fallback_rate) if row.live else DASH,
           score(row.live.feedback_score) if row.live else DASH)
          for row in rows or ()], numeric_from=3)
-    remark = f'<p class="empty">{esc(note)}</p>' if note else ""
-    return f"<h2>Model versions</h2>\n{remark}{body}"
 
 
-def unrecognised_section(insights: Insights, review: dict[str, str] | None) -> str:
-    rows = [(p.text, p.count, ", ".join(p.reasons),
-             (review or {}).get(p.item_id, "not queued") if review is not None else DASH)
-            for p in insights.top_unrecognised]
-    table = _table(("user text (redacted)", "messages", "why", "review queue"), rows,
-                   numeric_from=1)
-    return f"<h2>Top unrecognised phrasings</h2>\n{table}"
+def unrecognised_table(insights: Insights, review: dict[str, str] | None) -> Table:
+    return Table(("user text (redacted)", "messages", "why", "review queue"),
+                 [(p.text, p.count, ", ".join(p.reasons),
+                   (review or {}).get(p.item_id, "not queued") if review is not None else DASH)
+                  for p in insights.top_unrecognised])
 
 
-def _feedback_table(label: str, rows: Sequence[FeedbackRow]) -> str:
-    return _table((label, "thumbs up", "thumbs down", "score"),
-                  [(r.name, r.up, r.down, score(r.score)) for r in rows])
+def _feedback_table(label: str, rows: Sequence[FeedbackRow]) -> Table:
+    return Table((label, "thumbs up", "thumbs down", "score"),
+                 [(r.name, r.up, r.down, score(r.score)) for r in rows])
 
 
-def feedback_section(insights: Insights) -> str:
-    return (f"<h3>Feedback by intent</h3>\n{_feedback_table('intent', insights.feedback_by_intent)}"
-            f"\n<h3>Feedback by flow</h3>\n{_feedback_table('flow', insights.feedback_by_flow)}")
+def insight_tables(insights: Insights, models: Sequence[ModelRow] | None, models_note: str,
+                   review: dict[str, str] | None) -> dict[str, Any]:
+    """The page's parts from `insights`: trends, sentiment, model versions, feedback by intent
+    and flow, unrecognised phrasings."""
+    return {"bucket": insights.bucket, "trend": trend_table(insights),
+            "sentiment": sentiment_table(insights), "models": models_table(models),
+            "models_note": models_note, "unrecognised": unrecognised_table(insights, review),
+            "feedback_by_intent": _feedback_table("intent", insights.feedback_by_intent),
+            "feedback_by_flow": _feedback_table("flow", insights.feedback_by_flow)}
 
 
-def render(figures: Figures, *, insights: Insights | None = None,
-           models: Sequence[ModelRow] | None = None, models_note: str = "",
-           review: dict[str, str] | None = None,
-           generated_at: datetime | None = None) -> str:
-    """The report page. `insights` adds trends, unrecognised phrasings and feedback by intent
-    and flow; `models` the model versions (`models_note` says why there are none); `review`
-    maps review item ids to their status in the review queue."""
-    generated = (generated_at or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
-    cards = "".join((
-        _card("conversations", str(figures.conversations)),
-        _card("user messages", str(figures.user_messages)),
-        _card("bot messages", str(figures.bot_messages)),
-        _card("containment", percent(figures.containment_rate)),
-        _card("fallback rate", percent(figures.fallback_rate)),
-        _card("handoff rate", percent(figures.handoff_rate)),
-        _card("flow completion", percent(figures.flow_completion_rate)),
-        _card("feedback score", score(figures.feedback_score)),
-    ))
-    totals = _table(("figure", "value"), [
+def _cards(figures: Figures) -> list[tuple[str, str]]:
+    return [("conversations", str(figures.conversations)),
+            ("user messages", str(figures.user_messages)),
+            ("bot messages", str(figures.bot_messages)),
+            ("containment", percent(figures.containment_rate)),
+            ("fallback rate", percent(figures.fallback_rate)),
+            ("handoff rate", percent(figures.handoff_rate)),
+            ("flow completion", percent(figures.flow_completion_rate)),
+            ("feedback score", score(figures.feedback_score))]
+
+
+def _totals(figures: Figures) -> Table:
+    return Table(("figure", "value"), [
         ("conversations (sessions)", figures.conversations),
         ("distinct conversation ids", figures.conversation_ids),
         ("user messages", figures.user_messages),
@@ -269,68 +232,37 @@ def render(figures: Figures, *, insights: Insights | None = None,
         ("handoff rate", percent(figures.handoff_rate)),
         ("events", figures.events),
     ])
-    flows = _table(("flow", "started", "completed", "cancelled", "completion"), [
+
+
+def _charts(figures: Figures) -> dict[str, str | None]:
+    return {"messages": _image(messages_chart(figures.messages_per_hour)
+                               if figures.messages_per_hour else None),
+            "intents": _image(intents_chart(figures.intents) if figures.intents else None),
+            "funnel": _image(funnel_chart(figures) if figures.flows else None)}
+
+
+def render(figures: Figures, *, insights: Insights | None = None,
+           models: Sequence[ModelRow] | None = None, models_note: str = "",
+           review: dict[str, str] | None = None,
+           generated_at: datetime | None = None) -> str:
+    """The report page. `insights` adds trends, unrecognised phrasings and feedback by intent
+    and flow; `models` the model versions (`models_note` says why there are none); `review`
+    maps review item ids to their status in the review queue."""
+    flows = Table(("flow", "started", "completed", "cancelled", "completion"), [
         (name, f.started, f.completed, f.cancelled, percent(f.completion_rate))
         for name, f in figures.flows.items()])
-    feedback = _table(("feedback", "value"), [
+    feedback = Table(("feedback", "value"), [
         ("thumbs up", figures.feedback_up),
         ("thumbs down", figures.feedback_down),
         ("mean score (-1..+1)", score(figures.feedback_score)),
     ])
-    intents = _table(("intent", "messages"), figures.top_intents)
-    if insights is None:
-        fallback_texts = ("<h2>Top fallback-triggering user texts</h2>\n"
-                          + _table(("user text", "fallbacks"), figures.top_fallback_texts))
-        extra = {"trends": "", "models": "", "feedback": ""}
-    else:
-        fallback_texts = unrecognised_section(insights, review)
-        extra = {"trends": trends_section(insights),
-                 "models": models_section(models, models_note),
-                 "feedback": feedback_section(insights)}
-    charts = {
-        "messages": _image("messages per hour", messages_chart(figures.messages_per_hour)
-                           if figures.messages_per_hour else None),
-        "intents": _image("intent distribution",
-                          intents_chart(figures.intents) if figures.intents else None),
-        "funnel": _image("flow funnel", funnel_chart(figures) if figures.flows else None),
-    }
-    title = f"botfactory report: {figures.bot}"
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{esc(title)}</title>
-<style>{STYLE}</style>
-</head>
-<body>
-<h1>{esc(title)}</h1>
-<p class="period">{esc(when(figures.first_at_ms))} {DASH} {esc(when(figures.last_at_ms))}
- &middot; generated {esc(generated)}</p>
-<div class="cards">{cards}</div>
-<h2>Totals</h2>
-{totals}
-<h2>Messages per hour</h2>
-{charts["messages"]}
-{extra["trends"]}
-{extra["models"]}
-<h2>Flows</h2>
-{flows}
-{charts["funnel"]}
-<h2>Feedback</h2>
-{feedback}
-{extra["feedback"]}
-<h2>Top intents</h2>
-{intents}
-{charts["intents"]}
-{fallback_texts}
-<p class="period">Conversations are sessions: a session starts at the first user message of a
-conversation and again after the idle timeout. Containment = sessions without a handoff /
-sessions; fallback rate = fallbacks / user messages; handoff rate = sessions handed off /
-sessions; flow completion = completed / started; feedback score = mean rating (+1 up, -1 down).
-Unrecognised phrasings: user messages that fell back or were out of scope, PII-redacted,
-grouped by normalised text. Feedback counts for the intent of the rated turn and the flow it
-ran in. Model scores come from each version's metadata (held-out / test split at training).
-</p>
-</body>
-</html>
-"""
+    return render_page(
+        "report.html", title=f"botfactory report: {figures.bot}", dash=DASH,
+        first=when(figures.first_at_ms), last=when(figures.last_at_ms),
+        generated=(generated_at or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC"),
+        cards=_cards(figures), totals=_totals(figures), flows=flows, feedback=feedback,
+        intents=Table(("intent", "messages"), figures.top_intents),
+        fallback_texts=Table(("user text", "fallbacks"), figures.top_fallback_texts),
+        charts=_charts(figures),
+        insights=None if insights is None else insight_tables(insights, models, models_note,
+                                                              review))

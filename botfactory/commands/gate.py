@@ -105,9 +105,7 @@ def evaluate_gate(args: argparse.Namespace) -> dict[str, Any]:
     result = gate.decide(active, candidate, found, tolerance)
     gate.write(result, args.candidate, *([args.report] if args.report else []))
     if args.report:
-        (args.report / "gate.html").write_text(
-            "<!doctype html><meta charset=\"utf-8\"><title>gate</title>"
-            + gate.render_html(result), encoding="utf-8")
+        (args.report / "gate.html").write_text(gate.render_html(result), encoding="utf-8")
     return result
 
 

@@ -11,13 +11,13 @@ section.
 
 from __future__ import annotations
 
-import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from botfactory.evaluation.metrics import Evaluation
+from botfactory.pages import render_page
 
 GATE_FILE = "gate.json"
 MODEL_REPORTS = "reports"
@@ -83,23 +83,15 @@ def write(result: dict[str, Any], model_dir: Path, *folders: Path) -> None:
 
 
 def render_html(result: dict[str, Any]) -> str:
-    """The comparison as an HTML section (escaped; no scripts)."""
+    """The comparison as an HTML page (templates/gate.html: autoescaped, no scripts)."""
     verdict = "passed" if result["passed"] else "FAILED: " + ", ".join(result["failed"])
-    rows = []
-    for name, found in result["sets"].items():
-        for metric, row in found["metrics"].items():
-            mark = "ok" if row["passed"] else "worse"
-            rows.append(f"<tr><td>{html.escape(name)} (n={found['n']})</td>"
-                        f"<td>{html.escape(metric)}</td><td class=\"num\">{row['active']:.4f}</td>"
-                        f"<td class=\"num\">{row['candidate']:.4f}</td>"
-                        f"<td class=\"num\">{row['delta']:+.4f}</td>"
-                        f"<td class=\"num\">{row['tolerance']}</td><td>{mark}</td></tr>")
-    return (f"<section class=\"gate\"><h2>Regression gate: {html.escape(verdict)}</h2>"
-            f"<p>candidate {html.escape(str(result['candidate'].get('version')))} vs active "
-            f"{html.escape(str(result['active'].get('version')))}</p>"
-            "<table><tr><th>set</th><th>metric</th><th>active</th><th>candidate</th>"
-            "<th>delta</th><th>tolerance</th><th></th></tr>" + "".join(rows) +
-            "</table></section>")
+    rows = [{"set": name, "n": found["n"], "metric": metric, **row,
+             "mark": "ok" if row["passed"] else "worse"}
+            for name, found in result["sets"].items()
+            for metric, row in found["metrics"].items()]
+    return render_page("gate.html", verdict=verdict, rows=rows,
+                       candidate=str(result["candidate"].get("version")),
+                       active=str(result["active"].get("version")))
 
 
 def gate_refusal(model_dir: Path, version: str) -> str | None:

@@ -7,9 +7,14 @@ import functools
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from contextlib import AsyncExitStack
+from typing import Any, Protocol, TypeVar
+
+from prometheus_client import CollectorRegistry
 
 from services.common.logging import configure_logging, get_logger
+from services.common.metrics import MetricsServer, start_metrics_server
+from services.common.nats import Bus, connect, provision
 
 log = get_logger(__name__)
 
@@ -33,6 +38,46 @@ class Service(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Service)
+
+
+class Components:
+    """A service's start/stop bookkeeping: what `start()` brought up is stopped in the reverse
+    order, each part once, also when `start()` failed half-way (one AsyncExitStack)."""
+
+    def __init__(self) -> None:
+        self._stack = AsyncExitStack()
+
+    async def start(self, component: S) -> S:
+        """Start `component` and stop it with the others."""
+        await component.start()
+        self.on_stop(component.stop)
+        return component
+
+    def serve_metrics(self, registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
+        """`/metrics` for `registry` (port 0: a free one), stopped with the others."""
+        server = start_metrics_server(registry, host, port)
+        self.on_stop_sync(server.stop)
+        return server
+
+    async def bus(self, url: str, name: str) -> Bus:
+        """A connection to NATS with every stream and bucket provisioned, drained on stop."""
+        bus = await connect(url, name=name)
+        self.on_stop(bus.drain)
+        await provision(bus)
+        return bus
+
+    def on_stop(self, stop: Callable[[], Awaitable[object]]) -> None:
+        self._stack.push_async_callback(stop)
+
+    def on_stop_sync(self, stop: Callable[[], object]) -> None:
+        self._stack.callback(stop)
+
+    async def stop(self) -> None:
+        """Stop everything started so far, last first (a second call does nothing)."""
+        await self._stack.aclose()
 
 
 async def run_service(factory: Callable[[], Service]) -> None:

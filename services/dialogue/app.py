@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from services.common.grpc_server import GrpcServer
+from services.common.lifecycle import Components
 from services.common.logging import get_logger
-from services.common.metrics import MetricsServer, start_metrics_server
-from services.common.nats import KV_TRACKERS, Bus, connect, provision
+from services.common.metrics import MetricsServer
+from services.common.nats import KV_TRACKERS, Bus
 from services.common.partitions import agreed_partitions
 from services.common.pb.botfactory.v1 import dialogue_pb2, dialogue_pb2_grpc
 from services.dialogue.admin import DialogueAdminServicer
@@ -41,61 +43,52 @@ class DialogueServer:
         self.rollout_guard: RolloutGuard | None = None
         self.review: ReviewCollector | None = None
         self.metrics_server: MetricsServer | None = None
+        self.parts = Components()
 
     @property
     def port(self) -> int:
         return self.grpc.port
 
     async def start(self) -> None:
+        """Start every part; `stop()` stops what started in the reverse order: the worker
+        first, then the consumers beside it, gRPC, the bus and the metrics server last."""
         for folder in self.config.bots:
             self.registry.load_folder(Path(folder))
-        self.bus = await connect(self.config.nats_url, name="dialogue")
-        await provision(self.bus)
-        await self.registry.follow(self.bus)
-        partitions = await agreed_partitions(self.bus, self.config.partitions)
-        store = TrackerStore(await self.bus.kv(KV_TRACKERS))
+        self.metrics_server = self.parts.serve_metrics(
+            self.metrics.registry, self.config.metrics_host, self.config.metrics_port)
+        self.bus = bus = await self.parts.bus(self.config.nats_url, "dialogue")
+        self.parts.on_stop(self.nlu.close)
+        await self.registry.follow(bus)
+        self.parts.on_stop(self.registry.stop)
+        partitions = await agreed_partitions(bus, self.config.partitions)
+        store = TrackerStore(await bus.kv(KV_TRACKERS))
         dialogue_pb2_grpc.add_DialogueAdminServicer_to_server(
             DialogueAdminServicer(store), self.grpc.server)
-        self.worker = DialogueWorker(self.bus, self.registry, self.nlu, store, self.metrics,
-                                     partitions=partitions, ack_wait_s=self.config.ack_wait_s,
-                                     session_idle_s=self.config.session_idle_s,
-                                     tracker_memory=self.config.tracker_memory)
-        await self.worker.start()
-        if self.config.analytics:
-            self.analytics = AnalyticsConsumer(self.bus, self.metrics.analytics,
-                                               ack_wait_s=self.config.ack_wait_s)
-            await self.analytics.start()
-        if self.config.review:
-            self.review = ReviewCollector(self.bus, ack_wait_s=self.config.ack_wait_s,
-                                          low_confidence=self.config.review_low_confidence)
-            await self.review.start()
-        if self.config.rollout_guard:
-            self.rollout_guard = RolloutGuard(
-                self.bus, RolloutGuardMetrics.create(self.metrics.registry),
-                window_s=self.config.rollout_window_s)
-            await self.rollout_guard.start()
-        self.metrics_server = start_metrics_server(self.metrics.registry,
-                                                   self.config.metrics_host,
-                                                   self.config.metrics_port)
+        self.parts.on_stop(functools.partial(self.grpc.stop, self.config.shutdown_grace_s))
+        await self._start_consumers(bus)
+        self.worker = await self.parts.start(DialogueWorker(
+            bus, self.registry, self.nlu, store, self.metrics, partitions=partitions,
+            ack_wait_s=self.config.ack_wait_s, session_idle_s=self.config.session_idle_s,
+            tracker_memory=self.config.tracker_memory))
         await self.grpc.start()
         log.info("dialogue_started", grpc_port=self.port, metrics_port=self.metrics_server.port,
                  bots=self.registry.names(), partitions=partitions)
 
+    async def _start_consumers(self, bus: Bus) -> None:
+        """The optional consumers beside the worker: analytics, review queue, rollout guard."""
+        config = self.config
+        if config.analytics:
+            self.analytics = await self.parts.start(AnalyticsConsumer(
+                bus, self.metrics.analytics, ack_wait_s=config.ack_wait_s))
+        if config.review:
+            self.review = await self.parts.start(ReviewCollector(
+                bus, ack_wait_s=config.ack_wait_s, low_confidence=config.review_low_confidence))
+        if config.rollout_guard:
+            self.rollout_guard = await self.parts.start(RolloutGuard(
+                bus, RolloutGuardMetrics.create(self.metrics.registry),
+                window_s=config.rollout_window_s))
+
     async def stop(self) -> None:
         """Stop fetching, finish in-flight messages, drain NATS."""
-        if self.worker is not None:
-            await self.worker.stop()
-        if self.analytics is not None:
-            await self.analytics.stop()
-        if self.rollout_guard is not None:
-            await self.rollout_guard.stop()
-        if self.review is not None:
-            await self.review.stop()
-        await self.grpc.stop(self.config.shutdown_grace_s)
-        await self.registry.stop()
-        await self.nlu.close()
-        if self.bus is not None:
-            await self.bus.drain()
-        if self.metrics_server is not None:
-            self.metrics_server.stop()
+        await self.parts.stop()
         log.info("dialogue_stopped")

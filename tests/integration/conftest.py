@@ -1,20 +1,35 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from playwright.async_api import BrowserContext, async_playwright
+from prometheus_client import CollectorRegistry
 
 from services.botdef import load_bot, write_bot
-from tests.support.models import TINY_ENTITIES, make_tiny_encoder, tiny_examples, tiny_settings
+from services.gateway.http import GatewayMetrics, create_app
+from tests.support.gateway import FakeHub, make_config
+from tests.support.memstores import InMemoryKeyStore
+from tests.support.models import (
+    TINY_ENTITIES,
+    TinyModels,
+    make_tiny_encoder,
+    tiny_examples,
+    tiny_settings,
+)
+from tests.support.rpa import PIN, TOKEN
+from tests.support.webchat import CHROMIUM, CHROMIUM_ARGS, Served, install_chromium
 
 
-@dataclass(frozen=True)
-class TinyModels:
-    v1: Path
-    v2: Path
-    bot_dir: Path
+@pytest.fixture
+def rpa_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo bank's token and PIN as the secrets CORE_TOKEN and LEGACY_PIN of in-process
+    runners (they read BOTFACTORY_SECRET_* from the environment; tests/support/rpa.py)."""
+    monkeypatch.setenv("BOTFACTORY_SECRET_CORE_TOKEN", TOKEN)
+    monkeypatch.setenv("BOTFACTORY_SECRET_LEGACY_PIN", PIN)
 
 
 def _train(bot_dir: Path, out: Path) -> Path:
@@ -52,3 +67,44 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyModels
                             entities=TINY_ENTITIES, nlu=tiny_settings(encoder, seed=seed))
         dirs.append((bot_dir, _train(bot_dir, root / f"model{seed}")))
     yield TinyModels(v1=dirs[0][1], v2=dirs[1][1], bot_dir=dirs[0][0])
+
+
+# --- the web chat page in Chromium (tests/support/webchat.py) ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    if not os.access(CHROMIUM, os.X_OK):
+        problem = install_chromium()
+        if problem:
+            pytest.fail(f"the web chat browser test needs {CHROMIUM} (Debian package "
+                        f"`chromium`): {problem}", pytrace=False)
+    return str(CHROMIUM)
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    hub = FakeHub()
+    app = create_app(hub, InMemoryKeyStore(), make_config(),
+                     GatewayMetrics.create(CollectorRegistry()))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield Served(f"http://{host}:{port}", hub, app)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def browser(chromium: str, tmp_path: Path) -> AsyncIterator[BrowserContext]:
+    async with async_playwright() as playwright:
+        context = await playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=chromium, headless=True,
+            args=CHROMIUM_ARGS)
+        try:
+            yield context
+        finally:
+            await context.close()

@@ -20,8 +20,8 @@ import pytest
 from schemathesis import checks as st_checks
 
 from botfactory.local.nats_server import NatsServer
+from tests.support.apicontract import CHECKS, SCHEMA, SEMANTIC, bounded
 from tests.support.stack import BOOTSTRAP, running_stack
-from tests.unit.test_fuzzing import CHECKS, SCHEMA, SEMANTIC, bounded
 
 # The workflow run routes need the RPA runner, not in this stack (they answer 503): the unit
 # fuzz test covers them with a fake runner.

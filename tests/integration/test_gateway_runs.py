@@ -5,10 +5,9 @@ responses, and 503 with Retry-After when the runner cannot be reached."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,37 +18,14 @@ import pytest
 from botfactory.local.nats_server import NatsServer
 from services.gateway.app import GatewayServer
 from services.gateway.config import GatewayConfig
-from tests.support.rpa import BOT, TOKEN, harness, write_test_bot
+from tests.support.polling import eventually
+from tests.support.rpa import BOOK, BOT, HOLD, harness, write_test_bot
 from tests.support.stack import BOOTSTRAP, issue_key
 
 PROBLEM = "application/problem+json"
-HOLD = """
-  - id: hold
-    http:
-      method: POST
-      url: "{{ settings.bank }}/holds"
-      headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-      json: {account: checking, amount: "{{ inputs.amount }}", reference: "{{ run.id }}"}
-      outputs: {id: body.hold_id}
-    compensate:
-      http:
-        method: POST
-        url: "{{ settings.bank }}/holds/{{ steps.hold.outputs.id }}/release"
-        headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-"""
 REVIEW = """
   - id: review
     approval: {message: "Pay {{ inputs.amount }}?", approvers: [ops], timeout: 1h}
-"""
-BOOK = """
-  - id: book
-    http:
-      method: POST
-      url: "{{ settings.bank }}/transfers"
-      headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-      json: {amount: "{{ inputs.amount }}", recipient: anna, reference: "{{ run.id }}"}
-      outputs: {id: body.transfer_id}
-    retry: {max_attempts: 1}
 """
 WORKFLOWS = {
     "review": "name: review\ninputs: {amount: number}\nsteps:" + HOLD + REVIEW + BOOK,
@@ -57,10 +33,7 @@ WORKFLOWS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("BOTFACTORY_SECRET_CORE_TOKEN", TOKEN)
-    yield
+pytestmark = pytest.mark.usefixtures("rpa_secrets")
 
 
 @pytest.fixture
@@ -85,17 +58,12 @@ class Api:
     async def key(self, role: str, bot: str = BOT) -> str:
         return await issue_key(self.session, self.base_url, role, (bot,))
 
-    async def until(self, key: str, run_id: str, status: str,
-                    limit_s: float = 15.0) -> dict[str, Any]:
-        deadline = asyncio.get_running_loop().time() + limit_s
-        while True:
+    async def until(self, key: str, run_id: str, status: str) -> dict[str, Any]:
+        async def run_in_status() -> dict[str, Any] | None:
             code, run, _ = await self.call("GET", f"/v1/bots/{BOT}/runs/{run_id}", key)
-            if code == 200 and run["status"] == status:
-                found: dict[str, Any] = run
-                return found
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"run {run_id} not {status}: {code} {run}")
-            await asyncio.sleep(0.05)
+            return run if code == 200 and run["status"] == status else None
+
+        return await eventually(run_in_status, f"run {run_id} {status}")
 
 
 @contextlib.asynccontextmanager

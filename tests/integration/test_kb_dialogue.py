@@ -23,17 +23,9 @@ from services.common.pb.botfactory.v1 import (
 )
 from services.gateway.http.state import STATE
 from services.gateway.ports import Role
-from tests.integration.test_webchat_browser import (  # the web chat page's fixtures
-    Served,
-    browser,
-    chromium,
-    open_chat,
-    served,
-)
 from tests.support.fake_nlu import FakeNlu, start_fake_nlu
 from tests.support.stack import Stack, running_stack
-
-__all__ = ["browser", "chromium", "served"]  # fixtures used here by name
+from tests.support.webchat import Served, open_chat
 
 QUESTION = "how much does it cost to pay by card abroad?"
 SNIPPET = ("Card payments abroad cost 1.5% of the amount. Cash withdrawals abroad cost 3 EUR. "

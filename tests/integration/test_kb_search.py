@@ -7,7 +7,6 @@ import asyncio
 import json
 import shutil
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from services.common.pb.botfactory.v1 import nlu_pb2, nlu_pb2_grpc
 from services.knowledge.store import activate_kb, publish_kb, upload_kb
 from services.nlu.app import NluServer
 from services.nlu.config import NluConfig
+from tests.support.polling import eventually
 
 FIXTURE = Path(__file__).resolve().parents[1] / "unit" / "data" / "knowledge" / "bot"
 EXTRA_FAQ = """  - id: overdraft
@@ -48,14 +48,6 @@ def indexes(tmp_path_factory: pytest.TempPathFactory) -> Indexes:
                    build_index(bot2, root / "v2", options).directory)
 
 
-async def _wait_for(condition: Callable[[], bool], within: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
 async def test_search_hot_swaps_published_indexes(indexes: Indexes, nats_server: NatsServer,
                                                   tmp_path: Path) -> None:
     bus = await connect(nats_server.url, name="test")
@@ -81,7 +73,7 @@ async def test_search_hot_swaps_published_indexes(indexes: Indexes, nats_server:
         before = (await stub.Search(query)).hits[0]
         assert before.id != "faq:overdraft"
         v2 = await publish_kb(bus, indexes.v2)
-        await _wait_for(lambda: (kb := server.knowledge.get("kbtest")) is not None
+        await eventually(lambda: (kb := server.knowledge.get("kbtest")) is not None
                         and kb.version == v2.version)
         after = await stub.Search(query)
         assert after.index_version == v2.version and after.hits[0].id == "faq:overdraft"
@@ -94,7 +86,7 @@ async def test_search_hot_swaps_published_indexes(indexes: Indexes, nats_server:
         bad = await upload_kb(bus, corrupt)
         failures = server.metrics.load_failures.labels(source="kb-store")
         await activate_kb(bus, bad)
-        await _wait_for(lambda: failures._value.get() >= 1)
+        await eventually(lambda: failures._value.get() >= 1)
         still = await stub.Search(query)
         assert still.index_version == v2.version and still.hits[0].id == "faq:overdraft"
     finally:

@@ -1,10 +1,11 @@
 """NATS authentication and per-service permissions (services/common/natsauth.py) on a real
 nats-server: each identity can do its service's work through the real code paths, and is
-refused what it must not do."""
+refused what it must not do; the local config is one nats-server accepts."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import nats.errors
 import pytest
 from nats.aio.client import Client
 
-from botfactory.local.nats_server import NatsServer
+from botfactory.local.nats_server import NatsServer, nats_server_binary
+from botfactory.local.natsconf import server_conf
 from services.common import modelstore
 from services.common.nats import (
     KV_BOTS,
@@ -156,3 +158,11 @@ async def test_services_cannot_create_streams_and_bad_passwords_are_refused(
     wrong = nats_server.url_for("gateway").replace("gateway:", "gateway:x", 1)
     with pytest.raises((nats.errors.Error, ConnectionError, OSError)):
         await Bus.drain(await connect(wrong, name="intruder", connect_timeout=1.0))
+
+
+def test_local_config_is_accepted_by_nats_server(tmp_path: Path) -> None:
+    conf = tmp_path / "nats.conf"
+    conf.write_text(server_conf("a" * 48))
+    result = subprocess.run([nats_server_binary(), "-t", "-c", str(conf)], capture_output=True,
+                            text=True, timeout=30, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr

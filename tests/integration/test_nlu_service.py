@@ -24,7 +24,8 @@ from services.common.pb.botfactory.v1 import nlu_pb2, nlu_pb2_grpc
 from services.nlu.app import NluServer
 from services.nlu.config import NluConfig
 from services.nlu.engine import content_version
-from tests.integration.conftest import TinyModels
+from tests.support.models import TinyModels
+from tests.support.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 Served = tuple[NluServer, nlu_pb2_grpc.NluServiceStub]
@@ -224,7 +225,7 @@ async def test_store_load_hot_swap_under_load_and_corrupt_model_rejected(
         await asyncio.sleep(0.3)
         v2 = await publish(bus, tiny_models.v2)
         assert v2.version != v1.version
-        await _wait_for(lambda: bool(versions) and versions[-1] == v2.version)
+        await eventually(lambda: bool(versions) and versions[-1] == v2.version)
         await asyncio.sleep(0.3)
         stop.set()
         await asyncio.gather(*clients)
@@ -238,7 +239,7 @@ async def test_store_load_hot_swap_under_load_and_corrupt_model_rejected(
         corrupt = await upload(bus, _corrupt_copy(tiny_models.v1, tmp_path / "corrupt"))
         before = server.metrics.load_failures.labels(source="store")._value.get()
         await activate(bus, ModelRef("tiny", corrupt.version))
-        await _wait_for(lambda: server.metrics.load_failures.labels(
+        await eventually(lambda: server.metrics.load_failures.labels(
             source="store")._value.get() > before)
         reply = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hello"))
         assert reply.model_version == v2.version
@@ -248,14 +249,6 @@ async def test_store_load_hot_swap_under_load_and_corrupt_model_rejected(
         await channel.close()
         await server.stop()
         await bus.drain()
-
-
-async def _wait_for(condition: Callable[[], bool], within: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 def test_process_fails_fast_on_bad_config() -> None:
@@ -321,10 +314,7 @@ async def test_a_sentiment_model_published_later_is_hot_swapped_into_every_parse
             labels.append(r.sentiment.label)
             return r.sentiment.label != ""
 
-        deadline = asyncio.get_running_loop().time() + 20
-        while not await parsed_with_sentiment():
-            assert asyncio.get_running_loop().time() < deadline, "no sentiment after 20 s"
-            await asyncio.sleep(0.1)
+        await eventually(parsed_with_sentiment, "a sentiment")
         assert labels[-1] in {"negative", "neutral", "positive"}
         listed = await stub.ListModels(nlu_pb2.ListModelsRequest())
         assert ("platform-sentiment", sentiment.version) in [

@@ -23,6 +23,7 @@ from services.common.nats import KV_TRACKERS, Bus, connect
 from services.common.pb.botfactory.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common.pii import CARD, EMAIL, IBAN, PHONE
 from services.common.subjects import HEADER_KIND, HEADER_PII, KIND_WORKFLOW_RESULT, inbound
+from tests.support.polling import eventually
 from tests.support.stack import BOOTSTRAP, Stack, issue_key, running_stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,15 +62,6 @@ async def _run_id(bus: Bus, conversation: str) -> str:
             return str(run_id)
         await asyncio.sleep(0.05)
     raise AssertionError("no workflow started")
-
-
-async def _until(check: Any, what: str, tries: int = 200) -> Any:
-    for _ in range(tries):
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def _grpc_transcript(stack: Stack, conversation: str, bot: str = "banking") -> str:
@@ -126,12 +118,12 @@ async def test_no_pii_in_logs_events_transcripts_or_stored_messages(
                 entries = await stack.transcript(conversation)
                 return entries if any("reference TX-1" in e["text"] for e in entries) else None
 
-            entries = await _until(done, "the workflow's message")
+            entries = await eventually(done, "the workflow's message")
 
             async def drained() -> bool:  # every handled message gone from the work queue
                 return not await stored(bus, "CONV_IN")
 
-            await _until(drained, "conv.in to be emptied")
+            await eventually(drained, "conv.in to be emptied")
             conv = await stored(bus, "CONV")
             events = await stored(bus, "EVENTS")
         finally:
@@ -184,7 +176,7 @@ async def test_a_bot_can_keep_pii(nats_server: NatsServer, tiny_banking_model: P
             _, body = await stack.post("k0", "/greet", key=key, bot="keeper")
             return "not available" not in body["replies"][0]["text"]
 
-        await _until(loaded, "the deployed bot", tries=100)
+        await eventually(loaded, "the deployed bot")
         status, _ = await stack.post("k1", f"/greet mail {EMAIL_ADDR} card {CARD_NO}", key=key,
                                      bot="keeper")
         assert status == 200

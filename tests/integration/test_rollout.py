@@ -9,7 +9,7 @@ import asyncio
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,8 @@ from services.gateway.config import GatewayConfig
 from services.nlu.app import NluServer
 from services.nlu.config import NluConfig
 from services.nlu.rollout import Plan
-from tests.integration.conftest import TinyModels
+from tests.support.models import TinyModels
+from tests.support.polling import eventually
 from tests.support.stack import BOOTSTRAP
 
 NLU = NluConfig(grpc_port=0, metrics_port=0, max_batch_wait_ms=2.0, shutdown_grace_s=2.0)
@@ -66,13 +67,6 @@ def bad_model(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory)
 
 def _version(model_dir: Path) -> str:
     return str(json.loads((model_dir / "metadata.json").read_text())["version"])
-
-
-async def _wait_for(condition: Callable[[], bool], within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -107,7 +101,7 @@ async def test_canary_is_sticky_and_shadow_reports_disagreements(
     v1, bad = _version(tiny_models.v1), _version(bad_model)
     await upload(bus, bad_model)
     await start_rollout(bus, "tiny", Rollout(candidate=bad, mode="canary", share=0.5))
-    await _wait_for(lambda: server.rollouts.get("tiny") is not None)
+    await eventually(lambda: server.rollouts.get("tiny") is not None)
 
     seen: dict[str, set[tuple[str, str]]] = {}
     for i in range(30):
@@ -140,7 +134,7 @@ async def test_canary_is_sticky_and_shadow_reports_disagreements(
 
     sub = await bus.nc.subscribe("events.nlu.shadow.tiny", cb=on_event)
     await start_rollout(bus, "tiny", Rollout(candidate=bad, mode="shadow"))
-    await _wait_for(lambda: server.rollouts.shadowing("tiny"))
+    await eventually(lambda: server.rollouts.shadowing("tiny"))
     texts = ["hello", "call me on +44 20 7946 0958", "what is the balance of my savings account"]
     for i, text in enumerate(texts):
         reply = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text=text,
@@ -149,7 +143,7 @@ async def test_canary_is_sticky_and_shadow_reports_disagreements(
     batch = await stub.ParseBatch(nlu_pb2.ParseBatchRequest(
         bot_id="tiny", texts=texts[:2], conversation_ids=["b0", "b1"]))
     assert [(r.variant, r.model_version) for r in batch.results] == [("active", v1)] * 2
-    await _wait_for(lambda: len(received) == 5)
+    await eventually(lambda: len(received) == 5)
     await sub.unsubscribe()
     assert _counter(server, "botfactory_nlu_shadow_comparisons_total", bot="tiny",
                     agree="false") == 5
@@ -165,7 +159,7 @@ async def test_canary_is_sticky_and_shadow_reports_disagreements(
 
     kv = await bus.kv("bots")
     await kv.delete("rollout.tiny")
-    await _wait_for(lambda: server.registry.candidate("tiny") is None)
+    await eventually(lambda: server.registry.candidate("tiny") is None)
     assert server.rollouts.get("tiny") is None
 
 
@@ -202,15 +196,15 @@ async def test_zero_failed_parses_through_activate_canary_promote_and_rollback(
     clients = [asyncio.create_task(client(n)) for n in range(8)]
     try:
         await activate(bus, ModelRef("tiny", v2), actor="test")
-        await _wait_for(lambda: active() == v2)
+        await eventually(lambda: active() == v2)
         await start_rollout(bus, "tiny", Rollout(candidate=bad, mode="canary", share=0.5))
-        await _wait_for(lambda: ("canary", bad) in answers[-50:])
+        await eventually(lambda: ("canary", bad) in answers[-50:])
         await promote(bus, "tiny", actor="test")
-        await _wait_for(lambda: active() == bad and server.registry.candidate("tiny") is None)
+        await eventually(lambda: active() == bad and server.registry.candidate("tiny") is None)
         await rollback(bus, "tiny", actor="test")
-        await _wait_for(lambda: active() == v2)
+        await eventually(lambda: active() == v2)
         rolled_back.set()
-        await _wait_for(lambda: len(after_rollback) >= 2 * len(clients))
+        await eventually(lambda: len(after_rollback) >= 2 * len(clients))
     finally:
         stop.set()
         await asyncio.gather(*clients)
@@ -310,7 +304,7 @@ async def test_guard_aborts_a_bad_canary_exactly_once_with_two_replicas(
         for i in range(12):
             for variant, version in (("active", v1), ("canary", v2)):
                 await _turn(bus, f"{variant}-{i}", variant, version, fallback=variant == "canary")
-        await _wait_for(lambda: sum(_aborts(r) for r in replicas) == 1)
+        await eventually(lambda: sum(_aborts(r) for r in replicas) == 1)
         rollout = await get_rollout(bus, "tiny")
         assert rollout is None
         await asyncio.sleep(0.5)  # the other replica saw the same events

@@ -3,10 +3,8 @@ timeout with escalation), cancel, retry, errors, and the Prometheus metrics."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -14,42 +12,18 @@ import pytest
 
 from botfactory.local.nats_server import NatsServer
 from services.common.pb.botfactory.v1 import rpa_pb2, rpa_pb2_grpc
-from tests.support.rpa import TOKEN, Harness, harness, write_test_bot
-
-HOLD = """
-          - id: hold
-            http:
-              method: POST
-              url: "{{ settings.bank }}/holds"
-              headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-              json: {account: checking, amount: "{{ inputs.amount }}", reference: "{{ run.id }}"}
-              outputs: {id: body.hold_id}
-            compensate:
-              http:
-                method: POST
-                url: "{{ settings.bank }}/holds/{{ steps.hold.outputs.id }}/release"
-                headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-"""
-BOOK = """
-          - id: book
-            http:
-              method: POST
-              url: "{{ settings.bank }}/transfers"
-              headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-              json: {amount: "{{ inputs.amount }}", recipient: anna, reference: "{{ run.id }}"}
-              outputs: {id: body.transfer_id}
-            retry: {max_attempts: 1}
-"""
+from tests.support.polling import eventually
+from tests.support.rpa import BOOK, HOLD, Harness, harness, write_test_bot
 
 
 def approval(timeout: str, escalation: str) -> str:
     return f"""
-          - id: review
-            approval:
-              message: "Pay {{{{ inputs.amount }}}}?"
-              approvers: [ops]
-              timeout: {timeout}
-              escalation: [{{timeout: {escalation}, approvers: [leads]}}]
+  - id: review
+    approval:
+      message: "Pay {{{{ inputs.amount }}}}?"
+      approvers: [ops]
+      timeout: {timeout}
+      escalation: [{{timeout: {escalation}, approvers: [leads]}}]
 """
 
 
@@ -62,10 +36,7 @@ WORKFLOWS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("BOTFACTORY_SECRET_CORE_TOKEN", TOKEN)
-    yield
+pytestmark = pytest.mark.usefixtures("rpa_secrets")
 
 
 @pytest.fixture
@@ -81,20 +52,17 @@ async def _start(stub: rpa_pb2_grpc.RpaRunnerStub, workflow: str, amount: float 
     return run
 
 
-async def _until(stub: rpa_pb2_grpc.RpaRunnerStub, run_id: str, status: str,
-                 limit_s: float = 15.0) -> rpa_pb2.Run:
-    deadline = asyncio.get_running_loop().time() + limit_s
-    while True:
+async def _until(stub: rpa_pb2_grpc.RpaRunnerStub, run_id: str, status: str) -> rpa_pb2.Run:
+    async def run_in_status() -> rpa_pb2.Run | None:
         try:
             run: rpa_pb2.Run = await stub.GetRun(rpa_pb2.GetRunRequest(run_id=run_id))
-            if run.status == status:
-                return run
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"run {run_id} not {status}")
-        await asyncio.sleep(0.05)
+            return None
+        return run if run.status == status else None
+
+    return await eventually(run_in_status, f"run {run_id} {status}")
 
 
 async def _stats(h: Harness) -> dict[str, int]:

@@ -5,14 +5,13 @@ failure, and the allow-list held for the browser too."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from botfactory.local.nats_server import NatsServer
 from services.rpa_runner.config import CHROMIUM
-from tests.support.rpa import PIN, TOKEN, harness, write_test_bot
+from tests.support.rpa import PIN, harness, write_test_bot
 
 FORM = """
 name: file
@@ -55,11 +54,7 @@ steps:
 """
 
 
-@pytest.fixture(autouse=True)
-def _secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("BOTFACTORY_SECRET_CORE_TOKEN", TOKEN)
-    monkeypatch.setenv("BOTFACTORY_SECRET_LEGACY_PIN", PIN)
-    yield
+pytestmark = pytest.mark.usefixtures("rpa_secrets")
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from botfactory.local.nats_server import NatsServer
 from botfactory.local.processes import start_service, wait_for_event
-from tests.support.rpa import PIN, TOKEN, Harness, harness, runner_env, write_test_bot
+from tests.support.rpa import Harness, harness, runner_env, write_test_bot
 
 STEPS = """
 name: {name}
@@ -53,11 +52,7 @@ steps:
 RUNS = 6
 
 
-@pytest.fixture(autouse=True)
-def _secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("BOTFACTORY_SECRET_CORE_TOKEN", TOKEN)
-    monkeypatch.setenv("BOTFACTORY_SECRET_LEGACY_PIN", PIN)
-    yield
+pytestmark = pytest.mark.usefixtures("rpa_secrets")
 
 
 async def _in_flight(h: Harness, count: int, limit_s: float = 30.0) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,41 +14,26 @@ from botfactory.local.nats_server import NatsServer
 from services.common.logging import configure_logging
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.common.subjects import inbound
-from tests.support.rpa import PIN, TOKEN, harness, write_test_bot
+from tests.support.rpa import HOLD, PIN, TOKEN, harness, write_test_bot
 
 AUTH = {"Authorization": "Bearer {{ secrets.CORE_TOKEN }}"}
 WORKFLOWS = {
-    "pay": """
-        name: pay
-        inputs: {amount: number, to: string}
-        outputs: {reference: steps.book.outputs.id}
-        steps:
-          - id: hold
-            http:
-              method: POST
-              url: "{{ settings.bank }}/holds"
-              headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-              json: {account: checking, amount: "{{ inputs.amount }}", reference: "{{ run.id }}"}
-              outputs: {id: body.hold_id}
-            compensate:
-              http:
-                method: POST
-                url: "{{ settings.bank }}/holds/{{ steps.hold.outputs.id }}/release"
-                headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-          - id: tell
-            notify: "Booking {{ money(inputs.amount) }} EUR for {{ inputs.to }}..."
-          - id: book
-            http:
-              method: POST
-              url: "{{ settings.bank }}/transfers"
-              headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-              json: {amount: "{{ inputs.amount }}", recipient: "{{ inputs.to }}",
-                     reference: "{{ run.id }}"}
-              expect: [201]
-              outputs: {id: body.transfer_id}
-            timeout: 500ms
-            retry: {max_attempts: 3, initial_interval: 50ms, non_retryable_statuses: [422]}
-        """,
+    "pay": "name: pay\ninputs: {amount: number, to: string}\n"
+           "outputs: {reference: steps.book.outputs.id}\nsteps:" + HOLD + """\
+  - id: tell
+    notify: "Booking {{ money(inputs.amount) }} EUR for {{ inputs.to }}..."
+  - id: book
+    http:
+      method: POST
+      url: "{{ settings.bank }}/transfers"
+      headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
+      json: {amount: "{{ inputs.amount }}", recipient: "{{ inputs.to }}",
+             reference: "{{ run.id }}"}
+      expect: [201]
+      outputs: {id: body.transfer_id}
+    timeout: 500ms
+    retry: {max_attempts: 3, initial_interval: 50ms, non_retryable_statuses: [422]}
+""",
     "leaky": """
         name: leaky
         steps:
@@ -71,11 +55,7 @@ WORKFLOWS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("BOTFACTORY_SECRET_CORE_TOKEN", TOKEN)
-    monkeypatch.setenv("BOTFACTORY_SECRET_LEGACY_PIN", PIN)
-    yield
+pytestmark = pytest.mark.usefixtures("rpa_secrets")
 
 
 @pytest.fixture

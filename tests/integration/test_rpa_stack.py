@@ -6,7 +6,6 @@ approval (gRPC), and the conversation is told so by the workflow's notify messag
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,16 +28,6 @@ def _secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("BOTFACTORY_SECRET_CORE_API_TOKEN", TOKEN)
     monkeypatch.setenv("BOTFACTORY_SECRET_LEGACY_PIN", PIN)
     yield
-
-
-async def _bot_text(stack: Stack, conversation: str, needle: str) -> list[str]:
-    texts: list[str] = []
-    for _ in range(300):
-        texts = [e["text"] for e in await stack.transcript(conversation) if e["type"] == "bot"]
-        if any(needle in text for text in texts):
-            return texts
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no {needle!r} in {texts}")
 
 
 async def _transfer(stack: Stack, conversation: str, amount: int, recipient: str) -> None:
@@ -69,13 +58,13 @@ async def test_transfer_flow_runs_the_real_workflow(nats_server: NatsServer,
             await _transfer(stack, "e2e-1", 50, "anna")
             done = [e for e in await stack.transcript("e2e-1") if "reference TX-" in e["text"]]
             assert done and done[0]["in_reply_to"] == "e2e-1-yes"  # in the sync reply too
-            texts = await _bot_text(stack, "e2e-1", "reference TX-")
+            texts = await stack.bot_texts("e2e-1", "reference TX-", within=30)
             assert "Done! 50.00 EUR is on its way to anna (reference TX-000001)." in texts
 
             await _transfer(stack, "e2e-2", 6000, "bob")
-            await _bot_text(stack, "e2e-2", "need a quick check by our team")
+            await stack.bot_texts("e2e-2", "need a quick check by our team", within=30)
             await _approve(runner)
-            texts = await _bot_text(stack, "e2e-2", "reference TX-")
+            texts = await stack.bot_texts("e2e-2", "reference TX-", within=30)
             assert texts[-1] == "Done! 6,000.00 EUR is on its way to bob (reference TX-000003)."
             stats: dict[str, Any] = await _get(stack, f"{bank}/_stats")
             assert stats["effects"] == {"transfer": 2, "legacy_record": 2, "confirm": 2}
@@ -100,7 +89,7 @@ async def test_a_failed_step_tells_the_customer_only_what_the_author_wrote(
         async with running_stack(nats_server.url, tiny_banking_model) as stack:
             await runner.start()
             await _transfer(stack, "e2e-fail", 50, "blocked-bob")
-            texts = await _bot_text(stack, "e2e-fail", "didn't go through")
+            texts = await stack.bot_texts("e2e-fail", "didn't go through", within=30)
             assert texts[-1] == "Sorry, the transfer didn't go through. No money was sent."
             events = [e for e in await stack.transcript("e2e-fail", include="events")
                       if e.get("event") == "workflow_finished"]

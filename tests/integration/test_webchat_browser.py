@@ -3,121 +3,16 @@ the real gateway app with an in-memory echo hub on a free localhost port."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
-
-import pytest
-from aiohttp import web
 from playwright.async_api import (
     BrowserContext,
-    ConsoleMessage,
     Page,
     Request,
-    async_playwright,
     expect,
 )
-from prometheus_client import CollectorRegistry
 
-from services.gateway.http import GatewayMetrics, create_app
 from services.gateway.http.state import STATE
 from services.gateway.ports import Role
-from tests.support.memstores import InMemoryKeyStore
-from tests.unit.test_gateway_http import FakeHub, make_config
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-TIMEOUT_MS = 10_000
-
-
-def _apt(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    return subprocess.run(["apt-get", *args], env=env, capture_output=True, text=True,
-                          timeout=1200, check=False)
-
-
-def install_chromium() -> str:
-    """Install Debian's chromium (as root, with apt-get); '' when it worked, else why not."""
-    if os.geteuid() != 0:
-        return "not running as root, so `apt-get install -y chromium` cannot be run"
-    if shutil.which("apt-get") is None:
-        return "apt-get is not available on this machine"
-    result = _apt("install", "-y", "chromium")
-    if result.returncode != 0:  # stale package lists: refresh once and retry
-        _apt("update")
-        result = _apt("install", "-y", "chromium")
-    if result.returncode != 0 or not os.access(CHROMIUM, os.X_OK):
-        return f"`apt-get install -y chromium` failed:\n{(result.stdout + result.stderr)[-3000:]}"
-    return ""
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    if not os.access(CHROMIUM, os.X_OK):
-        problem = install_chromium()
-        if problem:
-            pytest.fail(f"the web chat browser test needs {CHROMIUM} (Debian package "
-                        f"`chromium`): {problem}", pytrace=False)
-    return str(CHROMIUM)
-
-
-@dataclass
-class Served:
-    url: str
-    hub: FakeHub
-    app: web.Application
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[Served]:
-    hub = FakeHub()
-    app = create_app(hub, InMemoryKeyStore(), make_config(),
-                     GatewayMetrics.create(CollectorRegistry()))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield Served(f"http://{host}:{port}", hub, app)
-    finally:
-        await runner.cleanup()
-
-
-@pytest.fixture
-async def browser(chromium: str, tmp_path: Path) -> AsyncIterator[BrowserContext]:
-    async with async_playwright() as playwright:
-        context = await playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=chromium, headless=True,
-            args=CHROMIUM_ARGS)
-        try:
-            yield context
-        finally:
-            await context.close()
-
-
-async def open_chat(context: BrowserContext, served: Served, key: str,
-                    conversation: str) -> tuple[Page, list[str]]:
-    page = await context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            errors.append(message.text)
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    await page.goto(served.url + "/")
-    await page.get_by_test_id("api-key").fill(key)
-    await page.get_by_test_id("bot").fill("alpha")
-    await page.get_by_test_id("conversation").fill(conversation)
-    await page.get_by_test_id("connect").click()
-    return page, errors
+from tests.support.webchat import Served, open_chat
 
 
 async def send(page: Page, text: str) -> None:

@@ -36,6 +36,7 @@ from services.gateway.webhooks import (
     WebhookSettings,
     verify,
 )
+from tests.support.polling import eventually
 from tests.support.stack import BOOTSTRAP, Stack, running_stack
 
 SECRET = "integration-webhook-secret"
@@ -97,24 +98,17 @@ async def admin(stack: Stack, method: str, body: Any = None) -> tuple[int, str]:
 
 async def bot_replies(stack: Stack, conversation: str) -> list[dict[str, Any]]:
     """The conversation's bot messages, once the dialogue has answered."""
-    for _ in range(200):
-        entries = [e for e in await stack.transcript(conversation) if e["type"] == "bot"]
-        if entries:
-            return entries
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no bot reply in conversation {conversation}")
+    async def replies() -> list[dict[str, Any]]:
+        return [e for e in await stack.transcript(conversation) if e["type"] == "bot"]
+
+    return await eventually(replies, f"a bot reply in conversation {conversation}")
 
 
 async def relay_caught_up(stack: Stack) -> None:
     """Wait until the relay has taken and acknowledged every bot message in the stream."""
     bus = await connect(stack.nats_url, name="test-webhooks")
     try:
-        for _ in range(200):
-            info = await bus.js.consumer_info(STREAM, DURABLE)
-            if info.num_pending == 0 and info.num_ack_pending == 0:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"the webhook relay did not catch up: {info}")
+        await caught_up(bus)
     finally:
         await bus.drain()
 
@@ -249,21 +243,13 @@ async def filters(bus: Bus) -> list[str]:
     return sorted(config.filter_subjects or [config.filter_subject or ""])
 
 
-async def eventually(check: Any, what: str) -> None:
-    for _ in range(200):
-        if await check() if asyncio.iscoroutinefunction(check) else check():
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"not within 5 s: {what}")
-
-
 async def caught_up(bus: Bus) -> Any:
-    for _ in range(200):
-        info = await bus.js.consumer_info(STREAM, DURABLE)
-        if info.num_pending == 0 and info.num_ack_pending == 0:
-            return info
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"the relay did not catch up: {info}")
+    """The relay's consumer once it has taken and acknowledged every bot message."""
+    async def info() -> Any:
+        found = await bus.js.consumer_info(STREAM, DURABLE)
+        return found if found.num_pending == 0 and found.num_ack_pending == 0 else None
+
+    return await eventually(info, "the webhook relay to catch up")
 
 
 @contextlib.asynccontextmanager

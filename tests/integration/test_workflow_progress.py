@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +25,10 @@ from services.common.subjects import (
 )
 from services.rpa_runner.app import RunnerServer
 from services.rpa_runner.config import RunnerConfig
-from tests.support.rpa import TOKEN, Harness, harness, write_test_bot
-from tests.support.stack import ROOT, Stack, running_stack
+from tests.support.rpa import TOKEN, Harness, harness, hold, write_test_bot
+from tests.support.stack import ROOT, running_stack
 
-HOLD = """
-  - id: hold
-    http:
-      method: POST
-      url: "{{ settings.bank }}/holds"
-      headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
-      json: {account: checking, amount: 5, reference: "{{ run.id }}"}
-      outputs: {id: body.hold_id}
-"""
+HOLD = hold("5")
 WORKFLOWS = {
     "hold": "name: hold\nsteps:" + HOLD,
     "review": "name: review\nsteps:" + HOLD + """
@@ -50,10 +41,8 @@ PENDING = "I'm still working on your previous request, one moment please."
 
 
 @pytest.fixture(autouse=True)
-def _secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("BOTFACTORY_SECRET_CORE_TOKEN", TOKEN)
+def _secrets(rpa_secrets: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BOTFACTORY_SECRET_CORE_API_TOKEN", TOKEN)
-    yield
 
 
 @pytest.fixture
@@ -128,16 +117,6 @@ async def test_progress_notices_can_be_turned_off(nats_server: NatsServer,
         assert _of(seen, KIND_WORKFLOW_PROGRESS, run_id) == []
 
 
-async def _bot_texts(stack: Stack, conversation: str, needle: str) -> list[str]:
-    texts: list[str] = []
-    for _ in range(200):
-        texts = [e["text"] for e in await stack.transcript(conversation) if e["type"] == "bot"]
-        if any(needle in text for text in texts):
-            return texts
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no {needle!r} in {texts}")
-
-
 async def test_the_conversation_hears_still_working_before_a_slow_result(
         nats_server: NatsServer, tiny_banking_model: Path, tmp_path: Path) -> None:
     web, port = await serve(create_app(TOKEN, None))
@@ -162,7 +141,7 @@ async def test_the_conversation_hears_still_working_before_a_slow_result(
                 "One moment, I'm looking up your checking balance.", PENDING,
                 "Your checking balance is 12,500.00 EUR."]
             assert {r["in_reply_to"] for r in body["replies"]} == {"bal-1"}
-            texts = await _bot_texts(stack, "slow-1", "balance is")
+            texts = await stack.bot_texts("slow-1", "balance is")
             assert texts == ["One moment, I'm looking up your checking balance.", PENDING,
                              "Your checking balance is 12,500.00 EUR."]
             entries: list[dict[str, Any]] = await stack.transcript("slow-1")

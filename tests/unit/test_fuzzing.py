@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -26,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import schemathesis
 from aiohttp import web
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from schemathesis import checks as st_checks
@@ -50,40 +48,16 @@ from services.gateway.http.model_versions import MODEL_ROLLOUTS
 from services.gateway.http.openapi import build_document
 from services.gateway.http.review import REVIEW
 from services.gateway.http.routes import ROUTES
+from tests.support.apicontract import CHECKS, SCHEMA, SEMANTIC, bounded
+from tests.support.gateway import FakeDefinitions, FakeHub, FakeModels
 from tests.support.memkv import MemoryKeyValue
 from tests.support.memstores import InMemoryKeyStore, InMemoryWebhookStore, MemoryModelRollouts
-from tests.unit.test_gateway_http import FakeDefinitions, FakeHub, FakeModels
 
 ROOT = Path(__file__).resolve().parents[2]
 BANKING = ROOT / "bots" / "banking"
-EXPLORE = int(os.environ.get("BOTFACTORY_FUZZ_EXAMPLES", "0"))
-
-
-def bounded(examples: int, deadline_ms: int | None = 2000) -> settings:
-    """Hypothesis settings: `examples` derandomized, or BOTFACTORY_FUZZ_EXAMPLES random."""
-    return settings(max_examples=EXPLORE or examples, derandomize=not EXPLORE, database=None,
-                    deadline=deadline_ms, suppress_health_check=list(HealthCheck),
-                    phases=[Phase.explicit, Phase.generate, Phase.shrink])
-
-
 # --- the HTTP API against /openapi.json -------------------------------------------------------
 
 BOOTSTRAP = "bootstrap-admin-key-0123456789"
-# WebSockets are not request/response operations: their handshake headers are documented,
-# a fuzzer's HTTP client cannot follow the upgrade.
-WEBSOCKETS = [r.name for r in ROUTES if r.websocket]
-SCHEMA = schemathesis.openapi.from_dict(build_document(ROUTES)).exclude(operation_id=WEBSOCKETS)
-# The tests send the bootstrap key themselves: a case without it would not be what it says.
-SCHEMA.config.generation.update(with_security_parameters=False)
-CHECKS = [st_checks.not_a_server_error, st_checks.status_code_conformance,
-          st_checks.content_type_conformance, st_checks.response_headers_conformance,
-          st_checks.response_schema_conformance,
-          # the document is the contract both ways (issue 17): what it allows is accepted,
-          # what it does not allow is refused with a 4xx
-          st_checks.negative_data_rejection, st_checks.positive_data_acceptance]
-# What a schema cannot state: a bot definition that does not load (422), a span outside the
-# review item's text. Their negative cases are still checked.
-SEMANTIC = {"put_definition", "decide_review"}
 
 
 class FakeRuns:

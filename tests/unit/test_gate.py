@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from botfactory.cli import main
-from botfactory.evaluation.gate import Tolerance, compare_set, decide, gate_refusal
+from botfactory.evaluation.gate import Tolerance, compare_set, decide, gate_refusal, render_html
 from botfactory.training import CheckThresholds, train_bot
 from services.botdef import NluSettings, format_annotated, load_bot, write_bot
 from tests.support.models import TINY_ENTITIES, make_tiny_encoder, tiny_examples
@@ -26,6 +26,20 @@ def test_a_metric_fails_only_beyond_its_tolerance() -> None:
                      "annotations": (active, {**active, "intent_accuracy": 0.5}, 3)},
                     Tolerance())
     assert not result["passed"] and result["failed"] == ["annotations.intent_accuracy"]
+
+
+def test_the_gate_page_escapes_names_and_formats_figures() -> None:
+    scores = {"intent_accuracy": 0.9, "entity_f1": None, "oos_recall": None}
+    result = decide({"version": "<b>a</b>"}, {"version": "b"},
+                    {"<script>x</script>": (scores, {**scores, "intent_accuracy": 0.5}, 3)},
+                    Tolerance())
+    page = render_html(result)
+    assert page.startswith("<!doctype html>") and "<script>" not in page
+    assert "candidate b vs active &lt;b&gt;a&lt;/b&gt;" in page
+    assert ("<td>&lt;script&gt;x&lt;/script&gt; (n=3)</td><td>intent_accuracy</td>"
+            '<td class="num">0.9000</td><td class="num">0.5000</td><td class="num">-0.4000</td>'
+            in page)
+    assert "Regression gate: FAILED: &lt;script&gt;x&lt;/script&gt;.intent_accuracy" in page
 
 
 def test_publish_gate_needs_a_passed_result_for_the_same_version(tmp_path: Path) -> None:

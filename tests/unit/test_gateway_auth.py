@@ -4,24 +4,17 @@ the gateway's configuration."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from botfactory.local.nats_server import NatsServer
 from services.common.config import ConfigError
 from services.common.errors import PermissionDenied, Unauthenticated
-from services.common.nats import Bus, connect
 from services.gateway.auth import (
     BOOTSTRAP_PRINCIPAL,
     INVALID_KEY,
-    KV_APIKEYS,
     Authenticator,
-    KeyExists,
-    NatsKeyStore,
     Principal,
     authorize,
     hash_secret,
@@ -30,12 +23,12 @@ from services.gateway.auth import (
     record_to_json,
 )
 from services.gateway.config import GatewayConfig, load
-from services.gateway.ports import ApiKeyRecord, KeyStore, Role
+from services.gateway.ports import ApiKeyRecord, Role
 from services.gateway.ratelimit import AuthThrottled, RateLimited, RateLimiter
 from services.gateway.visitor import EXPIRED_TOKEN, TokenExpired, VisitorTokens
+from tests.support.apikeys import PEPPER, record
 from tests.support.memstores import InMemoryKeyStore
 
-PEPPER = "pepper-0123456789abcdef"
 VISITOR_SECRET = "visitor-secret-0123456789abcdef-0123"
 
 
@@ -45,12 +38,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def record(key_id: str = "a1", tenant: str = "t1", bots: tuple[str, ...] = ("alpha",),
-           role: Role = Role.CLIENT, created: int = 1) -> ApiKeyRecord:
-    return ApiKeyRecord(key_id=key_id, key_hash=hash_secret(PEPPER, f"token-{key_id}"),
-                        tenant=tenant, bots=bots, role=role, created_at_unix_ms=created)
 
 
 # --- hashing and tokens -----------------------------------------------------------------------
@@ -262,80 +249,6 @@ async def test_a_throttled_address_keeps_its_valid_keys(clock: FakeClock) -> Non
     clock.now += 10
     with pytest.raises(Unauthenticated):
         await auth.authenticate("bfk_00_wrong", client="10.0.0.1")
-
-
-# --- stores: one contract, two implementations ------------------------------------------------
-
-
-@pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    connected = await connect(nats_server.url, name="test-keys")
-    try:
-        yield connected
-    finally:
-        await connected.drain()
-
-
-
-@pytest.fixture(params=["memory", "nats"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KeyStore]:
-    if request.param == "memory":
-        yield InMemoryKeyStore()
-        return
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    connected = await connect(server.url, name="test-keys")
-    try:
-        yield await NatsKeyStore.open(connected)
-    finally:
-        await connected.drain()
-        server.stop()
-
-
-async def test_store_create_get_and_duplicates(store: KeyStore) -> None:
-    first = record("a1")
-    await store.create(first)
-    assert await store.get("a1") == first
-    assert await store.get_by_hash(first.key_hash) == first
-    assert await store.get("zz") is None
-    assert await store.get_by_hash("0" * 64) is None
-    with pytest.raises(KeyExists):
-        await store.create(first)
-    with pytest.raises(KeyExists):
-        await store.create(dataclasses.replace(record("b2"), key_hash=first.key_hash))
-
-
-async def test_store_revoke_keeps_the_record(store: KeyStore) -> None:
-    await store.create(record("a1"))
-    revoked = await store.revoke("a1")
-    assert revoked is not None and revoked.revoked
-    again = await store.revoke("a1")
-    assert again == revoked
-    stored = await store.get("a1")
-    assert stored is not None and stored.revoked
-    assert await store.revoke("ff") is None
-
-
-async def test_store_lists_by_tenant_oldest_first(store: KeyStore) -> None:
-    assert await store.list_keys() == []
-    for key_id, tenant, created in (("c3", "t1", 3), ("a1", "t1", 1), ("b2", "t2", 2)):
-        await store.create(record(key_id, tenant=tenant, created=created))
-    assert [r.key_id for r in await store.list_keys()] == ["a1", "b2", "c3"]
-    assert [r.key_id for r in await store.list_keys("t1")] == ["a1", "c3"]
-    assert await store.list_keys("t9") == []
-
-
-async def test_nats_store_is_shared_and_the_bucket_idempotent(bus: Bus) -> None:
-    one = await NatsKeyStore.open(bus)
-    authenticator = Authenticator(one, PEPPER)
-    issued = await authenticator.issue("t1", ["alpha"], Role.CLIENT)
-    two = await NatsKeyStore.open(bus)  # another replica: the bucket exists already
-    other = Authenticator(two, PEPPER)
-    assert (await other.authenticate(issued.secret)).key_id == issued.record.key_id
-    await other.revoke(issued.record.key_id)
-    with pytest.raises(Unauthenticated):
-        await Authenticator(one, PEPPER, cache_s=0).authenticate(issued.secret)
-    assert (await bus.js.key_value(KV_APIKEYS)).__class__.__name__ == "KeyValue"
 
 
 # --- rate limits ------------------------------------------------------------------------------

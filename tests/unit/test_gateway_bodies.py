@@ -18,8 +18,8 @@ from services.gateway.config import GatewayConfig
 from services.gateway.http.bodies import MESSAGE, check_path_id, grpc_fields
 from services.gateway.http.problems import RequestInvalid
 from services.gateway.ports import Role
-from tests.unit.test_gateway_grpc import Served, serve
-from tests.unit.test_gateway_http import Gateway, auth, make_config, start_gateway
+from tests.support.gateway import Gateway, auth, make_config, start_gateway
+from tests.support.grpc_gateway import Served, serve
 
 # Limits below the defaults: a body within the defaults but over these tells them apart.
 CONFIG = make_config(max_text_chars=10, max_comment_chars=5, transcript_max_limit=7)

@@ -40,8 +40,8 @@ from services.gateway.webhooks import (
     sign,
     verify,
 )
+from tests.support.gateway import BOOTSTRAP, FakeHub, auth, make_config, problem_of
 from tests.support.memstores import InMemoryKeyStore, InMemoryWebhookStore
-from tests.unit.test_gateway_http import BOOTSTRAP, FakeHub, auth, make_config, problem_of
 
 HOOK = "/v1/admin/bots/{bot}/webhook"
 SECRET = "webhook-secret-0123456789"

@@ -1,15 +1,14 @@
 """The NATS identities (services/common/natsauth.py): the Kubernetes configs are generated from
-them, the local config is one nats-server accepts, and service URLs are derived correctly."""
+them and service URLs are derived correctly (tests/integration/test_nats_auth.py: the local
+config is one nats-server accepts)."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from botfactory.local.nats_server import nats_server_binary
-from botfactory.local.natsconf import derive_password, server_conf, service_url, with_user
+from botfactory.local.natsconf import derive_password, service_url, with_user
 from services.common.natsauth import (
     ADMIN,
     IDENTITIES,
@@ -47,14 +46,6 @@ def test_every_service_is_restricted_and_only_admin_is_not() -> None:
                    for i in IDENTITIES if i.publish for s in i.publish)
     with pytest.raises(KeyError, match="no NATS identity"):
         identity("intruder")
-
-
-def test_local_config_is_accepted_by_nats_server(tmp_path: Path) -> None:
-    conf = tmp_path / "nats.conf"
-    conf.write_text(server_conf("a" * 48))
-    result = subprocess.run([nats_server_binary(), "-t", "-c", str(conf)], capture_output=True,
-                            text=True, timeout=30, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_service_urls_carry_derived_passwords() -> None:

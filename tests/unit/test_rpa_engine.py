@@ -16,7 +16,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from botfactory.local.demo_bank import create_app, serve
 from services.botdef.workflows import HostAllowList, RpaSettings, parse_workflows
@@ -29,37 +28,9 @@ from services.rpa_runner.jobs import WAKE, Job, Publisher
 from services.rpa_runner.metrics import RunnerMetrics
 from services.rpa_runner.secrets import Secrets
 from services.rpa_runner.state import RunState, RunStore
+from tests.support.memkv import MemoryKeyValue
 
 BOT = "unit"
-
-
-class FakeKV:
-    def __init__(self) -> None:
-        self.data: dict[str, tuple[bytes, int]] = {}
-        self.revision = 0
-        self.writes = 0
-
-    async def get(self, key: str) -> Any:
-        if key not in self.data:
-            raise KeyNotFoundError
-        value, revision = self.data[key]
-        return SimpleNamespace(value=value, revision=revision)
-
-    def _put(self, key: str, value: bytes) -> int:
-        self.revision += 1
-        self.writes += 1
-        self.data[key] = (value, self.revision)
-        return self.revision
-
-    async def create(self, key: str, value: bytes) -> int:
-        if key in self.data:
-            raise KeyWrongLastSequenceError("exists")
-        return self._put(key, value)
-
-    async def update(self, key: str, value: bytes, last: int) -> int:
-        if self.data.get(key, (b"", 0))[1] != last:
-            raise KeyWrongLastSequenceError("wrong last sequence")
-        return self._put(key, value)
 
 
 @dataclass
@@ -86,7 +57,7 @@ class FakePublisher:
 class Rig:
     engine: Engine
     store: RunStore
-    kv: FakeKV
+    kv: MemoryKeyValue
     publisher: FakePublisher
     bank_url: str
     session: aiohttp.ClientSession
@@ -189,7 +160,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     rpa = RpaSettings(HostAllowList(("127.0.0.1",)), {"bank": bank_url})
     registry = WorkflowRegistry()
     registry.add(BotWorkflows(BOT, parse_workflows(WORKFLOWS, rpa), rpa))
-    kv = FakeKV()
+    kv = MemoryKeyValue()
     store = RunStore(kv)  # type: ignore[arg-type]
     publisher = FakePublisher()
     # no progress notices (a parked run would come back for its notice): their own tests

@@ -40,8 +40,8 @@ from services.gateway.http import GatewayMetrics, create_app
 from services.gateway.http.state import STATE
 from services.gateway.ports import Role
 from services.nlu.engine import MAX_RULE_TEXT_CHARS, ModelLoadError, RuleExtractors
+from tests.support.gateway import FakeDefinitions, FakeHub, FakeModels
 from tests.support.memstores import InMemoryKeyStore, InMemoryWebhookStore, MemoryAuditLog
-from tests.unit.test_gateway_http import FakeDefinitions, FakeHub, FakeModels
 
 PEPPER = "test-pepper-0123456789abcdef"
 BOOTSTRAP = "bootstrap-admin-key-0123456789"
