@@ -123,18 +123,28 @@ def _usage(message: str) -> int:
 
 
 def apply_decided(api: ReviewApi, bot_dir: Path, out: TextIO) -> int:
-    """Write every decided item into the bot folder and mark the settled ones applied."""
-    from botfactory.evaluation.reviewed import REVIEWED_FILE, apply_items
+    """Write every decided item into the bot folder and mark the settled ones applied. The
+    gateway lists at most a page of items at a time: pages are applied until none is left
+    (items that cannot be written stay decided and are listed once)."""
+    from botfactory.evaluation.reviewed import REVIEWED_FILE, Outcome, apply_items
 
-    decided = api.items(status="decided")
-    outcome = apply_items(bot_dir, decided)
-    api.applied(outcome.done)
-    print(f"{len(outcome.written)} written to {bot_dir / REVIEWED_FILE}, "
-          f"{len(outcome.duplicates)} already present, {len(outcome.rejected)} not written",
+    total, seen = Outcome(), set[str]()
+    while True:
+        page = [i for i in api.items(status="decided") if str(i["id"]) not in seen]
+        if not page:
+            break
+        seen.update(str(i["id"]) for i in page)
+        outcome = apply_items(bot_dir, page)
+        api.applied(outcome.done)
+        total.written += outcome.written
+        total.duplicates += outcome.duplicates
+        total.rejected.update(outcome.rejected)
+    print(f"{len(total.written)} written to {bot_dir / REVIEWED_FILE}, "
+          f"{len(total.duplicates)} already present, {len(total.rejected)} not written",
           file=out)
-    for identifier, why in outcome.rejected.items():
+    for identifier, why in total.rejected.items():
         print(f"  {identifier}: {why}", file=out)
-    return 1 if outcome.rejected else 0
+    return 1 if total.rejected else 0
 
 
 def interactive(api: ReviewApi, bot_dir: Path, ask: Callable[[str], str], out: TextIO, *,

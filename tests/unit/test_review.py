@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from botfactory.commands.review import interactive, parse_entities
+from botfactory.commands.review import apply_decided, interactive, parse_entities
 from botfactory.evaluation.reviewed import REVIEWED_FILE, ApplyError, apply_items
 from services.botdef import NluSettings, load_bot, write_bot
 from services.common.reviewqueue import (
@@ -132,6 +132,41 @@ class FakeApi:
 
     def skip(self, item: str) -> None:
         self.calls.append(("skip", item, {}))
+
+
+class PagedApi:
+    """A review API that lists at most `page` decided items, as the gateway does (500)."""
+
+    def __init__(self, items: list[dict[str, Any]], page: int) -> None:
+        self.decided = {str(i["id"]): i for i in items}
+        self.page = page
+        self.marked: list[str] = []
+
+    def items(self, status: str = "pending", reason: str | None = None,
+              limit: int = 500) -> list[dict[str, Any]]:
+        assert status == "decided"
+        return list(self.decided.values())[:min(limit, self.page)]
+
+    def applied(self, items: list[str]) -> None:
+        self.marked += items
+        for identifier in items:
+            del self.decided[identifier]
+
+
+def test_apply_writes_every_decided_item_past_one_page(bot_dir: Path) -> None:
+    """`review apply` used to write only the first page (500 of 2,538 labelled items in the
+    improvement loop on Banking77): it goes on until nothing decided is left."""
+    items = [decided(f"n{i}", f"what is the balance of account number {i}", "check_balance")
+             for i in range(12)]
+    items.insert(5, decided("bad", "sing me a song", "no_such_intent"))  # stays decided
+    api = PagedApi(items, page=5)
+    out = io.StringIO()
+    assert apply_decided(api, bot_dir, out) == 1  # one item could not be written
+    assert sorted(api.marked) == sorted(f"n{i}" for i in range(12))
+    assert list(api.decided) == ["bad"]
+    assert out.getvalue().startswith("12 written") and "1 not written" in out.getvalue()
+    texts = {e.text for e in load_bot(bot_dir).examples()}
+    assert {f"what is the balance of account number {i}" for i in range(12)} <= texts
 
 
 def pending(identifier: str, text: str, intent: str,
