@@ -203,6 +203,9 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
         check_path_id(feedback.message_id, "message_id")
         FEEDBACK.read(grpc_fields(feedback, FEEDBACK), self.config)
         with retry_hint(context):
+            await conversations.check_rated_message(self.hub, feedback.bot_id,
+                                                    feedback.conversation_id,
+                                                    feedback.message_id)
             await self.hub.feedback(conversation_pb2.Feedback(
                 bot_id=feedback.bot_id, conversation_id=feedback.conversation_id,
                 message_id=feedback.message_id, rating=feedback.rating,

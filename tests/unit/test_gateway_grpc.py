@@ -75,6 +75,25 @@ async def test_send_message_reports_handoff_and_nlu_on_request(gw: Served) -> No
     assert asked.nlu.intent == "greet" and asked.nlu.confidence == 0.5
 
 
+async def test_feedback_on_a_message_the_conversation_does_not_have_is_not_found(
+        gw: Served) -> None:
+    """As over HTTP (404): only a bot or agent message of the conversation can be rated."""
+    sent = await gw.stub.SendMessage(send(message_id="m1"), metadata=gw.metadata())
+    reply_id = sent.replies[0].message_id
+
+    def feedback(message_id: str, conversation: str = "c1") -> gateway_pb2.SendFeedbackRequest:
+        return gateway_pb2.SendFeedbackRequest(feedback=conversation_pb2.Feedback(
+            bot_id="alpha", conversation_id=conversation, message_id=message_id, rating=1))
+
+    rated = await gw.stub.SendFeedback(feedback(reply_id), metadata=gw.metadata())
+    assert rated.message_id == reply_id
+    for unknown in (feedback("nope"), feedback("m1"), feedback(reply_id, "c2")):
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await gw.stub.SendFeedback(unknown, metadata=gw.metadata())
+        assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+    assert [f.message_id for f in gw.hub.feedbacks] == [reply_id]
+
+
 async def test_rate_limit_gives_resource_exhausted_with_retry_after(limited: Served) -> None:
     for _ in range(2):
         await limited.stub.SendMessage(send(), metadata=limited.metadata())

@@ -35,7 +35,7 @@ from services.gateway.http.wire import (
     reply_json,
     turn_nlu_json,
 )
-from services.gateway.ports import Role, SendResult
+from services.gateway.ports import ConversationHub, Role, SendResult
 from services.gateway.ratelimit import RateLimited
 
 log = get_logger(__name__)
@@ -152,7 +152,7 @@ async def post_feedback(request: web.Request) -> web.Response:
     message_id = request.match_info["message_id"]
     fields = FEEDBACK.read(await read_json(request, state.config.body_limit_bytes), state.config)
     rating, comment = fields["rating"], fields["comment"]
-    await check_rated_message(state, bot, conversation, message_id)
+    await check_rated_message(state.hub, bot, conversation, message_id)
     await state.hub.feedback(conversation_pb2.Feedback(
         bot_id=bot, conversation_id=conversation, message_id=message_id, rating=rating,
         comment=comment or ""))
@@ -160,10 +160,11 @@ async def post_feedback(request: web.Request) -> web.Response:
     return json_response({"message_id": message_id, "rating": rating}, status=202)
 
 
-async def check_rated_message(state: GatewayState, bot: str, conversation: str,
+async def check_rated_message(hub: ConversationHub, bot: str, conversation: str,
                               message_id: str) -> None:
-    """404 unless `message_id` is a bot (or agent) message of the conversation."""
-    entries = await state.hub.transcript(bot, conversation, sys.maxsize)
+    """404 (gRPC NOT_FOUND) unless `message_id` is a bot (or agent) message of the
+    conversation: the HTTP and gRPC feedback calls both check it."""
+    entries = await hub.transcript(bot, conversation, sys.maxsize)
     if not any(e.get("message_id") == message_id and e.get("type") in RATED_TYPES
                for e in entries):
         raise NotFound(f"no bot message {message_id!r} in this conversation")
