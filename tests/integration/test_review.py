@@ -14,6 +14,7 @@ from botfactory.cli import main
 from botfactory.local.nats_server import NatsServer
 from services.botdef import load_bot
 from services.common.nats import connect
+from tests.support.polling import eventually
 from tests.support.stack import ROOT, Stack, issue_key, running_stack
 
 GREETING = "hello there my friend"
@@ -90,9 +91,17 @@ async def test_review_queue_collects_decides_and_applies(
         assert [i["priority"] for i in items] == sorted((i["priority"] for i in items),
                                                         reverse=True)
 
-        status, body = await request(stack, admin, "GET", "?reason=disagreement")
-        assert status == 200 and [i["text"] for i in body["items"]] == [SHADOW["text"]]
-        shadow = body["items"][0]
+        async def disagreements() -> list[dict[str, Any]]:
+            status, body = await request(stack, admin, "GET", "?reason=disagreement")
+            assert status == 200, body
+            found: list[dict[str, Any]] = body["items"]
+            return found
+
+        # The full listing above already showed the disagreement; a loaded CI host once gave
+        # an empty filtered listing right after it: wait for it rather than race.
+        listed = await eventually(disagreements, "the shadow disagreement in the filtered list")
+        assert [i["text"] for i in listed] == [SHADOW["text"]]
+        shadow = listed[0]
         assert shadow["candidate"]["intent"] == "out_of_scope"
         assert shadow["predicted"]["intent"] == "block_card"
 
