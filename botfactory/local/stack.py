@@ -351,6 +351,7 @@ def _start_services(args: argparse.Namespace, plan: RunPlan, nats: NatsServer, l
         BOTFACTORY_DIALOGUE_METRICS_PORT=str(ports.dialogue_metrics),
         BOTFACTORY_DIALOGUE_BOTS=str(args.bot),
     ), logs))
+    dialogue = processes[-1]
     rpa_env = dict(plan.secrets)
     settings = list(plan.settings)
     if plan.demo_bank:
@@ -377,6 +378,8 @@ def _start_services(args: argparse.Namespace, plan: RunPlan, nats: NatsServer, l
                                                         "visitor-token-secret"),
     ), logs))
     base_url = f"http://127.0.0.1:{ports.http}"
+    # The dialogue serves gRPC once it announced its bot: the gateway 404s bots nobody serves.
+    _wait_grpc_serving(f"127.0.0.1:{ports.dialogue_grpc}", dialogue)
     _wait_ready(f"{base_url}/readyz", processes[-1])
     return base_url
 

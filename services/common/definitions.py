@@ -143,6 +143,11 @@ class DeployedBots(Generic[N]):
         self._describe = describe or (lambda _: {})
         self._bots: dict[str, N] = {}
         self._follower: DefinitionFollower | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after each bot loaded from a deployed definition."""
+        self._listeners.append(listener)
 
     def get(self, bot_id: str) -> N | None:
         return self._bots.get(bot_id)
@@ -163,6 +168,8 @@ class DeployedBots(Generic[N]):
         bot = load_deployed(bot_id, files, self._load)
         self._bots[bot_id] = bot
         log.info("bot_loaded", bot=bot_id, source="kv", **self._describe(bot))
+        for listener in self._listeners:
+            listener()
 
     async def follow(self, bus: Bus) -> None:
         """Load the deployed definitions and follow their updates."""

@@ -36,6 +36,8 @@ KV_BOTS = "bots"
 KV_HANDOFFS = "handoffs"
 KV_REVIEW = "review"  # the annotation inbox (services/common/reviewqueue.py)
 KV_APIKEYS = "apikeys"  # the gateway's API key records (services/gateway/auth.py)
+KV_CHANNELS = "channels"  # channel conversations' addresses (services/gateway/channels)
+KV_SERVED = "served"  # which dialogue replicas serve which bots (services/common/served.py)
 OBJ_MODELS = "models"
 
 STREAM_CONV, STREAM_CONV_IN = "CONV", "CONV_IN"
@@ -59,7 +61,12 @@ STREAMS = (
                  storage=StorageType.FILE, duplicate_window=120.0),
 )
 KV_BUCKETS = ((KV_TRACKERS, 1), (KV_RPA_RUNS, 1), (KV_BOTS, 5), (KV_HANDOFFS, 1),
-              (KV_REVIEW, 1), (KV_APIKEYS, 5))
+              (KV_REVIEW, 1), (KV_APIKEYS, 5), (KV_SERVED, 1),
+              (KV_CHANNELS, 1))
+SERVED_TTL_S = 30.0
+"""How long a served-bot announcement lives (services/common/served.py)."""
+KV_MAX_AGE_S = {KV_SERVED: SERVED_TTL_S}
+"""Buckets whose entries expire (seconds after their last write)."""
 TLS_SECTION = "nats"
 
 
@@ -208,7 +215,7 @@ async def provision(bus: Bus) -> None:
         for config in STREAMS:
             await _ensure_stream(bus.js, config)
         for bucket, history in KV_BUCKETS:
-            await _ensure_kv(bus.js, bucket, history)
+            await _ensure_kv(bus.js, bucket, history, KV_MAX_AGE_S.get(bucket))
         await _ensure_object_store(bus.js, OBJ_MODELS)
     except (nats.errors.TimeoutError, TimeoutError) as exc:
         raise ProvisioningRefused(
@@ -273,11 +280,12 @@ async def _move_inbound(js: JetStreamContext) -> int:
     return moved
 
 
-async def _ensure_kv(js: JetStreamContext, bucket: str, history: int) -> None:
+async def _ensure_kv(js: JetStreamContext, bucket: str, history: int,
+                     ttl_s: float | None = None) -> None:
     try:
         await js.key_value(bucket)
     except BucketNotFoundError:
-        await js.create_key_value(bucket=bucket, history=history)
+        await js.create_key_value(bucket=bucket, history=history, ttl=ttl_s)
         log.info("kv_created", bucket=bucket)
 
 

@@ -17,7 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.nats import KV_BUCKETS, KV_REVIEW, OBJ_MODELS, STREAMS, inbox_prefix
+from services.common.nats import (
+    KV_BUCKETS,
+    KV_CHANNELS,
+    KV_REVIEW,
+    KV_SERVED,
+    OBJ_MODELS,
+    STREAMS,
+    inbox_prefix,
+)
 from services.common.subjects import GATEWAY_REPLIES
 
 ADMIN = "admin"
@@ -112,7 +120,8 @@ def _identities() -> tuple[Identity, ...]:
             *consume("CONV"), *consumer_info("CONV_IN"), *kv_read("apikeys"), *kv_write("apikeys"),
             *kv_read("bots"),
             *kv_write("bots"), *kv_read("handoffs"), *obj_read(OBJ_MODELS),
-            *kv_read(KV_REVIEW), *kv_write(KV_REVIEW),
+            *kv_read(KV_REVIEW), *kv_write(KV_REVIEW), *kv_read(KV_SERVED),
+            *kv_read(KV_CHANNELS), *kv_write(KV_CHANNELS), "events.deadletter.channel",
         ), (inbox(GATEWAY), "conv.out.>"), "public API: publishes user messages, reads replies"),
         Identity(DIALOGUE, (
             "conv.out.>", "conv.event.>", "rpa.jobs.>", "events.deadletter.dialogue",
@@ -122,6 +131,8 @@ def _identities() -> tuple[Identity, ...]:
             *consume("EVENTS"), *kv_read(KV_REVIEW), *kv_write(KV_REVIEW),
             # the rollout guard: aborts a bad canary and audits it
             *kv_write("bots", "rollout.>"), "events.audit.>",
+            # the bots this replica serves (services/common/served.py)
+            *kv_write(KV_SERVED),
         ), (inbox(DIALOGUE),), "consumes user messages, writes trackers, publishes replies"),
         Identity(NLU, (*stream_info(), *kv_read("bots"), *obj_read(OBJ_MODELS),
                        "events.nlu.shadow.>"), (inbox(NLU),),

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
@@ -190,20 +191,27 @@ async def fetch_or_empty(sub: Any, batch: int, wait_s: float) -> list[Msg]:
     return messages
 
 
+async def settle(action: Any) -> None:
+    """Await an ack / nak / term / in-progress, ignoring a closed connection or a message
+    already settled (JetStream redelivers whatever was not acknowledged)."""
+    with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+        await action
+
+
 KV_LIST_WAIT_S = 1.0
 KV_LIST_DEADLINE_S = 30.0
 
 
 async def kv_keys(kv: KeyValue, prefix: str) -> list[str]:
-    """The keys of `kv` that start with `prefix` (which ends with "."), sorted; deleted ones
-    left out.
+    """The keys of `kv` that start with `prefix` (which ends with ".", or "" for all keys),
+    sorted; deleted ones left out.
 
     The server filters them: a pull consumer on `$KV.<bucket>.<prefix>>` delivering the last
     message of each key, headers only, read until a message says nothing is pending. (nats-py's
     `keys(filters=...)` matches filters as substrings on the client, so `bot.>` never matched;
     and its watcher's "no more keys" marker can come before a key delivered at the same time.)
     """
-    if not prefix.endswith("."):
+    if prefix and not prefix.endswith("."):
         raise ValueError(f"a key prefix ends with '.', got {prefix!r}")
     # nats-py's KeyValue has no public accessor for its stream and subject prefix
     js, stream, subjects = kv._js, kv._stream, kv._pre

@@ -12,6 +12,7 @@ from services.common.metrics import MetricsServer
 from services.common.nats import KV_TRACKERS, Bus
 from services.common.partitions import agreed_partitions
 from services.common.pb.botfactory.v1 import dialogue_pb2, dialogue_pb2_grpc
+from services.common.served import ServedAnnouncer
 from services.dialogue.admin import DialogueAdminServicer
 from services.dialogue.analytics import AnalyticsConsumer
 from services.dialogue.bots import BotRegistry
@@ -70,6 +71,9 @@ class DialogueServer:
             bus, self.registry, self.nlu, store, self.metrics, partitions=partitions,
             ack_wait_s=self.config.ack_wait_s, session_idle_s=self.config.session_idle_s,
             tracker_memory=self.config.tracker_memory))
+        # Announce the bots once the worker answers them (the gateway 404s the others).
+        announcer = await self.parts.start(ServedAnnouncer(bus, self.registry.names))
+        self.registry.on_change(announcer.changed)
         await self.grpc.start()
         log.info("dialogue_started", grpc_port=self.port, metrics_port=self.metrics_server.port,
                  bots=self.registry.names(), partitions=partitions)

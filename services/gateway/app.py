@@ -17,9 +17,16 @@ from services.common.metrics import MetricsServer, start_metrics_server
 from services.common.nats import KV_REVIEW, Bus, connect, provision
 from services.common.partitions import agreed_partitions
 from services.common.reviewqueue import ReviewQueue
+from services.common.served import ServedBots
 from services.gateway.audit import BusAuditLog
 from services.gateway.auth import NatsKeyStore
 from services.gateway.backpressure import Backpressure, Limits, dialogue_backlog
+from services.gateway.channels import all_channels
+from services.gateway.channels.metrics import ChannelMetrics
+from services.gateway.channels.outbox import ChannelOutbox, Retries
+from services.gateway.channels.secrets import SecretBox
+from services.gateway.channels.service import CHANNELS, Channels, secret_names
+from services.gateway.channels.store import ChannelStore, ConversationRefs
 from services.gateway.config import GatewayConfig
 from services.gateway.grpc_api import SERVICE_NAME, ChatServicer, add_chat_service
 from services.gateway.http.app import build_authenticator, build_limiter, create_app
@@ -42,6 +49,7 @@ class GatewayServer:
         self.metrics = GatewayMetrics.create()
         self.bus: Bus | None = None
         self.hub: BusHub | None = None
+        self.served: ServedBots | None = None
         self.backpressure: Backpressure | None = None
         self.runner: web.AppRunner | None = None
         self.metrics_server: MetricsServer | None = None
@@ -50,6 +58,8 @@ class GatewayServer:
         # Webhook delivery: one HTTP client session for every delivery, owned here.
         self.webhook_session: aiohttp.ClientSession | None = None
         self.webhooks: WebhookRelay | None = None
+        # Replies to messaging-platform conversations (services/gateway/channels).
+        self.outbox: ChannelOutbox | None = None
         # The RPA runner's gRPC API, for the workflow run routes.
         self.runs: GrpcRunsClient | None = None
         self.port = 0
@@ -62,8 +72,10 @@ class GatewayServer:
         self.backpressure = Backpressure(limits(self.config), self.metrics.registry,
                                          dialogue_backlog(self.bus.js, partitions))
         await self.backpressure.start()
+        self.served = ServedBots(self.bus)
+        await self.served.start()
         self.hub = BusHub(self.bus, partitions, self.backpressure,
-                          publish_timeout_s=self.config.publish_timeout_s)
+                          publish_timeout_s=self.config.publish_timeout_s, served=self.served)
         await self.hub.start()
         keys = await NatsKeyStore.open(self.bus)
         hub, bus = self.hub, self.bus
@@ -85,6 +97,8 @@ class GatewayServer:
                          ready=lambda: hub.connected, auth=auth, limiter=limiter,
                          audit=BusAuditLog(bus), runs=self.runs)
         app[REVIEW] = ReviewQueue(await bus.kv(KV_REVIEW))
+        if self.config.channel_secrets_key:
+            app[CHANNELS] = await self._start_channels(bus)
         # versions and rollouts (http/model_versions.py)
         app[MODEL_ROLLOUTS] = BusModelRollouts(bus)
         self.runner = web.AppRunner(app, access_log=None,
@@ -105,6 +119,23 @@ class GatewayServer:
         log.info("gateway_started", http_port=self.port, grpc_port=self.grpc_port,
                  metrics_port=self.metrics_server.port, partitions=partitions)
 
+    async def _start_channels(self, bus: Bus) -> Channels:
+        """The messaging channels: their settings, conversation references and outbox."""
+        adapters = all_channels()
+        assert self.webhook_session is not None
+        config = self.config
+        channels = Channels(
+            adapters, ChannelStore(bus, SecretBox(config.channel_secrets_key),
+                                   secret_names(adapters)),
+            ConversationRefs(bus), self.webhook_session,
+            ChannelMetrics.create(self.metrics.registry))
+        self.outbox = ChannelOutbox(
+            bus, adapters, channels.store, channels.refs, self.webhook_session, channels.metrics,
+            retries=Retries(config.channel_send_attempts, config.channel_backoff_s,
+                            config.channel_backoff_max_s, config.channel_max_retry_after_s))
+        await self.outbox.start()
+        return channels
+
     async def stop(self) -> None:
         """Stop accepting HTTP and gRPC, finish in-flight requests and webhook deliveries,
         drain NATS."""
@@ -119,6 +150,8 @@ class GatewayServer:
             draining.append(self.runner.cleanup())
         if self.webhooks is not None:
             draining.append(self.webhooks.stop(self.config.shutdown_grace_s))
+        if self.outbox is not None:
+            draining.append(self.outbox.stop(self.config.shutdown_grace_s))
         await asyncio.gather(*draining)
         if self.webhook_session is not None:
             await self.webhook_session.close()
@@ -128,6 +161,8 @@ class GatewayServer:
             await self.backpressure.stop()
         if self.hub is not None:
             await self.hub.stop()
+        if self.served is not None:
+            await self.served.stop()
         if self.bus is not None:
             await self.bus.drain()
         if self.metrics_server is not None:

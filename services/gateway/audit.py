@@ -39,7 +39,10 @@ KEY_REVOKED = "key.revoked"
 BOT_DEPLOYED = "bot.deployed"
 WEBHOOK_SET = "webhook.set"
 WEBHOOK_DELETED = "webhook.deleted"
-ACTIONS = (KEY_CREATED, KEY_REVOKED, BOT_DEPLOYED, WEBHOOK_SET, WEBHOOK_DELETED, *MODEL_ACTIONS)
+CHANNEL_SET = "channel.set"
+CHANNEL_DELETED = "channel.deleted"
+ACTIONS = (KEY_CREATED, KEY_REVOKED, BOT_DEPLOYED, WEBHOOK_SET, WEBHOOK_DELETED, CHANNEL_SET,
+           CHANNEL_DELETED, *MODEL_ACTIONS)
 
 
 def new_event(principal: Principal, action: str, target: dict[str, Any], *,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from services.common.config import load_config, require
 from services.common.subjects import DEFAULT_PARTITIONS
+from services.gateway.channels.secrets import SecretsKeyInvalid, parse_keys
 
 SECTION = "gateway"
 PREFIX = "BOTFACTORY_GATEWAY_"
@@ -73,6 +74,15 @@ class GatewayConfig:
     webhook_backoff_s: float = 0.5
     webhook_backoff_max_s: float = 30.0
     webhook_concurrency: int = 8
+    # Messaging channels (docs/channels.md): the Fernet key(s) sealing their secrets at rest,
+    # comma-separated (the first seals, each opens: rotation). Empty: channels are off (503).
+    channel_secrets_key: str = ""
+    # Sending a reply to a platform: tries (429 / 5xx / network), exponential backoff between
+    # them, and the longest Retry-After obeyed; then the reply is dead-lettered.
+    channel_send_attempts: int = 6
+    channel_backoff_s: float = 0.5
+    channel_backoff_max_s: float = 30.0
+    channel_max_retry_after_s: float = 60.0
     # The RPA runner's gRPC API (host:port), behind the workflow run routes; "" disables them
     # (503). Each call to it waits at most rpa_timeout_s.
     rpa_address: str = "127.0.0.1:50081"
@@ -102,6 +112,7 @@ class GatewayConfig:
         self._validate_secrets()
         self._validate_limits()
         self._validate_webhooks()
+        self._validate_channels()
         self._validate_backpressure()
         self._validate_tls()
 
@@ -165,6 +176,20 @@ class GatewayConfig:
         require(self.auth_failures_burst >= 1, f"{PREFIX}AUTH_FAILURES_BURST", "must be >= 1")
         require(self.ws_heartbeat_s > 0, f"{PREFIX}WS_HEARTBEAT_S", "must be > 0")
         require(self.rpa_timeout_s > 0, f"{PREFIX}RPA_TIMEOUT_S", "must be > 0")
+
+    def _validate_channels(self) -> None:
+        if self.channel_secrets_key:
+            try:
+                parse_keys(self.channel_secrets_key)
+            except SecretsKeyInvalid as exc:
+                require(False, f"{PREFIX}CHANNEL_SECRETS_KEY", str(exc))
+        require(1 <= self.channel_send_attempts <= 20, f"{PREFIX}CHANNEL_SEND_ATTEMPTS",
+                "must be 1..20")
+        require(self.channel_backoff_s >= 0, f"{PREFIX}CHANNEL_BACKOFF_S", "must be >= 0")
+        require(self.channel_backoff_max_s >= self.channel_backoff_s,
+                f"{PREFIX}CHANNEL_BACKOFF_MAX_S", "must be >= CHANNEL_BACKOFF_S")
+        require(self.channel_max_retry_after_s >= 0, f"{PREFIX}CHANNEL_MAX_RETRY_AFTER_S",
+                "must be >= 0")
 
     def _validate_webhooks(self) -> None:
         require(self.webhook_timeout_s > 0, f"{PREFIX}WEBHOOK_TIMEOUT_S", "must be > 0")

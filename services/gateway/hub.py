@@ -41,6 +41,7 @@ from services.common.nats import KV_HANDOFFS, OBJ_MODELS, Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.common.pii import redact
 from services.common.pull import fetch_or_empty, kv_keys
+from services.common.served import ServedBots
 from services.common.subjects import (
     GATEWAY_REPLIES,
     HEADER_CORRELATION,
@@ -61,7 +62,7 @@ from services.common.subjects import (
 )
 from services.gateway.backpressure import Backpressure, RetryLater
 from services.gateway.http.wire import citation_json
-from services.gateway.ports import SendResult
+from services.gateway.ports import BotNotServed, SendResult
 
 log = get_logger(__name__)
 PUBLISH_TIMEOUT_S = 5.0
@@ -160,8 +161,11 @@ class BusHub:
     (services/gateway/backpressure.py)."""
 
     def __init__(self, bus: Bus, partitions: int, backpressure: Backpressure | None = None,
-                 *, publish_timeout_s: float = PUBLISH_TIMEOUT_S) -> None:
+                 *, publish_timeout_s: float = PUBLISH_TIMEOUT_S,
+                 served: ServedBots | None = None) -> None:
+        """`served`: the bots dialogue replicas announce; None accepts messages to any bot."""
         self._bus = bus
+        self._served = served
         self._partitions = partitions
         self._prefix = f"{bus.inbox}.{GATEWAY_REPLIES}.{uuid.uuid4().hex}"
         self._waiters: dict[str, list[_Waiter]] = {}
@@ -175,6 +179,10 @@ class BusHub:
 
     async def start(self) -> None:
         self._sub = await self._bus.nc.subscribe(f"{self._prefix}.>", cb=self._on_reply)
+
+    def check_served(self, bot_id: str) -> None:
+        if self._served is not None and not self._served.serves(bot_id):
+            raise BotNotServed(bot_id)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -200,8 +208,9 @@ class BusHub:
         """Publish `message` (once JetStream stored it, it is accepted) and wait up to `wait_s`
         for its turn's replies, then up to `workflow_wait_s` more for the results of the
         workflows the turn started. Raises RetryLater (503) when overloaded or the bus is
-        down."""
+        down, BotNotServed (404) when no dialogue replica serves the bot."""
         check_id(message.bot_id, "bot")
+        self.check_served(message.bot_id)
         check_id(message.conversation_id, "conversation")
         if not message.message_id:
             message.message_id = uuid.uuid4().hex

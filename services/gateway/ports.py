@@ -13,10 +13,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from services.common.audit import AuditEvent  # one admin action (docs/security.md, "Audit")
+from services.common.errors import NotFound
 from services.common.modelstore import Activation, Rollout, VersionInfo
 from services.common.pb.botfactory.v1 import conversation_pb2
 
 ALL_BOTS = "*"
+
+
+class BotNotServed(NotFound):
+    """No dialogue replica serves the bot (services/common/served.py): 404, nothing kept."""
+
+    def __init__(self, bot: str) -> None:
+        super().__init__(f"no bot {bot!r} is served here: check the bot id (a bot is served "
+                         "once a dialogue replica has loaded its definition)")
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,10 @@ class SendResult:
 
 
 class ConversationHub(Protocol):
+    def check_served(self, bot_id: str) -> None:
+        """Raise BotNotServed when no dialogue replica serves `bot_id`."""
+        ...
+
     async def send(self, message: conversation_pb2.UserMessage, *, wait_s: float,
                    workflow_wait_s: float = 0.0) -> SendResult:
         """Publish `message` and wait up to `wait_s` seconds for its turn's replies (0: don't

@@ -8,7 +8,6 @@ backpressure, following the configuration): docs/gateway.md, "Webhooks"."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 from typing import Any
@@ -22,6 +21,7 @@ from services.common.logging import get_logger
 from services.common.nats import Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.common.pull import fetch_or_empty
+from services.common.pull import settle as _settle
 from services.common.subjects import HEADER_MSG_ID
 from services.gateway.ports import Webhook, WebhookStore
 from services.gateway.webhook_follower import DURABLE, SYNC_S, WebhookFollower
@@ -228,13 +228,6 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
     if task is not None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-
-
-async def _settle(action: Any) -> None:
-    """Await an ack / nak / term / in-progress, ignoring a closed connection or a message
-    already settled (JetStream redelivers whatever was not acknowledged)."""
-    with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
-        await action
 
 
 class FollowedWebhookStore:

@@ -66,6 +66,7 @@ async def test_sheds_above_max_pending_and_answers_every_accepted_message(
         nats_server: NatsServer, tiny_banking_model: Path) -> None:
     async with running_stack(nats_server.url, tiny_banking_model, dialogues=0,
                              max_pending=4, max_pending_per_bot=4) as stack:
+        await stack.announce("banking")  # served, but its dialogue is not running
         results = [await post(stack, f"bp{i}", f"bp{i}-m") for i in range(10)]
         accepted = [f"bp{i}" for i, (status, _, _) in enumerate(results) if status == 202]
         shed = [r for r in results if r[0] == 503]

@@ -62,9 +62,10 @@ async def test_the_same_message_id_in_other_conversations_and_bots_is_another_me
     async with running_stack(nats_server.url, tiny_banking_model) as stack:
         assert stack.session is not None
         both = await issue_key(stack.session, stack.base_url, bots=("banking", "otherbot"))
+        await stack.announce("otherbot")  # served elsewhere: this dialogue does not load it
         status, first = await _post(stack, "chatA", "/greet", message_id="m-1")
         assert status == 200 and first["duplicate"] is False
-        # another tenant's bot (not deployed here: it answers "not available") and the same
+        # another tenant's bot (this dialogue answers "not available") and the same
         # conversation id under another bot
         status, other = await _post(stack, "victim", "/greet", bot="otherbot", key=both,
                                     message_id="m-1")

@@ -7,7 +7,8 @@ approval (gRPC), and the conversation is told so by the workflow's notify messag
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,17 @@ async def _transfer(stack: Stack, conversation: str, amount: int, recipient: str
     assert {r["in_reply_to"] for r in body["replies"]} == {f"{conversation}-yes"}
 
 
-async def test_transfer_flow_runs_the_real_workflow(nats_server: NatsServer,
-                                                    tiny_banking_model: Path,
-                                                    tmp_path: Path) -> None:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"the end-to-end workflow files a record with {CHROMIUM}", pytrace=False)
+@dataclass
+class BankStack:
+    stack: Stack
+    runner: RunnerServer
+    bank: str
+
+
+@pytest.fixture
+async def bank_stack(nats_server: NatsServer, tiny_banking_model: Path,
+                     tmp_path: Path) -> AsyncIterator[BankStack]:
+    """The conversation stack, the RPA runner and the demo bank it books against."""
     web, port = await serve(create_app(TOKEN, PIN))
     bank = f"http://127.0.0.1:{port}"
     runner = RunnerServer(RunnerConfig(
@@ -55,49 +62,45 @@ async def test_transfer_flow_runs_the_real_workflow(nats_server: NatsServer,
     try:
         async with running_stack(nats_server.url, tiny_banking_model) as stack:
             await runner.start()
-            await _transfer(stack, "e2e-1", 50, "anna")
-            done = [e for e in await stack.transcript("e2e-1") if "reference TX-" in e["text"]]
-            assert done and done[0]["in_reply_to"] == "e2e-1-yes"  # in the sync reply too
-            texts = await stack.bot_texts("e2e-1", "reference TX-", within=30)
-            assert "Done! 50.00 EUR is on its way to anna (reference TX-000001)." in texts
-
-            await _transfer(stack, "e2e-2", 6000, "bob")
-            await stack.bot_texts("e2e-2", "need a quick check by our team", within=30)
-            await _approve(runner)
-            texts = await stack.bot_texts("e2e-2", "reference TX-", within=30)
-            assert texts[-1] == "Done! 6,000.00 EUR is on its way to bob (reference TX-000003)."
-            stats: dict[str, Any] = await _get(stack, f"{bank}/_stats")
-            assert stats["effects"] == {"transfer": 2, "legacy_record": 2, "confirm": 2}
-            assert stats["duplicates"] == 0
+            yield BankStack(stack, runner, bank)
     finally:
         await runner.stop()
         await web.cleanup()
+
+
+async def test_transfer_flow_runs_the_real_workflow(bank_stack: BankStack) -> None:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"the end-to-end workflow files a record with {CHROMIUM}", pytrace=False)
+    stack = bank_stack.stack
+    await _transfer(stack, "e2e-1", 50, "anna")
+    done = [e for e in await stack.transcript("e2e-1") if "reference TX-" in e["text"]]
+    assert done and done[0]["in_reply_to"] == "e2e-1-yes"  # in the sync reply too
+    texts = await stack.bot_texts("e2e-1", "reference TX-", within=30)
+    assert "Done! 50.00 EUR is on its way to anna (reference TX-000001)." in texts
+
+    await _transfer(stack, "e2e-2", 6000, "bob")
+    await stack.bot_texts("e2e-2", "need a quick check by our team", within=30)
+    await _approve(bank_stack.runner)
+    texts = await stack.bot_texts("e2e-2", "reference TX-", within=30)
+    assert texts[-1] == "Done! 6,000.00 EUR is on its way to bob (reference TX-000003)."
+    stats: dict[str, Any] = await _get(stack, f"{bank_stack.bank}/_stats")
+    assert stats["effects"] == {"transfer": 2, "legacy_record": 2, "confirm": 2}
+    assert stats["duplicates"] == 0
 
 
 async def test_a_failed_step_tells_the_customer_only_what_the_author_wrote(
-        nats_server: NatsServer, tiny_banking_model: Path, tmp_path: Path) -> None:
+        bank_stack: BankStack) -> None:
     """Issue 18: the bank refuses the booking (HTTP 422); the customer gets the flow's
     on_failure message without the technical error, which agents see in the transcript's
     workflow_finished event (and the run record keeps)."""
-    web, port = await serve(create_app(TOKEN, PIN))
-    bank = f"http://127.0.0.1:{port}"
-    runner = RunnerServer(RunnerConfig(
-        nats_url=nats_server.url, bots=(str(ROOT / "bots" / "banking"),), partitions=4,
-        settings=(f"core_bank_url={bank}", f"legacy_url={bank}"), grpc_port=0, metrics_port=0,
-        ack_wait_s=5.0, shutdown_grace_s=1.0, screenshots_dir=tmp_path / "shots"))
-    try:
-        async with running_stack(nats_server.url, tiny_banking_model) as stack:
-            await runner.start()
-            await _transfer(stack, "e2e-fail", 50, "blocked-bob")
-            texts = await stack.bot_texts("e2e-fail", "didn't go through", within=30)
-            assert texts[-1] == "Sorry, the transfer didn't go through. No money was sent."
-            events = [e for e in await stack.transcript("e2e-fail", include="events")
-                      if e.get("event") == "workflow_finished"]
-            assert events[0]["data"]["status"] == "failed"
-            assert "returned HTTP 422" in events[0]["data"]["error"]
-    finally:
-        await runner.stop()
-        await web.cleanup()
+    stack = bank_stack.stack
+    await _transfer(stack, "e2e-fail", 50, "blocked-bob")
+    texts = await stack.bot_texts("e2e-fail", "didn't go through", within=30)
+    assert texts[-1] == "Sorry, the transfer didn't go through. No money was sent."
+    events = [e for e in await stack.transcript("e2e-fail", include="events")
+              if e.get("event") == "workflow_finished"]
+    assert events[0]["data"]["status"] == "failed"
+    assert "returned HTTP 422" in events[0]["data"]["error"]
 
 
 async def _approve(runner: RunnerServer) -> None:

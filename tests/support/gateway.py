@@ -16,7 +16,7 @@ from services.common.pb.botfactory.v1 import conversation_pb2
 from services.gateway.config import GatewayConfig
 from services.gateway.http import GatewayMetrics, create_app
 from services.gateway.http.state import STATE
-from services.gateway.ports import Role, SendResult
+from services.gateway.ports import BotNotServed, Role, SendResult
 from tests.support.memstores import InMemoryKeyStore
 
 PEPPER = "test-pepper-0123456789abcdef"
@@ -49,11 +49,17 @@ class FakeHub:
         self.workflow_waits: list[float] = []
         self.result_extra: dict[str, Any] = {}  # SendResult fields of the next answers
         self.handoff_subscribers: dict[str, list[asyncio.Queue[Any]]] = defaultdict(list)
+        self.served: set[str] | None = None  # None: every bot is served
+
+    def check_served(self, bot_id: str) -> None:
+        if self.served is not None and bot_id not in self.served:
+            raise BotNotServed(bot_id)
 
     async def send(self, message: conversation_pb2.UserMessage, *, wait_s: float,
                    workflow_wait_s: float = 0.0) -> SendResult:
         if self.fail is not None:
             raise self.fail
+        self.check_served(message.bot_id)
         self.waits.append(wait_s)
         self.workflow_waits.append(workflow_wait_s)
         if message.message_id in self.replies:

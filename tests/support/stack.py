@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 
 from botfactory.local.natsconf import service_url
-from services.common.nats import connect, provision
+from services.common.nats import Bus, connect, provision
+from services.common.served import ServedAnnouncer
 from services.dialogue.app import DialogueServer
 from services.dialogue.config import DialogueConfig
 from services.gateway.app import GatewayServer
@@ -32,6 +33,7 @@ class Stack:
     nlu: NluServer
     gateway: GatewayServer
     dialogues: list[DialogueServer] = field(default_factory=list)
+    announcers: list[tuple[ServedAnnouncer, Bus]] = field(default_factory=list)
     session: aiohttp.ClientSession | None = None
     client_key: str = ""
     # Reads transcripts (a client key only sends: docs/security.md).
@@ -47,6 +49,19 @@ class Stack:
                               bots=(str(ROOT / "bots" / "banking"),), partitions=4,
                               grpc_port=0, metrics_port=0, ack_wait_s=2.0, nlu_timeout_s=2.0)
         return replace(base, **overrides)
+
+    async def announce(self, *bots: str) -> None:
+        """Announce `bots` as served (as a dialogue replica does: services/common/served.py)
+        until the stack stops, so the gateway takes their messages without a dialogue that
+        loads them; returns once the gateway knows."""
+        assert self.gateway.served is not None
+        bus = await connect(service_url(self.nats_url, "dialogue"), name="announcer")
+        announcer = ServedAnnouncer(bus, lambda: list(bots), replica="tests")
+        await announcer.start()
+        self.announcers.append((announcer, bus))
+        served = self.gateway.served
+        await eventually(lambda: all(served.serves(bot) for bot in bots) or None,
+                         f"the gateway knows {bots} are served")
 
     async def add_dialogue(self, **overrides: Any) -> DialogueServer:
         server = DialogueServer(self.dialogue_config(**overrides))
@@ -137,6 +152,9 @@ async def running_stack(nats_url: str, model: Path, *, dialogues: int = 1,
             stack.agent_key = await issue_key(session, stack.base_url, role="agent")
             yield stack
     finally:
+        for announcer, bus in stack.announcers:
+            await announcer.stop()
+            await bus.drain()
         await gateway.stop()
         for dialogue in stack.dialogues:
             await dialogue.stop()

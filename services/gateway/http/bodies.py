@@ -45,9 +45,11 @@ VERSION = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")  # a model version
 BOT_SCOPE = re.compile(r"^(\*|[A-Za-z0-9_-]{1,64})$")  # an API key's bots
 MAX_DESCRIPTION_CHARS = 200
 # Path (and gRPC request) ids: they end up in NATS subjects and KV keys.
+MAX_CHANNEL_SETTING_CHARS = 4096  # one channel setting's value (a token, a URL)
+CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # a messaging channel (telegram, ...)
 PATH_IDS: dict[str, re.Pattern[str]] = {
     "bot": BOT_ID, "conversation": CONVERSATION_ID, "message_id": RATED_MESSAGE_ID,
-    "key_id": KEY_ID, "run_id": RUN_ID}
+    "key_id": KEY_ID, "run_id": RUN_ID, "channel": CHANNEL_NAME}
 
 Limit = int | str  # a number of characters, or the GatewayConfig attribute that sets it
 

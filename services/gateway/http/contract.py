@@ -26,7 +26,14 @@ from services.gateway.http.admin import (
     MIN_WEBHOOK_SECRET_CHARS,
     WEBHOOK_URL,
 )
-from services.gateway.http.bodies import BODIES, VERSION, matching, object_schema, text_schema
+from services.gateway.http.bodies import (
+    BODIES,
+    MAX_CHANNEL_SETTING_CHARS,
+    VERSION,
+    matching,
+    object_schema,
+    text_schema,
+)
 from services.gateway.http.review import INTENT, ITEM_ID, MAX_APPLIED, MAX_ENTITIES
 
 # A bot folder's file: up to 8 names, none hidden, a YAML file (admin.check_definition_path).
@@ -67,6 +74,12 @@ def restated_schemas() -> dict[str, Any]:
             "additionalProperties": {"type": "string"},
             "description": "Relative path in the bot folder (bot.yml, data/...) → YAML text; "
                            "422 when the files are not a valid bot definition"}),
+        "ChannelSettingsRequest": {
+            "type": "object", "maxProperties": 32,
+            "additionalProperties": {"type": "string", "maxLength": MAX_CHANNEL_SETTING_CHARS},
+            "description": "The platform's credentials and options (docs/channels.md): e.g. "
+                           "Telegram {bot_token, secret_token, api_base?}. Secrets are stored "
+                           "encrypted and never shown back."},
         "WebhookRequest": object_schema(
             ["url", "secret"],
             url={**matching(WEBHOOK_URL.pattern, "An http:// or https:// URL with a host name "
@@ -102,7 +115,8 @@ def restated_schemas() -> dict[str, Any]:
 
 
 PATH_EXAMPLES = {"bot": "banking", "conversation": "c1", "message_id": "m1:0",
-                 "key_id": "0123456789abcdef", "run_id": "run-0", "name": "chat.js"}
+                 "key_id": "0123456789abcdef", "run_id": "run-0", "name": "chat.js",
+                 "channel": "telegram"}
 
 # A WebSocket route answers 400 to a plain GET: the handshake headers are part of the request.
 WEBSOCKET_HEADERS = (

@@ -3,14 +3,12 @@ conversation's WebSocket."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSMsgType, web
 
 from services.common.errors import DomainError, NotFound, PermissionDenied, Unauthenticated
 from services.common.logging import get_logger
@@ -20,6 +18,7 @@ from services.gateway.backpressure import RetryLater
 from services.gateway.config import GatewayConfig
 from services.gateway.http.bodies import FEEDBACK, MESSAGE
 from services.gateway.http.problems import RequestInvalid
+from services.gateway.http.sockets import serve_socket
 from services.gateway.http.state import (
     PRINCIPAL,
     TOKEN,
@@ -40,7 +39,6 @@ from services.gateway.ratelimit import RateLimited
 
 log = get_logger(__name__)
 
-WS_PROTOCOL = "botfactory.v1"
 WS_TOKEN_PREFIX = "bearer."
 DEFAULT_TRANSCRIPT_LIMIT = 100
 WS_POLICY_VIOLATION = 4401
@@ -186,51 +184,11 @@ def socket_token(request: web.Request) -> str | None:
 async def conversation_socket(request: web.Request) -> web.WebSocketResponse:
     state = state_of(request)
     bot, conversation = ids(request)
-    ws = web.WebSocketResponse(protocols=(WS_PROTOCOL,), heartbeat=state.config.ws_heartbeat_s,
-                               max_msg_size=state.config.body_limit_bytes)
-    if not ws.can_prepare(request).ok:
-        raise RequestInvalid.one("Upgrade", "a WebSocket handshake is required")
-    # Subscribe before the handshake completes, so that no reply to the client's first message
-    # is missed; pushing waits for the handshake.
-    replies = state.hub.subscribe(bot, conversation)
-    open_ = asyncio.Event()
-    pusher = asyncio.create_task(push_replies(ws, replies, open_))
-    try:
-        await ws.prepare(request)
-        open_.set()
-        state.sockets.add(ws)
-        await receive_loop(ws, request, state)
-    finally:
-        pusher.cancel()
-        # Shielded: the server cancels the handler when the client goes away.
-        await asyncio.shield(close_socket(ws, pusher, replies))
-    return ws
-
-
-async def close_socket(ws: web.WebSocketResponse, pusher: asyncio.Task[None],
-                       replies: AsyncIterator[conversation_pb2.BotMessage]) -> None:
-    await asyncio.gather(pusher, return_exceptions=True)
-    closer = getattr(replies, "aclose", None)
-    if closer is not None:
-        await closer()
-    if ws.prepared:
-        await ws.close()
-
-
-async def push_replies(ws: web.WebSocketResponse,
-                       replies: AsyncIterator[conversation_pb2.BotMessage],
-                       open_: asyncio.Event) -> None:
-    try:
-        async for reply in replies:
-            await open_.wait()
-            if ws.closed:
-                break
-            await ws.send_json({"type": "message", **reply_json(reply)})
-    except ConnectionError:
-        pass
-    except Exception:
-        log.exception("ws_push_failed")
-        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
+    state.hub.check_served(bot)
+    return await serve_socket(
+        request, lambda: state.hub.subscribe(bot, conversation),
+        lambda reply: {"type": "message", **reply_json(reply)},
+        lambda ws: receive_loop(ws, request, state), max_msg_size=state.config.body_limit_bytes)
 
 
 async def receive_loop(ws: web.WebSocketResponse, request: web.Request,

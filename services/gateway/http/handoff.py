@@ -4,14 +4,13 @@ bot."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from services.common.pb.botfactory.v1.conversation_pb2 import BotMessage
-from services.gateway.http.conversations import WS_PROTOCOL, close_socket, ids, user_message
-from services.gateway.http.problems import RequestInvalid
+from services.gateway.http.conversations import ids, user_message
+from services.gateway.http.sockets import serve_socket
 from services.gateway.http.state import principal_of, state_of
 from services.gateway.http.wire import json_response, read_json, reply_json
 
@@ -28,35 +27,17 @@ async def handoff_socket(request: web.Request) -> web.WebSocketResponse:
     Frames from the client are ignored; agents answer with POST .../agent-messages."""
     state = state_of(request)
     bot = request.match_info["bot"]
-    ws = web.WebSocketResponse(protocols=(WS_PROTOCOL,), heartbeat=state.config.ws_heartbeat_s)
-    if not ws.can_prepare(request).ok:
-        raise RequestInvalid.one("Upgrade", "a WebSocket handshake is required")
-    messages = state.hub.handoff_messages(bot)  # before the handshake: nothing is missed
-    open_ = asyncio.Event()
-    pusher = asyncio.create_task(_push_user_messages(ws, messages, open_))
-    try:
-        await ws.prepare(request)
-        open_.set()
-        state.sockets.add(ws)
-        async for _ in ws:  # until the client closes it
-            pass
-    finally:
-        pusher.cancel()
-        await asyncio.shield(close_socket(ws, pusher, messages))
-    return ws
+    return await serve_socket(request, lambda: state.hub.handoff_messages(bot), _user_frame,
+                              _ignore_frames)
 
 
-async def _push_user_messages(ws: web.WebSocketResponse, messages: AsyncIterator[BotMessage],
-                              open_: asyncio.Event) -> None:
-    try:
-        async for message in messages:
-            await open_.wait()
-            if ws.closed:
-                return
-            await ws.send_json({"type": "user_message", "bot_id": message.bot_id,
-                                "conversation_id": message.conversation_id,
-                                **reply_json(message)})
-    except ConnectionError:
+def _user_frame(message: BotMessage) -> dict[str, Any]:
+    return {"type": "user_message", "bot_id": message.bot_id,
+            "conversation_id": message.conversation_id, **reply_json(message)}
+
+
+async def _ignore_frames(ws: web.WebSocketResponse) -> None:
+    async for _ in ws:  # until the client closes it
         pass
 
 

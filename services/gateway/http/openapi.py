@@ -8,6 +8,7 @@ from typing import Any
 
 from services.gateway.config import GatewayConfig
 from services.gateway.http.bodies import PATH_IDS
+from services.gateway.http.channels import SCHEMAS as CHANNEL_SCHEMAS
 from services.gateway.http.contract import (
     PATH_EXAMPLES,
     WEBSOCKET_HEADERS,
@@ -25,6 +26,7 @@ ERROR_TEXT = {
     401: "Missing, invalid or revoked API key or visitor token, or an expired visitor token",
     403: "The key's role or bots (a visitor token's conversation) do not allow this",
     404: "Not found",
+    405: "Method not allowed (a channel whose platform has no GET handshake)",
     409: "Conflict: the current state (of the run, the rollout) does not allow this",
     413: "Request body too large",
     415: "The body is not `application/json` (Content-Type)",
@@ -37,7 +39,8 @@ ERROR_TEXT = {
 }
 PATH_TEXT = {"bot": "Bot id", "conversation": "Conversation id (chosen by the client)",
              "message_id": "A bot message's id", "key_id": "API key id",
-             "run_id": "Workflow run id", "name": "File name"}
+             "run_id": "Workflow run id", "name": "File name",
+             "channel": "Messaging channel (telegram, ...)"}
 PATH_PATTERNS = {**{name: pattern.pattern for name, pattern in PATH_IDS.items()},
                  "name": r"^[A-Za-z0-9_.-]+$"}
 
@@ -156,6 +159,7 @@ SCHEMAS: dict[str, Any] = {
     "RunList": _obj(["bot_id", "runs"], bot_id=_STR,
                     runs={"type": "array", "items": {"$ref": "#/components/schemas/Run"}}),
     **REVIEW_SCHEMAS,
+    **CHANNEL_SCHEMAS,
     **MODEL_SCHEMAS,  # ModelVersions, Activation, Rollout, ...
 }
 

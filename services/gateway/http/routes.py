@@ -11,6 +11,7 @@ from aiohttp import web
 from services.common.reviewqueue import REASONS, STATUSES
 from services.gateway.http import (
     admin,
+    channels,
     conversations,
     handoff,
     model_versions,
@@ -29,6 +30,8 @@ RUNS = "/v1/bots/{bot}/runs"
 RUN = f"{RUNS}/{{run_id}}"
 REVIEW = "/v1/admin/bots/{bot}/review"
 ROLLOUT = "/v1/admin/bots/{bot}/rollout"
+CHANNEL = "/v1/admin/bots/{bot}/channels/{channel}"
+INBOUND = "/v1/channels/{channel}/{bot}"
 # The RPA runner's errors (services/gateway/runs.py): 503 (with Retry-After) when it cannot be
 # reached, 502 when it fails.
 RUNNER_ERRORS = (502, 503)
@@ -101,8 +104,8 @@ ROUTES: tuple[RouteSpec, ...] = (
                                   "(complete: true; handoff: true when a human agent has the "
                                   "conversation)", "SendResult"),
                             202: ("Accepted; replies so far (complete: false)", "SendResult")},
-              request="UserMessageRequest", query=(WAIT, INCLUDE), extra_errors=(413, 503),
-              visitor=True),
+              request="UserMessageRequest", query=(WAIT, INCLUDE),
+              extra_errors=(404, 413, 503), visitor=True),
     RouteSpec("POST", f"{CONVERSATION}/tokens", visitors.post_token, "create_visitor_token",
               "A visitor token of this conversation, for its end user: it sends, follows and "
               "reads this conversation only, until it expires (a client key's holder asks; "
@@ -119,9 +122,10 @@ ROUTES: tuple[RouteSpec, ...] = (
               "WebSocket: the server pushes {type: message, ...Reply}; the client may send "
               "{text, message_id?} frames (acknowledged with {type: ack}). Browsers pass the "
               "key or visitor token as the subprotocol `bearer.<token>` beside "
-              "`botfactory.v1`.",
+              "`botfactory.v1`. 404 before the handshake when no dialogue replica serves the "
+              "bot.",
               "conversations", Role.CLIENT, {101: ("Switching protocols", None)},
-              websocket=True, visitor=True),
+              extra_errors=(404,), websocket=True, visitor=True),
     RouteSpec("POST", f"{CONVERSATION}/messages/{{message_id}}/feedback",
               conversations.post_feedback, "post_feedback",
               "Rate a bot message (+1 / -1, optional comment)", "conversations", Role.CLIENT,
@@ -138,7 +142,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("POST", f"{CONVERSATION}/agent-messages", handoff.post_agent_message,
               "post_agent_message", "Reply to the user as a human agent", "handoff", Role.AGENT,
               {202: ("Sent", "AgentMessageAccepted")}, request="AgentMessageRequest",
-              extra_errors=(413,)),
+              extra_errors=(404, 413)),
     RouteSpec("POST", f"{CONVERSATION}/release", handoff.post_release, "post_release",
               "Give a handed-off conversation back to the bot", "handoff", Role.AGENT,
               {200: ("Released", "Released")}),
@@ -229,6 +233,27 @@ ROUTES: tuple[RouteSpec, ...] = (
               "Mark decided items as written into the bot's data files", "review", Role.ADMIN,
               {200: ("Marked", "ReviewApplied")}, request="ReviewAppliedRequest",
               extra_errors=(404, 409, 413, 503)),
+    RouteSpec("PUT", CHANNEL, channels.put_channel, "put_channel",
+              "Set up a messaging channel for the bot (docs/channels.md): the platform's "
+              "credentials, stored encrypted; the platform calls webhook_path", "channels",
+              Role.ADMIN, {200: ("Configured (secrets are not shown)", "ChannelSettings")},
+              request="ChannelSettingsRequest", extra_errors=(404, 413, 503)),
+    RouteSpec("GET", CHANNEL, channels.get_channel, "get_channel",
+              "The bot's settings of a channel, without its secrets", "channels", Role.ADMIN,
+              {200: ("Channel", "ChannelSettings")}, extra_errors=(404, 503)),
+    RouteSpec("DELETE", CHANNEL, channels.delete_channel, "delete_channel",
+              "Remove a channel from the bot", "channels", Role.ADMIN,
+              {200: ("Removed", "ChannelDeleted")}, extra_errors=(404, 503)),
+    RouteSpec("POST", INBOUND, channels.channel_inbound, "channel_inbound",
+              "A messaging platform's webhook: verified the platform's way (signature, "
+              "secret token, JWT), 401 otherwise; answered at once, the replies go out "
+              "through the platform's API", "channels", None,
+              {200: ("Taken (or the platform's handshake answer)", None)},
+              extra_errors=(400, 401, 404, 413, 503)),
+    RouteSpec("GET", INBOUND, channels.channel_handshake, "channel_handshake",
+              "A messaging platform's verification handshake (WhatsApp hub.challenge)",
+              "channels", None, {200: ("The challenge", None)},
+              content_type="text/plain", extra_errors=(401, 404, 405, 503)),
     RouteSpec("GET", "/healthz", system.healthz, "healthz", "Liveness", "system", None,
               {200: ("Alive", "Status")}),
     RouteSpec("GET", "/readyz", system.readyz, "readyz", "Readiness (message bus connected)",

@@ -1,0 +1,28 @@
+"""What the channel routes and the outbox share, kept on the application (`CHANNELS`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from services.gateway.channels.base import Channel
+from services.gateway.channels.metrics import ChannelMetrics
+from services.gateway.channels.store import ChannelStore, ConversationRefs
+
+
+@dataclass
+class Channels:
+    adapters: dict[str, Channel]
+    store: ChannelStore
+    refs: ConversationRefs
+    session: aiohttp.ClientSession
+    metrics: ChannelMetrics
+
+
+CHANNELS = web.AppKey("channels", Channels)
+
+
+def secret_names(adapters: dict[str, Channel]) -> dict[str, tuple[str, ...]]:
+    return {name: adapter.secrets for name, adapter in adapters.items()}

@@ -1,0 +1,134 @@
+"""Where channels keep their state, on the bus:
+
+- settings per bot and channel: KV `bots`, key `channel.<bot>.<channel>`, JSON
+  `{"settings": {...}, "secrets": {name: sealed}}` (secrets encrypted: channels/secrets.py);
+- conversation references: KV `channels`, key `<bot>.<conversation>`, JSON
+  `{"channel", "address"}`: where the outbox sends a conversation's replies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from nats.js.errors import KeyNotFoundError
+
+from services.common.nats import KV_BOTS, KV_CHANNELS, Bus
+from services.common.pull import kv_keys
+from services.gateway.channels.secrets import SecretBox
+
+SETTINGS_PREFIX = "channel."
+REF_CACHE = 10_000
+ID_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+
+def settings_key(bot: str, channel: str) -> str:
+    return f"{SETTINGS_PREFIX}{bot}.{channel}"
+
+
+def conversation_id(channel: str, native: str) -> str:
+    """The conversation id of a platform's conversation: `<channel>-<native key>` (hashed when
+    the key has characters an id may not have, or is long)."""
+    if ID_SAFE.match(native):
+        return f"{channel}-{native}"
+    return f"{channel}-h{hashlib.sha256(native.encode()).hexdigest()[:40]}"
+
+
+def channel_of(conversation: str, channels: Iterable[str]) -> str | None:
+    """The channel whose conversation ids `conversation` looks like, if any."""
+    head = conversation.split("-", 1)[0]
+    return head if head in channels and "-" in conversation else None
+
+
+@dataclass(frozen=True)
+class ConversationRef:
+    channel: str
+    address: dict[str, str]
+
+
+class ChannelStore:
+    """Channel settings per bot, secrets sealed with `box`."""
+
+    def __init__(self, bus: Bus, box: SecretBox, secret_names: dict[str, tuple[str, ...]]) -> None:
+        self._bus = bus
+        self._box = box
+        self._secret_names = secret_names
+
+    async def put(self, bot: str, channel: str, settings: dict[str, Any]) -> None:
+        secret = set(self._secret_names.get(channel, ()))
+        record = {
+            "settings": {k: v for k, v in settings.items() if k not in secret},
+            "secrets": {k: self._box.seal(str(v)) for k, v in settings.items() if k in secret},
+        }
+        kv = await self._bus.kv(KV_BOTS)
+        await kv.put(settings_key(bot, channel), json.dumps(record).encode())
+
+    async def get(self, bot: str, channel: str) -> dict[str, Any] | None:
+        """The settings with their secrets decrypted; None when the channel is not set."""
+        kv = await self._bus.kv(KV_BOTS)
+        try:
+            entry = await kv.get(settings_key(bot, channel))
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        record = json.loads(entry.value)
+        opened = {k: self._box.open(v) for k, v in record.get("secrets", {}).items()}
+        return {**record.get("settings", {}), **opened}
+
+    async def delete(self, bot: str, channel: str) -> bool:
+        if await self.get(bot, channel) is None:
+            return False
+        kv = await self._bus.kv(KV_BOTS)
+        await kv.delete(settings_key(bot, channel))
+        return True
+
+    async def channels(self, bot: str) -> list[str]:
+        kv = await self._bus.kv(KV_BOTS)
+        prefix = f"{SETTINGS_PREFIX}{bot}."
+        return [key[len(prefix):] for key in await kv_keys(kv, prefix)]
+
+
+class ConversationRefs:
+    """Which channel (and address there) each channel conversation answers on; cached."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self._cache: OrderedDict[tuple[str, str], ConversationRef | None] = OrderedDict()
+
+    async def remember(self, bot: str, conversation: str, ref: ConversationRef) -> None:
+        if self._cache.get((bot, conversation)) == ref:
+            return
+        kv = await self._bus.kv(KV_CHANNELS)
+        value = {"channel": ref.channel, "address": ref.address}
+        await kv.put(f"{bot}.{conversation}", json.dumps(value).encode())
+        self._keep((bot, conversation), ref)
+
+    async def lookup(self, bot: str, conversation: str) -> ConversationRef | None:
+        key = (bot, conversation)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        kv = await self._bus.kv(KV_CHANNELS)
+        try:
+            entry = await kv.get(f"{bot}.{conversation}")
+        except KeyNotFoundError:
+            ref = None
+        else:
+            raw = json.loads(entry.value or b"{}")
+            ref = ConversationRef(str(raw.get("channel", "")),
+                                  {str(k): str(v) for k, v in raw.get("address", {}).items()})
+        # A channel conversation's reference is stored before its first message is published,
+        # so an absence is final too.
+        self._keep(key, ref)
+        return ref
+
+    def _keep(self, key: tuple[str, str], ref: ConversationRef | None) -> None:
+        self._cache[key] = ref
+        self._cache.move_to_end(key)
+        while len(self._cache) > REF_CACHE:
+            self._cache.popitem(last=False)

@@ -1,0 +1,170 @@
+"""The Telegram channel end to end: the gateway's webhook route, the real dialogue, and the
+replies sent through a local fake of the Bot API (tests/support/fake_platform.py), with the
+update shapes of https://core.telegram.org/bots/api#update."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from botfactory.local.nats_server import NatsServer
+from services.common.nats import connect
+from services.gateway.channels.secrets import new_key
+from tests.support.fake_platform import FakePlatform
+from tests.support.stack import BOOTSTRAP, Stack, running_stack
+
+TOKEN = "123456:ABCdefGhIJKlmNoPQRstuVWxyz0123456789"
+SECRET = "hook-secret_0123"
+ADMIN = {"Authorization": f"Bearer {BOOTSTRAP}"}
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakePlatform]:
+    fake = FakePlatform()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def stack(nats_server: NatsServer, tiny_banking_model: Path,
+                telegram: FakePlatform) -> AsyncIterator[Stack]:
+    base = await telegram.start()
+    async with running_stack(nats_server.url, tiny_banking_model,
+                             channel_secrets_key=new_key(), channel_send_attempts=3,
+                             channel_backoff_s=0.05, channel_backoff_max_s=0.1) as running:
+        assert running.session is not None
+        async with running.session.put(
+                f"{running.base_url}/v1/admin/bots/banking/channels/telegram", headers=ADMIN,
+                json={"bot_token": TOKEN, "secret_token": SECRET, "api_base": base}) as resp:
+            assert resp.status == 200, await resp.text()
+            shown = await resp.json()
+        assert shown["secrets"] == ["bot_token", "secret_token"]
+        assert TOKEN not in json.dumps(shown) and SECRET not in json.dumps(shown)
+        assert shown["webhook_path"] == "/v1/channels/telegram/banking"
+        yield running
+
+
+def update(update_id: int, text: str, chat: int = 4242) -> dict[str, Any]:
+    return {"update_id": update_id, "message": {
+        "message_id": update_id, "date": int(time.time()), "text": text,
+        "chat": {"id": chat, "type": "private", "first_name": "Ana"},
+        "from": {"id": chat, "is_bot": False, "first_name": "Ana"}}}
+
+
+async def deliver(stack: Stack, body: dict[str, Any], secret: str = SECRET) -> int:
+    assert stack.session is not None
+    async with stack.session.post(f"{stack.base_url}/v1/channels/telegram/banking", json=body,
+                                  headers={"X-Telegram-Bot-Api-Secret-Token": secret}) as resp:
+        return resp.status
+
+
+def metric(stack: Stack, name: str, **labels: str) -> float:
+    return stack.gateway.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_conversation_with_buttons_end_to_end(stack: Stack,
+                                                      telegram: FakePlatform) -> None:
+    assert await deliver(stack, update(1, "/greet")) == 200
+    sent = await telegram.wait_for("/sendMessage")
+    assert sent[0].path == f"/bot{TOKEN}/sendMessage"
+    reply = sent[0].body
+    assert reply["chat_id"] == "4242"
+    assert "banking assistant" in reply["text"] or "Hi there" in reply["text"]
+    keyboard = reply["reply_markup"]["inline_keyboard"]
+    payloads = [row[0]["callback_data"] for row in keyboard]
+    assert "/transfer_money" in payloads
+    # a button press: the callback query's data is the payload; the press is answered
+    press = {"update_id": 2, "callback_query": {
+        "id": "cbq-1", "from": {"id": 4242, "is_bot": False, "first_name": "Ana"},
+        "message": {"message_id": 1, "date": 0, "chat": {"id": 4242, "type": "private"}},
+        "chat_instance": "x", "data": "/transfer_money"}}
+    assert await deliver(stack, press) == 200
+    assert (await telegram.wait_for("/answerCallbackQuery"))[0].body == {
+        "callback_query_id": "cbq-1"}
+    sent = await telegram.wait_for("/sendMessage", 2)
+    assert sent[1].body["chat_id"] == "4242"
+    transcript = await stack.transcript("telegram-4242")
+    assert [e["text"] for e in transcript if e["type"] == "user"] == ["/greet",
+                                                                      "/transfer_money"]
+    assert metric(stack, "botfactory_channel_received_total", channel="telegram",
+                  bot="banking") == 2
+    assert metric(stack, "botfactory_channel_sent_total", channel="telegram") == 2
+
+
+async def test_a_redelivered_update_is_answered_once(stack: Stack,
+                                                     telegram: FakePlatform) -> None:
+    assert await deliver(stack, update(7, "/greet", chat=77)) == 200
+    assert await deliver(stack, update(7, "/greet", chat=77)) == 200  # Telegram retries
+    await telegram.wait_for("/sendMessage")
+    await asyncio.sleep(1.0)  # time for a second reply, if there were one
+    transcript = await stack.transcript("telegram-77")
+    assert [e["type"] for e in transcript] == ["user", "bot"]
+    assert len([c for c in telegram.to("/sendMessage") if c.body["chat_id"] == "77"]) == 1
+
+
+async def test_a_request_without_the_secret_token_is_refused(stack: Stack,
+                                                             telegram: FakePlatform) -> None:
+    assert await deliver(stack, update(9, "/greet", chat=9), secret="wrong") == 401
+    assert await deliver(stack, update(9, "/greet", chat=9), secret="") == 401
+    assert metric(stack, "botfactory_channel_refused_total", channel="telegram",
+                  reason="token") == 2
+    assert stack.session is not None
+    async with stack.session.post(f"{stack.base_url}/v1/channels/telegram/otherbot",
+                                  json=update(9, "hi")) as resp:
+        assert resp.status == 404  # no telegram channel for that bot
+    assert not telegram.calls
+    assert await stack.transcript("telegram-9") == []
+
+
+async def test_a_429_is_honoured_and_a_failing_platform_ends_in_a_dead_letter(
+        stack: Stack, telegram: FakePlatform) -> None:
+    telegram.fail_next(429, {"ok": False, "error_code": 429, "description": "Too Many Requests",
+                             "parameters": {"retry_after": 1}})
+    assert await deliver(stack, update(20, "/greet", chat=20)) == 200
+    sent = await telegram.wait_for("/sendMessage")
+    assert sent[0].at - telegram.failed[0].at >= 0.9  # waited as asked
+    assert metric(stack, "botfactory_channel_retried_total", channel="telegram") == 1
+
+    bus = await connect(stack.nats_url, name="dead-letters")
+    try:
+        sub = await bus.nc.subscribe("events.deadletter.channel")
+        telegram.fail_next(500, {"ok": False, "description": "Internal"}, times=3)
+        assert await deliver(stack, update(21, "/greet", chat=21)) == 200
+        dead = json.loads((await sub.next_msg(timeout=20)).data)
+    finally:
+        await bus.drain()
+    assert dead["conversation_id"] == "telegram-21" and dead["channel"] == "telegram"
+    assert "out of attempts" in dead["reason"]
+    assert metric(stack, "botfactory_channel_dead_lettered_total", channel="telegram",
+                  reason="attempts") == 1
+
+
+async def test_settings_are_shown_without_secrets_validated_and_removed(
+        stack: Stack) -> None:
+    assert stack.session is not None
+    url = f"{stack.base_url}/v1/admin/bots/banking/channels/telegram"
+    async with stack.session.get(url, headers=ADMIN) as resp:
+        assert resp.status == 200
+        assert TOKEN not in await resp.text()
+    async with stack.session.put(url, headers=ADMIN, json={"bot_token": "nope",
+                                                           "colour": "red"}) as resp:
+        assert resp.status == 400
+        fields = {e["field"] for e in (await resp.json())["errors"]}
+        assert fields == {"colour", "secret_token"}
+    async with stack.session.put(f"{stack.base_url}/v1/admin/bots/banking/channels/fax",
+                                 headers=ADMIN, json={}) as resp:
+        assert resp.status == 404
+    async with stack.session.get(url, headers={"Authorization":
+                                               f"Bearer {stack.client_key}"}) as resp:
+        assert resp.status == 403
+    async with stack.session.delete(url, headers=ADMIN) as resp:
+        assert resp.status == 200 and (await resp.json())["deleted"] is True
+    async with stack.session.get(url, headers=ADMIN) as resp:
+        assert resp.status == 404
+    assert await deliver(stack, update(30, "/greet", chat=30)) == 404
