@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 COMMAND_MODULES = ("importers", "validate", "train", "evaluate", "models", "chat", "report",
-                   "conversations", "review", "data", "gate", "kb", "new", "run")
+                   "conversations", "review", "data", "gate", "kb", "new", "run", "channels")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import secrets
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,10 +168,10 @@ def _start(name: str, module: str, env: dict[str, str], logs: Path,
     return process
 
 
-def _secret(path: Path) -> str:
+def _secret(path: Path, make: Callable[[], str] = lambda: secrets.token_urlsafe(32)) -> str:
     """A random secret kept under the data dir (so keys survive restarts)."""
     if not path.is_file():
-        path.write_text(secrets.token_urlsafe(32))
+        path.write_text(make())
         path.chmod(0o600)
     return path.read_text().strip()
 
@@ -376,6 +377,10 @@ def _start_services(args: argparse.Namespace, plan: RunPlan, nats: NatsServer, l
         # Generated here for the local stack only: production sets its own (config.py).
         BOTFACTORY_GATEWAY_VISITOR_TOKEN_SECRET=_secret(args.data_dir /
                                                         "visitor-token-secret"),
+        # Seals the messaging channels' secrets (docs/channels.md): a Fernet key.
+        BOTFACTORY_GATEWAY_CHANNEL_SECRETS_KEY=_secret(
+            args.data_dir / "channel-secrets-key",
+            lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()),
     ), logs))
     base_url = f"http://127.0.0.1:{ports.http}"
     # The dialogue serves gRPC once it announced its bot: the gateway 404s bots nobody serves.

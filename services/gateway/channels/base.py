@@ -130,14 +130,22 @@ def split_text(text: str, limit: int) -> list[str]:
     pieces: list[str] = []
     rest = text
     while len(rest) > limit:
-        cut = max(rest.rfind(sep, 0, limit + 1) for sep in ("\n\n", "\n", " "))
-        if cut <= 0:
-            cut = limit
+        cut = _cut(rest, limit)
         pieces.append(rest[:cut].rstrip())
         rest = rest[cut:].lstrip()
     if rest or not pieces:
         pieces.append(rest)
     return pieces
+
+
+def _cut(text: str, limit: int) -> int:
+    """Where to cut `text` (longer than `limit`): the last paragraph break in the second half
+    of the window, else the last line break there, else the last space, else at the limit."""
+    breaks = [text.rfind(sep, 0, limit + 1) for sep in ("\n\n", "\n", " ")]
+    for cut in breaks:
+        if cut > limit // 2:
+            return cut
+    return max(breaks) if max(breaks) > 0 else limit
 
 
 def retry_after(response: aiohttp.ClientResponse, default: float | None = None) -> float | None:

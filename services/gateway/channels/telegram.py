@@ -118,15 +118,6 @@ class Telegram:
             return answer
 
 
-def set_webhook_call(api_base: str, bot_token: str, url: str,
-                     secret_token: str) -> tuple[str, dict[str, Any]]:
-    """The `setWebhook` request that points Telegram at the gateway (`botfactory channels
-    telegram set-webhook`)."""
-    return (f"{api_base.rstrip('/')}/bot{bot_token}/setWebhook",
-            {"url": url, "secret_token": secret_token,
-             "allowed_updates": ["message", "callback_query"]})
-
-
 def _json(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body)
