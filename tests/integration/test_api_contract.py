@@ -20,6 +20,7 @@ import pytest
 from schemathesis import checks as st_checks
 
 from botfactory.local.nats_server import NatsServer
+from services.gateway.channels.secrets import new_key
 from tests.support.apicontract import CHECKS, SCHEMA, SEMANTIC, bounded
 from tests.support.stack import BOOTSTRAP, running_stack
 
@@ -65,7 +66,7 @@ class StackThread:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         async with running_stack(self._nats_url, self._model, sync_wait_s=1.0,
-                                 rpa_address="") as stack:
+                                 rpa_address="", channel_secrets_key=new_key()) as stack:
             self.base_url = stack.base_url
             self._started.set()
             await self._stop.wait()

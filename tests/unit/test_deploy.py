@@ -102,6 +102,11 @@ TARGET_LABELS = {"namespace", "pod", "container", "instance", "job", "endpoint",
 # ---------------------------------------------------------------------------------------------
 # helpers
 
+# Secrets with a format of their own: a placeholder in that format.
+SECRET_PLACEHOLDERS = {  # a Fernet key: 32 bytes, url-safe base64
+    "BOTFACTORY_GATEWAY_CHANNEL_SECRETS_KEY": "MDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDA="}
+
+
 def yaml_file(path: Path) -> Any:
     return YAML(typ="safe").load(path.read_text(encoding="utf-8"))
 
@@ -141,7 +146,8 @@ def container_env(overlay: str, container: Any) -> dict[str, str]:
             env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)),
                                        item["value"])
         elif "secretKeyRef" in item.get("valueFrom", {}):
-            env[item["name"]] = "secret-placeholder-0123456789abcdef"
+            env[item["name"]] = SECRET_PLACEHOLDERS.get(item["name"],
+                                                        "secret-placeholder-0123456789abcdef")
         else:
             env[item["name"]] = "field-placeholder"
     return env

@@ -355,11 +355,12 @@ async def test_missing_invalid_and_revoked_keys_are_the_same_401(gw: Gateway) ->
 
 def _fill(path: str, bot: str) -> str:
     values = {"bot": bot, "conversation": "c1", "message_id": "m1", "key_id": "abc",
-              "run_id": "r1"}
+              "run_id": "r1", "channel": "telegram"}
     return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
 
 
-BOT_ROUTES = [r for r in ROUTES if "{bot}" in r.path]
+# The routes an API key opens (a platform's channel webhook is verified its own way).
+BOT_ROUTES = [r for r in ROUTES if "{bot}" in r.path and r.role is not None]
 
 
 @pytest.mark.parametrize("spec", BOT_ROUTES, ids=[r.name for r in BOT_ROUTES])

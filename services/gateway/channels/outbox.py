@@ -188,7 +188,7 @@ class ChannelOutbox:
             except SendRejected as exc:
                 self._metrics.dead_lettered.labels(channel.name, "rejected").inc()
                 return str(exc)
-            except (SendRetry, aiohttp.ClientError, TimeoutError) as exc:
+            except Exception as exc:  # 429 / 5xx / network, or a client library's surprise
                 asked = exc.retry_after_s if isinstance(exc, SendRetry) else None
                 if attempt == self._retries.attempts:
                     self._metrics.dead_lettered.labels(channel.name, "attempts").inc()

@@ -133,8 +133,12 @@ async def _configured(request: web.Request) -> tuple[Channels, Channel, str, dic
 
 async def channel_handshake(request: web.Request) -> web.StreamResponse:
     """A platform's GET on the webhook URL (WhatsApp's verification challenge)."""
-    _, adapter, _, settings = await _configured(request)
-    return await adapter.handshake(request, settings)
+    channels, adapter, bot, settings = await _configured(request)
+    try:
+        return await adapter.handshake(request, settings)
+    except ChannelRefused as exc:
+        _refused(channels, adapter, bot, exc)
+        raise
 
 
 async def channel_inbound(request: web.Request) -> web.StreamResponse:
@@ -149,13 +153,17 @@ async def channel_inbound(request: web.Request) -> web.StreamResponse:
     try:
         await adapter.verify(request, body, settings)
     except ChannelRefused as exc:
-        channels.metrics.refused.labels(adapter.name, exc.reason).inc()
-        log.warning("channel_refused", channel=adapter.name, bot=bot, reason=exc.reason)
+        _refused(channels, adapter, bot, exc)
         raise
     parsed = await adapter.parse(request, body, settings, channels.session)
     for incoming in parsed.messages:
         await _take(request, channels, adapter, bot, incoming)
     return parsed.response or json_response({"ok": True})
+
+
+def _refused(channels: Channels, adapter: Channel, bot: str, exc: ChannelRefused) -> None:
+    channels.metrics.refused.labels(adapter.name, exc.reason).inc()
+    log.warning("channel_refused", channel=adapter.name, bot=bot, reason=exc.reason)
 
 
 async def _take(request: web.Request, channels: Channels, adapter: Channel, bot: str,

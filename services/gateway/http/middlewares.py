@@ -125,6 +125,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     spec = spec_of(request)
     if spec is not None and spec.role is not None:
         await admit(request, spec)
+    elif spec is not None:  # a public route (a platform's channel webhook): ids only
+        check_path_ids(request)
     if spec is not None and spec.request is not None:
         check_content_type(request)
     return await handler(request)

@@ -253,7 +253,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("GET", INBOUND, channels.channel_handshake, "channel_handshake",
               "A messaging platform's verification handshake (WhatsApp hub.challenge)",
               "channels", None, {200: ("The challenge", None)},
-              content_type="text/plain", extra_errors=(401, 404, 405, 503)),
+              content_type="text/plain", extra_errors=(400, 401, 404, 405, 503)),
     RouteSpec("GET", "/healthz", system.healthz, "healthz", "Liveness", "system", None,
               {200: ("Alive", "Status")}),
     RouteSpec("GET", "/readyz", system.readyz, "readyz", "Readiness (message bus connected)",
