@@ -147,7 +147,7 @@ async def channel_inbound(request: web.Request) -> web.StreamResponse:
     if len(body) > limit:
         raise PayloadTooLarge(limit)
     try:
-        await adapter.verify(request, body, settings)
+        await adapter.verify(request, body, settings, channels.session)
     except ChannelRefused as exc:
         channels.metrics.refused.labels(adapter.name, exc.reason).inc()
         log.warning("channel_refused", channel=adapter.name, bot=bot, reason=exc.reason)
