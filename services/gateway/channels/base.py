@@ -108,9 +108,11 @@ class Channel(Protocol):
         none."""
         ...
 
-    async def verify(self, request: web.Request, body: bytes,
-                     settings: dict[str, Any]) -> None:
-        """Raise ChannelRefused unless the request comes from the platform."""
+    async def verify(self, request: web.Request, body: bytes, settings: dict[str, Any],
+                     session: aiohttp.ClientSession) -> None:
+        """Raise ChannelRefused unless the request comes from the platform. `session`: for a
+        proof checked against the platform's published keys (Bot Framework's JWKS), fetched
+        once and cached by the channel."""
         ...
 
     async def parse(self, request: web.Request, body: bytes, settings: dict[str, Any],

@@ -56,8 +56,8 @@ class Telegram:
                         settings: dict[str, Any]) -> web.StreamResponse:
         raise web.HTTPMethodNotAllowed("GET", ["POST"])
 
-    async def verify(self, request: web.Request, body: bytes,
-                     settings: dict[str, Any]) -> None:
+    async def verify(self, request: web.Request, body: bytes, settings: dict[str, Any],
+                     session: aiohttp.ClientSession) -> None:
         given = request.headers.get(SECRET_HEADER, "")
         if not hmac.compare_digest(given.encode(), str(settings["secret_token"]).encode()):
             raise ChannelRefused("token", f"missing or wrong {SECRET_HEADER}")

@@ -151,7 +151,7 @@ async def channel_inbound(request: web.Request) -> web.StreamResponse:
     if len(body) > limit:
         raise PayloadTooLarge(limit)
     try:
-        await adapter.verify(request, body, settings)
+        await adapter.verify(request, body, settings, channels.session)
     except ChannelRefused as exc:
         _refused(channels, adapter, bot, exc)
         raise
