@@ -5,10 +5,11 @@ and one module per platform."""
 from __future__ import annotations
 
 from services.gateway.channels.base import Channel
+from services.gateway.channels.slack import Slack
 from services.gateway.channels.telegram import Telegram
 
 
 def all_channels() -> dict[str, Channel]:
     """Every platform the gateway speaks, by name."""
-    channels: list[Channel] = [Telegram()]
+    channels: list[Channel] = [Telegram(), Slack()]
     return {channel.name: channel for channel in channels}
