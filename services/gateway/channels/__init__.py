@@ -5,14 +5,18 @@ and one module per platform."""
 from __future__ import annotations
 
 from services.gateway.channels.base import Channel
+from services.gateway.channels.slack import Slack
 from services.gateway.channels.teams import Teams
 from services.gateway.channels.telegram import Telegram
+from services.gateway.channels.whatsapp import WhatsApp
 
 
 def all_channels() -> dict[str, Channel]:
     """Every platform the gateway speaks, by name."""
     channels: list[Channel] = [
         Telegram(),
+        Slack(),
+        WhatsApp(),
         Teams(),
     ]
     return {channel.name: channel for channel in channels}
