@@ -10,7 +10,7 @@ import hmac
 import json
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import aiohttp
@@ -43,6 +43,9 @@ NOW = 1_700_000_000
 SETTINGS: dict[str, Any] = {"bot_token": TOKEN, "signing_secret": SECRET}
 BOT_USER = "UBOT0001"
 
+# Verifying calls nobody: the session the route passes is not used.
+NO_SESSION = cast("aiohttp.ClientSession", None)
+
 
 class FixedClock(Clock):
     def __init__(self, now: float) -> None:
@@ -63,7 +66,7 @@ def signed(body: bytes, timestamp: int = NOW, secret: str = SECRET,
 
 async def verify(slack: Slack, body: bytes, headers: dict[str, str]) -> None:
     request = make_mocked_request("POST", "/v1/channels/slack/banking", headers=headers)
-    await slack.verify(request, body, SETTINGS)
+    await slack.verify(request, body, SETTINGS, NO_SESSION)
 
 
 async def refusal(slack: Slack, body: bytes, headers: dict[str, str]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -33,6 +33,9 @@ SETTINGS: dict[str, Any] = {"access_token": "EAAG-token", "app_secret": "app-sec
 WA_ID = "16315551234"
 WAMID = "wamid.HBgLMTYzMTU1NTEyMzQVAgASGBQzQTRBNjVGNUU5QzA0RkRCRkY3MwA="
 CHANNEL = WhatsApp()
+
+# Verifying calls nobody: the session the route passes is not used.
+NO_SESSION = cast("aiohttp.ClientSession", None)
 
 
 def webhook(*messages: dict[str, Any], statuses: tuple[dict[str, Any], ...] = (),
@@ -100,7 +103,7 @@ def test_a_phone_number_id_is_digits(number: str) -> None:
 async def test_a_signed_webhook_passes() -> None:
     body = json.dumps(webhook(text_message("hi"))).encode()
     header = "sha256=" + signature(SETTINGS["app_secret"], body)
-    await CHANNEL.verify(signed(body, header), body, SETTINGS)
+    await CHANNEL.verify(signed(body, header), body, SETTINGS, NO_SESSION)
 
 
 @pytest.mark.parametrize("header", [
@@ -111,7 +114,7 @@ async def test_a_signed_webhook_passes() -> None:
 async def test_a_missing_or_wrong_signature_is_refused(header: str | None) -> None:
     body = b'{"entry": []}'
     with pytest.raises(ChannelRefused) as refused:
-        await CHANNEL.verify(signed(body, header), body, SETTINGS)
+        await CHANNEL.verify(signed(body, header), body, SETTINGS, NO_SESSION)
     assert refused.value.reason == "signature"
 
 
@@ -120,7 +123,7 @@ async def test_a_signature_covers_the_raw_body() -> None:
     header = "sha256=" + signature(SETTINGS["app_secret"], body)
     tampered = b'{"entry": [] }'
     with pytest.raises(ChannelRefused):
-        await CHANNEL.verify(signed(tampered, header), tampered, SETTINGS)
+        await CHANNEL.verify(signed(tampered, header), tampered, SETTINGS, NO_SESSION)
 
 
 async def test_the_handshake_answers_the_challenge() -> None:

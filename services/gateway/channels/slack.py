@@ -101,8 +101,8 @@ class Slack:
                         settings: dict[str, Any]) -> web.StreamResponse:
         raise web.HTTPMethodNotAllowed("GET", ["POST"])  # Slack verifies the URL by a POST
 
-    async def verify(self, request: web.Request, body: bytes,
-                     settings: dict[str, Any]) -> None:
+    async def verify(self, request: web.Request, body: bytes, settings: dict[str, Any],
+                     session: aiohttp.ClientSession) -> None:
         timestamp = request.headers.get(TIMESTAMP_HEADER, "")
         if not TIMESTAMP.match(timestamp) or abs(self._clock.now() - int(timestamp)) > MAX_AGE_S:
             raise ChannelRefused("timestamp", f"{TIMESTAMP_HEADER} missing or not within "

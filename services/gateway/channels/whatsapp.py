@@ -80,8 +80,8 @@ class WhatsApp:
         challenge = query.get("hub.challenge", "")[:MAX_CHALLENGE]
         return web.Response(text=challenge, content_type="text/plain")
 
-    async def verify(self, request: web.Request, body: bytes,
-                     settings: dict[str, Any]) -> None:
+    async def verify(self, request: web.Request, body: bytes, settings: dict[str, Any],
+                     session: aiohttp.ClientSession) -> None:
         """Every webhook is signed with the app secret over the raw body: anything else could
         have been sent by anyone who knows the URL."""
         given = request.headers.get(SIGNATURE_HEADER, "")
