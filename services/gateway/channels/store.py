@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,6 @@ from services.common.pull import kv_keys
 from services.gateway.channels.secrets import SecretBox
 
 SETTINGS_PREFIX = "channel."
-REF_CACHE = 10_000
 ID_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 
@@ -94,41 +92,26 @@ class ChannelStore:
 
 
 class ConversationRefs:
-    """Which channel (and address there) each channel conversation answers on; cached."""
+    """Which channel (and address there) each channel conversation answers on.
+
+    Not cached: the address can change with every message (a Slack thread, the Teams activity
+    to answer) and another gateway replica may have written it since; one KV read per reply
+    and one write per inbound message are cheap beside the message's own publish."""
 
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
-        self._cache: OrderedDict[tuple[str, str], ConversationRef | None] = OrderedDict()
 
     async def remember(self, bot: str, conversation: str, ref: ConversationRef) -> None:
-        if self._cache.get((bot, conversation)) == ref:
-            return
         kv = await self._bus.kv(KV_CHANNELS)
         value = {"channel": ref.channel, "address": ref.address}
         await kv.put(f"{bot}.{conversation}", json.dumps(value).encode())
-        self._keep((bot, conversation), ref)
 
     async def lookup(self, bot: str, conversation: str) -> ConversationRef | None:
-        key = (bot, conversation)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
         kv = await self._bus.kv(KV_CHANNELS)
         try:
             entry = await kv.get(f"{bot}.{conversation}")
         except KeyNotFoundError:
-            ref = None
-        else:
-            raw = json.loads(entry.value or b"{}")
-            ref = ConversationRef(str(raw.get("channel", "")),
-                                  {str(k): str(v) for k, v in raw.get("address", {}).items()})
-        # A channel conversation's reference is stored before its first message is published,
-        # so an absence is final too.
-        self._keep(key, ref)
-        return ref
-
-    def _keep(self, key: tuple[str, str], ref: ConversationRef | None) -> None:
-        self._cache[key] = ref
-        self._cache.move_to_end(key)
-        while len(self._cache) > REF_CACHE:
-            self._cache.popitem(last=False)
+            return None
+        raw = json.loads(entry.value or b"{}")
+        return ConversationRef(str(raw.get("channel", "")),
+                               {str(k): str(v) for k, v in raw.get("address", {}).items()})
