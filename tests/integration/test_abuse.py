@@ -108,7 +108,7 @@ def route_call(spec: RouteSpec, *, bot: str, conversation: str, message_id: str,
                key_id: str, tenant_name: str) -> tuple[str, Any]:
     """The path and a valid body of a call of `spec` (so that only the key can refuse it)."""
     ids = {"bot": bot, "conversation": conversation, "message_id": message_id,
-           "key_id": key_id, "run_id": "run-1"}
+           "key_id": key_id, "run_id": "run-1", "channel": "telegram"}
     path = re.sub(r"\{(\w+)\}", lambda m: ids.get(m.group(1), "id-1"), spec.path)
     bodies: dict[str, Any] = {
         "post_message": {"text": "hi"}, "post_feedback": {"rating": 1},
@@ -116,6 +116,7 @@ def route_call(spec: RouteSpec, *, bot: str, conversation: str, message_id: str,
         "create_key": {"tenant": tenant_name, "bots": [bot], "role": "client"},
         "put_model": {"version": "v1"}, "put_definition": {"files": banking_files()},
         "put_webhook": {"url": "https://evil.example.com/steal", "secret": "s" * 32},
+        "put_channel": {"bot_token": "123456:" + "a" * 30, "secret_token": "evil-secret"},
     }
     if spec.name == "list_keys":
         path += f"?tenant={tenant_name}"
