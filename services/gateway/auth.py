@@ -1,9 +1,11 @@
 """API keys: issued with a random secret shown once, stored only as a peppered hash.
 
-A key is `bfk_<key id>_<secret>`; the store holds HMAC-SHA256(pepper, key) and the key's scope:
-one tenant, a list of bots (`*`: all) and a role (client < agent < admin, each including the
-ones before). Every failure to authenticate (missing, malformed, unknown, revoked) gives the
-same error, so the answer tells nothing about which keys exist.
+A key is `bfk_<key id>_<secret>` (`pk_<key id>_<secret>` for a publishable key, the one role
+made to sit in a web page: it passes only the widget routes); the store holds
+HMAC-SHA256(pepper, key) and the key's scope: one tenant, a list of bots (`*`: all) and a role
+(publishable < client < agent < admin, each including the ones before). Every failure to
+authenticate (missing, malformed, unknown, revoked) gives the same error, so the answer tells
+nothing about which keys exist.
 
 End users hold visitor tokens instead (`services/gateway/visitor.py`): signed, short-lived,
 for one conversation; they authenticate as a Principal bound to that conversation.
@@ -54,6 +56,7 @@ from services.gateway.visitor import (
 log = get_logger(__name__)
 
 KEY_PREFIX = "bfk_"
+PUBLISHABLE_PREFIX = "pk_"
 KV_APIKEYS = "apikeys"
 BOOTSTRAP_KEY_ID = "bootstrap"
 ALL_TENANTS = "*"
@@ -61,7 +64,7 @@ INVALID_KEY = "missing or invalid API key"
 TENANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_CACHED_KEYS = 10_000
 MAX_TOKEN_CHARS = 256
-KEY_SHAPE = re.compile(r"^bfk_([0-9a-f]{1,64})_[A-Za-z0-9_-]{1,190}$")
+KEY_SHAPE = re.compile(r"^(?:bfk|pk)_([0-9a-f]{1,64})_[A-Za-z0-9_-]{1,190}$")
 
 
 class KeyExists(Exception):
@@ -77,10 +80,16 @@ def hash_secret(pepper: str, token: str) -> str:
     return hmac.new(pepper.encode(), token.encode(), hashlib.sha256).hexdigest()
 
 
-def new_token() -> tuple[str, str]:
+def new_token(prefix: str = KEY_PREFIX) -> tuple[str, str]:
     """A fresh (key id, full key); the secret part has 256 random bits."""
     key_id = secrets.token_hex(8)
-    return key_id, f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    return key_id, f"{prefix}{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def key_prefix(role: Role) -> str:
+    """`pk_` for a publishable key, `bfk_` for the others: the prefix tells at a glance which
+    keys may sit in a page and which must stay on a server."""
+    return PUBLISHABLE_PREFIX if role is Role.PUBLISHABLE else KEY_PREFIX
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,16 @@ class Principal:
     @property
     def is_visitor(self) -> bool:
         return self.conversation is not None
+
+    @property
+    def is_publishable(self) -> bool:
+        return self.role is Role.PUBLISHABLE
+
+    def rate_bucket(self, client: str) -> str:
+        """The rate-limit bucket of a request: the key's, but a publishable key's is split by
+        client address (the key is public: anyone could drain one shared bucket and stop
+        the site's widget)."""
+        return f"{self.key_id}@{client}" if self.is_publishable else self.key_id
 
     def allows_bot(self, bot: str) -> bool:
         return ALL_BOTS in self.bots or bot in self.bots
@@ -253,7 +272,7 @@ class Authenticator:
                     description: str = "") -> IssuedKey:
         """Create and store a new key; the returned secret is never stored nor shown again."""
         for _ in range(3):
-            key_id, token = new_token()
+            key_id, token = new_token(key_prefix(role))
             record = ApiKeyRecord(key_id=key_id, key_hash=hash_secret(self._pepper, token),
                                   tenant=tenant, bots=tuple(bots), role=role,
                                   created_at_unix_ms=now_ms(), description=description)
@@ -283,6 +302,9 @@ def authorize(principal: Principal, role: Role, bot: str | None = None, *,
     if principal.is_visitor:
         _authorize_visitor(principal, bot, conversation)
         return
+    if principal.is_publishable and role is not Role.PUBLISHABLE:
+        raise PermissionDenied("a publishable key (pk_) only reads a bot's widget settings "
+                               "and starts widget sessions")
     if not principal.role.includes(role):
         also = "" if conversation is None else ", or a visitor token of this conversation"
         raise PermissionDenied(f"this API key's role ({principal.role.value}) "

@@ -91,8 +91,12 @@ class ConversationHub(Protocol):
 
 
 class Role(enum.StrEnum):
-    """What a key may do; each role includes the ones before it."""
+    """What a key may do; each role includes the ones before it.
 
+    `publishable` (keys `pk_...`, docs/security.md) is below client: it is made to sit in web
+    pages, so it passes only the widget routes (whose least role it is) and nothing else."""
+
+    PUBLISHABLE = "publishable"
     CLIENT = "client"
     AGENT = "agent"
     ADMIN = "admin"

@@ -58,6 +58,10 @@ class MemoryKeyValue:
             raise KeyWrongLastSequenceError()
         return await self.put(key, value)
 
+    async def delete(self, key: str) -> bool:
+        self._data.pop(key, None)
+        return True
+
     async def update(self, key: str, value: bytes, last: int | None = None) -> int:
         current = self._data.get(key)
         if current is None or (last is not None and current.revision != last):

@@ -25,6 +25,7 @@ from services.gateway.http.problems import DefinitionInvalid, RequestInvalid
 from services.gateway.http.state import CORRELATION, principal_of, state_of
 from services.gateway.http.wire import BOT_ID, Fields, json_response, read_json
 from services.gateway.ports import (
+    ALL_BOTS,
     ApiKeyRecord,
     DefinitionStore,
     ModelAdmin,
@@ -72,8 +73,8 @@ def key_json(record: ApiKeyRecord) -> dict[str, Any]:
 
 async def create_key(request: web.Request) -> web.Response:
     state = state_of(request)
-    fields = CREATE_KEY.read(await read_json(request, state.config.body_limit_bytes),
-                             state.config)
+    body = await read_json(request, state.config.body_limit_bytes)
+    fields = CREATE_KEY.read(body, state.config)
     tenant, bots, role = fields["tenant"], fields["bots"], fields["role"]
     description = fields["description"]
     principal = principal_of(request)
@@ -81,9 +82,18 @@ async def create_key(request: web.Request) -> web.Response:
         raise PermissionDenied(f"this API key cannot manage tenant {tenant!r}")
     if not principal.covers_bots(bots):
         raise PermissionDenied("a new key's bots must be within this API key's bots")
+    if role == Role.PUBLISHABLE.value:
+        check_publishable_bots(body["bots"])
     issued = await state.auth.issue(tenant, bots, Role(role), description or "")
     await audited(request, audit.KEY_CREATED, key_target(issued.record), tenant)
     return json_response({**key_json(issued.record), "secret": issued.secret}, status=201)
+
+
+def check_publishable_bots(bots: list[str]) -> None:
+    """A publishable key sits in a page for anyone to read: it names exactly one bot (the
+    widget's), never `*` (`bots` as sent: the document says at most one item)."""
+    if len(bots) != 1 or bots[0] == ALL_BOTS:
+        raise RequestInvalid.one("bots", "a publishable key is for exactly one bot (not *)")
 
 
 async def list_keys(request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from aiohttp import WSCloseCode, web
 
 from services.gateway.auth import Authenticator
+from services.gateway.channels.widget import WIDGET_CACHE, WidgetSettingsCache
 from services.gateway.config import GatewayConfig
 from services.gateway.http import middlewares, routes
 from services.gateway.http.metrics import GatewayMetrics
@@ -54,6 +55,8 @@ def create_app(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
                              auth=auth, limiter=limiter, webhooks=webhooks)
     app[STATE].audit = audit
     app[STATE].runs = runs
+    app[WIDGET_CACHE] = WidgetSettingsCache(config.key_cache_s,
+                                            **({} if clock is None else {"clock": clock}))
     routes.register(app)
     app[OPENAPI] = build_document(routes.ROUTES, config=config)
     app.on_shutdown.append(close_sockets)

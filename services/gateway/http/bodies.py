@@ -47,6 +47,7 @@ MAX_DESCRIPTION_CHARS = 200
 # Path (and gRPC request) ids: they end up in NATS subjects and KV keys.
 MAX_CHANNEL_SETTING_CHARS = 4096  # one channel setting's value (a token, a URL)
 CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # a messaging channel (telegram, ...)
+VISITOR_TOKEN = re.compile(r"^bfv_[A-Za-z0-9_.-]{1,1020}$")  # services/gateway/visitor.py
 PATH_IDS: dict[str, re.Pattern[str]] = {
     "bot": BOT_ID, "conversation": CONVERSATION_ID, "message_id": RATED_MESSAGE_ID,
     "key_id": KEY_ID, "run_id": RUN_ID, "channel": CHANNEL_NAME}
@@ -192,6 +193,8 @@ class Body:
     required: Mapping[str, Rule]
     optional: Mapping[str, Rule]
     description: str = ""
+    # What the fields' rules cannot say about each other (JSON Schema keywords: if / then).
+    constraints: Mapping[str, Any] | None = None
 
     def read(self, raw: Any, config: GatewayConfig) -> dict[str, Any]:
         """The fields' values (None for an absent optional one); 400 / INVALID_ARGUMENT
@@ -206,8 +209,9 @@ class Body:
 
     def schema(self, config: GatewayConfig) -> dict[str, Any]:
         rules = {**self.required, **self.optional}
-        return _described(object_schema(list(self.required), **{
+        schema = _described(object_schema(list(self.required), **{
             name: rule.schema(config) for name, rule in rules.items()}), self.description)
+        return {**schema, **(self.constraints or {})}
 
 
 MESSAGE = Body(
@@ -230,13 +234,24 @@ ACTIVATE_MODEL = Body(required={"version": Identifier(VERSION)}, optional={})
 CREATE_KEY = Body(required={"tenant": Identifier(TENANT_RE),
                             "bots": StringList(BOT_SCOPE, description='Bot ids, or ["*"]'),
                             "role": Choice(tuple(role.value for role in Role))},
-                  optional={"description": Text(MAX_DESCRIPTION_CHARS, blank=True)})
+                  optional={"description": Text(MAX_DESCRIPTION_CHARS, blank=True)},
+                  # a publishable key sits in web pages: one bot, never `*` (admin.py)
+                  constraints={"if": {"required": ["role"],
+                                      "properties": {"role": {"const": "publishable"}}},
+                               "then": {"properties": {"bots": {
+                                   "maxItems": 1, "items": {"not": {"const": "*"}}}}}})
+WIDGET_SESSION = Body(required={}, optional={
+    "visitor_token": Identifier(VISITOR_TOKEN, "The token the widget holds: its conversation "
+                                "is resumed while the token is valid (else a new one starts)"),
+    "conversation_id": Identifier(CONVERSATION_ID, "The conversation of `visitor_token` (a "
+                                  "check; needs the token)")}, description="May be empty")
 # The bodies defined here, by their OpenAPI schema name (the first three are those of the gRPC
 # API too).
 BODIES = {"UserMessageRequest": MESSAGE, "AgentMessageRequest": MESSAGE,
           "FeedbackRequest": FEEDBACK, "StartRunRequest": START_RUN,
           "CancelRunRequest": CANCEL_RUN, "ApprovalDecisionRequest": DECIDE_RUN,
-          "ActivateModelRequest": ACTIVATE_MODEL, "CreateKeyRequest": CREATE_KEY}
+          "ActivateModelRequest": ACTIVATE_MODEL, "CreateKeyRequest": CREATE_KEY,
+          "WidgetSessionRequest": WIDGET_SESSION}
 
 
 def grpc_fields(request: Any, body: Body) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Channel routes: per-bot channel settings (admin) and the platforms' inbound webhooks
 (`/v1/channels/{channel}/{bot}`, authenticated by each platform's own verification, not by an
-API key). docs/channels.md."""
+API key). docs/channels.md. The web widget's settings go through the same settings routes as a
+settings-only entry (services/gateway/channels/widget.py): no inbound route, no secrets."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -15,6 +16,12 @@ from services.gateway import audit
 from services.gateway.channels.base import Channel, ChannelRefused, Incoming, SettingsInvalid
 from services.gateway.channels.service import CHANNELS, Channels
 from services.gateway.channels.store import ConversationRef, conversation_id
+from services.gateway.channels.widget import (
+    WIDGET,
+    WIDGET_CACHE,
+    WIDGET_SETTINGS,
+    WidgetSettingsInvalid,
+)
 from services.gateway.http.admin import audited
 from services.gateway.http.bodies import MAX_CHANNEL_SETTING_CHARS
 from services.gateway.http.problems import FieldError, PayloadTooLarge, RequestInvalid
@@ -50,17 +57,35 @@ def channels_of(request: web.Request) -> Channels:
 def adapter_of(channels: Channels, name: str) -> Channel:
     adapter = channels.adapters.get(name)
     if adapter is None:
-        raise NotFound(f"no channel {name!r}; known: {', '.join(sorted(channels.adapters))}")
+        known = ", ".join(sorted([*channels.adapters, WIDGET]))
+        raise NotFound(f"no channel {name!r}; known: {known}")
     return adapter
+
+
+class SettingsEntry(Protocol):
+    """What the settings routes need of a channel: its setting names and their check (a
+    platform adapter, or the widget's settings-only entry)."""
+
+    name: str
+    required: tuple[str, ...]
+    secrets: tuple[str, ...]
+    optional: tuple[str, ...]
+
+    def check_settings(self, settings: dict[str, Any]) -> None: ...
+
+
+def entry_of(channels: Channels, name: str) -> SettingsEntry:
+    return WIDGET_SETTINGS if name == WIDGET else adapter_of(channels, name)
 
 
 # --- settings (admin) -------------------------------------------------------------------------
 
 
-def checked_settings(adapter: Channel, body: Any) -> dict[str, str]:
+def checked_settings(adapter: SettingsEntry, body: Any) -> dict[str, str]:
     if not isinstance(body, dict):
         raise RequestInvalid.one("body", "must be a JSON object of settings")
-    known = {*adapter.required, *adapter.secrets, *adapter.optional, API_BASE}
+    platform = () if adapter.name == WIDGET else (API_BASE,)  # the widget calls no API
+    known = {*adapter.required, *adapter.secrets, *adapter.optional, *platform}
     problems = [(name, "unknown setting") for name in body if name not in known]
     problems += [(name, "required") for name in adapter.required if not body.get(name)]
     problems += [(name, f"must be a string of at most {MAX_CHANNEL_SETTING_CHARS} characters")
@@ -74,25 +99,36 @@ def checked_settings(adapter: Channel, body: Any) -> dict[str, str]:
     settings = {name: str(value) for name, value in body.items() if value != ""}
     try:
         adapter.check_settings(settings)
+    except WidgetSettingsInvalid as exc:
+        raise RequestInvalid([FieldError(name, text) for name, text in exc.problems]) from exc
     except SettingsInvalid as exc:
         raise RequestInvalid.one("settings", str(exc)) from exc
     return settings
 
 
-def settings_json(bot: str, adapter: Channel, settings: dict[str, Any]) -> dict[str, Any]:
-    return {"bot_id": bot, "channel": adapter.name,
-            "settings": {k: v for k, v in settings.items() if k not in adapter.secrets},
-            "secrets": sorted(k for k in settings if k in adapter.secrets),
-            "webhook_path": f"/v1/channels/{adapter.name}/{bot}"}
+def settings_json(bot: str, adapter: SettingsEntry, settings: dict[str, Any]) -> dict[str, Any]:
+    shown = {"bot_id": bot, "channel": adapter.name,
+             "settings": {k: v for k, v in settings.items() if k not in adapter.secrets},
+             "secrets": sorted(k for k in settings if k in adapter.secrets)}
+    if adapter.name != WIDGET:  # the widget has no inbound webhook
+        shown["webhook_path"] = f"/v1/channels/{adapter.name}/{bot}"
+    return shown
+
+
+def settings_changed(request: web.Request, bot: str, name: str) -> None:
+    """A widget's settings apply at once on this replica (its cache forgets them)."""
+    if name == WIDGET and WIDGET_CACHE in request.app:
+        request.app[WIDGET_CACHE].forget(bot)
 
 
 async def put_channel(request: web.Request) -> web.Response:
     channels = channels_of(request)
     bot, name = request.match_info["bot"], request.match_info["channel"]
-    adapter = adapter_of(channels, name)
+    adapter = entry_of(channels, name)
     settings = checked_settings(adapter, await read_json(request,
                                                          state_of(request).config.body_limit_bytes))
     await channels.store.put(bot, name, settings)
+    settings_changed(request, bot, name)
     await audited(request, audit.CHANNEL_SET, {"bot_id": bot, "channel": name})
     return json_response(settings_json(bot, adapter, settings))
 
@@ -100,7 +136,7 @@ async def put_channel(request: web.Request) -> web.Response:
 async def get_channel(request: web.Request) -> web.Response:
     channels = channels_of(request)
     bot, name = request.match_info["bot"], request.match_info["channel"]
-    adapter = adapter_of(channels, name)
+    adapter = entry_of(channels, name)
     settings = await channels.store.get(bot, name)
     if settings is None:
         raise NotFound(f"bot {bot!r} has no {name} channel")
@@ -110,9 +146,10 @@ async def get_channel(request: web.Request) -> web.Response:
 async def delete_channel(request: web.Request) -> web.Response:
     channels = channels_of(request)
     bot, name = request.match_info["bot"], request.match_info["channel"]
-    adapter_of(channels, name)
+    entry_of(channels, name)
     if not await channels.store.delete(bot, name):
         raise NotFound(f"bot {bot!r} has no {name} channel")
+    settings_changed(request, bot, name)
     await audited(request, audit.CHANNEL_DELETED, {"bot_id": bot, "channel": name})
     return json_response({"bot_id": bot, "channel": name, "deleted": True})
 

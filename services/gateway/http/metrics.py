@@ -20,6 +20,8 @@ class GatewayMetrics:
     feedback: Counter
     webhook_deliveries: Counter
     webhook_attempts: Counter
+    widget_refused: Counter
+    widget_sessions: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> GatewayMetrics:
@@ -48,4 +50,16 @@ class GatewayMetrics:
             webhook_attempts=Counter("botfactory_gateway_webhook_attempts",
                                      "Webhook HTTP attempts, retries included.",
                                      registry=registry),
+            widget_refused=Counter("botfactory_widget_refused",
+                                   "Web widget requests refused (docs/channels.md): origin "
+                                   "(not on the bot's allow-list, or none), preflight (a CORS "
+                                   "preflight from such an origin), not_configured (the bot "
+                                   "has no widget), scope (a publishable key on a route it "
+                                   "may not call, or for another bot).",
+                                   ["reason"], registry=registry),
+            widget_sessions=Counter("botfactory_widget_sessions",
+                                    "Web widget sessions started: new, resumed (the "
+                                    "conversation of a valid visitor token), restarted (the "
+                                    "token presented had expired or was not valid).",
+                                    ["bot", "outcome"], registry=registry),
         )

@@ -1,5 +1,6 @@
 """Middlewares, outermost first: `observe` (correlation id, metrics, a log line, security
-headers), `cors` (OPTIONS and CORS headers), `problems` (the one place errors become RFC 9457
+headers), `cors` (OPTIONS and CORS headers: the configured origins, and a bot's widget origins
+on the routes a widget page calls), `problems` (the one place errors become RFC 9457
 responses), `guard` (API key or visitor token, rate limit, path ids, role, bot and
 conversation scope, as the route table says; then a JSON body's Content-Type)."""
 
@@ -12,9 +13,10 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from services.common.errors import DomainError
+from services.common.errors import DomainError, PermissionDenied
 from services.common.logging import bind_correlation_id, get_logger
 from services.gateway.auth import authorize
+from services.gateway.channels.widget import allowed_origins
 from services.gateway.http.bodies import PATH_IDS, check_path_id
 from services.gateway.http.conversations import socket_token
 from services.gateway.http.problems import (
@@ -24,7 +26,7 @@ from services.gateway.http.problems import (
     from_http_exception,
     problem,
 )
-from services.gateway.http.routes import WAIT, RouteSpec, spec_of
+from services.gateway.http.routes import SPEC, WAIT, RouteSpec, spec_of
 from services.gateway.http.state import (
     CORRELATION,
     PRINCIPAL,
@@ -33,6 +35,8 @@ from services.gateway.http.state import (
     GatewayState,
     state_of,
 )
+from services.gateway.http.widget import widget_settings
+from services.gateway.ports import Role
 from services.gateway.ratelimit import RateLimited
 
 log = get_logger(__name__)
@@ -150,47 +154,88 @@ CORS_EXPOSED = "X-Correlation-Id, Retry-After"
 CORS_MAX_AGE_S = "600"
 
 
-def allowed_origin(request: web.Request) -> str | None:
-    """The request's Origin when the configuration allows it (None otherwise)."""
+Target = tuple[RouteSpec, str]  # a route and the bot in its path
+
+
+async def allowed_origin(request: web.Request, target: Target | None) -> str | None:
+    """The request's Origin when the configuration allows it, or, on a route a widget page
+    calls (`target`), when it is on the bot's widget allow-list; None otherwise."""
     origin = request.headers.get("Origin")
+    if not origin:
+        return None
     allowed = state_of(request).config.cors_allowed_origins
-    if origin and (origin in allowed or "*" in allowed):
+    if origin in allowed or "*" in allowed:
+        return origin
+    if target is not None and await on_widget_list(request, target, origin):
         return origin
     return None
+
+
+def widget_target(spec: RouteSpec | None, bot: str | None) -> Target | None:
+    """(spec, bot) for the routes a widget page calls: the widget's own (least role
+    publishable) and those a visitor token may (send, follow, transcript, feedback)."""
+    if spec is None or bot is None or PATH_IDS["bot"].match(bot) is None:
+        return None
+    return (spec, bot) if spec.role is Role.PUBLISHABLE or spec.visitor else None
+
+
+async def on_widget_list(request: web.Request, target: Target, origin: str) -> bool:
+    try:
+        settings = await widget_settings(request, target[1])
+    except Exception:  # a CORS answer must not fail on the settings store
+        log.warning("widget_settings_unavailable", bot=target[1], exc_info=True)
+        return False
+    return settings is not None and origin in allowed_origins(settings)
 
 
 @web.middleware
 async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """OPTIONS (CORS preflight or not) answered here, without an API key; the answers to
     allowed origins carry Access-Control-Allow-Origin (BOTFACTORY_GATEWAY_CORS_ALLOWED_ORIGINS,
-    none by default)."""
+    none by default; and a bot's widget origins on the routes its widget calls)."""
     if request.method == "OPTIONS":
-        return options(request)
+        return await options(request)
     response = await handler(request)
-    origin = allowed_origin(request)
-    if origin is not None and not response.prepared:
+    if response.prepared or "Origin" not in request.headers:
+        return response
+    target = widget_target(spec_of(request), request.match_info.get("bot"))
+    origin = await allowed_origin(request, target)
+    if origin is not None:
         response.headers.update({"Access-Control-Allow-Origin": origin, "Vary": "Origin",
                                  "Access-Control-Expose-Headers": CORS_EXPOSED})
     return response
 
 
-def options(request: web.Request) -> web.Response:
+async def options(request: web.Request) -> web.Response:
     """204 with the path's methods in Allow (and, for an allowed origin's preflight, the
     Access-Control-Allow-* headers); 404 for an unknown path; 403 for a preflight from an
-    origin that is not allowed."""
+    origin that is not allowed (counted when it is for a widget route)."""
     methods = path_methods(request)
     if methods is None:
         return problem(404, "Not Found")
     allow = ", ".join(sorted({*methods, "OPTIONS"}))
     if "Access-Control-Request-Method" not in request.headers:
         return web.Response(status=204, headers={"Allow": allow})
-    origin = allowed_origin(request)
+    target = await preflight_target(request, methods)
+    origin = await allowed_origin(request, target)
     if origin is None:
+        if target is not None and target[0].role is Role.PUBLISHABLE:
+            state_of(request).metrics.widget_refused.labels("preflight").inc()
         return problem(403, "this origin may not call the API from a browser (CORS)")
     return web.Response(status=204, headers={
         "Allow": allow, "Access-Control-Allow-Origin": origin, "Vary": "Origin",
         "Access-Control-Allow-Methods": allow, "Access-Control-Allow-Headers": CORS_HEADERS,
         "Access-Control-Max-Age": CORS_MAX_AGE_S})
+
+
+async def preflight_target(request: web.Request, methods: set[str]) -> Target | None:
+    """The widget target of the request a preflight asks about (its method on this path)."""
+    method = request.headers.get("Access-Control-Request-Method", "").upper()
+    if method not in methods:
+        return None
+    match = await request.app.router.resolve(request.clone(method=method))
+    spec = request.app[SPEC].get(match.route.name or "")
+    return widget_target(spec if isinstance(spec, RouteSpec) else None, match.get("bot"))
 
 
 def path_methods(request: web.Request) -> set[str] | None:
@@ -208,18 +253,24 @@ async def admit(request: web.Request, spec: RouteSpec) -> None:
     assert spec.role is not None
     state = state_of(request)
     token = bearer_token(request) or (socket_token(request) if spec.websocket else None)
-    principal = await state.auth.authenticate(
-        token, client_address(request, state.config.client_ip_header))
+    client = client_address(request, state.config.client_ip_header)
+    principal = await state.auth.authenticate(token, client)
     request[PRINCIPAL] = principal
     request[TOKEN] = token or ""
     try:
-        state.limiter.check(principal.key_id)
+        state.limiter.check(principal.rate_bucket(client))
     except RateLimited:
         state.metrics.rate_limited.inc()
         raise
     check_path_ids(request)
     conversation = request.match_info.get("conversation") if spec.visitor else None
-    authorize(principal, spec.role, request.match_info.get("bot"), conversation=conversation)
+    try:
+        authorize(principal, spec.role, request.match_info.get("bot"),
+                  conversation=conversation)
+    except PermissionDenied:
+        if principal.is_publishable:  # a page's key used elsewhere: worth watching
+            state.metrics.widget_refused.labels("scope").inc()
+        raise
 
 
 def client_address(request: web.Request, header: str) -> str:

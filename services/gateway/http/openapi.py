@@ -20,6 +20,8 @@ from services.gateway.http.problems import PROBLEM_CONTENT_TYPE
 from services.gateway.http.review import SCHEMAS as REVIEW_SCHEMAS
 from services.gateway.http.routes import RouteSpec
 from services.gateway.http.runs import STATUSES
+from services.gateway.http.widget import SCHEMAS as WIDGET_SCHEMAS
+from services.gateway.ports import Role
 
 ERROR_TEXT = {
     400: "Invalid request (field-level `errors`)",
@@ -62,7 +64,7 @@ _REPLY = _obj(["message_id", "text", "buttons", "role"], message_id=_STR, text=_
               citations=_CITATIONS,
               role={"enum": ["bot", "agent"]}, in_reply_to=_STR, at_unix_ms=_INT)
 _KEY = _obj(["key_id", "tenant", "bots", "role", "revoked"], key_id=_STR, tenant=_STR,
-            bots={"type": "array", "items": _STR}, role={"enum": ["client", "agent", "admin"]},
+            bots={"type": "array", "items": _STR}, role={"enum": [role.value for role in Role]},
             description=_STR, created_at_unix_ms=_INT,
             revoked_at_unix_ms={"type": ["integer", "null"]}, revoked={"type": "boolean"})
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -160,6 +162,7 @@ SCHEMAS: dict[str, Any] = {
                     runs={"type": "array", "items": {"$ref": "#/components/schemas/Run"}}),
     **REVIEW_SCHEMAS,
     **CHANNEL_SCHEMAS,
+    **WIDGET_SCHEMAS,
     **MODEL_SCHEMAS,  # ModelVersions, Activation, Rollout, ...
 }
 

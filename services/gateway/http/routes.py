@@ -19,6 +19,7 @@ from services.gateway.http import (
     runs,
     system,
     visitors,
+    widget,
 )
 from services.gateway.http.bodies import WORKFLOW
 from services.gateway.ports import Role
@@ -32,6 +33,7 @@ REVIEW = "/v1/admin/bots/{bot}/review"
 ROLLOUT = "/v1/admin/bots/{bot}/rollout"
 CHANNEL = "/v1/admin/bots/{bot}/channels/{channel}"
 INBOUND = "/v1/channels/{channel}/{bot}"
+WIDGET = "/v1/bots/{bot}/widget"
 # The RPA runner's errors (services/gateway/runs.py): 503 (with Retry-After) when it cannot be
 # reached, 502 when it fails.
 RUNNER_ERRORS = (502, 503)
@@ -254,6 +256,21 @@ ROUTES: tuple[RouteSpec, ...] = (
               "A messaging platform's verification handshake (WhatsApp hub.challenge)",
               "channels", None, {200: ("The challenge", None)},
               content_type="text/plain", extra_errors=(400, 401, 404, 405, 503)),
+    RouteSpec("POST", f"{WIDGET}/sessions", widget.create_session, "create_widget_session",
+              "The web widget's session: a visitor token of a new conversation, or of the "
+              "conversation of the still-valid visitor token presented (a reload resumes "
+              "it). A publishable key (pk_), from an origin on the bot's widget allow-list "
+              "(docs/channels.md)", "widget", Role.PUBLISHABLE,
+              {201: ("Issued", "WidgetSession")}, request="WidgetSessionRequest",
+              extra_errors=(404, 413)),
+    RouteSpec("GET", f"{WIDGET}/config", widget.get_config, "get_widget_config",
+              "The web widget's theme (title, colour, avatar, greeting). A publishable key, "
+              "from an origin on the bot's widget allow-list", "widget", Role.PUBLISHABLE,
+              {200: ("Theme", "WidgetConfig")}),
+    RouteSpec("GET", "/widget.js", widget.widget_script, "widget_script",
+              "The web widget's script, for any site to embed: <script src=\".../widget.js\" "
+              "data-bot=\"...\" data-key=\"pk_...\" async>", "widget", None,
+              {200: ("JavaScript", None)}, content_type="text/javascript"),
     RouteSpec("GET", "/healthz", system.healthz, "healthz", "Liveness", "system", None,
               {200: ("Alive", "Status")}),
     RouteSpec("GET", "/readyz", system.readyz, "readyz", "Readiness (message bus connected)",
