@@ -1060,3 +1060,20 @@ async def test_feedback_on_a_message_the_bot_never_sent_is_404(gw: Gateway) -> N
     response = await gw.client.post(f"{conv()}/messages/r-m1/feedback", headers=auth(key),
                                     json={"rating": 1, "comment": ""})
     assert response.status == 202 and len(gw.hub.feedbacks) == 1
+
+
+async def test_a_platform_conversation_takes_user_messages_from_its_platform_only(
+        gw: Gateway) -> None:
+    """A client key cannot make the bot write to a Telegram user (docs/channels.md)."""
+    client, agent = await gw.key(Role.CLIENT), await gw.key(Role.AGENT)
+    refused = await gw.client.post(f"{conv(conversation='telegram-4242')}/messages",
+                                   headers=auth(client), json={"text": "hi"})
+    problem = await problem_of(refused, 400)
+    assert problem["errors"][0]["field"] == "conversation" and "telegram" in problem["detail"]
+    assert gw.hub.sent == []
+    answered = await gw.client.post(f"{conv(conversation='telegram-4242')}/agent-messages",
+                                    headers=auth(agent), json={"text": "A person here."})
+    assert answered.status == 202
+    ordinary = await gw.client.post(f"{conv(conversation='telegramfan')}/messages",
+                                    headers=auth(client), json={"text": "hi"})
+    assert ordinary.status == 200

@@ -15,6 +15,8 @@ from services.common.logging import get_logger
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.gateway.auth import Principal, authorize
 from services.gateway.backpressure import RetryLater
+from services.gateway.channels import all_channels
+from services.gateway.channels.store import channel_of
 from services.gateway.config import GatewayConfig
 from services.gateway.http.bodies import FEEDBACK, MESSAGE
 from services.gateway.http.problems import RequestInvalid
@@ -58,11 +60,26 @@ def user_message(body: Any, bot: str, conversation: str, *, config: GatewayConfi
     """The UserMessage a client's JSON body (or gRPC request) asks to send (400 /
     INVALID_ARGUMENT with every bad field: `bodies.MESSAGE`)."""
     fields = MESSAGE.read(body, config)
+    if role == "user":
+        check_not_a_channel_conversation(conversation)
     return conversation_pb2.UserMessage(
         bot_id=bot, conversation_id=conversation,
         message_id=fields["message_id"] or uuid.uuid4().hex, text=fields["text"],
         channel=channel, sender=fields["sender"] or "", sent_at_unix_ms=now_ms(), role=role,
         metadata=fields["metadata"])
+
+
+CHANNEL_NAMES = frozenset(all_channels())
+
+
+def check_not_a_channel_conversation(conversation: str) -> None:
+    """A messaging platform's conversation (`telegram-4242`: docs/channels.md) takes user
+    messages from its platform only: else a key holder could make the bot write to that
+    platform's user. Agents answer there as anywhere (agent-messages)."""
+    channel = channel_of(conversation, CHANNEL_NAMES)
+    if channel is not None:
+        raise RequestInvalid.one("conversation", f"ids starting with '{channel}-' belong to "
+                                 f"the {channel} channel: its users write through {channel}")
 
 
 def wait_requested(request: web.Request) -> bool:
