@@ -80,11 +80,14 @@ class GatewayServer:
         keys = await NatsKeyStore.open(self.bus)
         hub, bus = self.hub, self.bus
         # The admin API's store tells this replica's relay at once (the others watch KV).
-        webhook_store = CachedWebhookStore(NatsWebhookStore(bus))
+        # Webhook secrets are sealed at rest with the channels' key when there is one.
+        box = SecretBox(self.config.channel_secrets_key) if self.config.channel_secrets_key \
+            else None
+        webhook_store = CachedWebhookStore(NatsWebhookStore(bus, box))
         self.webhook_session = aiohttp.ClientSession()
         sender = WebhookSender(self.webhook_session, WebhookSettings.of(self.config),
                                self.metrics)
-        self.webhooks = WebhookRelay(bus, NatsWebhookStore(bus), sender)
+        self.webhooks = WebhookRelay(bus, NatsWebhookStore(bus, box), sender)
         await self.webhooks.start()
         # One Authenticator and RateLimiter for HTTP and gRPC: a key's rate is shared by both.
         auth = build_authenticator(keys, self.config)

@@ -22,7 +22,6 @@ from services.gateway.webhook_store import (
     STREAM,
     Subscription,
     SubscriptionStore,
-    stored_subscription,
 )
 
 log = get_logger(__name__)
@@ -179,7 +178,7 @@ class WebhookFollower:
         bot = entry.key[len(KEY_PREFIX):]
         found = None
         if entry.operation not in (KV_DEL, KV_PURGE):
-            found = stored_subscription(bot, entry.value)
+            found = self._store.stored(bot, entry.value)
         if found is None:
             self.live.pop(bot, None)
             removed.add(bot)

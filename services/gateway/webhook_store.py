@@ -1,7 +1,9 @@
 """Where the bots' webhooks are stored: KV `bots`, key `webhook.<bot>`, JSON
-`{"url", "secret", "since_seq"}` (`NatsWebhookStore`), and the admin API's read-through cache
-(`CachedWebhookStore`). `since_seq` is the last sequence of stream CONV when the webhook was
-created: the bot's messages up to it are never delivered (docs/gateway.md, "Webhooks")."""
+`{"url", "secret_sealed", "since_seq"}` (`NatsWebhookStore`; the signing secret sealed with
+`BOTFACTORY_GATEWAY_CHANNEL_SECRETS_KEY` when it is set, else `"secret"` in plain text), and
+the admin API's read-through cache (`CachedWebhookStore`). `since_seq` is the last sequence of
+stream CONV when the webhook was created: the bot's messages up to it are never delivered
+(docs/gateway.md, "Webhooks")."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from nats.js.errors import KeyNotFoundError
 from services.common.logging import get_logger
 from services.common.nats import KV_BOTS, Bus
 from services.common.subjects import check_id
+from services.gateway.channels.secrets import SecretBox, SecretUnreadable
 from services.gateway.ports import Webhook, WebhookStore
 
 log = get_logger(__name__)
@@ -49,14 +52,22 @@ class SubscriptionStore(WebhookStore, Protocol):
         """The bot's webhook with its `since_seq`, read from the source (not a cache)."""
         ...
 
+    def stored(self, bot: str, value: bytes | None) -> Subscription | None:
+        """A stored KV value as a subscription (None when empty or unreadable)."""
+        ...
+
 
 
 class NatsWebhookStore:
-    """KV `bots`, key `webhook.<bot>`: `{"url", "secret", "since_seq"}` (the secret must be
-    kept: it signs)."""
+    """KV `bots`, key `webhook.<bot>`: `{"url", "secret_sealed" | "secret", "since_seq"}` (the
+    secret must be kept: it signs; `box` seals it at rest, and opens it)."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, box: SecretBox | None = None) -> None:
         self._bus = bus
+        self._box = box
+
+    def stored(self, bot: str, value: bytes | None) -> Subscription | None:
+        return stored_subscription(bot, value, self._box)
 
     async def put(self, bot: str, hook: Webhook) -> None:
         """Store the webhook; a new one gets the current end of stream CONV as `since_seq`,
@@ -64,7 +75,7 @@ class NatsWebhookStore:
         kv = await self._bus.kv(KV_BOTS)
         current = await self.subscription(bot)
         since = current.since_seq if current is not None else await self._conv_last_seq()
-        await kv.put(webhook_key(bot), encode(hook, since))
+        await kv.put(webhook_key(bot), encode(hook, since, self._box))
 
     async def get(self, bot: str) -> Webhook | None:
         found = await self.subscription(bot)
@@ -76,7 +87,7 @@ class NatsWebhookStore:
             entry = await kv.get(webhook_key(bot))
         except KeyNotFoundError:  # KeyDeletedError included
             return None
-        return stored_subscription(bot, entry.value)
+        return self.stored(bot, entry.value)
 
     async def delete(self, bot: str) -> bool:
         if await self.get(bot) is None:
@@ -90,16 +101,25 @@ class NatsWebhookStore:
         return int(info.state.last_seq)
 
 
-def encode(hook: Webhook, since_seq: int = 0) -> bytes:
-    return json.dumps({"url": hook.url, "secret": hook.secret, "since_seq": since_seq}).encode()
+def encode(hook: Webhook, since_seq: int = 0, box: SecretBox | None = None) -> bytes:
+    secret = ({"secret_sealed": box.seal(hook.secret)} if box is not None
+              else {"secret": hook.secret})
+    return json.dumps({"url": hook.url, **secret, "since_seq": since_seq}).encode()
 
 
-def decode(data: bytes) -> Webhook:
-    return decode_subscription(data).hook
+def decode(data: bytes, box: SecretBox | None = None) -> Webhook:
+    return decode_subscription(data, box).hook
 
 
-def decode_subscription(data: bytes) -> Subscription:
+def decode_subscription(data: bytes, box: SecretBox | None = None) -> Subscription:
+    """A stored webhook; a sealed secret needs the `box` that opens it (SecretUnreadable, a
+    ValueError, otherwise). A plain one, stored before the key was set, still reads."""
     raw = json.loads(data)
+    if isinstance(raw, dict) and isinstance(raw.get("secret_sealed"), str):
+        if box is None:
+            raise SecretUnreadable("the webhook secret is sealed and "
+                                   "BOTFACTORY_GATEWAY_CHANNEL_SECRETS_KEY is not set")
+        raw = {**raw, "secret": box.open(raw["secret_sealed"])}
     if not isinstance(raw, dict) or not isinstance(raw.get("url"), str) \
             or not isinstance(raw.get("secret"), str):
         raise ValueError("a webhook needs string fields url and secret")
@@ -109,12 +129,13 @@ def decode_subscription(data: bytes) -> Subscription:
     return Subscription(Webhook(raw["url"], raw["secret"]), since)
 
 
-def stored_subscription(bot: str, value: bytes | None) -> Subscription | None:
+def stored_subscription(bot: str, value: bytes | None,
+                        box: SecretBox | None = None) -> Subscription | None:
     """A KV value as a subscription; None when empty or invalid (logged)."""
     if not value:
         return None
     try:
-        return decode_subscription(value)
+        return decode_subscription(value, box)
     except ValueError as exc:
         log.error("webhook_config_invalid", bot=bot, error=str(exc))
         return None

@@ -17,6 +17,7 @@ from botfactory.local.nats_server import NatsServer
 from services.common.nats import connect
 from services.gateway.channels.secrets import new_key
 from tests.support.fake_platform import FakePlatform
+from tests.support.polling import eventually
 from tests.support.stack import BOOTSTRAP, Stack, running_stack
 
 TOKEN = "123456:ABCdefGhIJKlmNoPQRstuVWxyz0123456789"
@@ -168,3 +169,24 @@ async def test_settings_are_shown_without_secrets_validated_and_removed(
     async with stack.session.get(url, headers=ADMIN) as resp:
         assert resp.status == 404
     assert await deliver(stack, update(30, "/greet", chat=30)) == 404
+
+
+async def test_webhook_secrets_are_sealed_with_the_same_key(stack: Stack) -> None:
+    """With BOTFACTORY_GATEWAY_CHANNEL_SECRETS_KEY set, a bot's webhook secret is not kept in
+    KV as plain text either; the gateway still reads it back."""
+    assert stack.session is not None
+    secret = "w" * 40
+    async with stack.session.put(f"{stack.base_url}/v1/admin/bots/banking/webhook",
+                                 headers=ADMIN, json={"url": "https://hooks.example.com/bf",
+                                                      "secret": secret}) as resp:
+        assert resp.status == 200, await resp.text()
+    bus = await connect(stack.nats_url, name="kv-reader")
+    try:
+        raw = (await (await bus.kv("bots")).get("webhook.banking")).value or b""
+    finally:
+        await bus.drain()
+    assert secret not in raw.decode() and "secret_sealed" in json.loads(raw)
+    relay = stack.gateway.webhooks
+    assert relay is not None
+    found = await eventually(lambda: relay.follower.get("banking"), "the relay's view")
+    assert found.hook.secret == secret  # the relay signs with the opened secret

@@ -20,7 +20,7 @@ from services.common.modelstore import (
 )
 from services.gateway.auth import KeyExists, now_ms
 from services.gateway.ports import ApiKeyRecord, Webhook
-from services.gateway.webhook_store import Subscription
+from services.gateway.webhook_store import Subscription, stored_subscription
 
 
 class InMemoryKeyStore:
@@ -76,6 +76,9 @@ class InMemoryWebhookStore:
     async def subscription(self, bot: str) -> Subscription | None:
         hook = await self.get(bot)
         return None if hook is None else Subscription(hook, self.since.get(bot, 0))
+
+    def stored(self, bot: str, value: bytes | None) -> Subscription | None:
+        return stored_subscription(bot, value)
 
 
 class MemoryModelRollouts:

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.errors import InvalidArgument
 from services.common.pb.botfactory.v1 import conversation_pb2
+from services.gateway.channels.secrets import SecretBox, new_key
 from services.gateway.http import GatewayMetrics, create_app
 from services.gateway.http.state import STATE
 from services.gateway.ports import Role, Webhook
@@ -29,6 +30,7 @@ from services.gateway.webhook_store import (
     decode,
     decode_subscription,
     encode,
+    stored_subscription,
     webhook_key,
 )
 from services.gateway.webhooks import (
@@ -532,3 +534,16 @@ async def test_each_attempt_is_signed_with_its_own_timestamp() -> None:
                   now=1_767_225_600.0)
     assert verify(SECRET, body, second[TIMESTAMP_HEADER], second[SIGNATURE_HEADER],
                   now=1_767_225_700.0)
+
+
+def test_the_secret_is_sealed_at_rest_when_there_is_a_key() -> None:
+    """Issue 20: webhook secrets no longer sit in KV as plain text (with the channels' key)."""
+    hook, box = Webhook(URL, SECRET), SecretBox(new_key())
+    stored = encode(hook, 7, box)
+    assert SECRET not in stored.decode() and "secret_sealed" in json.loads(stored)
+    assert decode_subscription(stored, box) == Subscription(hook, 7)
+    with pytest.raises(ValueError, match="sealed"):
+        decode_subscription(stored)  # the key was removed: refused, never used as the secret
+    # a plain one (stored before the key was set) still reads, with or without the key
+    assert decode_subscription(encode(hook, 7), box) == Subscription(hook, 7)
+    assert stored_subscription("banking", stored, SecretBox(new_key())) is None  # wrong key
