@@ -20,9 +20,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from services.common.logging import get_logger
 from services.common.nats import Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
-from services.common.pull import fetch_or_empty
 from services.common.pull import settle as _settle
 from services.common.subjects import HEADER_MSG_ID
+from services.gateway.ordered_pull import OrderedPull
 from services.gateway.ports import Webhook, WebhookStore
 from services.gateway.webhook_follower import DURABLE, SYNC_S, WebhookFollower
 from services.gateway.webhook_store import STREAM, Subscription, SubscriptionStore
@@ -33,7 +33,6 @@ log = get_logger(__name__)
 DEAD_LETTER_SUBJECT = "events.deadletter.webhook"
 MAX_ACK_PENDING = 256
 ACK_WAIT_S = 30.0
-FETCH_MAX = 64
 FETCH_TIMEOUT_S = 2.0
 PUBLISH_TIMEOUT_S = 5.0
 RETRY_DELAY_S = 1.0
@@ -46,7 +45,7 @@ def delivery_id(message: conversation_pb2.BotMessage, fallback: str = "") -> str
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
-class WebhookRelay:
+class WebhookRelay(OrderedPull):
     """Consumes `conv.out.<bot>.>` of the bots with a webhook and delivers each message
     (docs/gateway.md, "Delivery semantics"). `store` answers for bots this replica's view
     does not hold."""
@@ -55,25 +54,14 @@ class WebhookRelay:
                  max_ack_pending: int = MAX_ACK_PENDING, ack_wait_s: float = ACK_WAIT_S,
                  concurrency: int | None = None, sync_s: float = SYNC_S,
                  fetch_timeout_s: float = FETCH_TIMEOUT_S) -> None:
+        super().__init__("webhook-relay", max_ack_pending=max_ack_pending,
+                         ack_wait_s=ack_wait_s, fetch_timeout_s=fetch_timeout_s)
         self._bus = bus
         self._store = store
         self.follower = WebhookFollower(bus, store, self._consumer_config, sync_s)
-        self._fetch_timeout = fetch_timeout_s
         self.skipped = 0  # messages published before their bot's webhook existed
         self._sender = sender
-        self._max_ack_pending = max_ack_pending
-        self._ack_wait = ack_wait_s
-        self._slots = asyncio.Semaphore(max_ack_pending)
         self._deliveries = asyncio.Semaphore(concurrency or sender.settings.concurrency)
-        self._busy: dict[asyncio.Task[None], Msg] = {}
-        # Per conversation, the last message taken: the next one waits for it to be settled.
-        self._tails: dict[tuple[str, str], asyncio.Event] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._running = False
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._busy)
 
     def _consumer_config(self, filters: list[str]) -> ConsumerConfig:
         """Every replica writes the same config but for the filters (create or update; the
@@ -85,88 +73,16 @@ class WebhookRelay:
 
     async def start(self) -> None:
         await self.follower.start()
-        sub = await self._bus.js.pull_subscribe_bind(DURABLE, STREAM)
-        self._running = True
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._consume(sub), name="webhook-relay"),
-                       loop.create_task(self._heartbeat(), name="webhook-relay-heartbeat")]
+        self.begin(await self._bus.js.pull_subscribe_bind(DURABLE, STREAM))
 
-    async def stop(self, grace_s: float = 5.0) -> None:
-        """Stop fetching; let deliveries in progress finish for up to `grace_s`, then cancel
-        the rest (their messages are handed back for redelivery)."""
-        self._running = False
-        consume, heartbeat = self._tasks if self._tasks else (None, None)
-        self._tasks = []
-        await _cancel(consume)
+    def fetch_failed(self) -> None:
+        self.follower.wake()  # e.g. the consumer was deleted: recreate it
+
+    async def stopping(self) -> None:
         await self.follower.stop()
-        if self._busy:
-            _, pending = await asyncio.wait(list(self._busy), timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        await _cancel(heartbeat)
 
-    async def _consume(self, sub: Any) -> None:
-        while self._running:
-            await self._slots.acquire()
-            free = self._max_ack_pending - len(self._busy)
-            try:
-                messages = await fetch_or_empty(sub, max(1, min(free, FETCH_MAX)),
-                                                self._fetch_timeout)
-            except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
-                self._slots.release()
-                return
-            except nats.errors.Error as exc:  # e.g. JetStream briefly unavailable
-                self._slots.release()
-                log.warning("webhook_fetch_failed", error=repr(exc))
-                self.follower.wake()  # e.g. the consumer was deleted: recreate it
-                await asyncio.sleep(RETRY_DELAY_S)
-                continue
-            if not messages:  # nothing within the fetch timeout
-                self._slots.release()
-                continue
-            for index, msg in enumerate(messages):
-                if index > 0:
-                    await self._slots.acquire()
-                self.take(msg)
-
-    def take(self, msg: Msg) -> asyncio.Task[None]:
-        """Start handling a fetched `msg` (it holds one of the `max_ack_pending` slots, the
-        caller acquired it); messages of one conversation are delivered in the order taken."""
-        loop = asyncio.get_running_loop()
-        try:
-            message = conversation_pb2.BotMessage.FromString(msg.data)
-        except Exception as exc:
-            log.warning("webhook_undecodable", subject=msg.subject, error=repr(exc))
-            task = loop.create_task(_settle(msg.term()))
-        else:
-            key = (message.bot_id, message.conversation_id)
-            previous = self._tails.get(key)
-            settled = self._tails[key] = asyncio.Event()
-            task = loop.create_task(self._handle(msg, message, previous, settled, key))
-        self._busy[task] = msg
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._busy.pop(task, None)
-        self._slots.release()
-
-    async def _handle(self, msg: Msg, message: conversation_pb2.BotMessage,
-                      previous: asyncio.Event | None, settled: asyncio.Event,
-                      key: tuple[str, str]) -> None:
-        try:
-            await self._relay(msg, message, previous)
-        except asyncio.CancelledError:  # stopping: another replica (or the next start) gets it
-            await _settle(msg.nak())
-            raise
-        finally:
-            settled.set()
-            if self._tails.get(key) is settled:
-                del self._tails[key]
-
-    async def _relay(self, msg: Msg, message: conversation_pb2.BotMessage,
-                     previous: asyncio.Event | None) -> None:
+    async def deliver(self, msg: Msg, message: conversation_pb2.BotMessage,
+                      previous: asyncio.Event | None) -> None:
         try:
             found = await self._subscription(message.bot_id)
         except Exception as exc:  # the store is unreachable: try again later, nothing is lost
@@ -214,20 +130,6 @@ class WebhookRelay:
                    "Bf-Reason": "webhook delivery failed (refused or out of attempts)"}
         await self._bus.js.publish(DEAD_LETTER_SUBJECT, json.dumps(payload).encode(),
                                    headers=headers, timeout=PUBLISH_TIMEOUT_S)
-
-    async def _heartbeat(self) -> None:
-        """In-progress acks for the messages held, so none is redelivered while it waits."""
-        interval = max(0.2, self._ack_wait / 3)
-        while True:
-            await asyncio.sleep(interval)
-            for msg in list(self._busy.values()):
-                await _settle(msg.in_progress())
-
-
-async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 class FollowedWebhookStore:

@@ -17,18 +17,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.common.logging import get_logger
 from services.common.nats import Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
-from services.common.pull import fetch_or_empty, settle
+from services.common.pull import settle
 from services.common.subjects import HEADER_MSG_ID
 from services.gateway.channels.base import Channel, Outgoing, SendRejected, SendRetry
 from services.gateway.channels.metrics import ChannelMetrics
 from services.gateway.channels.store import ChannelStore, ConversationRefs, channel_of
+from services.gateway.ordered_pull import OrderedPull
 
 log = get_logger(__name__)
 DURABLE = "gateway-channels"
@@ -36,9 +36,7 @@ STREAM = "CONV"
 SUBJECTS = "conv.out.>"
 DEAD_LETTER_SUBJECT = "events.deadletter.channel"
 MAX_ACK_PENDING = 256
-FETCH_MAX = 64
 PUBLISH_TIMEOUT_S = 5.0
-RETRY_DELAY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -56,12 +54,14 @@ class Retries:
         return float(min(self.backoff_s * 2.0 ** (attempt - 1), self.backoff_max_s))
 
 
-class ChannelOutbox:
+class ChannelOutbox(OrderedPull):
     def __init__(self, bus: Bus, channels: dict[str, Channel], store: ChannelStore,
                  refs: ConversationRefs, session: aiohttp.ClientSession,
                  metrics: ChannelMetrics, *, retries: Retries = Retries(),
                  ack_wait_s: float = 30.0, fetch_timeout_s: float = 2.0,
                  sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        super().__init__("channel-outbox", max_ack_pending=MAX_ACK_PENDING,
+                         ack_wait_s=ack_wait_s, fetch_timeout_s=fetch_timeout_s)
         self._bus = bus
         self._channels = channels
         self._store = store
@@ -69,99 +69,21 @@ class ChannelOutbox:
         self._session = session
         self._metrics = metrics
         self._retries = retries
-        self._ack_wait_s = ack_wait_s
-        self._fetch_timeout_s = fetch_timeout_s
         self._sleep = sleep
-        self._slots = asyncio.Semaphore(MAX_ACK_PENDING)
-        self._busy: dict[asyncio.Task[None], Msg] = {}
-        self._tails: dict[tuple[str, str], asyncio.Event] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._running = False
 
     async def start(self) -> None:
         config = ConsumerConfig(durable_name=DURABLE, filter_subject=SUBJECTS,
                                 ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW,
-                                ack_wait=self._ack_wait_s, max_deliver=-1,
+                                ack_wait=self._ack_wait, max_deliver=-1,
                                 max_ack_pending=MAX_ACK_PENDING, max_waiting=512)
         await self._bus.js.add_consumer(STREAM, config)
-        sub = await self._bus.js.pull_subscribe_bind(DURABLE, STREAM)
-        self._running = True
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._consume(sub), name="channel-outbox"),
-                       loop.create_task(self._heartbeat(), name="channel-outbox-heartbeat")]
+        self.begin(await self._bus.js.pull_subscribe_bind(DURABLE, STREAM))
 
-    async def stop(self, grace_s: float = 5.0) -> None:
-        """Stop fetching; sends in progress finish within `grace_s`, the rest are redelivered."""
-        self._running = False
-        consume, heartbeat = self._tasks if self._tasks else (None, None)
-        self._tasks = []
-        await _cancel(consume)
-        if self._busy:
-            _, pending = await asyncio.wait(list(self._busy), timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        await _cancel(heartbeat)
-
-    async def _consume(self, sub: Any) -> None:
-        while self._running:
-            await self._slots.acquire()
-            free = MAX_ACK_PENDING - len(self._busy)
-            try:
-                messages = await fetch_or_empty(sub, max(1, min(free, FETCH_MAX)),
-                                                self._fetch_timeout_s)
-            except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
-                self._slots.release()
-                return
-            except nats.errors.Error as exc:  # e.g. JetStream briefly unavailable
-                self._slots.release()
-                log.warning("channel_fetch_failed", error=repr(exc))
-                await asyncio.sleep(RETRY_DELAY_S)
-                continue
-            if not messages:
-                self._slots.release()
-                continue
-            for index, msg in enumerate(messages):
-                if index > 0:
-                    await self._slots.acquire()
-                self._take(msg)
-
-    def _take(self, msg: Msg) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            message = conversation_pb2.BotMessage.FromString(msg.data)
-        except Exception as exc:
-            log.warning("channel_undecodable", subject=msg.subject, error=repr(exc))
-            task = loop.create_task(settle(msg.term()))
-        else:
-            key = (message.bot_id, message.conversation_id)
-            previous = self._tails.get(key)
-            settled = self._tails[key] = asyncio.Event()
-            task = loop.create_task(self._handle(msg, message, previous, settled, key))
-        self._busy[task] = msg
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._busy.pop(task, None)
-        self._slots.release()
-
-    async def _handle(self, msg: Msg, message: conversation_pb2.BotMessage,
-                      previous: asyncio.Event | None, settled: asyncio.Event,
-                      key: tuple[str, str]) -> None:
-        try:
-            if previous is not None:
-                await previous.wait()
-            await self._deliver(msg, message)
-        except asyncio.CancelledError:
-            await settle(msg.nak())
-            raise
-        except Exception as exc:  # the store is unreachable: try again later
-            log.warning("channel_delivery_deferred", bot=message.bot_id, error=repr(exc))
-            await settle(msg.nak(delay=RETRY_DELAY_S))
-        finally:
-            settled.set()
-            if self._tails.get(key) is settled:
-                del self._tails[key]
+    async def deliver(self, msg: Msg, message: conversation_pb2.BotMessage,
+                      previous: asyncio.Event | None) -> None:
+        if previous is not None:
+            await previous.wait()
+        await self._deliver(msg, message)
 
     async def _deliver(self, msg: Msg, message: conversation_pb2.BotMessage) -> None:
         name = None if message.role == "user" else channel_of(message.conversation_id,
@@ -216,17 +138,3 @@ class ChannelOutbox:
                                   f"{message.message_id}", "Bf-Original-Subject": msg.subject}
         await self._bus.js.publish(DEAD_LETTER_SUBJECT, json.dumps(payload).encode(),
                                    headers=headers, timeout=PUBLISH_TIMEOUT_S)
-
-    async def _heartbeat(self) -> None:
-        """In-progress acks for the messages held (waiting their turn or a retry)."""
-        interval = max(0.2, self._ack_wait_s / 3)
-        while True:
-            await asyncio.sleep(interval)
-            for msg in list(self._busy.values()):
-                await settle(msg.in_progress())
-
-
-async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
