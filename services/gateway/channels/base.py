@@ -8,6 +8,7 @@ metrics (services/gateway/channels/)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -124,6 +125,15 @@ class Channel(Protocol):
                    address: dict[str, str], message: Outgoing) -> None:
         """Send `message` (split as needed, in order); SendRetry / SendRejected on failure."""
         ...
+
+
+def json_object(body: bytes, what: str) -> dict[str, Any]:
+    """A verified request's JSON object (`{}` for another JSON value); 400 when not JSON."""
+    try:
+        value = json.loads(body)
+    except ValueError as exc:
+        raise InvalidArgument(f"the {what} is not JSON") from exc
+    return value if isinstance(value, dict) else {}
 
 
 def split_text(text: str, limit: int) -> list[str]:

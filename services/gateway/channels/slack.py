@@ -28,7 +28,6 @@ attributes, and the token is per bot."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -40,7 +39,6 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import Clock, SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from services.common.errors import InvalidArgument
 from services.common.logging import get_logger
 from services.gateway.channels.base import (
     Button,
@@ -51,6 +49,7 @@ from services.gateway.channels.base import (
     SendRejected,
     SendRetry,
     SettingsInvalid,
+    json_object,
     split_text,
 )
 
@@ -150,11 +149,7 @@ def _signed(verifier: SignatureVerifier, body: bytes, timestamp: str,
 
 
 def _json(body: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(body)
-    except ValueError as exc:
-        raise InvalidArgument("the event is not JSON") from exc
-    return value if isinstance(value, dict) else {}
+    return json_object(body, "event")
 
 
 def _form_payload(body: bytes) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from services.gateway.channels.base import (
     SendRejected,
     SendRetry,
     SettingsInvalid,
+    json_object,
     raise_for_send,
     retry_after,
     split_text,
@@ -440,11 +441,7 @@ def split_bytes(text: str, limit: int) -> list[str]:
 
 
 def _activity(body: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(body)
-    except ValueError as exc:
-        raise InvalidArgument("the activity is not JSON") from exc
-    return value if isinstance(value, dict) else {}
+    return json_object(body, "activity")
 
 
 def _activity_or_empty(body: bytes) -> dict[str, Any]:

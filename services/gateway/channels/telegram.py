@@ -10,14 +10,12 @@ characters, buttons as an inline keyboard under the last piece."""
 from __future__ import annotations
 
 import hmac
-import json
 import re
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from services.common.errors import InvalidArgument
 from services.common.logging import get_logger
 from services.gateway.channels.base import (
     ChannelRefused,
@@ -25,6 +23,7 @@ from services.gateway.channels.base import (
     Outgoing,
     Parsed,
     SettingsInvalid,
+    json_object,
     raise_for_send,
     split_text,
 )
@@ -119,11 +118,7 @@ class Telegram:
 
 
 def _json(body: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(body)
-    except ValueError as exc:
-        raise InvalidArgument("the update is not JSON") from exc
-    return value if isinstance(value, dict) else {}
+    return json_object(body, "update")
 
 
 def _incoming(update_id: str, message: dict[str, Any], text: str) -> Incoming:

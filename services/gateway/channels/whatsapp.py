@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from services.common.errors import InvalidArgument
 from services.gateway.channels.base import (
     Button,
     ChannelRefused,
@@ -30,6 +28,7 @@ from services.gateway.channels.base import (
     Parsed,
     SendRetry,
     SettingsInvalid,
+    json_object,
     raise_for_send,
     retry_after,
     split_text,
@@ -237,11 +236,7 @@ def _same(given: str, expected: str) -> bool:
 
 
 def _json(body: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(body)
-    except ValueError as exc:
-        raise InvalidArgument("the webhook is not JSON") from exc
-    return value if isinstance(value, dict) else {}
+    return json_object(body, "webhook")
 
 
 def _object(value: Any) -> dict[str, Any]:
