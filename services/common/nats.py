@@ -37,6 +37,7 @@ KV_HANDOFFS = "handoffs"
 KV_REVIEW = "review"  # the annotation inbox (services/common/reviewqueue.py)
 KV_APIKEYS = "apikeys"  # the gateway's API key records (services/gateway/auth.py)
 KV_CHANNELS = "channels"  # channel conversations' addresses (services/gateway/channels)
+KV_CHANNEL_SENT = "channel_sent"  # replies a channel's platform took (gateway/channels/outbox)
 KV_SERVED = "served"  # which dialogue replicas serve which bots (services/common/served.py)
 OBJ_MODELS = "models"
 
@@ -62,10 +63,13 @@ STREAMS = (
 )
 KV_BUCKETS = ((KV_TRACKERS, 1), (KV_RPA_RUNS, 1), (KV_BOTS, 5), (KV_HANDOFFS, 1),
               (KV_REVIEW, 1), (KV_APIKEYS, 5), (KV_SERVED, 1),
-              (KV_CHANNELS, 1))
+              (KV_CHANNELS, 1), (KV_CHANNEL_SENT, 1))
 SERVED_TTL_S = 30.0
 """How long a served-bot announcement lives (services/common/served.py)."""
-KV_MAX_AGE_S = {KV_SERVED: SERVED_TTL_S}
+CHANNEL_SENT_TTL_S = 24 * 3600.0
+"""How long the channel outbox remembers a reply the platform took (a redelivery later than
+this would be sent again)."""
+KV_MAX_AGE_S = {KV_SERVED: SERVED_TTL_S, KV_CHANNEL_SENT: CHANNEL_SENT_TTL_S}
 """Buckets whose entries expire (seconds after their last write)."""
 TLS_SECTION = "nats"
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from services.common.nats import (
     KV_BUCKETS,
+    KV_CHANNEL_SENT,
     KV_CHANNELS,
     KV_REVIEW,
     KV_SERVED,
@@ -122,6 +123,7 @@ def _identities() -> tuple[Identity, ...]:
             *kv_write("bots"), *kv_read("handoffs"), *obj_read(OBJ_MODELS),
             *kv_read(KV_REVIEW), *kv_write(KV_REVIEW), *kv_read(KV_SERVED),
             *kv_read(KV_CHANNELS), *kv_write(KV_CHANNELS), "events.deadletter.channel",
+            *kv_read(KV_CHANNEL_SENT), *kv_write(KV_CHANNEL_SENT),
         ), (inbox(GATEWAY), "conv.out.>"), "public API: publishes user messages, reads replies"),
         Identity(DIALOGUE, (
             "conv.out.>", "conv.event.>", "rpa.jobs.>", "events.deadletter.dialogue",

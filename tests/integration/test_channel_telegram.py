@@ -15,6 +15,7 @@ import pytest
 
 from botfactory.local.nats_server import NatsServer
 from services.common.nats import connect
+from services.common.pb.botfactory.v1 import conversation_pb2
 from services.gateway.channels.secrets import new_key
 from tests.support.fake_platform import FakePlatform
 from tests.support.polling import eventually
@@ -190,3 +191,26 @@ async def test_webhook_secrets_are_sealed_with_the_same_key(stack: Stack) -> Non
     assert relay is not None
     found = await eventually(lambda: relay.follower.get("banking"), "the relay's view")
     assert found.hook.secret == secret  # the relay signs with the opened secret
+
+
+async def test_a_reply_handed_to_the_outbox_twice_reaches_the_platform_once(
+        stack: Stack, telegram: FakePlatform) -> None:
+    """A gateway that dies after Telegram took a reply but before its ack gets the reply
+    redelivered: the record of the replies sent (KV channel_sent) keeps it from going out
+    twice. Simulated by publishing the same bot message twice to the outbox's subject."""
+    assert await deliver(stack, update(40, "/greet", chat=40)) == 200
+    await telegram.wait_for("/sendMessage")
+    reply = conversation_pb2.BotMessage(bot_id="banking", conversation_id="telegram-40",
+                                        message_id="agent-note:0", text="A note from us.",
+                                        role="agent", last=True)
+    bus = await connect(stack.nats_url, name="redeliver")
+    try:
+        for attempt in ("a", "b"):  # two stream messages, one bot message
+            await bus.js.publish("conv.out.banking.telegram-40", reply.SerializeToString(),
+                                 headers={"Nats-Msg-Id": f"redelivery-{attempt}"})
+    finally:
+        await bus.drain()
+    await telegram.wait_for("/sendMessage", 2)
+    await asyncio.sleep(1.0)  # time for a second copy, if there were one
+    notes = [c for c in telegram.to("/sendMessage") if c.body["text"] == "A note from us."]
+    assert len(notes) == 1

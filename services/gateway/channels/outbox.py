@@ -27,7 +27,12 @@ from services.common.pull import settle
 from services.common.subjects import HEADER_MSG_ID
 from services.gateway.channels.base import Channel, Outgoing, SendRejected, SendRetry
 from services.gateway.channels.metrics import ChannelMetrics
-from services.gateway.channels.store import ChannelStore, ConversationRefs, channel_of
+from services.gateway.channels.store import (
+    ChannelStore,
+    ConversationRefs,
+    SentReplies,
+    channel_of,
+)
 from services.gateway.ordered_pull import OrderedPull
 
 log = get_logger(__name__)
@@ -66,6 +71,7 @@ class ChannelOutbox(OrderedPull):
         self._channels = channels
         self._store = store
         self._refs = refs
+        self._sent = SentReplies(bus)
         self._session = session
         self._metrics = metrics
         self._retries = retries
@@ -94,8 +100,14 @@ class ChannelOutbox(OrderedPull):
         if ref is None or settings is None or ref.channel not in self._channels:
             await settle(msg.ack())  # not a channel conversation (or its channel was removed)
             return
+        bot, conversation = message.bot_id, message.conversation_id
+        if await self._sent.taken(bot, conversation, message.message_id):
+            await settle(msg.ack())  # a redelivery of a reply the platform already took
+            return
         failure = await self._send(self._channels[ref.channel], settings, ref.address, message)
-        if failure is not None:
+        if failure is None:
+            await self._sent.record(bot, conversation, message.message_id)
+        else:
             await self._dead_letter(msg, message, ref.channel, failure)
         await settle(msg.ack())
 

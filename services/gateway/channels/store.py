@@ -3,7 +3,8 @@
 - settings per bot and channel: KV `bots`, key `channel.<bot>.<channel>`, JSON
   `{"settings": {...}, "secrets": {name: sealed}}` (secrets encrypted: channels/secrets.py);
 - conversation references: KV `channels`, key `<bot>.<conversation>`, JSON
-  `{"channel", "address"}`: where the outbox sends a conversation's replies."""
+  `{"channel", "address"}`: where the outbox sends a conversation's replies;
+- the replies sent: KV `channel_sent`, key `<bot>.<conversation>.<hash of the message id>`."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 
 from nats.js.errors import KeyNotFoundError
 
-from services.common.nats import KV_BOTS, KV_CHANNELS, Bus
+from services.common.nats import KV_BOTS, KV_CHANNEL_SENT, KV_CHANNELS, Bus
 from services.common.pull import kv_keys
 from services.gateway.channels.secrets import SecretBox
 
@@ -115,3 +116,29 @@ class ConversationRefs:
         raw = json.loads(entry.value or b"{}")
         return ConversationRef(str(raw.get("channel", "")),
                                {str(k): str(v) for k, v in raw.get("address", {}).items()})
+
+
+class SentReplies:
+    """The replies a platform took, by conversation and message id (KV `channel_sent`, entries
+    expire after a day): a reply redelivered to the outbox after the platform took it (the
+    gateway died before its ack) is not sent twice. What is left is the moment between the
+    platform's answer and this record."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+
+    @staticmethod
+    def key(bot: str, conversation: str, message_id: str) -> str:
+        return f"{bot}.{conversation}.{hashlib.sha256(message_id.encode()).hexdigest()[:32]}"
+
+    async def taken(self, bot: str, conversation: str, message_id: str) -> bool:
+        kv = await self._bus.kv(KV_CHANNEL_SENT)
+        try:
+            await kv.get(self.key(bot, conversation, message_id))
+        except KeyNotFoundError:
+            return False
+        return True
+
+    async def record(self, bot: str, conversation: str, message_id: str) -> None:
+        kv = await self._bus.kv(KV_CHANNEL_SENT)
+        await kv.put(self.key(bot, conversation, message_id), b"1")
