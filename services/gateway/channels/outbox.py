@@ -5,11 +5,17 @@ it is dead-lettered), so a crash resends it (at least once). Messages of one con
 out in order: the next waits until the one before is settled. A platform's 429 / 5xx / network
 error is retried with exponential backoff (its Retry-After honoured, up to a bound) for
 `attempts` tries; then, or at once for a refusal (another 4xx), the message goes to
-`events.deadletter.channel` (docs/channels.md, "Delivery")."""
+`events.deadletter.channel` (docs/channels.md, "Delivery").
+
+Messages come through a `ContinuousPull` (one long-lived pull request): each is taken the
+moment the server delivers it. A fetch per round would cost two round trips to the server
+for what is, at a conversation's pace, mostly one message, and hold a message that arrives
+while a fetch waits for company."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -24,7 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from services.common.logging import get_logger
 from services.common.nats import Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
-from services.common.pull import fetch_or_empty, settle
+from services.common.pull import ContinuousPull, open_pull, settle
 from services.common.subjects import HEADER_MSG_ID
 from services.gateway.channels.base import Channel, Outgoing, SendRejected, SendRetry
 from services.gateway.channels.metrics import ChannelMetrics
@@ -36,7 +42,6 @@ STREAM = "CONV"
 SUBJECTS = "conv.out.>"
 DEAD_LETTER_SUBJECT = "events.deadletter.channel"
 MAX_ACK_PENDING = 256
-FETCH_MAX = 64
 PUBLISH_TIMEOUT_S = 5.0
 RETRY_DELAY_S = 1.0
 
@@ -60,7 +65,7 @@ class ChannelOutbox:
     def __init__(self, bus: Bus, channels: dict[str, Channel], store: ChannelStore,
                  refs: ConversationRefs, session: aiohttp.ClientSession,
                  metrics: ChannelMetrics, *, retries: Retries = Retries(),
-                 ack_wait_s: float = 30.0, fetch_timeout_s: float = 2.0,
+                 ack_wait_s: float = 30.0,
                  sleep: Callable[[float], Any] = asyncio.sleep) -> None:
         self._bus = bus
         self._channels = channels
@@ -70,12 +75,12 @@ class ChannelOutbox:
         self._metrics = metrics
         self._retries = retries
         self._ack_wait_s = ack_wait_s
-        self._fetch_timeout_s = fetch_timeout_s
         self._sleep = sleep
         self._slots = asyncio.Semaphore(MAX_ACK_PENDING)
         self._busy: dict[asyncio.Task[None], Msg] = {}
         self._tails: dict[tuple[str, str], asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._pull: ContinuousPull | None = None
         self._running = False
 
     async def start(self) -> None:
@@ -83,11 +88,10 @@ class ChannelOutbox:
                                 ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW,
                                 ack_wait=self._ack_wait_s, max_deliver=-1,
                                 max_ack_pending=MAX_ACK_PENDING, max_waiting=512)
-        await self._bus.js.add_consumer(STREAM, config)
-        sub = await self._bus.js.pull_subscribe_bind(DURABLE, STREAM)
+        self._pull = await open_pull(self._bus, STREAM, config)
         self._running = True
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._consume(sub), name="channel-outbox"),
+        self._tasks = [loop.create_task(self._consume(self._pull), name="channel-outbox"),
                        loop.create_task(self._heartbeat(), name="channel-outbox-heartbeat")]
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -96,6 +100,10 @@ class ChannelOutbox:
         consume, heartbeat = self._tasks if self._tasks else (None, None)
         self._tasks = []
         await _cancel(consume)
+        if self._pull is not None:  # delivered but not taken: redelivered after the ack wait
+            pull, self._pull = self._pull, None
+            with contextlib.suppress(nats.errors.Error):
+                await pull.stop()
         if self._busy:
             _, pending = await asyncio.wait(list(self._busy), timeout=grace_s)
             for task in pending:
@@ -103,28 +111,23 @@ class ChannelOutbox:
             await asyncio.gather(*pending, return_exceptions=True)
         await _cancel(heartbeat)
 
-    async def _consume(self, sub: Any) -> None:
+    async def _consume(self, pull: ContinuousPull) -> None:
         while self._running:
-            await self._slots.acquire()
-            free = MAX_ACK_PENDING - len(self._busy)
+            await self._slots.acquire()  # the server holds to max_ack_pending too
             try:
-                messages = await fetch_or_empty(sub, max(1, min(free, FETCH_MAX)),
-                                                self._fetch_timeout_s)
+                msg = await pull.next()
             except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
                 self._slots.release()
                 return
-            except nats.errors.Error as exc:  # e.g. JetStream briefly unavailable
+            except nats.errors.Error as exc:  # e.g. a pull request that could not be sent
                 self._slots.release()
                 log.warning("channel_fetch_failed", error=repr(exc))
                 await asyncio.sleep(RETRY_DELAY_S)
                 continue
-            if not messages:
+            except BaseException:
                 self._slots.release()
-                continue
-            for index, msg in enumerate(messages):
-                if index > 0:
-                    await self._slots.acquire()
-                self._take(msg)
+                raise
+            self._take(msg)
 
     def _take(self, msg: Msg) -> None:
         loop = asyncio.get_running_loop()
@@ -166,9 +169,15 @@ class ChannelOutbox:
     async def _deliver(self, msg: Msg, message: conversation_pb2.BotMessage) -> None:
         name = None if message.role == "user" else channel_of(message.conversation_id,
                                                               self._channels)
-        ref = None if name is None else await self._refs.lookup(message.bot_id,
-                                                                message.conversation_id)
-        settings = None if ref is None else await self._store.get(message.bot_id, ref.channel)
+        if name is None:
+            await settle(msg.ack())  # not a channel conversation
+            return
+        # Both reads at once: the channel a conversation answers on is the one its id names.
+        ref, settings = await asyncio.gather(
+            self._refs.lookup(message.bot_id, message.conversation_id),
+            self._store.get(message.bot_id, name))
+        if ref is not None and ref.channel != name:
+            settings = await self._store.get(message.bot_id, ref.channel)
         if ref is None or settings is None or ref.channel not in self._channels:
             await settle(msg.ack())  # not a channel conversation (or its channel was removed)
             return
