@@ -1,20 +1,27 @@
 """End-to-end load: the local stack (nats-server, NLU, dialogue, gateway as separate processes,
 benchmarks/stack.py) driven through the HTTP API by a light asyncio generator.
 
-    python benchmarks/e2e_load.py [--quick] [--shapes users,saturation,step,soak]
-        [--users 50] [--connections 10] [--duration 30] [--steps 25,50,100,200,400]
-        [--step-seconds 30] [--soak-minutes 10]
+    python benchmarks/e2e_load.py [--quick] [--shapes users,telegram,saturation,step,soak]
+        [--users 50] [--connections 10] [--duration 30] [--rounds 4]
+        [--steps 25,50,100,200,400] [--step-seconds 30] [--soak-minutes 10]
 
 Shapes: `users` (N conversations, each waits for the reply then thinks ~Exp(200 ms), and thinks
-once before its first message so that the users do not start in lockstep), `saturation` (C
+once before its first message so that the users do not start in lockstep), `telegram` (the
+users shape through the Telegram channel: each user is a Telegram chat that POSTs updates to
+the gateway's webhook and waits for the bot's reply at a fake Telegram Bot API in this process;
+latency from the update's POST to the reply's arrival at the fake, and `added_p50_ms_vs_users`
+against the users shape of the same run; with both, the two take turns in `--rounds` rounds
+each, so that a slow spell of a shared host weighs on both alike), `saturation` (C
 connections sending back to back), `step` (the users shape at 25 -> 400 conversations; the knee
 is the highest message rate whose p99 is still <= 100 ms) and `soak` (the users shape held for
 minutes while each process's RSS, open file descriptors and threads are sampled; memory growth
 after the warm-up). Reports p50/p99 latency, messages/s, errors, lost replies (answered 200
 without its replies; the message ids repeat in every conversation, so a message deduplicated
-across conversations counts as lost), late ones (202: accepted, replies after the gateway's sync
-wait), handed-off ones (answered at once without replies: a human agent has the conversation,
-which a model that falls back often brings about), duplicated and out-of-order replies, the CPU
+across conversations counts as lost; telegram: no reply at the fake within 10 s), late ones
+(202: accepted, replies after the gateway's sync wait), handed-off ones (answered at once
+without replies: a human agent has the conversation, which a model that falls back often brings
+about), duplicated and out-of-order replies (telegram: more replies than the HTTP API gives the
+text, and a reply to a chat's earlier message arriving while its next one waits), the CPU
 milliseconds per message of every process, the host's speed just before the shape
 (`host_yardstick`: fixed Python and memory workloads, benchmarks/stack.py; lower = faster) and
 the generator's own CPU share; writes benchmarks/results/e2e_load.json (shapes not run keep
@@ -35,7 +42,7 @@ import secrets
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +65,7 @@ from benchmarks.stack import (  # noqa: E402
 )
 
 RESULTS = ROOT / "benchmarks" / "results" / "e2e_load.json"
-SHAPES = ("users", "saturation", "step", "soak")
+SHAPES = ("users", "telegram", "saturation", "step", "soak")
 LOSS_KEYS = ("errors", "lost", "late", "duplicated", "out_of_order")
 P99_TARGET_MS = 100.0
 WARMUP_SHARE = 0.2  # of the soak, before memory is compared
@@ -68,6 +75,13 @@ TEXTS = ["hello", "hi there", "good morning", "what are your opening hours?",
          "when are you open on saturday", "what are the fees for a transfer",
          "how much does a card cost", "thanks a lot", "thank you", "what can you do?",
          "help me please", "bye", "goodbye", "are you open on sundays", "do you charge fees"]
+THINK_S = 0.2  # the users' mean think time
+# The telegram shape: a reply not at the fake within this long after its update is lost; after
+# the last update, replies still arriving within the grace are counted (duplicates).
+LOST_AFTER_S = 10.0
+GRACE_S = 0.5
+CALIBRATION_ROUNDS = 4  # fresh HTTP conversations per text: the replies each text gets
+TELEGRAM_SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 
 @dataclass
@@ -140,8 +154,30 @@ async def user(session: Any, base: str, key: str, name: str, deadline: float, th
     return tally
 
 
+@dataclass
+class Measured:
+    """What one or more rounds of a shape measured, before it is summed up (`figures`)."""
+
+    total: Tally = field(default_factory=Tally)
+    messages: int = 0
+    elapsed: float = 0.0
+
+    def add(self, other: Measured) -> None:
+        self.total.merge(other.total)
+        self.messages += other.messages
+        self.elapsed += other.elapsed
+
+    def figures(self) -> dict[str, Any]:
+        return figures(self.total, self.messages, self.elapsed)
+
+
 async def shape(base: str, key: str, concurrency: int, duration: float, think: float,
                 label: str) -> dict[str, Any]:
+    return (await measure_users(base, key, concurrency, duration, think, label)).figures()
+
+
+async def measure_users(base: str, key: str, concurrency: int, duration: float, think: float,
+                        label: str) -> Measured:
     import aiohttp
 
     rng = random.Random(7)
@@ -156,8 +192,12 @@ async def shape(base: str, key: str, concurrency: int, duration: float, think: f
     total = Tally()
     for tally in tallies:
         total.merge(tally)
+    return Measured(total, len(total.latencies), elapsed)
+
+
+def figures(total: Tally, messages: int, elapsed: float) -> dict[str, Any]:
     ms = [v * 1000 for v in total.latencies] or [0.0]
-    return {"messages": len(total.latencies), "messages_per_s": round(len(ms) / elapsed, 1),
+    return {"messages": messages, "messages_per_s": round(messages / elapsed, 1),
             "p50_ms": round(percentile(ms, 50), 2), "p99_ms": round(percentile(ms, 99), 2),
             "errors": total.errors, "lost": total.lost, "late": total.late,
             "handed_off": total.handed_off,
@@ -165,26 +205,266 @@ async def shape(base: str, key: str, concurrency: int, duration: float, think: f
             "out_of_order": total.out_of_order, "duration_s": round(elapsed, 1)}
 
 
+# --- the telegram shape ------------------------------------------------------------------------
+
+
+@dataclass
+class Chat:
+    """One Telegram chat of the telegram shape, as the fake Bot API sees its replies."""
+
+    awaited: str = ""  # the text whose replies are awaited
+    previous: str = ""  # the text the chat sent before it
+    remaining: int = 0  # replies of the awaited text still to come
+    done: asyncio.Future[float] | None = None  # the arrival of its last reply
+    owed: int = 0  # replies of messages given up on (lost, errors): theirs if they still come
+    duplicated: int = 0
+    out_of_order: int = 0
+
+
+class FakeTelegram:
+    """A fake Telegram Bot API in this process (aiohttp, a free port): answers `sendMessage`
+    like Telegram and hands each reply, with its arrival time, to the chat waiting for it.
+
+    `replies` (text sent -> the reply texts the HTTP API gives it) tells a reply to the chat's
+    earlier message (out of order) from one to the message awaited; `expected` how many
+    replies each text gets."""
+
+    def __init__(self, token: str, replies: dict[str, set[str]],
+                 expected: dict[str, int]) -> None:
+        self.token = token
+        self.replies = replies
+        self.expected = expected
+        self.chats: dict[str, Chat] = {}
+        self.sent = 0
+        self._runner: Any = None
+
+    async def start(self) -> str:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_post(f"/bot{self.token}/sendMessage", self._send_message)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _send_message(self, request: Any) -> Any:
+        from aiohttp import web
+
+        at = time.perf_counter()
+        body = await request.json()
+        chat_id, text = str(body.get("chat_id", "")), str(body.get("text", ""))
+        self.sent += 1
+        chat = self.chats.get(chat_id)
+        if chat is not None:
+            self._arrived(chat, at, text)
+        return web.json_response({"ok": True, "result": {
+            "message_id": self.sent, "date": int(time.time()), "text": text,
+            "chat": {"id": int(chat_id) if chat_id.lstrip("-").isdigit() else chat_id,
+                     "type": "private"}}})
+
+    def _arrived(self, chat: Chat, at: float, text: str) -> None:
+        waiting = chat.done is not None and not chat.done.done()
+        earlier = (text in self.replies.get(chat.previous, ())
+                   and text not in self.replies.get(chat.awaited, ()))
+        if waiting and not earlier:
+            chat.remaining -= 1
+            if chat.remaining <= 0 and chat.done is not None:
+                chat.done.set_result(at)
+        elif chat.owed > 0:
+            chat.owed -= 1  # the late reply of a message already counted
+        elif waiting:
+            chat.out_of_order += 1  # an earlier message's reply after the next was sent
+        else:
+            chat.duplicated += 1  # more replies than the message gets
+
+
+async def calibrate(base: str, key: str) -> tuple[dict[str, set[str]], dict[str, int]]:
+    """Through the HTTP API, in fresh conversations: the reply texts of each of TEXTS (their
+    variants) and how many replies it gets (the most seen)."""
+    import aiohttp
+
+    replies: dict[str, set[str]] = {text: set() for text in TEXTS}
+    expected = dict.fromkeys(TEXTS, 0)
+
+    async def ask(session: Any, text: str, conversation: str) -> None:
+        async with session.post(
+                f"{base}/v1/bots/banking/conversations/{conversation}/messages",
+                json={"text": text, "message_id": "m-0"},
+                headers={"Authorization": f"Bearer {key}"}) as response:
+            body = await response.json()
+        found = [r["text"] for r in body.get("replies", [])]
+        replies[text].update(found)
+        expected[text] = max(expected[text], len(found))
+
+    run = secrets.token_hex(3)
+    async with aiohttp.ClientSession() as session:
+        for round_ in range(CALIBRATION_ROUNDS):
+            await asyncio.gather(*(ask(session, text, f"cal{run}r{round_}t{index}")
+                                   for index, text in enumerate(TEXTS)))
+    silent = [text for text, count in expected.items() if count == 0]
+    if silent:
+        raise RuntimeError(f"no reply through the HTTP API to {silent}: the telegram shape "
+                           "waits for each message's replies")
+    return families(replies), expected
+
+
+def families(replies: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Each text's replies joined with those of every text that shares one with it (texts of
+    one intent: a variant seen for one of them is one of all of theirs)."""
+    joined = {text: set(found) for text, found in replies.items()}
+    changed = True
+    while changed:
+        changed = False
+        for found in joined.values():
+            for more in joined.values():
+                if found & more and not more <= found:
+                    found |= more
+                    changed = True
+    return joined
+
+
+async def set_up_telegram(base: str, admin_key: str, fake: FakeTelegram, api_base: str,
+                          secret: str) -> None:
+    """The banking bot's telegram channel, pointed at the fake, through the admin API."""
+    import aiohttp
+
+    body = {"bot_token": fake.token, "secret_token": secret, "api_base": api_base}
+    async with aiohttp.ClientSession() as session, session.put(
+            f"{base}/v1/admin/bots/banking/channels/telegram", json=body,
+            headers={"Authorization": f"Bearer {admin_key}"}) as response:
+        if response.status != 200:
+            raise RuntimeError(f"setting the telegram channel: {response.status} "
+                               f"{await response.text()}")
+
+
+def telegram_update(update_id: int, chat_id: int, text: str) -> dict[str, Any]:
+    person = {"id": chat_id, "is_bot": False, "first_name": "Bench"}
+    return {"update_id": update_id, "message": {
+        "message_id": update_id, "date": int(time.time()), "text": text, "from": person,
+        "chat": {**person, "type": "private"}}}
+
+
+@dataclass
+class TelegramRun:
+    """What the users of one telegram shape share."""
+
+    session: Any
+    url: str
+    secret: str
+    fake: FakeTelegram
+    update_ids: Iterator[int]
+
+
+async def send_update(run: TelegramRun, chat_id: int, chat: Chat, text: str,
+                      tally: Tally) -> bool:
+    """POST one update and wait for its replies at the fake; whether the gateway took it."""
+    chat.previous, chat.awaited = chat.awaited, text
+    chat.remaining = run.fake.expected[text]
+    done = chat.done = asyncio.get_running_loop().create_future()
+    started = time.perf_counter()
+    try:
+        async with run.session.post(
+                run.url, json=telegram_update(next(run.update_ids), chat_id, text),
+                headers={TELEGRAM_SECRET_HEADER: run.secret}) as response:
+            await response.read()
+            status = response.status
+    except Exception:  # connection errors count as errors, the run goes on
+        status = 0
+    if status != 200:
+        tally.errors += 1
+        done.cancel()
+        chat.owed += chat.remaining  # it may have been taken all the same
+        return False
+    try:
+        arrived = await asyncio.wait_for(done, LOST_AFTER_S - (time.perf_counter() - started))
+    except TimeoutError:
+        tally.lost += 1
+        chat.owed += chat.remaining
+        return True
+    tally.latencies.append(arrived - started)
+    return True
+
+
+async def chat_user(run: TelegramRun, chat_id: int, deadline: float, think: float,
+                    rng: random.Random) -> tuple[Tally, int]:
+    """The users shape's user as a Telegram chat: an update, its reply at the fake, think."""
+    tally, taken = Tally(), 0
+    chat = run.fake.chats[str(chat_id)] = Chat()
+    if think > 0:
+        await asyncio.sleep(rng.expovariate(1 / think))
+    while time.perf_counter() < deadline:
+        taken += await send_update(run, chat_id, chat, rng.choice(TEXTS), tally)
+        if think > 0:
+            await asyncio.sleep(rng.expovariate(1 / think))
+    return tally, taken
+
+
+async def measure_telegram(base: str, fake: FakeTelegram, secret: str, concurrency: int,
+                           duration: float, think: float) -> Measured:
+    import aiohttp
+
+    rng = random.Random(7)
+    # a chat per user, fresh every shape (the warm-up's included): a chat's update ids are its
+    # message ids, taken once per conversation
+    first_chat = 10**9 + secrets.randbelow(10**9)
+    update_ids = itertools.count(10**8 + secrets.randbelow(10**8))
+    chats = [first_chat + i for i in range(concurrency)]
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        run = TelegramRun(session, f"{base}/v1/channels/telegram/banking", secret, fake,
+                          update_ids)
+        began = time.perf_counter()
+        deadline = began + duration
+        done = await asyncio.gather(*(
+            chat_user(run, chat_id, deadline, think, random.Random(rng.random()))
+            for chat_id in chats))
+        elapsed = time.perf_counter() - began
+    await asyncio.sleep(GRACE_S)  # a duplicate of a last reply still counts
+    total = Tally()
+    for tally, _ in done:
+        total.merge(tally)
+    for chat_id in chats:
+        chat = fake.chats.pop(str(chat_id))
+        total.duplicated += chat.duplicated
+        total.out_of_order += chat.out_of_order
+    return Measured(total, sum(taken for _, taken in done), elapsed)
+
+
 async def drive(stack: ProcessStack, args: argparse.Namespace) -> dict[str, Any]:
     key = await client_key(stack.base_url, stack.admin_key)
     await shape(stack.base_url, key, 4, 2.0, 0.0, "warm")
     results: dict[str, Any] = {}
     meter = CpuMeter(stack)
-    for label, concurrency, think in (("users", args.users, 0.2),
-                                      ("saturation", args.connections, 0.0)):
-        if label not in args.shapes:
-            continue
+    fake = await start_telegram(stack, key) if "telegram" in args.shapes else None
+    try:
+        results.update(await paired_shapes(stack, key, args, meter, fake))
+    finally:
+        if fake is not None:
+            await fake[0].stop()
+    if "telegram" in results and "users" in results:
+        for figure in ("p50", "p99"):
+            results["telegram"][f"added_{figure}_ms_vs_users"] = round(
+                results["telegram"][f"{figure}_ms"] - results["users"][f"{figure}_ms"], 2)
+        print(f"  telegram: added p50 {results['telegram']['added_p50_ms_vs_users']} ms, "
+              f"p99 {results['telegram']['added_p99_ms_vs_users']} ms over the users shape",
+              flush=True)
+    if "saturation" in args.shapes:
         yardstick = host_yardstick()
         before = per_process_cpu(stack)
         with meter:
-            results[label] = await shape(stack.base_url, key, concurrency, args.duration, think,
-                                         label)
-        results[label]["conversations" if label == "users" else "connections"] = concurrency
-        results[label]["host_yardstick"] = yardstick
-        results[label]["cpu_ms_per_message"] = cpu_per_message(
-            before, per_process_cpu(stack), results[label]["messages"])
-        print(f"{label:>10}: " + ", ".join(f"{k}={v}" for k, v in results[label].items()),
-              flush=True)
+            results["saturation"] = await shape(stack.base_url, key, args.connections,
+                                                args.duration, 0.0, "saturation")
+        results["saturation"].update(
+            connections=args.connections, host_yardstick=yardstick,
+            cpu_ms_per_message=cpu_per_message(before, per_process_cpu(stack),
+                                               results["saturation"]["messages"]))
+        report("saturation", results["saturation"])
     if "step" in args.shapes:
         with meter:
             results["step"] = await step_load(stack.base_url, key, args.steps, args.step_seconds)
@@ -198,6 +478,71 @@ async def drive(stack: ProcessStack, args: argparse.Namespace) -> dict[str, Any]
         if label in results:
             results[label]["measured_at"] = now
     return results
+
+
+async def paired_shapes(stack: ProcessStack, key: str, args: argparse.Namespace,
+                        meter: CpuMeter, fake: tuple[FakeTelegram, str] | None
+                        ) -> dict[str, Any]:
+    """The users and telegram shapes. Both selected, they take turns in `args.rounds` rounds
+    each (users, telegram, users, ...; `--duration` split between the rounds), so that a
+    shared host's slow spell weighs on both alike: their difference is the figure."""
+    labels = [label for label in ("users", "telegram") if label in args.shapes]
+    rounds = args.rounds if len(labels) == 2 else 1
+    measured = {label: Measured() for label in labels}
+    cpu: dict[str, dict[str, float]] = {label: {} for label in labels}
+    yardsticks: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
+    for _ in range(rounds):
+        for label in labels:
+            yardsticks[label].append(host_yardstick())
+            before = per_process_cpu(stack)
+            with meter:
+                if label == "telegram" and fake is not None:
+                    got = await measure_telegram(stack.base_url, *fake, args.users,
+                                                 args.duration / rounds, THINK_S)
+                else:
+                    got = await measure_users(stack.base_url, key, args.users,
+                                              args.duration / rounds, THINK_S, label)
+            measured[label].add(got)
+            after = per_process_cpu(stack)
+            for name in after:
+                if name in before:
+                    cpu[label][name] = cpu[label].get(name, 0.0) + after[name] - before[name]
+    results = {}
+    for label in labels:
+        figures_ = results[label] = measured[label].figures()
+        figures_["conversations"] = args.users
+        figures_["rounds"] = rounds
+        figures_["host_yardstick"] = {
+            k: round(statistics.median(y[k] for y in yardsticks[label]), 2)
+            for k in yardsticks[label][0]}
+        figures_["cpu_ms_per_message"] = {
+            name: round(seconds * 1000 / max(figures_["messages"], 1), 2)
+            for name, seconds in cpu[label].items()}
+        report(label, figures_)
+    return results
+
+
+def report(label: str, figures_: dict[str, Any]) -> None:
+    print(f"{label:>10}: " + ", ".join(f"{k}={v}" for k, v in figures_.items()), flush=True)
+
+
+async def start_telegram(stack: ProcessStack, key: str) -> tuple[FakeTelegram, str]:
+    """The fake Bot API, the bot's telegram channel pointed at it, and a short warm-up of the
+    channel's path (its KV buckets, the outbox's connection to the fake)."""
+    replies, expected = await calibrate(stack.base_url, key)
+    fake = FakeTelegram(f"{random.randrange(10**8, 10**9)}:{secrets.token_urlsafe(30)}",
+                        replies, expected)
+    api_base = await fake.start()
+    secret = secrets.token_hex(16)
+    try:
+        await set_up_telegram(stack.base_url, stack.admin_key, fake, api_base, secret)
+        warm = (await measure_telegram(stack.base_url, fake, secret, 4, 2.0, 0.0)).total
+    except BaseException:
+        await fake.stop()
+        raise
+    if warm.errors or warm.lost:
+        print(f"  telegram warm-up: {warm.errors} errors, {warm.lost} lost", flush=True)
+    return fake, secret
 
 
 def keep_unmeasured(results: dict[str, Any], previous_file: Path) -> None:
@@ -333,7 +678,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--duration", type=float, default=30.0,
-                        help="seconds of the users and saturation shapes")
+                        help="seconds of the users, telegram and saturation shapes")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="users and telegram both run: the turns each takes, alternating")
     parser.add_argument("--steps", default="25,50,100,200,400",
                         help="conversations of each step of the step shape")
     parser.add_argument("--step-seconds", type=float, default=30.0)

@@ -135,13 +135,13 @@ def render_chaos(chaos: Mapping[str, Any] | None) -> list[str]:
 
 def render_load(load: Mapping[str, Any] | None) -> list[str]:
     lines = ["## Load held", "", "`.venv/bin/python benchmarks/e2e_load.py [--quick] "
-             "[--shapes users,saturation,step,soak] [--soak-minutes 10]`", ""]
+             "[--shapes users,telegram,saturation,step,soak] [--soak-minutes 10]`", ""]
     if load is None:
         return lines + _missing("e2e_load", "python benchmarks/e2e_load.py")
     lines += [_stamp(load) + " `lost`: answered 200 without its replies; `late`: accepted "
               "with 202, the replies after the gateway's sync wait (overload, not loss).", ""]
     rows = []
-    for label in ("users", "saturation"):
+    for label in ("users", "telegram", "saturation"):
         s = load.get(label)
         if s:
             rows.append((label, s.get("conversations") or s.get("connections"),
@@ -156,8 +156,21 @@ def render_load(load: Mapping[str, Any] | None) -> list[str]:
     header = ("shape", "concurrency", "msg/s", "p50 ms", "p99 ms", "errors", "lost",
               "late (202)", "duplicated", "out of order")
     lines += [*_table(header, rows), ""]
+    lines += _render_telegram(load.get("telegram"))
     lines += _render_knee(load.get("step")) + _render_soak(load.get("soak"))
     return lines
+
+
+def _render_telegram(telegram: Mapping[str, Any] | None) -> list[str]:
+    if not telegram:
+        return []
+    line = ("`telegram`: the users shape through the Telegram channel (webhook updates in, "
+            "replies at a fake Bot API), latency from the update to its reply at the fake")
+    added = telegram.get("added_p50_ms_vs_users")
+    if added is not None:
+        line += (f"; over the users shape of the same run: p50 {_cell(added)} ms, "
+                 f"p99 {_cell(telegram.get('added_p99_ms_vs_users'))} ms")
+    return [line + ".", ""]
 
 
 def _render_knee(step: Mapping[str, Any] | None) -> list[str]:
@@ -226,7 +239,7 @@ it matches the committed results). The full runs take minutes and want a quiet m
 
 ```bash
 .venv/bin/python benchmarks/chaos.py              # kills + restarts under load (--quick: < 2 min)
-.venv/bin/python benchmarks/e2e_load.py           # users, saturation, step 25->400, 10-min soak
+.venv/bin/python benchmarks/e2e_load.py           # users, telegram, saturation, step 25->400, soak
 .venv/bin/python benchmarks/rpa_throughput.py     # runner throughput and a kill -9 mid-run
 make test-chaos                                   # the chaos run as a test tier (asserts)
 make reliability-doc                              # re-render this file from the results

@@ -25,6 +25,7 @@ import numpy as np
 from benchmarks.nlu_latency import time_each
 from botfactory.local.nats_server import NatsServer
 from botfactory.local.processes import service_env, start_service, wait_for_event
+from services.gateway.channels.secrets import new_key
 
 ROOT = Path(__file__).resolve().parent.parent
 BANKING = ROOT / "bots" / "banking"
@@ -101,6 +102,9 @@ class StackOptions:
     bot_dir: Path = BANKING
     nlu_follows_store: bool = False
     """NLU also loads the store's active versions and swaps on activation (a rollout)."""
+    channel_secrets_key: str = field(default_factory=new_key)
+    """The gateway's messaging channels are on (a fresh Fernet key seals their secrets), as
+    in a deployment: its channel outbox reads every reply of conv.out (docs/channels.md)."""
 
 
 @dataclass
@@ -161,6 +165,7 @@ class ProcessStack:
             "BOTFACTORY_GATEWAY_VISITOR_TOKEN_SECRET": secrets.token_urlsafe(32),
             "BOTFACTORY_GATEWAY_ADMIN_BOOTSTRAP_KEY": self.admin_key,
             "BOTFACTORY_GATEWAY_SYNC_WAIT_S": str(self.options.sync_wait_s),
+            "BOTFACTORY_GATEWAY_CHANNEL_SECRETS_KEY": self.options.channel_secrets_key,
             "BOTFACTORY_GATEWAY_RATE_LIMIT_RPS": "100000",
             "BOTFACTORY_GATEWAY_RATE_LIMIT_BURST": "100000"}))
         return found

@@ -11,6 +11,7 @@ and gives the handlers `grace_s` to finish; the rest are handed back (nak) for r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import nats.errors
@@ -18,7 +19,7 @@ from nats.aio.msg import Msg
 
 from services.common.logging import get_logger
 from services.common.pb.botfactory.v1 import conversation_pb2
-from services.common.pull import fetch_or_empty, settle
+from services.common.pull import ContinuousPull, fetch_or_empty, settle
 
 log = get_logger(__name__)
 FETCH_MAX = 64
@@ -39,6 +40,7 @@ class OrderedPull:
         # Per conversation, the last message taken: the next one waits for it to be settled.
         self._tails: dict[tuple[str, str], asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._source: Any = None
         self._running = False
 
     @property
@@ -57,10 +59,13 @@ class OrderedPull:
     async def stopping(self) -> None:
         """Fetching has stopped; the handlers in progress have not finished yet."""
 
-    def begin(self, sub: Any) -> None:
+    def begin(self, source: Any) -> None:
+        """Start taking messages from `source`: a pull subscription (fetched in batches) or a
+        `ContinuousPull` (each message as the server delivers it)."""
         self._running = True
+        self._source = source
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._consume(sub), name=self._name),
+        self._tasks = [loop.create_task(self._consume(source), name=self._name),
                        loop.create_task(self._heartbeat(), name=f"{self._name}-heartbeat")]
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -70,6 +75,9 @@ class OrderedPull:
         consume, heartbeat = self._tasks if self._tasks else (None, None)
         self._tasks = []
         await _cancel(consume)
+        if isinstance(self._source, ContinuousPull):  # delivered, not taken: redelivered later
+            with contextlib.suppress(nats.errors.Error):
+                await self._source.stop()
         await self.stopping()
         if self._busy:
             _, pending = await asyncio.wait(list(self._busy), timeout=grace_s)
@@ -78,13 +86,17 @@ class OrderedPull:
             await asyncio.gather(*pending, return_exceptions=True)
         await _cancel(heartbeat)
 
-    async def _consume(self, sub: Any) -> None:
+    async def _receive(self, source: Any) -> list[Msg]:
+        if isinstance(source, ContinuousPull):
+            return [await source.next()]
+        free = self._max_ack_pending - len(self._busy)
+        return await fetch_or_empty(source, max(1, min(free, FETCH_MAX)), self._fetch_timeout)
+
+    async def _consume(self, source: Any) -> None:
         while self._running:
             await self._slots.acquire()
-            free = self._max_ack_pending - len(self._busy)
             try:
-                messages = await fetch_or_empty(sub, max(1, min(free, FETCH_MAX)),
-                                                self._fetch_timeout)
+                messages = await self._receive(source)
             except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
                 self._slots.release()
                 return
@@ -94,6 +106,9 @@ class OrderedPull:
                 self.fetch_failed()
                 await asyncio.sleep(RETRY_DELAY_S)
                 continue
+            except BaseException:  # cancelled while waiting: the slot is not held
+                self._slots.release()
+                raise
             if not messages:  # nothing within the fetch timeout
                 self._slots.release()
                 continue

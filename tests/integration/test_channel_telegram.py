@@ -214,3 +214,27 @@ async def test_a_reply_handed_to_the_outbox_twice_reaches_the_platform_once(
     await asyncio.sleep(1.0)  # time for a second copy, if there were one
     notes = [c for c in telegram.to("/sendMessage") if c.body["text"] == "A note from us."]
     assert len(notes) == 1
+
+
+async def test_many_chats_at_once_each_answered_once_and_in_order(
+        stack: Stack, telegram: FakePlatform) -> None:
+    """Updates of a dozen chats sent together, three a chat: every reply goes out once, each
+    chat's in the order of its updates (the outbox takes replies as the server delivers them,
+    many at a time, each conversation's in turn)."""
+    chats = range(500, 512)
+    texts = ["/greet", "/faq_opening_hours", "/faq_fees"]
+
+    async def converse(chat: int) -> list[int]:  # a chat's updates one after the other
+        return [await deliver(stack, update(chat * 10 + n, text, chat=chat))
+                for n, text in enumerate(texts)]
+
+    statuses = await asyncio.gather(*(converse(chat) for chat in chats))
+    assert {s for chat in statuses for s in chat} == {200}
+    sent = await telegram.wait_for("/sendMessage", len(chats) * len(texts))
+    await asyncio.sleep(0.5)  # time for an extra reply, if there were one
+    assert len(telegram.to("/sendMessage")) == len(sent) == len(chats) * len(texts)
+    for chat in chats:
+        replies = [c.body["text"] for c in sent if c.body["chat_id"] == str(chat)]
+        transcript = await stack.transcript(f"telegram-{chat}")
+        assert replies == [e["text"] for e in transcript if e["type"] == "bot"]
+        assert [e["text"] for e in transcript if e["type"] == "user"] == texts

@@ -1,13 +1,16 @@
 """The channel framework's pure parts: text splitting, the outbox's retry delays, sealed
-secrets (with key rotation), conversation ids, settings validation, Telegram's parsing and
-message shapes, and the gateway config's channel settings."""
+secrets (with key rotation), conversation ids, the channel state's KV handles, settings
+validation, Telegram's parsing and message shapes, and the gateway config's channel
+settings."""
 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from nats.js.errors import KeyNotFoundError
 
 from services.common.config import ConfigError
 from services.gateway.channels.base import (
@@ -21,7 +24,13 @@ from services.gateway.channels.base import (
 )
 from services.gateway.channels.outbox import Retries
 from services.gateway.channels.secrets import SecretBox, SecretUnreadable, new_key, parse_keys
-from services.gateway.channels.store import channel_of, conversation_id
+from services.gateway.channels.store import (
+    ChannelStore,
+    ConversationRef,
+    ConversationRefs,
+    channel_of,
+    conversation_id,
+)
 from services.gateway.channels.telegram import Telegram, _callback_data
 from services.gateway.config import load
 
@@ -83,6 +92,83 @@ def test_conversation_ids_are_valid_ids_and_name_their_channel() -> None:
     assert channel_of("telegram-42", {"telegram"}) == "telegram"
     assert channel_of("c1", {"telegram"}) is None
     assert channel_of("slack-T1-C1", {"telegram"}) is None
+
+
+class MemoryKV:
+    def __init__(self) -> None:
+        self.values: dict[str, tuple[int, bytes]] = {}
+        self.revision = 0
+
+    async def put(self, key: str, value: bytes) -> int:
+        self.revision += 1
+        self.values[key] = (self.revision, value)
+        return self.revision
+
+    async def get(self, key: str) -> Any:
+        if key not in self.values:
+            raise KeyNotFoundError
+        revision, value = self.values[key]
+        return SimpleNamespace(value=value, revision=revision)
+
+    async def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
+
+class CountingBus:
+    """`kv(bucket)` as the real Bus: a lookup (a stream-info round trip) on every call."""
+
+    def __init__(self) -> None:
+        self.buckets: dict[str, MemoryKV] = {}
+        self.lookups = 0
+
+    async def kv(self, bucket: str) -> MemoryKV:
+        self.lookups += 1
+        return self.buckets.setdefault(bucket, MemoryKV())
+
+
+async def test_channel_state_looks_its_buckets_up_once_and_reads_fresh_values() -> None:
+    bus = CountingBus()
+    store = ChannelStore(bus, SecretBox(new_key()),  # type: ignore[arg-type]
+                         {"telegram": ("bot_token",)})
+    refs = ConversationRefs(bus)  # type: ignore[arg-type]
+    await store.put("banking", "telegram", {"bot_token": "123:abc", "api_base": "http://x"})
+    await refs.remember("banking", "telegram-1", ConversationRef("telegram", {"chat_id": "1"}))
+    for n in range(5):
+        assert await store.get("banking", "telegram") == {"bot_token": "123:abc",
+                                                         "api_base": "http://x"}
+        await refs.remember("banking", "telegram-1",
+                            ConversationRef("telegram", {"chat_id": "1", "thread": str(n)}))
+        found = await refs.lookup("banking", "telegram-1")
+        assert found is not None and found.address["thread"] == str(n)  # never a stale copy
+    assert await refs.lookup("banking", "telegram-2") is None
+    assert bus.lookups == 2  # one per bucket, not one per read or write
+
+
+class CountingBox(SecretBox):
+    opened = 0
+
+    def open(self, sealed: str) -> str:
+        self.opened += 1
+        return super().open(sealed)
+
+
+async def test_channel_settings_are_read_fresh_and_decrypted_once_per_revision() -> None:
+    box = CountingBox(new_key())
+    store = ChannelStore(CountingBus(), box,  # type: ignore[arg-type]
+                         {"telegram": ("bot_token", "secret_token")})
+    await store.put("banking", "telegram", {"bot_token": "1:a", "secret_token": "s"})
+    first = await store.get("banking", "telegram")
+    assert first == {"bot_token": "1:a", "secret_token": "s"} and box.opened == 2
+    first["bot_token"] = "changed by a caller"
+    for _ in range(3):
+        assert await store.get("banking", "telegram") == {"bot_token": "1:a",
+                                                         "secret_token": "s"}
+    assert box.opened == 2  # the same revision: not decrypted again
+    await store.put("banking", "telegram", {"bot_token": "2:b", "secret_token": "s"})
+    assert await store.get("banking", "telegram") == {"bot_token": "2:b", "secret_token": "s"}
+    assert box.opened == 4
+    assert await store.delete("banking", "telegram")
+    assert await store.get("banking", "telegram") is None
 
 
 def test_telegram_settings_and_message_shapes() -> None:

@@ -29,6 +29,9 @@ CHAOS: dict[str, Any] = {
 LOAD: dict[str, Any] = {
     "users": {"conversations": 50, "messages_per_s": 186.3, "p50_ms": 53.0, "p99_ms": 200.1,
               "errors": 0, "lost": 0, "duplicated": 0, "out_of_order": 0},
+    "telegram": {"conversations": 50, "messages_per_s": 180.2, "p50_ms": 56.5, "p99_ms": 190.0,
+                 "errors": 0, "lost": 0, "late": 0, "duplicated": 0, "out_of_order": 0,
+                 "added_p50_ms_vs_users": 3.5, "added_p99_ms_vs_users": -10.1},
     "step": {"p99_target_ms": 100.0, "knee_messages_per_s": 140.5, "knee_conversations": 25,
              "levels": [{"conversations": 25, "messages_per_s": 140.5, "p50_ms": 20.0,
                          "p99_ms": 80.0, "errors": 0, "lost": 0, "late": 3, "duplicated": 0,
@@ -49,6 +52,8 @@ def test_renders_every_figure_from_the_results() -> None:
     assert "| 1 | nats | 10.2 | 0.31 | 2.75 | True |" in text
     assert "| 2 | dialogue-1 | 20 | 3.1 | – | False |" in text
     assert "| users | 50 | 186.3 | 53 | 200.1 | 0 | 0 | – | 0 | 0 |" in text
+    assert "| telegram | 50 | 180.2 | 56.5 | 190 | 0 | 0 | 0 | 0 | 0 |" in text
+    assert "over the users shape of the same run: p50 3.5 ms, p99 -10.1 ms" in text
     assert "| step 25 | 25 | 140.5 | 20 | 80 | 0 | 0 | 3 | 0 | 0 |" in text
     assert "**140.5 msg/s** at 25 conversations" in text
     assert "flat within 10%" in text and "| gateway | 100 | 103 | 3 | 40 → 41 | 5 → 5 |" in text

@@ -23,7 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from services.common.logging import get_logger
 from services.common.nats import Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
-from services.common.pull import settle
+from services.common.pull import open_pull, settle
 from services.common.subjects import HEADER_MSG_ID
 from services.gateway.channels.base import Channel, Outgoing, SendRejected, SendRetry
 from services.gateway.channels.metrics import ChannelMetrics
@@ -63,10 +63,10 @@ class ChannelOutbox(OrderedPull):
     def __init__(self, bus: Bus, channels: dict[str, Channel], store: ChannelStore,
                  refs: ConversationRefs, session: aiohttp.ClientSession,
                  metrics: ChannelMetrics, *, retries: Retries = Retries(),
-                 ack_wait_s: float = 30.0, fetch_timeout_s: float = 2.0,
+                 ack_wait_s: float = 30.0,
                  sleep: Callable[[float], Any] = asyncio.sleep) -> None:
         super().__init__("channel-outbox", max_ack_pending=MAX_ACK_PENDING,
-                         ack_wait_s=ack_wait_s, fetch_timeout_s=fetch_timeout_s)
+                         ack_wait_s=ack_wait_s, fetch_timeout_s=0.0)
         self._bus = bus
         self._channels = channels
         self._store = store
@@ -82,8 +82,9 @@ class ChannelOutbox(OrderedPull):
                                 ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW,
                                 ack_wait=self._ack_wait, max_deliver=-1,
                                 max_ack_pending=MAX_ACK_PENDING, max_waiting=512)
-        await self._bus.js.add_consumer(STREAM, config)
-        self.begin(await self._bus.js.pull_subscribe_bind(DURABLE, STREAM))
+        # A continuous pull: each reply is taken the moment the server delivers it (a fetch
+        # costs two round trips for what is, at a conversation's pace, mostly one message).
+        self.begin(await open_pull(self._bus, STREAM, config))
 
     async def deliver(self, msg: Msg, message: conversation_pb2.BotMessage,
                       previous: asyncio.Event | None) -> None:
@@ -94,9 +95,15 @@ class ChannelOutbox(OrderedPull):
     async def _deliver(self, msg: Msg, message: conversation_pb2.BotMessage) -> None:
         name = None if message.role == "user" else channel_of(message.conversation_id,
                                                               self._channels)
-        ref = None if name is None else await self._refs.lookup(message.bot_id,
-                                                                message.conversation_id)
-        settings = None if ref is None else await self._store.get(message.bot_id, ref.channel)
+        if name is None:
+            await settle(msg.ack())  # not a channel conversation
+            return
+        # Both reads at once: the channel a conversation answers on is the one its id names.
+        ref, settings = await asyncio.gather(
+            self._refs.lookup(message.bot_id, message.conversation_id),
+            self._store.get(message.bot_id, name))
+        if ref is not None and ref.channel != name:
+            settings = await self._store.get(message.bot_id, ref.channel)
         if ref is None or settings is None or ref.channel not in self._channels:
             await settle(msg.ack())  # not a channel conversation (or its channel was removed)
             return

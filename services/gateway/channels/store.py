@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from services.common.nats import KV_BOTS, KV_CHANNEL_SENT, KV_CHANNELS, Bus
 from services.common.pull import kv_keys
@@ -43,6 +44,21 @@ def channel_of(conversation: str, channels: Iterable[str]) -> str | None:
     return head if head in channels and "-" in conversation else None
 
 
+class Bucket:
+    """A KV bucket's handle, looked up once: `Bus.kv` asks the server for the bucket's stream
+    info on every call, a second round trip for each read or write of a reply's path."""
+
+    def __init__(self, bus: Bus, name: str) -> None:
+        self._bus = bus
+        self._name = name
+        self._kv: KeyValue | None = None
+
+    async def __call__(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await self._bus.kv(self._name)
+        return self._kv
+
+
 @dataclass(frozen=True)
 class ConversationRef:
     channel: str
@@ -50,12 +66,16 @@ class ConversationRef:
 
 
 class ChannelStore:
-    """Channel settings per bot, secrets sealed with `box`."""
+    """Channel settings per bot, secrets sealed with `box`.
+
+    Read fresh from KV every time (another replica may have changed them), but decrypted once
+    per revision: every webhook request and every reply reads them."""
 
     def __init__(self, bus: Bus, box: SecretBox, secret_names: dict[str, tuple[str, ...]]) -> None:
-        self._bus = bus
+        self._bucket = Bucket(bus, KV_BOTS)
         self._box = box
         self._secret_names = secret_names
+        self._opened: dict[str, tuple[int, dict[str, Any]]] = {}  # key -> revision, settings
 
     async def put(self, bot: str, channel: str, settings: dict[str, Any]) -> None:
         secret = set(self._secret_names.get(channel, ()))
@@ -63,31 +83,39 @@ class ChannelStore:
             "settings": {k: v for k, v in settings.items() if k not in secret},
             "secrets": {k: self._box.seal(str(v)) for k, v in settings.items() if k in secret},
         }
-        kv = await self._bus.kv(KV_BOTS)
+        kv = await self._bucket()
         await kv.put(settings_key(bot, channel), json.dumps(record).encode())
 
     async def get(self, bot: str, channel: str) -> dict[str, Any] | None:
         """The settings with their secrets decrypted; None when the channel is not set."""
-        kv = await self._bus.kv(KV_BOTS)
+        kv = await self._bucket()
+        key = settings_key(bot, channel)
         try:
-            entry = await kv.get(settings_key(bot, channel))
+            entry = await kv.get(key)
         except KeyNotFoundError:
+            entry = None
+        if entry is None or not entry.value:
+            self._opened.pop(key, None)
             return None
-        if not entry.value:
-            return None
+        known = self._opened.get(key)
+        if known is not None and entry.revision is not None and known[0] == entry.revision:
+            return dict(known[1])
         record = json.loads(entry.value)
         opened = {k: self._box.open(v) for k, v in record.get("secrets", {}).items()}
-        return {**record.get("settings", {}), **opened}
+        settings = {**record.get("settings", {}), **opened}
+        if entry.revision is not None:
+            self._opened[key] = (entry.revision, settings)
+        return dict(settings)
 
     async def delete(self, bot: str, channel: str) -> bool:
         if await self.get(bot, channel) is None:
             return False
-        kv = await self._bus.kv(KV_BOTS)
+        kv = await self._bucket()
         await kv.delete(settings_key(bot, channel))
         return True
 
     async def channels(self, bot: str) -> list[str]:
-        kv = await self._bus.kv(KV_BOTS)
+        kv = await self._bucket()
         prefix = f"{SETTINGS_PREFIX}{bot}."
         return [key[len(prefix):] for key in await kv_keys(kv, prefix)]
 
@@ -100,15 +128,15 @@ class ConversationRefs:
     and one write per inbound message are cheap beside the message's own publish."""
 
     def __init__(self, bus: Bus) -> None:
-        self._bus = bus
+        self._bucket = Bucket(bus, KV_CHANNELS)
 
     async def remember(self, bot: str, conversation: str, ref: ConversationRef) -> None:
-        kv = await self._bus.kv(KV_CHANNELS)
+        kv = await self._bucket()
         value = {"channel": ref.channel, "address": ref.address}
         await kv.put(f"{bot}.{conversation}", json.dumps(value).encode())
 
     async def lookup(self, bot: str, conversation: str) -> ConversationRef | None:
-        kv = await self._bus.kv(KV_CHANNELS)
+        kv = await self._bucket()
         try:
             entry = await kv.get(f"{bot}.{conversation}")
         except KeyNotFoundError:
@@ -125,14 +153,14 @@ class SentReplies:
     platform's answer and this record."""
 
     def __init__(self, bus: Bus) -> None:
-        self._bus = bus
+        self._bucket = Bucket(bus, KV_CHANNEL_SENT)
 
     @staticmethod
     def key(bot: str, conversation: str, message_id: str) -> str:
         return f"{bot}.{conversation}.{hashlib.sha256(message_id.encode()).hexdigest()[:32]}"
 
     async def taken(self, bot: str, conversation: str, message_id: str) -> bool:
-        kv = await self._bus.kv(KV_CHANNEL_SENT)
+        kv = await self._bucket()
         try:
             await kv.get(self.key(bot, conversation, message_id))
         except KeyNotFoundError:
@@ -140,5 +168,5 @@ class SentReplies:
         return True
 
     async def record(self, bot: str, conversation: str, message_id: str) -> None:
-        kv = await self._bus.kv(KV_CHANNEL_SENT)
+        kv = await self._bucket()
         await kv.put(self.key(bot, conversation, message_id), b"1")
