@@ -1,4 +1,4 @@
-"""`botfactory import bio|csv|rasa ...` (data set -> bot folder).
+"""`botfactory import bio|csv|rasa|conll ...` (data set -> bot folder).
 
 The bot-definition library is imported when a command runs, so `botfactory --help` stays fast.
 """
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from services.botdef import EntityDef, Example
+    from services.botdef.importers import IntentNames
 
 SPLIT_NAMES = frozenset({"train", "training", "valid", "validation", "dev", "test", "nlu", "data"})
 MIN_EXAMPLES = 2
@@ -40,9 +41,38 @@ def _register_import(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     csv.add_argument("source", metavar="FILE", type=Path, help="the CSV file")
     rasa = formats.add_parser("rasa", help="Rasa 3 NLU training data (YAML)")
     rasa.add_argument("source", metavar="FILE.yml", type=Path, help="the Rasa NLU file")
-    for sub in (bio, csv, rasa):
+    conll = _register_conll(formats)
+    for sub in (bio, csv, rasa, conll):
         _add_output_options(sub)
         sub.set_defaults(func=run_import)
+
+
+def _register_conll(
+    formats: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    conll = formats.add_parser(
+        "conll", help="token-per-line file (BIO/BIOES tags, CAIS) and an intent file"
+    )
+    conll.add_argument("source", metavar="FILE", type=Path, help="'token tag' lines")
+    conll.add_argument(
+        "--intents", required=True, type=Path, metavar="FILE", help="one intent per utterance"
+    )
+    conll.add_argument(
+        "--language",
+        type=_language_code,
+        metavar="LANG",
+        help="bot.yml's language (default: zh when most letters are CJK, else en)",
+    )
+    return conll
+
+
+def _language_code(value: str) -> str:
+    """A `language:` code as bot.yml's schema allows it (refused here, not by `validate`)."""
+    from services.botdef.schema import LANGUAGE_PATTERN
+
+    if not re.fullmatch(LANGUAGE_PATTERN, value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a language code (e.g. en, zh, pt-BR)")
+    return value
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -58,12 +88,13 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     """Read the data set, write the bot folder, print a one-line summary."""
-    from services.botdef import write_bot
+    from services.botdef import NluSettings, write_bot
 
     try:
         examples, entities = _read_source(args)
         examples = _drop_rare_intents(examples)
-        name = args.name or derive_name(args.source)
+        name = args.name or _default_name(args)
+        language = _language(args, examples)
         _check_out_dir(args.out, force=args.force)
         write_bot(
             args.out,
@@ -71,12 +102,33 @@ def run_import(args: argparse.Namespace) -> int:
             examples,
             description=f"Imported from {args.source} ({args.format}).",
             entities=entities,
+            nlu=NluSettings(language=language),
         )
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"wrote {args.out}: bot {name!r}, {_summary(examples, entities)}")
+    said = f", language {language}" if args.format == "conll" else ""
+    print(f"wrote {args.out}: bot {name!r}, {_summary(examples, entities)}{said}")
     return 0
+
+
+def _default_name(args: argparse.Namespace) -> str:
+    """`derive_name` of the input; a CoNLL file inside a split folder (CAIS's
+    `cais/train/ch.train`) is named after the data set, the split folder's parent."""
+    source: Path = args.source
+    if args.format == "conll" and source.resolve().parent.name.lower() in SPLIT_NAMES:
+        return derive_name(source.resolve().parent)
+    return derive_name(source)
+
+
+def _language(args: argparse.Namespace, examples: Sequence[Example]) -> str:
+    """`--language`, else guessed from the texts (conll); the other formats keep `en`."""
+    from services.botdef.importers import guess_language
+
+    if args.format != "conll":
+        return "en"
+    given: str | None = args.language
+    return given or guess_language(example.text for example in examples)
 
 
 def _read_source(args: argparse.Namespace) -> Imported:
@@ -89,12 +141,30 @@ def _read_source(args: argparse.Namespace) -> Imported:
         found: Imported = (import_bio(bio_folder(args.source, args.split), names), [])
     elif args.format == "csv":
         found = (import_csv(args.source, names), [])
+    elif args.format == "conll":
+        found = (_read_conll(args, names), [])
     else:
         found = import_rasa(args.source, names)
     for label, name in names.renamed.items():
         print(f"warning: renamed intent {label!r} -> {name!r} (not a valid intent name)",
               file=sys.stderr)
     return found
+
+
+def _read_conll(args: argparse.Namespace, names: IntentNames) -> list[Example]:
+    """The CoNLL file's examples; I-/E- tags that continue no span are reported on stderr."""
+    from services.botdef import import_conll
+    from services.botdef.importers import TagWarnings
+
+    warnings = TagWarnings()
+    examples = import_conll(args.source, args.intents, names, warnings)
+    if warnings.count:
+        print(
+            f"warning: {warnings.count} I-/E- tag(s) continue no span, each opened one "
+            f"(first at {warnings.first})",
+            file=sys.stderr,
+        )
+    return examples
 
 
 def bio_folder(source: Path, split: str | None) -> Path:

@@ -33,7 +33,13 @@ from services.botdef.conversation import (
     humanize,
     parse_payload,
 )
-from services.botdef.importers import DataImportError, import_bio, import_csv, import_rasa
+from services.botdef.importers import (
+    DataImportError,
+    import_bio,
+    import_conll,
+    import_csv,
+    import_rasa,
+)
 from services.botdef.loader import load_bot
 from services.botdef.model import (
     BotDefinition,
@@ -98,6 +104,7 @@ __all__ = [
     "format_number",
     "humanize",
     "import_bio",
+    "import_conll",
     "import_csv",
     "import_rasa",
     "load_bot",

@@ -1,4 +1,5 @@
-"""Read public NLU data sets into `Example`s: BIO folders, CSV files, Rasa 3 NLU YAML.
+"""Read public NLU data sets into `Example`s: BIO folders, CSV files, Rasa 3 NLU YAML,
+token-per-line (CoNLL-style) files with an intent file beside them.
 
 Every importer raises `DataImportError` (a ValueError) naming the file and line of the
 first problem it meets.
@@ -32,6 +33,7 @@ BIO_FILES = ("seq.in", "seq.out", "label")
 CSV_TEXT_COLUMN = "text"
 CSV_INTENT_COLUMNS = ("intent", "category", "label")
 RASA_KINDS = ("intent", "synonym", "regex", "lookup")
+CONLL_KINDS = frozenset("BIES")  # B-, I-, E-, S- (and O): BIO is BIOES without E- and S-
 
 
 class DataImportError(ValueError):
@@ -108,7 +110,7 @@ def _naming(names: IntentNames | None, source: Path) -> Iterator[IntentNames]:
 
 def _read_lines(path: Path) -> list[str]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise DataImportError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -383,3 +385,225 @@ def _values_by_entity(data: _RasaData, names: Sequence[str]) -> dict[str, set[st
     for name, values in data.lookup.items():
         used[name].update(value.lower() for value in values)
     return used
+
+
+# -- token-per-line files (CoNLL style: CAIS) ------------------------------------------------
+
+# Scripts written without spaces between words: Han (Chinese), kana (Japanese), and the
+# CJK and full-width punctuation that goes with them ("。", "，", "？").
+_CJK_RANGES = (
+    (0x3000, 0x303F),  # CJK symbols and punctuation
+    (0x3040, 0x30FF),  # Hiragana, Katakana
+    (0x3400, 0x4DBF),  # CJK Unified Ideographs Extension A
+    (0x4E00, 0x9FFF),  # CJK Unified Ideographs
+    (0xF900, 0xFAFF),  # CJK Compatibility Ideographs
+    (0xFF00, 0xFFEF),  # Halfwidth and Fullwidth Forms
+    (0x20000, 0x3134F),  # CJK Unified Ideographs Extensions B-G
+)
+
+
+def is_cjk(char: str) -> bool:
+    """Whether `char` belongs to a script written without spaces between words (Han, kana,
+    CJK punctuation): such neighbours are joined without a space."""
+    code = ord(char)
+    return any(low <= code <= high for low, high in _CJK_RANGES)
+
+
+def guess_language(texts: Iterable[str]) -> str:
+    """'zh' when most letters of `texts` are CJK, else 'en': the default `language:` of an
+    imported bot (letters only, so digits, punctuation and spaces do not tip the count)."""
+    letters = cjk = 0
+    for text in texts:
+        for char in text:
+            if char.isalpha():
+                letters += 1
+                cjk += is_cjk(char)
+    return "zh" if cjk * 2 > letters else "en"
+
+
+def join_tokens(tokens: Sequence[str], *, characters: bool = False) -> tuple[str, list[int]]:
+    """The text of one utterance's tokens and where each token starts in it.
+
+    Character-tokenised text is joined as it stands, so a Latin word spelt letter by letter
+    (CAIS's `t f b o y s`) comes back whole and a space token stays the text's space: that is
+    an utterance whose tokens are all one character with at least one CJK among them, or any
+    utterance when `characters` says the whole file is tokenised so. Otherwise two neighbours
+    get one space between them unless both sides are CJK (`我 想 听 tfboys 的 歌` ->
+    `我想听 tfboys 的歌`) or one is itself whitespace: Latin-script tokens get spaces.
+    """
+    glued = all(len(token) == 1 for token in tokens) and (
+        characters or any(map(is_cjk, tokens))
+    )
+    pieces: list[str] = []
+    starts: list[int] = []
+    length = 0
+    for index, token in enumerate(tokens):
+        if index and not glued and _spaced(tokens[index - 1], token):
+            pieces.append(" ")
+            length += 1
+        starts.append(length)
+        pieces.append(token)
+        length += len(token)
+    return "".join(pieces), starts
+
+
+def _spaced(left: str, right: str) -> bool:
+    if left.isspace() or right.isspace():
+        return False
+    return not (is_cjk(left[-1]) and is_cjk(right[0]))
+
+
+@dataclass
+class TagWarnings:
+    """I-x / E-x tags that continue no x span, counted over one import. Each opens a span (a
+    common slip in published data, as `import_bio` does), so they are reported, not refused."""
+
+    count: int = 0
+    first: str = ""  # file:line of the first one
+
+    def add(self, where: str) -> None:
+        self.count += 1
+        self.first = self.first or where
+
+
+@dataclass(frozen=True)
+class _Token:
+    text: str
+    kind: str  # B, I, E, S or O
+    entity: str  # "" for O
+    where: str  # file:line
+
+
+def import_conll(
+    file: str | Path,
+    intents_file: str | Path,
+    names: IntentNames | None = None,
+    warnings: TagWarnings | None = None,
+) -> list[Example]:
+    """Read a token-per-line file (`token tag`, BIO or BIOES tags, a blank line between
+    utterances) and its intent file (one intent per utterance, same order).
+
+    Text comes from `join_tokens` (`characters` when every token of the file is one
+    character); spans from the tags (whitespace at a span's ends is left out). Labels become
+    intent names through `names` (see `IntentNames`); I-/E- tags that continue no span open
+    one and are counted in `warnings` (logged when none is given).
+    """
+    path, intents_path = Path(file), Path(intents_file)
+    utterances = _conll_utterances(path)
+    labels = _intent_lines(intents_path)
+    if len(labels) != len(utterances):
+        raise DataImportError(
+            f"{intents_path}:{min(len(labels), len(utterances)) + 1}: {len(labels)} intent "
+            f"lines but {path} has {len(utterances)} utterances (one intent per utterance)"
+        )
+    tally = TagWarnings() if warnings is None else warnings
+    characters = all(len(token.text) == 1 for tokens in utterances for token in tokens)
+    rows = enumerate(zip(utterances, labels, strict=True), 1)
+    with _naming(names, intents_path) as namer:
+        examples = [
+            _conll_example(tokens, namer(label, f"{intents_path}:{n}"), tally, characters)
+            for n, (tokens, label) in rows
+        ]
+    if warnings is None and tally.count:
+        log.warning("%s: %d I-/E- tags continue no span (first at %s); each opened one",
+                    path, tally.count, tally.first)
+    return examples
+
+
+def _intent_lines(path: Path) -> list[str]:
+    labels = [line.strip() for line in _read_lines(path)]
+    for number, label in enumerate(labels, 1):
+        if not label:
+            raise DataImportError(f"{path}:{number}: empty intent line")
+    return labels
+
+
+def _conll_utterances(path: Path) -> list[list[_Token]]:
+    """The tokens of each utterance; blank lines (and CoNLL's `-DOCSTART-`) separate them."""
+    utterances: list[list[_Token]] = []
+    current: list[_Token] = []
+    for number, line in enumerate(_read_lines(path), 1):
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if current:
+                utterances.append(current)
+            current = []
+            continue
+        current.append(_conll_token(line.rstrip(), f"{path}:{number}"))
+    if current:
+        utterances.append(current)
+    if not utterances:
+        raise DataImportError(f"{path}:1: no utterances (expected 'token tag' lines)")
+    return utterances
+
+
+def _conll_token(line: str, where: str) -> _Token:
+    """One `token tag` line: tab- or space-separated, the tag last, the token first. A line
+    starting with the separator has a space for its token: CAIS writes the text's spaces so."""
+    separator = "\t" if "\t" in line else " "
+    head, found, tag = line.rpartition(separator)
+    if not found or not head:
+        raise DataImportError(f"{where}: expected 'token tag', got {line!r}")
+    token = head if head.isspace() else head.split(separator)[0]
+    if not token:
+        raise DataImportError(f"{where}: expected 'token tag', got {line!r}")
+    kind, entity = _conll_tag(tag, where)
+    return _Token(token, kind, entity, where)
+
+
+def _conll_tag(tag: str, where: str) -> tuple[str, str]:
+    if tag == "O":
+        return "O", ""
+    kind, dash, entity = tag.partition("-")
+    if kind not in CONLL_KINDS or not dash or not ENTITY_NAME_RE.fullmatch(entity):
+        raise DataImportError(
+            f"{where}: unknown tag {tag!r} (expected O, or B-, I-, E-, S- and an entity "
+            "name: the BIO or BIOES scheme)"
+        )
+    return kind, entity
+
+
+def _conll_example(
+    tokens: Sequence[_Token], intent: str, tally: TagWarnings, characters: bool
+) -> Example:
+    text, starts = join_tokens([token.text for token in tokens], characters=characters)
+    trimmed = [_trim(text, span) for span in _tag_spans(tokens, starts, tally)]
+    lead = len(text) - len(text.lstrip())
+    if not text.strip():
+        raise DataImportError(f"{tokens[0].where}: empty utterance (only whitespace tokens)")
+    spans = (EntitySpan(s.start - lead, s.end - lead, s.entity) for s in trimmed if s)
+    return Example(text.strip(), intent, tuple(spans))
+
+
+def _tag_spans(
+    tokens: Sequence[_Token], starts: Sequence[int], tally: TagWarnings
+) -> list[EntitySpan]:
+    """Spans from BIO/BIOES tags: I-x / E-x continue an open x span, E-x and S-x close one."""
+    spans: list[EntitySpan] = []
+    current: EntitySpan | None = None
+    for token, start in zip(tokens, starts, strict=True):
+        end = start + len(token.text)
+        if token.kind in "IE" and current is not None and current.entity == token.entity:
+            current = EntitySpan(current.start, end, token.entity)
+        else:
+            if current is not None:
+                spans.append(current)
+            current = None if token.kind == "O" else EntitySpan(start, end, token.entity)
+            if token.kind in "IE":
+                tally.add(token.where)
+        if token.kind in "ES" and current is not None:
+            spans.append(current)
+            current = None
+    if current is not None:
+        spans.append(current)
+    return spans
+
+
+def _trim(text: str, span: EntitySpan) -> EntitySpan | None:
+    """`span` without whitespace at its ends (an annotation cannot start or end with it);
+    None when nothing else is left."""
+    start, end = span.start, span.end
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return EntitySpan(start, end, span.entity) if start < end else None

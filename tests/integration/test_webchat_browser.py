@@ -12,7 +12,14 @@ from playwright.async_api import (
 
 from services.gateway.http.state import STATE
 from services.gateway.ports import Role
-from tests.support.webchat import Served, open_chat
+from tests.support.webchat import (
+    COMPOSITION_GUARD_MS,
+    Served,
+    commit,
+    compose,
+    held_back_enters,
+    open_chat,
+)
 
 
 async def send(page: Page, text: str) -> None:
@@ -106,3 +113,27 @@ async def test_a_wrong_key_is_reported_on_the_page(served: Served,
     await expect(page.get_by_test_id("status")).to_contain_text("401")
     await expect(page.get_by_test_id("text")).to_be_disabled()
     assert served.hub.sent == []
+
+
+async def test_the_enter_that_ends_an_input_method_composition_does_not_send(
+        served: Served, browser: BrowserContext) -> None:
+    issued = await served.app[STATE].auth.issue("t1", ["alpha"], Role.CLIENT)
+    page, errors = await open_chat(browser, served, issued.secret, "web-5")
+    field = page.get_by_test_id("text")
+    await expect(field).to_be_focused()
+    assert await held_back_enters(field) == {
+        "plain": False, "keyCode229": True, "isComposing": True, "duringComposition": True,
+        "rightAfterIt": True}
+
+    await compose(page, "nihao")  # pinyin, then the Enter that picks the characters
+    await expect(field).to_have_value("nihao")  # not sent: the form would have emptied it
+    await commit(page, "你好")
+    await expect(field).to_have_value("你好")
+    await page.wait_for_timeout(3 * COMPOSITION_GUARD_MS)
+    await field.press("Enter")  # a plain Enter sends
+    await expect(page.get_by_test_id("bot-message").locator(".bubble")).to_have_text(
+        ["echo: 你好"])
+    await expect(page.get_by_test_id("user-message")).to_have_text(["你好"])
+    await expect(field).to_have_value("")
+    assert [m.text for m in served.hub.sent] == ["你好"]
+    assert errors == []

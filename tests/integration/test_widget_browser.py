@@ -23,7 +23,13 @@ from playwright.async_api import BrowserContext, ConsoleMessage, Page, Request, 
 
 from services.gateway.channels.widget import WIDGET_CACHE
 from services.gateway.http.state import STATE
-from tests.support.webchat import TIMEOUT_MS
+from tests.support.webchat import (
+    COMPOSITION_GUARD_MS,
+    TIMEOUT_MS,
+    commit,
+    compose,
+    held_back_enters,
+)
 from tests.support.widget import (
     ANSWERS,
     BOT,
@@ -296,3 +302,27 @@ async def test_a_page_of_an_origin_not_on_the_list_gets_no_widget(
     await expect(page.get_by_test_id("widget-launcher")).to_have_count(0)
     assert refused(site.widget.metrics, "preflight") >= 1  # the browser asks first
     assert sessions(site.widget.metrics, "new") == 0
+
+
+async def test_the_enter_that_ends_an_input_method_composition_does_not_send(
+        site: Site, browser: BrowserContext) -> None:
+    page, errors = await open_page(browser, site, DESKTOP)
+    await page.get_by_test_id("widget-launcher").click()
+    field = page.get_by_test_id("widget-input")
+    await expect(field).to_be_focused()
+    await expect(page.get_by_test_id("widget-bot-message")).to_have_count(1)  # the greeting
+    assert await held_back_enters(field) == {
+        "plain": False, "keyCode229": True, "isComposing": True, "duringComposition": True,
+        "rightAfterIt": True}
+
+    await compose(page, "nihao")  # pinyin, then the Enter that picks the characters
+    await expect(field).to_have_value("nihao")  # not sent: the form would have emptied it
+    await commit(page, "你好")
+    await expect(field).to_have_value("你好")
+    await page.wait_for_timeout(3 * COMPOSITION_GUARD_MS)
+    await field.press("Enter")  # a plain Enter sends
+    await expect(page.get_by_test_id("widget-user-message")).to_have_text(["You: 你好"])
+    await expect(page.get_by_test_id("widget-bot-message")).to_have_count(2)
+    await expect(field).to_have_value("")
+    assert [m.text for m in site.widget.hub.sent] == ["你好"]
+    assert errors == []

@@ -1,6 +1,7 @@
 """The web chat page in a headless Chromium: Debian's chromium (installed when missing and
-root), the gateway app served with an in-memory echo hub, and opening the chat page
-(tests/integration/test_webchat_browser.py, test_kb_dialogue.py; fixtures in conftest.py)."""
+root), the gateway app served with an in-memory echo hub, opening the chat page, and typing
+through an input method (tests/integration/test_webchat_browser.py, test_kb_dialogue.py,
+test_widget_browser.py; fixtures in conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
-from playwright.async_api import BrowserContext, ConsoleMessage, Page
+from playwright.async_api import BrowserContext, ConsoleMessage, Locator, Page
 
 from tests.support.gateway import FakeHub
 
@@ -19,6 +20,22 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 10_000
+COMPOSITION_GUARD_MS = 100  # chat.js, widget.js: an Enter this soon after compositionend waits
+
+# Synthetic Enter keydowns on a text field (untrusted: they submit nothing) and whether the
+# page prevented each: the ones an input method's Enter looks like in some browser must be.
+_HELD_BACK = """field => {
+  const prevented = (init) => !field.dispatchEvent(new KeyboardEvent("keydown",
+    { key: "Enter", bubbles: true, cancelable: true, ...init }));
+  const plain = prevented({});
+  const keyCode229 = prevented({ keyCode: 229 });
+  const isComposing = prevented({ isComposing: true });
+  field.dispatchEvent(new CompositionEvent("compositionstart", { data: "" }));
+  const duringComposition = prevented({});
+  field.dispatchEvent(new CompositionEvent("compositionend", { data: "" }));
+  const rightAfterIt = prevented({});  // Safari: the keydown comes after compositionend
+  return { plain, keyCode229, isComposing, duringComposition, rightAfterIt };
+}"""
 
 
 def _apt(*args: str) -> subprocess.CompletedProcess[str]:
@@ -67,3 +84,27 @@ async def open_chat(context: BrowserContext, served: Served, key: str,
     await page.get_by_test_id("conversation").fill(conversation)
     await page.get_by_test_id("connect").click()
     return page, errors
+
+
+async def held_back_enters(field: Locator) -> dict[str, bool]:
+    """Which Enter keydowns the field's page prevents (so they send nothing), by kind: a plain
+    one, keyCode 229, isComposing, one during a composition and one right after it ends."""
+    found: dict[str, bool] = await field.evaluate(_HELD_BACK)
+    return found
+
+
+async def compose(page: Page, reading: str) -> None:
+    """Start an input method composition of `reading` (pinyin) in the focused field and press
+    Enter while composing, as Chromium's IME does: the keydown has isComposing."""
+    cdp = await page.context.new_cdp_session(page)
+    await cdp.send("Input.imeSetComposition",
+                   {"text": reading, "selectionStart": len(reading), "selectionEnd": len(reading)})
+    await page.keyboard.press("Enter")
+    await cdp.detach()
+
+
+async def commit(page: Page, text: str) -> None:
+    """End the composition with `text` (the characters picked: compositionend)."""
+    cdp = await page.context.new_cdp_session(page)
+    await cdp.send("Input.insertText", {"text": text})
+    await cdp.detach()

@@ -1,32 +1,44 @@
-"""Data importers (BIO folders, CSV, Rasa YAML) and the `import` / `validate` CLI commands."""
+"""Data importers (BIO folders, CSV, Rasa YAML, CoNLL token-per-line files) and the `import` /
+`validate` CLI commands."""
 
 from __future__ import annotations
 
 import logging
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 import botfactory.cli
+from botfactory.commands.validate import validate_folder
 from services.botdef import (
     DataImportError,
     EntityDef,
     EntitySpan,
     Example,
     import_bio,
+    import_conll,
     import_csv,
     import_rasa,
     load_bot,
 )
-from services.botdef.importers import IntentNames, bio_spans, intent_name
+from services.botdef.importers import (
+    IntentNames,
+    TagWarnings,
+    bio_spans,
+    guess_language,
+    intent_name,
+    join_tokens,
+)
 
 DATA = Path(__file__).resolve().parent / "data" / "botdef"
 SNIPS = DATA / "snips"
 BANKING77 = DATA / "banking77.csv"
 RASA = DATA / "rasa_nlu.yml"
 REPO = Path(__file__).resolve().parents[2]
+CAIS = REPO.parent / "shared" / "data" / "cais"  # ../shared/data/SOURCE.md
 
 
 def span_texts(example: Example) -> list[tuple[str, str]]:
@@ -311,6 +323,155 @@ def test_rasa_examples_as_a_list(tmp_path: Path) -> None:
     assert entities == [EntityDef("who", {}, (), ())]
 
 
+# -- CoNLL token-per-line files ---------------------------------------------------------------
+
+# CAIS's shape: one character per line, BIOES tags, a space token ("  O"), Latin letters one
+# by one; and an English BIO file.
+ZH_BIOES = (
+    "我 O\n要 O\n听 O\n吴 B-singer_name\n雨 I-singer_name\n霏 E-singer_name\n的 O\n歌 O\n\n"
+    "播 O\n放 O\nt B-singer_name\nf I-singer_name\nb I-singer_name\no I-singer_name\n"
+    "y I-singer_name\ns E-singer_name\n  O\n爱 S-song_name\n。 O\n"
+)
+EN_BIO = (
+    "book O\na O\ntable O\nin O\nnew B-city\nyork I-city\n\n"
+    "weather O\nin O\nparis B-city\ntomorrow B-date\n\n\n"
+    "flights O\nto O\nrome B-city\n"
+)
+
+
+def conll(tmp_path: Path, tokens: str, intents: str) -> tuple[Path, Path]:
+    return write(tmp_path / "d.txt", tokens), write(tmp_path / "d.intent", intents)
+
+
+def test_import_conll_chinese_bioes(tmp_path: Path) -> None:
+    examples = import_conll(*conll(tmp_path, ZH_BIOES, "PlayMusic\nPlayMusic\n"))
+    assert [e.text for e in examples] == ["我要听吴雨霏的歌", "播放tfboys 爱。"]
+    assert span_texts(examples[0]) == [("吴雨霏", "singer_name")]
+    assert span_texts(examples[1]) == [("tfboys", "singer_name"), ("爱", "song_name")]
+    assert examples[1].entities[1] == EntitySpan(9, 10, "song_name")
+    assert {e.intent for e in examples} == {"PlayMusic"}
+
+
+def test_import_conll_english_bio(tmp_path: Path) -> None:
+    examples = import_conll(*conll(tmp_path, EN_BIO, "book\nweather\nbook\n"))
+    assert [e.text for e in examples] == [
+        "book a table in new york", "weather in paris tomorrow", "flights to rome"]
+    assert span_texts(examples[0]) == [("new york", "city")]
+    assert span_texts(examples[1]) == [("paris", "city"), ("tomorrow", "date")]
+    assert [e.intent for e in examples] == ["book", "weather", "book"]
+
+
+def test_import_conll_tabs_columns_docstart_crlf_and_bom(tmp_path: Path) -> None:
+    tokens = "\ufeff-DOCSTART- -X- O O\r\n\r\nEU\tNNP\tB-org\r\nrejects\tVBZ\tO\r\n"
+    examples = import_conll(*conll(tmp_path, tokens, "news\r\n"))
+    assert examples == [Example("EU rejects", "news", (EntitySpan(0, 2, "org"),))]
+
+
+@pytest.mark.parametrize(
+    ("tokens", "characters", "text"),
+    [
+        (["我", "想", "听", "tfboys", "的", "歌"], False, "我想听 tfboys 的歌"),
+        (["t", "f", "b", "o", "y", "s", "的", "歌"], False, "tfboys的歌"),
+        (["b", "a", "s", "k", "e", "t"], True, "basket"),  # a CAIS utterance without Han
+        (["b", "a", "s", "k", "e", "t"], False, "b a s k e t"),
+        (["one", " ", "note"], False, "one note"),
+        (["hello", ",", "world"], False, "hello , world"),  # as import_bio joins tokens
+        (["价格", "100", "元", "。"], False, "价格 100 元。"),
+    ],
+)
+def test_join_tokens(tokens: list[str], characters: bool, text: str) -> None:
+    joined, starts = join_tokens(tokens, characters=characters)
+    assert joined == text
+    assert [joined[s : s + len(t)] for s, t in zip(starts, tokens, strict=True)] == tokens
+
+
+@pytest.mark.parametrize(
+    ("tags", "spans", "orphans"),
+    [
+        (["B-a", "I-a", "E-a", "O"], [(0, 3, "a")], 0),
+        (["S-a", "S-a", "B-b", "E-b"], [(0, 1, "a"), (1, 2, "a"), (2, 4, "b")], 0),
+        (["B-a", "E-a", "I-a", "E-a"], [(0, 2, "a"), (2, 4, "a")], 1),
+        (["I-a", "I-a", "O", "E-b"], [(0, 2, "a"), (3, 4, "b")], 2),
+        (["B-a", "I-b", "O", "O"], [(0, 1, "a"), (1, 2, "b")], 1),
+        (["B-a", "B-a", "I-a", "O"], [(0, 1, "a"), (1, 3, "a")], 0),
+    ],
+)
+def test_conll_bioes_spans_and_orphan_tags(
+    tmp_path: Path, tags: list[str], spans: list[tuple[int, int, str]], orphans: int
+) -> None:
+    tokens = "".join(f"{char} {tag}\n" for char, tag in zip("甲乙丙丁", tags, strict=True))
+    warnings = TagWarnings()
+    [example] = import_conll(*conll(tmp_path, tokens, "x\n"), warnings=warnings)
+    assert [(s.start, s.end, s.entity) for s in example.entities] == spans
+    assert warnings.count == orphans
+    assert bool(warnings.first) == bool(orphans)
+
+
+def test_conll_orphan_tag_names_its_line_and_is_logged_without_a_tally(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = conll(tmp_path, "a O\n\nb O\nc I-x\nd I-x\n\ne E-y\n", "q\nq\nq\n")
+    warnings = TagWarnings()
+    import_conll(*files, warnings=warnings)
+    assert (warnings.count, warnings.first) == (2, f"{files[0]}:4")
+    with caplog.at_level(logging.WARNING):
+        import_conll(*files)
+    assert f"2 I-/E- tags continue no span (first at {files[0]}:4)" in caplog.text
+
+
+def test_conll_spans_leave_out_whitespace_at_their_ends(tmp_path: Path) -> None:
+    tokens = "  O\n唱 O\n  B-song\n爱 I-song\n  E-song\n  O\n"
+    [example] = import_conll(*conll(tmp_path, tokens, "sing\n"))
+    assert example == Example("唱 爱", "sing", (EntitySpan(2, 3, "song"),))
+
+
+@pytest.mark.parametrize(
+    ("tokens", "intents", "message"),
+    [
+        ("a O\n\nb O\n\nc O\n", "x\nx\n", "d.intent:3: 2 intent lines but {tokens} has 3 utt"),
+        ("a O\n", "x\nx\n", "d.intent:2: 2 intent lines but {tokens} has 1 utterances"),
+        ("a O\nb U-city\n", "x\n", "d.txt:2: unknown tag 'U-city' (expected O, or B-, I-, E-"),
+        ("a O\nb B_city\n", "x\n", "d.txt:2: unknown tag 'B_city'"),
+        ("a O\nb B-\n", "x\n", "d.txt:2: unknown tag 'B-'"),
+        ("a O\nb\n", "x\n", "d.txt:2: expected 'token tag', got 'b'"),
+        (" O\n", "x\n", "d.txt:1: expected 'token tag', got ' O'"),
+        ("a O\n\nb O\n", "x\n\nx\n", "d.intent:2: empty intent line"),
+        ("\n\n", "", "d.txt:1: no utterances"),
+        ("  O\n", "x\n", "d.txt:1: empty utterance"),
+        ("a O\n", "??\n", "d.intent:1: label '??' has no character allowed"),
+    ],
+)
+def test_conll_errors_name_file_and_line(
+    tmp_path: Path, tokens: str, intents: str, message: str
+) -> None:
+    files = conll(tmp_path, tokens, intents)
+    expected = str(tmp_path / message.format(tokens=files[0]))
+    with pytest.raises(DataImportError, match=re.escape(expected)):
+        import_conll(*files)
+
+
+def test_conll_missing_or_undecodable_file(tmp_path: Path) -> None:
+    intents = write(tmp_path / "d.intent", "x\n")
+    with pytest.raises(DataImportError, match=re.escape(f"{tmp_path}/nope: no such file")):
+        import_conll(tmp_path / "nope", intents)
+    (tmp_path / "gbk.txt").write_bytes("我 O\n".encode("gbk"))
+    with pytest.raises(DataImportError, match=re.escape(f"{tmp_path}/gbk.txt: cannot read")):
+        import_conll(tmp_path / "gbk.txt", intents)
+
+
+@pytest.mark.parametrize(
+    ("texts", "language"),
+    [
+        (["我要听吴雨霏的歌", "播放tfboys的歌"], "zh"),
+        (["play tfboys", "我要听"], "en"),  # 10 Latin letters, 3 Han
+        (["book a table", "12:30, ok?"], "en"),
+        (["123", "。"], "en"),
+    ],
+)
+def test_guess_language(texts: list[str], language: str) -> None:
+    assert guess_language(texts) == language
+
+
 # -- CLI --------------------------------------------------------------------------------------
 
 
@@ -471,3 +632,75 @@ def test_cli_validate_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixtu
     code, out, _ = run_cli(capsys, "validate", str(tmp_path / "none"))
     assert code == 1
     assert "no such directory" in out
+
+
+def test_cli_import_conll_chinese(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tokens, intents = conll(tmp_path / "music", ZH_BIOES, "PlayMusic\nPlayMusic\n")
+    out_dir = tmp_path / "bot"
+    argv = ["import", "conll", str(tokens), "--intents", str(intents), "--out", str(out_dir)]
+    code, out, err = run_cli(capsys, *argv)
+    assert (code, err) == (0, "")
+    assert out.strip() == (
+        f"wrote {out_dir}: bot 'd', 1 intents, 2 examples, 2 entities, language zh")
+    bot = load_bot(out_dir)
+    assert bot.nlu.language == "zh"
+    assert bot.examples() == import_conll(tokens, intents)
+    assert "- 我要听[吴雨霏](singer_name)的歌" in (out_dir / "data" / "intents.yml").read_text(
+        encoding="utf-8")
+    assert run_cli(capsys, "validate", str(out_dir))[0] == 0
+
+
+def test_cli_import_conll_english_language_and_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tokens, intents = conll(tmp_path, EN_BIO.replace("B-city", "I-city"), "a\na\na\n")
+    argv = ["import", "conll", str(tokens), "--intents", str(intents), "--name", "trips"]
+    code, out, err = run_cli(capsys, *argv, "--out", str(tmp_path / "en"))
+    assert code == 0
+    assert out.endswith("bot 'trips', 1 intents, 3 examples, 2 entities, language en\n")
+    assert err == (f"warning: 3 I-/E- tag(s) continue no span, each opened one "
+                   f"(first at {tokens}:5)\n")
+    code, out, _ = run_cli(capsys, *argv, "--out", str(tmp_path / "de"), "--language", "de")
+    assert (code, load_bot(tmp_path / "de").nlu.language) == (0, "de")
+
+
+def test_cli_import_conll_bad_input_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tokens, intents = conll(tmp_path, "a O\n\nb O\n\nc O\n", "x\nx\n")
+    out_dir = tmp_path / "out"
+    argv = ["import", "conll", str(tokens), "--intents", str(intents), "--out", str(out_dir)]
+    code, out, err = run_cli(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert err == (f"error: {intents}:3: 2 intent lines but {tokens} has 3 utterances "
+                   "(one intent per utterance)\n")
+    assert not out_dir.exists()
+    with pytest.raises(SystemExit) as caught:
+        botfactory.cli.main([*argv, "--language", "Chinese"])
+    assert caught.value.code == 2
+    assert "'Chinese' is not a language code" in capsys.readouterr().err
+
+
+def test_cli_import_cais_train_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real CAIS training split (../shared/data/cais): counts, and `validate` accepts it."""
+    source = CAIS / "train" / "ch.train"
+    if not source.is_file():
+        pytest.skip(f"CAIS is not there ({source} is missing; see ../shared/data/SOURCE.md)")
+    out_dir = tmp_path / "cais"
+    started = time.perf_counter()
+    code, out, err = run_cli(capsys, "import", "conll", str(source), "--intents",
+                             f"{source}.intent", "--out", str(out_dir))
+    seconds = time.perf_counter() - started
+    assert (code, err) == (0, "")
+    assert out.strip() == (
+        f"wrote {out_dir}: bot 'cais', 13 intents, 7995 examples, 24 entities, language zh")
+    bot = load_bot(out_dir)
+    examples = bot.examples()
+    assert len(examples) == 7995
+    assert sum(len(e.entities) for e in examples) == 8946  # 8828 B- and 118 S- tags
+    assert len(bot.entities) == 24
+    assert examples[1] == Example("我要听tfboys唱的歌。", "PlayMusic",
+                                  (EntitySpan(3, 9, "singer_name"),))
+    findings = validate_folder(out_dir)
+    assert findings.errors == []
+    assert seconds < 30

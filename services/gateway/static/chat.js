@@ -292,6 +292,30 @@
     openSocket();
   }
 
+  // With an input method (Chinese pinyin, Japanese kana, ...) the Enter that ends a
+  // composition picks the characters; it must not also send (an Enter in the text field
+  // submits the form). Chromium and Firefox mark that keydown isComposing, some browsers give
+  // it keyCode 229, and Safari fires it just after compositionend: an Enter that soon after one
+  // is held back too. The next Enter sends.
+  const COMPOSITION_GUARD_MS = 100;
+
+  function holdComposingEnter(input) {
+    let composing = false;
+    let endedAt = -Infinity;
+    input.addEventListener("compositionstart", () => { composing = true; });
+    input.addEventListener("compositionend", () => {
+      composing = false;
+      endedAt = performance.now();
+    });
+    input.addEventListener("keydown", (event) => {
+      if (event.key !== "Enter") return;
+      const justEnded = performance.now() - endedAt < COMPOSITION_GUARD_MS;
+      if (event.isComposing || event.keyCode === 229 || composing || justEnded) {
+        event.preventDefault();
+      }
+    });
+  }
+
   function submit(event) {
     event.preventDefault();
     const text = els.text.value.trim();
@@ -312,5 +336,6 @@
 
   els.settings.addEventListener("submit", start);
   els.composer.addEventListener("submit", submit);
+  holdComposingEnter(els.text);
   restore();
 })();

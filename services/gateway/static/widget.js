@@ -442,6 +442,30 @@
     ui.launcher.focus();
   }
 
+  // With an input method (Chinese pinyin, Japanese kana, ...) the Enter that ends a
+  // composition picks the characters; it must not also send (an Enter in the text field
+  // submits the form). Chromium and Firefox mark that keydown isComposing, some browsers give
+  // it keyCode 229, and Safari fires it just after compositionend: an Enter that soon after one
+  // is held back too. The next Enter sends. (The same as the web chat page's chat.js.)
+  const COMPOSITION_GUARD_MS = 100;
+
+  function holdComposingEnter(input) {
+    let composing = false;
+    let endedAt = -Infinity;
+    input.addEventListener("compositionstart", () => { composing = true; });
+    input.addEventListener("compositionend", () => {
+      composing = false;
+      endedAt = performance.now();
+    });
+    input.addEventListener("keydown", (event) => {
+      if (event.key !== "Enter") return;
+      const justEnded = performance.now() - endedAt < COMPOSITION_GUARD_MS;
+      if (event.isComposing || event.keyCode === 229 || composing || justEnded) {
+        event.preventDefault();
+      }
+    });
+  }
+
   function wire() {
     ui.launcher.addEventListener("click", () => (state.open ? closePanel() : openPanel()));
     ui.close.addEventListener("click", closePanel);
@@ -458,6 +482,7 @@
       ui.input.value = "";
       send(text);
     });
+    holdComposingEnter(ui.input);
     window.addEventListener("pagehide", () => {
       state.closing = true;
       if (state.socket) state.socket.close();
