@@ -115,7 +115,8 @@ def template_environment() -> ImmutableSandboxedEnvironment:
     No loader (no include/import), no access to private attributes or mutation of values,
     no huge products or powers; a missing value renders empty, None renders empty,
     booleans as yes/no. Filter `money` formats a number with thousands separators and 2
-    decimals; `redact_pii` masks card numbers, IBANs, e-mail addresses and phone numbers.
+    decimals; `redact_pii` masks card numbers, IBANs, e-mail addresses, phone numbers and
+    Chinese resident ID numbers.
     """
     env = _Sandbox(undefined=ChainableUndefined, finalize=_finalize, autoescape=False)
     env.filters["money"] = money
@@ -128,8 +129,9 @@ def template_environment() -> ImmutableSandboxedEnvironment:
 
 
 def _redact_pii(value: Any) -> Any:
-    """`{{ slots.recipient | redact_pii }}`: a value with card numbers, IBANs, e-mail addresses
-    and phone numbers masked, for messages that echo what the user gave (docs/security.md)."""
+    """`{{ slots.recipient | redact_pii }}`: a value with card numbers, IBANs, e-mail addresses,
+    phone numbers and Chinese resident ID numbers masked, for messages that echo what the user
+    gave (docs/security.md)."""
     if value is None or isinstance(value, Undefined):
         return ""
     return redact(value) if isinstance(value, str) else value
