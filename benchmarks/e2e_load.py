@@ -51,6 +51,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.fake_telegram import (  # noqa: E402
+    TELEGRAM_SECRET_HEADER,
+    FakeBotApi,
+    bot_token,
+    set_up_telegram,
+    telegram_update,
+)
 from benchmarks.nlu_latency import percentile  # noqa: E402
 from benchmarks.reliability_doc import write_doc  # noqa: E402
 from benchmarks.stack import (  # noqa: E402
@@ -81,7 +88,6 @@ THINK_S = 0.2  # the users' mean think time
 LOST_AFTER_S = 10.0
 GRACE_S = 0.5
 CALIBRATION_ROUNDS = 4  # fresh HTTP conversations per text: the replies each text gets
-TELEGRAM_SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 
 @dataclass
@@ -221,9 +227,9 @@ class Chat:
     out_of_order: int = 0
 
 
-class FakeTelegram:
-    """A fake Telegram Bot API in this process (aiohttp, a free port): answers `sendMessage`
-    like Telegram and hands each reply, with its arrival time, to the chat waiting for it.
+class FakeTelegram(FakeBotApi):
+    """The fake Telegram Bot API (benchmarks/fake_telegram.py) that hands each reply, with its
+    arrival time, to the chat waiting for it.
 
     `replies` (text sent -> the reply texts the HTTP API gives it) tells a reply to the chat's
     earlier message (out of order) from one to the message awaited; `expected` how many
@@ -231,42 +237,15 @@ class FakeTelegram:
 
     def __init__(self, token: str, replies: dict[str, set[str]],
                  expected: dict[str, int]) -> None:
-        self.token = token
+        super().__init__(token)
         self.replies = replies
         self.expected = expected
         self.chats: dict[str, Chat] = {}
-        self.sent = 0
-        self._runner: Any = None
 
-    async def start(self) -> str:
-        from aiohttp import web
-
-        app = web.Application()
-        app.router.add_post(f"/bot{self.token}/sendMessage", self._send_message)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        return f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _send_message(self, request: Any) -> Any:
-        from aiohttp import web
-
-        at = time.perf_counter()
-        body = await request.json()
-        chat_id, text = str(body.get("chat_id", "")), str(body.get("text", ""))
-        self.sent += 1
+    def received(self, chat_id: str, text: str, at: float) -> None:
         chat = self.chats.get(chat_id)
         if chat is not None:
             self._arrived(chat, at, text)
-        return web.json_response({"ok": True, "result": {
-            "message_id": self.sent, "date": int(time.time()), "text": text,
-            "chat": {"id": int(chat_id) if chat_id.lstrip("-").isdigit() else chat_id,
-                     "type": "private"}}})
 
     def _arrived(self, chat: Chat, at: float, text: str) -> None:
         waiting = chat.done is not None and not chat.done.done()
@@ -327,27 +306,6 @@ def families(replies: dict[str, set[str]]) -> dict[str, set[str]]:
                     found |= more
                     changed = True
     return joined
-
-
-async def set_up_telegram(base: str, admin_key: str, fake: FakeTelegram, api_base: str,
-                          secret: str) -> None:
-    """The banking bot's telegram channel, pointed at the fake, through the admin API."""
-    import aiohttp
-
-    body = {"bot_token": fake.token, "secret_token": secret, "api_base": api_base}
-    async with aiohttp.ClientSession() as session, session.put(
-            f"{base}/v1/admin/bots/banking/channels/telegram", json=body,
-            headers={"Authorization": f"Bearer {admin_key}"}) as response:
-        if response.status != 200:
-            raise RuntimeError(f"setting the telegram channel: {response.status} "
-                               f"{await response.text()}")
-
-
-def telegram_update(update_id: int, chat_id: int, text: str) -> dict[str, Any]:
-    person = {"id": chat_id, "is_bot": False, "first_name": "Bench"}
-    return {"update_id": update_id, "message": {
-        "message_id": update_id, "date": int(time.time()), "text": text, "from": person,
-        "chat": {**person, "type": "private"}}}
 
 
 @dataclass
@@ -530,12 +488,11 @@ async def start_telegram(stack: ProcessStack, key: str) -> tuple[FakeTelegram, s
     """The fake Bot API, the bot's telegram channel pointed at it, and a short warm-up of the
     channel's path (its KV buckets, the outbox's connection to the fake)."""
     replies, expected = await calibrate(stack.base_url, key)
-    fake = FakeTelegram(f"{random.randrange(10**8, 10**9)}:{secrets.token_urlsafe(30)}",
-                        replies, expected)
+    fake = FakeTelegram(bot_token(), replies, expected)
     api_base = await fake.start()
     secret = secrets.token_hex(16)
     try:
-        await set_up_telegram(stack.base_url, stack.admin_key, fake, api_base, secret)
+        await set_up_telegram(stack.base_url, stack.admin_key, fake.token, api_base, secret)
         warm = (await measure_telegram(stack.base_url, fake, secret, 4, 2.0, 0.0)).total
     except BaseException:
         await fake.stop()

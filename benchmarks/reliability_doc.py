@@ -119,9 +119,14 @@ def render_chaos(chaos: Mapping[str, Any] | None) -> list[str]:
               ("retriable answers seen by clients (503/429/connection errors), retried",
                chaos.get("retried")),
               ("non-retriable errors (5xx other than 503, 4xx)", chaos.get("hard_errors"))]
-    lines += [_stamp(chaos) + f" Load: {chaos.get('users')} concurrent users for "
+    split = ""
+    if chaos.get("telegram"):
+        split = (f" ({chaos.get('http_users')} through the HTTP API, "
+                 f"{chaos['telegram'].get('users')} as Telegram chats)")
+    lines += [_stamp(chaos) + f" Load: {chaos.get('users')} concurrent users{split} for "
               f"{chaos.get('duration_s')} s.", ""]
     lines += [*_table(("figure", "value"), totals), ""]
+    lines += _render_chaos_telegram(chaos.get("telegram"))
     kills = chaos.get("kills") or []
     lines += ["Every kill, in order (`recovery_s`: from the SIGKILL until the first good "
               "end-to-end reply after the restart — a free-text message answered by NLU for "
@@ -131,6 +136,48 @@ def render_chaos(chaos: Mapping[str, Any] | None) -> list[str]:
                     [(i + 1, k.get("component"), k.get("at_s"), k.get("ready_s"),
                       k.get("recovery_s"), k.get("recovered")) for i, k in enumerate(kills)])
     return [*lines, ""]
+
+
+def _render_chaos_telegram(telegram: Mapping[str, Any] | None) -> list[str]:
+    if not telegram:
+        return []
+    lines = [f"Of these users, {telegram.get('users')} talk through the Telegram channel "
+             "(the conversation and message figures above are the HTTP users'; the workflow runs "
+             "and the bank's counters everyone's): each transfer conversation is a Telegram "
+             "chat POSTing updates to the webhook and sending the same update (same "
+             "`update_id`) again until it is answered 200, as Telegram does; the replies go "
+             "out through the channel outbox to a fake Bot API in the benchmark's process, "
+             "which outlives the gateway's restarts and refuses a few calls (429 with "
+             "`retry_after` 1, 500). After the drain, every bot message of each chat's "
+             "conversation on the CONV stream is looked for at the fake: once each, in the "
+             "stream's order.", ""]
+    rows = [("Telegram conversations (chats)", telegram.get("conversations")),
+            ("updates sent (distinct `update_id`s)", telegram.get("updates")),
+            ("updates accepted (200)", telegram.get("accepted")),
+            ("updates sent again after an answer other than 200 (redeliveries)",
+             telegram.get("redeliveries")),
+            ("redeliveries by cause", _statuses(telegram.get("redelivered_by_cause"))),
+            ("accepted updates without a reply on the stream", telegram.get("unanswered")),
+            ("bot messages on the stream for the chats", telegram.get("replies")),
+            ("messages the fake Bot API took", telegram.get("delivered")),
+            ("lost (on the stream, never at the platform)", telegram.get("lost")),
+            ("duplicated at the platform", telegram.get("duplicated")),
+            ("out of order at the platform", telegram.get("out_of_order")),
+            ("tracker mismatches", telegram.get("tracker_mismatches")),
+            ("`sendMessage` calls refused by the fake: 429 / 500",
+             f"{_cell(telegram.get('platform_429s'))} / {_cell(telegram.get('platform_500s'))}")]
+    lines += [*_table(("Telegram figure", "value"), rows), ""]
+    examples = telegram.get("duplicate_examples") or []
+    if examples:
+        lines += ["Duplicates at the platform (the outbox records a reply the platform took "
+                  "in KV `channel_sent` after the platform's answer; a kill in between sends "
+                  "it again):", ""]
+        lines += _table(("conversation", "text", "arrived at s", "last kill before"),
+                        [(e.get("conversation"), e.get("text"),
+                          ", ".join(_cell(t) for t in e.get("arrived_at_s") or []),
+                          e.get("last_kill_before")) for e in examples])
+        lines.append("")
+    return lines
 
 
 def render_load(load: Mapping[str, Any] | None) -> list[str]:

@@ -104,3 +104,33 @@ def test_chaos_check_tells_conversations_apart_when_their_ids_collide() -> None:
                                                 message_id="m0-0:0", in_reply_to="m0-0",
                                                 index=0, last=True))
     assert check_replies(tally, answered) == {"lost": 0, "duplicated": 0, "out_of_order": 0}
+
+
+def test_chaos_telegram_check_compares_the_stream_with_what_the_platform_took() -> None:
+    from benchmarks.chaos import Inbox, check_delivery
+    from services.gateway.channels.base import split_text
+
+    def bot(conversation: str, text: str, role: str = "bot") -> conversation_pb2.BotMessage:
+        return conversation_pb2.BotMessage(conversation_id=conversation, text=text, role=role)
+
+    long_text = "word " * 1000  # over Telegram's 4096 characters: two pieces at the platform
+    stream = [bot("telegram-1", "How much?"), bot("telegram-1", "Who?", role="agent"),
+              bot("telegram-1", "hi", role="user"),  # a relayed user message: not sent
+              bot("telegram-2", long_text), bot("telegram-3", "a"), bot("telegram-3", "b")]
+    inbox = Inbox()
+    first, second = split_text(long_text, 4096)
+    for chat, text in [("1", "How much?"), ("1", "Who?"), ("2", first), ("2", second),
+                       ("3", "a"), ("3", "b")]:
+        inbox(chat, text, 1.0)
+    conversations = ["telegram-1", "telegram-2", "telegram-3"]
+    figures = check_delivery(conversations, stream, inbox)
+    assert (figures["lost"], figures["duplicated"], figures["out_of_order"]) == (0, 0, 0)
+    assert figures["replies"] == figures["delivered"] == 6
+
+    inbox("1", "Who?", 2.0)  # taken twice
+    inbox.texts["3"].reverse()  # b before a
+    stream.append(bot("telegram-3", "c"))  # never taken
+    figures = check_delivery(conversations, stream, inbox)
+    assert (figures["lost"], figures["duplicated"], figures["out_of_order"]) == (1, 1, 1)
+    assert figures["duplicate_examples"] == [
+        {"conversation": "telegram-1", "text": "Who?", "arrived_at": [1.0, 2.0]}]

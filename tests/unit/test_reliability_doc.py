@@ -19,8 +19,18 @@ from benchmarks.reliability_doc import (
 CHAOS: dict[str, Any] = {
     "accepted": 1234, "lost": 0, "duplicated": 0, "out_of_order": 0, "tracker_mismatches": 0,
     "rpa_runs": 77, "rpa_duplicate_side_effects": 0, "retried": 55, "hard_errors": 0,
-    "conversations": 300, "users": 50, "duration_s": 95.5, "quick": True, "cpus": 2,
+    "conversations": 300, "users": 50, "http_users": 40, "duration_s": 95.5, "quick": True,
+    "cpus": 2,
     "created_at": "2026-01-02T03:04:05Z",
+    "telegram": {"users": 10, "conversations": 60, "updates": 250, "accepted": 248,
+                 "redeliveries": 31, "redelivered_by_cause": {"503": 20,
+                                                              "ClientConnectorError": 11},
+                 "unanswered": 0, "replies": 260, "delivered": 261, "lost": 0,
+                 "duplicated": 1, "out_of_order": 0, "tracker_mismatches": 0,
+                 "platform_429s": 5, "platform_500s": 6,
+                 "duplicate_examples": [{"conversation": "telegram-42", "text": "How much?",
+                                         "arrived_at_s": [12.5, 19.0],
+                                         "last_kill_before": "gateway at 12.1 s"}]},
     "kills": [{"component": "nats", "at_s": 10.2, "ready_s": 0.31, "recovery_s": 2.75,
                "recovered": True},
               {"component": "dialogue-1", "at_s": 20.0, "ready_s": 3.1, "recovery_s": None,
@@ -60,6 +70,22 @@ def test_renders_every_figure_from_the_results() -> None:
     assert "Not measured yet (no `benchmarks/results/rpa_throughput.json`)" in text
     assert "- Keys reach nothing — Nothing at all." in text
     assert "Measured (`--quick`) on a 2-CPU machine, 2026-01-02T03:04:05Z." in text
+
+
+def test_renders_the_telegram_users_of_the_chaos_run() -> None:
+    text = render({"chaos": CHAOS, "e2e_load": None, "rpa_throughput": None}, [])
+    assert "Of these users, 10 talk through the Telegram channel" in text
+    assert "Load: 50 concurrent users (40 through the HTTP API, 10 as Telegram chats)" in text
+    assert "| updates accepted (200) | 248 |" in text
+    assert "| updates sent again after an answer other than 200 (redeliveries) | 31 |" in text
+    assert "| redeliveries by cause | 503 20, ClientConnectorError 11 |" in text
+    assert "| lost (on the stream, never at the platform) | 0 |" in text
+    assert "| duplicated at the platform | 1 |" in text
+    assert "| `sendMessage` calls refused by the fake: 429 / 500 | 5 / 6 |" in text
+    assert "| telegram-42 | How much? | 12.5, 19 | gateway at 12.1 s |" in text
+    without = render({"chaos": {k: v for k, v in CHAOS.items() if k != "telegram"},
+                      "e2e_load": None, "rpa_throughput": None}, [])
+    assert "Telegram" not in without.split("## Load held")[0]
 
 
 def test_a_missing_knee_and_growing_memory_are_said_plainly() -> None:
