@@ -242,3 +242,29 @@ async def test_telegram_parses_messages_and_button_presses() -> None:
     photo = {"update_id": 7, "message": {"message_id": 2, "chat": {"id": 42}, "photo": []}}
     assert (await telegram.parse(None, json.dumps(photo).encode(), settings,  # type: ignore[arg-type]
                                  session)).messages == []
+
+
+async def test_a_webhook_while_the_bus_is_down_is_503_with_retry_after() -> None:
+    """The platform sends the update again later (a 500 would be logged as a crash)."""
+    import nats.errors
+    from aiohttp.test_utils import TestClient, TestServer
+    from prometheus_client import CollectorRegistry
+
+    from services.gateway.channels.service import CHANNELS
+    from services.gateway.http import GatewayMetrics, create_app
+    from tests.support.gateway import FakeHub, make_config
+    from tests.support.memstores import InMemoryKeyStore
+
+    class DownStore:
+        async def get(self, bot: str, channel: str) -> None:
+            raise nats.errors.TimeoutError
+
+    app = create_app(FakeHub(), InMemoryKeyStore(), make_config(),
+                     GatewayMetrics.create(CollectorRegistry()))
+    channels: Any = SimpleNamespace(adapters={"telegram": Telegram()}, store=DownStore(),
+                                    metrics=None, refs=None, session=None)
+    app[CHANNELS] = channels
+    async with TestClient(TestServer(app)) as client:
+        response = await client.post("/v1/channels/telegram/banking", json={"update_id": 1})
+        assert response.status == 503 and response.headers["Retry-After"] == "2"
+        assert (await response.json())["type"].endswith(":unavailable")

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import nats.errors
+import nats.js.errors
 from aiohttp import web
 
 from services.common.errors import NotFound, Unavailable
 from services.common.logging import get_logger
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.gateway import audit
+from services.gateway.backpressure import RetryLater
 from services.gateway.channels.base import Channel, ChannelRefused, Incoming, SettingsInvalid
 from services.gateway.channels.service import CHANNELS, Channels
 from services.gateway.channels.store import ConversationRef, conversation_id
@@ -27,6 +30,7 @@ from services.gateway.http.bodies import MAX_CHANNEL_SETTING_CHARS
 from services.gateway.http.problems import FieldError, PayloadTooLarge, RequestInvalid
 from services.gateway.http.state import state_of
 from services.gateway.http.wire import json_response, read_json
+from services.gateway.hub import BUS_DOWN, BUS_RETRY_AFTER_S
 
 log = get_logger(__name__)
 API_BASE = "api_base"
@@ -181,7 +185,15 @@ async def channel_handshake(request: web.Request) -> web.StreamResponse:
 async def channel_inbound(request: web.Request) -> web.StreamResponse:
     """A platform's webhook: verified first (401 otherwise, counted), then each user message
     is stored and sent on like any other (without waiting: the replies go out through the
-    channel outbox). 200 at once, so the platform does not retry."""
+    channel outbox). 200 at once, so the platform does not retry; 503 + Retry-After while the
+    message bus is down (the platform sends the update again: nothing is lost)."""
+    try:
+        return await _inbound(request)
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+        raise RetryLater(BUS_DOWN, BUS_RETRY_AFTER_S) from exc
+
+
+async def _inbound(request: web.Request) -> web.StreamResponse:
     channels, adapter, bot, settings = await _configured(request)
     limit = state_of(request).config.body_limit_bytes
     body = await request.content.read(limit + 1)
