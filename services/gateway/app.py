@@ -129,7 +129,7 @@ class GatewayServer:
         config = self.config
         channels = Channels(
             adapters, ChannelStore(bus, SecretBox(config.channel_secrets_key),
-                                   secret_names(adapters)),
+                                   secret_names(adapters), cache_s=config.key_cache_s),
             ConversationRefs(bus), self.webhook_session,
             ChannelMetrics.create(self.metrics.registry))
         self.outbox = ChannelOutbox(

@@ -256,7 +256,7 @@ async def test_a_webhook_while_the_bus_is_down_is_503_with_retry_after() -> None
     from tests.support.memstores import InMemoryKeyStore
 
     class DownStore:
-        async def get(self, bot: str, channel: str) -> None:
+        async def current(self, bot: str, channel: str) -> None:
             raise nats.errors.TimeoutError
 
     app = create_app(FakeHub(), InMemoryKeyStore(), make_config(),
@@ -268,3 +268,26 @@ async def test_a_webhook_while_the_bus_is_down_is_503_with_retry_after() -> None
         response = await client.post("/v1/channels/telegram/banking", json={"update_id": 1})
         assert response.status == 503 and response.headers["Retry-After"] == "2"
         assert (await response.json())["type"].endswith(":unavailable")
+
+
+async def test_the_hot_path_keeps_settings_a_few_seconds_but_never_an_absence() -> None:
+    """Every webhook request and reply reads the settings: `current` keeps them `cache_s`
+    (a change on another replica applies within it), but a channel just set counts at once."""
+    now = [0.0]
+    bus = CountingBus()
+    store = ChannelStore(bus, SecretBox(new_key()),  # type: ignore[arg-type]
+                         {"telegram": ("bot_token",)}, cache_s=5.0, clock=lambda: now[0])
+    assert await store.current("banking", "telegram") is None
+    kv = await bus.kv("bots")
+    await store.put("banking", "telegram", {"bot_token": "t1"})
+    assert (await store.current("banking", "telegram") or {})["bot_token"] == "t1"
+    # another replica changes it: this one keeps what it read until cache_s has passed
+    record = json.loads(kv.values["channel.banking.telegram"][1])
+    record["settings"]["x"] = "1"
+    kv.values["channel.banking.telegram"] = (99, json.dumps(record).encode())
+    assert "x" not in (await store.current("banking", "telegram") or {})
+    now[0] += 6.0
+    assert (await store.current("banking", "telegram") or {})["x"] == "1"
+    # a change made here applies here at once
+    await store.put("banking", "telegram", {"bot_token": "t2"})
+    assert (await store.current("banking", "telegram") or {})["bot_token"] == "t2"

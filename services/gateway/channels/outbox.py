@@ -98,24 +98,26 @@ class ChannelOutbox(OrderedPull):
         if name is None:
             await settle(msg.ack())  # not a channel conversation
             return
-        # Both reads at once: the channel a conversation answers on is the one its id names.
-        ref, settings = await asyncio.gather(
-            self._refs.lookup(message.bot_id, message.conversation_id),
-            self._store.get(message.bot_id, name))
+        bot, conversation = message.bot_id, message.conversation_id
+        # The reads at once: the channel a conversation answers on is the one its id names; a
+        # reply the platform already took (a redelivery) is not sent again.
+        ref, settings, taken = await asyncio.gather(
+            self._refs.lookup(bot, conversation), self._store.current(bot, name),
+            self._sent.taken(bot, conversation, message.message_id))
         if ref is not None and ref.channel != name:
-            settings = await self._store.get(message.bot_id, ref.channel)
+            settings = await self._store.current(message.bot_id, ref.channel)
         if ref is None or settings is None or ref.channel not in self._channels:
             await settle(msg.ack())  # not a channel conversation (or its channel was removed)
             return
-        bot, conversation = message.bot_id, message.conversation_id
-        if await self._sent.taken(bot, conversation, message.message_id):
-            await settle(msg.ack())  # a redelivery of a reply the platform already took
+        if taken:
+            await settle(msg.ack())  # the platform already took it
             return
         failure = await self._send(self._channels[ref.channel], settings, ref.address, message)
-        if failure is None:
-            await self._sent.record(bot, conversation, message.message_id)
-        else:
-            await self._dead_letter(msg, message, ref.channel, failure)
+        if failure is None:  # the record and the ack at once: once acked it is not redelivered
+            await asyncio.gather(self._sent.record(bot, conversation, message.message_id),
+                                 settle(msg.ack()))
+            return
+        await self._dead_letter(msg, message, ref.channel, failure)
         await settle(msg.ack())
 
     async def _send(self, channel: Channel, settings: dict[str, Any], address: dict[str, str],

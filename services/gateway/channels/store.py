@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from services.common.pull import kv_keys
 from services.gateway.channels.secrets import SecretBox
 
 SETTINGS_PREFIX = "channel."
+MAX_CACHED_SETTINGS = 10_000
 ID_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 
@@ -68,14 +70,36 @@ class ConversationRef:
 class ChannelStore:
     """Channel settings per bot, secrets sealed with `box`.
 
-    Read fresh from KV every time (another replica may have changed them), but decrypted once
-    per revision: every webhook request and every reply reads them."""
+    `get` reads KV (the admin routes); `current` (every webhook request and every reply) keeps
+    the settings it read for `cache_s` seconds: a change or removal made on another replica
+    applies there within that time, on this one at once; a channel just set counts at once
+    everywhere (absences are not kept). Secrets are decrypted once per revision."""
 
-    def __init__(self, bus: Bus, box: SecretBox, secret_names: dict[str, tuple[str, ...]]) -> None:
+    def __init__(self, bus: Bus, box: SecretBox, secret_names: dict[str, tuple[str, ...]],
+                 *, cache_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._bucket = Bucket(bus, KV_BOTS)
         self._box = box
         self._secret_names = secret_names
         self._opened: dict[str, tuple[int, dict[str, Any]]] = {}  # key -> revision, settings
+        self._cache_s = cache_s
+        self._clock = clock
+        self._recent: dict[str, tuple[float, dict[str, Any]]] = {}  # key -> until, settings
+
+    async def current(self, bot: str, channel: str) -> dict[str, Any] | None:
+        """The settings as of at most `cache_s` seconds ago."""
+        key = settings_key(bot, channel)
+        found = self._recent.get(key)
+        now = self._clock()
+        if found is not None and found[0] > now:
+            return dict(found[1])
+        settings = await self.get(bot, channel)
+        if settings is None:  # not kept: a channel set on another replica counts at once
+            self._recent.pop(key, None)
+            return None
+        if len(self._recent) > MAX_CACHED_SETTINGS:
+            self._recent.clear()
+        self._recent[key] = (now + self._cache_s, settings)
+        return dict(settings)
 
     async def put(self, bot: str, channel: str, settings: dict[str, Any]) -> None:
         secret = set(self._secret_names.get(channel, ()))
@@ -85,6 +109,7 @@ class ChannelStore:
         }
         kv = await self._bucket()
         await kv.put(settings_key(bot, channel), json.dumps(record).encode())
+        self._recent.pop(settings_key(bot, channel), None)
 
     async def get(self, bot: str, channel: str) -> dict[str, Any] | None:
         """The settings with their secrets decrypted; None when the channel is not set."""
@@ -112,6 +137,7 @@ class ChannelStore:
             return False
         kv = await self._bucket()
         await kv.delete(settings_key(bot, channel))
+        self._recent.pop(settings_key(bot, channel), None)
         return True
 
     async def channels(self, bot: str) -> list[str]:

@@ -165,7 +165,7 @@ async def _configured(request: web.Request) -> tuple[Channels, Channel, str, dic
     channels = channels_of(request)
     name, bot = request.match_info["channel"], request.match_info["bot"]
     adapter = channels.adapters.get(name)
-    settings = None if adapter is None else await channels.store.get(bot, name)
+    settings = None if adapter is None else await channels.store.current(bot, name)
     if adapter is None or settings is None:
         channels.metrics.refused.labels(name if adapter else "unknown", "not_configured").inc()
         raise NotFound(f"no {name} channel is set up for bot {bot!r}")
