@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -143,9 +143,15 @@ class Bus:
     nc: Client
     js: JetStreamContext
     inbox: str = DEFAULT_INBOX_PREFIX
+    _buckets: dict[str, KeyValue] = field(default_factory=dict, repr=False)
 
     async def kv(self, bucket: str) -> KeyValue:
-        return await self.js.key_value(bucket)
+        """The bucket's handle, looked up once (a lookup is a stream-info round trip to the
+        server; the handle holds only names, so it stays valid across reconnects)."""
+        found = self._buckets.get(bucket)
+        if found is None:
+            found = self._buckets[bucket] = await self.js.key_value(bucket)
+        return found
 
     async def object_store(self, bucket: str) -> ObjectStore:
         return await self.js.object_store(bucket)
