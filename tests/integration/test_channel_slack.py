@@ -19,10 +19,9 @@ import pytest
 
 from botfactory.local.nats_server import NatsServer
 from services.common.nats import connect
-from services.gateway.channels.secrets import new_key
 from tests.support.fake_platform import Call, FakePlatform
 from tests.support.polling import eventually
-from tests.support.stack import BOOTSTRAP, Stack, running_stack
+from tests.support.stack import BOOTSTRAP, Stack, channel_stack
 
 TOKEN = "xoxb-1234567890-0987654321-AbCdEfGhIjKlMnOpQrStUvWx"
 SIGNING_SECRET = "8f742231b10e8888abcd99aa0c3a85a5"
@@ -43,17 +42,10 @@ async def slack() -> AsyncIterator[FakePlatform]:
 async def stack(nats_server: NatsServer, tiny_banking_model: Path,
                 slack: FakePlatform) -> AsyncIterator[Stack]:
     base = await slack.start()
-    async with running_stack(nats_server.url, tiny_banking_model,
-                             channel_secrets_key=new_key(), channel_send_attempts=3,
-                             channel_backoff_s=0.05, channel_backoff_max_s=0.1) as running:
-        assert running.session is not None
-        settings = {"bot_token": TOKEN, "signing_secret": SIGNING_SECRET,
-                    "api_base": f"{base}/api/"}
-        async with running.session.put(
-                f"{running.base_url}/v1/admin/bots/banking/channels/slack", headers=ADMIN,
-                json=settings) as resp:
-            assert resp.status == 200, await resp.text()
-            shown = await resp.json()
+    settings = {"bot_token": TOKEN, "signing_secret": SIGNING_SECRET,
+                "api_base": f"{base}/api/"}
+    async with channel_stack(nats_server.url, tiny_banking_model, "slack",
+                             settings) as (running, shown):
         assert shown["secrets"] == ["bot_token", "signing_secret"]
         assert TOKEN not in json.dumps(shown) and SIGNING_SECRET not in json.dumps(shown)
         assert shown["webhook_path"] == "/v1/channels/slack/banking"

@@ -16,12 +16,11 @@ import pytest
 
 from botfactory.local.nats_server import NatsServer
 from services.common.nats import connect
-from services.gateway.channels.secrets import new_key
 from services.gateway.channels.store import conversation_id
 from tests.support.bot_connector import KEYS_PATH, TOKEN_PATH, Microsoft, Signer, activity
 from tests.support.fake_platform import Call, FakePlatform
 from tests.support.polling import eventually
-from tests.support.stack import BOOTSTRAP, Stack, running_stack
+from tests.support.stack import BOOTSTRAP, Stack, channel_stack
 
 ADMIN = {"Authorization": f"Bearer {BOOTSTRAP}"}
 CHAT = "a:1personal-chat"
@@ -50,15 +49,8 @@ def connector(microsoft: tuple[Microsoft, FakePlatform]) -> FakePlatform:
 async def stack(nats_server: NatsServer, tiny_banking_model: Path,
                 microsoft: tuple[Microsoft, FakePlatform]) -> AsyncIterator[Stack]:
     settings = microsoft[0].settings()
-    async with running_stack(nats_server.url, tiny_banking_model,
-                             channel_secrets_key=new_key(), channel_send_attempts=3,
-                             channel_backoff_s=0.05, channel_backoff_max_s=0.1) as running:
-        assert running.session is not None
-        async with running.session.put(
-                f"{running.base_url}/v1/admin/bots/banking/channels/teams", headers=ADMIN,
-                json=settings) as resp:
-            assert resp.status == 200, await resp.text()
-            shown = await resp.json()
+    async with channel_stack(nats_server.url, tiny_banking_model, "teams",
+                             settings) as (running, shown):
         assert shown["secrets"] == ["app_password"]
         assert settings["app_password"] not in json.dumps(shown)
         assert shown["webhook_path"] == "/v1/channels/teams/banking"

@@ -16,10 +16,9 @@ import pytest
 from botfactory.local.nats_server import NatsServer
 from services.common.nats import connect
 from services.common.pb.botfactory.v1 import conversation_pb2
-from services.gateway.channels.secrets import new_key
 from tests.support.fake_platform import FakePlatform
 from tests.support.polling import eventually
-from tests.support.stack import BOOTSTRAP, Stack, running_stack
+from tests.support.stack import BOOTSTRAP, Stack, channel_stack
 
 TOKEN = "123456:ABCdefGhIJKlmNoPQRstuVWxyz0123456789"
 SECRET = "hook-secret_0123"
@@ -37,15 +36,9 @@ async def telegram() -> AsyncIterator[FakePlatform]:
 async def stack(nats_server: NatsServer, tiny_banking_model: Path,
                 telegram: FakePlatform) -> AsyncIterator[Stack]:
     base = await telegram.start()
-    async with running_stack(nats_server.url, tiny_banking_model,
-                             channel_secrets_key=new_key(), channel_send_attempts=3,
-                             channel_backoff_s=0.05, channel_backoff_max_s=0.1) as running:
-        assert running.session is not None
-        async with running.session.put(
-                f"{running.base_url}/v1/admin/bots/banking/channels/telegram", headers=ADMIN,
-                json={"bot_token": TOKEN, "secret_token": SECRET, "api_base": base}) as resp:
-            assert resp.status == 200, await resp.text()
-            shown = await resp.json()
+    settings = {"bot_token": TOKEN, "secret_token": SECRET, "api_base": base}
+    async with channel_stack(nats_server.url, tiny_banking_model, "telegram",
+                             settings) as (running, shown):
         assert shown["secrets"] == ["bot_token", "secret_token"]
         assert TOKEN not in json.dumps(shown) and SECRET not in json.dumps(shown)
         assert shown["webhook_path"] == "/v1/channels/telegram/banking"

@@ -15,10 +15,9 @@ import pytest
 
 from botfactory.local.nats_server import NatsServer
 from services.common.nats import connect
-from services.gateway.channels.secrets import new_key
 from services.gateway.channels.whatsapp import signature
 from tests.support.fake_platform import FakePlatform
-from tests.support.stack import BOOTSTRAP, Stack, running_stack
+from tests.support.stack import BOOTSTRAP, Stack, channel_stack
 
 ACCESS_TOKEN = "EAAGm0PX4ZCpsBAKZCZAtestaccesstoken"
 APP_SECRET = "0123456789abcdef0123456789abcdef"
@@ -48,15 +47,8 @@ async def stack(nats_server: NatsServer, tiny_banking_model: Path,
     base = await graph.start()
     settings = {"access_token": ACCESS_TOKEN, "app_secret": APP_SECRET,
                 "verify_token": VERIFY_TOKEN, "phone_number_id": NUMBER_ID, "api_base": base}
-    async with running_stack(nats_server.url, tiny_banking_model,
-                             channel_secrets_key=new_key(), channel_send_attempts=3,
-                             channel_backoff_s=0.05, channel_backoff_max_s=0.1) as running:
-        assert running.session is not None
-        async with running.session.put(
-                f"{running.base_url}/v1/admin/bots/banking/channels/whatsapp", headers=ADMIN,
-                json=settings) as resp:
-            assert resp.status == 200, await resp.text()
-            shown = await resp.json()
+    async with channel_stack(nats_server.url, tiny_banking_model, "whatsapp",
+                             settings) as (running, shown):
         assert shown["secrets"] == ["access_token", "app_secret", "verify_token"]
         assert shown["settings"] == {"phone_number_id": NUMBER_ID, "api_base": base}
         assert not [s for s in (ACCESS_TOKEN, APP_SECRET, VERIFY_TOKEN) if s in json.dumps(shown)]

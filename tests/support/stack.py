@@ -159,3 +159,23 @@ async def running_stack(nats_url: str, model: Path, *, dialogues: int = 1,
         for dialogue in stack.dialogues:
             await dialogue.stop()
         await nlu.stop()
+
+
+@contextlib.asynccontextmanager
+async def channel_stack(nats_url: str, model: Path, channel: str,
+                        settings: dict[str, str]) -> AsyncIterator[tuple[Stack, dict[str, Any]]]:
+    """`running_stack` with channels on (fast send retries) and `channel` set up for the
+    banking bot through the admin API; yields the stack and the settings as the API showed
+    them (tests/integration/test_channel_*.py)."""
+    from services.gateway.channels.secrets import new_key
+
+    async with running_stack(nats_url, model, channel_secrets_key=new_key(),
+                             channel_send_attempts=3, channel_backoff_s=0.05,
+                             channel_backoff_max_s=0.1) as running:
+        assert running.session is not None
+        async with running.session.put(
+                f"{running.base_url}/v1/admin/bots/banking/channels/{channel}",
+                headers={"Authorization": f"Bearer {BOOTSTRAP}"}, json=settings) as resp:
+            assert resp.status == 200, await resp.text()
+            shown: dict[str, Any] = await resp.json()
+        yield running, shown

@@ -114,7 +114,7 @@ class Slack:
                     session: aiohttp.ClientSession) -> Parsed:
         if request.content_type == FORM:
             return Parsed(_press(_form_payload(body)))
-        envelope = _json(body)
+        envelope = json_object(body, "event")
         if envelope.get("type") == "url_verification":
             return Parsed(response=web.json_response({"challenge":
                                                       str(envelope.get("challenge", ""))}))
@@ -148,14 +148,10 @@ def _signed(verifier: SignatureVerifier, body: bytes, timestamp: str,
         return False
 
 
-def _json(body: bytes) -> dict[str, Any]:
-    return json_object(body, "event")
-
-
 def _form_payload(body: bytes) -> dict[str, Any]:
     """An interactive request's `payload` form field, decoded."""
     fields = parse_qs(body.decode("utf-8", errors="replace"))
-    return _json(fields.get("payload", [""])[0].encode())
+    return json_object(fields.get("payload", [""])[0].encode(), "event")
 
 
 def _event(envelope: dict[str, Any]) -> list[Incoming]:

@@ -319,7 +319,7 @@ class Teams:
 
     async def parse(self, request: web.Request, body: bytes, settings: dict[str, Any],
                     session: aiohttp.ClientSession) -> Parsed:
-        activity = _activity(body)
+        activity = json_object(body, "activity")
         if activity.get("type") != "message":
             return Parsed()  # conversationUpdate, typing, invoke...: nothing to answer
         activity_id = activity.get("id")
@@ -440,13 +440,9 @@ def split_bytes(text: str, limit: int) -> list[str]:
     return pieces
 
 
-def _activity(body: bytes) -> dict[str, Any]:
-    return json_object(body, "activity")
-
-
 def _activity_or_empty(body: bytes) -> dict[str, Any]:
     try:
-        return _activity(body)
+        return json_object(body, "activity")
     except InvalidArgument:
         return {}  # no serviceUrl: refused as such once the token is checked
 

@@ -63,7 +63,7 @@ class Telegram:
 
     async def parse(self, request: web.Request, body: bytes, settings: dict[str, Any],
                     session: aiohttp.ClientSession) -> Parsed:
-        update = _json(body)
+        update = json_object(body, "update")
         update_id = str(update.get("update_id", ""))
         message = update.get("message")
         if isinstance(message, dict) and isinstance(message.get("text"), str):
@@ -115,10 +115,6 @@ class Telegram:
                 raise_for_send(response.status if response.status >= 300 else 400, detail,
                                float(retry) if isinstance(retry, int | float) else None)
             return answer
-
-
-def _json(body: bytes) -> dict[str, Any]:
-    return json_object(body, "update")
 
 
 def _incoming(update_id: str, message: dict[str, Any], text: str) -> Incoming:
