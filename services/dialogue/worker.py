@@ -406,18 +406,19 @@ class DialogueWorker:
 
     async def _publish(self, outbox: tuple[Outgoing, ...], inbox: str | None) -> None:
         """The replies and then the TurnSummary to the waiting gateway's inbox (in order, one
-        connection), then everything but the summary to JetStream."""
+        connection), then everything but the summary to JetStream (a reply that went to the
+        inbox too says so in `Bf-Reply-Inbox`: the gateway's channel outbox sends it from
+        there first)."""
         if inbox:
             for item in outbox:
                 if item.subject == INBOX_ONLY:
                     await self._bus.nc.publish(f"{inbox}.{KIND_TURN}", item.data,
                                                headers=item.headers)
-                elif item.subject.startswith("conv.out.") and \
-                        item.headers.get(HEADER_KIND) != KIND_RELAYED_USER:
+                elif _to_inbox(item):
                     await self._bus.nc.publish(inbox, item.data)
         await asyncio.gather(*(
             self._bus.js.publish(item.subject, item.data,
-                                 headers={**item.headers, HEADER_MSG_ID: item.msg_id})
+                                 headers=_stream_headers(item, inbox))
             for item in outbox if item.subject != INBOX_ONLY))
 
     async def _reply_unavailable(self, inbound: Inbound, text: str = UNKNOWN_BOT_TEXT) -> None:
@@ -508,6 +509,19 @@ def relayed_user_message(inbound: Inbound, now_ms: int, headers: dict[str, str],
         last=True, sent_at_unix_ms=inbound.user.sent_at_unix_ms or now_ms, role="user")
     return Outgoing(outbound(bot, conv), scoped_id(bot, conv, f"{inbound.message_id}:u"),
                     message.SerializeToString(), {**headers, HEADER_KIND: KIND_RELAYED_USER})
+
+
+def _to_inbox(item: Outgoing) -> bool:
+    """A bot message for the waiting gateway (not a user's message relayed to an agent)."""
+    return item.subject.startswith("conv.out.") and \
+        item.headers.get(HEADER_KIND) != KIND_RELAYED_USER
+
+
+def _stream_headers(item: Outgoing, inbox: str | None) -> dict[str, str]:
+    headers = {**item.headers, HEADER_MSG_ID: item.msg_id}
+    if inbox and _to_inbox(item):
+        headers[HEADER_REPLY_INBOX] = inbox
+    return headers
 
 
 def bot_message(bot: str, conv: str, message_id: str, in_reply_to: str, index: int, count: int,

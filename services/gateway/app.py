@@ -132,10 +132,12 @@ class GatewayServer:
                                    secret_names(adapters), cache_s=config.key_cache_s),
             ConversationRefs(bus), self.webhook_session,
             ChannelMetrics.create(self.metrics.registry))
-        self.outbox = ChannelOutbox(
+        assert self.hub is not None
+        self.outbox = channels.outbox = ChannelOutbox(
             bus, adapters, channels.store, channels.refs, self.webhook_session, channels.metrics,
             retries=Retries(config.channel_send_attempts, config.channel_backoff_s,
-                            config.channel_backoff_max_s, config.channel_max_retry_after_s))
+                            config.channel_backoff_max_s, config.channel_max_retry_after_s),
+            ours=self.hub.owns)
         await self.outbox.start()
         return channels
 

@@ -27,7 +27,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,9 @@ LOOKUP_TIMEOUT_S = 1.0
 # The role of a user's message relayed on conv.out to the human agent of a handed-off
 # conversation (services/dialogue/worker.py): not a reply, not shown back to the user.
 RELAYED_ROLE = "user"
+# How long a turn's replies are forwarded to `send`'s `on_reply` after it returned; later ones
+# (and every one, should this replica stop) reach the channels through conv.out all the same.
+FORWARD_S = 30.0
 
 
 @contextlib.contextmanager
@@ -95,8 +98,11 @@ class _Waiter:
     replies: dict[str, conversation_pb2.BotMessage] = field(default_factory=dict)
     summaries: dict[bytes, conversation_pb2.TurnSummary] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    on_reply: Callable[[conversation_pb2.BotMessage], None] | None = None
 
     def add(self, message: conversation_pb2.BotMessage) -> None:
+        if self.on_reply is not None and message.message_id not in self.replies:
+            self.on_reply(message)
         self.replies[message.message_id] = message
         self.changed.set()
 
@@ -169,6 +175,7 @@ class BusHub:
         self._partitions = partitions
         self._prefix = f"{bus.inbox}.{GATEWAY_REPLIES}.{uuid.uuid4().hex}"
         self._waiters: dict[str, list[_Waiter]] = {}
+        self._forwarding: set[asyncio.Task[None]] = set()
         self._sub: Any = None
         self._backpressure = backpressure
         self._publish_timeout_s = publish_timeout_s
@@ -187,6 +194,9 @@ class BusHub:
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
+        for task in list(self._forwarding):
+            task.cancel()
+        await asyncio.gather(*self._forwarding, return_exceptions=True)
 
     async def _on_reply(self, msg: Msg) -> None:
         """A reply (BotMessage) or the TurnSummary (`Bf-Kind: turn`) that ends a turn."""
@@ -203,12 +213,21 @@ class BusHub:
         for waiter in self._waiters.get(key, ()):
             waiter.add(reply)
 
+    def owns(self, inbox: str) -> bool:
+        """Whether a reply inbox is this replica's."""
+        return inbox.startswith(f"{self._prefix}.")
+
     async def send(self, message: conversation_pb2.UserMessage, *, wait_s: float,
-                   workflow_wait_s: float = 0.0) -> SendResult:
+                   workflow_wait_s: float = 0.0,
+                   on_reply: Callable[[conversation_pb2.BotMessage], None] | None = None
+                   ) -> SendResult:
         """Publish `message` (once JetStream stored it, it is accepted) and wait up to `wait_s`
         for its turn's replies, then up to `workflow_wait_s` more for the results of the
         workflows the turn started. Raises RetryLater (503) when overloaded or the bus is
-        down, BotNotServed (404) when no dialogue replica serves the bot."""
+        down, BotNotServed (404) when no dialogue replica serves the bot.
+
+        `on_reply`: called with each reply of the turn as it comes to the inbox, for up to
+        FORWARD_S after the return (the channels' fast path; not for a redelivered message)."""
         check_id(message.bot_id, "bot")
         self.check_served(message.bot_id)
         check_id(message.conversation_id, "conversation")
@@ -220,7 +239,7 @@ class BusHub:
         kind = KIND_AGENT if message.role == "agent" else KIND_MESSAGE
         key = scoped_id(message.bot_id, message.conversation_id, message.message_id)
         admitted = self._admit(message, key)
-        waiter = _Waiter()
+        waiter = _Waiter(on_reply=on_reply)
         self._waiters.setdefault(key, []).append(waiter)
         try:
             ack = await self._publish_inbound(message, kind, wants_reply=True)
@@ -229,12 +248,30 @@ class BusHub:
                 self._backpressure.release(key)
             self._forget(key, waiter)
             raise
+        forwarding = False
         try:
             if ack.duplicate:
                 return await self._duplicate(message, waiter, wait_s)
-            return await self._wait(message, waiter, wait_s, workflow_wait_s)
+            result = await self._wait(message, waiter, wait_s, workflow_wait_s)
+            forwarding = on_reply is not None and not waiter.turn_done()
+            return result
+        finally:
+            if forwarding:
+                self._keep(self._forward(key, waiter))
+            else:
+                self._forget(key, waiter)
+
+    async def _forward(self, key: str, waiter: _Waiter) -> None:
+        """Keep `waiter` (and its `on_reply`) until its turn is over, FORWARD_S at most."""
+        try:
+            await waiter.until(waiter.turn_done, FORWARD_S)
         finally:
             self._forget(key, waiter)
+
+    def _keep(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._forwarding.add(task)
+        task.add_done_callback(self._forwarding.discard)
 
     def _admit(self, message: conversation_pb2.UserMessage, key: str) -> bool:
         """Refuse (503) before publishing when overloaded or when the bus is not connected."""

@@ -3,8 +3,9 @@ conversations but in order within one: the machinery the webhook relay and the c
 outbox share (services/gateway/webhook_relay.py, services/gateway/channels/outbox.py).
 
 Up to `max_ack_pending` messages are held at once (a slot each). Each message gets a task; a
-message of a conversation that already has one in progress waits for it to be settled (the
-`previous` event its handler gets). Held messages get in-progress acks every third of the ack
+message of a conversation that already has one in progress waits for its turn (`Turn.wait`):
+until the one before is settled, or released earlier by its handler (`Turn.release`: sent, its
+ack still to come). Held messages get in-progress acks every third of the ack
 wait, so none is redelivered while it waits for its turn or a retry. Stopping stops fetching
 and gives the handlers `grace_s` to finish; the rest are handed back (nak) for redelivery."""
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
@@ -24,6 +27,23 @@ from services.common.pull import ContinuousPull, fetch_or_empty, settle
 log = get_logger(__name__)
 FETCH_MAX = 64
 RETRY_DELAY_S = 1.0
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A message's place in its conversation's order."""
+
+    previous: asyncio.Event | None  # set once the conversation's message before may be followed
+    done: asyncio.Event  # this message's: set when released, at the latest once settled
+
+    async def wait(self) -> None:
+        """Until the conversation's message before is out of the way."""
+        if self.previous is not None:
+            await self.previous.wait()
+
+    def release(self) -> None:
+        """The conversation's next message may go now (this one is out; its ack may follow)."""
+        self.done.set()
 
 
 class OrderedPull:
@@ -48,8 +68,8 @@ class OrderedPull:
         return len(self._busy)
 
     async def deliver(self, msg: Msg, message: conversation_pb2.BotMessage,
-                      previous: asyncio.Event | None) -> None:
-        """Handle one message and settle it (ack, or nak for later); wait for `previous` (the
+                      turn: Turn) -> None:
+        """Handle one message and settle it (ack, or nak for later); wait for the `turn` (the
         conversation's message before, when it is still in progress) before sending."""
         raise NotImplementedError
 
@@ -128,23 +148,37 @@ class OrderedPull:
                         error=repr(exc))
             task = loop.create_task(settle(msg.term()))
         else:
-            key = (message.bot_id, message.conversation_id)
-            previous = self._tails.get(key)
-            settled = self._tails[key] = asyncio.Event()
-            task = loop.create_task(self._handle(msg, message, previous, settled, key))
+            task = self.in_turn(message, lambda turn: self._handle(msg, message, turn))
         self._busy[task] = msg
         task.add_done_callback(self._done)
         return task
+
+    def in_turn(self, message: conversation_pb2.BotMessage,
+                work: Callable[[Turn], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run `work` for `message` in its conversation's order (it gets the message's Turn):
+        after the conversation's messages taken before it (or released by them)."""
+        key = (message.bot_id, message.conversation_id)
+        turn = Turn(self._tails.get(key), asyncio.Event())
+        self._tails[key] = turn.done
+
+        async def run() -> None:
+            try:
+                await work(turn)
+            finally:
+                turn.done.set()
+                if self._tails.get(key) is turn.done:
+                    del self._tails[key]
+
+        return asyncio.get_running_loop().create_task(run())
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._busy.pop(task, None)
         self._slots.release()
 
     async def _handle(self, msg: Msg, message: conversation_pb2.BotMessage,
-                      previous: asyncio.Event | None, settled: asyncio.Event,
-                      key: tuple[str, str]) -> None:
+                      turn: Turn) -> None:
         try:
-            await self.deliver(msg, message, previous)
+            await self.deliver(msg, message, turn)
         except asyncio.CancelledError:  # stopping: another replica (or the next start) gets it
             await settle(msg.nak())
             raise
@@ -152,10 +186,6 @@ class OrderedPull:
             log.warning("pull_handle_deferred", consumer=self._name, bot=message.bot_id,
                         error=repr(exc))
             await settle(msg.nak(delay=RETRY_DELAY_S))
-        finally:
-            settled.set()
-            if self._tails.get(key) is settled:
-                del self._tails[key]
 
     async def _heartbeat(self) -> None:
         """In-progress acks for the messages held, so none is redelivered while it waits."""

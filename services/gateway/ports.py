@@ -8,7 +8,7 @@ deployed definitions, webhook configuration) implements these; the tests use in-
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,9 +56,13 @@ class ConversationHub(Protocol):
         ...
 
     async def send(self, message: conversation_pb2.UserMessage, *, wait_s: float,
-                   workflow_wait_s: float = 0.0) -> SendResult:
+                   workflow_wait_s: float = 0.0,
+                   on_reply: Callable[[conversation_pb2.BotMessage], None] | None = None
+                   ) -> SendResult:
         """Publish `message` and wait up to `wait_s` seconds for its turn's replies (0: don't
-        wait), then up to `workflow_wait_s` more for the results of the workflows it started."""
+        wait), then up to `workflow_wait_s` more for the results of the workflows it started.
+        `on_reply` is called with each reply of the turn as it comes (also after the return,
+        for a while)."""
         ...
 
     async def transcript(self, bot_id: str, conversation_id: str, limit: int,

@@ -22,7 +22,7 @@ from services.common.nats import Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.common.pull import settle as _settle
 from services.common.subjects import HEADER_MSG_ID
-from services.gateway.ordered_pull import OrderedPull
+from services.gateway.ordered_pull import OrderedPull, Turn
 from services.gateway.ports import Webhook, WebhookStore
 from services.gateway.webhook_follower import DURABLE, SYNC_S, WebhookFollower
 from services.gateway.webhook_store import STREAM, Subscription, SubscriptionStore
@@ -82,7 +82,7 @@ class WebhookRelay(OrderedPull):
         await self.follower.stop()
 
     async def deliver(self, msg: Msg, message: conversation_pb2.BotMessage,
-                      previous: asyncio.Event | None) -> None:
+                      turn: Turn) -> None:
         try:
             found = await self._subscription(message.bot_id)
         except Exception as exc:  # the store is unreachable: try again later, nothing is lost
@@ -96,8 +96,7 @@ class WebhookRelay(OrderedPull):
             await _settle(msg.ack())
             return
         hook = found.hook
-        if previous is not None:
-            await previous.wait()
+        await turn.wait()
         ident = delivery_id(message, fallback=f"seq-{sequence}")
         payload = message_payload(message)
         async with self._deliveries:

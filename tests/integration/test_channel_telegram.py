@@ -16,6 +16,7 @@ import pytest
 from botfactory.local.nats_server import NatsServer
 from services.common.nats import connect
 from services.common.pb.botfactory.v1 import conversation_pb2
+from services.gateway.channels.store import ConversationRef, ConversationRefs
 from tests.support.fake_platform import FakePlatform
 from tests.support.polling import eventually
 from tests.support.stack import BOOTSTRAP, Stack, channel_stack
@@ -231,3 +232,86 @@ async def test_many_chats_at_once_each_answered_once_and_in_order(
         transcript = await stack.transcript(f"telegram-{chat}")
         assert replies == [e["text"] for e in transcript if e["type"] == "bot"]
         assert [e["text"] for e in transcript if e["type"] == "user"] == texts
+
+
+async def test_a_reply_that_comes_before_its_address_waits_for_it(
+        stack: Stack, telegram: FakePlatform) -> None:
+    """The webhook writes a conversation's reply address while the user's message goes on:
+    a reply that finds no address yet is taken again shortly and sent once it is there; one
+    whose address never comes is dropped after a few tries, not sent anywhere."""
+    def note(conversation: str) -> conversation_pb2.BotMessage:
+        return conversation_pb2.BotMessage(bot_id="banking", conversation_id=conversation,
+                                           message_id="agent-note:0", text=f"For {conversation}",
+                                           role="agent", last=True)
+
+    bus = await connect(stack.nats_url, name="early-reply")
+    try:
+        for conversation in ("telegram-41", "telegram-42"):
+            await bus.js.publish(f"conv.out.banking.{conversation}",
+                                 note(conversation).SerializeToString())
+        await asyncio.sleep(0.3)  # taken at least once without an address
+        await ConversationRefs(bus).remember("banking", "telegram-41",
+                                             ConversationRef("telegram", {"chat_id": "41"}))
+        sent = await telegram.wait_for("/sendMessage")
+        assert [(c.body["chat_id"], c.body["text"]) for c in sent] == [("41",
+                                                                        "For telegram-41")]
+
+        async def settled() -> bool:
+            info = await bus.js.consumer_info("CONV", "gateway-channels")
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await eventually(settled, "the address-less reply dropped")
+        assert len(telegram.to("/sendMessage")) == 1
+    finally:
+        await bus.drain()
+
+
+async def test_replies_take_the_fast_path_from_the_reply_inbox(
+        stack: Stack, telegram: FakePlatform, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A turn's replies come to the gateway's reply inbox before conv.out delivers them: the
+    outbox sends them from there (the durable consumer, held back here, is the fallback)."""
+    outbox = stack.gateway.outbox
+    assert outbox is not None
+    held: list[str] = []
+
+    async def held_back(msg: Any, message: conversation_pb2.BotMessage, turn: Any) -> None:
+        held.append(message.message_id)  # neither sent nor acked: redelivered after the test
+
+    monkeypatch.setattr(outbox, "deliver", held_back)
+    assert await deliver(stack, update(60, "/greet", chat=60)) == 200
+    sent = await telegram.wait_for("/sendMessage")
+    assert sent[0].body["chat_id"] == "60"
+    await eventually(lambda: held, "the durable copy")  # conv.out delivered it as well
+
+
+async def test_a_reply_another_replica_is_sending_is_left_to_it_for_a_grace(
+        stack: Stack, telegram: FakePlatform) -> None:
+    """A reply whose turn another gateway replica took (its inbox named in the stream copy)
+    is that replica's to send; after the grace (15 s; 2 s here) it is sent here unless it was
+    taken."""
+    from services.gateway.channels.store import SentReplies
+
+    assert stack.gateway.outbox is not None
+    stack.gateway.outbox.fast_grace_s = grace = 2.0
+    bus = await connect(stack.nats_url, name="other-replica")
+    try:
+        refs = ConversationRefs(bus)
+        for chat in ("61", "62"):
+            await refs.remember("banking", f"telegram-{chat}",
+                                ConversationRef("telegram", {"chat_id": chat}))
+        await SentReplies(bus).record("banking", "telegram-62", "m:0")  # the other one sent it
+        published = time.monotonic()
+        for chat in ("61", "62"):
+            reply = conversation_pb2.BotMessage(
+                bot_id="banking", conversation_id=f"telegram-{chat}", message_id="m:0",
+                text=f"Hi {chat}", last=True, sent_at_unix_ms=int(time.time() * 1000))
+            await bus.js.publish(f"conv.out.banking.telegram-{chat}",
+                                 reply.SerializeToString(),
+                                 headers={"Bf-Reply-Inbox": "_INBOX.elsewhere.replies.x.y"})
+        sent = await telegram.wait_for("/sendMessage")
+    finally:
+        await bus.drain()
+    assert time.monotonic() - published >= grace - 0.2
+    await asyncio.sleep(0.5)
+    assert [c.body["text"] for c in telegram.to("/sendMessage")] == ["Hi 61"]
+    assert [c.body["text"] for c in sent] == ["Hi 61"]

@@ -15,7 +15,13 @@ from nats.aio.msg import Msg
 from botfactory.local.nats_server import NatsServer
 from services.common.nats import KV_TRACKERS, Bus, connect
 from services.common.pb.botfactory.v1 import conversation_pb2
-from services.common.subjects import HEADER_KIND, KIND_WORKFLOW_RESULT, inbound, scoped_id
+from services.common.subjects import (
+    HEADER_KIND,
+    HEADER_REPLY_INBOX,
+    KIND_WORKFLOW_RESULT,
+    inbound,
+    scoped_id,
+)
 from tests.support.stack import Stack, issue_key, running_stack
 
 TRANSFER = '/transfer_money{"amount": "50", "recipient": "anna"}'
@@ -196,3 +202,31 @@ async def test_include_nlu_gives_the_intent_entities_and_flow_step(
         assert status == 200 and "nlu" not in body
         status, body = await _post(stack, "n1", "/greet", query="?include=slots")
         assert status == 400 and body["errors"][0]["field"] == "include"
+
+
+async def test_stream_copies_of_inbox_replies_name_the_inbox(
+        nats_server: NatsServer, tiny_banking_model: Path) -> None:
+    """The dialogue's conv.out copy of a reply it also sent to the waiting gateway's inbox
+    carries that inbox (`Bf-Reply-Inbox`: the channel outbox of that replica sends it from
+    there first); the user's message relayed to an agent does not."""
+    async with running_stack(nats_server.url, tiny_banking_model, sync_wait_s=10.0) as stack:
+        bus = await connect(stack.nats_url, name="observer")
+        seen: list[tuple[str, str | None]] = []
+
+        async def on_out(msg: Msg) -> None:
+            message = conversation_pb2.BotMessage.FromString(msg.data)
+            seen.append((message.role, (msg.headers or {}).get(HEADER_REPLY_INBOX)))
+
+        sub = await bus.nc.subscribe("conv.out.banking.i1", cb=on_out)
+        try:
+            status, body = await _post(stack, "i1", "/human_handoff")
+            assert status == 200 and body["replies"]
+            status, _ = await _post(stack, "i1", "hello agent", message_id="u-2")
+            assert status == 200
+            await asyncio.sleep(0.3)
+        finally:
+            await sub.unsubscribe()
+            await bus.drain()
+    replies = [inbox for role, inbox in seen if role != "user"]
+    assert replies and all(inbox and ".banking.i1." in inbox for inbox in replies)
+    assert [inbox for role, inbox in seen if role == "user"] == [None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -56,7 +57,9 @@ class FakeHub:
             raise BotNotServed(bot_id)
 
     async def send(self, message: conversation_pb2.UserMessage, *, wait_s: float,
-                   workflow_wait_s: float = 0.0) -> SendResult:
+                   workflow_wait_s: float = 0.0,
+                   on_reply: Callable[[conversation_pb2.BotMessage], None] | None = None
+                   ) -> SendResult:
         if self.fail is not None:
             raise self.fail
         self.check_served(message.bot_id)
@@ -77,6 +80,8 @@ class FakeHub:
                                       for b in reply.buttons]})
             for queue in self.subscribers[key]:
                 queue.put_nowait(reply)
+            if on_reply is not None:
+                on_reply(reply)
         if wait_s == 0 or not self.complete:
             return SendResult([], complete=False)
         return SendResult(replies, complete=True, **self.result_extra)

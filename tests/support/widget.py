@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -58,9 +59,12 @@ class BankHub(FakeHub):
         self.delay_s = delay_s
 
     async def send(self, message: conversation_pb2.UserMessage, *, wait_s: float,
-                   workflow_wait_s: float = 0.0) -> SendResult:
+                   workflow_wait_s: float = 0.0,
+                   on_reply: Callable[[conversation_pb2.BotMessage], None] | None = None
+                   ) -> SendResult:
         await asyncio.sleep(self.delay_s)
-        return await super().send(message, wait_s=wait_s, workflow_wait_s=workflow_wait_s)
+        return await super().send(message, wait_s=wait_s, workflow_wait_s=workflow_wait_s,
+                                  on_reply=on_reply)
 
     def answer(self, message: conversation_pb2.UserMessage) -> list[conversation_pb2.BotMessage]:
         known = ANSWERS.get(message.text)

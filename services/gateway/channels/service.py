@@ -9,6 +9,7 @@ from aiohttp import web
 
 from services.gateway.channels.base import Channel
 from services.gateway.channels.metrics import ChannelMetrics
+from services.gateway.channels.outbox import ChannelOutbox
 from services.gateway.channels.store import ChannelStore, ConversationRefs
 
 
@@ -19,6 +20,7 @@ class Channels:
     refs: ConversationRefs
     session: aiohttp.ClientSession
     metrics: ChannelMetrics
+    outbox: ChannelOutbox | None = None  # its fast path takes the replies of inbound messages
 
 
 CHANNELS = web.AppKey("channels", Channels)

@@ -12,12 +12,12 @@ import hashlib
 import json
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
 
 from services.common.nats import KV_BOTS, KV_CHANNEL_SENT, KV_CHANNELS, Bus
 from services.common.pull import kv_keys
@@ -46,21 +46,6 @@ def channel_of(conversation: str, channels: Iterable[str]) -> str | None:
     return head if head in channels and "-" in conversation else None
 
 
-class Bucket:
-    """A KV bucket's handle, looked up once: `Bus.kv` asks the server for the bucket's stream
-    info on every call, a second round trip for each read or write of a reply's path."""
-
-    def __init__(self, bus: Bus, name: str) -> None:
-        self._bus = bus
-        self._name = name
-        self._kv: KeyValue | None = None
-
-    async def __call__(self) -> KeyValue:
-        if self._kv is None:
-            self._kv = await self._bus.kv(self._name)
-        return self._kv
-
-
 @dataclass(frozen=True)
 class ConversationRef:
     channel: str
@@ -75,9 +60,11 @@ class ChannelStore:
     applies there within that time, on this one at once; a channel just set counts at once
     everywhere (absences are not kept). Secrets are decrypted once per revision."""
 
+    BUCKET = KV_BOTS
+
     def __init__(self, bus: Bus, box: SecretBox, secret_names: dict[str, tuple[str, ...]],
                  *, cache_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._bucket = Bucket(bus, KV_BOTS)
+        self._bus = bus
         self._box = box
         self._secret_names = secret_names
         self._opened: dict[str, tuple[int, dict[str, Any]]] = {}  # key -> revision, settings
@@ -107,13 +94,13 @@ class ChannelStore:
             "settings": {k: v for k, v in settings.items() if k not in secret},
             "secrets": {k: self._box.seal(str(v)) for k, v in settings.items() if k in secret},
         }
-        kv = await self._bucket()
+        kv = await self._bus.kv(self.BUCKET)
         await kv.put(settings_key(bot, channel), json.dumps(record).encode())
         self._recent.pop(settings_key(bot, channel), None)
 
     async def get(self, bot: str, channel: str) -> dict[str, Any] | None:
         """The settings with their secrets decrypted; None when the channel is not set."""
-        kv = await self._bucket()
+        kv = await self._bus.kv(self.BUCKET)
         key = settings_key(bot, channel)
         try:
             entry = await kv.get(key)
@@ -135,13 +122,13 @@ class ChannelStore:
     async def delete(self, bot: str, channel: str) -> bool:
         if await self.get(bot, channel) is None:
             return False
-        kv = await self._bucket()
+        kv = await self._bus.kv(self.BUCKET)
         await kv.delete(settings_key(bot, channel))
         self._recent.pop(settings_key(bot, channel), None)
         return True
 
     async def channels(self, bot: str) -> list[str]:
-        kv = await self._bucket()
+        kv = await self._bus.kv(self.BUCKET)
         prefix = f"{SETTINGS_PREFIX}{bot}."
         return [key[len(prefix):] for key in await kv_keys(kv, prefix)]
 
@@ -150,19 +137,22 @@ class ConversationRefs:
     """Which channel (and address there) each channel conversation answers on.
 
     Not cached: the address can change with every message (a Slack thread, the Teams activity
-    to answer) and another gateway replica may have written it since; one KV read per reply
-    and one write per inbound message are cheap beside the message's own publish."""
+    to answer) and another gateway replica may have written it since. Written with every
+    inbound message (while it is published); read by the outbox's durable path only (the fast
+    path has the address of the message it answers)."""
+
+    BUCKET = KV_CHANNELS
 
     def __init__(self, bus: Bus) -> None:
-        self._bucket = Bucket(bus, KV_CHANNELS)
+        self._bus = bus
 
     async def remember(self, bot: str, conversation: str, ref: ConversationRef) -> None:
-        kv = await self._bucket()
+        kv = await self._bus.kv(self.BUCKET)
         value = {"channel": ref.channel, "address": ref.address}
         await kv.put(f"{bot}.{conversation}", json.dumps(value).encode())
 
     async def lookup(self, bot: str, conversation: str) -> ConversationRef | None:
-        kv = await self._bucket()
+        kv = await self._bus.kv(self.BUCKET)
         try:
             entry = await kv.get(f"{bot}.{conversation}")
         except KeyNotFoundError:
@@ -172,21 +162,39 @@ class ConversationRefs:
                                {str(k): str(v) for k, v in raw.get("address", {}).items()})
 
 
+RECENTLY_SENT = 4096
+
+
 class SentReplies:
     """The replies a platform took, by conversation and message id (KV `channel_sent`, entries
     expire after a day): a reply redelivered to the outbox after the platform took it (the
     gateway died before its ack) is not sent twice. What is left is the moment between the
     platform's answer and this record."""
 
-    def __init__(self, bus: Bus) -> None:
-        self._bucket = Bucket(bus, KV_CHANNEL_SENT)
+    BUCKET = KV_CHANNEL_SENT
+
+    def __init__(self, bus: Bus, remembered: int = RECENTLY_SENT) -> None:
+        self._bus = bus
+        # The last replies this replica sent: a copy that was read before the record of the
+        # first was written (both taken at once, the copy waiting for its turn) is caught here.
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._remembered = remembered
 
     @staticmethod
     def key(bot: str, conversation: str, message_id: str) -> str:
         return f"{bot}.{conversation}.{hashlib.sha256(message_id.encode()).hexdigest()[:32]}"
 
+    def sent_here(self, bot: str, conversation: str, message_id: str) -> None:
+        """Remember at once that this replica sent it (its record is written next)."""
+        self._recent[self.key(bot, conversation, message_id)] = None
+        while len(self._recent) > self._remembered:
+            self._recent.popitem(last=False)
+
+    def recently_sent_here(self, bot: str, conversation: str, message_id: str) -> bool:
+        return self.key(bot, conversation, message_id) in self._recent
+
     async def taken(self, bot: str, conversation: str, message_id: str) -> bool:
-        kv = await self._bucket()
+        kv = await self._bus.kv(self.BUCKET)
         try:
             await kv.get(self.key(bot, conversation, message_id))
         except KeyNotFoundError:
@@ -194,5 +202,5 @@ class SentReplies:
         return True
 
     async def record(self, bot: str, conversation: str, message_id: str) -> None:
-        kv = await self._bucket()
+        kv = await self._bus.kv(self.BUCKET)
         await kv.put(self.key(bot, conversation, message_id), b"1")

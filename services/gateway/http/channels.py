@@ -5,6 +5,8 @@ settings-only entry (services/gateway/channels/widget.py): no inbound route, no 
 
 from __future__ import annotations
 
+import asyncio
+from functools import partial
 from typing import Any, Protocol
 
 import nats.errors
@@ -17,6 +19,7 @@ from services.common.pb.botfactory.v1 import conversation_pb2
 from services.gateway import audit
 from services.gateway.backpressure import RetryLater
 from services.gateway.channels.base import Channel, ChannelRefused, Incoming, SettingsInvalid
+from services.gateway.channels.outbox import Target
 from services.gateway.channels.service import CHANNELS, Channels
 from services.gateway.channels.store import ConversationRef, conversation_id
 from services.gateway.channels.widget import (
@@ -206,7 +209,8 @@ async def _inbound(request: web.Request) -> web.StreamResponse:
         raise
     parsed = await adapter.parse(request, body, settings, channels.session)
     for incoming in parsed.messages:
-        await _take(request, channels, adapter, bot, incoming)
+        await _take(request, channels, Target(adapter.name, settings, incoming.address), bot,
+                    incoming)
     return parsed.response or json_response({"ok": True})
 
 
@@ -215,18 +219,25 @@ def _refused(channels: Channels, adapter: Channel, bot: str, exc: ChannelRefused
     log.warning("channel_refused", channel=adapter.name, bot=bot, reason=exc.reason)
 
 
-async def _take(request: web.Request, channels: Channels, adapter: Channel, bot: str,
+async def _take(request: web.Request, channels: Channels, target: Target, bot: str,
                 incoming: Incoming) -> None:
     state = state_of(request)
-    conversation = conversation_id(adapter.name, incoming.conversation)
+    conversation = conversation_id(target.channel, incoming.conversation)
     text = incoming.text.strip()[:state.config.max_text_chars]
     if not text:  # a sticker, a photo, an empty message: nothing the bot can read
         return
-    await channels.refs.remember(bot, conversation, ConversationRef(adapter.name,
-                                                                     incoming.address))
     message = conversation_pb2.UserMessage(
-        bot_id=bot, conversation_id=conversation, text=text, channel=adapter.name,
-        message_id=conversation_id(adapter.name, incoming.native_id),
+        bot_id=bot, conversation_id=conversation, text=text, channel=target.channel,
+        message_id=conversation_id(target.channel, incoming.native_id),
         sender=incoming.sender[:200])
-    await state.hub.send(message, wait_s=0.0)
-    channels.metrics.received.labels(adapter.name, bot).inc()
+    outbox = channels.outbox
+    # The reply address and the message at once: a reply that finds no address yet is taken
+    # again shortly (the outbox's ADDRESS_TRIES); either failing, the platform sends it again.
+    # The turn's replies go to the outbox's fast path as they come to this replica's inbox.
+    await asyncio.gather(
+        channels.refs.remember(bot, conversation, ConversationRef(target.channel,
+                                                                  incoming.address)),
+        state.hub.send(message, wait_s=0.0,
+                       on_reply=None if outbox is None else partial(outbox.offer,
+                                                                    target=target)))
+    channels.metrics.received.labels(target.channel, bot).inc()
