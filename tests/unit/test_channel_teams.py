@@ -168,6 +168,42 @@ async def test_the_key_must_be_endorsed_for_the_activity_s_channel(
     assert await refused(teams, session, microsoft, signer.token(url), body) == "endorsement"
 
 
+async def test_a_single_tenant_bot_refuses_other_tenants_activities(
+        teams: Teams, session: aiohttp.ClientSession, microsoft: Microsoft, signer: Signer,
+        fake: FakePlatform) -> None:
+    url = f"{microsoft.base}/"
+    ours = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+    other = "11111111-2222-4333-8444-555555555555"
+
+    def from_tenant(tenant: str | None) -> dict[str, Any]:
+        body = activity("a1", "hi", url)
+        body["conversation"] = {**body["conversation"], "tenantId": tenant}
+        if tenant is None:
+            del body["conversation"]["tenantId"]
+        else:
+            body["channelData"] = {"tenant": {"id": tenant}}
+        return body
+
+    async def check(tenant_id: str | None, body: dict[str, Any]) -> str | None:
+        settings = microsoft.settings() | ({} if tenant_id is None else {"tenant_id": tenant_id})
+        request = make_mocked_request("POST", "/v1/channels/teams/banking",
+                                      headers={"Authorization": f"Bearer {signer.token(url)}"})
+        try:
+            await teams.verify(request, json.dumps(body).encode(), settings, session)
+        except ChannelRefused as exc:
+            return exc.reason
+        return None
+
+    assert await check(ours, from_tenant(ours)) is None
+    assert await check(ours.upper(), from_tenant(ours)) is None
+    assert await check(ours, from_tenant(other)) == "tenant"
+    assert await check(ours, from_tenant(None)) == "tenant"  # no tenant named: not ours
+    mixed = {**from_tenant(ours), "channelData": {"tenant": {"id": other}}}
+    assert await check(ours, mixed) == "tenant"
+    assert await check(None, from_tenant(other)) is None  # a multi-tenant bot
+    assert await check("contoso.onmicrosoft.com", from_tenant(other)) is None  # a domain
+
+
 async def test_an_unknown_key_refetches_the_keys_at_most_every_few_minutes(
         teams: Teams, session: aiohttp.ClientSession, microsoft: Microsoft, signer: Signer,
         fake: FakePlatform, clock: Clock) -> None:

@@ -2,7 +2,8 @@
 https://learn.microsoft.com/azure/bot-service/rest-api/bot-framework-rest-connector-authentication).
 
 Settings: `app_id` (the Microsoft App ID of the Azure Bot, a GUID), `app_password` (its client
-secret), optionally `tenant_id` (a single-tenant bot: its tokens come from the tenant),
+secret), optionally `tenant_id` (a single-tenant bot: its tokens come from the tenant and, given
+as a GUID, activities from other tenants are refused),
 `openid_metadata_url` and `token_url` (Microsoft's by default; a local fake in tests).
 `api_base` is not used: replies go to the `serviceUrl` each activity names.
 
@@ -301,6 +302,7 @@ class Teams:
         service_url = activity.get("serviceUrl")
         if not isinstance(service_url, str) or claims.get("serviceUrl") != service_url:
             raise ChannelRefused("service_url", "the token's serviceUrl is not the activity's")
+        _check_tenant(activity, settings.get("tenant_id"))
 
     async def _key_of(self, session: aiohttp.ClientSession, settings: dict[str, Any],
                       token: str) -> SigningKey:
@@ -359,6 +361,18 @@ class Teams:
                                 "is fetched")
             detail = (await response.text())[:200]
             raise_for_send(response.status, detail, retry_after(response))
+
+
+def _check_tenant(activity: dict[str, Any], tenant: Any) -> None:
+    """A single-tenant bot (a `tenant_id` GUID) answers its own tenant's activities only (Teams
+    names the tenant in `channelData.tenant.id` and `conversation.tenantId`); a tenant given
+    as a domain cannot be compared with them and checks nothing."""
+    if not isinstance(tenant, str) or not GUID.match(tenant):
+        return
+    named = {_object(_object(activity.get("channelData")).get("tenant")).get("id"),
+             _object(activity.get("conversation")).get("tenantId")} - {None}
+    if not named or any(not isinstance(t, str) or t.lower() != tenant.lower() for t in named):
+        raise ChannelRefused("tenant", "the activity is not from the bot's tenant")
 
 
 def _bearer(request: web.Request) -> str:
