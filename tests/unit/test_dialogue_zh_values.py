@@ -97,3 +97,17 @@ def test_chinese_synonyms_are_found_without_spaces() -> None:
     assert matcher.find("我要冻结我的信用卡") == "credit"
     assert matcher.find("储蓄卡丢了") == "debit"
     assert matcher.find("block my credit card") is None
+
+
+@pytest.mark.parametrize(("english", "chinese"), [
+    ("it must be at most 10,000", "不能超过 10,000"),
+    ("it must be more than 0", "必须大于 0"),
+    ("only EUR amounts are possible, not USD", "只能使用 EUR，不能使用 USD"),
+    ("Atlantis is not a city I know", "我不认识“Atlantis”这个城市"),
+    ("please answer yes or no", "请回答“是”或“否”"),
+    ("something new", "something new"),
+])
+def test_problems_are_told_in_chinese(english: str, chinese: str) -> None:
+    from services.dialogue.engine.zh import problem
+
+    assert problem(english, "city", "城市") == chinese

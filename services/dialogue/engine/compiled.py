@@ -41,7 +41,7 @@ CANCEL = frozenset({"cancel", "stop"})
 AFFIRM = frozenset({"affirm", "yes", "confirm"})
 DENY = frozenset({"deny", "no"})
 CANCEL_TEXTS = frozenset({"cancel", "stop", "stop it", "cancel that", "cancel it", "abort",
-                          "取消", "算了", "不用了", "取消吧", "不要了", "停止",
+                          "取消", "算了", "取消吧", "不要了", "停止", "不办了",
                           "quit", "never mind", "nevermind", "forget it"})
 BUILTIN_REPLIES: Mapping[str, str] = MappingProxyType({
     **{intent: "utter_greet" for intent in GREET},

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from services.botdef import MessageRef, SlotDef, Variation
+from services.dialogue.engine import zh
 from services.dialogue.engine.api import Button, Event, Knowledge, TurnResult, WorkflowRequest
 from services.dialogue.engine.compiled import CompiledBot
 from services.dialogue.engine.dates import Clock
@@ -82,9 +83,11 @@ class Turn:
                                                      language=self.language))
 
     def set_language(self, language: str, confidence: float, method: str) -> None:
-        """The conversation is in `language` from now on (event `language_set`)."""
-        self.event("language_set", language=language, previous=self.language,
-                   confidence=confidence, method=method)
+        """The conversation is in `language` from now on (event `language_set` when the
+        replies change language: not for a first message in the bot's default language)."""
+        if language != self.language:
+            self.event("language_set", language=language, previous=self.language,
+                       confidence=confidence, method=method)
         self.detected = self.language = language
         self.clock = Clock(self.clock.now, self.clock.timezone, language)
 
@@ -96,8 +99,10 @@ class Turn:
         return reply.text
 
     def slot_context(self, slot: SlotDef, problem: str | None = None) -> dict[str, Any]:
-        return {"name": slot.name, "label": slot.label_in(self.language),
-                "value": self.value(slot.name),
+        label = slot.label_in(self.language)
+        if problem and self.language.split("-")[0] == "zh":
+            problem = zh.problem(problem, slot.label, label)
+        return {"name": slot.name, "label": label, "value": self.value(slot.name),
                 "problem": problem or ""}
 
     # -- slots -------------------------------------------------------------------------------

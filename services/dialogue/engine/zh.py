@@ -221,3 +221,38 @@ def _time(text: str) -> dt.time | None:
     elif period == "凌晨" and hour == 12:
         hour = 0
     return dt.time(hour % 24, minute)
+
+
+# -- what the user is told about a refused value -------------------------------------------------
+
+_PROBLEMS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), template) for pattern, template in (
+        (r"^it must be at least (.+)$", r"不能少于 \1"),
+        (r"^it must be more than (.+)$", r"必须大于 \1"),
+        (r"^it must be at most (.+)$", r"不能超过 \1"),
+        (r"^it must be less than (.+)$", r"必须小于 \1"),
+        (r"^it must be one of: (.+)$", r"必须是以下之一：\1"),
+        (r"^it must be a number$", "必须是一个数字"),
+        (r"^it must be yes or no$|^please answer yes or no$", "请回答“是”或“否”"),
+        (r"^it must be a date and time$|^it must be an ISO datetime$", "必须是日期和时间"),
+        (r"^it must be a date$|^it must be an ISO date$", "必须是日期"),
+        (r"^it must be text$", "必须是文字"),
+        (r"^it doesn't have the expected format$", "格式不对"),
+        (r"^only (.+) amounts are possible, not (.+)$", r"只能使用 \1，不能使用 \2"),
+        (r"^(.+) doesn't look like a LABEL$", r"“\1”不像是有效的LABEL"),
+        (r"^(.+) is not a LABEL I know$", r"我不认识“\1”这个LABEL"),
+        (r"^I don't know that LABEL$", "我不认识这个LABEL"),
+        (r"^the LABEL is empty$", "LABEL不能为空"),
+    ))
+
+
+def problem(text: str, label: str, label_here: str) -> str:
+    """A refused value's problem (services/dialogue/engine/values.py, slotrules.py) said in
+    Chinese: `label` is the slot's label in the default language (as the English problem
+    names it), `label_here` its Chinese one. A problem not known here is kept as it is."""
+    for pattern, template in _PROBLEMS:
+        english = re.compile(pattern.pattern.replace("LABEL", re.escape(label)))
+        found = english.match(text)
+        if found is not None:
+            return found.expand(template).replace("LABEL", label_here)
+    return text
