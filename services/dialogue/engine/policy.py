@@ -8,6 +8,7 @@ import re
 
 from services.botdef import Collect, SlotDef, parse_payload
 from services.common import langid
+from services.dialogue.engine import zh
 from services.dialogue.engine.api import Button, EntityValue, NluResult
 from services.dialogue.engine.compiled import (
     AFFIRM,
@@ -238,7 +239,10 @@ def _answer(turn: Turn, text: str, nlu: NluResult) -> None:
         _other_entities(turn, nlu, skip=slot.name)
         value = _entity_value(turn, slot, own[0])
         parsed = from_entity(slot, value, bot.matcher(slot), step.validation, clock=turn.clock)
-        if parsed.reason == "regex" and slot.from_text:  # a mis-tagged span: try the text
+        # a mis-tagged span (one the entity's regexes refuse, or in Chinese, whose spans a
+        # tagger cuts less well, one that is no number or date): try the whole text
+        mistagged = parsed.reason == "regex" or (parsed.reason == "type" and zh.has_cjk(text))
+        if mistagged and slot.from_text:
             found = from_text(slot, text, bot.matcher(slot), step.validation, clock=turn.clock)
             parsed = found if found.ok else parsed
         _take(turn, step, parsed, value)
