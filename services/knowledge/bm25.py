@@ -15,18 +15,17 @@ only indexed word is a common one gets a small strength, never a perfect one.
 Chinese (and Japanese kanji) is written without spaces: a run of CJK characters is split
 into its single characters and overlapping character pairs (`挂失银行卡` -> 挂 失 银 行 卡 挂失
 失银 银行 行卡), minus `CJK_STOP_CHARS` (的, 了, 吗, 我, ...). On the banking bot's Chinese
-questions (bots/banking/tests/kb_zh.yml) that retrieves better than jieba's words
-(`CJK_SEGMENTATION = "jieba"`, measured in ZH_BOT_NOTES / docs/knowledge.md) and needs no
-dictionary: a pair that is no word has a high document frequency or matches nothing.
+questions (bots/banking/tests/kb_zh.yml) that retrieves as well as jieba's words and declines
+better, with no dictionary (benchmarks/kb_zh.py compares them): a pair that is no word has a
+high document frequency or matches nothing.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -35,9 +34,6 @@ _CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff]+"
 CJK_STOP_CHARS = frozenset("的了吗呢吧啊呀么嘛我你您他她它们是在有和与及或就都也还要会能可以该"
                            "怎样么什如何为哪里多少这那个一把被给对")
 """Chinese function characters left out of the unigrams (pairs keep them: 可以, 怎么)."""
-CJK_SEGMENTATION = "bigrams"
-"""How runs of CJK characters become terms: "bigrams" (characters and character pairs) or
-"jieba" (jieba's search-engine mode words; the `jieba` package must be installed)."""
 _PART = re.compile(r"[^\W_]+")
 _CONTRACTION = re.compile(r"[^\W_]+'[^\W_]+")
 
@@ -66,7 +62,7 @@ def tokenize(text: str) -> list[str]:
     for match in _TOKEN.finditer(spaced):
         word = match.group(0)
         if _CJK_RUN.fullmatch(word):
-            tokens.extend(cjk_terms(word))
+            tokens.extend(_segment(word))
             continue
         tokens.append(word)
         if not word.isalnum():
@@ -74,23 +70,15 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
-def cjk_terms(run: str, segmentation: str | None = None) -> list[str]:
-    """The terms of a run of CJK characters (`CJK_SEGMENTATION`)."""
-    if (segmentation or CJK_SEGMENTATION) == "jieba":
-        return [w for w in _jieba()(run) if w.strip() and w not in CJK_STOP_CHARS]
+def cjk_terms(run: str) -> list[str]:
+    """The terms of a run of CJK characters: its characters but function characters, and
+    its overlapping character pairs."""
     singles = [c for c in run if c not in CJK_STOP_CHARS]
     return singles + [run[i:i + 2] for i in range(len(run) - 1)]
 
 
-@functools.cache
-def _jieba() -> Callable[[str], list[str]]:
-    import logging
-
-    import jieba  # only with CJK_SEGMENTATION = "jieba"
-
-    jieba.setLogLevel(logging.WARNING)
-    cut: Callable[[str], list[str]] = jieba.lcut_for_search
-    return cut
+_segment = cjk_terms
+"""How `tokenize` splits CJK runs (benchmarks/kb_zh.py swaps in jieba to compare)."""
 
 
 def terms(text: str) -> list[str]:
