@@ -46,12 +46,15 @@ _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff]")
 MIN_CJK = 2
 
 
+_OTHER_WORD = re.compile(r"[^\W\d_\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+
+
 def is_cjk(text: str) -> bool:
     """Whether `text` is (mostly) Chinese or Japanese: at least `MIN_CJK` CJK characters,
-    and at least a third of its letters (`IBAN号码在App哪里看` is; `Beijing 北京` is)."""
+    and more of them than words in other scripts (`支持Google Pay吗` is; `Beijing 北京 branch`
+    is not)."""
     cjk = len(_CJK.findall(text))
-    letters = sum(1 for c in text if c.isalpha())
-    return cjk >= MIN_CJK and cjk * 3 >= letters
+    return cjk >= MIN_CJK and cjk > len(_OTHER_WORD.findall(text))
 DEFAULT_SNIPPET_SENTENCES = 2
 
 

@@ -28,8 +28,9 @@ def test_chinese_sentence_ends() -> None:
 
 
 def test_is_cjk() -> None:
-    assert is_cjk("IBAN号码在App哪里看") and is_cjk("挂失")
+    assert is_cjk("IBAN号码在App哪里看") and is_cjk("挂失") and is_cjk("支持Google Pay吗")
     assert not is_cjk("where is my IBAN") and not is_cjk("Beijing 北京 branch office")
+    assert not is_cjk("Our branches in Shanghai (上海) and Beijing")
 
 
 def test_coverage_counts_unknown_words_against_the_query() -> None:
@@ -76,3 +77,23 @@ def test_english_queries_never_get_chinese_rows() -> None:
     assert hits[0].document == "doc0.md"
     assert {h.document for h in hits[:2]} == {"doc0.md", "doc1.md"}
     assert all(h.score == -1 for h in hits[2:])
+
+
+class _BatchSensitive:
+    """An encoder whose vectors depend on the batch, as the int8 encoder's do."""
+
+    dim = 2
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        longest = max(len(t) for t in texts)
+        return np.array([[len(t), longest] for t in texts], dtype=np.float32)
+
+
+def test_build_embeds_chinese_texts_apart_so_english_vectors_do_not_move() -> None:
+    from botfactory.kb.build import encode_apart
+
+    english = ["short", "a longer english text"]
+    mixed = ["short", "这是一段很长很长很长很长很长很长很长很长的中文", "a longer english text"]
+    alone = encode_apart(_BatchSensitive(), english)  # type: ignore[arg-type]
+    beside = encode_apart(_BatchSensitive(), mixed)  # type: ignore[arg-type]
+    assert (beside[[0, 2]] == alone).all()
