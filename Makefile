@@ -66,7 +66,7 @@ lint: setup ## ruff + mypy
 protos: setup ## Regenerate services/common/pb from protos/ (commit the result)
 	$(PY) scripts/gen_protos.py
 
-BENCHMARKS := $(wildcard benchmarks/nlu_latency.py benchmarks/e2e_load.py benchmarks/rpa_throughput.py benchmarks/kb_search.py benchmarks/improvement_loop.py benchmarks/nlu_quality.py)
+BENCHMARKS := $(wildcard benchmarks/nlu_latency.py benchmarks/e2e_load.py benchmarks/rpa_throughput.py benchmarks/kb_search.py benchmarks/improvement_loop.py benchmarks/nlu_quality.py benchmarks/langid.py)
 bench bench-quick: export BOTFACTORY_BENCH_IF_DATA = 1
 
 bench: setup ## Run the benchmarks (results JSON under benchmarks/results/)

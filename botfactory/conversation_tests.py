@@ -225,8 +225,15 @@ def load_conversation_tests(path: str | Path) -> list[ConversationTest]:
 
 OTHER_TEST_FILES = frozenset({"kb.yml", FROZEN_FILE.name})
 """Test files of other kinds in a bot's tests/ folder, at any depth: `kb.yml` (the knowledge
-base's questions, `botfactory test-kb`) and `nlu.yml` (the frozen NLU test set, `botfactory
-gate`). Every other `*.yml` / `*.yaml` file there is a conversation test file."""
+base's questions, `botfactory test-kb`), `kb_*.yml` (more of them, e.g. `kb_zh.yml` in another
+language: `botfactory test-kb BOT_DIR --cases FILE`) and `nlu.yml` (the frozen NLU test set,
+`botfactory gate`). Every other `*.yml` / `*.yaml` file there is a conversation test file."""
+KB_CASES_PATTERN = re.compile(r"^kb[_-][\w.-]+\.ya?ml$")
+
+
+def other_test_file(path: Path) -> bool:
+    """Whether `path` is a test file of another kind than conversation tests."""
+    return path.name in OTHER_TEST_FILES or KB_CASES_PATTERN.match(path.name) is not None
 
 
 def conversation_test_files(folder: Path) -> list[Path]:
@@ -234,7 +241,7 @@ def conversation_test_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file()
-                  and p.name not in OTHER_TEST_FILES)
+                  and not other_test_file(p))
 
 
 def _test_files(path: Path) -> list[Path]:

@@ -130,17 +130,27 @@ def check_frozen_set(bot_dir: Path) -> Findings:
 
 
 def check_kb_cases(bot_dir: Path) -> Findings:
-    path = bot_dir / TESTS_DIR / KB_CASES_FILE
-    if not path.is_file():
-        return Findings()
+    """tests/kb.yml and the other knowledge-base question files (tests/kb_*.yml, e.g. one per
+    language: botfactory.conversation_tests.KB_CASES_PATTERN)."""
+    from botfactory.conversation_tests import KB_CASES_PATTERN
     from botfactory.kb.evaluate import load_cases
     from services.knowledge.errors import KnowledgeFormatError
 
-    try:
-        cases = load_cases(path)
-    except KnowledgeFormatError as exc:
-        return Findings(errors=[str(exc)])
-    return Findings(counts=[f"{len(cases)} knowledge-base questions"])
+    folder = bot_dir / TESTS_DIR
+    paths = [folder / KB_CASES_FILE] if (folder / KB_CASES_FILE).is_file() else []
+    if folder.is_dir():
+        paths += sorted(p for p in folder.iterdir() if KB_CASES_PATTERN.match(p.name))
+    if not paths:
+        return Findings()
+    errors, count = [], 0
+    for path in paths:
+        try:
+            count += len(load_cases(path))
+        except KnowledgeFormatError as exc:
+            errors.append(str(exc))
+    if errors:
+        return Findings(errors=errors)
+    return Findings(counts=[f"{count} knowledge-base questions"])
 
 
 def check_knowledge(bot_dir: Path) -> Findings:

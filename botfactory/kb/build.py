@@ -26,7 +26,7 @@ from services.knowledge.index import (
     passage_context,
     write_index,
 )
-from services.knowledge.search import AnnIndex, SearchOptions
+from services.knowledge.search import AnnIndex, SearchOptions, is_cjk
 from services.knowledge.source import KnowledgeBase, load_knowledge
 from services.knowledge.splitting import sentence_spans
 
@@ -85,11 +85,28 @@ def build_index(bot_dir: Path, out_dir: Path | None = None,
 def embed(knowledge: KnowledgeBase, encoder: SentenceEncoder) -> IndexData:
     """Items, rows and vectors of a knowledge base (metadata left empty)."""
     items, rows, texts, sentences = _items(knowledge)
-    vectors = encoder.encode(texts)
-    sentence_vectors = encoder.encode(sentences)
+    vectors = encode_apart(encoder, texts)
+    sentence_vectors = encode_apart(encoder, sentences)
     row_array = np.array(rows, dtype=np.int64).reshape(-1, 2)
     return IndexData({}, items, row_array[:, 0].copy(), row_array[:, 1].copy(), vectors,
                      sentence_vectors)
+
+
+def encode_apart(encoder: SentenceEncoder, texts: list[str]) -> np.ndarray:
+    """`encoder.encode(texts)`, with the CJK texts (search.is_cjk) in batches of their own:
+    the int8 encoder quantizes each batch's activations by the batch's own range, so a
+    Chinese text in a batch would move the vectors of the English ones beside it (adding
+    Chinese documents must leave the English search as it was)."""
+    cjk = [i for i, text in enumerate(texts) if is_cjk(text)]
+    if not cjk:
+        return encoder.encode(texts)
+    chosen = set(cjk)
+    other = [i for i in range(len(texts)) if i not in chosen]
+    result = np.zeros((len(texts), encoder.dim), dtype=np.float32)
+    if other:
+        result[other] = encoder.encode([texts[i] for i in other])
+    result[cjk] = encoder.encode([texts[i] for i in cjk])
+    return result
 
 
 def _items(knowledge: KnowledgeBase) -> tuple[list[Item], list[tuple[int, int]], list[str],

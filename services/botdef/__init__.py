@@ -8,6 +8,7 @@ docs/bot-definition.md for the folder format.
 from services.botdef.annotation import format_annotated, parse_annotated
 from services.botdef.conversation import (
     BUILTIN_RESPONSES,
+    BUILTIN_TRANSLATIONS,
     Branch,
     ButtonDef,
     Call,
@@ -65,6 +66,7 @@ from services.botdef.writer import write_bot
 __all__ = [
     "BOT_FILE_SCHEMA",
     "BUILTIN_RESPONSES",
+    "BUILTIN_TRANSLATIONS",
     "CONVERSATION_SCHEMA",
     "DATA_FILE_SCHEMA",
     "DATE_TYPES",

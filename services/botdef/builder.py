@@ -23,12 +23,13 @@ from services.botdef.expressions import ExpressionError
 from services.botdef.expressions import parse as parse_expression
 from services.botdef.expressions import references as expression_references
 from services.botdef.model import DefinitionIssue, EntityDef
-from services.botdef.schema import ENTRY_SCHEMAS, entry_issues
+from services.botdef.schema import ENTRY_SCHEMAS, LANGUAGE_PATTERN, entry_issues
 from services.botdef.slotrules import format_number, value_problem
 from services.botdef.templates import template_environment, template_problems
 from services.botdef.yamlio import PathPart, field_path, line_of
 from services.common.regexsafety import pattern_issue
 
+_LANGUAGE_KEY = re.compile(LANGUAGE_PATTERN)
 STEP_KINDS = ("say", "collect", "set", "branch", "call", "workflow", "search", "handoff", "end")
 
 
@@ -62,15 +63,32 @@ def build_conversation(
     intents: Collection[str] | None,
     entities: Mapping[str, EntityDef] | None,
     workflows: Collection[str] = (),
+    languages: Sequence[str] = ("en",),
 ) -> tuple[typed.ConversationDefinition, list[DefinitionIssue]]:
     """The typed conversation of the merged entries, and every problem found.
 
     `intents` / `entities`: the bot's, or None when they are incomplete (the checks of
     references to them are then skipped). Workflow names are checked only when the bot has
     some workflows. References are checked only when every entry passed its schema.
+    `languages`: the bot's languages, the default first (a message written per language
+    must have the default one and only these; one missing another declared language is a
+    warning, `conversation_warnings`, and says the default language's text there).
     """
-    builder = _Builder(intents, entities, workflows)
-    return builder.build(entries), builder.issues
+    return build_conversation_checked(entries, intents=intents, entities=entities,
+                                      workflows=workflows, languages=languages)[:2]
+
+
+def build_conversation_checked(
+    entries: Sequence[SectionEntry],
+    *,
+    intents: Collection[str] | None,
+    entities: Mapping[str, EntityDef] | None,
+    workflows: Collection[str] = (),
+    languages: Sequence[str] = ("en",),
+) -> tuple[typed.ConversationDefinition, list[DefinitionIssue], list[DefinitionIssue]]:
+    """`build_conversation`, plus the warnings (missing translations)."""
+    builder = _Builder(intents, entities, workflows, tuple(languages) or ("en",))
+    return builder.build(entries), builder.issues, builder.warnings
 
 
 class _Builder:
@@ -79,7 +97,10 @@ class _Builder:
         intents: Collection[str] | None,
         entities: Mapping[str, EntityDef] | None,
         workflows: Collection[str],
+        languages: tuple[str, ...] = ("en",),
     ) -> None:
+        self.languages = languages
+        self.warnings: list[DefinitionIssue] = []
         self.intents = intents
         self.entities = entities
         self.workflows = workflows
@@ -148,7 +169,8 @@ class _Builder:
             initial=raw.get("initial"),
             ask=self._message(entry, ["ask"], raw.get("ask")),
             invalid=self._message(entry, ["invalid"], raw.get("invalid")),
-            label=str(raw.get("label") or humanize(name)),
+            label=self._in_languages(entry, ["label"], raw.get("label")) or humanize(name),
+            labels=self._translations(raw.get("label")),
             description=str(raw.get("description", "")),
             from_text=bool(raw.get("from_text", True)),
             keep=bool(raw.get("keep", False)),
@@ -202,21 +224,80 @@ class _Builder:
 
     def _response(self, name: str, entry: SectionEntry) -> typed.ResponseDef:
         raw = entry.value
+        per_language = self._per_language(entry, [], raw)
+        if per_language is not None:
+            default, *others = [
+                (code, self._variations(entry, [code], value)) for code, value in per_language
+            ]
+            return typed.ResponseDef(name, default[1], tuple(others))
+        return typed.ResponseDef(name, self._variations(entry, [], raw))
+
+    def _variations(
+        self, entry: SectionEntry, where: list[PathPart], raw: Any
+    ) -> tuple[typed.Variation, ...]:
         if isinstance(raw, dict) and "variations" in raw:
             if "text" in raw or "buttons" in raw:
                 self.add(entry, [], "give either `text` (and `buttons`) or `variations`")
             items: list[tuple[list[PathPart], Any]] = [
-                (["variations", i], v) for i, v in enumerate(raw["variations"])
+                ([*where, "variations", i], v) for i, v in enumerate(raw["variations"])
             ]
         elif isinstance(raw, list):
-            items = [([i], v) for i, v in enumerate(raw)]
+            items = [([*where, i], v) for i, v in enumerate(raw)]
         elif isinstance(raw, dict) and "text" not in raw:
-            self.add(entry, [], "a response needs `text` or `variations`")
+            self.add(entry, where, "a response needs `text` or `variations`")
             items = []
         else:
-            items = [([], raw)]
-        variations = tuple(self._variation(entry, path, value) for path, value in items)
-        return typed.ResponseDef(name, variations)
+            items = [(where, raw)]
+        return tuple(self._variation(entry, path, value) for path, value in items)
+
+    # -- languages ---------------------------------------------------------------------------
+
+    def _per_language(
+        self, entry: SectionEntry, path: list[PathPart], raw: Any
+    ) -> list[tuple[str, Any]] | None:
+        """A value written per language (`{en: ..., zh: ...}`): its (language, value) pairs,
+        the default language first; None when `raw` is not written so. Checks that the
+        languages are the bot's and that the default one is there (the others missing: a
+        warning)."""
+        if not isinstance(raw, dict):
+            return None
+        codes = [key for key in raw if _LANGUAGE_KEY.fullmatch(str(key))]
+        if not codes:
+            return None
+        default = self.languages[0]
+        declared = ", ".join(self.languages)
+        others = [key for key in raw if key not in codes]
+        if others:
+            self.add(entry, path, f"give either one message per language ({', '.join(codes)})"
+                                  f" or {', '.join(map(str, others))}, not both")
+        for code in codes:
+            if code not in self.languages:
+                self.add(entry, [*path, code], f"language {code!r} is not one of the bot's "
+                                               f"languages ({declared}; bot.yml `languages`)")
+        if default not in codes:
+            self.add(entry, path, f"no {default!r} text: a message written per language needs "
+                                  f"the bot's default language {default!r}")
+            return [(default, raw[codes[0]])]
+        missing = [code for code in self.languages if code not in codes]
+        if missing:
+            self.warnings.append(entry.issue(
+                path, f"no {', '.join(missing)} translation: the {default} text is said in "
+                      f"{', '.join(missing)} conversations"))
+        ordered = [default, *(c for c in codes if c != default and c in self.languages)]
+        return [(code, raw[code]) for code in ordered]
+
+    def _in_languages(self, entry: SectionEntry, path: list[PathPart], raw: Any) -> str | None:
+        """A title or label: a string, or the default language's of `{en: ..., zh: ...}`."""
+        per_language = self._per_language(entry, path, raw)
+        if per_language is not None:
+            return str(per_language[0][1])
+        return None if raw is None else str(raw)
+
+    def _translations(self, raw: Any) -> typed.Translations:
+        if not isinstance(raw, dict):
+            return ()
+        return tuple((str(code), str(text)) for code, text in raw.items()
+                     if code != self.languages[0] and code in self.languages)
 
     def _variation(self, entry: SectionEntry, path: list[PathPart], raw: Any) -> typed.Variation:
         text_path = path if isinstance(raw, str) else [*path, "text"]
@@ -252,7 +333,16 @@ class _Builder:
         else inline template text; or an inline `{text, buttons}` mapping."""
         if raw is None or isinstance(raw, bool):
             return None
+        per_language = self._per_language(entry, path, raw)
+        if per_language is not None:
+            variations = [(code, self._variation(entry, [*path, code], value))
+                          for code, value in per_language]
+            return typed.MessageRef(inline=variations[0][1], translations=tuple(variations[1:]))
         if isinstance(raw, dict):
+            if "text" not in raw:
+                self.add(entry, path, "a message needs `text` (or one message per language: "
+                                      "{en: ..., zh: ...})")
+                return None
             return typed.MessageRef(inline=self._variation(entry, path, raw))
         text = str(raw)
         if text in self.response_names or text in BUILTIN_RESPONSES:
@@ -279,8 +369,10 @@ class _Builder:
         steps = self._steps(entry, name, ["steps"], raw.get("steps") or [])
         if not raw.get("steps"):
             self.add(entry, [], f"flow {name!r} has no steps")
-        return typed.FlowDef(name, str(raw.get("title") or humanize(name).capitalize()),
-                       str(raw.get("description", "")), triggers, steps)
+        title = self._in_languages(entry, ["title"], raw.get("title"))
+        return typed.FlowDef(name, title or humanize(name).capitalize(),
+                             str(raw.get("description", "")), triggers, steps,
+                             titles=self._translations(raw.get("title")))
 
     def _triggers(self, named: dict[str, list[tuple[str, SectionEntry]]]) -> dict[str, str]:
         triggers: dict[str, str] = {}

@@ -57,6 +57,32 @@ BUILTIN_RESPONSES: Mapping[str, str] = MappingProxyType({
 })
 """Responses every bot has; a bot's own response of the same name replaces one."""
 
+BUILTIN_TRANSLATIONS: Mapping[str, Mapping[str, str]] = MappingProxyType({
+    "zh": MappingProxyType({
+        "utter_greet": "您好！请问有什么可以帮您？",
+        "utter_goodbye": "再见，祝您生活愉快！",
+        "utter_thanks": "不客气！",
+        "utter_help": "我可以帮您办理以下业务：",
+        "utter_default": "抱歉，我没有听懂。您能换个说法吗？",
+        "utter_clarify": "抱歉，我不太确定您的意思。您是想办理以下哪一项？",
+        "utter_out_of_scope": "抱歉，这个我帮不上忙。您是不是想办理以下业务？",
+        "utter_invalid": "抱歉，这个{{ slot.label }}看起来不对"
+                         "{% if slot.problem %}（{{ slot.problem }}）{% endif %}。",
+        "utter_collect_failed": "抱歉，我还是没明白，这件事我们先到这里。"
+                                "还有什么可以帮您？",
+        "utter_corrected": "好的，已将{{ slot.label }}改为{{ slot.value }}。",
+        "utter_cancelled": "好的，已经取消了。",
+        "utter_nothing_to_cancel": "好的。还有什么可以帮您？",
+        "utter_handoff": "正在为您转接人工客服，请稍候。",
+        "utter_handoff_released": "您已回到智能助手。有什么可以帮您？",
+        "utter_nlu_unavailable": "抱歉，我现在暂时无法理解您的消息，请稍后再试。",
+        "utter_workflow_pending": "我还在处理您上一个请求，请稍等。",
+        "utter_workflow_failed": "抱歉，出了点问题，没能完成。请稍后再试。",
+    }),
+})
+"""The built-in responses in other languages than English (a multilingual bot's conversation
+in such a language says these; a language left out says the English ones)."""
+
 
 # -- the typed definition ---------------------------------------------------------------------
 
@@ -77,18 +103,43 @@ class Variation:
     buttons: tuple[ButtonDef, ...] = ()
 
 
+Translations = tuple[tuple[str, str], ...]
+"""(language, text) pairs: a flow's title or a slot's label in the bot's other languages."""
+
+
 @dataclass(frozen=True)
 class ResponseDef:
+    """A response: its variations in the bot's default language, and in other languages
+    (`translations`: (language, variations) pairs; a language left out says `variations`)."""
+
     name: str
     variations: tuple[Variation, ...]
+    translations: tuple[tuple[str, tuple[Variation, ...]], ...] = ()
+
+    def variations_in(self, language: str | None) -> tuple[Variation, ...]:
+        """The variations said in `language` (the default language's when it has none)."""
+        return next((found for code, found in self.translations if code == language),
+                    self.variations)
 
 
 @dataclass(frozen=True)
 class MessageRef:
-    """What a step says: a response by name, or an inline variation."""
+    """What a step says: a response by name, or an inline variation (in the default
+    language; `translations`: (language, variation) pairs for the bot's other languages)."""
 
     response: str | None = None
     inline: Variation | None = None
+    translations: tuple[tuple[str, Variation], ...] = ()
+
+    def inline_in(self, language: str | None) -> Variation | None:
+        """The inline variation in `language` (the default language's when it has none)."""
+        return next((found for code, found in self.translations if code == language),
+                    self.inline)
+
+
+def translated(default: str, translations: Translations, language: str | None) -> str:
+    """`default`, or its translation into `language` when there is one."""
+    return next((text for code, text in translations if code == language), default)
 
 
 @dataclass(frozen=True)
@@ -143,6 +194,11 @@ class SlotDef:
     lookup_only: bool = True
     fuzzy: float = 0.8
     currencies: tuple[str, ...] = ()
+    labels: Translations = ()
+    """The label in the bot's other languages ((language, label) pairs)."""
+
+    def label_in(self, language: str | None) -> str:
+        return translated(self.label, self.labels, language)
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -243,6 +299,11 @@ class FlowDef:
     description: str = ""
     triggers: tuple[str, ...] = ()
     steps: tuple[Step, ...] = ()
+    titles: Translations = ()
+    """The title in the bot's other languages ((language, title) pairs)."""
+
+    def title_in(self, language: str | None) -> str:
+        return translated(self.title, self.titles, language)
 
 
 @dataclass(frozen=True)

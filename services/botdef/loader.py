@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from services.botdef.annotation import parse_annotated
-from services.botdef.builder import SectionEntry, build_conversation
+from services.botdef.builder import SectionEntry, build_conversation_checked
 from services.botdef.conversation import ConversationDefinition, answers_only
 from services.botdef.model import (
     BotDefinition,
@@ -101,6 +101,8 @@ class _Loader:
         self.entries: list[SectionEntry] = []
         self.conversation_complete = True
         self.conversation = ConversationDefinition()
+        self.languages: tuple[str, ...] = ("en",)
+        self.example_languages: dict[str, set[str]] = {}
 
     # -- files ---------------------------------------------------------------------------
 
@@ -135,9 +137,10 @@ class _Loader:
         for index, entity in enumerate(self._valid_items(doc, "entities", bad)):
             if entity is not None:
                 self._add_entity(file, doc, index, entity)
+        language = self._file_language(file, doc, bad)
         for index, intent in enumerate(self._valid_items(doc, "intents", bad)):
             if intent is not None:
-                self._add_intent(file, doc, index, intent)
+                self._add_intent(file, doc, index, intent, language)
         for key in SECTION_KEYS:
             if key in doc and (key,) in bad:
                 self.conversation_complete = False
@@ -212,9 +215,36 @@ class _Loader:
 
     # -- intents -------------------------------------------------------------------------
 
-    def _add_intent(self, file: str, doc: Any, index: int, intent: Any) -> None:
+    def _file_language(self, file: str, doc: Any, bad: set[tuple[PathPart, ...]]) -> str:
+        """The language of a data file's examples: its `language:`, else the default."""
+        language = doc.get("language") if ("language",) not in bad else None
+        if isinstance(language, str) and doc is not None and "name" not in doc:
+            if self._language_issue(_Origin(file, line_of(doc, ["language"]), "language"),
+                                    language):
+                return self.languages[0]
+            return language
+        return self.languages[0]
+
+    def _language_issue(self, origin: _Origin, language: str) -> bool:
+        if language in self.languages:
+            return False
+        declared = ", ".join(self.languages)
+        self.issues.append(origin.issue(
+            f"language {language!r} is not one of the bot's languages ({declared}; bot.yml "
+            "`language` or `languages`)"))
+        return True
+
+    def _add_intent(self, file: str, doc: Any, index: int, intent: Any,
+                    language: str | None = None) -> None:
         name = str(intent["name"])
         origin = _Origin(file, line_of(doc, ["intents", index]), f"intents[{index}]")
+        own = intent.get("language")
+        if isinstance(own, str):
+            where = _Origin(file, line_of(doc, ["intents", index, "language"]),
+                            f"intents[{index}].language")
+            language = own if not self._language_issue(where, own) else language
+        language = language or self.languages[0]
+        self.example_languages.setdefault(name, set())
         warning = comma_split_warning(file, doc, ["intents", index, "examples"])
         if warning is not None:
             self.warnings.append(warning)
@@ -226,19 +256,24 @@ class _Loader:
                 line_of(doc, ["intents", index, "examples", number]),
                 f"intents[{index}].examples[{number}]",
             )
-            self._add_example(acc, place, name, str(text))
+            if self._add_example(acc, place, name, str(text), language):
+                self.example_languages[name].add(language)
 
-    def _add_example(self, acc: _IntentAcc, place: _Origin, intent: str, text: str) -> None:
+    def _add_example(self, acc: _IntentAcc, place: _Origin, intent: str, text: str,
+                     language: str | None = None) -> bool:
         try:
             example = parse_annotated(text, intent=intent)
         except ValueError as exc:
             self.issues.append(place.issue(f"malformed annotation: {exc}"))
-            return
+            return False
         if not example.text.strip():
             self.issues.append(place.issue("example text is empty"))
-            return
+            return False
+        if language is not None:
+            example = Example(example.text, example.intent, example.entities, language)
         acc.examples.append(example)
         self.mentions.extend(_Mention(place, span.entity) for span in example.entities)
+        return True
 
     # -- raw sections --------------------------------------------------------------------
 
@@ -298,13 +333,53 @@ class _Loader:
         if self.intents_complete:
             self._check_intents(bot_file)
         if self.conversation_complete and self.entries:
-            self.conversation, issues = build_conversation(
+            self.conversation, issues, warnings = build_conversation_checked(
                 self.entries,
                 intents=set(self.intents) if self.intents_complete else None,
                 entities=self.entities if self.entities_complete else None,
                 workflows=set(self.workflows),
+                languages=self.languages,
             )
             self.issues.extend(issues)
+            self.warnings.extend(warnings)
+
+    def check_languages(self, bot_file: str, bot_doc: Any) -> None:
+        """bot.yml `language` / `languages` / `default_language`; sets `self.languages`
+        (default first). Run before the data files are read."""
+        single, many = bot_doc.get("language"), bot_doc.get("languages")
+        default = bot_doc.get("default_language")
+        if isinstance(many, list) and many and all(isinstance(c, str) for c in many):
+            if isinstance(single, str):
+                self.issues.append(DefinitionIssue(
+                    bot_file, line_of(bot_doc, ["language"]), "language",
+                    "give either `language` (one) or `languages` (several), not both"))
+            codes = [str(c) for c in many]
+            if isinstance(default, str) and default not in codes:
+                self.issues.append(DefinitionIssue(
+                    bot_file, line_of(bot_doc, ["default_language"]), "default_language",
+                    f"{default!r} is not one of `languages` ({', '.join(codes)})"))
+            elif isinstance(default, str):
+                codes.remove(default)
+                codes.insert(0, default)
+            self.languages = tuple(codes)
+        elif isinstance(single, str):
+            self.languages = (single,)
+            if isinstance(default, str) and default != single:
+                self.issues.append(DefinitionIssue(
+                    bot_file, line_of(bot_doc, ["default_language"]), "default_language",
+                    f"{default!r} is not the bot's `language` ({single!r})"))
+
+    def check_example_languages(self) -> None:
+        """A multilingual bot: an intent without examples in one of its languages is a
+        warning (messages in that language are rarely classified as it)."""
+        if len(self.languages) < 2 or not self.intents_complete:
+            return
+        for name, acc in self.intents.items():
+            missing = [c for c in self.languages if c not in self.example_languages.get(name, ())]
+            if missing:
+                self.warnings.append(acc.origin.issue(
+                    f"intent {name!r} has no {', '.join(missing)} examples: messages in "
+                    f"{', '.join(missing)} will rarely be classified as it"))
 
     def check_knowledge(self, bot_file: str, bot_doc: Any) -> None:
         """`knowledge.faq_intent` must name an intent of the bot (when given);
@@ -375,6 +450,7 @@ def load_bot(path: str | Path) -> BotDefinition:
         raise BotDefinitionError([DefinitionIssue(where, 0, "", what)])
     bot_doc, bad = loader.read(bot_path, BOT_FILE_SCHEMA)
     if bot_doc is not None:
+        loader.check_languages(str(bot_path), bot_doc)
         loader.add_document(bot_path, bot_doc, bad)
     for data_path in [*yaml_files(root / DATA_DIR), *yaml_files(root / DOMAIN_DIR)]:
         doc, bad = loader.read(data_path, DATA_FILE_SCHEMA)
@@ -383,6 +459,7 @@ def load_bot(path: str | Path) -> BotDefinition:
     for workflow_path in yaml_files(root / WORKFLOWS_DIR):
         loader.add_workflow(workflow_path)
     loader.check(str(bot_path))
+    loader.check_example_languages()
     if isinstance(bot_doc, dict):
         loader.check_knowledge(str(bot_path), bot_doc)
         loader.check_timezone(str(bot_path), bot_doc)
@@ -449,7 +526,7 @@ def _build(root: Path, bot_doc: Any, loader: _Loader) -> BotDefinition:
         name=str(bot_doc["name"]),
         path=root,
         description=str(bot_doc.get("description", "")),
-        nlu=nlu_settings(to_plain(bot_doc.get("nlu") or {}), str(bot_doc.get("language", "en"))),
+        nlu=nlu_settings(to_plain(bot_doc.get("nlu") or {}), loader.languages[0]),
         intents=intents,
         entities=dict(loader.entities),
         raw=raw,
@@ -457,6 +534,7 @@ def _build(root: Path, bot_doc: Any, loader: _Loader) -> BotDefinition:
         knowledge=knowledge_settings(to_plain(bot_doc["knowledge"]))
         if isinstance(bot_doc.get("knowledge"), dict) else None,
         warnings=tuple(loader.warnings),
+        languages=loader.languages,
     )
 
 

@@ -31,6 +31,10 @@ class Example:
     text: str
     intent: str
     entities: tuple[EntitySpan, ...] = ()
+    language: str | None = dataclasses.field(default=None, compare=False)
+    """The example's language (its file's or intent's `language:`, else the bot's default;
+    None for examples not read from a bot folder). Not part of equality: the same text is
+    the same example."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,9 @@ class BotDefinition:
         default_factory=lambda: _empty_conversation()
     )
     knowledge: KnowledgeSettings | None = None
+    languages: tuple[str, ...] = ("en",)
+    """The languages the bot speaks, the default one first (bot.yml `languages` and
+    `default_language`, or its one `language`)."""
     warnings: tuple[DefinitionIssue, ...] = ()
     """Problems that do not stop the bot from loading (`botfactory validate` and `data check`
     print them), e.g. an examples list written as a `[...]` flow sequence."""
@@ -127,6 +134,16 @@ class BotDefinition:
         `privacy: {redact_pii: false}` turns it off; docs/security.md)."""
         privacy = self.raw.get("privacy")
         return not isinstance(privacy, dict) or privacy.get("redact_pii", True) is not False
+
+    @property
+    def default_language(self) -> str:
+        """The language of a conversation until the user's own is known (and of the bot's
+        texts written without a language)."""
+        return self.languages[0]
+
+    @property
+    def multilingual(self) -> bool:
+        return len(self.languages) > 1
 
     @property
     def timezone(self) -> str:

@@ -45,6 +45,9 @@ _DEFS: dict[str, Any] = {
             "name": {"type": "string", "pattern": INTENT_NAME_PATTERN},
             "description": {"type": "string"},
             "examples": _STRINGS,
+            # the language of the examples (default: the file's `language`, else the bot's
+            # default language)
+            "language": {"type": "string", "pattern": LANGUAGE_PATTERN},
         },
     },
     "entity": {
@@ -118,6 +121,11 @@ BOT_FILE_SCHEMA: dict[str, Any] = {
         "name": {"type": "string", "pattern": BOT_NAME_PATTERN},
         "description": {"type": "string"},
         "language": {"type": "string", "pattern": LANGUAGE_PATTERN},
+        # a multilingual bot: its languages (the first is the default unless
+        # `default_language` names another); `language` then must not be given
+        "languages": {"type": "array", "minItems": 1, "uniqueItems": True,
+                      "items": {"type": "string", "pattern": LANGUAGE_PATTERN}},
+        "default_language": {"type": "string", "pattern": LANGUAGE_PATTERN},
         # date and datetime slots read relative dates in it (IANA name; default UTC)
         "timezone": {"type": "string", "pattern": TIMEZONE_PATTERN},
         "nlu": {"$ref": "#/$defs/nlu"},
@@ -138,7 +146,12 @@ DATA_FILE_SCHEMA: dict[str, Any] = {
     "title": "botfactory data file",
     "type": "object",
     "additionalProperties": False,
-    "properties": {"version": {"const": "1"}, **_SECTIONS},
+    "properties": {
+        "version": {"const": "1"},
+        # the language of the file's intents' examples (default: the bot's default language)
+        "language": {"type": "string", "pattern": LANGUAGE_PATTERN},
+        **_SECTIONS,
+    },
     "$defs": _DEFS,
 }
 
@@ -172,13 +185,19 @@ _VALIDATION_PROPERTIES: dict[str, Any] = {
 
 _MESSAGE_KEYWORDS: dict[str, Any] = {
     "minLength": 1,
-    "required": ["text"],
     "additionalProperties": False,
     "properties": {
         "text": _TEXT,
         "buttons": {"type": "array", "items": {"$ref": "#/$defs/button"}},
     },
+    # a multilingual bot: one message per language, `{en: ..., zh: ...}` (each a string or
+    # `{text, buttons}`); `text` is then checked by the builder (it is required otherwise)
+    "patternProperties": {LANGUAGE_PATTERN: {"$ref": "#/$defs/message_in_language"}},
 }
+_IN_LANGUAGES = {"type": ["string", "object"], "minLength": 1,
+                 "additionalProperties": False,
+                 "patternProperties": {LANGUAGE_PATTERN: _TEXT}}
+"""A flow's `title` or a slot's `label`: a string, or one per language `{en: ..., zh: ...}`."""
 
 # JSON Schema keywords apply by instance type ("properties" to mappings, "items" to lists),
 # so one schema with several types accepts each short form without `oneOf` (whose errors
@@ -191,6 +210,26 @@ _CONVERSATION_DEFS: dict[str, Any] = {
         "properties": {"title": _TEXT, "payload": _TEXT},
     },
     "message": {"type": ["string", "object"], **_MESSAGE_KEYWORDS},
+    "message_in_language": {
+        "type": ["string", "object"],
+        "minLength": 1,
+        "required": ["text"],
+        "additionalProperties": False,
+        "properties": _MESSAGE_KEYWORDS["properties"],
+    },
+    "response_in_language": {
+        "type": ["string", "object", "array"],
+        "minLength": 1,
+        "minItems": 1,
+        "items": {"$ref": "#/$defs/message_in_language"},
+        "additionalProperties": False,
+        "properties": {
+            "text": _TEXT,
+            "buttons": {"type": "array", "items": {"$ref": "#/$defs/button"}},
+            "variations": {"type": "array", "minItems": 1,
+                           "items": {"$ref": "#/$defs/message_in_language"}},
+        },
+    },
     "response": {
         "type": ["string", "object", "array"],
         "minLength": 1,
@@ -203,6 +242,8 @@ _CONVERSATION_DEFS: dict[str, Any] = {
             "buttons": {"type": "array", "items": {"$ref": "#/$defs/button"}},
             "variations": {"type": "array", "minItems": 1, "items": _MESSAGE},
         },
+        # a multilingual bot: one response per language, `{en: ..., zh: ...}`
+        "patternProperties": {LANGUAGE_PATTERN: {"$ref": "#/$defs/response_in_language"}},
     },
     "slot": {
         "type": ["string", "object"],
@@ -213,7 +254,7 @@ _CONVERSATION_DEFS: dict[str, Any] = {
             "name": _IDENT,
             "type": {"enum": [*SLOT_TYPES, *SLOT_TYPE_ALIASES]},
             "description": {"type": "string"},
-            "label": _TEXT,
+            "label": _IN_LANGUAGES,
             "entity": {"type": "string", "pattern": ENTITY_NAME_PATTERN},
             "initial": {"type": ["string", "number", "boolean", "null"]},
             "ask": _MESSAGE,
@@ -233,7 +274,7 @@ _CONVERSATION_DEFS: dict[str, Any] = {
         "properties": {
             "name": _FLOW_NAME,
             "id": _FLOW_NAME,
-            "title": _TEXT,
+            "title": _IN_LANGUAGES,
             "description": {"type": "string"},
             "trigger": _INTENTS,
             "steps": {"$ref": "#/$defs/steps"},

@@ -11,6 +11,13 @@ found in a single row of average length (the rarest a term can be). One rare ter
 gives 0.63, two give 0.86; a word found in a third of the rows gives about 0.2. Unlike a
 score divided by the query's best (or ideal) score, a weak match stays weak: a query whose
 only indexed word is a common one gets a small strength, never a perfect one.
+
+Chinese (and Japanese kanji) is written without spaces: a run of CJK characters is split
+into its single characters and overlapping character pairs (`挂失银行卡` -> 挂 失 银 行 卡 挂失
+失银 银行 行卡), minus `CJK_STOP_CHARS` (的, 了, 吗, 我, ...). On the banking bot's Chinese
+questions (bots/banking/tests/kb_zh.yml) that retrieves as well as jieba's words and declines
+better, with no dictionary (benchmarks/kb_zh.py compares them): a pair that is no word has a
+high document frequency or matches nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ from collections.abc import Sequence
 import numpy as np
 
 _TOKEN = re.compile(r"[^\W_]+(?:[-./][^\W_]+)*")
+_CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff]+")
+CJK_STOP_CHARS = frozenset("的了吗呢吧啊呀么嘛我你您他她它们是在有和与及或就都也还要会能可以该"
+                           "怎样么什如何为哪里多少这那个一把被给对")
+"""Chinese function characters left out of the unigrams (pairs keep them: 可以, 怎么)."""
 _PART = re.compile(r"[^\W_]+")
 _CONTRACTION = re.compile(r"[^\W_]+'[^\W_]+")
 
@@ -43,14 +54,31 @@ STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
 
 
 def tokenize(text: str) -> list[str]:
-    """Lowercased words; a compound like `XG-400` or `v2.1` yields itself and its parts."""
+    """Lowercased words; a compound like `XG-400` or `v2.1` yields itself and its parts; a
+    run of CJK characters its characters and character pairs (`cjk_terms`)."""
     tokens: list[str] = []
-    for match in _TOKEN.finditer(text.lower()):
+    spaced = _CJK_RUN.sub(lambda m: f" {m.group(0)} ", text.lower()) if _CJK_RUN.search(
+        text) else text.lower()
+    for match in _TOKEN.finditer(spaced):
         word = match.group(0)
+        if _CJK_RUN.fullmatch(word):
+            tokens.extend(_segment(word))
+            continue
         tokens.append(word)
         if not word.isalnum():
             tokens.extend(_PART.findall(word))
     return tokens
+
+
+def cjk_terms(run: str) -> list[str]:
+    """The terms of a run of CJK characters: its characters but function characters, and
+    its overlapping character pairs."""
+    singles = [c for c in run if c not in CJK_STOP_CHARS]
+    return singles + [run[i:i + 2] for i in range(len(run) - 1)]
+
+
+_segment = cjk_terms
+"""How `tokenize` splits CJK runs (benchmarks/kb_zh.py swaps in jieba to compare)."""
 
 
 def terms(text: str) -> list[str]:
@@ -94,6 +122,20 @@ class Bm25:
             posting = self._postings.get(term)
             if posting is not None:
                 result[posting[0]] += posting[1]
+        return result
+
+    def coverage(self, query: str) -> np.ndarray:
+        """How much of `query` each row holds, in [0, 1]: the row's BM25 score over the score
+        of a row of average length holding each query term once, a term the index does not
+        have counting as the rarest there can be (so "讲个笑话" matches little of any row when
+        笑话 is found nowhere). Per row, capped at 1. The score of CJK queries, which have no
+        meaningful cosine (search.py)."""
+        unique = set(terms(query))
+        ideal = sum(self.idf(len(self._postings[t][0])) if t in self._postings else self.unit
+                    for t in unique)
+        if ideal <= 0:
+            return np.zeros(self.size, dtype=np.float32)
+        result: np.ndarray = np.minimum(self.scores(query) / ideal, 1.0).astype(np.float32)
         return result
 
     def strengths(self, query: str) -> np.ndarray:

@@ -9,10 +9,18 @@ that are re-scored exactly. With `bm25_weight` w > 0 a row scores
 `cosine + w * strength * (1 - cosine)` (`combine`; strength: the BM25 score saturated to
 [0, 1), see bm25.py), and the best BM25 rows join the candidates. FAQ entries have one row
 per question; the best row of an item stands for it.
+
+Chinese (CJK) rows and queries: the packaged encoder (all-MiniLM-L6-v2) is English-only and
+gives Chinese texts cosines of 0.7 to 0.9 whatever they say, so a query with Chinese in it
+(`is_cjk`) is scored by keywords alone, over the CJK rows only (their own BM25, whose terms
+are characters and character pairs: bm25.py), and an English query never gets a CJK row
+(their cosines with English queries are as meaningless). English rows and queries are
+searched exactly as before: the English BM25 is built over the non-CJK rows only.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +42,19 @@ from services.knowledge.index import (
 from services.knowledge.source import Button
 
 DEFAULT_K = 5
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff]")
+MIN_CJK = 2
+
+
+_OTHER_WORD = re.compile(r"[^\W\d_\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+
+
+def is_cjk(text: str) -> bool:
+    """Whether `text` is (mostly) Chinese or Japanese: at least `MIN_CJK` CJK characters,
+    and more of them than words in other scripts (`支持Google Pay吗` is; `Beijing 北京 branch`
+    is not)."""
+    cjk = len(_CJK.findall(text))
+    return cjk >= MIN_CJK and cjk > len(_OTHER_WORD.findall(text))
 DEFAULT_SNIPPET_SENTENCES = 2
 
 
@@ -113,7 +134,15 @@ class Searcher:
         self.bm25_weight = float(settings.get("bm25_weight", 0.0))
         self.snippet_sentences = int(settings.get("snippet_sentences",
                                                   DEFAULT_SNIPPET_SENTENCES))
-        self.bm25 = Bm25(data.row_texts()) if self.bm25_weight > 0 else None
+        texts = data.row_texts()
+        cjk = np.array([is_cjk(text) for text in texts], dtype=bool)
+        self._cjk_rows = np.flatnonzero(cjk)
+        self._other_rows = np.flatnonzero(~cjk)
+        self.has_cjk = bool(len(self._cjk_rows))
+        # English: as before, over the rows without CJK text (all of them in most bots)
+        self.bm25 = (_SubsetBm25(texts, self._other_rows) if self.bm25_weight > 0
+                     else None)
+        self.bm25_cjk = _SubsetBm25(texts, self._cjk_rows) if self.has_cjk else None
         self.rows = len(data.row_items)
         self._extra_rows = self.rows - len(data.items)
         self.ann = ann
@@ -176,9 +205,12 @@ class Searcher:
 
     def _exact(self, vector: np.ndarray, query: str,
                wanted: int) -> tuple[np.ndarray, np.ndarray]:
-        scores = _dot(self.data.vectors, vector)
-        if self.bm25 is not None:
-            scores = combine(scores, self.bm25.strengths(query), self.bm25_weight)
+        if self.has_cjk:
+            scores = self._by_script(vector, query)
+        else:
+            scores = _dot(self.data.vectors, vector)
+            if self.bm25 is not None:
+                scores = combine(scores, self.bm25.strengths(query), self.bm25_weight)
         if wanted < len(scores):
             top = np.argpartition(-scores, wanted - 1)[:wanted]
         else:
@@ -190,6 +222,11 @@ class Searcher:
         if self.ann is None:
             self.ann = AnnIndex.build(self.data.vectors, self.options.expansion_search)
         count = min(self.rows, max(wanted, self.options.min_candidates))
+        if self.has_cjk:  # the CJK rows' scores come from BM25: no graph needed for them
+            scores = self._by_script(vector, query)
+            top = np.argpartition(-scores, wanted - 1)[:wanted] if wanted < self.rows \
+                else np.arange(self.rows)
+            return top, scores[top]
         candidates = self.ann.candidates(vector, count)
         lexical = None
         if self.bm25 is not None:
@@ -201,6 +238,22 @@ class Searcher:
         if lexical is not None:
             scores = combine(scores, lexical[candidates], self.bm25_weight)
         return candidates, scores
+
+    def _by_script(self, vector: np.ndarray, query: str) -> np.ndarray:
+        """Every row's score in an index with CJK rows: a CJK query's keyword strength over
+        the CJK rows, an other query's (hybrid) cosine over the other rows; -1 elsewhere."""
+        scores = np.full(self.rows, -1.0, dtype=np.float32)
+        if is_cjk(query):
+            if self.bm25_cjk is not None:
+                covered = self.bm25_cjk.coverage(query)[self._cjk_rows]
+                scores[self._cjk_rows] = 1 - (1 - covered) ** 2  # onto the cosines' scale
+            return scores
+        rows = self._other_rows
+        dense = _dot(self.data.vectors[rows], vector)
+        if self.bm25 is not None:
+            dense = combine(dense, self.bm25.strengths(query)[rows], self.bm25_weight)
+        scores[rows] = dense
+        return scores
 
     def _distinct(self, rows: np.ndarray, scores: np.ndarray,
                   k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -237,14 +290,37 @@ class Searcher:
             return " ".join(item.text[a:b] for a, b in spans) or item.text
         block = self.data.sentence_vectors[item.sentence_row:item.sentence_row + len(spans)]
         similarity = block @ vector
-        if self.bm25 is not None and query:
-            strength = self.bm25.strengths_in(query, [item.text[a:b] for a, b in spans])
+        if is_cjk(query) and is_cjk(item.text):  # keywords only: the cosines are noise here
+            similarity = np.zeros(len(spans), dtype=np.float32)
+        if (self.bm25 is not None or self.has_cjk) and query:
+            strength = Bm25.strengths_in(query, [item.text[a:b] for a, b in spans])
             similarity = combine(similarity, strength, SNIPPET_KEYWORD_WEIGHT)
         best = np.argsort(-similarity, kind="stable")[:self.snippet_sentences]
         return " ".join(item.text[spans[i][0]:spans[i][1]] for i in sorted(int(b) for b in best))
 
 
 SNIPPET_KEYWORD_WEIGHT = 1.0
+
+
+class _SubsetBm25:
+    """BM25 over some rows only (`rows`); strengths are given for every row, 0 elsewhere."""
+
+    def __init__(self, texts: list[str], rows: np.ndarray) -> None:
+        self._rows = rows
+        self._bm25 = Bm25([texts[int(r)] for r in rows])
+        self._size = len(texts)
+
+    def strengths(self, query: str) -> np.ndarray:
+        result = np.zeros(self._size, dtype=np.float32)
+        if len(self._rows):
+            result[self._rows] = self._bm25.strengths(query)
+        return result
+
+    def coverage(self, query: str) -> np.ndarray:
+        result = np.zeros(self._size, dtype=np.float32)
+        if len(self._rows):
+            result[self._rows] = self._bm25.coverage(query)
+        return result
 
 
 def combine(cosine: np.ndarray, strength: np.ndarray, weight: float) -> np.ndarray:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9À-Ý])|\n+")
+_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9À-Ý])|\n+"
+                           r"|(?<=[。！？；])[”’」』）]*\s*")
+"""Where a sentence ends: `.`, `!`, `?` before a capital; a line break; Chinese `。！？；`
+(no space follows them)."""
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:

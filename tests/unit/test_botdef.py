@@ -222,9 +222,12 @@ def test_banking_bot_loads_with_all_intents() -> None:
     assert {intent.name for intent in bot.intents} == BANKING_INTENTS
     assert bot.nlu.out_of_scope_intent == "out_of_scope"
     assert bot.nlu.base_model is None
-    assert bot.nlu.language == "en"
+    assert bot.nlu.language == "en" and bot.languages == ("en", "zh")
     for intent in bot.intents:
-        assert 20 <= len(intent.examples) <= 45 or intent.name == "transfer_money", intent.name
+        english = [e for e in intent.examples if e.language == "en"]
+        chinese = [e for e in intent.examples if e.language == "zh"]
+        assert 20 <= len(english) <= 45 or intent.name == "transfer_money", intent.name
+        assert 15 <= len(chinese) <= 45, intent.name
         texts = [example.text.lower() for example in intent.examples]
         assert len(set(texts)) == len(texts), f"duplicate example in {intent.name}"
 

@@ -17,7 +17,9 @@ from botfactory.conversation_tests import (
     NluHint,
     ReplyExpectation,
     check_replies,
+    conversation_test_files,
     load_conversation_tests,
+    other_test_file,
     run_conversation_tests,
     same_value,
 )
@@ -123,6 +125,16 @@ def test_the_frozen_nlu_set_and_kb_questions_are_not_conversation_tests() -> Non
     assert (bot / "tests" / "nlu.yml").is_file()
     assert [t.name for t in load_conversation_tests(bot)] == ["filing a claim"]
     assert {"kb.yml", "nlu.yml"} == OTHER_TEST_FILES
+
+
+def test_kb_question_files_per_language_are_not_conversation_tests(tmp_path: Path) -> None:
+    write(tmp_path, GOOD, "bot/tests/a.yml")
+    write(tmp_path, "version: '1'\ncases:\n  - {question: 挂失, expect: null}\n",
+          "bot/tests/kb_zh.yml")
+    (tmp_path / "bot" / "bot.yml").write_text('version: "1"\nname: x\n', encoding="utf-8")
+    assert [p.name for p in conversation_test_files(tmp_path / "bot" / "tests")] == ["a.yml"]
+    assert other_test_file(Path("kb_zh.yml")) and other_test_file(Path("kb-fr.yaml"))
+    assert not other_test_file(Path("kbank.yml"))
 
 
 @pytest.mark.parametrize(("text", "line", "field", "message"), [

@@ -19,6 +19,7 @@ from services.botdef import (
     answers_only,
     humanize,
 )
+from services.common import langid
 from services.dialogue.engine.api import Button
 from services.dialogue.engine.dates import Clock, warm_up
 from services.dialogue.engine.program import (
@@ -40,6 +41,7 @@ CANCEL = frozenset({"cancel", "stop"})
 AFFIRM = frozenset({"affirm", "yes", "confirm"})
 DENY = frozenset({"deny", "no"})
 CANCEL_TEXTS = frozenset({"cancel", "stop", "stop it", "cancel that", "cancel it", "abort",
+                          "取消", "算了", "取消吧", "不要了", "停止", "不办了",
                           "quit", "never mind", "nevermind", "forget it"})
 BUILTIN_REPLIES: Mapping[str, str] = MappingProxyType({
     **{intent: "utter_greet" for intent in GREET},
@@ -51,6 +53,10 @@ BUILTIN_REPLIES: Mapping[str, str] = MappingProxyType({
 BUILTIN_TITLES: Mapping[str, str] = MappingProxyType({
     "greet": "Say hello", "goodbye": "Say goodbye", "thanks": "Say thanks",
     "help": "What can you do?", "human_handoff": "Talk to a person",
+})
+BUILTIN_TITLES_IN: Mapping[str, Mapping[str, str]] = MappingProxyType({
+    "zh": {"greet": "打个招呼", "goodbye": "说再见", "thanks": "说谢谢", "help": "你能做什么？",
+           "human_handoff": "转人工客服"},
 })
 HELP_BUTTONS = 6
 
@@ -80,7 +86,10 @@ class CompiledBot:
     transactional flow is never answered in place of, whatever the settings say)."""
     timezone: str = "UTC"
     language: str = "en"
-    """Where and in which language date slots read relative dates (bot.yml)."""
+    """Where date slots read relative dates, and the bot's default language (bot.yml)."""
+    languages: tuple[str, ...] = ("en",)
+    """The bot's languages, the default first: a conversation's language is detected among
+    them (services/common/langid.py) when there are several."""
 
     @classmethod
     def build(cls, bot: BotDefinition, *, handoff_after: int, max_depth: int) -> CompiledBot:
@@ -90,7 +99,10 @@ class CompiledBot:
         matchers = {name: EntityMatcher.of(entity, synonyms.get(name, {}))
                     for name, entity in bot.entities.items()}
         if any(slot.type in DATE_TYPES for slot in conversation.slots.values()):
-            warm_up(Clock(0.0, bot.timezone, bot.nlu.language))
+            for language in bot.languages:
+                warm_up(Clock(0.0, bot.timezone, language))
+        if bot.multilingual:
+            langid.warm_up()
         return cls(
             bot_id=bot.name,
             conversation=conversation,
@@ -99,7 +111,9 @@ class CompiledBot:
             referenced=MappingProxyType({n: referenced_slots(p) for n, p in programs.items()}),
             fillable=MappingProxyType({n: entity_filled_slots(p) for n, p in programs.items()}),
             matchers=MappingProxyType(matchers),
-            renderer=Renderer(conversation, _help_buttons(conversation)),
+            renderer=Renderer(conversation, _help_buttons(conversation), bot.languages,
+                              {language: _help_buttons(conversation, language)
+                               for language in bot.languages}),
             # None: the model's own threshold, chosen at training (the NLU's out_of_scope)
             threshold=bot.nlu.confidence_threshold or 0.0,
             out_of_scope_intent=bot.nlu.out_of_scope_intent,
@@ -111,7 +125,8 @@ class CompiledBot:
             knowledge_policy=bot.knowledge is not None,
             answer_intents=_answer_intents(bot),
             timezone=bot.timezone,
-            language=bot.nlu.language,
+            language=bot.default_language,
+            languages=bot.languages,
         )
 
     def slot(self, name: str) -> SlotDef:
@@ -128,11 +143,12 @@ class CompiledBot:
         return (self.flow_for(intent) is not None or intent in BUILTIN_REPLIES
                 or intent in HANDOFF)
 
-    def title(self, intent: str) -> str:
+    def title(self, intent: str, language: str | None = None) -> str:
         flow = self.flow_for(intent)
         if flow is not None:
-            return flow.title
-        return BUILTIN_TITLES.get(intent) or humanize(intent).capitalize()
+            return flow.title_in(language)
+        builtin = BUILTIN_TITLES_IN.get((language or "").split("-")[0], {}).get(intent)
+        return builtin or BUILTIN_TITLES.get(intent) or humanize(intent).capitalize()
 
 
 def _resets(
@@ -154,7 +170,8 @@ def _answer_intents(bot: BotDefinition) -> frozenset[str]:
         if (flow := conversation.flow_for_intent(intent)) is None or answers_only(flow))
 
 
-def _help_buttons(conversation: ConversationDefinition) -> list[Button]:
-    buttons = [Button(flow.title, f"/{flow.triggers[0]}")
+def _help_buttons(conversation: ConversationDefinition,
+                  language: str | None = None) -> list[Button]:
+    buttons = [Button(flow.title_in(language), f"/{flow.triggers[0]}")
                for flow in conversation.flows.values() if flow.triggers]
     return buttons[:HELP_BUTTONS]

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from services.dialogue.engine import zh
+
 
 @dataclass(frozen=True)
 class Clock:
@@ -63,11 +65,17 @@ def _iso(text: str) -> dt.datetime | None:
 
 
 def _read(text: str, clock: Clock) -> dt.datetime | None:
+    if zh.has_cjk(text):  # dateparser misreads Chinese dates (zh.py)
+        found = zh.read_datetime(text, clock.local_now())
+        if found is not None:
+            return found[0]
     settings: dict[str, Any] = {"RELATIVE_BASE": clock.local_now(),
                                 "RETURN_AS_TIMEZONE_AWARE": False}
     parser, search_dates, known = _dateparser()
     code = clock.language.split("-")[0].lower()
     languages = [code] if code in known else None  # a language dateparser lacks: detected
+    if code in ("zh", "ja", "ko") and not zh.has_cjk(text):
+        languages = None  # "tomorrow at 5pm" in a Chinese conversation: not read as Chinese
     whole = parser(languages=languages, settings=settings).get_date_data(text)
     if whole.date_obj is not None:
         return _naive(whole.date_obj, clock)

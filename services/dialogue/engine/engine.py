@@ -16,7 +16,7 @@ from services.dialogue.engine.api import (
 )
 from services.dialogue.engine.compiled import CompiledBot
 from services.dialogue.engine.knowledge import SearchNeeded
-from services.dialogue.engine.policy import handle_user, payload_nlu
+from services.dialogue.engine.policy import handle_user, note_language, payload_nlu
 from services.dialogue.engine.runner import run
 from services.dialogue.engine.tracker import Tracker
 from services.dialogue.engine.turn import Turn
@@ -64,6 +64,7 @@ class DialogueEngine:
         turn = Turn(self._bot, tracker, message_id, text=text, knowledge=knowledge, now=now)
         turn.slots["sentiment"] = nlu.sentiment or None
         turn.slots["sentiment_score"] = nlu.sentiment_score if nlu.sentiment else None
+        note_language(turn, text)
         try:
             handle_user(turn, text, nlu)
         except SearchNeeded as needed:

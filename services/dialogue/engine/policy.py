@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 
 from services.botdef import Collect, SlotDef, parse_payload
+from services.common import langid
+from services.dialogue.engine import zh
 from services.dialogue.engine.api import Button, EntityValue, NluResult
 from services.dialogue.engine.compiled import (
     AFFIRM,
@@ -42,6 +44,20 @@ def understood(bot: CompiledBot, nlu: NluResult) -> bool:
     """Confident enough to act on, and not out of scope."""
     return (bool(nlu.intent) and not nlu.out_of_scope and nlu.intent != bot.out_of_scope_intent
             and nlu.confidence >= bot.threshold)
+
+
+def note_language(turn: Turn, text: str) -> None:
+    """A multilingual bot: the conversation's language from the user's message. The first
+    message whose language is decided sets it (until then: the bot's default); afterwards
+    only a message clearly in another of the bot's languages switches it (`Detection.clear`:
+    "谢谢" or "Li Wei" keep it, "我想转账" switches). Event `language_set`."""
+    if len(turn.bot.languages) < 2:
+        return
+    found = langid.detect(text, turn.bot.languages)
+    if found.language is None:
+        return
+    if turn.detected is None or (found.language != turn.detected and found.clear()):
+        turn.set_language(found.language, found.confidence, found.method)
 
 
 def handle_user(turn: Turn, text: str, nlu: NluResult) -> None:
@@ -145,7 +161,8 @@ def fallback(turn: Turn, reason: str, nlu: NluResult | None) -> None:
     if turn.streak >= turn.bot.handoff_after:
         turn.handoff("fallbacks")
         return
-    options = _options(turn.bot, nlu) if nlu is not None and reason != "no_handler" else []
+    understandable = nlu is not None and reason != "no_handler"
+    options = _options(turn.bot, nlu, turn.language) if nlu is not None and understandable else []
     if not options:
         turn.say("utter_default")
         return
@@ -154,13 +171,14 @@ def fallback(turn: Turn, reason: str, nlu: NluResult | None) -> None:
     turn.say(name, buttons=options)
 
 
-def _options(bot: CompiledBot, nlu: NluResult) -> list[Button]:
+def _options(bot: CompiledBot, nlu: NluResult, language: str | None = None) -> list[Button]:
     ranking = sorted(nlu.ranking or [(nlu.intent, nlu.confidence)], key=lambda r: -r[1])
     intents: list[str] = []
     for intent, _ in ranking:
         if intent != bot.out_of_scope_intent and bot.handles(intent) and intent not in intents:
             intents.append(intent)
-    return [Button(bot.title(intent), f"/{intent}") for intent in intents[:CLARIFY_OPTIONS]]
+    return [Button(bot.title(intent, language), f"/{intent}")
+            for intent in intents[:CLARIFY_OPTIONS]]
 
 
 def start_flow(turn: Turn, flow: str, entry: str, nlu: NluResult) -> None:
@@ -221,7 +239,10 @@ def _answer(turn: Turn, text: str, nlu: NluResult) -> None:
         _other_entities(turn, nlu, skip=slot.name)
         value = _entity_value(turn, slot, own[0])
         parsed = from_entity(slot, value, bot.matcher(slot), step.validation, clock=turn.clock)
-        if parsed.reason == "regex" and slot.from_text:  # a mis-tagged span: try the text
+        # a mis-tagged span (one the entity's regexes refuse, or in Chinese, whose spans a
+        # tagger cuts less well, one that is no number or date): try the whole text
+        mistagged = parsed.reason == "regex" or (parsed.reason == "type" and zh.has_cjk(text))
+        if mistagged and slot.from_text:
             found = from_text(slot, text, bot.matcher(slot), step.validation, clock=turn.clock)
             parsed = found if found.ok else parsed
         _take(turn, step, parsed, value)

@@ -14,6 +14,7 @@ from jinja2.exceptions import SecurityError
 
 from services.botdef import (
     BUILTIN_RESPONSES,
+    BUILTIN_TRANSLATIONS,
     Branch,
     ButtonDef,
     Collect,
@@ -60,23 +61,37 @@ class _Compiled:
 
 
 class Renderer:
-    """Renders responses (by name, the bot's or a built-in one) and inline messages.
+    """Renders responses (by name, the bot's or a built-in one) and inline messages, in
+    one of the bot's `languages` (the default first).
+
+    A response in a language: the bot's own in that language, else the bot's own in the
+    default language (a response written without languages says the same in all), else the
+    built-in one in that language, else the English built-in one.
 
     Everything is compiled in the constructor; `render` only reads, so one Renderer can
     serve many threads.
     """
 
-    def __init__(self, conversation: ConversationDefinition, help_buttons: list[Button]) -> None:
+    def __init__(self, conversation: ConversationDefinition, help_buttons: list[Button],
+                 languages: tuple[str, ...] = ("en",),
+                 help_buttons_in: Mapping[str, list[Button]] | None = None) -> None:
         env = template_environment()
         self._env = env
-        responses: dict[str, tuple[_Compiled, ...]] = {}
-        for name, text in BUILTIN_RESPONSES.items():
-            buttons = help_buttons if name == "utter_help" else []
-            variation = Variation(text, tuple(ButtonDef(b.title, b.payload) for b in buttons))
-            responses[name] = (self._compile(variation),)
-        for name, response in conversation.responses.items():
-            responses[name] = tuple(self._compile(v) for v in response.variations)
-        self._responses: Mapping[str, tuple[_Compiled, ...]] = MappingProxyType(responses)
+        self._default = languages[0]
+        responses: dict[tuple[str, str], tuple[_Compiled, ...]] = {}
+        for language in languages:
+            builtin = BUILTIN_TRANSLATIONS.get(language.split("-")[0], {})
+            buttons_in = (help_buttons_in or {}).get(language, help_buttons)
+            for name, text in BUILTIN_RESPONSES.items():
+                buttons = buttons_in if name == "utter_help" else []
+                variation = Variation(builtin.get(name, text),
+                                      tuple(ButtonDef(b.title, b.payload) for b in buttons))
+                responses[(language, name)] = (self._compile(variation),)
+            for name, response in conversation.responses.items():
+                responses[(language, name)] = tuple(
+                    self._compile(v) for v in response.variations_in(language))
+        self._responses: Mapping[tuple[str, str], tuple[_Compiled, ...]] = MappingProxyType(
+            responses)
         inline = {v: self._compile(v) for v in _inline_variations(conversation)}
         self._inline: Mapping[Variation, _Compiled] = MappingProxyType(inline)
 
@@ -86,7 +101,7 @@ class Renderer:
         return _Compiled(variation.text, _Text.compile(self._env, variation.text), buttons)
 
     def has(self, name: str) -> bool:
-        return name in self._responses
+        return (self._default, name) in self._responses
 
     def render(
         self,
@@ -94,23 +109,30 @@ class Renderer:
         context: dict[str, Any],
         seed: str,
         extra_buttons: list[Button] | None = None,
+        *,
+        language: str | None = None,
     ) -> Reply:
-        """The reply for `message` (a response name or a MessageRef) in `context`.
+        """The reply for `message` (a response name or a MessageRef) in `context`, in
+        `language` (one of the bot's; None: the default one).
 
         The variation is chosen by `seed` (same seed, same variation). A template that
         fails at run time is sent with its expressions left out.
         """
-        compiled = self._pick(message, seed)
+        compiled = self._pick(message, seed, language or self._default)
         text = compiled.text.render(compiled.source, context)
         buttons = [Button(t.render("", context), payload) for t, payload in compiled.buttons]
         return Reply(text=text.strip(), buttons=[*buttons, *(extra_buttons or [])])
 
-    def _pick(self, message: MessageRef | str, seed: str) -> _Compiled:
+    def _pick(self, message: MessageRef | str, seed: str, language: str) -> _Compiled:
         if isinstance(message, MessageRef) and message.inline is not None:
-            found = self._inline.get(message.inline)
-            return found if found is not None else self._compile(message.inline)
+            inline = message.inline_in(language) or message.inline
+            found = self._inline.get(inline)
+            return found if found is not None else self._compile(inline)
         name = message if isinstance(message, str) else str(message.response)
-        variations = self._responses.get(name) or self._responses["utter_default"]
+        if (language, "utter_default") not in self._responses:
+            language = self._default
+        variations = (self._responses.get((language, name))
+                      or self._responses[(language, "utter_default")])
         return variations[choose(seed, len(variations))]
 
 
@@ -143,6 +165,7 @@ def _inline_variations(conversation: ConversationDefinition) -> Iterator[Variati
     for ref in refs:
         if ref is not None and ref.inline is not None:
             yield ref.inline
+            yield from (variation for _, variation in ref.translations)
 
 
 def _step_messages(steps: tuple[Step, ...]) -> Iterator[MessageRef | None]:

@@ -42,7 +42,8 @@ class Tracker:
     `slots` holds the values set so far (a slot not in it has its initial value);
     `stack` the running flows, innermost last; `waiting_workflow` the run id the top flow
     waits for; `turn` counts handled calls; `session_expired` is set by
-    `DialogueEngine.new_session` until the next turn reports it.
+    `DialogueEngine.new_session` until the next turn reports it. `language`: the
+    conversation's language once detected (a multilingual bot; None: the bot's default).
     """
 
     bot_id: str
@@ -57,6 +58,7 @@ class Tracker:
     session_started: float = 0.0
     last_message_id: str = ""
     session_expired: bool = False
+    language: str | None = None
 
     @classmethod
     def new(cls, bot_id: str, conversation_id: str, now: float) -> Tracker:
@@ -71,7 +73,9 @@ class Tracker:
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of `to_json` (for a record that embeds the tracker)."""
+        """The JSON object of `to_json` (for a record that embeds the tracker); `lang` only
+        when a language was detected (older readers ignore it)."""
+        language = {"lang": self.language} if self.language is not None else {}
         return {
             "v": FORMAT_VERSION,
             "bot": self.bot_id,
@@ -86,6 +90,7 @@ class Tracker:
             "session": self.session_started,
             "msg": self.last_message_id,
             "expired": self.session_expired,
+            **language,
         }
 
     @classmethod
@@ -111,4 +116,5 @@ class Tracker:
             session_started=float(raw.get("session", 0.0)),
             last_message_id=str(raw.get("msg", "")),
             session_expired=bool(raw.get("expired", False)),
+            language=str(raw["lang"]) if isinstance(raw.get("lang"), str) else None,
         )

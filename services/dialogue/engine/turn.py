@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from services.botdef import MessageRef, SlotDef, Variation
+from services.dialogue.engine import zh
 from services.dialogue.engine.api import Button, Event, Knowledge, TurnResult, WorkflowRequest
 from services.dialogue.engine.compiled import CompiledBot
 from services.dialogue.engine.dates import Clock
@@ -26,7 +27,11 @@ class Turn:
     def __init__(self, bot: CompiledBot, tracker: Tracker, key: str, *, text: str = "",
                  knowledge: Knowledge | None = None, now: float = 0.0) -> None:
         self.bot = bot
-        self.clock = Clock(now, bot.timezone, bot.language)
+        self.detected = tracker.language
+        """The conversation's language once known (stored in the tracker)."""
+        self.language = tracker.language or bot.language
+        """The language replies are said in: the conversation's, else the bot's default."""
+        self.clock = Clock(now, bot.timezone, self.language)
         self.tracker = tracker
         self.key = key
         self.text = text
@@ -55,6 +60,7 @@ class Turn:
             last_active=now,
             last_message_id=self.tracker.last_message_id if message_id is None else message_id,
             session_expired=False,
+            language=self.detected,
         )
         return TurnResult(tracker, self.replies, self.events, self.workflows)
 
@@ -73,16 +79,30 @@ class Turn:
     ) -> None:
         context = {"slots": self.values(), "slot": slot or {}, "workflow": workflow or {}}
         seed = f"{self.tracker.conversation_id}:{self.turn}:{len(self.replies)}"
-        self.replies.append(self.bot.renderer.render(message, context, seed, buttons))
+        self.replies.append(self.bot.renderer.render(message, context, seed, buttons,
+                                                     language=self.language))
+
+    def set_language(self, language: str, confidence: float, method: str) -> None:
+        """The conversation is in `language` from now on (event `language_set` when the
+        replies change language: not for a first message in the bot's default language)."""
+        if language != self.language:
+            self.event("language_set", language=language, previous=self.language,
+                       confidence=confidence, method=method)
+        self.detected = self.language = language
+        self.clock = Clock(self.clock.now, self.clock.timezone, language)
 
     def render_text(self, template: str) -> str:
         """A template (e.g. a search query) rendered with the slot values."""
         context = {"slots": self.values(), "slot": {}, "workflow": {}}
-        reply = self.bot.renderer.render(MessageRef(inline=Variation(template)), context, "")
+        reply = self.bot.renderer.render(MessageRef(inline=Variation(template)), context, "",
+                                         language=self.language)
         return reply.text
 
     def slot_context(self, slot: SlotDef, problem: str | None = None) -> dict[str, Any]:
-        return {"name": slot.name, "label": slot.label, "value": self.value(slot.name),
+        label = slot.label_in(self.language)
+        if problem and self.language.split("-")[0] == "zh":
+            problem = zh.problem(problem, slot.label, label)
+        return {"name": slot.name, "label": label, "value": self.value(slot.name),
                 "problem": problem or ""}
 
     # -- slots -------------------------------------------------------------------------------

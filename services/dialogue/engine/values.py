@@ -15,6 +15,7 @@ from typing import Any
 
 from services.botdef import DATE_TYPES, EntityDef, SlotDef, SlotValue, Validation, value_problem
 from services.common.regexsafety import BotPattern, compile_bot_regex
+from services.dialogue.engine import zh
 from services.dialogue.engine.dates import Clock, parse_date
 
 YES_WORDS = frozenset({
@@ -52,7 +53,9 @@ _CURRENCY_SIGNS: Mapping[str, str] = MappingProxyType({"€": "EUR", "$": "USD",
 def parse_number(text: str) -> int | float | None:
     """The one number in `text`: digits with optional sign, currency, thousands separators
     (`1,000`, `1.000,50`, `1'000`), decimals, a `k` suffix (`10k`); or English words
-    (`fifty`, `a hundred and twenty`). None when there is none or more than one."""
+    (`fifty`, `a hundred and twenty`); or Chinese numerals (`五十元`, `50块`, `两千五`, `1.5万`:
+    services/dialogue/engine/zh.py). None when there is none or more than one."""
+    text = zh.arabic(text)
     found = _NUMERIC.findall(text)
     if len(found) > 1:
         return None
@@ -119,6 +122,7 @@ def named_currency(text: str) -> str | None:
     ...), None when it names none or several different ones."""
     found = {code for sign, code in _CURRENCY_SIGNS.items() if sign in text}
     found |= {_CURRENCY_NAMES[w] for w in _normal(text).split() if w in _CURRENCY_NAMES}
+    found |= zh.currency(text)
     return found.pop() if len(found) == 1 else None
 
 
@@ -138,7 +142,10 @@ def fold(text: str) -> str:
 
 
 def parse_boolean(text: str) -> bool | None:
-    """True / False from yes / no words (`yes please`, `nope`, `of course`), else None."""
+    """True / False from yes / no words (`yes please`, `nope`, `of course`; Chinese `好的`,
+    `不用了`), else None."""
+    if zh.has_cjk(text):
+        return zh.boolean(text)
     words = _normal(text)
     if words in YES_PHRASES:
         return True
@@ -214,10 +221,12 @@ class EntityMatcher:
 
 def _find_phrase(text: str, phrases: list[str]) -> str | None:
     """The longest of `phrases` found in `text` as whole words (case and accents ignored;
-    words are runs of letters and digits of any script)."""
+    words are runs of letters and digits of any script); a phrase with CJK characters
+    anywhere in it (Chinese is written without spaces: `我要冻结信用卡` has `信用卡`)."""
     folded = f" {fold(_normal(text))} "
     for phrase in sorted(phrases, key=len, reverse=True):
-        if f" {fold(_normal(phrase))} " in folded:
+        key = fold(_normal(phrase))
+        if f" {key} " in folded or (zh.has_cjk(key) and key in folded):
             return phrase
     return None
 
