@@ -3,11 +3,19 @@ the served fused int8 graph and, alternating with it, the unfused one), and the 
 under concurrent clients, on the same utterances, in one run.
 
     python benchmarks/nlu_latency.py [--quick] [--model DIR] [--data BIO_DIR|BOT_DIR|CSV]
+    python benchmarks/nlu_latency.py --zh-model DIR [--zh-data CONLL] [--data BIO_DIR] [--model DIR]
 
 Defaults: the SNIPS test split from ../shared/data/snips/test when present (model
 .botfactory/models/snips), else the demo bot's examples (model .botfactory/models/banking,
 trained first if missing). Prints p50/p99 per mode and the ratios; writes
 benchmarks/results/nlu_latency.json.
+
+`--zh-model` (issue 23) measures only Chinese against English, batch 1 through the serving
+engine (the served graph, `--threads` intra-op threads), in alternating rounds: the Chinese
+model (e.g. trained on CAIS) on Chinese texts (`--zh-data`, default CAIS test) and on English
+texts (`--data`, default SNIPS test), and, when `--model` is given, that English model on the
+English texts. Writes benchmarks/results/nlu_latency_zh.json with each p50/p99, the texts'
+mean token counts and `zh_vs_en_p50` (Chinese p50 / English p50 on the same model).
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from benchmarks.paths import shown  # noqa: E402
 
 SNIPS_TEST = ROOT.parent / "shared" / "data" / "snips" / "test"
 RESULTS = ROOT / "benchmarks" / "results" / "nlu_latency.json"
+ZH_RESULTS = ROOT / "benchmarks" / "results" / "nlu_latency_zh.json"
+CAIS_TEST = ROOT.parent / "shared" / "data" / "cais" / "test" / "ch.test"
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -230,6 +240,71 @@ async def _drive(port: int, bot: str, texts: Sequence[str], concurrency: int,
     return result
 
 
+def conll_texts(path: Path, limit: int) -> list[str]:
+    """The texts of a token-per-line file with its `.intent` file beside it (CAIS)."""
+    from services.botdef import import_conll
+
+    return [e.text for e in import_conll(path, path.with_name(path.name + ".intent"))][:limit]
+
+
+def bench_languages(zh_model: Path, zh_texts: Sequence[str], en_texts: Sequence[str],
+                    en_model: Path | None, threads: int, rounds: int = 6) -> dict[str, Any]:
+    """Batch-1 served latency of the Chinese model on Chinese and English texts (and of an
+    English model on the English texts), in alternating rounds."""
+    from services.nlu.engine import NluModel
+
+    zh = NluModel.load(zh_model, intra_op_threads=threads)
+    runs: dict[str, tuple[Any, Sequence[str]]] = {"zh_model_zh_texts": (zh, zh_texts),
+                                                  "zh_model_en_texts": (zh, en_texts)}
+    if en_model is not None:
+        runs["en_model_en_texts"] = (NluModel.load(en_model, intra_op_threads=threads),
+                                     en_texts)
+    latencies: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(rounds):
+        for name, (model, texts) in runs.items():
+            chunk = max(1, len(texts) // rounds)
+            part = texts[round_ * chunk:(round_ + 1) * chunk]
+            latencies[name] += time_each(_predictor(model), part, warmup=3)
+    modes: dict[str, Any] = {}
+    for name, (model, texts) in runs.items():
+        tokens = [len(e.ids) for e in model.tokenizer.encode_batch(list(texts))]
+        unk = model.tokenizer.token_to_id("[UNK]")
+        unknown = sum(e.ids.count(unk) for e in model.tokenizer.encode_batch(list(texts)))
+        modes[name] = {**summary(latencies[name]),
+                       "mean_tokens": round(statistics.fmean(tokens), 2),
+                       "unk_share": round(unknown / max(1, sum(tokens)), 4)}
+    return modes
+
+
+def main_languages(args: argparse.Namespace) -> int:
+    n = 100 if args.quick else args.n
+    zh_data = args.zh_data or CAIS_TEST
+    en_data = args.data or SNIPS_TEST
+    zh_texts, en_texts = conll_texts(zh_data, n), load_texts(en_data, n)
+    modes = bench_languages(args.zh_model, zh_texts, en_texts, args.model, args.threads)
+    for name, figures in modes.items():
+        print(f"{name:>18}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
+    ratio = modes["zh_model_zh_texts"]["p50_ms"] / modes["zh_model_en_texts"]["p50_ms"]
+    print(f"p50 Chinese / English (same model): {ratio:.2f}")
+    result: dict[str, Any] = {
+        "benchmark": "nlu_latency_zh", "quick": args.quick, "zh_model": shown(args.zh_model),
+        "en_model": None if args.model is None else shown(args.model),
+        "zh_data": shown(zh_data), "en_data": shown(en_data), "threads": args.threads,
+        "n_utterances": {"zh": len(zh_texts), "en": len(en_texts)},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "modes": modes, "zh_vs_en_p50": round(ratio, 3),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if "en_model_en_texts" in modes:
+        result["zh_vs_en_model_p50"] = round(
+            modes["zh_model_zh_texts"]["p50_ms"] / modes["en_model_en_texts"]["p50_ms"], 3)
+    out = args.out if args.out != RESULTS else ZH_RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def default_model_and_data() -> tuple[Path, Path]:
     if SNIPS_TEST.is_dir() and (ROOT / ".botfactory" / "models" / "snips").is_dir():
         return ROOT / ".botfactory" / "models" / "snips", SNIPS_TEST
@@ -246,7 +321,14 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of gRPC load")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads, batch 1")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--zh-model", type=Path, default=None,
+                        help="only compare Chinese with English latency on this model")
+    parser.add_argument("--zh-data", type=Path, default=None,
+                        help="Chinese texts: a token-per-line file with its .intent file "
+                             "(default: CAIS test)")
     args = parser.parse_args()
+    if args.zh_model is not None:
+        return main_languages(args)
     model_dir, data = default_model_and_data()
     model_dir, data = args.model or model_dir, args.data or data
     n, duration = (100, 8.0) if args.quick else (args.n, args.duration)

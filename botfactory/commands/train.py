@@ -167,5 +167,11 @@ def _summary(metadata: dict[str, Any], out: Path) -> str:
                  f"of {checks['n_checked']} texts")
     lines.append(f"  epochs run {training['epochs_run']} (best {training['best_epoch']}), "
                  f"{training['seconds_per_epoch']:.1f} s/epoch")
+    added = training.get("vocab_added")
+    if added:
+        unknown = training.get("vocabulary", {})
+        lines.append(f"  vocabulary: added {added} word pieces for characters the base "
+                     f"tokenizer read as [UNK] ({unknown.get('unknown_words_before')} unknown "
+                     f"words in the training texts, {unknown.get('unknown_words_after')} left)")
     return "\n".join(lines)
 

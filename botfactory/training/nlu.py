@@ -58,6 +58,7 @@ def train_bot(bot: BotDefinition, out_dir: Path, *, base_model: str | None = Non
         confidence_threshold=settings.confidence_threshold,
         out_of_scope_intent=settings.out_of_scope_intent or None,
         entities_config=bot.entities_runtime_config(),
+        extend_vocab=True,
     )
     return pipeline.run(job, Path(out_dir), base_model=base_model, config=config,
                         checks=checks, progress=progress, init_from=init_from)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from botfactory.training import export, precision, threshold
+from botfactory.training import export, precision, threshold, vocab
 from botfactory.training.data import Encoded, LabeledText, Labels, encode, make_labels, pad_id_of
 from botfactory.training.errors import BaseModelError, DataError, TrainingError
 from botfactory.training.export import CheckThresholds, Outputs
@@ -79,6 +79,9 @@ class Job:
     out_of_scope_intent: str | None = None
     entities_config: dict[str, Any] = field(default_factory=lambda: dict(EMPTY_ENTITIES))
     info: dict[str, Any] = field(default_factory=dict)  # extra `training` entries
+    # Add word pieces for the training texts' characters the tokenizer maps to [UNK]
+    # (botfactory.training.vocab).
+    extend_vocab: bool = False
 
 
 def _start(base_model: str | None, init_from: Path | None,
@@ -104,6 +107,8 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
     started = time.perf_counter()
     labels = make_labels([*job.train, *job.heldout], with_tags=job.with_tags)
     encoder, tokenizer_bytes, base_description, parent = _start(base_model, init_from, progress)
+    extension = _extend(job, encoder, tokenizer_bytes, config.seed, progress)
+    tokenizer_bytes = vocab.extended_tokenizer(tokenizer_bytes, extension)
     with deterministic(), export.staging_dir(out_dir) as staging:
         (staging / TOKENIZER_FILE).write_bytes(tokenizer_bytes)
         tokenizer = load_tokenizer(staging / TOKENIZER_FILE, job.max_length)
@@ -119,6 +124,7 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
                                                       labels.tags)
         _say(progress, f"fine-tuning on {len(train)} examples, {len(heldout)} held out")
         result = fit(model, train, heldout, labels, config, pad_id, progress=progress)
+        vocab.merge(encoder)
 
         checked = check_set(heldout, train, config.seed)
         calibration = _calibrate(model, heldout, pad_id, progress)
@@ -177,6 +183,7 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
                 "batch_size": config.batch_size,
                 "learning_rate": config.learning_rate,
                 "head_learning_rate": config.heads_lr,
+                "added_token_learning_rate": config.added_lr if extension.added else None,
                 "weight_decay": config.weight_decay,
                 "warmup_ratio": config.warmup_ratio,
                 "max_grad_norm": config.max_grad_norm,
@@ -189,6 +196,8 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
                 "quantization": QUANTIZATION,
                 "versions": _versions(),
                 "warm_start": warm,
+                "vocab_added": extension.added,
+                "vocabulary": extension.to_json(),
                 **job.info,
                 "history": result.history,
             },
@@ -211,6 +220,26 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
         }
         export.write_json(staging / METADATA_FILE, metadata)
     return metadata
+
+
+def _extend(job: Job, encoder: Any, tokenizer_bytes: bytes, seed: int,
+            progress: bool) -> vocab.Extension:
+    """Find the word pieces to add for the job's training texts and give the encoder their
+    embedding rows (nothing for a job without `extend_vocab`)."""
+    if not job.extend_vocab:
+        return vocab.Extension((), 0, 0, 0, 0, reason="not done for this kind of model")
+    extension = vocab.find(tokenizer_bytes, (text.text for text in job.train))
+    if extension.added:
+        try:
+            vocab.extend_embeddings(encoder, extension, seed)
+        except ValueError as exc:
+            raise BaseModelError(f"cannot extend the vocabulary: {exc}") from exc
+        capped = (f"; {extension.left_out} left out by the cap of {vocab.MAX_ADDED_TOKENS}"
+                  if extension.left_out else "")
+        _say(progress, f"vocabulary: added {extension.added} word pieces for characters the "
+                       f"tokenizer read as unknown ({extension.unknown_words} unknown words in "
+                       f"the training texts, {extension.unknown_after} left{capped})")
+    return extension
 
 
 def _quantize(fp32_path: Path, fp32_outputs: Outputs, checked: list[Encoded], pad_id: int,

@@ -19,9 +19,11 @@ from tqdm import tqdm
 from botfactory.training.data import Batch, Encoded, Labels, batches
 from botfactory.training.metrics import Metrics, evaluate
 from botfactory.training.model import JointModel
+from botfactory.training.vocab import added_parameters
 from services.common.textenc import IGNORE_LABEL
 
 DEFAULT_SEED = 13
+ADDED_LR_FACTOR = 1.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-4  # encoder
     head_learning_rate: float | None = None  # heads; None → 10 × learning_rate
+    # The embedding rows of word pieces added for the bot's texts (botfactory.training.vocab);
+    # None → ADDED_LR_FACTOR × learning_rate.
+    added_token_learning_rate: float | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
@@ -53,6 +58,11 @@ class TrainConfig:
     def heads_lr(self) -> float:
         return self.head_learning_rate if self.head_learning_rate is not None else (
             10 * self.learning_rate)
+
+    @property
+    def added_lr(self) -> float:
+        return self.added_token_learning_rate if self.added_token_learning_rate is not None \
+            else ADDED_LR_FACTOR * self.learning_rate
 
     def epochs_for(self, n_train: int) -> int:
         if self.epochs is not None:
@@ -117,10 +127,13 @@ def joint_loss(model: JointModel, batch: Batch) -> torch.Tensor:
 
 def _optimizer(model: JointModel, config: TrainConfig) -> torch.optim.AdamW:
     head_ids = {id(p) for p in model.head_parameters()}
-    decay, no_decay, heads = [], [], []
+    added_ids = {id(p) for p in added_parameters(model)}
+    decay, no_decay, heads, added = [], [], [], []
     for parameter in model.parameters():
         if id(parameter) in head_ids:
             heads.append(parameter)
+        elif id(parameter) in added_ids:
+            added.append(parameter)
         elif parameter.ndim < 2:  # biases and LayerNorm weights
             no_decay.append(parameter)
         else:
@@ -130,6 +143,9 @@ def _optimizer(model: JointModel, config: TrainConfig) -> torch.optim.AdamW:
         {"params": no_decay, "lr": config.learning_rate, "weight_decay": 0.0},
         {"params": heads, "lr": config.heads_lr, "weight_decay": config.weight_decay},
     ]
+    if added:
+        groups.append({"params": added, "lr": config.added_lr,
+                       "weight_decay": config.weight_decay})
     return torch.optim.AdamW(groups)
 
 

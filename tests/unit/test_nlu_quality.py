@@ -136,3 +136,59 @@ def test_training_is_the_cli_with_its_defaults(tmp_path: Path,
     assert calls == [("train-sentiment", "--data", str(data / "goemotions"), "--max-train",
                       "1500", "--max-heldout", "300", "--epochs", "2", "--out",
                       str(work / "model"), "--quiet")]
+
+
+def cais_like(root: Path) -> Path:
+    """data/cais/{train,test} in CAIS's layout: 8 PlayMusic and 3 GetWeather utterances
+    (BIOES tags, one character a line), test 2 utterances."""
+    music = "我 O\n要 O\n听 O\n王 B-singer\n菲 E-singer\n"
+    weather = "北 B-city\n京 E-city\n天 O\n气 O\n"
+    train = root / "cais" / "train"
+    filler = "啊 O\n"  # makes each utterance different
+    musics = [music + filler * i for i in range(8)]
+    weathers = [weather + filler * i for i in range(3)]
+    write(train / "ch.train", "\n".join(musics + weathers))
+    write(train / "ch.train.intent", "PlayMusic\n" * 8 + "GetWeather\n" * 3)
+    test = root / "cais" / "test"
+    write(test / "ch.test", f"{music}\n{weather}")
+    write(test / "ch.test.intent", "PlayMusic\nGetWeather\n")
+    return root
+
+
+def test_cais_subsample_is_stratified_topped_up_and_importable(tmp_path: Path) -> None:
+    from services.botdef import import_conll
+
+    data = cais_like(tmp_path / "data")
+    assert q.missing_data(data, "cais") is None
+    assert q.conll_train_source(data, tmp_path / "work", None) == (
+        data / "cais" / "train" / "ch.train", data / "cais" / "train" / "ch.train.intent")
+    tokens, intents = q.conll_train_source(data, tmp_path / "work", 4)
+    examples = import_conll(tokens, intents)
+    # 4 of 11 keeps 3 PlayMusic and 1 GetWeather; GetWeather is topped up to 2
+    assert Counter(e.intent for e in examples) == {"PlayMusic": 3, "GetWeather": 2}
+    assert examples[0].text == "我要听王菲"
+    assert [(s.entity, examples[0].text[s.start:s.end]) for s in examples[0].entities] == [
+        ("singer", "王菲")]
+    test = q.labelled_test_split("cais", data)
+    assert [(e.text, e.intent) for e in test] == [("我要听王菲", "PlayMusic"),
+                                                  ("北京天气", "GetWeather")]
+
+
+def test_cais_is_trained_from_a_conll_import_with_the_cli_defaults(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(q, "botfactory", lambda log, *args: calls.append(args) or 0)
+    data, work = cais_like(tmp_path / "data"), tmp_path / "work"
+    q.train("cais", data, work, quick=False)
+    train = data / "cais" / "train"
+    assert calls == [
+        ("import", "conll", str(train / "ch.train"), "--intents", str(train / "ch.train.intent"),
+         "--out", str(work / "bot"), "--name", "cais", "--force"),
+        ("train", str(work / "bot"), "--out", str(work / "model"), "--quiet")]
+    assert "cais" in q.SETS and q.QUICK_TRAIN["cais"] == 600
+    figures = q.figures_of("cais", evaluation())
+    assert set(figures) == {"intent_accuracy", "slot_f1", "ece"}
+    result = q.result_of("cais", figures, {**METADATA, "training": {
+        **METADATA["training"], "vocab_added": 1539}}, 1.0, 4)
+    assert result["targets"] == {"intent_accuracy": ">= 0.945", "slot_f1": ">= 0.86"}
+    assert result["vocab_added"] == 1539
