@@ -61,7 +61,6 @@ from services.common.subjects import (
     scoped_id,
 )
 from services.gateway.backpressure import Backpressure, RetryLater
-from services.gateway.http.wire import citation_json
 from services.gateway.ports import BotNotServed, SendResult
 
 log = get_logger(__name__)
@@ -149,6 +148,12 @@ class _Waiter:
                           nlu=turn.nlu if turn is not None and turn.HasField("nlu") else None,
                           awaited_workflows=awaited_workflows)
 
+
+
+def citation_json(citation: conversation_pb2.Citation) -> dict[str, Any]:
+    """The source of a knowledge-base answer (replies, WebSocket, webhooks, transcript)."""
+    return {"title": citation.title, "document": citation.document,
+            "heading_path": list(citation.heading_path), "url": citation.url}
 
 def _complete(replies: list[conversation_pb2.BotMessage]) -> bool:
     """Whether stored replies (found for a retry) are whole turns: each turn's (a user

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.gateway.http.problems import FieldError, PayloadTooLarge, RequestInvalid
+from services.gateway.hub import citation_json
 
 # Ids end up in NATS subjects and KV keys: no dots, wildcards or spaces.
 BOT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -238,12 +239,6 @@ class Fields:
 
 def button_json(button: conversation_pb2.Button) -> dict[str, str]:
     return {"title": button.title, "payload": button.payload}
-
-
-def citation_json(citation: conversation_pb2.Citation) -> dict[str, Any]:
-    """The source of a knowledge-base answer (replies, WebSocket, webhooks, transcript)."""
-    return {"title": citation.title, "document": citation.document,
-            "heading_path": list(citation.heading_path), "url": citation.url}
 
 
 def turn_nlu_json(nlu: conversation_pb2.TurnNlu | None) -> dict[str, Any] | None:
