@@ -115,6 +115,16 @@ def test_english_text_adds_nothing_and_keeps_the_tokenizer_bytes() -> None:
     assert vocab.extended_tokenizer(base, extension) is base
 
 
+def test_a_mixed_bot_adds_only_what_the_tokenizer_cannot_read() -> None:
+    base = base_tokenizer()
+    texts = ["book a flight to paris", "我想听周杰伦", "play 周杰伦 please"]
+    extension = vocab.find(base, texts)
+    assert extension.tokens == ("周", "杰", "伦", "想", "听")
+    extended = vocab.extended_tokenizer(base, extension)
+    assert tokens(extended, "book a flight to paris") == tokens(base, "book a flight to paris")
+    assert tokens(extended, "play 周杰伦 please") == ["play", "周", "杰", "伦", "please"]
+
+
 def test_the_cap_keeps_the_most_frequent_pieces() -> None:
     extension = vocab.find(base_tokenizer(), ["周周周杰伦", "伦伦"], max_tokens=2)
     # 周 x3 (as a word each), 伦 x3, 杰 x1: ties keep the order first met
