@@ -23,7 +23,10 @@ from botfactory.training.vocab import added_parameters
 from services.common.textenc import IGNORE_LABEL
 
 DEFAULT_SEED = 13
-ADDED_LR_FACTOR = 1.0
+# The added rows start untrained (botfactory.training.vocab): on a 2,000-text CAIS subsample,
+# 10 x the encoder's rate beat 1 x on the held-out split (intent 0.960 vs 0.957, entity F1 0.707
+# vs 0.661; benchmarks/cais_routes.py).
+ADDED_LR_FACTOR = 10.0
 
 
 @dataclass(frozen=True)

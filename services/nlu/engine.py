@@ -29,6 +29,7 @@ from services.common.modelformat import (
 )
 from services.common.pii import email_spans
 from services.common.regexsafety import BotPattern, UnsafeRegex, compile_bot_regex
+from services.common.textenc import OUTSIDE as OUTSIDE_TAG
 from services.common.textenc import Span, decode_spans, load_tokenizer, words
 
 REQUIRED_FILES = (METADATA_FILE, LABELS_FILE, TOKENIZER_FILE, ENTITIES_FILE)
@@ -260,9 +261,18 @@ class NluModel:
         oos = intent == self.out_of_scope_intent or confidence < self.confidence_threshold
         return Prediction(intent, confidence, ranking, entities, oos)
 
+    @property
+    def tag_decoding(self) -> str:
+        """metadata.json `serving.tag_decoding`: "bio-viterbi" or "argmax" (the default)."""
+        serving = self.metadata.get("serving")
+        value = serving.get("tag_decoding") if isinstance(serving, dict) else None
+        return str(value) if value else ARGMAX
+
     def _entities(self, text: str, encoding: Any, tag_probs: np.ndarray) -> list[Entity]:
-        best = tag_probs.argmax(axis=-1)
-        tags = [self.tags[i] for i in best]
+        if self.tag_decoding == VITERBI:
+            tags = viterbi_tags(encoding, tag_probs, self.tags)
+        else:
+            tags = [self.tags[i] for i in tag_probs.argmax(axis=-1)]
         found: list[Entity] = []
         for span in whole_addresses(text, decode_spans(encoding, tags)):
             raw = text[span.start:span.end]
@@ -270,6 +280,44 @@ class NluModel:
             found.append(Entity(span.entity, span.start, span.end, raw,
                                 self.rules.normalise(span.entity, raw), "model", confidence))
         return self.rules.merge(text, found)
+
+
+ARGMAX = "argmax"
+VITERBI = "bio-viterbi"
+
+
+def _transitions(tags: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(start, transition) penalties of BIO: `I-x` only after `B-x` or `I-x`."""
+    def allowed(previous: str | None, tag: str) -> bool:
+        return not tag.startswith("I-") or previous in (f"B-{tag[2:]}", tag)
+
+    start = np.array([0.0 if allowed(None, t) else -np.inf for t in tags])
+    moves = np.array([[0.0 if allowed(a, b) else -np.inf for b in tags] for a in tags])
+    return start, moves
+
+
+def viterbi_tags(encoding: Any, tag_probs: np.ndarray, tags: Sequence[str]) -> list[str]:
+    """Per-token tags where each word's tag (on its first piece) is the most probable BIO-valid
+    sequence over the words (no `I-x` after `O` or another entity), not each word's own argmax:
+    a per-character tagger (Chinese) otherwise splits or retypes spans. Other pieces: `O`."""
+    result = [OUTSIDE_TAG] * len(tag_probs)
+    firsts = [word.first_token for word in words(encoding)]
+    if not firsts:
+        return result
+    start, moves = _transitions(tags)
+    scores = np.log(np.maximum(tag_probs[firsts], 1e-12))
+    best = start + scores[0]
+    back: list[np.ndarray] = []
+    for row in scores[1:]:
+        candidates = best[:, None] + moves
+        back.append(candidates.argmax(axis=0))
+        best = candidates.max(axis=0) + row
+    path = [int(best.argmax())]
+    for pointers in reversed(back):
+        path.append(int(pointers[path[-1]]))
+    for token, tag in zip(firsts, reversed(path), strict=True):
+        result[token] = tags[tag]
+    return result
 
 
 def whole_addresses(text: str, spans: list[Span]) -> list[Span]:

@@ -115,6 +115,16 @@ def test_english_text_adds_nothing_and_keeps_the_tokenizer_bytes() -> None:
     assert vocab.extended_tokenizer(base, extension) is base
 
 
+def test_a_mixed_bot_adds_only_what_the_tokenizer_cannot_read() -> None:
+    base = base_tokenizer()
+    texts = ["book a flight to paris", "我想听周杰伦", "play 周杰伦 please"]
+    extension = vocab.find(base, texts)
+    assert extension.tokens == ("周", "杰", "伦", "想", "听")
+    extended = vocab.extended_tokenizer(base, extension)
+    assert tokens(extended, "book a flight to paris") == tokens(base, "book a flight to paris")
+    assert tokens(extended, "play 周杰伦 please") == ["play", "周", "杰", "伦", "please"]
+
+
 def test_the_cap_keeps_the_most_frequent_pieces() -> None:
     extension = vocab.find(base_tokenizer(), ["周周周杰伦", "伦伦"], max_tokens=2)
     # 周 x3 (as a word each), 伦 x3, 杰 x1: ties keep the order first met
@@ -172,7 +182,9 @@ def zh_model(tmp_path_factory: pytest.TempPathFactory,
              tiny_base: Path) -> tuple[Path, dict[str, Any]]:
     bot = load_bot(write_zh_bot(tmp_path_factory.mktemp("zh-bot")))
     out = tmp_path_factory.mktemp("zh") / "model"
-    return out, train_bot(bot, out, base_model=str(tiny_base), progress=False)
+    # the bot's learning rate (1e-3) suits the tiny random encoder; so does it the added rows
+    config = TrainConfig(added_token_learning_rate=1e-3)
+    return out, train_bot(bot, out, base_model=str(tiny_base), progress=False, config=config)
 
 
 def test_a_chinese_bot_trains_with_its_characters_added(
@@ -185,6 +197,7 @@ def test_a_chinese_bot_trains_with_its_characters_added(
     assert training["vocabulary"]["added"] == training["vocab_added"]
     assert training["vocabulary"]["unknown_words_after"] == 0
     assert training["added_token_learning_rate"] > 0
+    assert metadata["serving"]["tag_decoding"] == "bio-viterbi"
     tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
     size = tokenizer.get_vocab_size()
     assert size == 30522 + training["vocab_added"]
@@ -252,6 +265,7 @@ def test_an_english_bot_adds_nothing(tmp_path: Path, tiny_base: Path) -> None:
     metadata = train_bot(bot, tmp_path / "model", base_model=str(tiny_base), progress=False)
     assert metadata["training"]["vocab_added"] == 0
     assert metadata["training"]["added_token_learning_rate"] is None
+    assert "tag_decoding" not in metadata["serving"]  # argmax, as before
     assert (tmp_path / "model" / "tokenizer.json").read_bytes() == \
         (tiny_base / "tokenizer.json").read_bytes()
     assert load_torch_model(tmp_path / "model").encoder.config.vocab_size == 30522
@@ -269,3 +283,27 @@ def test_botfactory_train_says_what_it_added(tmp_path: Path, tiny_base: Path,
     assert added > 0
     assert f"vocabulary: added {added} word pieces for characters the base tokenizer read " \
            "as [UNK]" in capsys.readouterr().out
+
+
+def test_viterbi_decoding_keeps_a_span_whole_where_the_argmax_splits_it() -> None:
+    import numpy as np
+
+    from services.common.textenc import decode_spans
+    from services.nlu.engine import viterbi_tags
+
+    tokenizer = Tokenizer.from_str(base_tokenizer().decode("utf-8"))
+    tokenizer.no_padding()
+    encoding = tokenizer.encode("听周杰伦")  # [CLS] 听 周 杰 伦 [SEP]: one word a character
+    tags = ["O", "B-city", "I-city", "B-singer", "I-singer"]
+    probs = np.full((6, 5), 0.01)
+    probs[1, 0] = 0.9  # 听: O
+    probs[2, 3], probs[2, 1] = 0.6, 0.4  # 周: B-singer
+    probs[3, 2], probs[3, 4] = 0.5, 0.45  # 杰: I-city by a little
+    probs[4, 4] = 0.9  # 伦: I-singer
+    argmax = decode_spans(encoding, [tags[i] for i in probs.argmax(axis=-1)])
+    assert [(s.entity, s.start, s.end) for s in argmax] == [
+        ("singer", 1, 2), ("city", 2, 3), ("singer", 3, 4)]
+    decoded = viterbi_tags(encoding, probs, tags)
+    assert decoded == ["O", "O", "B-singer", "I-singer", "I-singer", "O"]
+    assert [(s.entity, s.start, s.end) for s in decode_spans(encoding, decoded)] == [
+        ("singer", 1, 4)]
