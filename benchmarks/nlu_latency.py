@@ -267,9 +267,10 @@ def bench_languages(zh_model: Path, zh_texts: Sequence[str], en_texts: Sequence[
             latencies[name] += time_each(_predictor(model), part, warmup=3)
     modes: dict[str, Any] = {}
     for name, (model, texts) in runs.items():
-        tokens = [len(e.ids) for e in model.tokenizer.encode_batch(list(texts))]
+        encodings = [model.tokenizer.encode(text) for text in texts]  # unpadded
+        tokens = [sum(e.attention_mask) for e in encodings]
         unk = model.tokenizer.token_to_id("[UNK]")
-        unknown = sum(e.ids.count(unk) for e in model.tokenizer.encode_batch(list(texts)))
+        unknown = sum(e.ids.count(unk) for e in encodings)
         modes[name] = {**summary(latencies[name]),
                        "mean_tokens": round(statistics.fmean(tokens), 2),
                        "unk_share": round(unknown / max(1, sum(tokens)), 4)}

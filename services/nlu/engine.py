@@ -159,6 +159,7 @@ class NluModel:
         self.metadata = metadata
         self.rules = rules
         self._outputs = ["intent_logits", "tag_logits"] if self.tags else ["intent_logits"]
+        self._transitions: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def version(self) -> str:
@@ -270,7 +271,9 @@ class NluModel:
 
     def _entities(self, text: str, encoding: Any, tag_probs: np.ndarray) -> list[Entity]:
         if self.tag_decoding == VITERBI:
-            tags = viterbi_tags(encoding, tag_probs, self.tags)
+            if self._transitions is None:  # built once a model: n_tags² checks
+                self._transitions = bio_transitions(self.tags)
+            tags = viterbi_tags(encoding, tag_probs, self.tags, self._transitions)
         else:
             tags = [self.tags[i] for i in tag_probs.argmax(axis=-1)]
         found: list[Entity] = []
@@ -286,7 +289,7 @@ ARGMAX = "argmax"
 VITERBI = "bio-viterbi"
 
 
-def _transitions(tags: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def bio_transitions(tags: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(start, transition) penalties of BIO: `I-x` only after `B-x` or `I-x`."""
     def allowed(previous: str | None, tag: str) -> bool:
         return not tag.startswith("I-") or previous in (f"B-{tag[2:]}", tag)
@@ -296,7 +299,8 @@ def _transitions(tags: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return start, moves
 
 
-def viterbi_tags(encoding: Any, tag_probs: np.ndarray, tags: Sequence[str]) -> list[str]:
+def viterbi_tags(encoding: Any, tag_probs: np.ndarray, tags: Sequence[str],
+                 transitions: tuple[np.ndarray, np.ndarray] | None = None) -> list[str]:
     """Per-token tags where each word's tag (on its first piece) is the most probable BIO-valid
     sequence over the words (no `I-x` after `O` or another entity), not each word's own argmax:
     a per-character tagger (Chinese) otherwise splits or retypes spans. Other pieces: `O`."""
@@ -304,7 +308,7 @@ def viterbi_tags(encoding: Any, tag_probs: np.ndarray, tags: Sequence[str]) -> l
     firsts = [word.first_token for word in words(encoding)]
     if not firsts:
         return result
-    start, moves = _transitions(tags)
+    start, moves = transitions if transitions is not None else bio_transitions(tags)
     scores = np.log(np.maximum(tag_probs[firsts], 1e-12))
     best = start + scores[0]
     back: list[np.ndarray] = []
