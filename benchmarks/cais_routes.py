@@ -43,6 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks.paths import shown  # noqa: E402
+from botfactory.evaluation.metrics import Span  # noqa: E402
 from services.botdef import Example, import_conll, load_bot, write_bot  # noqa: E402
 from services.botdef.importers import IntentNames  # noqa: E402
 
@@ -96,13 +97,6 @@ def minilm(route: str, bot_dir: Path, work: Path, test: Sequence[Example],
 
 
 # --- a character BiLSTM from scratch ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Span:
-    entity: str
-    start: int
-    end: int
 
 
 @dataclass(frozen=True)
