@@ -29,6 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.cjk import HAN as _HAN
+from services.common.cjk import KANA_CLASS
+
 MIN_CJK = 2
 """Han / kana / Hangul characters that make a message that script's language."""
 MIN_WORDS = 2
@@ -38,8 +41,7 @@ MIN_SHARE = 0.8
 TOP_K = 20
 """Labels asked of the model (the bot's languages are looked up among these)."""
 
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_KANA = re.compile(r"[\u3040-\u30ff]")
+_KANA = re.compile(f"[{KANA_CLASS}]")
 _HANGUL = re.compile(r"[\uac00-\ud7af\u1100-\u11ff]")
 _LATIN_WORD = re.compile(r"[^\W\d_\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
 _PAYLOAD = re.compile(r"^\s*/\w")

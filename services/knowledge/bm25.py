@@ -29,8 +29,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from services.common.cjk import HAN_OR_KANA_RUN
+
 _TOKEN = re.compile(r"[^\W_]+(?:[-./][^\W_]+)*")
-_CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff]+")
+_CJK_RUN = HAN_OR_KANA_RUN
 CJK_STOP_CHARS = frozenset("的了吗呢吧啊呀么嘛我你您他她它们是在有和与及或就都也还要会能可以该"
                            "怎样么什如何为哪里多少这那个一把被给对")
 """Chinese function characters left out of the unigrams (pairs keep them: 可以, 怎么)."""

@@ -20,7 +20,6 @@ searched exactly as before: the English BM25 is built over the non-CJK rows only
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from services.common.cjk import HAN_OR_KANA, OTHER_SCRIPT_WORD
 from services.knowledge.bm25 import Bm25
 from services.knowledge.encoder import SentenceEncoder
 from services.knowledge.errors import IndexLoadError
@@ -42,11 +42,11 @@ from services.knowledge.index import (
 from services.knowledge.source import Button
 
 DEFAULT_K = 5
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff]")
+_CJK = HAN_OR_KANA
 MIN_CJK = 2
 
 
-_OTHER_WORD = re.compile(r"[^\W\d_\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+_OTHER_WORD = OTHER_SCRIPT_WORD
 
 
 def is_cjk(text: str) -> bool:

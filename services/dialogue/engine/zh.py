@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+from services.common.cjk import HAN
+
+CJK = HAN
 _NUMERAL = re.compile(r"[零〇一二两三四五六七八九十百千万亿壹贰叁肆伍陆柒捌玖拾佰仟]")
 _SCALED = re.compile(r"(\d+(?:\.\d+)?)\s*([千万亿])(\d)?(?![\d千万亿])")
 _SCALES = MappingProxyType({"千": 1000, "万": 10_000, "亿": 100_000_000})

@@ -207,7 +207,8 @@ class ChannelOutbox(OrderedPull):
     async def deliver(self, msg: Msg, message: conversation_pb2.BotMessage,
                       turn: Turn) -> None:
         bot, conversation, ident = message.bot_id, message.conversation_id, message.message_id
-        claimed = self._claims.get(SentReplies.key(bot, conversation, ident))
+        key = SentReplies.key(bot, conversation, ident)
+        claimed = self._claims.get(key)
         if (claimed is not None and await asyncio.shield(claimed)) or \
                 self._sent.recently_sent_here(bot, conversation, ident):
             await settle(msg.ack())  # the fast path sent it
@@ -216,7 +217,6 @@ class ChannelOutbox(OrderedPull):
         if wait > 0:
             await settle(msg.nak(delay=wait))
             return
-        key = SentReplies.key(bot, conversation, ident)
         outcome = self._claims[key] = asyncio.get_running_loop().create_future()
         try:
             await self._durable(msg, message, turn)
