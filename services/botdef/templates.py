@@ -14,9 +14,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from services.botdef.expressions import money as format_money
 from services.common.pii import redact
 
-TEMPLATE_VARIABLES = frozenset({"slots", "slot", "workflow"})
-"""What a template may read: `slots.NAME`, `slot` (name, label, value, problem: the slot a
-question, a re-ask or a correction is about) and `workflow` (name, status, error, outputs)."""
+TEMPLATE_VARIABLES = frozenset({"slots", "display", "slot", "workflow"})
+"""What a template may read: `slots.NAME`, `display.NAME` (the slot's value as written in the
+conversation's language: 柏林 for the canonical Berlin in Chinese, from the entity's synonyms),
+`slot` (name, label, value, problem: the slot a question, a re-ask or a correction is about)
+and `workflow` (name, status, error, outputs)."""
 MAX_EXPONENT = 64
 MAX_PRODUCT_SIZE = 100_000
 MAX_CALL_NUMBER = 10_000
@@ -195,13 +197,16 @@ def _free_names(tree: nodes.Template) -> set[str]:
     return {n.name for n in tree.find_all(nodes.Name) if n.ctx == "load"} - assigned
 
 
+_SLOT_MAPS = frozenset({"slots", "display"})
+
+
 def _slot_references(tree: nodes.Template) -> set[str]:
     found: set[str] = set()
     for node in tree.find_all(nodes.Getattr):
-        if isinstance(node.node, nodes.Name) and node.node.name == "slots":
+        if isinstance(node.node, nodes.Name) and node.node.name in _SLOT_MAPS:
             found.add(node.attr)
     for item in tree.find_all(nodes.Getitem):
-        if isinstance(item.node, nodes.Name) and item.node.name == "slots":
+        if isinstance(item.node, nodes.Name) and item.node.name in _SLOT_MAPS:
             arg = item.arg
             if isinstance(arg, nodes.Const) and isinstance(arg.value, str):
                 found.add(arg.value)

@@ -369,6 +369,8 @@ def test_unknown_slot_in_collect(tmp_path: Path) -> None:
          6, "flows.pay.steps[0].branch[0]", "`else` must be alone, in the last case"),
         ("flows:\n  pay:\n    trigger: pay\n    steps:\n      - say: 'Hi {{ slots.nme }}'\n",
          5, "flows.pay.steps[0].say", "template uses unknown slot 'nme'"),
+        ("flows:\n  pay:\n    trigger: pay\n    steps:\n      - say: 'In {{ display.cty }}'\n",
+         5, "flows.pay.steps[0].say", "template uses unknown slot 'cty'"),
         ("flows:\n  pay:\n    trigger: pay\n    steps:\n      - say: 'Hi {{ user }}'\n",
          5, "flows.pay.steps[0].say", "unknown template variable 'user'"),
         ("flows:\n  pay:\n    trigger: pay\n    steps:\n      - say: 'Hi {{ slots.amount'\n",

@@ -13,6 +13,7 @@ from services.botdef import EntityDef, SlotDef, Validation, load_bot
 from services.dialogue.engine import (
     Button,
     DialogueEngine,
+    EntityValue,
     NluResult,
     Reply,
     Tracker,
@@ -371,6 +372,60 @@ def test_correction_updates_a_filled_slot_and_confirms(banking: DialogueEngine) 
     result = chat.say("make it 20000", "transfer_money", 0.8, entities={"amount": "20000"})
     assert "it must be at most 10,000" in texts(result)[0]
     assert chat.slots()["amount"] == 50
+
+
+def test_a_correction_worded_as_a_no_at_the_confirmation_never_cancels(
+        banking: DialogueEngine) -> None:
+    chat = Chat(banking)
+    chat.say("send 100 to Liam", "transfer_money", entities={"amount": "100", "recipient": "Liam"})
+    result = chat.say("no, make it 50", "deny", 0.95, entities={"amount": "50"})
+    assert texts(result) == ["OK, I've changed the amount to 50.", "Send 50.00 EUR to Liam?"]
+    assert chat.tracker.active_flow == "transfer_money"
+    assert chat.slots()["amount"] == 50 and chat.slots().get("transfer_confirmed") is None
+    # the same value again is no correction: the yes answers the question
+    result = chat.say("yes, 50", "affirm", 0.95, entities={"amount": "50"})
+    assert texts(result) == ["Sending the money now..."]
+    assert chat.slots()["transfer_confirmed"] is True
+
+
+def test_a_numeral_that_counts_things_is_no_amount(banking: DialogueEngine) -> None:
+    chat = Chat(banking)
+    said = NluResult("transfer_money", 0.98, [("transfer_money", 0.98)],
+                     [EntityValue("amount", "一", "一", 3, 4)])
+    result = chat._keep(banking.handle_message(chat.tracker, "m0", "我想转一笔钱", said, 1.0))
+    assert texts(result)[0] in ("您想转多少钱？", "请问转账金额是多少？")  # not the recipient
+    assert chat.slots().get("amount") is None
+
+
+def test_a_misspelt_value_taken_for_small_talk_still_answers_the_question(
+        banking: DialogueEngine) -> None:
+    chat = Chat(banking)
+    chat.say("find a branch", "find_branch")
+    result = chat.say("Berln", "greet", 0.62)
+    assert texts(result)[0].startswith("Our Berlin branch")
+    assert chat.slots()["city"] == "Berlin"
+    chat.say("find a branch", "find_branch")
+    assert texts(chat.say("hello", "greet", 0.9))[-1] == (
+        "In which city are you looking for a branch?")
+
+
+def test_chinese_replies_show_the_chinese_name_of_a_value(banking: DialogueEngine) -> None:
+    chat = Chat(banking)
+    chat.say("我想找离我最近的分行", "find_branch")
+    result = chat.say("柏林", "inform", 0.9, entities={"city": "柏林"})
+    assert chat.slots()["city"] == "Berlin"  # flows and workflows keep the canonical value
+    assert texts(result)[0].startswith("我们的柏林分行")
+    english = Chat(banking)
+    english.say("find a branch", "find_branch")
+    assert texts(english.say("Berlin", "inform", 0.9, entities={"city": "Berlin"}))[0].startswith(
+        "Our Berlin branch")
+
+
+def test_a_plain_no_at_the_confirmation_still_cancels(banking: DialogueEngine) -> None:
+    chat = Chat(banking)
+    chat.say("send 100 to Liam", "transfer_money", entities={"amount": "100", "recipient": "Liam"})
+    assert texts(chat.say("no", "deny", 0.95)) == ["OK, I won't send anything."]
+    assert chat.tracker.active_flow is None
 
 
 def test_entities_for_other_empty_slots_fill_them(banking: DialogueEngine) -> None:

@@ -14,7 +14,7 @@ from services.dialogue.engine.values import (
     parse_boolean,
     parse_number,
 )
-from services.dialogue.engine.zh import arabic, small_number
+from services.dialogue.engine.zh import arabic, counts_things, small_number
 
 # Monday 2026-11-30 08:53:20 in Shanghai
 SHANGHAI = Clock(1796000000.0, "Asia/Shanghai", "zh")
@@ -111,3 +111,13 @@ def test_problems_are_told_in_chinese(english: str, chinese: str) -> None:
     from services.dialogue.engine.zh import problem
 
     assert problem(english, "city", "城市") == chinese
+
+
+@pytest.mark.parametrize(("text", "span", "counted"), [
+    ("我想转一笔钱", (3, 4), True), ("等一下", (1, 2), True), ("两个账户", (0, 1), True),
+    ("转一百给刘洋", (1, 3), False), ("转一块给刘洋", (1, 2), False), ("一", (0, 1), False),
+    ("我想转一笔钱", (9, 10), False),
+])
+def test_a_numeral_before_a_measure_word_counts_things(
+        text: str, span: tuple[int, int], counted: bool) -> None:
+    assert counts_things(text, *span) is counted

@@ -4,6 +4,7 @@ clarify, fall back or hand off. The rules are documented in docs/bot-definition.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from services.botdef import Collect, SlotDef, parse_payload
@@ -63,7 +64,7 @@ def note_language(turn: Turn, text: str) -> None:
 def handle_user(turn: Turn, text: str, nlu: NluResult) -> None:
     if turn.handed_off:
         return
-    nlu = payload_nlu(turn.bot, text) or nlu
+    nlu = payload_nlu(turn.bot, text) or _without_counting_words(text, nlu)
     if turn.waiting is not None:
         _while_waiting(turn, nlu)
     elif _is_cancel(turn.bot, text, nlu):
@@ -72,6 +73,12 @@ def handle_user(turn: Turn, text: str, nlu: NluResult) -> None:
         _answer(turn, text, nlu)
     else:
         _idle(turn, nlu)
+
+
+def _without_counting_words(text: str, nlu: NluResult) -> NluResult:
+    """`nlu` without the entities that only count things (`一` of 一笔钱: zh.counts_things)."""
+    kept = [e for e in nlu.entities if not zh.counts_things(text, e.start, e.end)]
+    return nlu if len(kept) == len(nlu.entities) else dataclasses.replace(nlu, entities=kept)
 
 
 def _is_cancel(bot: CompiledBot, text: str, nlu: NluResult) -> bool:
@@ -223,12 +230,15 @@ def _fill(turn: Turn, slot: SlotDef, entity: EntityValue) -> bool:
 
 
 def _answer(turn: Turn, text: str, nlu: NluResult) -> None:
-    """A question (collect step) is pending. In order: the entity of the asked slot; yes/no
-    intents for a boolean slot; another flow's intent (digression); entities of other slots
-    of the flow (filling or correcting them: a message carrying them is information, not
-    small talk, whatever its intent); the FAQ intent answered from the knowledge base (then
-    the question is asked again); small talk; the raw text. An answer intent the knowledge
-    base wins is answered from it before the digression (then the question is asked again)."""
+    """A question (collect step) is pending. In order: the entity of the asked slot; for a
+    boolean slot, entities correcting the flow's other slots (a correction never answers a
+    confirmation, even worded as a no), then yes/no intents; another flow's intent
+    (digression); entities of other slots of the flow (filling or correcting them: a message
+    carrying them is information, not small talk, whatever its intent); the FAQ intent
+    answered from the knowledge base (then the question is asked again); a value of the slot
+    named by a message read as small talk ("Berln"); small talk; the raw text. An answer
+    intent the knowledge base wins is answered from it before the digression (then the
+    question is asked again)."""
     step = turn.current()
     assert isinstance(step, Collect)
     bot = turn.bot
@@ -247,6 +257,9 @@ def _answer(turn: Turn, text: str, nlu: NluResult) -> None:
             parsed = found if found.ok else parsed
         _take(turn, step, parsed, value)
         return
+    if slot.type == "boolean" and _other_entities(turn, nlu, skip=slot.name):
+        run(turn)  # a correction ("no, make it 50") is no answer: the question is asked again
+        return
     if confident and slot.type == "boolean" and nlu.intent in AFFIRM | DENY:
         _accept(turn, nlu.intent in AFFIRM)
         return
@@ -261,9 +274,23 @@ def _answer(turn: Turn, text: str, nlu: NluResult) -> None:
     if confident and _faq_question(bot, nlu) and try_answer(turn, text, "faq_intent"):
         run(turn)  # answered: the question is asked again
         return
+    if confident and nlu.intent in BUILTIN_REPLIES and _named_value(turn, step, slot, text):
+        return  # "Berln" read as a greeting, but it names one of the slot's values
     if confident and _smalltalk(turn, nlu.intent):
         return
     _by_text(turn, step, slot, text, nlu)
+
+
+def _named_value(turn: Turn, step: Collect, slot: SlotDef, text: str) -> bool:
+    """Take the answer when the whole text names a value of the slot's entity (its lookup,
+    synonyms or close spellings of them): True when it was taken."""
+    matcher = turn.bot.matcher(slot)
+    if matcher is None or not slot.from_text:
+        return False
+    parsed = from_text(slot, text, matcher, step.validation, clock=turn.clock)
+    if parsed.ok:
+        _accept(turn, parsed.value)
+    return parsed.ok
 
 
 def _by_text(turn: Turn, step: Collect, slot: SlotDef, text: str, nlu: NluResult) -> None:

@@ -77,7 +77,9 @@ class Turn:
         workflow: dict[str, Any] | None = None,
         buttons: list[Button] | None = None,
     ) -> None:
-        context = {"slots": self.values(), "slot": slot or {}, "workflow": workflow or {}}
+        values = self.values()
+        context = {"slots": values, "display": self.displayed(values), "slot": slot or {},
+                   "workflow": workflow or {}}
         seed = f"{self.tracker.conversation_id}:{self.turn}:{len(self.replies)}"
         self.replies.append(self.bot.renderer.render(message, context, seed, buttons,
                                                      language=self.language))
@@ -93,10 +95,22 @@ class Turn:
 
     def render_text(self, template: str) -> str:
         """A template (e.g. a search query) rendered with the slot values."""
-        context = {"slots": self.values(), "slot": {}, "workflow": {}}
+        values = self.values()
+        context = {"slots": values, "display": self.displayed(values), "slot": {},
+                   "workflow": {}}
         reply = self.bot.renderer.render(MessageRef(inline=Variation(template)), context, "",
                                          language=self.language)
         return reply.text
+
+    def displayed(self, values: dict[str, Any]) -> dict[str, Any]:
+        """`display.NAME` of the templates: each slot's value as written in the conversation's
+        language (EntityMatcher.written_in)."""
+        shown = dict(values)
+        for name, slot in self.bot.conversation.slots.items():
+            matcher = self.bot.matcher(slot)
+            if matcher is not None and shown.get(name) is not None:
+                shown[name] = matcher.written_in(shown[name], self.language)
+        return shown
 
     def slot_context(self, slot: SlotDef, problem: str | None = None) -> dict[str, Any]:
         label = slot.label_in(self.language)

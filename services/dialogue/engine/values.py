@@ -191,6 +191,16 @@ class EntityMatcher:
             return self.synonyms[phrase]
         return _find_phrase(text, list(self.lookup))
 
+    def written_in(self, value: Any, language: str) -> Any:
+        """`value` as a customer writing `language` reads it: a canonical value in another
+        script (Berlin, in a Chinese conversation) becomes its first synonym written in the
+        language's script (柏林); anything else is kept. Only Chinese has a script of its own
+        among the languages the bots speak today."""
+        if not isinstance(value, str) or language.split("-")[0] != "zh" or zh.has_cjk(value):
+            return value
+        return next((variant for variant, canonical in self.synonyms.items()
+                     if canonical == value and zh.has_cjk(variant)), value)
+
     def canonical(self, value: str) -> str:
         return self.synonyms.get(value.lower(), value)
 

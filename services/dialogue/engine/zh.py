@@ -44,6 +44,18 @@ def has_cjk(text: str) -> bool:
     return CJK.search(text) is not None
 
 
+# "一笔钱" (a sum of money), "一下", "一些", "两个": a numeral before a measure word counts
+# things, it is no amount, recipient or date: such a span from the tagger is dropped
+_COUNTED = re.compile(r"[一两几][笔下些点个次张位]")
+
+
+def counts_things(text: str, start: int, end: int) -> bool:
+    """Whether the entity span `text[start:end]` is a lone numeral followed by a measure word
+    (`一` in 我想转一笔钱)."""
+    return 0 <= start < end <= len(text) and end - start == 1 and bool(
+        _COUNTED.fullmatch(text[start:end + 1]))
+
+
 def arabic(text: str) -> str:
     """`text` with Chinese numerals written in digits and spaced from the words around them
     (`转五十块给妈妈` -> `转 50 块给妈妈`, `两万五` -> ` 25000 `, `1.5万` -> ` 15000 `,
