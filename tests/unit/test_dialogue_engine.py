@@ -421,6 +421,17 @@ def test_chinese_replies_show_the_chinese_name_of_a_value(banking: DialogueEngin
         "Our Berlin branch")
 
 
+def test_a_chinese_span_cut_short_is_read_again_from_the_whole_text(
+        banking: DialogueEngine) -> None:
+    chat = Chat(banking)
+    said = NluResult("check_balance", 0.98, [("check_balance", 0.98)],
+                     [EntityValue("account_type", "公司", "公司", 3, 5)])
+    result = chat._keep(banking.handle_message(chat.tracker, "m0", "查一下公司账户的余额", said,
+                                               1.0))
+    assert chat.slots()["account_type"] == "business"  # 公司账户 is a synonym, 公司 is not
+    assert texts(result) == ["请稍等，正在为您查询企业账户余额。"]
+
+
 def test_a_plain_no_at_the_confirmation_still_cancels(banking: DialogueEngine) -> None:
     chat = Chat(banking)
     chat.say("send 100 to Liam", "transfer_money", entities={"amount": "100", "recipient": "Liam"})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from services.botdef import Collect, SlotDef, parse_payload
+from services.botdef import Collect, SlotDef, Validation, parse_payload
 from services.common import langid
 from services.dialogue.engine import zh
 from services.dialogue.engine.api import Button, EntityValue, NluResult
@@ -215,9 +215,23 @@ def _entity_value(turn: Turn, slot: SlotDef, entity: EntityValue) -> str:
     return currency_context(turn.text, entity.start, entity.end)
 
 
+def _parse_tagged(turn: Turn, slot: SlotDef, value: str,
+                  rules: Validation | None = None) -> Parsed:
+    """`slot`'s value from an entity NLU tagged. A mis-tagged span (one the entity's regexes
+    refuse, or in Chinese, whose spans a tagger cuts less well, one that is no number, date
+    or choice: 公司 of 公司账户) is read again from the whole text, when that finds one value."""
+    matcher = turn.bot.matcher(slot)
+    parsed = from_entity(slot, value, matcher, rules, clock=turn.clock)
+    cut = parsed.reason in ("type", "missing") and zh.has_cjk(turn.text)
+    if (parsed.reason == "regex" or cut) and slot.from_text:
+        found = from_text(slot, turn.text, matcher, rules, clock=turn.clock)
+        return found if found.ok else parsed
+    return parsed
+
+
 def _fill(turn: Turn, slot: SlotDef, entity: EntityValue) -> bool:
     value = _entity_value(turn, slot, entity)
-    parsed = from_entity(slot, value, turn.bot.matcher(slot), clock=turn.clock)
+    parsed = _parse_tagged(turn, slot, value)
     if not parsed.ok:
         turn.reject(slot, value, parsed.problem, parsed.reason)
         turn.say(slot.invalid or "utter_invalid", slot=turn.slot_context(slot, parsed.problem))
@@ -248,14 +262,7 @@ def _answer(turn: Turn, text: str, nlu: NluResult) -> None:
     if own:
         _other_entities(turn, nlu, skip=slot.name)
         value = _entity_value(turn, slot, own[0])
-        parsed = from_entity(slot, value, bot.matcher(slot), step.validation, clock=turn.clock)
-        # a mis-tagged span (one the entity's regexes refuse, or in Chinese, whose spans a
-        # tagger cuts less well, one that is no number or date): try the whole text
-        mistagged = parsed.reason == "regex" or (parsed.reason == "type" and zh.has_cjk(text))
-        if mistagged and slot.from_text:
-            found = from_text(slot, text, bot.matcher(slot), step.validation, clock=turn.clock)
-            parsed = found if found.ok else parsed
-        _take(turn, step, parsed, value)
+        _take(turn, step, _parse_tagged(turn, slot, value, step.validation), value)
         return
     if slot.type == "boolean" and _other_entities(turn, nlu, skip=slot.name):
         run(turn)  # a correction ("no, make it 50") is no answer: the question is asked again
@@ -399,7 +406,7 @@ def _other_entities(turn: Turn, nlu: NluResult, skip: str) -> bool:
 def _correct(turn: Turn, slot: SlotDef, entity: EntityValue) -> bool:
     current = turn.value(slot.name)
     value = _entity_value(turn, slot, entity)
-    parsed = from_entity(slot, value, turn.bot.matcher(slot), clock=turn.clock)
+    parsed = _parse_tagged(turn, slot, value)
     if parsed.ok and same(current, parsed.value):
         return False
     if current is None or not parsed.ok:
