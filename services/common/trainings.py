@@ -353,24 +353,25 @@ async def submit(bus: Bus, bot: str, files: dict[str, str], options: Options, *,
     return record
 
 
+def cancelled(current: Training) -> Training | None:
+    """The state machine's answer to a cancel request: a queued job becomes cancelled, a
+    running one gets `cancel_requested` (None: already asked); TrainingConflict once it
+    ended."""
+    if current.status == QUEUED:
+        return current.moved_to(CANCELLED, error="cancelled before it started")
+    if current.status == RUNNING:
+        return None if current.cancel_requested else replace(current, cancel_requested=True)
+    raise TrainingConflict(f"training {current.job_id!r} is already {current.status}")
+
+
 async def cancel(bus: Bus, bot: str, job_id: str) -> Training:
     """A queued job is cancelled at once; a running one is asked to stop (its trainer ends
     the training within a heartbeat and records it cancelled). TrainingConflict for a job
-    that has finished."""
+    that has ended."""
     store = TrainingStore(bus)
-
-    def ask(current: Training) -> Training | None:
-        if current.status == QUEUED:
-            return current.moved_to(CANCELLED, error="cancelled before it started")
-        if current.status == RUNNING:
-            return None if current.cancel_requested else replace(current,
-                                                                 cancel_requested=True)
-        raise TrainingConflict(f"training {job_id!r} is already {current.status}")
-
     record = await store.get(bot, job_id)
-    if record.final:
-        raise TrainingConflict(f"training {job_id!r} is already {record.status}")
-    after = await store.update(bot, job_id, ask)
+    cancelled(record)  # TrainingConflict for an ended (or just now lost) job
+    after = await store.update(bot, job_id, cancelled)
     if after.status == CANCELLED:
         await publish_event(bus, after, CANCELLED)
     return after
