@@ -11,11 +11,13 @@ import contextlib
 import json
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -24,15 +26,17 @@ from botfactory.local.natsconf import service_url
 from botfactory.local.processes import start_service, wait_for_event
 from services.botdef import write_bot
 from services.common import trainings
-from services.common.definitions import read_folder
+from services.common.definitions import read_folder, write_folder
 from services.common.modelstore import active_version, list_versions
 from services.common.nats import Bus, connect
 from services.common.trainings import Options, Training, TrainingStore
+from services.gateway.app import GatewayServer
+from services.gateway.config import GatewayConfig
 from services.trainer.app import TrainerServer
 from services.trainer.config import TrainerConfig
 from tests.support.models import TINY_ENTITIES, make_tiny_encoder, tiny_examples, tiny_settings
 from tests.support.polling import eventually
-from tests.support.stack import provision_as_admin
+from tests.support.stack import BOOTSTRAP, VISITOR_SECRET, provision_as_admin
 
 BOT = "tiny"
 # A long training: it is still running when the test cancels or kills it.
@@ -96,9 +100,10 @@ async def an_epoch(bus: Bus, job: Training) -> Training:
     return await eventually(check, f"an epoch of {job.job_id}", within=120.0, every=0.2)
 
 
-async def training_events(bus: Bus) -> list[dict[str, Any]]:
+async def training_events(bus: Bus, subject: str = trainings.events_subject(BOT)
+                          ) -> list[dict[str, Any]]:
     sub = await bus.js.pull_subscribe(
-        trainings.events_subject(BOT), stream="EVENTS",
+        subject, stream="EVENTS",
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
     found: list[dict[str, Any]] = []
     with contextlib.suppress(TimeoutError):
@@ -246,6 +251,81 @@ async def test_the_sweep_of_a_running_trainer_fails_a_lost_job(
 
             record = await eventually(failed, "the sweep failing the lost job", within=20.0)
         assert record.error is not None and "gone" in record.error
+
+
+@contextlib.asynccontextmanager
+async def gateway(nats_server: NatsServer) -> AsyncIterator[str]:
+    server = GatewayServer(GatewayConfig(
+        http_port=0, metrics_port=0, grpc_port=0, partitions=4,
+        nats_url=service_url(nats_server.url, "gateway"), api_key_pepper="pepper-for-tests",
+        admin_bootstrap_key=BOOTSTRAP, visitor_token_secret=VISITOR_SECRET,
+        shutdown_grace_s=1.0))
+    await server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        await server.stop()
+
+
+async def test_the_admin_api_and_train_remote_run_trainings_on_a_trainer(
+        nats_server: NatsServer, tiny_bot: dict[str, str], tmp_path: Path) -> None:
+    headers = {"Authorization": f"Bearer {BOOTSTRAP}"}
+    trainings_url = f"/v1/admin/bots/{BOT}/trainings"
+    async with admin_bus(nats_server) as bus, gateway(nats_server) as base, \
+            trainer(trainer_config(nats_server, tmp_path / "work")), \
+            aiohttp.ClientSession(base, headers=headers) as http:
+        async with http.post(trainings_url, json={}) as resp:  # nothing deployed yet
+            assert resp.status == 404
+            assert "no deployed definition" in (await resp.json())["detail"]
+        bad = {**tiny_bot, "bot.yml": tiny_bot["bot.yml"].replace("name: tiny", "name: other")}
+        async with http.post(trainings_url, json={"files": bad}) as resp:
+            assert resp.status == 422 and (await resp.json())["issues"][0]["field"] == "name"
+        async with http.post(trainings_url, json={"epochs": 0, "activate": "yes"}) as resp:
+            assert resp.status == 400
+            assert {e["field"] for e in (await resp.json())["errors"]} == {"epochs", "activate"}
+        async with http.put(f"/v1/admin/bots/{BOT}/definition", json={"files": tiny_bot}) as resp:
+            assert resp.status == 200
+            revision = (await resp.json())["revision"]
+
+        async with http.post(trainings_url, json={"epochs": 1}) as resp:
+            assert resp.status == 202, await resp.text()
+            started = await resp.json()
+            assert resp.headers["Location"] == f"{trainings_url}/{started['job_id']}"
+        assert started["status"] == "queued" and started["source"] == "deployed"
+        assert started["definition_revision"] == revision
+
+        # the CLI: the bot folder's files go with the request; it follows the job to the end
+        folder = write_folder(tiny_bot, tmp_path / "bot")
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "botfactory", "train", str(folder), "--remote",
+            "--gateway", base, "--api-key", BOOTSTRAP, "--epochs", "2", "--poll-s", "0.2",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(cli.communicate(), 180)
+        assert cli.returncode == 0, err.decode()
+        printed = out.decode()
+        assert "queued" in printed and "epoch 1/2  loss" in printed and "epoch 2/2" in printed
+        assert "published (not activated" in printed and "held out: intent accuracy" in printed
+
+        async with http.get(f"{trainings_url}/{started['job_id']}") as resp:
+            first = await resp.json()
+        assert first["status"] == "succeeded" and first["model_version"]
+        async with http.get(trainings_url) as resp:
+            listed = (await resp.json())["trainings"]
+        assert [t["status"] for t in listed] == ["succeeded", "succeeded"]
+        assert listed[1]["job_id"] == started["job_id"] and listed[0]["source"] == "request"
+        async with http.get(f"/v1/admin/bots/{BOT}/models") as resp:
+            versions = (await resp.json())["versions"]
+        assert {t["model_version"] for t in listed} <= set(versions)
+        async with http.get(f"{trainings_url}/{started['job_id']}/logs") as resp:
+            assert resp.status == 200 and resp.content_type == "text/plain"
+            assert "fine-tuning on" in await resp.text()
+        async with http.post(f"{trainings_url}/{started['job_id']}/cancel") as resp:
+            assert resp.status == 409
+        async with http.get(f"{trainings_url}/tr-0-0") as resp:
+            assert resp.status == 404
+        audit = await training_events(bus, "events.audit.>")
+        assert [e["action"] for e in audit if e["action"].startswith("training.")] == [
+            "training.started", "training.started"]
 
 
 def _training_pid(log: Path) -> int:
