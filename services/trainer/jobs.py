@@ -188,12 +188,16 @@ class JobRun:
                 return None
             return replace(current, heartbeat_at_ms=now_ms(), progress=progress)
 
-        self.record = await self.store.update(self.bot, self.job_id, beat)
-        with contextlib.suppress(Exception):
-            await self.in_progress()
-        for entry in epochs:
-            await publish_event(self.bus, self.record, "epoch", entry)
-        await self._save_log(child)
+        try:
+            self.record = await self.store.update(self.bot, self.job_id, beat)
+            with contextlib.suppress(Exception):
+                await self.in_progress()
+            for entry in epochs:
+                await publish_event(self.bus, self.record, "epoch", entry)
+            await self._save_log(child)
+        except Exception as exc:  # a bus outage: train on; a long one makes the job lost
+            log.warning("training_heartbeat_failed", bot=self.bot, job_id=self.job_id,
+                        error=repr(exc))
 
     async def _save_log(self, child: TrainingProcess) -> None:
         tail = child.log_tail(self.config.log_tail_bytes)
