@@ -66,8 +66,13 @@ class TrainerWorker:
         self._sub: Any = None
 
     @property
+    def runs(self) -> list[JobRun]:
+        """The jobs this worker runs now."""
+        return [run for run in self._runs.values() if run is not None]
+
+    @property
     def running_jobs(self) -> list[str]:
-        return [run.job_id for run in self._runs.values() if run is not None]
+        return [run.job_id for run in self.runs]
 
     async def start(self) -> None:
         config = ConsumerConfig(

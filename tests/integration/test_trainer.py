@@ -183,6 +183,42 @@ async def test_limit_one_keeps_the_second_job_queued_and_cancel_stops_a_running_
         assert await list_versions(bus, BOT) == []
 
 
+async def test_a_training_process_that_dies_fails_its_job(
+        nats_server: NatsServer, tiny_bot: dict[str, str], tmp_path: Path) -> None:
+    async with admin_bus(nats_server) as bus, \
+            trainer(trainer_config(nats_server, tmp_path)) as server:
+        job = await trainings.submit(bus, BOT, tiny_bot, LONG)
+        await an_epoch(bus, job)
+        assert server.worker is not None
+        (run,) = server.worker.runs
+        assert run.child is not None
+        os.kill(run.child.pid, signal.SIGKILL)  # e.g. the kernel's OOM killer
+        failed = await status_of(bus, job, "failed", within=30.0)
+        assert failed.error == "the training process was killed (SIGKILL)"
+        assert failed.model_version is None and failed.progress["history"]
+
+
+async def test_a_trainer_stopping_gives_its_job_back_and_another_one_runs_it(
+        nats_server: NatsServer, tiny_bot: dict[str, str], tmp_path: Path) -> None:
+    async with admin_bus(nats_server) as bus:
+        first = TrainerServer(trainer_config(nats_server, tmp_path / "a"))
+        await first.start()
+        try:
+            job = await trainings.submit(bus, BOT, tiny_bot, LONG)
+            await an_epoch(bus, job)
+        finally:
+            await first.stop()  # SIGTERM: the training stops, the job goes back to the queue
+        back = await TrainingStore(bus).get(BOT, job.job_id)
+        assert (back.status, back.attempts, back.worker, back.progress) == ("queued", 1, "", {})
+        async with trainer(trainer_config(nats_server, tmp_path / "b")) as second:
+            running = await an_epoch(bus, job)
+            assert running.attempts == 2 and running.worker == second.worker_id
+            await trainings.cancel(bus, BOT, job.job_id)
+            await status_of(bus, job, "cancelled", within=30.0)
+        kinds = [e["kind"] for e in await training_events(bus)]
+        assert kinds[:2] == ["queued", "running"] and kinds.count("running") == 2
+
+
 async def test_a_queued_job_cancelled_never_runs(
         nats_server: NatsServer, tiny_bot: dict[str, str], tmp_path: Path) -> None:
     async with admin_bus(nats_server) as bus:
