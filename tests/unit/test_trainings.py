@@ -145,3 +145,15 @@ def test_a_bad_trainer_setting_names_its_variable(name: str, value: str, message
     assert f"BOTFACTORY_TRAINER_{name}" in str(error.value)
     config = load_config(TrainerConfig, "trainer", {"BOTFACTORY_TRAINER_TRAIN_COMMAND": "a,b"})
     assert config.command() == ["a", "b"]
+
+
+def test_the_trainer_service_itself_loads_no_training_stack() -> None:
+    """It runs `botfactory train` as a child process: torch stays out of the worker."""
+    import subprocess
+    import sys
+
+    code = ("import sys, services.trainer.app, services.trainer.__main__; "
+            "print(sorted(m for m in ('torch', 'transformers', 'botfactory') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]"
