@@ -24,9 +24,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import nats.errors
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from services.common.errors import DomainError, InvalidArgument, NotFound
+from services.common.errors import DomainError, InvalidArgument, NotFound, Unavailable
 from services.common.modelartifacts import BOT_ID
 from services.common.nats import KV_TRAININGS, Bus
 from services.common.pull import kv_keys
@@ -347,8 +348,14 @@ async def submit(bus: Bus, bot: str, files: dict[str, str], options: Options, *,
                       definition_revision=revision)
     store = TrainingStore(bus)
     await store.create(record, files)
-    await bus.js.publish(job_subject(bot), json.dumps({"bot": bot, "job_id": record.job_id})
-                         .encode(), headers={HEADER_MSG_ID: f"train-{record.job_id}"})
+    try:
+        await bus.js.publish(job_subject(bot), json.dumps({"bot": bot, "job_id": record.job_id})
+                             .encode(), headers={HEADER_MSG_ID: f"train-{record.job_id}"})
+    except (nats.errors.Error, TimeoutError) as exc:  # never a queued job nobody will run
+        reason = f"could not be queued: {exc!r}"
+        await store.update(bot, record.job_id, lambda current: current.moved_to(
+            FAILED, error=reason) if current.status == QUEUED else None)
+        raise Unavailable("the training queue is not reachable; try again") from exc
     await publish_event(bus, record, QUEUED)
     return record
 
