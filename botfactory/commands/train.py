@@ -10,10 +10,13 @@ imported only when a command runs.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from botfactory.commands import train_remote
 
 EXIT_OK = 0
 EXIT_CHECK = 1
@@ -34,8 +37,8 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR",
+def _common(parser: argparse.ArgumentParser, *, out_required: bool = True) -> None:
+    parser.add_argument("--out", type=Path, required=out_required, metavar="MODEL_DIR",
                         help="model directory to write (replaced atomically when it exists)")
     parser.add_argument("--base-model", default=None, metavar="PATH_OR_NAME",
                         help="base encoder: a local folder or a Hugging Face hub name "
@@ -57,11 +60,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Fine-tune the joint intent + entity model of a bot folder, export it to "
                     "ONNX (fp32 and int8), check both and write a model directory.")
     train.add_argument("bot_dir", type=Path, metavar="BOT_DIR", help="bot folder (bot.yml)")
-    _common(train)
+    _common(train, out_required=False)
     train.add_argument("--from", dest="init_from", type=Path, default=None, metavar="MODEL_DIR",
                        help="warm start: fine-tune from this model directory (its encoder and "
                             "heads; new intents and entity labels get fresh rows) instead of "
                             "the base encoder")
+    train.add_argument("--events", type=Path, default=None, metavar="FILE",
+                       help="append progress events to FILE as JSON lines (stages, each "
+                            "epoch's loss and held-out metrics); the trainer service reads them")
+    train_remote.add_arguments(train)
     train.add_argument("--require-int8", action="store_true",
                        help="fail (exit 1, nothing written) when the int8 graph disagrees "
                             "with fp32 measurably more than the tolerance, instead of serving "
@@ -86,10 +93,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Entry point of `botfactory train`."""
+    """Entry point of `botfactory train` (`--remote`: on a trainer, through the gateway)."""
     bot_dir: Path = args.bot_dir
     if not bot_dir.is_dir():
         return _usage(f"bot folder not found: {bot_dir}")
+    if args.remote:
+        return train_remote.run(args)
+    if args.out is None:
+        return _usage("--out MODEL_DIR is required (or --remote to train on a trainer)")
     from services.botdef import BotDefinitionError, load_bot
 
     try:
@@ -104,10 +115,22 @@ def run_train(args: argparse.Namespace) -> int:
     from botfactory.training import CheckThresholds, TrainConfig, train_bot
 
     checks = CheckThresholds(require_int8=args.require_int8)
+    on_event = None if args.events is None else _event_writer(args.events)
     return _guarded(lambda: train_bot(
         bot, args.out, base_model=args.base_model, epochs=args.epochs, seed=args.seed,
         progress=not args.quiet, config=TrainConfig(patience=args.patience),
-        init_from=args.init_from, checks=checks), args.out)
+        init_from=args.init_from, checks=checks, on_event=on_event), args.out)
+
+
+def _event_writer(path: Path) -> Callable[[dict[str, Any]], None]:
+    """Appends each event to `path` as one JSON line, flushed at once (a reader tails it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(event: dict[str, Any]) -> None:
+        with path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(event, separators=(",", ":")) + "\n")
+
+    return write
 
 
 def run_train_sentiment(args: argparse.Namespace) -> int:

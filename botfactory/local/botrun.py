@@ -45,6 +45,7 @@ class Ports:
     gateway_metrics: int = 9102
     dialogue_metrics: int = 9103
     rpa_metrics: int = 9104
+    trainer_metrics: int = 9105
 
     def resolved(self) -> Ports:
         """These ports with each 0 replaced by a port free right now."""

@@ -3,7 +3,8 @@ with no installs beyond pip.
 
 Starts nats-server (JetStream data under `.botfactory/nats`), trains the bot on first run
 (`.botfactory/models/<bot>`; the demo bot bots/banking by default), publishes it to the model
-store, starts the services as child processes, prints the endpoints, and stops everything on
+store, starts the services (and a trainer for the admin API's training jobs) as child
+processes, prints the endpoints, and stops everything on
 Ctrl-C / SIGTERM. The bot's workflows get its rpa.yml settings (--setting NAME=VALUE
 overrides one) and its secrets (BOT/secrets.env or --secrets FILE; botfactory/local/
 botrun.py); the demo bank runs for the demo bot only. --free-ports: free ports, printed.
@@ -336,7 +337,8 @@ def _serve(args: argparse.Namespace, plan: RunPlan, model: Path, knowledge: Path
 
 def _start_services(args: argparse.Namespace, plan: RunPlan, nats: NatsServer, logs: Path,
                     processes: list[subprocess.Popen[bytes]]) -> str:
-    """Start NLU, dialogue, (the demo bank,) RPA runner and gateway; the gateway's URL."""
+    """Start NLU, dialogue, (the demo bank,) RPA runner, trainer and gateway; the gateway's
+    URL."""
     ports = plan.ports
     processes.append(_start("nlu", "services.nlu", _env(
         BOTFACTORY_NLU_NATS_URL=nats.url_for("nlu"),
@@ -365,6 +367,13 @@ def _start_services(args: argparse.Namespace, plan: RunPlan, nats: NatsServer, l
         BOTFACTORY_RPA_GRPC_PORT=str(ports.rpa_grpc),
         BOTFACTORY_RPA_METRICS_PORT=str(ports.rpa_metrics),
         **rpa_env,
+    ), logs))
+    # Training jobs of the admin API (docs/training.md), at the lowest CPU priority.
+    processes.append(_start("trainer", "services.trainer", _env(
+        BOTFACTORY_TRAINER_NATS_URL=nats.url_for("trainer"),
+        BOTFACTORY_TRAINER_WORK_DIR=str(args.data_dir / "trainer"),
+        BOTFACTORY_TRAINER_METRICS_PORT=str(ports.trainer_metrics),
+        BOTFACTORY_TRAINER_NICE="19",
     ), logs))
     processes.append(_start("gateway", "services.gateway", _env(
         BOTFACTORY_GATEWAY_NATS_URL=nats.url_for("gateway"),
@@ -424,7 +433,10 @@ def _banner(args: argparse.Namespace, plan: RunPlan, nats: NatsServer, base_url:
             f"dialogue gRPC 127.0.0.1:{ports.dialogue_grpc}, RPA gRPC "
             f"127.0.0.1:{ports.rpa_grpc}{bank}\n  metrics on :{ports.nlu_metrics} (nlu), "
             f":{ports.gateway_metrics} (gateway), :{ports.dialogue_metrics} (dialogue), "
-            f":{ports.rpa_metrics} (rpa); logs in {logs}\nCtrl-C stops it.")
+            f":{ports.rpa_metrics} (rpa), :{ports.trainer_metrics} (trainer); logs in {logs}\n"
+            f"  train on the trainer: .venv/bin/botfactory train {args.bot} --remote "
+            f"--gateway {base_url} --api-key $(cat {args.data_dir / 'admin-key'})\n"
+            "Ctrl-C stops it.")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from botfactory.training import pipeline
 from botfactory.training.data import LabeledText, from_examples, stratified_split
 from botfactory.training.export import CheckThresholds
-from botfactory.training.trainer import TrainConfig
+from botfactory.training.trainer import OnEvent, TrainConfig
 
 if TYPE_CHECKING:
     from services.botdef import BotDefinition
@@ -19,7 +19,8 @@ def train_bot(bot: BotDefinition, out_dir: Path, *, base_model: str | None = Non
               epochs: int | None = None, seed: int | None = None, progress: bool = True,
               config: TrainConfig | None = None,
               checks: CheckThresholds | None = None,
-              init_from: Path | None = None) -> dict[str, Any]:
+              init_from: Path | None = None,
+              on_event: OnEvent | None = None) -> dict[str, Any]:
     """Fine-tune the bot's NLU model and write it to `out_dir`; returns its metadata.
 
     Precedence for each setting: the keyword argument, then the bot's `nlu:` section, then
@@ -27,6 +28,7 @@ def train_bot(bot: BotDefinition, out_dir: Path, *, base_model: str | None = Non
     (a path relative to the bot folder works), else the packaged all-MiniLM-L6-v2.
     `init_from`: fine-tune from that model directory instead (a warm start: its encoder and
     heads, new labels get fresh rows; reproducible with the seed like a cold start).
+    `on_event`: progress events (botfactory.training.trainer.OnEvent).
     Raises `TrainingError` subclasses: `DataError`, `BaseModelError`, `ExportCheckError`.
     """
     settings = bot.nlu
@@ -61,7 +63,8 @@ def train_bot(bot: BotDefinition, out_dir: Path, *, base_model: str | None = Non
         extend_vocab=True,
     )
     return pipeline.run(job, Path(out_dir), base_model=base_model, config=config,
-                        checks=checks, progress=progress, init_from=init_from)
+                        checks=checks, progress=progress, init_from=init_from,
+                        on_event=on_event)
 
 
 def split_texts(texts: list[LabeledText], config: TrainConfig) -> tuple[list[LabeledText],

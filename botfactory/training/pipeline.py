@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -35,6 +36,7 @@ from botfactory.training.model import (
 )
 from botfactory.training.temperature import Calibration, fit_temperature
 from botfactory.training.trainer import (
+    OnEvent,
     TrainConfig,
     deterministic,
     fit,
@@ -98,12 +100,15 @@ def _start(base_model: str | None, init_from: Path | None,
 
 def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
         checks: CheckThresholds | None = None, progress: bool = True,
-        init_from: Path | None = None) -> dict[str, Any]:
+        init_from: Path | None = None, on_event: OnEvent | None = None) -> dict[str, Any]:
     """Train, export, check and write `out_dir` (atomically); returns the metadata.
 
     `init_from`: a model directory to fine-tune from (its encoder and heads; `base_model` is
-    then not used), else the base encoder with fresh heads."""
+    then not used), else the base encoder with fresh heads. `on_event`: progress events
+    (trainer.OnEvent): the stages and every epoch."""
     checks = checks or CheckThresholds()
+    stage = _stages(on_event)
+    stage("loading")
     started = time.perf_counter()
     labels = make_labels([*job.train, *job.heldout], with_tags=job.with_tags)
     encoder, tokenizer_bytes, base_description, parent = _start(base_model, init_from, progress)
@@ -123,13 +128,16 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
         warm = None if parent is None else warm_start(model, parent, labels.intents,
                                                       labels.tags)
         _say(progress, f"fine-tuning on {len(train)} examples, {len(heldout)} held out")
-        result = fit(model, train, heldout, labels, config, pad_id, progress=progress)
+        stage("training", n_train=len(train), n_heldout=len(heldout))
+        result = fit(model, train, heldout, labels, config, pad_id, progress=progress,
+                     on_event=on_event)
         vocab.merge(encoder)
 
         checked = check_set(heldout, train, config.seed)
         calibration = _calibrate(model, heldout, pad_id, progress)
         temperature = 1.0 if calibration is None else calibration.temperature
         _say(progress, "exporting to ONNX")
+        stage("exporting")
         intent_logits, tag_logits, _ = predict(model, checked, pad_id)
         torch_outputs = Outputs(intent_logits / temperature, tag_logits)
         fp32_path, int8_path = staging / FP32_FILE, staging / INT8_FILE
@@ -143,6 +151,7 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
         served_path = staging / choice.file
         int8_trial = choice.trials[0]
 
+        stage("evaluating")
         metrics: dict[str, Any] = {"heldout": None}
         served = _heldout_outputs(choice.outputs, heldout, checked, served_path, pad_id)
         if served is not None:
@@ -220,6 +229,15 @@ def run(job: Job, out_dir: Path, *, base_model: str | None, config: TrainConfig,
         }
         export.write_json(staging / METADATA_FILE, metadata)
     return metadata
+
+
+def _stages(on_event: OnEvent | None) -> Callable[..., None]:
+    """A function that reports a stage (and its details) to `on_event`, if any."""
+    def stage(name: str, **details: Any) -> None:
+        if on_event is not None:
+            on_event({"event": "stage", "stage": name, **details})
+
+    return stage
 
 
 def _extend(job: Job, encoder: Any, tokenizer_bytes: bytes, seed: int,

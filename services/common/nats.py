@@ -1,8 +1,9 @@
 """NATS / JetStream connection and idempotent provisioning of the platform's streams and buckets.
 
-KV `trackers`, `rpa_runs`, `bots`, `handoffs`, `review`, `apikeys`; object store `models`; streams
-`CONV_IN` (inbound conversation messages, work queue), `CONV` (bot messages and conversation
-events), `RPA` (work queue), `EVENTS` (model published, feedback, audit). Who reads and writes
+KV `trackers`, `rpa_runs`, `bots`, `handoffs`, `review`, `apikeys`, `trainings`; object store
+`models`; streams `CONV_IN` (inbound conversation messages, work queue), `CONV` (bot messages
+and conversation events), `RPA` and `TRAIN` (work queues), `EVENTS` (model published,
+training progress, feedback, audit). Who reads and writes
 each: docs/architecture.md, "Subjects, streams and buckets".
 """
 
@@ -39,6 +40,7 @@ KV_APIKEYS = "apikeys"  # the gateway's API key records (services/gateway/auth.p
 KV_CHANNELS = "channels"  # channel conversations' addresses (services/gateway/channels)
 KV_CHANNEL_SENT = "channel_sent"  # replies a channel's platform took (gateway/channels/outbox)
 KV_SERVED = "served"  # which dialogue replicas serve which bots (services/common/served.py)
+KV_TRAININGS = "trainings"  # training jobs: records, inputs, logs (services/common/trainings.py)
 OBJ_MODELS = "models"
 
 STREAM_CONV, STREAM_CONV_IN = "CONV", "CONV_IN"
@@ -58,18 +60,24 @@ STREAMS = (
     CONV_IN_CONFIG,
     StreamConfig(name="RPA", subjects=["rpa.jobs.>"], retention=RetentionPolicy.WORK_QUEUE,
                  storage=StorageType.FILE, duplicate_window=120.0),
+    # Training jobs (services/common/trainings.py): a work queue the trainers share.
+    StreamConfig(name="TRAIN", subjects=["train.jobs.>"], retention=RetentionPolicy.WORK_QUEUE,
+                 storage=StorageType.FILE, duplicate_window=120.0),
     StreamConfig(name="EVENTS", subjects=["events.>"], retention=RetentionPolicy.LIMITS,
                  storage=StorageType.FILE, duplicate_window=120.0),
 )
 KV_BUCKETS = ((KV_TRACKERS, 1), (KV_RPA_RUNS, 1), (KV_BOTS, 5), (KV_HANDOFFS, 1),
               (KV_REVIEW, 1), (KV_APIKEYS, 5), (KV_SERVED, 1),
-              (KV_CHANNELS, 1), (KV_CHANNEL_SENT, 1))
+              (KV_CHANNELS, 1), (KV_CHANNEL_SENT, 1), (KV_TRAININGS, 1))
 SERVED_TTL_S = 30.0
 """How long a served-bot announcement lives (services/common/served.py)."""
 CHANNEL_SENT_TTL_S = 24 * 3600.0
 """How long the channel outbox remembers a reply the platform took (a redelivery later than
 this would be sent again)."""
-KV_MAX_AGE_S = {KV_SERVED: SERVED_TTL_S, KV_CHANNEL_SENT: CHANNEL_SENT_TTL_S}
+TRAININGS_TTL_S = 30 * 24 * 3600.0
+"""How long a training job's record, input and log are kept after their last write."""
+KV_MAX_AGE_S = {KV_SERVED: SERVED_TTL_S, KV_CHANNEL_SENT: CHANNEL_SENT_TTL_S,
+                KV_TRAININGS: TRAININGS_TTL_S}
 """Buckets whose entries expire (seconds after their last write)."""
 TLS_SECTION = "nats"
 

@@ -23,6 +23,7 @@ from services.common.nats import (
     KV_CHANNELS,
     KV_REVIEW,
     KV_SERVED,
+    KV_TRAININGS,
     OBJ_MODELS,
     STREAMS,
     inbox_prefix,
@@ -124,6 +125,9 @@ def _identities() -> tuple[Identity, ...]:
             *kv_read(KV_REVIEW), *kv_write(KV_REVIEW), *kv_read(KV_SERVED),
             *kv_read(KV_CHANNELS), *kv_write(KV_CHANNELS), "events.deadletter.channel",
             *kv_read(KV_CHANNEL_SENT), *kv_write(KV_CHANNEL_SENT),
+            # training jobs (admin API): queue, record, cancel (services/common/trainings.py)
+            "train.jobs.>", "events.training.>", *kv_read(KV_TRAININGS),
+            *kv_write(KV_TRAININGS),
         ), (inbox(GATEWAY), "conv.out.>"), "public API: publishes user messages, reads replies"),
         Identity(DIALOGUE, (
             "conv.out.>", "conv.event.>", "rpa.jobs.>", "events.deadletter.dialogue",
@@ -148,7 +152,10 @@ def _identities() -> tuple[Identity, ...]:
             "events.model.published.>", "events.kb.published.>", *stream_info(),
             *kv_read("bots"),
             *kv_write("bots"), *obj_read(OBJ_MODELS), *obj_write(OBJ_MODELS),
-        ), (inbox(TRAINER),), "publishes trained models"),
+            # the training jobs' queue, records and progress events (services/trainer)
+            *consume("TRAIN"), *kv_read(KV_TRAININGS), *kv_write(KV_TRAININGS),
+            "events.training.>",
+        ), (inbox(TRAINER),), "runs training jobs; publishes trained models"),
     )
 
 

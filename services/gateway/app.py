@@ -33,9 +33,11 @@ from services.gateway.http.app import build_authenticator, build_limiter, create
 from services.gateway.http.metrics import GatewayMetrics
 from services.gateway.http.model_versions import MODEL_ROLLOUTS
 from services.gateway.http.review import REVIEW
+from services.gateway.http.trainings import TRAININGS
 from services.gateway.hub import BusHub, BusModelAdmin
 from services.gateway.rollouts import BusModelRollouts
 from services.gateway.runs import GrpcRunsClient
+from services.gateway.trainings import BusTrainings
 from services.gateway.webhook_relay import FollowedWebhookStore, WebhookRelay
 from services.gateway.webhook_store import CachedWebhookStore, NatsWebhookStore
 from services.gateway.webhooks import WebhookSender, WebhookSettings
@@ -104,6 +106,8 @@ class GatewayServer:
             app[CHANNELS] = await self._start_channels(bus)
         # versions and rollouts (http/model_versions.py)
         app[MODEL_ROLLOUTS] = BusModelRollouts(bus)
+        # training jobs (http/trainings.py, docs/training.md)
+        app[TRAININGS] = BusTrainings(bus)
         self.runner = web.AppRunner(app, access_log=None,
                                     shutdown_timeout=self.config.shutdown_grace_s)
         await self.runner.setup()

@@ -41,8 +41,10 @@ WEBHOOK_SET = "webhook.set"
 WEBHOOK_DELETED = "webhook.deleted"
 CHANNEL_SET = "channel.set"
 CHANNEL_DELETED = "channel.deleted"
+TRAINING_STARTED = "training.started"
+TRAINING_CANCELLED = "training.cancelled"
 ACTIONS = (KEY_CREATED, KEY_REVOKED, BOT_DEPLOYED, WEBHOOK_SET, WEBHOOK_DELETED, CHANNEL_SET,
-           CHANNEL_DELETED, *MODEL_ACTIONS)
+           CHANNEL_DELETED, TRAINING_STARTED, TRAINING_CANCELLED, *MODEL_ACTIONS)
 
 
 def new_event(principal: Principal, action: str, target: dict[str, Any], *,

@@ -16,6 +16,7 @@ from services.common.audit import AuditEvent  # one admin action (docs/security.
 from services.common.errors import NotFound
 from services.common.modelstore import Activation, Rollout, VersionInfo
 from services.common.pb.botfactory.v1 import conversation_pb2
+from services.common.trainings import Options, Training
 
 ALL_BOTS = "*"
 
@@ -228,4 +229,27 @@ class WebhookStore(Protocol):
 class AuditLog(Protocol):
     async def record(self, event: AuditEvent) -> None:
         """Store the event durably (raise when it could not be stored)."""
+        ...
+
+
+class Trainings(Protocol):
+    """Training jobs (services/common/trainings.py; errors: its TrainingNotFound,
+    TrainingConflict; NotFound for a bot with nothing to train)."""
+
+    async def start(self, bot: str, options: Options, files: dict[str, str] | None,
+                    actor: str) -> Training:
+        """Queue a training of `files` (None: the bot's deployed definition)."""
+        ...
+
+    async def list(self, bot: str, limit: int) -> list[Training]:
+        """The bot's trainings, newest first."""
+        ...
+
+    async def get(self, bot: str, job_id: str) -> Training:
+        ...
+
+    async def cancel(self, bot: str, job_id: str) -> Training:
+        ...
+
+    async def logs(self, bot: str, job_id: str) -> str:
         ...

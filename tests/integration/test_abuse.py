@@ -108,7 +108,8 @@ def route_call(spec: RouteSpec, *, bot: str, conversation: str, message_id: str,
                key_id: str, tenant_name: str) -> tuple[str, Any]:
     """The path and a valid body of a call of `spec` (so that only the key can refuse it)."""
     ids = {"bot": bot, "conversation": conversation, "message_id": message_id,
-           "key_id": key_id, "run_id": "run-1", "channel": "telegram"}
+           "key_id": key_id, "run_id": "run-1", "channel": "telegram",
+           "training_id": "tr-18f3a2b4c5d-0a1b2c"}
     path = re.sub(r"\{(\w+)\}", lambda m: ids.get(m.group(1), "id-1"), spec.path)
     bodies: dict[str, Any] = {
         "post_message": {"text": "hi"}, "post_feedback": {"rating": 1},

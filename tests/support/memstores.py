@@ -9,6 +9,7 @@ import asyncio
 import time
 from dataclasses import replace
 
+from services.common import trainings
 from services.common.audit import AuditEvent
 from services.common.modelstore import (
     Activation,
@@ -18,6 +19,7 @@ from services.common.modelstore import (
     RolloutInvalid,
     VersionInfo,
 )
+from services.common.trainings import Options, Training
 from services.gateway.auth import KeyExists, now_ms
 from services.gateway.ports import ApiKeyRecord, Webhook
 from services.gateway.webhook_store import Subscription, stored_subscription
@@ -151,3 +153,40 @@ class MemoryAuditLog:
 
     async def record(self, event: AuditEvent) -> None:
         self.events.append(event)
+
+
+class MemoryTrainings:
+    """Trainings (services/gateway/ports.py) in a dict, with the records' state machine
+    (services/common/trainings.py); no trainer runs them."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], Training] = {}
+
+    async def start(self, bot: str, options: Options, files: dict[str, str] | None,
+                    actor: str) -> Training:
+        at = trainings.now_ms()
+        record = Training(job_id=trainings.new_job_id(at), bot=bot, status=trainings.QUEUED,
+                          options=options, created_at_ms=at, requested_by=actor,
+                          source="deployed" if files is None else "request")
+        self.records[(bot, record.job_id)] = record
+        return record
+
+    async def list(self, bot: str, limit: int) -> list[Training]:
+        found = [r for (b, _), r in sorted(self.records.items()) if b == bot]
+        return found[::-1][:limit]
+
+    async def get(self, bot: str, job_id: str) -> Training:
+        record = self.records.get((bot, job_id))
+        if record is None:
+            raise trainings.TrainingNotFound(f"bot {bot!r} has no training {job_id!r}")
+        return record
+
+    async def cancel(self, bot: str, job_id: str) -> Training:
+        record = await self.get(bot, job_id)
+        after = trainings.cancelled(record) or record
+        self.records[(bot, job_id)] = after
+        return after
+
+    async def logs(self, bot: str, job_id: str) -> str:
+        await self.get(bot, job_id)
+        return ""

@@ -11,6 +11,7 @@ from services.common.nats import KV_BUCKETS, OBJ_MODELS, STREAMS
 from services.dialogue import analytics, review
 from services.gateway import webhook_follower
 from services.rpa_runner import worker
+from services.trainer import worker as trainer_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
@@ -31,7 +32,8 @@ def test_every_stream_subject_and_bucket_is_named() -> None:
 
 def test_every_durable_consumer_is_named() -> None:
     durables = [webhook_follower.DURABLE, worker.DURABLE, analytics.DURABLE,
-                review.CONV_DURABLE, review.SHADOW_DURABLE, "dialogue-p<n>"]
+                review.CONV_DURABLE, review.SHADOW_DURABLE, trainer_worker.DURABLE,
+                "dialogue-p<n>"]
     assert [d for d in durables if f"`{d}`" not in DOC] == []
 
 

@@ -48,10 +48,16 @@ from services.gateway.http.model_versions import MODEL_ROLLOUTS
 from services.gateway.http.openapi import build_document
 from services.gateway.http.review import REVIEW
 from services.gateway.http.routes import ROUTES
+from services.gateway.http.trainings import TRAININGS
 from tests.support.apicontract import CHECKS, SCHEMA, SEMANTIC, bounded
 from tests.support.gateway import FakeDefinitions, FakeHub, FakeModels
 from tests.support.memkv import MemoryKeyValue
-from tests.support.memstores import InMemoryKeyStore, InMemoryWebhookStore, MemoryModelRollouts
+from tests.support.memstores import (
+    InMemoryKeyStore,
+    InMemoryWebhookStore,
+    MemoryModelRollouts,
+    MemoryTrainings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BANKING = ROOT / "bots" / "banking"
@@ -114,6 +120,7 @@ def api_url() -> Iterator[str]:
                          runs=FakeRuns())
         app[MODEL_ROLLOUTS] = MemoryModelRollouts()
         app[REVIEW] = ReviewQueue(MemoryKeyValue())  # type: ignore[arg-type]
+        app[TRAININGS] = MemoryTrainings()
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -185,6 +185,12 @@ def definition_files(body: Any) -> dict[str, str]:
     files = fields.string_dict("files")
     fields.done()
     assert files is not None
+    return checked_files(files)
+
+
+def checked_files(files: dict[str, str]) -> dict[str, str]:
+    """`files` when they can be a bot folder's (bot.yml, YAML files, at most
+    MAX_DEFINITION_FILES); else 400 naming the field."""
     if len(files) > MAX_DEFINITION_FILES:
         raise RequestInvalid.one("files", f"at most {MAX_DEFINITION_FILES} files")
     if "bot.yml" not in files:

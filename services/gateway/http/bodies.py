@@ -48,9 +48,10 @@ MAX_DESCRIPTION_CHARS = 200
 MAX_CHANNEL_SETTING_CHARS = 4096  # one channel setting's value (a token, a URL)
 CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # a messaging channel (telegram, ...)
 VISITOR_TOKEN = re.compile(r"^bfv_[A-Za-z0-9_.-]{1,1020}$")  # services/gateway/visitor.py
+TRAINING_ID = re.compile(r"^tr-[0-9a-f]{1,16}-[0-9a-f]{1,16}$")  # services/common/trainings.py
 PATH_IDS: dict[str, re.Pattern[str]] = {
     "bot": BOT_ID, "conversation": CONVERSATION_ID, "message_id": RATED_MESSAGE_ID,
-    "key_id": KEY_ID, "run_id": RUN_ID, "channel": CHANNEL_NAME}
+    "key_id": KEY_ID, "run_id": RUN_ID, "channel": CHANNEL_NAME, "training_id": TRAINING_ID}
 
 Limit = int | str  # a number of characters, or the GatewayConfig attribute that sets it
 

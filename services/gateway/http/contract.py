@@ -35,6 +35,7 @@ from services.gateway.http.bodies import (
     text_schema,
 )
 from services.gateway.http.review import INTENT, ITEM_ID, MAX_APPLIED, MAX_ENTITIES
+from services.gateway.http.trainings import REQUEST_PROPERTIES as TRAINING_PROPERTIES
 
 # A bot folder's file: up to 8 names, none hidden, a YAML file (admin.check_definition_path).
 _NAME = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}"
@@ -64,16 +65,23 @@ _ROLLOUT_LIMITS = {
 }
 
 
+_FILES = {
+    "type": "object", "required": ["bot.yml"], "maxProperties": MAX_DEFINITION_FILES,
+    "propertyNames": matching(DEFINITION_FILE), "additionalProperties": {"type": "string"},
+    "description": "Relative path in the bot folder (bot.yml, data/...) → YAML text; 422 when "
+                   "the files are not a valid bot definition"}
+
+
 def restated_schemas() -> dict[str, Any]:
     """The schemas of the bodies not (yet) defined in `bodies.BODIES`, restating their
     handlers' checks."""
     return {
-        "DefinitionRequest": object_schema(["files"], files={
-            "type": "object", "required": ["bot.yml"], "maxProperties": MAX_DEFINITION_FILES,
-            "propertyNames": matching(DEFINITION_FILE),
-            "additionalProperties": {"type": "string"},
-            "description": "Relative path in the bot folder (bot.yml, data/...) → YAML text; "
-                           "422 when the files are not a valid bot definition"}),
+        "DefinitionRequest": object_schema(["files"], files=_FILES),
+        "TrainingRequest": _described(object_schema([], **TRAINING_PROPERTIES, files={
+            **_FILES, "description": "The bot folder to train (default: the bot's deployed "
+                                     "definition when the training is asked for); "
+                                     + str(_FILES["description"])}),
+            "May be empty: trains the deployed definition"),
         "ChannelSettingsRequest": {
             "type": "object", "maxProperties": 32,
             "additionalProperties": {"type": "string", "maxLength": MAX_CHANNEL_SETTING_CHARS},
@@ -116,7 +124,7 @@ def restated_schemas() -> dict[str, Any]:
 
 PATH_EXAMPLES = {"bot": "banking", "conversation": "c1", "message_id": "m1:0",
                  "key_id": "0123456789abcdef", "run_id": "run-0", "name": "chat.js",
-                 "channel": "telegram"}
+                 "channel": "telegram", "training_id": "tr-18f3a2b4c5d-0a1b2c"}
 
 # A WebSocket route answers 400 to a plain GET: the handshake headers are part of the request.
 WEBSOCKET_HEADERS = (

@@ -20,6 +20,7 @@ from services.gateway.http.problems import PROBLEM_CONTENT_TYPE
 from services.gateway.http.review import SCHEMAS as REVIEW_SCHEMAS
 from services.gateway.http.routes import RouteSpec
 from services.gateway.http.runs import STATUSES
+from services.gateway.http.trainings import SCHEMAS as TRAINING_SCHEMAS
 from services.gateway.http.widget import SCHEMAS as WIDGET_SCHEMAS
 from services.gateway.ports import Role
 
@@ -29,7 +30,8 @@ ERROR_TEXT = {
     403: "The key's role or bots (a visitor token's conversation) do not allow this",
     404: "Not found",
     405: "Method not allowed (a channel whose platform has no GET handshake)",
-    409: "Conflict: the current state (of the run, the rollout) does not allow this",
+    409: "Conflict: the current state (of the run, the rollout, the training) does not allow "
+         "this",
     413: "Request body too large",
     415: "The body is not `application/json` (Content-Type)",
     422: "Invalid bot definition (`issues`)",
@@ -42,7 +44,8 @@ ERROR_TEXT = {
 PATH_TEXT = {"bot": "Bot id", "conversation": "Conversation id (chosen by the client)",
              "message_id": "A bot message's id", "key_id": "API key id",
              "run_id": "Workflow run id", "name": "File name",
-             "channel": "Messaging channel (telegram, ...)"}
+             "channel": "Messaging channel (telegram, ...)",
+             "training_id": "Training job id (tr-...)"}
 PATH_PATTERNS = {**{name: pattern.pattern for name, pattern in PATH_IDS.items()},
                  "name": r"^[A-Za-z0-9_.-]+$"}
 
@@ -164,6 +167,7 @@ SCHEMAS: dict[str, Any] = {
     **CHANNEL_SCHEMAS,
     **WIDGET_SCHEMAS,
     **MODEL_SCHEMAS,  # ModelVersions, Activation, Rollout, ...
+    **TRAINING_SCHEMAS,  # Training, TrainingList
 }
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from services.common.reviewqueue import REASONS, STATUSES
+from services.common.trainings import STATUSES as STATUSES_OF_TRAININGS
 from services.gateway.http import (
     admin,
     channels,
@@ -18,6 +19,7 @@ from services.gateway.http import (
     review,
     runs,
     system,
+    trainings,
     visitors,
     widget,
 )
@@ -34,6 +36,8 @@ ROLLOUT = "/v1/admin/bots/{bot}/rollout"
 CHANNEL = "/v1/admin/bots/{bot}/channels/{channel}"
 INBOUND = "/v1/channels/{channel}/{bot}"
 WIDGET = "/v1/bots/{bot}/widget"
+TRAININGS = "/v1/admin/bots/{bot}/trainings"
+TRAINING = f"{TRAININGS}/{{training_id}}"
 # The RPA runner's errors (services/gateway/runs.py): 503 (with Retry-After) when it cannot be
 # reached, 502 when it fails.
 RUNNER_ERRORS = (502, 503)
@@ -79,6 +83,12 @@ TRANSCRIPT_INCLUDE = Query(
 LIMIT = Query("limit", "Most recent entries to return (at most "
               "BOTFACTORY_GATEWAY_TRANSCRIPT_MAX_LIMIT, 1000 by default).",
               {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})
+TRAINING_FILTERS = (
+    Query("status", "Only trainings in this status.", {"enum": list(STATUSES_OF_TRAININGS)}),
+    Query("limit", "At most this many trainings (of the most recent), newest first.",
+          {"type": "integer", "minimum": 1, "maximum": trainings.MAX_LIMIT,
+           "default": trainings.DEFAULT_LIMIT}),
+)
 TENANT = Query("tenant", "Only this tenant's keys (an admin of one tenant sees only its own).",
                {"type": "string"})
 RUN_FILTERS = (
@@ -205,6 +215,26 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("DELETE", ROLLOUT, model_versions.delete_rollout, "delete_rollout",
               "Abort the rollout: the candidate stops serving", "admin", Role.ADMIN,
               {200: ("Aborted", "RolloutState")}, extra_errors=(409, 503)),
+    RouteSpec("POST", TRAININGS, trainings.start_training, "start_training",
+              "Train the bot on a trainer worker (its deployed definition, or the files sent): "
+              "the result is a new model version with its report (docs/training.md)", "admin",
+              Role.ADMIN, {202: ("Queued (Location: the training)", "Training")},
+              request="TrainingRequest", extra_errors=(404, 413, 422, 503)),
+    RouteSpec("GET", TRAININGS, trainings.list_trainings, "list_trainings",
+              "The bot's trainings, newest first", "admin", Role.ADMIN,
+              {200: ("Trainings", "TrainingList")}, query=TRAINING_FILTERS,
+              extra_errors=(503,)),
+    RouteSpec("GET", TRAINING, trainings.get_training, "get_training",
+              "A training: status, progress (every epoch's loss and held-out metrics), the "
+              "model version and its report, or the error", "admin", Role.ADMIN,
+              {200: ("Training", "Training")}, extra_errors=(404, 503)),
+    RouteSpec("POST", f"{TRAINING}/cancel", trainings.cancel_training, "cancel_training",
+              "Cancel a training: a queued one at once, a running one within seconds", "admin",
+              Role.ADMIN, {202: ("Cancelled, or cancellation requested", "Training")},
+              extra_errors=(404, 409, 503)),
+    RouteSpec("GET", f"{TRAINING}/logs", trainings.get_training_logs, "get_training_logs",
+              "The tail of the training's output (text)", "admin", Role.ADMIN,
+              {200: ("The log", None)}, content_type="text/plain", extra_errors=(404, 503)),
     RouteSpec("PUT", "/v1/admin/bots/{bot}/definition", admin.put_definition, "put_definition",
               "Validate and deploy a bot definition", "admin", Role.ADMIN,
               {200: ("Deployed", "DeployedDefinition")}, request="DefinitionRequest",

@@ -220,8 +220,18 @@ class Fields:
             return {}
         return value
 
-    def string_dict(self, name: str) -> dict[str, str] | None:
-        value = self._get(name, True)
+    def flag(self, name: str) -> bool | None:
+        """An optional boolean (None when absent or null)."""
+        value = self._get(name, False)
+        if value is None:
+            return None
+        if not isinstance(value, bool):
+            self.fail(name, "must be true or false")
+            return None
+        return value
+
+    def string_dict(self, name: str, *, required: bool = True) -> dict[str, str] | None:
+        value = self._get(name, required)
         if value is None:
             return None
         if not isinstance(value, dict) or not value or not all(
