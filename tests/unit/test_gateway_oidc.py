@@ -408,3 +408,52 @@ def test_key_roles_map_onto_permissions() -> None:
     assert ROLE_PERMISSIONS["viewer"] < ROLE_PERMISSIONS["editor"] < \
         ROLE_PERMISSIONS["operator"] < ROLE_PERMISSIONS["admin"]
     assert Permission.AGENT not in ROLE_PERMISSIONS["operator"]
+
+
+# --- a new bot becomes its deployer's tenant's --------------------------------------------------
+
+
+def bot_files(name: str) -> dict[str, Any]:
+    return {"files": {"bot.yml": f'version: "1"\nname: {name}\n',
+                      "data/nlu.yml": 'version: "1"\nintents:\n  - name: greet\n'
+                                      '    examples: [hi, hello]\n'}}
+
+
+async def test_a_new_bot_becomes_its_first_deployers_tenants(gw: Gateway,
+                                                             issuer: TestIssuer) -> None:
+    gw.hub.served = {"alpha", "beta", "legacy"}  # served bots exist; others do not yet
+    acme = await gw.key(Role.ADMIN, bots=("*",), tenant="acme")
+    globex = await gw.key(Role.ADMIN, bots=("*",), tenant="globex")
+    url = "/v1/admin/bots/{bot}/definition"
+    response = await gw.client.put(url.format(bot="fresh"), headers=auth(acme),
+                                   json=bot_files("fresh"))
+    assert response.status == 200, await response.text()
+    assert gw.owners.records["fresh"] == "acme"
+    # taken: owned by another tenant, or served without an owner record: the one 404
+    for bot in ("fresh", "alpha", "legacy"):
+        response = await gw.client.put(url.format(bot=bot), headers=auth(globex),
+                                       json=bot_files(bot))
+        assert (await problem_of(response, 404))["detail"] == f"no bot {bot!r} here"
+    # a key cannot create a bot for another tenant, nor for `*`
+    for tenant in ("acme", "*", "bad tenant"):
+        response = await gw.client.put(f"{url.format(bot='other')}?tenant={tenant}",
+                                       headers=auth(globex), json=bot_files("other"))
+        await problem_of(response, 404)
+    assert "other" not in gw.owners.records
+    # a person with edit in two tenants names the one the bot is for
+    person = issuer.token(**roles(acme=["editor"], initech=["editor"]))
+    response = await gw.client.put(url.format(bot="multi"), headers=auth(person),
+                                   json=bot_files("multi"))
+    await problem_of(response, 404)
+    response = await gw.client.put(f"{url.format(bot='multi')}?tenant=initech",
+                                   headers=auth(person), json=bot_files("multi"))
+    assert response.status == 200, await response.text()
+    assert gw.owners.records["multi"] == "initech"
+    # an owned bot keeps its owner: naming another is a conflict
+    response = await gw.client.put(f"{url.format(bot='multi')}?tenant=acme",
+                                   headers=auth(person), json=bot_files("multi"))
+    await problem_of(response, 409)
+    events = [e for e in gw.app[STATE].audit.events  # type: ignore[union-attr]
+              if e.action == "bot.owner_set"]
+    assert [(e.target["bot_id"], e.tenant) for e in events] == [("fresh", "acme"),
+                                                               ("multi", "initech")]

@@ -15,7 +15,7 @@ from aiohttp.typedefs import Handler
 
 from services.common.errors import DomainError, PermissionDenied
 from services.common.logging import bind_correlation_id, get_logger
-from services.gateway.access import ALL_TENANTS, BotNotFound, Permission
+from services.gateway.access import ALL_TENANTS, TENANT_NAME, BotNotFound, Permission
 from services.gateway.auth import Principal
 from services.gateway.channels.widget import allowed_origins
 from services.gateway.http.bodies import PATH_IDS, check_path_id
@@ -298,10 +298,11 @@ async def new_bot_tenant(request: web.Request, principal: Principal, need: Permi
     state = state_of(request)
     if await state.auth.owners.owner(bot) is not None or await bot_exists(state, bot):
         raise BotNotFound(bot)
-    wanted = request.query.get("tenant") or None
+    wanted = request.query.get("tenant")
     tenants = [t for t in principal.tenants_with(need) if t != ALL_TENANTS]
     if wanted is not None:
-        tenants = [wanted] if need in principal.permissions(wanted) else []
+        tenants = [wanted] if TENANT_NAME.match(wanted) and need in principal.permissions(
+            wanted) else []
     if len(tenants) != 1 or not principal.allows_bot(bot) or principal.is_visitor:
         raise BotNotFound(bot)
     return tenants[0]
