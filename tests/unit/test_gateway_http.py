@@ -1093,3 +1093,23 @@ async def test_a_platform_conversation_takes_user_messages_from_its_platform_onl
     ordinary = await gw.client.post(f"{conv(conversation='telegramfan')}/messages",
                                     headers=auth(client), json={"text": "hi"})
     assert ordinary.status == 200
+
+
+# The least key role of every route before routes named permissions (issue 21): the key roles
+# must keep opening exactly these (services/gateway/access.py ROLE_PERMISSIONS).
+KEY_ROLES_BEFORE_PERMISSIONS = {
+    "publishable": {"create_widget_session", "get_widget_config"},
+    "client": {"post_message", "create_visitor_token", "conversation_socket", "post_feedback"},
+    "agent": {"get_transcript", "list_handoffs", "handoff_socket", "post_agent_message",
+              "post_release", "start_run", "list_runs", "get_run", "cancel_run", "approve_run",
+              "reject_run"},
+}
+
+
+def test_key_roles_open_the_routes_they_opened_before_permissions() -> None:
+    for spec in ROUTES:
+        if spec.needs is None:
+            continue
+        before = next((role for role, names in KEY_ROLES_BEFORE_PERMISSIONS.items()
+                       if spec.name in names), "admin")
+        assert spec.role is not None and spec.role.value == before, spec.name
