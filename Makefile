@@ -48,10 +48,10 @@ test-unit: setup ## Unit tests only (fast, no servers)
 test-integration: setup chromium ## Integration tests (real nats-server and services on port 0)
 	$(PY) -m pytest tests/integration -q -ra
 
-test-security: setup ## Security checks: redaction, fuzzing, audit, abuse suite (docs/security.md)
+test-security: setup ## Security checks: redaction, fuzzing, SSO, audit, abuse suite (docs/security.md)
 	$(PY) -m pytest -q -ra tests/unit/test_security.py tests/unit/test_fuzzing.py \
-		tests/integration/test_privacy.py tests/integration/test_audit.py \
-		tests/integration/test_abuse.py
+		tests/unit/test_gateway_oidc.py tests/integration/test_privacy.py \
+		tests/integration/test_audit.py tests/integration/test_abuse.py
 
 test-chaos: setup ## Chaos tier: kill -9 + restart every component under load (minutes; not in make test)
 	$(PY) -m pytest tests/chaos -m chaos -q -ra

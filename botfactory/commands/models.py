@@ -68,9 +68,26 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--gate", action="store_true",
                         help="publish only if `botfactory gate` passed for this model "
                              "(MODEL_DIR/reports/gate.json)")
+    _tenant_option(parser)
     _rollout_options(parser, required=False)
     parser.set_defaults(func=run_publish)
     _register_models(subparsers)
+
+
+def _tenant_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tenant", type=_tenant, default=None,
+                        help="the tenant that owns the bot, recorded when it has no owner yet "
+                             "(a bot owned by another tenant is refused). Without it nothing "
+                             "is recorded: a bot without an owner belongs to the default "
+                             "tenant (docs/security.md, \"Tenants\")")
+
+
+def _tenant(value: str) -> str:
+    from services.gateway.access import TENANT_NAME
+
+    if not TENANT_NAME.match(value):
+        raise argparse.ArgumentTypeError("a tenant is 1-64 letters, digits, '_' or '-'")
+    return value
 
 
 def _register_models(subparsers: Any) -> None:
@@ -136,12 +153,33 @@ def _run(url: str, work: Callable[[Any], Awaitable[Any]]) -> tuple[int, Any]:
 
     try:
         return 0, asyncio.run(connected())
-    except ModelStoreError as exc:
+    except (ModelStoreError, OwnedElsewhere) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2, None
     except (OSError, TimeoutError) as exc:
         print(f"error: cannot reach NATS at {url}: {exc}", file=sys.stderr)
         return 1, None
+
+
+class OwnedElsewhere(Exception):
+    """The bot belongs to another tenant than the one the command names."""
+
+
+async def claim_bot(bus: Any, bot: str, tenant: str) -> None:
+    """Record `tenant` as the bot's owner unless it has one (audited); OwnedElsewhere when
+    another tenant owns it."""
+    from services.gateway.audit import BOT_OWNER_SET
+    from services.gateway.owners import NatsBotOwners
+
+    owners = await NatsBotOwners.open(bus)
+    before = await owners.owner(bot)
+    owner = await owners.claim(bot, tenant)
+    if owner != tenant:
+        raise OwnedElsewhere(f"bot {bot!r} belongs to tenant {owner!r}, not {tenant!r} "
+                             f"(move it: botfactory bots owner {bot} {tenant})")
+    if before is None:
+        await _audit(bus, BOT_OWNER_SET, {"bot_id": bot, "tenant": tenant, "from": None,
+                                          "recorded_before": False})
 
 
 async def _audit(bus: Any, action: str, target: dict[str, Any]) -> None:
@@ -195,6 +233,8 @@ def run_publish(args: argparse.Namespace) -> int:
         from services.common import audit
         from services.common.modelstore import activate, upload
 
+        if args.tenant is not None:
+            await claim_bot(bus, model.bot, args.tenant)
         ref = await upload(bus, args.model_dir)
         if rolling:
             await _start_rollout(bus, ref.bot, _rollout(args, ref.version))

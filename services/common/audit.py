@@ -48,6 +48,8 @@ class AuditEvent:
     at_unix_ms: int
     correlation_id: str
     event_id: str
+    # A person signed in with OIDC (actor_key_id `user:<subject>`): their e-mail, if given.
+    actor_email: str | None = None
 
 
 def subject(tenant: str) -> str:
@@ -55,7 +57,10 @@ def subject(tenant: str) -> str:
 
 
 def event_json(event: AuditEvent) -> dict[str, Any]:
-    return asdict(event)
+    data = asdict(event)
+    if data["actor_email"] is None:
+        del data["actor_email"]  # API keys and platform actors have none
+    return data
 
 
 def platform_event(actor: str, action: str, target: dict[str, Any], *,

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, Generic, Protocol, TypeVar
 
+from nats.js.errors import KeyNotFoundError
+
 from services.common.logging import get_logger
 from services.common.modelstore import BOT_ID
 from services.common.nats import KV_BOTS, Bus
@@ -85,6 +87,14 @@ class DefinitionStore:
     async def put(self, bot: str, files: dict[str, str]) -> int:
         kv = await self._bus.kv(KV_BOTS)
         return int(await kv.put(definition_key(bot), json.dumps({"files": files}).encode()))
+
+    async def exists(self, bot: str) -> bool:
+        kv = await self._bus.kv(KV_BOTS)
+        try:
+            entry = await kv.get(definition_key(bot))
+        except KeyNotFoundError:
+            return False
+        return bool(entry.value)
 
     @staticmethod
     def decode(data: bytes) -> dict[str, str]:

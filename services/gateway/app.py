@@ -35,6 +35,8 @@ from services.gateway.http.model_versions import MODEL_ROLLOUTS
 from services.gateway.http.review import REVIEW
 from services.gateway.http.trainings import TRAININGS
 from services.gateway.hub import BusHub, BusModelAdmin
+from services.gateway.oidc import OidcSettings, OidcVerifier
+from services.gateway.owners import CachedBotOwners, NatsBotOwners
 from services.gateway.rollouts import BusModelRollouts
 from services.gateway.runs import GrpcRunsClient
 from services.gateway.trainings import BusTrainings
@@ -92,7 +94,11 @@ class GatewayServer:
         self.webhooks = WebhookRelay(bus, NatsWebhookStore(bus, box), sender)
         await self.webhooks.start()
         # One Authenticator and RateLimiter for HTTP and gRPC: a key's rate is shared by both.
-        auth = build_authenticator(keys, self.config)
+        # Bots' tenants (services/gateway/owners.py) and people's tokens (OIDC) as well.
+        owners = CachedBotOwners(await NatsBotOwners.open(bus), self.config.key_cache_s)
+        people = OidcVerifier(OidcSettings.of(self.config)) if self.config.oidc_enabled \
+            else None
+        auth = build_authenticator(keys, self.config, owners=owners, people=people)
         limiter = build_limiter(self.config)
         if self.config.rpa_address:
             self.runs = GrpcRunsClient(self.config.rpa_address, self.config.rpa_timeout_s)
@@ -100,7 +106,8 @@ class GatewayServer:
                          definitions=DefinitionStore(bus),
                          webhooks=FollowedWebhookStore(webhook_store, self.webhooks),
                          ready=lambda: hub.connected, auth=auth, limiter=limiter,
-                         audit=BusAuditLog(bus), runs=self.runs)
+                         audit=BusAuditLog(bus), runs=self.runs, owners=owners,
+                         people=people)
         app[REVIEW] = ReviewQueue(await bus.kv(KV_REVIEW))
         if self.config.channel_secrets_key:
             app[CHANNELS] = await self._start_channels(bus)

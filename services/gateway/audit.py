@@ -29,11 +29,13 @@ from services.common.audit import (  # the event shape and its store are shared 
     record,
     subject,
 )
-from services.gateway.auth import ALL_TENANTS, Principal
+from services.gateway.access import ALL_TENANTS
+from services.gateway.auth import Principal
 
 __all__ = ["MODEL_ACTIVATED", "PLATFORM_TENANT", "SUBJECT_PREFIX", "AuditEvent", "BusAuditLog",
            "event_json", "record", "subject"]
 
+BOT_OWNER_SET = "bot.owner_set"
 KEY_CREATED = "key.created"
 KEY_REVOKED = "key.revoked"
 BOT_DEPLOYED = "bot.deployed"
@@ -43,17 +45,19 @@ CHANNEL_SET = "channel.set"
 CHANNEL_DELETED = "channel.deleted"
 TRAINING_STARTED = "training.started"
 TRAINING_CANCELLED = "training.cancelled"
-ACTIONS = (KEY_CREATED, KEY_REVOKED, BOT_DEPLOYED, WEBHOOK_SET, WEBHOOK_DELETED, CHANNEL_SET,
-           CHANNEL_DELETED, TRAINING_STARTED, TRAINING_CANCELLED, *MODEL_ACTIONS)
+ACTIONS = (KEY_CREATED, KEY_REVOKED, BOT_DEPLOYED, BOT_OWNER_SET, WEBHOOK_SET,
+           WEBHOOK_DELETED, CHANNEL_SET, CHANNEL_DELETED, TRAINING_STARTED, TRAINING_CANCELLED,
+           *MODEL_ACTIONS)
 
 
 def new_event(principal: Principal, action: str, target: dict[str, Any], *,
               correlation_id: str, tenant: str | None = None) -> AuditEvent:
-    """The event of `principal` doing `action` to `target` (about `tenant`; default: the
-    actor's own, `_platform` for the bootstrap key)."""
+    """The event of `principal` doing `action` to `target` (about `tenant`: a key's tenant, a
+    bot's; default: the actor's own, `_platform` for the bootstrap key). A person signed in
+    with OIDC is the actor `user:<subject>`, with their e-mail when the token has one."""
     if tenant is None or tenant == ALL_TENANTS:
         tenant = principal.tenant if principal.tenant != ALL_TENANTS else PLATFORM_TENANT
     return AuditEvent(tenant=tenant, action=action, actor_key_id=principal.key_id,
                       actor_tenant=principal.tenant, target=target,
                       at_unix_ms=int(time.time() * 1000), correlation_id=correlation_id,
-                      event_id=uuid.uuid4().hex)
+                      event_id=uuid.uuid4().hex, actor_email=principal.email)

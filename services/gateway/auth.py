@@ -30,7 +30,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from nats.js.errors import (
     BucketNotFoundError,
@@ -43,7 +43,18 @@ from nats.js.kv import KeyValue
 from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.logging import get_logger
 from services.common.nats import Bus
-from services.gateway.ports import ALL_BOTS, ApiKeyRecord, KeyStore, Role
+from services.gateway.access import (
+    ALL_TENANTS,
+    DEFAULT_TENANT,
+    ROLE_PERMISSIONS,
+    TENANT_NAME,
+    BotNotFound,
+    Permission,
+    bot_tenant,
+    least_key_role,
+)
+from services.gateway.owners import MemoryBotOwners
+from services.gateway.ports import ALL_BOTS, ApiKeyRecord, BotOwners, KeyStore, Role
 from services.gateway.ratelimit import AuthThrottled, RateLimited, RateLimiter
 from services.gateway.visitor import (
     INVALID_TOKEN,
@@ -59,11 +70,13 @@ KEY_PREFIX = "bfk_"
 PUBLISHABLE_PREFIX = "pk_"
 KV_APIKEYS = "apikeys"
 BOOTSTRAP_KEY_ID = "bootstrap"
-ALL_TENANTS = "*"
 INVALID_KEY = "missing or invalid API key"
-TENANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TENANT_RE = TENANT_NAME
 MAX_CACHED_KEYS = 10_000
 MAX_TOKEN_CHARS = 256
+# A bearer JWT (OIDC, services/gateway/oidc.py): header.payload.signature, base64url.
+JWT_SHAPE = re.compile(r"^eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
+MAX_JWT_CHARS = 16_384
 KEY_SHAPE = re.compile(r"^(?:bfk|pk)_([0-9a-f]{1,64})_[A-Za-z0-9_-]{1,190}$")
 
 
@@ -92,16 +105,27 @@ def key_prefix(role: Role) -> str:
     return PUBLISHABLE_PREFIX if role is Role.PUBLISHABLE else KEY_PREFIX
 
 
+Grants = tuple[tuple[str, frozenset[Permission]], ...]
+
+# What a route's least key role stood for before routes named permissions (callers that
+# still pass a Role: the gRPC API).
+ROLE_NEEDS = {Role.PUBLISHABLE: Permission.WIDGET, Role.CLIENT: Permission.CONVERSE,
+              Role.AGENT: Permission.AGENT, Role.ADMIN: Permission.ADMIN}
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the scope of the key that authenticated the request, or of a visitor
-    token (`conversation` set: that conversation of its one bot and nothing else)."""
+    """Who is calling: the scope of the key that authenticated the request, of a visitor
+    token (`conversation` set: that conversation of its one bot and nothing else), or of a
+    person signed in with OIDC (`grants`: their permissions per tenant; `role` None)."""
 
     key_id: str
     tenant: str
     bots: tuple[str, ...]
-    role: Role
+    role: Role | None
     conversation: str | None = None
+    grants: Grants | None = None
+    email: str | None = None
 
     @classmethod
     def of(cls, record: ApiKeyRecord) -> Principal:
@@ -114,13 +138,51 @@ class Principal:
         return cls(f"{claims.issuer}:{claims.bot}:{claims.conversation}", tenant,
                    (claims.bot,), Role.CLIENT, claims.conversation)
 
+    @classmethod
+    def person(cls, subject: str, grants: Grants, email: str | None = None) -> Principal:
+        """A person signed in with OIDC: every bot of the tenants they have roles in. `tenant`
+        (the audit's actor tenant only: what they may do is in `grants`) is their one tenant,
+        `*` with several, empty with none."""
+        tenants = {tenant for tenant, _ in grants}
+        tenant = next(iter(tenants)) if len(tenants) == 1 else ALL_TENANTS if tenants else ""
+        return cls(f"user:{subject}", tenant, (ALL_BOTS,), None, grants=grants, email=email)
+
     @property
     def is_visitor(self) -> bool:
         return self.conversation is not None
 
     @property
+    def is_person(self) -> bool:
+        return self.grants is not None
+
+    @property
     def is_publishable(self) -> bool:
         return self.role is Role.PUBLISHABLE
+
+    @property
+    def all_grants(self) -> Grants:
+        """(tenant, permissions) pairs: a key's one tenant and role, a person's roles."""
+        if self.grants is not None:
+            return self.grants
+        if self.role is None:
+            return ()
+        return ((self.tenant, ROLE_PERMISSIONS[self.role.value]),)
+
+    def permissions(self, tenant: str) -> frozenset[Permission]:
+        """What this principal may do in `tenant` (grants of `*` count in every tenant)."""
+        granted: frozenset[Permission] = frozenset()
+        for held, permissions in self.all_grants:
+            if held in (ALL_TENANTS, tenant):
+                granted |= permissions
+        return granted
+
+    def may_somewhere(self, permission: Permission) -> bool:
+        return any(permission in permissions for _, permissions in self.all_grants)
+
+    def tenants_with(self, permission: Permission) -> tuple[str, ...]:
+        """The tenants where this principal has `permission` (`*`: every tenant)."""
+        return tuple(sorted({held for held, permissions in self.all_grants
+                             if permission in permissions}))
 
     def rate_bucket(self, client: str) -> str:
         """The rate-limit bucket of a request: the key's, but a publishable key's is split by
@@ -132,14 +194,40 @@ class Principal:
         return ALL_BOTS in self.bots or bot in self.bots
 
     def manages_tenant(self, tenant: str) -> bool:
-        return self.role is Role.ADMIN and self.tenant in (ALL_TENANTS, tenant)
+        return Permission.ADMIN in self.permissions(tenant)
 
     def covers_bots(self, bots: Iterable[str]) -> bool:
         """Whether every bot in `bots` is within this key's scope (`*` only within `*`)."""
         return all(self.allows_bot(bot) for bot in bots)
 
+    def bot_permissions(self, bot: str, owner: str | None,
+                        default_tenant: str = DEFAULT_TENANT) -> frozenset[Permission] | None:
+        """What this principal may do to `bot` (owned by `owner`; None: no owner record, the
+        default tenant's); None when the bot is out of its reach.
+
+        A bot is in reach when the principal's bots include it (`*`: all) and it belongs to
+        one of the principal's tenants. One exception keeps the keys issued before bots had
+        owners working: a key that names a bot without an owner record explicitly (not
+        through `*`) reaches it whatever the key's tenant (`make run`'s demo keys do)."""
+        if not self.allows_bot(bot):
+            return None
+        tenant = bot_tenant(owner, default_tenant)
+        if any(held in (ALL_TENANTS, tenant) for held, _ in self.all_grants):
+            return self.permissions(tenant)
+        if owner is None and bot in self.bots and not self.is_person:
+            return self.permissions(self.tenant)
+        return None
+
 
 BOOTSTRAP_PRINCIPAL = Principal(BOOTSTRAP_KEY_ID, ALL_TENANTS, (ALL_BOTS,), Role.ADMIN)
+
+
+class PeopleVerifier(Protocol):
+    """Bearer JWTs of people (services/gateway/oidc.py)."""
+
+    async def principal(self, token: str) -> Principal:
+        """The person's principal; Unauthenticated for any token that does not verify."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -160,10 +248,18 @@ class Authenticator:
     def __init__(self, store: KeyStore, pepper: str, *, bootstrap_key: str = "",
                  cache_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
                  failures: RateLimiter | None = None,
-                 tokens: VisitorTokens | None = None) -> None:
+                 tokens: VisitorTokens | None = None,
+                 owners: BotOwners | None = None,
+                 default_tenant: str = DEFAULT_TENANT,
+                 people: PeopleVerifier | None = None) -> None:
         self.store = store
         self.failures = failures
         self.tokens = tokens if tokens is not None else VisitorTokens("", 0.0)
+        # Which tenant owns each bot (services/gateway/owners.py): every bot is checked.
+        self.owners: BotOwners = owners if owners is not None else MemoryBotOwners()
+        self.default_tenant = default_tenant
+        # Bearer JWTs of people (OIDC, services/gateway/oidc.py); None: OIDC is off.
+        self.people = people
         self._pepper = pepper
         self._bootstrap_hash = hash_secret(pepper, bootstrap_key) if bootstrap_key else ""
         self._cache_s = cache_s
@@ -192,6 +288,7 @@ class Authenticator:
     def _failed(self, token: str | None, client: str) -> None:
         shape = KEY_SHAPE.match(token or "")
         reason = ("missing" if not token else "visitor_token_invalid" if is_visitor_token(token)
+                  else "jwt_invalid" if is_jwt(token)
                   else "malformed" if shape is None else "unknown_or_revoked")
         log.warning("auth_failed", client=client, reason=reason,
                     key_id=shape.group(1) if shape else None)
@@ -205,6 +302,8 @@ class Authenticator:
     async def _authenticate(self, token: str | None) -> Principal:
         if token and is_visitor_token(token):
             return await self._visitor(token)
+        if token and self.people is not None and is_jwt(token):
+            return await self.people.principal(token)
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise Unauthenticated(INVALID_KEY)
         key_hash = hash_secret(self._pepper, token)
@@ -254,10 +353,23 @@ class Authenticator:
         (unix seconds). Visitors cannot mint (a token would renew itself forever)."""
         if principal.is_visitor:
             raise PermissionDenied("a visitor token cannot issue visitor tokens")
+        if principal.is_person:
+            raise PermissionDenied("visitor tokens are issued with API keys (a person's "
+                                   "sign-in cannot vouch for them once it ends)")
         token, expires = self.tokens.mint(principal.key_id, bot, conversation)
         log.info("visitor_token_issued", key_id=principal.key_id, bot=bot,
                  conversation=conversation, expires_unix_s=expires)
         return token, expires
+
+    async def admit(self, principal: Principal, need: Permission | Role, bot: str | None = None,
+                    *, conversation: str | None = None) -> str | None:
+        """`authorize` with the bot's owner looked up; the tenant the bot belongs to (None
+        without a bot). 403 PermissionDenied for a missing permission, 404 BotNotFound for
+        a bot out of reach (another tenant's, not in the key's bots, or none)."""
+        owner = await self.owners.owner(bot) if bot is not None else None
+        authorize(principal, need, bot, conversation=conversation, owner=owner,
+                  default_tenant=self.default_tenant)
+        return bot_tenant(owner, self.default_tenant) if bot is not None else None
 
     async def _lookup(self, key_hash: str) -> Principal:
         record = await self.store.get_by_hash(key_hash)
@@ -293,24 +405,44 @@ class Authenticator:
         return record
 
 
-def authorize(principal: Principal, role: Role, bot: str | None = None, *,
-              conversation: str | None = None) -> None:
-    """Raise PermissionDenied unless the principal has `role` (or more) and access to `bot`.
+def authorize(principal: Principal, need: Permission | Role, bot: str | None = None, *,
+              conversation: str | None = None, owner: str | None = None,
+              default_tenant: str = DEFAULT_TENANT) -> None:
+    """Raise unless the principal may do what needs `need` to `bot` (owned by `owner`; None:
+    no owner record). The checks, in order, so that no answer depends on another tenant:
+
+    1. the principal has `need` in none of its tenants: 403 (whatever the bot);
+    2. the bot is out of its reach (another tenant's, not in its key's bots, or a bot that
+       does not exist in a tenant it has no role in): 404, one answer for all;
+    3. it lacks `need` in the bot's tenant (a person with roles in several tenants): 403.
 
     `conversation`: the operation is on this conversation and a visitor token of it may do
-    it too; without it, visitor tokens are refused."""
+    it too; without it, visitor tokens are refused. A `Role` stands for its permission
+    (ROLE_NEEDS)."""
+    if isinstance(need, Role):
+        need = ROLE_NEEDS[need]
     if principal.is_visitor:
         _authorize_visitor(principal, bot, conversation)
-        return
-    if principal.is_publishable and role is not Role.PUBLISHABLE:
+    elif principal.is_publishable and need is not Permission.WIDGET:
         raise PermissionDenied("a publishable key (pk_) only reads a bot's widget settings "
                                "and starts widget sessions")
-    if not principal.role.includes(role):
-        also = "" if conversation is None else ", or a visitor token of this conversation"
-        raise PermissionDenied(f"this API key's role ({principal.role.value}) "
-                               f"may not do this (needs {role.value}{also})")
-    if bot is not None and not principal.allows_bot(bot):
-        raise PermissionDenied(f"this API key has no access to bot {bot!r}")
+    elif not principal.may_somewhere(need):
+        raise PermissionDenied(_lacking(principal, need, conversation))
+    if bot is None:
+        return
+    permissions = principal.bot_permissions(bot, owner, default_tenant)
+    if permissions is None:
+        raise BotNotFound(bot)
+    if need not in permissions and not principal.is_visitor:
+        raise PermissionDenied(_lacking(principal, need, conversation))
+
+
+def _lacking(principal: Principal, need: Permission, conversation: str | None) -> str:
+    also = "" if conversation is None else ", or a visitor token of this conversation"
+    if principal.role is not None:
+        return (f"this API key's role ({principal.role.value}) may not do this (needs "
+                f"{least_key_role(need)}{also})")
+    return f"your roles may not do this here (needs the {need.value} permission{also})"
 
 
 def _authorize_visitor(principal: Principal, bot: str | None, conversation: str | None) -> None:
@@ -321,11 +453,16 @@ def _authorize_visitor(principal: Principal, bot: str | None, conversation: str 
         raise PermissionDenied("this visitor token is for another conversation")
 
 
+def is_jwt(token: str) -> bool:
+    return len(token) <= MAX_JWT_CHARS and JWT_SHAPE.match(token) is not None
+
+
 def _well_formed(token: str | None) -> bool:
-    """Whether `token` has the shape of an API key or a visitor token (worth a look-up)."""
+    """Whether `token` has the shape of an API key, a visitor token or a JWT (worth a
+    look-up)."""
     if not token:
         return False
-    return KEY_SHAPE.match(token) is not None or is_visitor_token(token)
+    return KEY_SHAPE.match(token) is not None or is_visitor_token(token) or is_jwt(token)
 
 
 def record_to_json(record: ApiKeyRecord) -> bytes:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.config import load_config, require
+from services.common.openid import safe_url as secure_url
 from services.common.subjects import DEFAULT_PARTITIONS
 from services.gateway.channels.secrets import SecretsKeyInvalid, parse_keys
 
@@ -15,6 +16,8 @@ SECTION = "gateway"
 PREFIX = "BOTFACTORY_GATEWAY_"
 MIN_SECRET_CHARS = 16
 ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+TENANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ROLES_CLAIM = re.compile(r"^[A-Za-z0-9_:/.#-]{1,200}$")
 MIN_VISITOR_SECRET_CHARS = 32
 MAX_VISITOR_TOKEN_TTL_S = 7 * 24 * 3600
 
@@ -89,6 +92,35 @@ class GatewayConfig:
     rpa_timeout_s: float = 10.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
+    # Tenancy (docs/security.md, "Tenants"): the tenant of the bots that have no owner record
+    # (bot folders loaded by the dialogue service, bots deployed before tenancy).
+    default_tenant: str = "default"
+    # Single sign-on for people (docs/security.md, "Single sign-on"); off while oidc_issuer
+    # is empty. The issuer's URL (its discovery document is <issuer>/.well-known/
+    # openid-configuration; https, or http to this machine), this gateway's client id there
+    # (the audience of its tokens), and the client secret when the client is confidential.
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    # The audience bearer tokens must name (default: the client id).
+    oidc_audience: str = ""
+    # The claim with the person's roles per tenant: {"acme": ["editor"]} or ["acme:editor"]
+    # (a dotted path reaches a nested claim: resource_access.botfactory.roles).
+    oidc_roles_claim: str = "botfactory_roles"
+    # Clock skew allowed on exp / nbf / iat (seconds).
+    oidc_clock_skew_s: float = 60.0
+    oidc_scopes: str = "openid email profile"
+    # Where the issuer sends the browser back: this gateway's /auth/callback as browsers
+    # reach it (default: from the request; set it behind a proxy that terminates TLS).
+    oidc_redirect_url: str = ""
+    # How long a browser session lasts (the signed, encrypted cookie), seconds.
+    oidc_session_ttl_s: float = 3600.0
+    # The key of the session cookies (at least 32 characters; default: derived from the
+    # visitor token secret). The same on every replica.
+    oidc_session_secret: str = ""
+    # A token naming a signing key not seen yet refetches the issuer's keys at most this
+    # often (key rotation; seconds).
+    oidc_keys_refetch_s: float = 30.0
     # Backpressure (docs/gateway.md): messages accepted by this replica whose replies are not
     # complete, in all and per bot; the dialogue's backlog (checked every backlog_check_s).
     # Above a bound new messages get 503 + Retry-After (overload_retry_after_s).
@@ -115,6 +147,43 @@ class GatewayConfig:
         self._validate_channels()
         self._validate_backpressure()
         self._validate_tls()
+        self._validate_tenancy()
+        self._validate_oidc()
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer)
+
+    def _validate_tenancy(self) -> None:
+        require(TENANT.match(self.default_tenant) is not None, f"{PREFIX}DEFAULT_TENANT",
+                "must be a tenant name: 1-64 letters, digits, '_' or '-'")
+
+    def _validate_oidc(self) -> None:
+        if not self.oidc_issuer:
+            return
+        require(secure_url(self.oidc_issuer) and "?" not in self.oidc_issuer
+                and "#" not in self.oidc_issuer, f"{PREFIX}OIDC_ISSUER",
+                "must be an https:// URL (http:// only to localhost), without query or "
+                "fragment, e.g. https://keycloak.example.com/realms/botfactory")
+        require(bool(self.oidc_client_id.strip()), f"{PREFIX}OIDC_CLIENT_ID",
+                "must be set when OIDC_ISSUER is (the gateway's client id at the issuer)")
+        require(ROLES_CLAIM.match(self.oidc_roles_claim) is not None,
+                f"{PREFIX}OIDC_ROLES_CLAIM", "must be a claim name or a dotted path of them")
+        require(0 <= self.oidc_clock_skew_s <= 300, f"{PREFIX}OIDC_CLOCK_SKEW_S",
+                "must be 0..300 seconds")
+        require("openid" in self.oidc_scopes.split(), f"{PREFIX}OIDC_SCOPES",
+                "must include openid (space-separated scopes)")
+        require(not self.oidc_redirect_url or (secure_url(self.oidc_redirect_url)
+                                               and self.oidc_redirect_url.endswith(
+                                                   "/auth/callback")),
+                f"{PREFIX}OIDC_REDIRECT_URL", "must be this gateway's https://.../auth/callback "
+                "(http:// only to localhost)")
+        require(60 <= self.oidc_session_ttl_s <= 7 * 24 * 3600, f"{PREFIX}OIDC_SESSION_TTL_S",
+                "must be 60..604800 seconds")
+        require(not self.oidc_session_secret or len(self.oidc_session_secret) >= 32,
+                f"{PREFIX}OIDC_SESSION_SECRET", "must be empty or at least 32 characters")
+        require(1 <= self.oidc_keys_refetch_s <= 3600, f"{PREFIX}OIDC_KEYS_REFETCH_S",
+                "must be 1..3600 seconds")
 
     def _validate_backpressure(self) -> None:
         require(all(o == "*" or ORIGIN.match(o) for o in self.cors_allowed_origins),

@@ -22,7 +22,7 @@ import grpc
 from services.common.errors import DomainError, InvalidArgument, Unavailable, grpc_errors
 from services.common.logging import get_logger
 from services.common.pb.botfactory.v1 import conversation_pb2, gateway_pb2, gateway_pb2_grpc
-from services.gateway.auth import Authenticator, Principal, authorize
+from services.gateway.auth import Authenticator, Principal
 from services.gateway.backpressure import RetryLater
 from services.gateway.config import GatewayConfig
 from services.gateway.http import conversations
@@ -138,12 +138,13 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
 
     async def _admit(self, context: grpc.aio.ServicerContext, bot: str, conversation: str,
                      role: Role = Role.CLIENT) -> Principal:
-        """UNAUTHENTICATED → RESOURCE_EXHAUSTED → INVALID_ARGUMENT (ids) → PERMISSION_DENIED.
-        The conversation's visitor token is accepted as well as a key with `role`."""
+        """UNAUTHENTICATED → RESOURCE_EXHAUSTED → INVALID_ARGUMENT (ids) → PERMISSION_DENIED
+        → NOT_FOUND (a bot out of reach: another tenant's), as HTTP. The conversation's
+        visitor token is accepted as well as a key with `role`."""
         principal = await self._authenticate(context)
         check_path_id(bot, "bot")
         check_path_id(conversation, "conversation")
-        authorize(principal, role, bot, conversation=conversation)
+        await self.auth.admit(principal, role, bot, conversation=conversation)
         return principal
 
     def _wait_s(self, context: grpc.aio.ServicerContext) -> float:
@@ -228,7 +229,7 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
             return
         check_path_id(first.bot_id, "bot")
         check_path_id(first.conversation_id, "conversation")
-        authorize(principal, Role.CLIENT, first.bot_id)
+        await self.auth.admit(principal, Role.CLIENT, first.bot_id)
         session = _Session(self, context, token, first.bot_id, first.conversation_id)
         await session.run(first, request_iterator)
 
@@ -343,7 +344,7 @@ class _Session:
         another conversation raises: it ends the call."""
         service = self.service
         principal = await service.auth.authenticate(self.token)
-        authorize(principal, Role.CLIENT, self.bot)
+        await service.auth.admit(principal, Role.CLIENT, self.bot)
         if request.bot_id not in ("", self.bot) or \
                 request.conversation_id not in ("", self.conversation):
             raise InvalidArgument("a Converse call carries messages of one bot and conversation: "

@@ -156,6 +156,28 @@ class KeyStore(Protocol):
         ...
 
 
+class BotOwners(Protocol):
+    """Which tenant owns each bot (services/gateway/owners.py: KV `bots`, keys `owner.<bot>`).
+    A bot without a record belongs to the default tenant (services/gateway/access.py)."""
+
+    async def owner(self, bot: str) -> str | None:
+        """The owner record's tenant; None when the bot has none."""
+        ...
+
+    async def claim(self, bot: str, tenant: str) -> str:
+        """Record `tenant` as the bot's owner unless it has one already (atomic: of two
+        concurrent claims one wins); the owner afterwards."""
+        ...
+
+    async def set_owner(self, bot: str, tenant: str) -> str | None:
+        """Record `tenant` as the bot's owner, replacing any; the previous owner."""
+        ...
+
+    async def owners(self) -> dict[str, str]:
+        """Every owner record: bot → tenant."""
+        ...
+
+
 class ModelAdmin(Protocol):
     async def activate(self, bot: str, version: str) -> None:
         """Make `version` the bot's active model (services.common.modelstore.activate)."""
@@ -201,6 +223,10 @@ class ModelRollouts(Protocol):
 class DefinitionStore(Protocol):
     async def put(self, bot: str, files: dict[str, str]) -> int:
         """Store a validated bot definition (relative path → YAML text); returns its revision."""
+        ...
+
+    async def exists(self, bot: str) -> bool:
+        """Whether the bot has a deployed definition."""
         ...
 
 

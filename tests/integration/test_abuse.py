@@ -38,7 +38,8 @@ from botfactory.local.nats_server import NatsServer
 from services.common.logging import configure_logging
 from services.common.nats import KV_TRACKERS, connect
 from services.common.pb.botfactory.v1 import conversation_pb2, gateway_pb2, gateway_pb2_grpc
-from services.gateway.http.routes import ROUTES, RouteSpec
+from services.gateway.access import ROLE_PERMISSIONS
+from services.gateway.http.routes import ROUTES, SPEC, RouteSpec
 from services.gateway.http.state import STATE
 from tests.support.rpa import harness, write_test_bot
 from tests.support.stack import BOOTSTRAP, Stack, running_stack
@@ -119,7 +120,7 @@ def route_call(spec: RouteSpec, *, bot: str, conversation: str, message_id: str,
         "put_webhook": {"url": "https://evil.example.com/steal", "secret": "s" * 32},
         "put_channel": {"bot_token": "123456:" + "a" * 30, "secret_token": "evil-secret"},
     }
-    if spec.name == "list_keys":
+    if spec.name in ("list_keys", "list_bots"):
         path += f"?tenant={tenant_name}"
     return path, bodies.get(spec.name)
 
@@ -170,9 +171,11 @@ async def test_keys_of_another_tenant_reach_nothing(stack: Stack) -> None:
                 status = await socket_status(stack, path, key)
             else:
                 status, _ = await request(stack, spec.method, path, key, body=body)
-            # a key id of another tenant is "not found" for an admin (it is not told it
-            # exists); everything else is refused
-            expected = 404 if (spec.name == "revoke_key" and role == "admin") else 403
+            # a bot of another tenant, or a key id, is "not found" when the role may do
+            # the thing (it is not told they exist); the rest is refused by the role
+            allowed = spec.needs in ROLE_PERMISSIONS[role]
+            expected = 404 if allowed and ("{bot}" in spec.path or "{key_id}" in spec.path) \
+                else 403
             assert status == expected, (spec.name, role, status)
         tried.add(spec.name)
     assert tried == {spec.name for spec in GUARDED}
@@ -200,10 +203,14 @@ async def test_keys_of_another_tenant_reach_nothing(stack: Stack) -> None:
                 bot_id="banking", conversation_id="c1", message_id=reply_id, rating=1)),
                 metadata=bearer(evil.client), timeout=10),
         ]
-        for call in calls:
+        # sending and rating: a client may, not to this bot (NOT_FOUND); the transcript: a
+        # client may not read any (PERMISSION_DENIED)
+        expected = [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
+                    grpc.StatusCode.NOT_FOUND]
+        for call, code in zip(calls, expected, strict=True):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call
-            assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert caught.value.code() == code
 
     # nothing changed for acme
     assert await stack.transcript("c1") == before
@@ -211,6 +218,185 @@ async def test_keys_of_another_tenant_reach_nothing(stack: Stack) -> None:
     status, kept = await request(stack, "GET", "/v1/admin/bots/banking/webhook", acme.admin)
     assert status == 200 and kept["url"] == hook["url"]
     assert (await stack.post("c1", "/greet", key=acme.client))[0] == 200
+
+
+# --- tenants own bots: the whole matrix -------------------------------------------------------
+
+
+@dataclass
+class Owned:
+    """Tenant B ("bravo") and its bot with data: a conversation, a webhook, keys."""
+
+    admin: str
+    admin_id: str
+    agent: str
+    client: str
+    client_id: str
+    reply_id: str
+    secrets: tuple[str, ...]  # what must never show in an answer to another tenant
+
+
+async def bravo_owns_banking(stack: Stack) -> Owned:
+    status, _ = await request(stack, "PUT", "/v1/admin/bots/banking/owner", BOOTSTRAP,
+                              body={"tenant": "bravo"})
+    assert status == 200
+    admin_id, admin = await create_key(stack, BOOTSTRAP, "bravo", ["*"], "admin")
+    _, agent = await create_key(stack, admin, "bravo", ["*"], "agent")
+    client_id, client = await create_key(stack, admin, "bravo", ["*"], "client")
+    text = "bravo private words 4821"
+    status, sent = await stack.post("bc1", text, key=client)
+    assert status == 200, sent
+    hook = {"url": "https://bravo-hooks.example.com/in", "secret": "b" * 32}
+    assert (await request(stack, "PUT", "/v1/admin/bots/banking/webhook", admin,
+                          body=hook))[0] == 200
+    reply_id = sent["replies"][0]["message_id"]
+    return Owned(admin, admin_id, agent, client, client_id, reply_id,
+                 (text, "bravo", "bravo-hooks", admin_id, client_id, reply_id,
+                  sent["message_id"]))
+
+
+async def bravo_state(stack: Stack, bravo: Owned) -> list[Any]:
+    """Everything of bravo's the matrix must leave as it was."""
+    path = "/v1/bots/banking/conversations/bc1/transcript"
+    return [await request(stack, "GET", path, bravo.agent),
+            await request(stack, "GET", "/v1/admin/bots/banking/webhook", bravo.admin),
+            await request(stack, "GET", "/v1/admin/bots/banking/owner", bravo.admin),
+            await request(stack, "GET", "/v1/admin/keys", bravo.admin),
+            await request(stack, "GET", "/v1/admin/bots/banking/channels/telegram",
+                          bravo.admin)]
+
+
+def router_routes(stack: Stack) -> list[tuple[str, str, RouteSpec | None]]:
+    """(method, path, spec) of every route of the running gateway's router: taken from the
+    application, not from a list, so that a route added later is in the matrix at once."""
+    assert stack.gateway.runner is not None
+    app = stack.gateway.runner.app
+    found = []
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("formatter") or info.get("path")
+        assert path, route
+        spec = app[SPEC].get(route.resource.name or "") if route.resource else None
+        found.append((route.method, path, spec))
+    return found
+
+
+async def test_no_route_reaches_another_tenants_bot(stack: Stack) -> None:
+    """Every route of the router, with any key of tenant A, on tenant B's bot: 403 or 404.
+
+    The routes come from the running gateway's router (so a new route is in the matrix at
+    once); tenant A has admin, agent and client keys with bots `*`, and an admin key that
+    names B's bot; each answer is 403 or 404 (404 whenever A's role would allow the call:
+    only the tenant refuses it), carries none of B's data, and nothing of B's changes."""
+    bravo = await bravo_owns_banking(stack)
+    before = await bravo_state(stack, bravo)
+    _, a_admin = await create_key(stack, BOOTSTRAP, "alpha", ["*"], "admin")
+    a_keys = {"admin": a_admin,
+              "agent": (await create_key(stack, a_admin, "alpha", ["*"], "agent"))[1],
+              "client": (await create_key(stack, a_admin, "alpha", ["*"], "client"))[1],
+              # issued by the platform, naming B's bot: still A's key, so it reaches nothing
+              "admin naming banking": (await create_key(stack, BOOTSTRAP, "alpha",
+                                                        ["banking"], "admin"))[1]}
+    bodies = {"put_bot_owner": {"tenant": "alpha"}}
+    tried: set[tuple[str, str]] = set()
+    for method, path, spec in router_routes(stack):
+        if spec is None or spec.needs is None:
+            # public: health, documents, pages, the widget's script; a platform's channel
+            # webhook is verified by the platform's own signature, never by a key
+            assert spec is None or spec.name in ("channel_inbound", "channel_handshake") \
+                or "{bot}" not in path, (method, path)
+            continue
+        url, body = route_call(spec, bot="banking", conversation="bc1",
+                               message_id=bravo.reply_id, key_id=bravo.client_id,
+                               tenant_name="bravo")
+        body = bodies.get(spec.name, body)
+        for role, key in a_keys.items():
+            if spec.websocket:
+                status, answer = await socket_status(stack, url, key), ""
+            else:
+                status, answer = await request(stack, method, url, key, body=body)
+            assert status in (403, 404), (method, spec.name, role, status, answer)
+            # (what the request itself carries may be echoed: a tenant or key id it names)
+            sent = url + json.dumps(body)
+            text = json.dumps(answer)
+            leaked = [s for s in bravo.secrets if s in text and s not in sent]
+            assert not leaked, (method, spec.name, role, leaked)
+            if "{bot}" in spec.path and spec.needs in ROLE_PERMISSIONS[
+                    role.split()[0]]:  # the role allows it: only the tenant refuses
+                assert (status == 404 and answer in ("", {**NO_BANKING, "title": "Not Found"})) \
+                    or method == "HEAD", (method, spec.name, role, answer)
+        tried.add((method, spec.name))
+    # every guarded route of the table was tried (GET and its HEAD)
+    assert {name for _, name in tried} == {spec.name for spec in GUARDED}
+    assert await bravo_state(stack, bravo) == before
+    # A's listings show nothing of B's
+    for path in ("/v1/admin/keys", "/v1/admin/bots", "/v1/admin/keys?tenant=alpha"):
+        status, listed = await request(stack, "GET", path, a_admin)
+        assert status == 200 and not any(s in json.dumps(listed) for s in bravo.secrets)
+    assert (await request(stack, "GET", "/v1/admin/keys?tenant=bravo", a_admin))[0] == 403
+    # B still works
+    assert (await stack.post("bc1", "again", key=bravo.client))[0] == 200
+
+    # gRPC: the same refusal (NOT_FOUND, as HTTP's 404)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.gateway.grpc_port}") as channel:
+        stub = gateway_pb2_grpc.ChatServiceStub(channel)
+        for call in (
+            stub.SendMessage(gateway_pb2.SendMessageRequest(
+                bot_id="banking", conversation_id="bc1", text="hi"),
+                metadata=bearer(a_keys["client"]), timeout=10),
+            stub.GetTranscript(gateway_pb2.GetTranscriptRequest(
+                bot_id="banking", conversation_id="bc1"), metadata=bearer(a_keys["agent"]),
+                timeout=10),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            assert not any(s in (caught.value.details() or "") for s in bravo.secrets)
+
+
+NO_BANKING = {"type": "urn:botfactory:problem:bot-not-found", "status": 404,
+              "detail": "no bot 'banking' here"}
+
+
+async def test_bots_get_their_tenant_when_first_deployed(stack: Stack) -> None:
+    _, acme = await create_key(stack, BOOTSTRAP, "acme", ["*"], "admin")
+    _, evil = await create_key(stack, BOOTSTRAP, "evil", ["*"], "admin")
+    files = banking_files("acmebot")
+    # a new bot: its first deployer's tenant's
+    status, deployed = await request(stack, "PUT", "/v1/admin/bots/acmebot/definition", acme,
+                                     body={"files": files})
+    assert status == 200, deployed
+    status, owner = await request(stack, "GET", "/v1/admin/bots/acmebot/owner", acme)
+    assert (status, owner) == (200, {"bot_id": "acmebot", "tenant": "acme",
+                                     "recorded": True})
+    # taken: another tenant gets the one 404, for its definition as for anything else
+    for path in ("/v1/admin/bots/acmebot/definition", "/v1/admin/bots/banking/definition"):
+        name = path.split("/")[4]
+        status, answer = await request(stack, "PUT", path, evil,
+                                       body={"files": banking_files(name)})
+        assert (status, answer["detail"]) == (404, f"no bot {name!r} here")
+    # the platform deploys for a tenant it names; a tenant admin cannot name another tenant
+    status, _ = await request(stack, "PUT", "/v1/admin/bots/evilbot/definition?tenant=evil",
+                              BOOTSTRAP, body={"files": banking_files("evilbot")})
+    assert status == 200
+    assert (await request(stack, "GET", "/v1/admin/bots/evilbot/owner", evil))[0] == 200
+    assert (await request(stack, "GET", "/v1/admin/bots/evilbot/owner", acme))[0] == 404
+    status, _ = await request(stack, "PUT", "/v1/admin/bots/acmebot2/definition?tenant=evil",
+                              acme, body={"files": banking_files("acmebot2")})
+    assert status == 404
+    # moving a bot: the platform (or an admin of both tenants); audited
+    status, moved = await request(stack, "PUT", "/v1/admin/bots/evilbot/owner", acme,
+                                  body={"tenant": "acme"})
+    assert status == 404
+    status, moved = await request(stack, "PUT", "/v1/admin/bots/evilbot/owner", evil,
+                                  body={"tenant": "acme"})
+    assert status == 403
+    status, moved = await request(stack, "PUT", "/v1/admin/bots/evilbot/owner", BOOTSTRAP,
+                                  body={"tenant": "acme"})
+    assert (status, moved["tenant"]) == (200, "acme")
+    assert (await request(stack, "GET", "/v1/admin/bots/evilbot/owner", evil))[0] == 404
+    status, listed = await request(stack, "GET", "/v1/admin/bots", acme)
+    assert {b["bot_id"] for b in listed["bots"]} == {"acmebot", "evilbot"}
 
 
 # --- revoked and malformed keys ---------------------------------------------------------------

@@ -74,9 +74,10 @@ async def test_admin_actions_are_published_as_audit_events(nats_server: NatsServ
         finally:
             await bus.drain()
 
+    # the first deployment by acme's key records acme as the bot's owner (bot.owner_set)
     assert [e[1]["action"] for e in events] == [
-        "key.created", "key.created", "key.revoked", "bot.deployed", "model.activated",
-        "webhook.set", "webhook.deleted"]
+        "key.created", "key.created", "key.revoked", "bot.owner_set", "bot.deployed",
+        "model.activated", "webhook.set", "webhook.deleted"]
     assert all(subject == "events.audit.acme" for subject, _, _ in events)
     first, *rest = [event for _, event, _ in events]
     assert (first["actor_key_id"], first["actor_tenant"]) == ("bootstrap", "*")
@@ -84,12 +85,15 @@ async def test_admin_actions_are_published_as_audit_events(nats_server: NatsServ
                                "bots": ["banking"], "role": "admin"}
     assert all(e["actor_key_id"] == admin["key_id"] and e["actor_tenant"] == "acme"
                for e in rest)
-    assert [e["correlation_id"] for e in (first, *rest)] == [f"c-{n}" for n in range(7)]
+    assert [e["correlation_id"] for e in (first, *rest)] == [
+        "c-0", "c-1", "c-2", "c-3", "c-3", "c-4", "c-5", "c-6"]
     assert all(started_ms <= e["at_unix_ms"] <= int(time.time() * 1000)
                for e in (first, *rest))
     assert rest[1]["target"]["key_id"] == client["key_id"]
-    assert rest[2]["target"]["bot_id"] == "banking" and "bot.yml" in rest[2]["target"]["files"]
-    assert rest[3]["target"] == {"bot_id": "banking", "version": ref.version}
-    assert rest[4]["target"] == {"bot_id": "banking", "host": "hooks.example.com"}
+    assert rest[2]["target"] == {"bot_id": "banking", "tenant": "acme", "from": None,
+                                 "recorded_before": False}
+    assert rest[3]["target"]["bot_id"] == "banking" and "bot.yml" in rest[3]["target"]["files"]
+    assert rest[4]["target"] == {"bot_id": "banking", "version": ref.version}
+    assert rest[5]["target"] == {"bot_id": "banking", "host": "hooks.example.com"}
     assert all(headers.get("Nats-Msg-Id") == f"audit-{event['event_id']}"
                for _, event, headers in events)

@@ -144,7 +144,8 @@ async def test_key_for_another_bot_is_refused(nats_server: NatsServer, tiny_bank
         assert stack.session is not None
         other = await issue_key(stack.session, stack.base_url, role=role, bots=("other",))
         status, body = await stack.post("c4", "/greet", key=other)
-        assert status == 403 and body["status"] == 403
+        # a bot out of the key's reach is "not found" (docs/security.md, "Tenants")
+        assert status == 404 and body["detail"] == "no bot 'banking' here"
 
 
 async def test_worker_killed_mid_message_is_processed_exactly_once(

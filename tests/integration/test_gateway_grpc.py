@@ -160,7 +160,8 @@ async def test_auth_failures_and_bad_input(
     assert await code_of(good, bearer("bfk_nope_nope")) == grpc.StatusCode.UNAUTHENTICATED
     assert await code_of(good, (("authorization", stack.client_key),)) == \
         grpc.StatusCode.UNAUTHENTICATED
-    assert await code_of(good, bearer(other_bot_key)) == grpc.StatusCode.PERMISSION_DENIED
+    # a bot out of the key's reach: NOT_FOUND, as HTTP's 404 (docs/security.md, "Tenants")
+    assert await code_of(good, bearer(other_bot_key)) == grpc.StatusCode.NOT_FOUND
 
     auth = bearer(stack.client_key)
     bad = [
@@ -192,7 +193,7 @@ async def test_auth_failures_and_bad_input(
     assert failed.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
     for metadata, expected in (((), grpc.StatusCode.UNAUTHENTICATED),
-                               (bearer(other_bot_key), grpc.StatusCode.PERMISSION_DENIED)):
+                               (bearer(other_bot_key), grpc.StatusCode.NOT_FOUND)):
         call = stub.Converse(metadata=metadata, timeout=10)
         await call.write(gateway_pb2.ConverseRequest(bot_id="banking", conversation_id="g4",
                                                      text="/greet"))

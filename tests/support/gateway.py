@@ -17,6 +17,7 @@ from services.common.pb.botfactory.v1 import conversation_pb2
 from services.gateway.config import GatewayConfig
 from services.gateway.http import GatewayMetrics, create_app
 from services.gateway.http.state import STATE
+from services.gateway.owners import MemoryBotOwners
 from services.gateway.ports import BotNotServed, Role, SendResult
 from tests.support.memstores import InMemoryKeyStore
 
@@ -173,6 +174,9 @@ class FakeDefinitions:
         self.stored[bot].append(files)
         return len(self.stored[bot])
 
+    async def exists(self, bot: str) -> bool:
+        return bool(self.stored.get(bot))
+
 
 @dataclass
 class FakeClock:
@@ -205,6 +209,13 @@ class Gateway:
         app = self.client.server.app  # type: ignore[attr-defined]
         assert isinstance(app, web.Application)
         return app
+
+    @property
+    def owners(self) -> MemoryBotOwners:
+        """The bots' owner records (none: every bot is the default tenant's)."""
+        owners = self.app[STATE].auth.owners
+        assert isinstance(owners, MemoryBotOwners)
+        return owners
 
     async def key(self, role: Role = Role.CLIENT, bots: tuple[str, ...] = ("alpha",),
                   tenant: str = "t1") -> str:

@@ -918,3 +918,62 @@ def test_dashboard_queries_use_only_exported_metrics() -> None:
     used = {s.name for p in panels for t in p["targets"]
             for s in selectors(t["expr"].replace("$namespace", "x").replace("$bot", ".*"))}
     assert wanted <= used
+
+
+# ---------------------------------------------------------------------------------------------
+# examples: single sign-on with Keycloak (docs/security.md, "Single sign-on")
+
+KEYCLOAK = "examples/oidc-keycloak"
+
+
+def test_the_keycloak_example_builds_and_validates() -> None:
+    kinds = {obj["kind"] for obj in render(KEYCLOAK)}
+    assert {"Deployment", "Ingress", "NetworkPolicy", "ConfigMap"} <= kinds
+    problems = []
+    for obj in render(KEYCLOAK):
+        if obj["kind"] in CRD_KINDS:
+            continue
+        assert obj["metadata"].get("namespace", NAMESPACE) == NAMESPACE or \
+            obj["kind"] == "Namespace"
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{obj['kind']}/{obj['metadata']['name']}: {exc.message}")
+    assert problems == []
+    # everything of the production overlay is still there
+
+    def named(overlay: str) -> set[tuple[str, str]]:
+        return {(o["kind"], re.sub(r"-[a-z0-9]{10}$", "", o["metadata"]["name"]))
+                for o in render(overlay)}
+
+    assert named("overlays/prod") <= named(KEYCLOAK)
+
+
+def test_the_keycloak_example_configures_the_gateway_as_the_realm_expects() -> None:
+    env = container_env(KEYCLOAK, deployment_container(KEYCLOAK, "gateway"))
+    config = load_config(GatewayConfig, "gateway", environ=env)  # validates (fails fast)
+    assert config.oidc_enabled and config.oidc_redirect_url.endswith("/auth/callback")
+    realm = json.loads(config_map_data(KEYCLOAK, "keycloak-realm")["botfactory-realm.json"])
+    assert config.oidc_issuer.endswith(f"/realms/{realm['realm']}")
+    client = next(c for c in realm["clients"] if c["clientId"] == config.oidc_client_id)
+    assert client["attributes"]["pkce.code.challenge.method"] == "S256"
+    assert client["redirectUris"] == [config.oidc_redirect_url]
+    mappers = {m["protocolMapper"]: m["config"] for m in client["protocolMappers"]}
+    roles = mappers["oidc-usermodel-client-role-mapper"]
+    assert roles["claim.name"] == config.oidc_roles_claim and roles["id.token.claim"] == "true"
+    assert mappers["oidc-audience-mapper"]["included.client.audience"] == \
+        config.oidc_client_id
+    from services.gateway.oidc import roles_of
+
+    names = [r["name"] for r in realm["roles"]["client"][config.oidc_client_id]]
+    assert roles_of(names) == {"acme": ["viewer", "editor", "operator", "agent", "admin"]}
+    secrets = {i["name"]: i["valueFrom"]["secretKeyRef"] for i in
+               deployment_container(KEYCLOAK, "gateway")["env"] if "valueFrom" in i}
+    assert secrets["BOTFACTORY_GATEWAY_OIDC_CLIENT_SECRET"]["optional"] is True
+    # the gateway may reach the issuer (the base denies all egress)
+    gateway_labels = by_name(KEYCLOAK, "Deployment")["gateway"]["spec"]["template"][
+        "metadata"]["labels"]
+    egress = [p for p in objects(KEYCLOAK, "NetworkPolicy")
+              if "Egress" in p["spec"]["policyTypes"] and p["metadata"]["name"] ==
+              "gateway-to-identity-provider"]
+    assert egress and selects(egress[0]["spec"]["podSelector"], gateway_labels)

@@ -11,6 +11,7 @@ import pytest
 
 from services.common.config import ConfigError
 from services.common.errors import PermissionDenied, Unauthenticated
+from services.gateway.access import BotNotFound
 from services.gateway.auth import (
     BOOTSTRAP_PRINCIPAL,
     INVALID_KEY,
@@ -125,9 +126,15 @@ def test_authorize_checks_role_and_bot() -> None:
     authorize(agent, Role.AGENT, "alpha")
     with pytest.raises(PermissionDenied, match="role"):
         authorize(agent, Role.ADMIN, "alpha")
-    with pytest.raises(PermissionDenied, match="beta"):
+    with pytest.raises(BotNotFound, match="no bot 'beta' here"):  # 404: out of reach
         authorize(agent, Role.CLIENT, "beta")
-    authorize(Principal("k", "t1", ("*",), Role.CLIENT), Role.CLIENT, "anything")
+    # bots `*`: every bot of the key's tenant, and of no other
+    everything = Principal("k", "t1", ("*",), Role.CLIENT)
+    authorize(everything, Role.CLIENT, "anything", owner="t1")
+    for owner in ("t2", None):  # another tenant's; a bot without owner (the default tenant's)
+        with pytest.raises(BotNotFound):
+            authorize(everything, Role.CLIENT, "anything", owner=owner)
+    authorize(Principal("k", "default", ("*",), Role.CLIENT), Role.CLIENT, "anything")
 
 
 def test_admin_scope_over_tenants_and_bots() -> None:

@@ -365,10 +365,18 @@ BOT_ROUTES = [r for r in ROUTES if "{bot}" in r.path and r.role is not None]
 
 @pytest.mark.parametrize("spec", BOT_ROUTES, ids=[r.name for r in BOT_ROUTES])
 async def test_a_key_for_bot_a_never_reaches_bot_b(gw: Gateway, spec: Any) -> None:
+    """A bot out of reach is 404, the same answer whether it is another tenant's, the key's
+    own tenant's but not among its bots, or does not exist (nothing tells them apart)."""
     key = await gw.key(Role.ADMIN, bots=("alpha",))
-    response = await gw.client.request(spec.method, _fill(spec.path, "beta"),
-                                       headers=auth(key), json={"text": "x"})
-    assert "alpha" not in json.dumps(await problem_of(response, 403))
+    gw.owners.records.update({"alpha": "t1", "beta": "t2", "gamma": "t1"})
+    answers = []
+    for bot in ("beta", "gamma", "nosuchbot"):
+        response = await gw.client.request(spec.method, _fill(spec.path, bot),
+                                           headers=auth(key), json={"text": "x"})
+        problem = await problem_of(response, 404)
+        assert "alpha" not in json.dumps(problem) and "t2" not in json.dumps(problem)
+        answers.append(problem["detail"].replace(bot, "BOT"))
+    assert len(set(answers)) == 1, answers
     assert gw.hub.sent == [] and gw.hub.feedbacks == [] and gw.hub.released == []
     assert gw.hub.transcript_limits == [] and gw.models.active == {}
     assert gw.definitions.stored == {}
@@ -505,11 +513,19 @@ async def test_without_a_token_secret_minting_is_unavailable() -> None:
         await gw.client.close()
 
 
-async def test_a_key_for_all_bots_reaches_any_bot(gw: Gateway) -> None:
+async def test_a_key_for_all_bots_reaches_every_bot_of_its_tenant(gw: Gateway) -> None:
+    gw.owners.records.update({"beta": "t1", "gamma": "t2"})
     key = await gw.key(bots=("*",))
-    response = await gw.client.post(f"{conv('beta')}/messages", headers=auth(key),
-                                    json={"text": "x"})
-    assert response.status == 200
+    for bot, status in (("beta", 200), ("gamma", 404), ("unowned", 404)):
+        response = await gw.client.post(f"{conv(bot)}/messages", headers=auth(key),
+                                        json={"text": "x"})
+        assert response.status == status, bot
+    # a bot without an owner record is the default tenant's: its `*` keys reach it
+    default = await gw.key(bots=("*",), tenant="default")
+    for bot, status in (("unowned", 200), ("beta", 404)):
+        response = await gw.client.post(f"{conv(bot)}/messages", headers=auth(default),
+                                        json={"text": "x"})
+        assert response.status == status, bot
 
 
 async def test_rate_limit_per_key_gives_429_with_retry_after() -> None:
@@ -564,7 +580,7 @@ async def test_websocket_key_as_subprotocol(gw: Gateway) -> None:
 
 async def test_websocket_refuses_bad_keys_and_other_bots(gw: Gateway) -> None:
     key = await gw.key()
-    for headers, path, status in (({}, conv(), 401), (auth(key), conv("beta"), 403)):
+    for headers, path, status in (({}, conv(), 401), (auth(key), conv("beta"), 404)):
         response = await gw.client.get(f"{path}/ws", headers={
             **headers, "Upgrade": "websocket", "Connection": "Upgrade",
             "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
@@ -1077,3 +1093,23 @@ async def test_a_platform_conversation_takes_user_messages_from_its_platform_onl
     ordinary = await gw.client.post(f"{conv(conversation='telegramfan')}/messages",
                                     headers=auth(client), json={"text": "hi"})
     assert ordinary.status == 200
+
+
+# The least key role of every route before routes named permissions (issue 21): the key roles
+# must keep opening exactly these (services/gateway/access.py ROLE_PERMISSIONS).
+KEY_ROLES_BEFORE_PERMISSIONS = {
+    "publishable": {"create_widget_session", "get_widget_config"},
+    "client": {"post_message", "create_visitor_token", "conversation_socket", "post_feedback"},
+    "agent": {"get_transcript", "list_handoffs", "handoff_socket", "post_agent_message",
+              "post_release", "start_run", "list_runs", "get_run", "cancel_run", "approve_run",
+              "reject_run"},
+}
+
+
+def test_key_roles_open_the_routes_they_opened_before_permissions() -> None:
+    for spec in ROUTES:
+        if spec.needs is None:
+            continue
+        before = next((role for role, names in KEY_ROLES_BEFORE_PERMISSIONS.items()
+                       if spec.name in names), "admin")
+        assert spec.role is not None and spec.role.value == before, spec.name

@@ -38,6 +38,7 @@ from services.gateway import audit
 from services.gateway.config import GatewayConfig
 from services.gateway.http import GatewayMetrics, create_app
 from services.gateway.http.state import STATE
+from services.gateway.owners import MemoryBotOwners
 from services.gateway.ports import Role
 from services.nlu.engine import MAX_RULE_TEXT_CHARS, ModelLoadError, RuleExtractors
 from tests.support.gateway import FakeDefinitions, FakeHub, FakeModels
@@ -273,6 +274,12 @@ class Served:
         issued = await app[STATE].auth.issue(tenant, bots, role)
         return issued.record.key_id, issued.secret
 
+    @property
+    def owners(self) -> MemoryBotOwners:
+        owners = self.client.server.app[STATE].auth.owners  # type: ignore[attr-defined]
+        assert isinstance(owners, MemoryBotOwners)
+        return owners
+
 
 def _config(**overrides: Any) -> GatewayConfig:
     return replace(GatewayConfig(api_key_pepper=PEPPER, admin_bootstrap_key=BOOTSTRAP,
@@ -326,16 +333,20 @@ async def test_every_admin_action_is_audited(served: Served) -> None:
                         headers=h)).status == 404
 
     events = served.audit.events
+    # the first deployment by a key of t1 records t1 as the bot's owner (bot.owner_set)
     assert [e.action for e in events] == [audit.KEY_CREATED, audit.KEY_REVOKED,
-                                          audit.MODEL_ACTIVATED, audit.BOT_DEPLOYED,
-                                          audit.WEBHOOK_SET, audit.WEBHOOK_DELETED]
+                                          audit.MODEL_ACTIVATED, audit.BOT_OWNER_SET,
+                                          audit.BOT_DEPLOYED, audit.WEBHOOK_SET,
+                                          audit.WEBHOOK_DELETED]
     assert all(e.actor_key_id == admin_id and e.actor_tenant == "t1" and e.tenant == "t1"
                and e.correlation_id == "corr-1" and e.at_unix_ms > 0 for e in events)
     assert events[0].target == {"key_id": new_id, "tenant": "t1", "bots": ["alpha"],
                                 "role": "client"}
     assert events[2].target == {"bot_id": "alpha", "version": "v2"}
-    assert events[3].target["bot_id"] == "alpha" and events[3].target["revision"] == 1
-    assert events[4].target == {"bot_id": "alpha", "host": "hooks.example.com"}  # no secrets
+    assert events[3].target == {"bot_id": "alpha", "tenant": "t1", "from": None,
+                                "recorded_before": False}
+    assert events[4].target["bot_id"] == "alpha" and events[4].target["revision"] == 1
+    assert events[5].target == {"bot_id": "alpha", "host": "hooks.example.com"}  # no secrets
     assert len({e.event_id for e in events}) == len(events)
 
 
@@ -350,6 +361,11 @@ async def test_the_bootstrap_key_is_audited_as_the_platform(served: Served) -> N
     last = served.audit.events[-1]
     assert (last.tenant, last.actor_key_id, last.actor_tenant) == \
         (audit.PLATFORM_TENANT, "bootstrap", "*")
+    # a bot with an owner: its tenant's, whoever acts
+    served.owners.records["alpha"] = "t9"
+    await served.client.put("/v1/admin/bots/alpha/model", json={"version": "v2"},
+                            headers=_auth(BOOTSTRAP))
+    assert served.audit.events[-1].tenant == "t9"
 
 
 async def test_an_audit_failure_is_logged_not_raised(served: Served,

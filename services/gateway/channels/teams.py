@@ -30,15 +30,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 import jwt
 from aiohttp import web
 from yarl import URL
 
-from services.common.errors import InvalidArgument, Unavailable
+from services.common.errors import InvalidArgument
 from services.common.logging import get_logger
+from services.common.openid import (
+    KEYS_REFETCH_S,
+    KEYS_TTL_S,
+    OpenIdKeys,
+    SigningKey,
+    safe_url,
+)
 from services.gateway.channels.base import (
     Button,
     ChannelRefused,
@@ -62,117 +69,27 @@ DEFAULT_TOKEN_URL = "https://login.microsoftonline.com/botframework.com/oauth2/v
 TENANT_TOKEN_URL = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"
 ALGORITHM = "RS256"
 LEEWAY_S = 300.0
-KEYS_TTL_S = 24 * 3600.0
-# A token naming an unknown key refetches the keys at most this often: a flood of made-up
-# key ids must not become a flood of requests to Microsoft.
-KEYS_REFETCH_S = 300.0
+# A token naming an unknown key refetches the keys at most every KEYS_REFETCH_S: a flood of
+# made-up key ids must not become a flood of requests to Microsoft.
 TOKEN_MARGIN_S = 300.0
 MAX_TEXT_BYTES = 28_000  # Teams refuses messages over about 28 KB
 HERO_CARD = "application/vnd.microsoft.card.hero"
 GUID = re.compile(r"^[0-9A-Fa-f]{8}-([0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}$")
 TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,99}$")  # a GUID or a domain
 AT_TAG = re.compile(r"<at>(.*?)</at>", re.DOTALL)
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
-@dataclass(frozen=True)
-class SigningKey:
-    key: jwt.PyJWK
-    endorsements: tuple[str, ...] | None  # the channels the key may sign for (None: any)
-
-
-@dataclass(frozen=True)
-class _KeySet:
-    keys: dict[str, SigningKey]
-    fetched_at: float
-    tried_at: float
-
-
-class ConnectorKeys:
-    """The Bot Connector's signing keys per OpenID metadata URL, cached so that a verified
-    request costs no network call; refetched after `ttl_s`, or when a token names an unknown
-    key (key rollover), at most every `refetch_s`."""
+class ConnectorKeys(OpenIdKeys):
+    """The Bot Connector's signing keys per OpenID metadata URL (RS256; services/common/
+    openid.py, shared with single sign-on): cached so that a verified request costs no
+    network call; refetched after `ttl_s`, or when a token names an unknown key (key
+    rollover), at most every `refetch_s`."""
 
     def __init__(self, ttl_s: float = KEYS_TTL_S, refetch_s: float = KEYS_REFETCH_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._ttl_s = ttl_s
-        self._refetch_s = refetch_s
-        self._clock = clock
-        self._sets: dict[str, _KeySet] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    async def find(self, session: aiohttp.ClientSession, metadata_url: str,
-                   kid: str) -> SigningKey | None:
-        held = self._sets.get(metadata_url)
-        if held is None or self._due(held, kid):
-            held = await self._refresh(session, metadata_url, held)
-        return held.keys.get(kid)
-
-    def _due(self, held: _KeySet, kid: str) -> bool:
-        now = self._clock()
-        wanted = kid not in held.keys or now - held.fetched_at >= self._ttl_s
-        return wanted and now - held.tried_at >= self._refetch_s
-
-    async def _refresh(self, session: aiohttp.ClientSession, url: str,
-                       seen: _KeySet | None) -> _KeySet:
-        """One fetch at a time per URL; a failed refetch keeps the keys held (and waits
-        `refetch_s` before trying again), a failed first fetch is a 503 (the platform
-        retries)."""
-        async with self._locks.setdefault(url, asyncio.Lock()):
-            current = self._sets.get(url)
-            if current is not None and current is not seen:
-                return current  # refreshed by a request that held the lock before us
-            now = self._clock()
-            try:
-                fresh = _KeySet(await fetch_signing_keys(session, url), now, now)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                log.warning("teams_keys_fetch_failed", url=url, error=str(exc))
-                if seen is None:
-                    raise Unavailable("the Bot Framework signing keys cannot be fetched "
-                                      "now") from exc
-                fresh = _KeySet(seen.keys, seen.fetched_at, now)
-            self._sets[url] = fresh
-            return fresh
-
-
-async def fetch_signing_keys(session: aiohttp.ClientSession,
-                             metadata_url: str) -> dict[str, SigningKey]:
-    """The keys (by `kid`) of the JWKS that the OpenID metadata at `metadata_url` names."""
-    metadata = await _get_json(session, metadata_url)
-    jwks_uri = metadata.get("jwks_uri")
-    if not isinstance(jwks_uri, str) or not safe_url(jwks_uri):
-        raise ValueError("the OpenID metadata has no usable jwks_uri")
-    keys: dict[str, SigningKey] = {}
-    for entry in _list((await _get_json(session, jwks_uri)).get("keys")):
-        key = _signing_key(entry)
-        if key is not None:
-            keys[str(entry["kid"])] = key
-    if not keys:
-        raise ValueError("the JWKS holds no usable RSA key")
-    return keys
-
-
-def _signing_key(entry: Any) -> SigningKey | None:
-    if not isinstance(entry, dict) or not isinstance(entry.get("kid"), str):
-        return None
-    try:
-        key = jwt.PyJWK(entry, ALGORITHM)
-    except jwt.PyJWTError:
-        return None  # a key of another type or a malformed one: not one we accept
-    endorsements = entry.get("endorsements")
-    return SigningKey(key, tuple(str(e) for e in endorsements)
-                      if isinstance(endorsements, list) else None)
-
-
-async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    async with session.get(url, timeout=TIMEOUT) as response:
-        if response.status != 200:
-            raise ValueError(f"GET {url}: HTTP {response.status}")
-        value = await response.json(content_type=None)
-    if not isinstance(value, dict):
-        raise ValueError(f"GET {url}: not a JSON object")
-    return value
+        super().__init__(ttl_s, refetch_s, clock, algorithms=(ALGORITHM,),
+                         name="Bot Framework")
 
 
 @dataclass(frozen=True)
@@ -249,18 +166,6 @@ def token_url(settings: dict[str, Any]) -> str:
     if settings.get("tenant_id"):
         return TENANT_TOKEN_URL.format(tenant=settings["tenant_id"])
     return DEFAULT_TOKEN_URL
-
-
-def safe_url(url: str) -> bool:
-    """https, or http to this machine (a local fake in tests): the bot's token is sent there."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return False
-    if not host:
-        return False
-    return parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK)
 
 
 class Teams:

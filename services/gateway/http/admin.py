@@ -1,8 +1,9 @@
-"""Admin routes (role admin): API keys, the active model version, bot definitions, webhooks.
+"""Admin routes: API keys, the active model version, bot definitions, webhooks.
 
-An admin key manages only its own tenant and only bots within its own scope; the bootstrap key
-(config) manages every tenant. Every change is recorded as an audit event (services/gateway/
-audit.py) once it is made.
+An admin key manages only its own tenant and only bots within its own scope (its tenant's
+bots, services/gateway/access.py); the bootstrap key (config) manages every tenant. Every
+change is recorded as an audit event (services/gateway/audit.py) once it is made, under the
+tenant of the key or bot it concerns.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from services.botdef import BotDefinitionError, DefinitionIssue, load_bot
 from services.common.definitions import unpacked
 from services.common.errors import NotFound, PermissionDenied, Unavailable
 from services.gateway import audit
-from services.gateway.auth import ALL_TENANTS
+from services.gateway.access import ALL_TENANTS, Permission
 from services.gateway.http.bodies import ACTIVATE_MODEL, CREATE_KEY
+from services.gateway.http.bots import record_deployment_owner
 from services.gateway.http.problems import DefinitionInvalid, RequestInvalid
 from services.gateway.http.state import CORRELATION, principal_of, state_of
 from services.gateway.http.wire import BOT_ID, Fields, json_response, read_json
@@ -51,7 +53,11 @@ WEBHOOK_URL = re.compile(
 
 async def audited(request: web.Request, action: str, target: dict[str, Any],
                   tenant: str | None = None) -> None:
-    """Record the audit event of this request's admin action (after it succeeded)."""
+    """Record the audit event of this request's admin action (after it succeeded), under
+    `tenant` (default: the owner of the bot it concerns; the actor's tenant for a bot without
+    an owner record, as before bots had owners)."""
+    if tenant is None and isinstance(target.get("bot_id"), str):
+        tenant = await state_of(request).auth.owners.owner(target["bot_id"])
     event = audit.new_event(principal_of(request), action, target,
                             correlation_id=request.get(CORRELATION, ""), tenant=tenant)
     await audit.record(state_of(request).audit, event)
@@ -80,13 +86,27 @@ async def create_key(request: web.Request) -> web.Response:
     principal = principal_of(request)
     if not principal.manages_tenant(tenant):
         raise PermissionDenied(f"this API key cannot manage tenant {tenant!r}")
-    if not principal.covers_bots(bots):
+    if not principal.covers_bots(bots) or not await reaches_all(request, bots):
         raise PermissionDenied("a new key's bots must be within this API key's bots")
     if role == Role.PUBLISHABLE.value:
         check_publishable_bots(body["bots"])
     issued = await state.auth.issue(tenant, bots, Role(role), description or "")
     await audited(request, audit.KEY_CREATED, key_target(issued.record), tenant)
     return json_response({**key_json(issued.record), "secret": issued.secret}, status=201)
+
+
+async def reaches_all(request: web.Request, bots: list[str]) -> bool:
+    """Whether the caller reaches every bot it names (a key of its tenant with bots `*`
+    reaches only its tenant's bots, so it cannot name another tenant's)."""
+    principal = principal_of(request)
+    auth = state_of(request).auth
+    for bot in bots:
+        if bot == ALL_BOTS:
+            continue
+        owner = await auth.owners.owner(bot)
+        if principal.bot_permissions(bot, owner, auth.default_tenant) is None:
+            return False
+    return True
 
 
 def check_publishable_bots(bots: list[str]) -> None:
@@ -97,14 +117,19 @@ def check_publishable_bots(bots: list[str]) -> None:
 
 
 async def list_keys(request: web.Request) -> web.Response:
+    """The keys of the tenants the caller administers (one with `?tenant=`)."""
     state = state_of(request)
     principal = principal_of(request)
     tenant = request.query.get("tenant") or None
-    if principal.tenant != ALL_TENANTS:
-        if tenant not in (None, principal.tenant):
+    managed = principal.tenants_with(Permission.ADMIN)
+    if ALL_TENANTS in managed:
+        records = await state.auth.store.list_keys(tenant)
+    else:
+        if tenant is not None and tenant not in managed:
             raise PermissionDenied(f"this API key cannot manage tenant {tenant!r}")
-        tenant = principal.tenant
-    records = await state.auth.store.list_keys(tenant)
+        records = [record for name in ((tenant,) if tenant else managed)
+                   for record in await state.auth.store.list_keys(name)]
+        records.sort(key=lambda r: (r.created_at_unix_ms, r.key_id))
     return json_response({"keys": [key_json(r) for r in records]})
 
 
@@ -231,6 +256,7 @@ async def put_definition(request: web.Request) -> web.Response:
     issues = await asyncio.to_thread(validate_definition, bot, files)
     if issues:
         raise DefinitionInvalid(issues)
+    await record_deployment_owner(request, bot)
     revision = await store.put(bot, files)
     await audited(request, audit.BOT_DEPLOYED,
                   {"bot_id": bot, "revision": revision, "files": sorted(files)})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable
 
 from aiohttp import WSCloseCode, web
@@ -14,8 +16,10 @@ from services.gateway.http.metrics import GatewayMetrics
 from services.gateway.http.openapi import build_document
 from services.gateway.http.state import STATE, GatewayState
 from services.gateway.http.system import OPENAPI
+from services.gateway.oidc import BrowserSessions, OidcSettings, OidcVerifier
 from services.gateway.ports import (
     AuditLog,
+    BotOwners,
     ConversationHub,
     DefinitionStore,
     KeyStore,
@@ -36,7 +40,9 @@ def create_app(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
                auth: Authenticator | None = None,
                limiter: RateLimiter | None = None,
                audit: AuditLog | None = None,
-               runs: RunsApi | None = None) -> web.Application:
+               runs: RunsApi | None = None,
+               owners: BotOwners | None = None,
+               people: OidcVerifier | None = None) -> web.Application:
     """The gateway's aiohttp application.
 
     `ready` answers /readyz (pass e.g. `lambda: bus.nc.is_connected`; default: always ready).
@@ -45,16 +51,27 @@ def create_app(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
     `auth` / `limiter`: objects shared with the gRPC API (default: built here from `keys` and
     `config`). `audit`: where admin actions are recorded (default: the log only).
     `runs`: the RPA runner's API (without it the workflow run routes answer 503).
+    `owners`: which tenant owns each bot (default: none recorded, all the default tenant's).
+    `people`: the OIDC verifier (default: built from `config` when OIDC is on; with it come
+    the sign-in routes /auth/* and the session cookie).
     """
     app = web.Application(
         client_max_size=config.definition_body_limit_bytes,
         middlewares=[middlewares.observe, middlewares.cors, middlewares.problems,
                      middlewares.guard],
     )
+    if people is None and config.oidc_enabled:
+        people = OidcVerifier(OidcSettings.of(config))
     app[STATE] = build_state(hub, keys, config, metrics, models, definitions, ready, clock,
-                             auth=auth, limiter=limiter, webhooks=webhooks)
+                             auth=auth, limiter=limiter, webhooks=webhooks, owners=owners,
+                             people=people)
     app[STATE].audit = audit
     app[STATE].runs = runs
+    if people is not None:
+        sessions = BrowserSessions(people, session_secret(config))
+        sessions.register(app)
+        app[STATE].sessions = sessions
+        app.on_cleanup.append(lambda _: people.close())
     app[WIDGET_CACHE] = WidgetSettingsCache(config.key_cache_s,
                                             **({} if clock is None else {"clock": clock}))
     routes.register(app)
@@ -68,8 +85,10 @@ def build_state(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
                 definitions: DefinitionStore | None, ready: Callable[[], bool] | None,
                 clock: Callable[[], float] | None, *, auth: Authenticator | None = None,
                 limiter: RateLimiter | None = None,
-                webhooks: WebhookStore | None = None) -> GatewayState:
-    auth = auth if auth is not None else build_authenticator(keys, config, clock)
+                webhooks: WebhookStore | None = None, owners: BotOwners | None = None,
+                people: OidcVerifier | None = None) -> GatewayState:
+    auth = auth if auth is not None else build_authenticator(keys, config, clock,
+                                                             owners=owners, people=people)
     limiter = limiter if limiter is not None else build_limiter(config, clock)
     return GatewayState(hub=hub, auth=auth, limiter=limiter, config=config, metrics=metrics,
                         models=models, definitions=definitions, webhooks=webhooks,
@@ -77,13 +96,25 @@ def build_state(hub: ConversationHub, keys: KeyStore, config: GatewayConfig,
 
 
 def build_authenticator(keys: KeyStore, config: GatewayConfig,
-                        clock: Callable[[], float] | None = None) -> Authenticator:
+                        clock: Callable[[], float] | None = None, *,
+                        owners: BotOwners | None = None,
+                        people: OidcVerifier | None = None) -> Authenticator:
     timing = {} if clock is None else {"clock": clock}
     failures = RateLimiter(config.auth_failures_per_s, config.auth_failures_burst, **timing)
     tokens = VisitorTokens(config.visitor_token_secret, config.visitor_token_ttl_s)
     return Authenticator(keys, config.api_key_pepper, bootstrap_key=config.admin_bootstrap_key,
                          cache_s=config.key_cache_s, failures=failures, tokens=tokens,
+                         owners=owners, default_tenant=config.default_tenant, people=people,
                          **timing)
+
+
+def session_secret(config: GatewayConfig) -> str:
+    """The browser sessions' key: OIDC_SESSION_SECRET, else derived from the visitor token
+    secret (the same on every replica already)."""
+    if config.oidc_session_secret:
+        return config.oidc_session_secret
+    return hmac.new(config.visitor_token_secret.encode(), b"botfactory oidc sessions",
+                    hashlib.sha256).hexdigest()
 
 
 def build_limiter(config: GatewayConfig,

@@ -241,6 +241,8 @@ CREATE_KEY = Body(required={"tenant": Identifier(TENANT_RE),
                                       "properties": {"role": {"const": "publishable"}}},
                                "then": {"properties": {"bots": {
                                    "maxItems": 1, "items": {"not": {"const": "*"}}}}}})
+SET_OWNER = Body(required={"tenant": Identifier(TENANT_RE, "The tenant that owns the bot")},
+                 optional={})
 WIDGET_SESSION = Body(required={}, optional={
     "visitor_token": Identifier(VISITOR_TOKEN, "The token the widget holds: its conversation "
                                 "is resumed while the token is valid (else a new one starts)"),
@@ -252,7 +254,7 @@ BODIES = {"UserMessageRequest": MESSAGE, "AgentMessageRequest": MESSAGE,
           "FeedbackRequest": FEEDBACK, "StartRunRequest": START_RUN,
           "CancelRunRequest": CANCEL_RUN, "ApprovalDecisionRequest": DECIDE_RUN,
           "ActivateModelRequest": ACTIVATE_MODEL, "CreateKeyRequest": CREATE_KEY,
-          "WidgetSessionRequest": WIDGET_SESSION}
+          "WidgetSessionRequest": WIDGET_SESSION, "BotOwnerRequest": SET_OWNER}
 
 
 def grpc_fields(request: Any, body: Body) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from aiohttp import WSMsgType, web
 from services.common.errors import DomainError, NotFound, PermissionDenied, Unauthenticated
 from services.common.logging import get_logger
 from services.common.pb.botfactory.v1 import conversation_pb2
-from services.gateway.auth import Principal, authorize
+from services.gateway.access import BotNotFound, Permission
+from services.gateway.auth import Principal
 from services.gateway.backpressure import RetryLater
 from services.gateway.channels import all_channels
 from services.gateway.channels.store import channel_of
@@ -36,7 +37,7 @@ from services.gateway.http.wire import (
     reply_json,
     turn_nlu_json,
 )
-from services.gateway.ports import ConversationHub, Role, SendResult
+from services.gateway.ports import ConversationHub, SendResult
 from services.gateway.ratelimit import RateLimited
 
 log = get_logger(__name__)
@@ -232,7 +233,7 @@ async def socket_answer(raw: str, request: web.Request,
         return {**error_frame(exc.http_status, str(exc)), **exc.extensions()}, False
     except DomainError as exc:
         return (error_frame(exc.http_status, str(exc)),
-                isinstance(exc, (Unauthenticated, PermissionDenied)))
+                isinstance(exc, (Unauthenticated, PermissionDenied, BotNotFound)))
     except Exception:
         log.exception("ws_message_failed")
         return error_frame(500, "internal error"), False
@@ -255,10 +256,14 @@ async def socket_message(raw: str, request: web.Request, state: GatewayState) ->
 
 
 async def recheck(request: web.Request, state: GatewayState) -> Principal:
-    """Re-authenticate a long-lived socket's key or visitor token (cached), so revocation or
-    expiry ends the session."""
-    principal = await state.auth.authenticate(request.get(TOKEN))
+    """Re-authenticate a long-lived socket's key, visitor token or person's session (cached),
+    so revocation, expiry or the bot moving to another tenant ends the session."""
+    token = request.get(TOKEN)
+    if not token and state.sessions is not None and state.sessions.present(request):
+        principal = await state.sessions.principal(request)
+    else:
+        principal = await state.auth.authenticate(token)
     bot, conversation = ids(request)
-    authorize(principal, Role.CLIENT, bot, conversation=conversation)
+    await state.auth.admit(principal, Permission.CONVERSE, bot, conversation=conversation)
     request[PRINCIPAL] = principal
     return principal

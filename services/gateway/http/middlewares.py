@@ -15,7 +15,8 @@ from aiohttp.typedefs import Handler
 
 from services.common.errors import DomainError, PermissionDenied
 from services.common.logging import bind_correlation_id, get_logger
-from services.gateway.auth import authorize
+from services.gateway.access import ALL_TENANTS, TENANT_NAME, BotNotFound, Permission
+from services.gateway.auth import Principal
 from services.gateway.channels.widget import allowed_origins
 from services.gateway.http.bodies import PATH_IDS, check_path_id
 from services.gateway.http.conversations import socket_token
@@ -28,7 +29,9 @@ from services.gateway.http.problems import (
 )
 from services.gateway.http.routes import SPEC, WAIT, RouteSpec, spec_of
 from services.gateway.http.state import (
+    BOT_TENANT,
     CORRELATION,
+    CREATING,
     PRINCIPAL,
     TOKEN,
     WAITED_WORKFLOWS,
@@ -36,7 +39,7 @@ from services.gateway.http.state import (
     state_of,
 )
 from services.gateway.http.widget import widget_settings
-from services.gateway.ports import Role
+from services.gateway.ports import BotNotServed, Role
 from services.gateway.ratelimit import RateLimited
 
 log = get_logger(__name__)
@@ -249,12 +252,16 @@ def path_methods(request: web.Request) -> set[str] | None:
 
 
 async def admit(request: web.Request, spec: RouteSpec) -> None:
-    """401 → 429 → 400 (path ids) → 403, in that order."""
-    assert spec.role is not None
+    """401 → 429 → 400 (path ids) → 403 (permission) → 404 (a bot out of reach) → 403 (the
+    permission in the bot's tenant), in that order (services/gateway/auth.py authorize)."""
+    assert spec.needs is not None
     state = state_of(request)
     token = bearer_token(request) or (socket_token(request) if spec.websocket else None)
     client = client_address(request, state.config.client_ip_header)
-    principal = await state.auth.authenticate(token, client)
+    if token is None and state.sessions is not None and state.sessions.present(request):
+        principal = await state.sessions.principal(request, client)  # a person's browser
+    else:
+        principal = await state.auth.authenticate(token, client)
     request[PRINCIPAL] = principal
     request[TOKEN] = token or ""
     try:
@@ -263,14 +270,52 @@ async def admit(request: web.Request, spec: RouteSpec) -> None:
         state.metrics.rate_limited.inc()
         raise
     check_path_ids(request)
+    bot = request.match_info.get("bot")
     conversation = request.match_info.get("conversation") if spec.visitor else None
     try:
-        authorize(principal, spec.role, request.match_info.get("bot"),
-                  conversation=conversation)
-    except PermissionDenied:
+        try:
+            tenant = await state.auth.admit(principal, spec.needs, bot,
+                                            conversation=conversation)
+        except BotNotFound:
+            if not spec.creates or bot is None:
+                raise
+            tenant = await new_bot_tenant(request, principal, spec.needs, bot)
+            request[CREATING] = True
+    except (PermissionDenied, BotNotFound):
         if principal.is_publishable:  # a page's key used elsewhere: worth watching
             state.metrics.widget_refused.labels("scope").inc()
         raise
+    if tenant is not None:
+        request[BOT_TENANT] = tenant
+
+
+async def new_bot_tenant(request: web.Request, principal: Principal, need: Permission,
+                         bot: str) -> str:
+    """The tenant a bot out of the caller's reach becomes when a `creates` route makes it: a
+    bot that does not exist (no owner record, no deployed definition, served by no replica),
+    for the caller's tenant (`?tenant=` with several) where it has `need`; else the same 404
+    as any bot out of reach (a taken bot id is taken, whoever has it)."""
+    state = state_of(request)
+    if await state.auth.owners.owner(bot) is not None or await bot_exists(state, bot):
+        raise BotNotFound(bot)
+    wanted = request.query.get("tenant")
+    tenants = [t for t in principal.tenants_with(need) if t != ALL_TENANTS]
+    if wanted is not None:
+        tenants = [wanted] if TENANT_NAME.match(wanted) and need in principal.permissions(
+            wanted) else []
+    if len(tenants) != 1 or not principal.allows_bot(bot) or principal.is_visitor:
+        raise BotNotFound(bot)
+    return tenants[0]
+
+
+async def bot_exists(state: GatewayState, bot: str) -> bool:
+    """Whether a bot has a deployed definition or is served by a dialogue replica."""
+    try:
+        state.hub.check_served(bot)
+        return True
+    except BotNotServed:
+        pass
+    return state.definitions is not None and await state.definitions.exists(bot)
 
 
 def client_address(request: web.Request, header: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from services.gateway.config import GatewayConfig
 from services.gateway.http.bodies import PATH_IDS
+from services.gateway.http.bots import SCHEMAS as BOT_SCHEMAS
 from services.gateway.http.channels import SCHEMAS as CHANNEL_SCHEMAS
 from services.gateway.http.contract import (
     PATH_EXAMPLES,
@@ -27,11 +28,13 @@ from services.gateway.ports import Role
 ERROR_TEXT = {
     400: "Invalid request (field-level `errors`)",
     401: "Missing, invalid or revoked API key or visitor token, or an expired visitor token",
-    403: "The key's role or bots (a visitor token's conversation) do not allow this",
-    404: "Not found",
-    405: "Method not allowed (a channel whose platform has no GET handshake)",
-    409: "Conflict: the current state (of the run, the rollout, the training) does not allow "
+    403: "The key's role (a person's roles, a visitor token's conversation) does not allow "
          "this",
+    404: "Not found; for a bot out of the caller's reach (another tenant's, not in the key's "
+         "bots, or none) always the same answer",
+    405: "Method not allowed (a channel whose platform has no GET handshake)",
+    409: "Conflict: the current state (of the run, the rollout, the training; a bot owned by "
+         "another tenant than `?tenant=` names) does not allow this",
     413: "Request body too large",
     415: "The body is not `application/json` (Content-Type)",
     422: "Invalid bot definition (`issues`)",
@@ -164,6 +167,7 @@ SCHEMAS: dict[str, Any] = {
     "RunList": _obj(["bot_id", "runs"], bot_id=_STR,
                     runs={"type": "array", "items": {"$ref": "#/components/schemas/Run"}}),
     **REVIEW_SCHEMAS,
+    **BOT_SCHEMAS,
     **CHANNEL_SCHEMAS,
     **WIDGET_SCHEMAS,
     **MODEL_SCHEMAS,  # ModelVersions, Activation, Rollout, ...
@@ -197,7 +201,10 @@ def build_document(routes: Iterable[RouteSpec], version: str = "1.0.0",
                 "type": "http", "scheme": "bearer",
                 "description": "An API key: `Bearer bfk_...`; where an operation has "
                                "`x-visitor-token: true`, also a visitor token of the path's "
-                               "conversation: `Bearer bfv_...`"}},
+                               "conversation: `Bearer bfv_...`. With OIDC on, a person's "
+                               "access or ID token (a JWT of the configured issuer), or the "
+                               "session cookie of /auth/login; `x-required-permission` is what "
+                               "their roles must grant in the bot's tenant (docs/security.md)"}},
         },
     }
 
@@ -208,6 +215,8 @@ def operation(spec: RouteSpec) -> dict[str, Any]:
         "parameters": parameters(spec), "responses": responses(spec),
         "security": [] if spec.role is None else [{"apiKey": []}],
     }
+    if spec.needs is not None:
+        op["x-required-permission"] = spec.needs.value
     if spec.role is not None:
         op["x-required-role"] = spec.role.value
     if spec.visitor:
@@ -253,6 +262,8 @@ def error_statuses(spec: RouteSpec) -> list[int]:
     statuses = {500, *spec.extra_errors}
     if spec.role is not None:
         statuses |= {400, 401, 403, 429}
+        if "{bot}" in spec.path:
+            statuses.add(404)  # a bot out of reach
     if spec.request is not None:
         statuses |= {400, 415}  # a body that is not application/json: 415
     return sorted(statuses)

@@ -1,4 +1,5 @@
-// The review queue page: lists a bot's review items (admin key) and decides them.
+// The review queue page: lists a bot's review items (an admin key, or a person signed in with
+// single sign-on: viewer to read, editor to decide) and decides them.
 "use strict";
 
 (() => {
@@ -10,10 +11,15 @@
     $("status").classList.toggle("error", error);
   }
 
+  // With an API key, it is the bearer; without, the session cookie of single sign-on
+  // (/auth/login) is sent, and X-Requested-With tells the gateway the call is this page's.
   async function api(method, path, body) {
+    const headers = { "Content-Type": "application/json", "X-Requested-With": "botfactory" };
+    if (session.key) headers.Authorization = `Bearer ${session.key}`;
     const response = await fetch(path, {
       method,
-      headers: { "Authorization": `Bearer ${session.key}`, "Content-Type": "application/json" },
+      headers,
+      credentials: "same-origin",
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     const data = await response.json().catch(() => ({}));
