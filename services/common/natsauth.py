@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.nats import (
+    KV_BOT_VERSIONS,
     KV_BUCKETS,
     KV_CHANNEL_SENT,
     KV_CHANNELS,
@@ -124,6 +125,7 @@ def _identities() -> tuple[Identity, ...]:
             *kv_read(KV_REVIEW), *kv_write(KV_REVIEW), *kv_read(KV_SERVED),
             *kv_read(KV_CHANNELS), *kv_write(KV_CHANNELS), "events.deadletter.channel",
             *kv_read(KV_CHANNEL_SENT), *kv_write(KV_CHANNEL_SENT),
+            *kv_read(KV_BOT_VERSIONS), *kv_write(KV_BOT_VERSIONS),
         ), (inbox(GATEWAY), "conv.out.>"), "public API: publishes user messages, reads replies"),
         Identity(DIALOGUE, (
             "conv.out.>", "conv.event.>", "rpa.jobs.>", "events.deadletter.dialogue",
@@ -135,6 +137,8 @@ def _identities() -> tuple[Identity, ...]:
             *kv_write("bots", "rollout.>"), "events.audit.>",
             # the bots this replica serves (services/common/served.py)
             *kv_write(KV_SERVED),
+            # which bot version a new conversation starts on (services/common/botversions.py)
+            *kv_read(KV_BOT_VERSIONS),
         ), (inbox(DIALOGUE),), "consumes user messages, writes trackers, publishes replies"),
         Identity(NLU, (*stream_info(), *kv_read("bots"), *obj_read(OBJ_MODELS),
                        "events.nlu.shadow.>"), (inbox(NLU),),
@@ -148,6 +152,7 @@ def _identities() -> tuple[Identity, ...]:
             "events.model.published.>", "events.kb.published.>", *stream_info(),
             *kv_read("bots"),
             *kv_write("bots"), *obj_read(OBJ_MODELS), *obj_write(OBJ_MODELS),
+            *kv_read(KV_BOT_VERSIONS), *kv_write(KV_BOT_VERSIONS),
         ), (inbox(TRAINER),), "publishes trained models"),
     )
 

@@ -1,0 +1,120 @@
+"""Bot versions and environments on a real nats-server (services/common/botversions.py,
+docs/versions.md): immutable content-addressed versions, promotion, rollback, the
+bot-version canary and the checks an environment requires."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from botfactory.local.nats_server import NatsServer
+from services.common.botversions import (
+    BotEnvironments,
+    BotVersion,
+    CheckResult,
+    EnvConfig,
+    VersionConflict,
+    VersionInvalid,
+    VersionNotFound,
+    VersionStore,
+    canary_point,
+    diff,
+)
+from services.common.nats import Bus, connect, provision
+
+FILES = {"bot.yml": "name: tiny\n", "flows.yml": "flows: {}\n"}
+
+
+@pytest.fixture
+async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
+    connected = await connect(nats_server.url, name="test")
+    await provision(connected)
+    yield connected
+    await connected.drain()
+
+
+def _version(model: str = "m1", **files: str) -> BotVersion:
+    return BotVersion.build("tiny", {**FILES, **files}, model, actor="test")
+
+
+async def test_versions_are_content_addressed_and_immutable(bus: Bus) -> None:
+    store = VersionStore(bus)
+    first, created = await store.create(_version())
+    again, created_again = await store.create(_version())
+    assert created and not created_again
+    assert again.id == first.id and again.created_at_unix_ms == first.created_at_unix_ms
+    other, _ = await store.create(_version("m2"))
+    assert other.id != first.id
+    assert [v.id for v in await store.list("tiny")] == [first.id, other.id]
+    assert await store.list("nobody") == []
+    kv = await bus.kv("bot_versions")
+    tampered = first.to_json() | {"model": "m9"}
+    await kv.put(f"v.tiny.{first.id}", __import__("json").dumps(tampered).encode())
+    with pytest.raises(Exception, match="does not match its content"):
+        await store.get("tiny", first.id)
+    with pytest.raises(VersionNotFound):
+        await store.get("tiny", "v0000000000000000")
+    with pytest.raises(VersionInvalid):
+        await store.get("tiny", "../x")
+
+
+def test_diff_names_changed_files_and_models() -> None:
+    old = _version("m1", **{"responses.yml": "a: 1\n"})
+    new = _version("m2", **{"responses.yml": "a: 2\n", "extra.yml": "x: 1\n"})
+    report = diff(old, new)
+    assert report["files"]["added"] == ["extra.yml"]
+    assert report["files"]["removed"] == []
+    assert "-a: 1" in report["files"]["changed"]["responses.yml"]
+    assert "+a: 2" in report["files"]["changed"]["responses.yml"]
+    assert report["model"] == {"from": "m1", "to": "m2", "changed": True}
+    assert report["kb"]["changed"] is False
+
+
+async def test_promote_rollback_and_canary(bus: Bus) -> None:
+    store = VersionStore(bus)
+    v1, _ = await store.create(_version("m1"))
+    v2, _ = await store.create(_version("m2"))
+    assert [e.name for e in await store.environments("tiny")] == ["dev", "staging", "prod"]
+    with pytest.raises(VersionConflict):
+        await store.promote_from("tiny", "staging", "prod", actor="t")
+    await store.promote("tiny", "staging", v1.id, actor="t")
+    prod = await store.promote_from("tiny", "staging", "prod", actor="t")
+    assert prod.version == v1.id
+    with pytest.raises(VersionConflict, match="no earlier version"):
+        await store.rollback("tiny", "prod", actor="t")
+    with pytest.raises(VersionInvalid, match="already"):
+        await store.set_canary("tiny", "prod", v1.id, 0.5, actor="t")
+    prod = await store.set_canary("tiny", "prod", v2.id, 0.5, actor="t")
+    chosen = {c: prod.choose(c) for c in (f"c{i}" for i in range(200))}
+    assert set(chosen.values()) == {v1.id, v2.id}
+    for conversation, version in chosen.items():
+        inside = canary_point("tiny", v2.id, conversation) < 0.5
+        assert version == (v2.id if inside else v1.id)
+        assert prod.choose(conversation) == version  # sticky
+    prod = await store.promote("tiny", "prod", v2.id, actor="t")
+    assert (prod.version, prod.canary_version, prod.canary_share) == (v2.id, "", 0.0)
+    prod = await store.rollback("tiny", "prod", actor="t")
+    assert prod.version == v1.id
+    assert [c.reason for c in prod.history] == ["promote", "canary", "promote", "rollback"]
+    with pytest.raises(VersionNotFound):
+        await store.promote("tiny", "qa", v1.id, actor="t")
+
+
+async def test_an_environment_can_require_checks(bus: Bus) -> None:
+    store = VersionStore(bus)
+    v1, _ = await store.create(_version("m1"))
+    await store.configure("tiny", BotEnvironments(
+        (EnvConfig("staging"), EnvConfig("prod", ("conversation_tests", "model_gate"))),
+        "prod"))
+    await store.promote("tiny", "staging", v1.id, actor="t")
+    with pytest.raises(VersionConflict, match="conversation_tests, model_gate"):
+        await store.promote("tiny", "prod", v1.id, actor="t")
+    await store.record_check("tiny", v1.id, CheckResult("conversation_tests", True))
+    await store.record_check("tiny", v1.id, CheckResult("model_gate", False))
+    with pytest.raises(VersionConflict, match="model_gate"):
+        await store.promote("tiny", "prod", v1.id, actor="t")
+    await store.record_check("tiny", v1.id, CheckResult("model_gate", True))
+    assert (await store.promote("tiny", "prod", v1.id, actor="t")).version == v1.id
+    with pytest.raises(VersionNotFound):
+        await store.environment("tiny", "dev")
