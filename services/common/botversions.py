@@ -30,11 +30,20 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import grpc
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
+from services.common.definitions import DefinitionStore
 from services.common.errors import DomainError, InvalidArgument, NotFound
-from services.common.modelartifacts import BOT_ID, VERSION_ID
-from services.common.nats import KV_BOT_VERSIONS, Bus
+from services.common.modelartifacts import (
+    BOT_ID,
+    VERSION_ID,
+    ModelRef,
+    active_version,
+    require_version,
+)
+from services.common.modelstore import activate
+from services.common.nats import KV_BOT_VERSIONS, OBJ_MODELS, Bus
+from services.knowledge.store import activate_kb, active_kb_version, kb_object_name
 
 VERSION_PREFIX = "v."
 ENV_PREFIX = "env."
@@ -191,10 +200,10 @@ class Environment:
 
     def choose(self, conversation_id: str) -> str:
         """The version a new conversation starts on (sticky canary by conversation id)."""
-        if self.canary_version and self.canary_share > 0 and conversation_id:
-            if canary_point(self.bot, self.canary_version, conversation_id) < self.canary_share:
-                return self.canary_version
-        return self.version
+        inside = (self.canary_version and self.canary_share > 0 and conversation_id
+                  and canary_point(self.bot, self.canary_version, conversation_id)
+                  < self.canary_share)
+        return self.canary_version if inside else self.version
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -321,7 +330,7 @@ class VersionStore:
             raise VersionNotFound(f"bot {bot!r} has no version {version!r}")
         return BotVersion.from_bytes(found[0])
 
-    async def list(self, bot: str) -> list[BotVersion]:
+    async def versions(self, bot: str) -> list[BotVersion]:
         """The bot's versions, oldest first."""
         kv = await self._kv()
         watcher = await kv.watch(f"{VERSION_PREFIX}{_bot(bot)}.*", ignore_deletes=True)
@@ -529,3 +538,41 @@ def diff(old: BotVersion, new: BotVersion) -> dict[str, Any]:
         "model": {"from": old.model, "to": new.model, "changed": old.model != new.model},
         "kb": {"from": old.kb, "to": new.kb, "changed": old.kb != new.kb},
     }
+
+
+async def publish_version(bus: Bus, bot: str, files: dict[str, str], model: str, kb: str = "",
+                          *, actor: str, description: str = "") -> tuple[BotVersion, bool]:
+    """Create the version of these files, model and index (both must be in the object store);
+    (the version, whether it is new). The definition must have been validated by the caller."""
+    version = BotVersion.build(bot, files, model, kb, actor=actor, description=description)
+    await require_version(bus, ModelRef(bot, model))
+    if kb and not await kb_exists(bus, ModelRef(bot, kb)):
+        raise VersionNotFound(f"bot {bot!r} has no knowledge index {kb!r} in the store")
+    return await VersionStore(bus).create(version)
+
+
+async def kb_exists(bus: Bus, ref: ModelRef) -> bool:
+    store = await bus.object_store(OBJ_MODELS)
+    try:
+        info = await store.get_info(kb_object_name(ref))
+    except NotFoundError:
+        return False
+    return info is not None and not info.deleted
+
+
+async def mirror_default(bus: Bus, environment: Environment, *, actor: str) -> bool:
+    """When `environment` is the bot's default one, make its version what serves the bot the
+    old way: `def.<bot>` (the dialogue's and the runner's definition), `model.<bot>` and
+    `kb.<bot>` (KV `bots`). True when it was the default environment."""
+    store = VersionStore(bus)
+    config = await store.config(environment.bot)
+    if environment.name != config.default or not environment.version:
+        return False
+    version = await store.get(environment.bot, environment.version)
+    await DefinitionStore(bus).put(version.bot, version.files)
+    if await active_version(bus, version.bot) != version.model:
+        await activate(bus, ModelRef(version.bot, version.model), actor=actor,
+                       reason="activate")
+    if version.kb and await active_kb_version(bus, version.bot) != version.kb:
+        await activate_kb(bus, ModelRef(version.bot, version.kb))
+    return True

@@ -30,6 +30,7 @@ from services.gateway.channels.store import ChannelStore, ConversationRefs
 from services.gateway.config import GatewayConfig
 from services.gateway.grpc_api import SERVICE_NAME, ChatServicer, add_chat_service
 from services.gateway.http.app import build_authenticator, build_limiter, create_app
+from services.gateway.http.bot_versions import BOT_VERSIONS
 from services.gateway.http.metrics import GatewayMetrics
 from services.gateway.http.model_versions import MODEL_ROLLOUTS
 from services.gateway.http.review import REVIEW
@@ -104,6 +105,7 @@ class GatewayServer:
             app[CHANNELS] = await self._start_channels(bus)
         # versions and rollouts (http/model_versions.py)
         app[MODEL_ROLLOUTS] = BusModelRollouts(bus)
+        app[BOT_VERSIONS] = bus  # bot versions and environments (http/bot_versions.py)
         self.runner = web.AppRunner(app, access_log=None,
                                     shutdown_timeout=self.config.shutdown_grace_s)
         await self.runner.setup()

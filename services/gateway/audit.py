@@ -23,6 +23,7 @@ from services.common.audit import (  # the event shape and its store are shared 
     MODEL_ACTIVATED,
     PLATFORM_TENANT,
     SUBJECT_PREFIX,
+    VERSION_ACTIONS,
     AuditEvent,
     BusAuditLog,
     event_json,
@@ -42,7 +43,7 @@ WEBHOOK_DELETED = "webhook.deleted"
 CHANNEL_SET = "channel.set"
 CHANNEL_DELETED = "channel.deleted"
 ACTIONS = (KEY_CREATED, KEY_REVOKED, BOT_DEPLOYED, WEBHOOK_SET, WEBHOOK_DELETED, CHANNEL_SET,
-           CHANNEL_DELETED, *MODEL_ACTIONS)
+           CHANNEL_DELETED, *MODEL_ACTIONS, *VERSION_ACTIONS)
 
 
 def new_event(principal: Principal, action: str, target: dict[str, Any], *,

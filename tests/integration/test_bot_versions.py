@@ -46,8 +46,8 @@ async def test_versions_are_content_addressed_and_immutable(bus: Bus) -> None:
     assert again.id == first.id and again.created_at_unix_ms == first.created_at_unix_ms
     other, _ = await store.create(_version("m2"))
     assert other.id != first.id
-    assert [v.id for v in await store.list("tiny")] == [first.id, other.id]
-    assert await store.list("nobody") == []
+    assert [v.id for v in await store.versions("tiny")] == [first.id, other.id]
+    assert await store.versions("nobody") == []
     kv = await bus.kv("bot_versions")
     tampered = first.to_json() | {"model": "m9"}
     await kv.put(f"v.tiny.{first.id}", __import__("json").dumps(tampered).encode())

@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from typing import Any
+
+from nats.js.errors import NotFoundError
 
 from services.common.audit import AuditEvent
 from services.common.modelstore import (
@@ -21,6 +24,7 @@ from services.common.modelstore import (
 from services.gateway.auth import KeyExists, now_ms
 from services.gateway.ports import ApiKeyRecord, Webhook
 from services.gateway.webhook_store import Subscription, stored_subscription
+from tests.support.memkv import MemoryKeyValue
 
 
 class InMemoryKeyStore:
@@ -151,3 +155,22 @@ class MemoryAuditLog:
 
     async def record(self, event: AuditEvent) -> None:
         self.events.append(event)
+
+
+class _EmptyObjectStore:
+    async def get_info(self, name: str) -> Any:
+        raise NotFoundError
+
+
+class MemoryBus:
+    """The KV buckets of a Bus in memory (and an empty object store): what the bot-version
+    routes (services/gateway/http/bot_versions.py) use, for tests without a server."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, MemoryKeyValue] = {}
+
+    async def kv(self, name: str) -> MemoryKeyValue:
+        return self._buckets.setdefault(name, MemoryKeyValue())
+
+    async def object_store(self, name: str) -> _EmptyObjectStore:
+        return _EmptyObjectStore()

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from services.common.botversions import BOT_VERSION_ID, ENV_NAME
 from services.gateway.auth import TENANT_RE
 from services.gateway.config import GatewayConfig
 from services.gateway.http.problems import RequestInvalid
@@ -50,7 +51,8 @@ CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # a messaging channel (tel
 VISITOR_TOKEN = re.compile(r"^bfv_[A-Za-z0-9_.-]{1,1020}$")  # services/gateway/visitor.py
 PATH_IDS: dict[str, re.Pattern[str]] = {
     "bot": BOT_ID, "conversation": CONVERSATION_ID, "message_id": RATED_MESSAGE_ID,
-    "key_id": KEY_ID, "run_id": RUN_ID, "channel": CHANNEL_NAME}
+    "key_id": KEY_ID, "run_id": RUN_ID, "channel": CHANNEL_NAME,
+    "version": BOT_VERSION_ID, "environment": ENV_NAME}  # services/common/botversions.py
 
 Limit = int | str  # a number of characters, or the GatewayConfig attribute that sets it
 

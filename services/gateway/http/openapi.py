@@ -8,6 +8,7 @@ from typing import Any
 
 from services.gateway.config import GatewayConfig
 from services.gateway.http.bodies import PATH_IDS
+from services.gateway.http.bot_versions import SCHEMAS as VERSION_SCHEMAS
 from services.gateway.http.channels import SCHEMAS as CHANNEL_SCHEMAS
 from services.gateway.http.contract import (
     PATH_EXAMPLES,
@@ -42,7 +43,9 @@ ERROR_TEXT = {
 PATH_TEXT = {"bot": "Bot id", "conversation": "Conversation id (chosen by the client)",
              "message_id": "A bot message's id", "key_id": "API key id",
              "run_id": "Workflow run id", "name": "File name",
-             "channel": "Messaging channel (telegram, ...)"}
+             "channel": "Messaging channel (telegram, ...)",
+             "version": "Bot version id (v + 16 hex digits)",
+             "environment": "Environment name (dev, staging, prod, ...)"}
 PATH_PATTERNS = {**{name: pattern.pattern for name, pattern in PATH_IDS.items()},
                  "name": r"^[A-Za-z0-9_.-]+$"}
 
@@ -164,6 +167,7 @@ SCHEMAS: dict[str, Any] = {
     **CHANNEL_SCHEMAS,
     **WIDGET_SCHEMAS,
     **MODEL_SCHEMAS,  # ModelVersions, Activation, Rollout, ...
+    **VERSION_SCHEMAS,  # BotVersion, BotEnvironment, ...
 }
 
 
