@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 
 COMMAND_MODULES = ("importers", "validate", "train", "evaluate", "models", "chat", "report",
-                   "conversations", "review", "data", "gate", "kb", "new", "run", "channels")
+                   "conversations", "review", "data", "gate", "kb", "new", "run", "channels",
+                   "versions")
 
 
 def build_parser() -> argparse.ArgumentParser:
