@@ -74,6 +74,7 @@ class NluServer:
             self.watcher = ModelWatcher(self.bus, self.registry, self.config.model_cache_dir,
                                         self.rollouts)
             await self.watcher.start()
+            self.servicer.attach_version_loader(self.watcher.load_version)
             await self.watcher.initial_load_done.wait()
             await self._follow_knowledge(self.bus)
         self.metrics_server = start_metrics_server(self.metrics.registry,

@@ -4,8 +4,11 @@ bot-version canary and the checks an environment requires."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import grpc
 import pytest
 
 from botfactory.local.nats_server import NatsServer
@@ -21,7 +24,12 @@ from services.common.botversions import (
     canary_point,
     diff,
 )
+from services.common.modelstore import publish, upload
 from services.common.nats import Bus, connect, provision
+from services.common.pb.botfactory.v1 import nlu_pb2, nlu_pb2_grpc
+from services.nlu.app import NluServer
+from services.nlu.config import NluConfig
+from tests.support.models import TinyModels
 
 FILES = {"bot.yml": "name: tiny\n", "flows.yml": "flows: {}\n"}
 
@@ -118,3 +126,45 @@ async def test_an_environment_can_require_checks(bus: Bus) -> None:
     assert (await store.promote("tiny", "prod", v1.id, actor="t")).version == v1.id
     with pytest.raises(VersionNotFound):
         await store.environment("tiny", "dev")
+
+
+# --- the NLU parses with the model version a request names -----------------------------------
+
+
+async def test_the_nlu_loads_a_named_model_version_beside_the_active_one(
+        bus: Bus, nats_server: NatsServer, tiny_models: TinyModels, tmp_path: Path) -> None:
+    v1 = (await publish(bus, tiny_models.v1)).version
+    v2 = (await upload(bus, tiny_models.v2)).version
+    server = NluServer(NluConfig(grpc_port=0, metrics_port=0, max_batch_wait_ms=2.0,
+                                 shutdown_grace_s=2.0, nats_url=nats_server.url,
+                                 model_cache_dir=tmp_path / "cache"))
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = nlu_pb2_grpc.NluServiceStub(channel)
+    try:
+        plain = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hello"))
+        assert (plain.model_version, plain.variant) == (v1, "active")
+        pinned = await asyncio.gather(*(stub.Parse(nlu_pb2.ParseRequest(
+            bot_id="tiny", text="hello", conversation_id=f"c{i}", model_version=v2))
+            for i in range(5)))
+        assert {(r.model_version, r.variant) for r in pinned} == {(v2, "pinned")}
+        batch = await stub.ParseBatch(nlu_pb2.ParseBatchRequest(
+            bot_id="tiny", texts=["hello", "hi there"], model_version=v2))
+        assert [r.model_version for r in batch.results] == [v2, v2]
+        same = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hi",
+                                                     model_version=v1))
+        assert (same.model_version, same.variant) == (v1, "active")
+        # a version not in the store: the active model answers, and says so
+        missing = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hi",
+                                                        model_version="nosuch"))
+        assert missing.model_version == v1
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hi",
+                                                  model_version="../x"))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:  # no such bot, nor version of it
+            await stub.Parse(nlu_pb2.ParseRequest(bot_id="nobot", text="hi", model_version=v2))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await channel.close()
+        await server.stop()
