@@ -30,9 +30,6 @@ HEADER_RUN_ID = "Bf-Run-Id"
 # readers such as the transcript leave their text as it is instead of masking it.
 HEADER_PII = "Bf-Pii"
 PII_KEEP = "keep"
-# On a user message: the environment of the API key that sent it (docs/versions.md); absent:
-# the bot's default environment.
-HEADER_ENVIRONMENT = "Bf-Environment"
 
 KIND_MESSAGE = "message"
 KIND_AGENT = "agent"

@@ -35,7 +35,6 @@ from services.common.pii import redact, redact_value
 from services.common.pull import ContinuousPull, open_pull
 from services.common.subjects import (
     HEADER_CORRELATION,
-    HEADER_ENVIRONMENT,
     HEADER_KIND,
     HEADER_MSG_ID,
     HEADER_PII,
@@ -108,7 +107,7 @@ class Inbound:
     workflow: WorkflowResult | None
     progress_run_id: str = ""  # a `workflow_progress` notice: the run that is taking long
     notify_run_id: str = ""  # a `notify` message: the run that sent it (header Bf-Run-Id)
-    environment: str = ""  # the sender's environment (header Bf-Environment; "": default)
+    environment: str = ""  # the sender's key's environment (UserMessage; "": the default)
 
     @property
     def run_id(self) -> str:
@@ -159,7 +158,7 @@ def decode(msg: Msg) -> Inbound:
     notify_run = headers.get(HEADER_RUN_ID, "") if kind == KIND_NOTIFY else ""
     return Inbound(bot_id, conversation_id, kind, message_id,
                    headers.get(HEADER_CORRELATION, ""), headers.get(HEADER_REPLY_INBOX), user,
-                   workflow, progress, notify_run, headers.get(HEADER_ENVIRONMENT, ""))
+                   workflow, progress, notify_run, user.environment if user is not None else "")
 
 
 class DialogueWorker:

@@ -236,7 +236,10 @@ ACTIVATE_MODEL = Body(required={"version": Identifier(VERSION)}, optional={})
 CREATE_KEY = Body(required={"tenant": Identifier(TENANT_RE),
                             "bots": StringList(BOT_SCOPE, description='Bot ids, or ["*"]'),
                             "role": Choice(tuple(role.value for role in Role))},
-                  optional={"description": Text(MAX_DESCRIPTION_CHARS, blank=True)},
+                  optional={"description": Text(MAX_DESCRIPTION_CHARS, blank=True),
+                            "environment": Identifier(ENV_NAME, "The bot environment its "
+                                                      "conversations use (docs/versions.md); "
+                                                      "absent: each bot's default (prod)")},
                   # a publishable key sits in web pages: one bot, never `*` (admin.py)
                   constraints={"if": {"required": ["role"],
                                       "properties": {"role": {"const": "publishable"}}},

@@ -69,7 +69,9 @@ _REPLY = _obj(["message_id", "text", "buttons", "role"], message_id=_STR, text=_
 _KEY = _obj(["key_id", "tenant", "bots", "role", "revoked"], key_id=_STR, tenant=_STR,
             bots={"type": "array", "items": _STR}, role={"enum": [role.value for role in Role]},
             description=_STR, created_at_unix_ms=_INT,
-            revoked_at_unix_ms={"type": ["integer", "null"]}, revoked={"type": "boolean"})
+            revoked_at_unix_ms={"type": ["integer", "null"]}, revoked={"type": "boolean"},
+            environment={"type": "string", "description": "The bot environment its "
+                         "conversations use (\"\": each bot's default)"})
 _NULLABLE_STR = {"type": ["string", "null"]}
 _OBJECT = {"type": "object"}
 _STEP_RECORD = _obj(["step", "kind", "status", "attempts", "visit"], step=_STR, kind=_STR,
