@@ -5,6 +5,8 @@ bot-version canary and the checks an environment requires."""
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -58,7 +60,7 @@ async def test_versions_are_content_addressed_and_immutable(bus: Bus) -> None:
     assert await store.versions("nobody") == []
     kv = await bus.kv("bot_versions")
     tampered = first.to_json() | {"model": "m9"}
-    await kv.put(f"v.tiny.{first.id}", __import__("json").dumps(tampered).encode())
+    await kv.put(f"v.tiny.{first.id}", json.dumps(tampered).encode())
     with pytest.raises(Exception, match="does not match its content"):
         await store.get("tiny", first.id)
     with pytest.raises(VersionNotFound):
@@ -168,3 +170,72 @@ async def test_the_nlu_loads_a_named_model_version_beside_the_active_one(
     finally:
         await channel.close()
         await server.stop()
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+
+def test_cli_publishes_a_bot_version_and_moves_environments(
+        nats_server: NatsServer, tiny_models: TinyModels, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from botfactory.cli import main
+
+    nats = ["--nats", nats_server.url]
+    bot_dir = tmp_path / "tiny"
+    shutil.copytree(tiny_models.bot_dir, bot_dir)
+    assert main(["publish", str(bot_dir), *nats]) == 2  # a bot folder needs --model
+    assert "needs --model" in capsys.readouterr().err
+    assert main(["publish", str(bot_dir), "--model", str(tiny_models.v1), *nats]) == 0
+    first = capsys.readouterr().out
+    assert "(created)" in first
+    v1 = first.split("@")[1].split(" ")[0]
+    assert main(["publish", str(bot_dir), "--model", str(tiny_models.v1), *nats]) == 0
+    assert f"tiny@{v1} (exists already)" in capsys.readouterr().out
+    (bot_dir / "bot.yml").write_text((bot_dir / "bot.yml").read_text() + "# changed\n")
+    model_v2 = json.loads((tiny_models.v2 / "metadata.json").read_text())["version"]
+    assert main(["publish", str(bot_dir), "--model", str(tiny_models.v2), *nats]) == 0
+    v2 = capsys.readouterr().out.split("@")[1].split(" ")[0]
+    # by id: a model version already in the store; an unknown one is refused
+    assert main(["publish", str(bot_dir), "--model", model_v2, *nats]) == 0
+    assert f"tiny@{v2} (exists already)" in capsys.readouterr().out
+    assert main(["publish", str(bot_dir), "--model", "nosuch", *nats]) == 2
+    assert "no model version" in capsys.readouterr().err
+
+    assert main(["versions", "list", "tiny", "--json", *nats]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [v["id"] for v in listed["versions"]] == [v1, v2]
+    assert main(["versions", "diff", "tiny", v1, v2, *nats]) == 0
+    shown = capsys.readouterr().out
+    assert "+# changed" in shown and "model: " in shown
+    assert main(["env", "configure", "tiny", "--env", "staging",
+                 "--env", "prod:conversation_tests", *nats]) == 0
+    assert main(["env", "promote", "tiny", "staging", "--version", v1, *nats]) == 0
+    assert main(["env", "promote", "tiny", "prod", "--from", "staging", *nats]) == 2
+    assert "conversation_tests" in capsys.readouterr().err
+    assert main(["versions", "check", "tiny", v1, "conversation_tests", "--passed", *nats]) == 0
+    assert main(["versions", "check", "tiny", v2, "conversation_tests", "--passed", *nats]) == 0
+    assert main(["env", "promote", "tiny", "prod", "--from", "staging", *nats]) == 0
+    assert main(["env", "promote", "tiny", "prod", "--version", v2, *nats]) == 0
+    assert main(["env", "canary", "tiny", "staging", v2, "0.25", *nats]) == 0
+    capsys.readouterr()
+    assert main(["env", "status", "tiny", "--json", *nats]) == 0
+    status = {e["name"]: e for e in json.loads(capsys.readouterr().out)["environments"]}
+    assert status["prod"]["version"] == v2 and status["staging"]["canary_share"] == 0.25
+    assert main(["env", "rollback", "tiny", "prod", *nats]) == 0
+    assert f"tiny/prod: {v1}" in capsys.readouterr().out
+    assert main(["env", "end-canary", "tiny", "staging", *nats]) == 0
+    assert main(["env", "end-canary", "tiny", "staging", *nats]) == 2  # none left
+
+    async def mirrored() -> tuple[bytes, bytes]:  # prod (the default) is served the old way
+        bus = await connect(nats_server.url, name="check")
+        try:
+            kv = await bus.kv("bots")
+            return (await kv.get("model.tiny")).value or b"", \
+                (await kv.get("def.tiny")).value or b""
+        finally:
+            await bus.drain()
+
+    model, definition = asyncio.run(mirrored())
+    assert model.decode() == json.loads((tiny_models.v1 / "metadata.json").read_text())[
+        "version"]
+    assert "# changed" not in json.loads(definition)["files"]["bot.yml"]
