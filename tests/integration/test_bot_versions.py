@@ -25,6 +25,7 @@ from services.common.botversions import (
     VersionStore,
     canary_point,
     diff,
+    publish_version,
 )
 from services.common.modelstore import publish, upload
 from services.common.nats import Bus, connect, provision
@@ -239,3 +240,43 @@ def test_cli_publishes_a_bot_version_and_moves_environments(
     assert model.decode() == json.loads((tiny_models.v1 / "metadata.json").read_text())[
         "version"]
     assert "# changed" not in json.loads(definition)["files"]["bot.yml"]
+
+
+def test_conversation_tests_record_their_outcome_on_a_version(
+        nats_server: NatsServer, tiny_banking_model: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from botfactory.cli import main
+    from services.common.definitions import read_folder
+
+    banking = Path(__file__).resolve().parents[2] / "bots" / "banking"
+
+    async def create() -> tuple[str, str]:
+        bus = await connect(nats_server.url, name="test")
+        try:
+            await provision(bus)
+            model = (await upload(bus, tiny_banking_model)).version
+            files = read_folder(banking)
+            same, _ = await publish_version(bus, "banking", files, model, actor="t")
+            other, _ = await publish_version(bus, "banking", {**files, "extra.yml": "a: 1\n"},
+                                             model, actor="t")
+            return same.id, other.id
+        finally:
+            await bus.drain()
+
+    async def checks(version: str) -> dict[str, CheckResult]:
+        bus = await connect(nats_server.url, name="test")
+        try:
+            return await VersionStore(bus).checks("banking", version)
+        finally:
+            await bus.drain()
+
+    same, other = asyncio.run(create())
+    run = ["test-conversations", str(banking), "--offline", "--select", "greeting offers",
+           "--nats", nats_server.url]
+    assert main([*run, "--record-version", same]) == 0
+    assert f"recorded on {same}: conversation_tests passed" in capsys.readouterr().out
+    recorded = asyncio.run(checks(same))["conversation_tests"]
+    assert recorded.passed and recorded.detail == "1 of 1 passed (offline)"
+    assert main([*run, "--record-version", other]) == 2  # not that version's files
+    assert "is not the definition of" in capsys.readouterr().err
+    assert asyncio.run(checks(other)) == {}
