@@ -141,7 +141,7 @@ def _identities() -> tuple[Identity, ...]:
             *kv_read(KV_BOT_VERSIONS),
         ), (inbox(DIALOGUE),), "consumes user messages, writes trackers, publishes replies"),
         Identity(NLU, (*stream_info(), *kv_read("bots"), *obj_read(OBJ_MODELS),
-                       "events.nlu.shadow.>"), (inbox(NLU),),
+                       "events.nlu.shadow.>", *kv_read(KV_BOT_VERSIONS)), (inbox(NLU),),
                  "loads the active models and knowledge bases; reports shadow disagreements"),
         Identity(RPA_RUNNER, (
             "conv.in.>", "rpa.jobs.>", "events.rpa.>", "events.deadletter.rpa", *stream_info(),

@@ -174,6 +174,11 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
             self._shadow.offer(ShadowItem(bot, text, conversation, entry.model.version,
                                           prediction))
 
+    async def load_version(self, bot: str, version: str) -> bool:
+        """Load `version` of the bot (shared with the requests asking for it meanwhile)."""
+        await self._ensure_version(bot, version)
+        return self._registry.version(bot, version) is not None
+
     async def _ensure_version(self, bot: str, version: str) -> None:
         """Load `version` of the bot unless loaded (one load however many ask at once)."""
         if self._registry.version(bot, version) is not None or self._load_version is None:

@@ -33,6 +33,7 @@ from services.common.pb.botfactory.v1 import nlu_pb2, nlu_pb2_grpc
 from services.nlu.app import NluServer
 from services.nlu.config import NluConfig
 from tests.support.models import TinyModels
+from tests.support.polling import eventually
 
 FILES = {"bot.yml": "name: tiny\n", "flows.yml": "flows: {}\n"}
 
@@ -147,6 +148,10 @@ async def test_the_nlu_loads_a_named_model_version_beside_the_active_one(
     try:
         plain = await stub.Parse(nlu_pb2.ParseRequest(bot_id="tiny", text="hello"))
         assert (plain.model_version, plain.variant) == (v1, "active")
+        # an environment serving a version with model v2: the NLU loads it before any request
+        version, _ = await publish_version(bus, "tiny", FILES, v2, actor="t")
+        await VersionStore(bus).promote("tiny", "staging", version.id, actor="t")
+        await eventually(lambda: server.registry.version("tiny", v2), "v2 loaded ahead")
         pinned = await asyncio.gather(*(stub.Parse(nlu_pb2.ParseRequest(
             bot_id="tiny", text="hello", conversation_id=f"c{i}", model_version=v2))
             for i in range(5)))

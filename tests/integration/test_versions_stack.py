@@ -230,3 +230,19 @@ async def test_a_key_bound_to_an_environment_gets_its_version_and_not_another(
     assert (status, env["version"]) == (200, b), env
     status, shown = await _admin(stack, "GET", f"/versions/{b}")
     assert status == 200 and shown["checks"]["conversation_tests"]["passed"] is True
+
+
+async def test_promote_canary_rollback_under_load_fail_no_turn(
+        nats_server: NatsServer, tiny_banking_model: Path, tmp_path: Path) -> None:
+    """The benchmark's bot-version phase, short: no failed turn, no turn answered by another
+    version than its conversation's first, conversations started on both versions."""
+    from benchmarks.bot_versions import run_phase
+
+    figures = await run_phase(nats_server.url, tiny_banking_model, tmp_path, concurrency=4,
+                              seconds=4.0)
+    assert figures["turns"] > 50, figures
+    assert figures["failed_turns"] == 0, figures
+    assert figures["turns_on_another_version"] == 0, figures
+    assert set(figures["conversations_started_on"]) == {"A", "B"}, figures
+    assert [c["step"] for c in figures["changes"]] == ["promote", "canary 0.5", "end canary",
+                                                       "rollback"]

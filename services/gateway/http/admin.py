@@ -59,7 +59,8 @@ async def audited(request: web.Request, action: str, target: dict[str, Any],
 
 def key_target(record: ApiKeyRecord) -> dict[str, Any]:
     return {"key_id": record.key_id, "tenant": record.tenant, "bots": list(record.bots),
-            "role": record.role.value, "environment": record.environment}
+            "role": record.role.value,
+            **({"environment": record.environment} if record.environment else {})}
 
 
 def key_json(record: ApiKeyRecord) -> dict[str, Any]:
