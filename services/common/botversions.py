@@ -457,11 +457,13 @@ class VersionStore:
         return await self.promote(bot, target, served.version, actor=actor)
 
     async def rollback(self, bot: str, name: str, *, actor: str) -> Environment:
-        """Point the environment back at the version it served before the current one."""
+        """Point the environment back at the version it served before the promotion of the
+        current one."""
         current = await self.environment(bot, name)
+        # the version before the promotion that made the current one: repeated rollbacks
+        # walk back along the promotions
         previous = next((c.previous for c in reversed(current.history)
-                         if c.version == current.version and c.previous
-                         and c.reason in ("promote", "rollback")), "")
+                         if c.version == current.version and c.reason == "promote"), "")
         if not current.version or not previous:
             raise VersionConflict(f"environment {name!r} of {bot!r} has no earlier version "
                                   "to roll back to")
