@@ -242,18 +242,11 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_diff(args: argparse.Namespace) -> int:
     async def work(bus: Any) -> Any:
-        from services.common import modelstore
-        from services.common.botversions import VersionStore, diff
+        from services.common.botversions import VersionStore, diff_report
 
         store = VersionStore(bus)
         old, new = await store.get(args.bot, args.old), await store.get(args.bot, args.new)
-        report = diff(old, new)
-        infos = {v.version: v.to_json() for v in await modelstore.list_versions(bus, args.bot)}
-        report["model"]["metrics"] = {m: infos.get(m, {}).get("metrics", {})
-                                      for m in (old.model, new.model)}
-        report["checks"] = {v.id: {n: c.passed for n, c in (await store.checks(
-            args.bot, v.id)).items()} for v in (old, new)}
-        return report
+        return await diff_report(bus, old, new)
 
     code, report = _run(args.nats, work)
     if code == 0:
@@ -274,7 +267,8 @@ def format_diff(report: dict[str, Any]) -> str:
                           if isinstance(v, int | float))
         lines.append(f"  model {name}: {shown or 'no metrics'}")
     for version, checks in report.get("checks", {}).items():
-        shown = ", ".join(f"{n} {'passed' if ok else 'FAILED'}" for n, ok in checks.items())
+        shown = ", ".join(f"{n} {'passed' if c['passed'] else 'FAILED'}"
+                          for n, c in checks.items())
         lines.append(f"  checks of {version}: {shown or 'none recorded'}")
     lines += [f"added: {n}" for n in files["added"]]
     lines += [f"removed: {n}" for n in files["removed"]]

@@ -39,6 +39,7 @@ from services.common.modelartifacts import (
     VERSION_ID,
     ModelRef,
     active_version,
+    list_versions,
     require_version,
 )
 from services.common.modelstore import activate
@@ -540,6 +541,19 @@ def diff(old: BotVersion, new: BotVersion) -> dict[str, Any]:
         "model": {"from": old.model, "to": new.model, "changed": old.model != new.model},
         "kb": {"from": old.kb, "to": new.kb, "changed": old.kb != new.kb},
     }
+
+
+async def diff_report(bus: Bus, old: BotVersion, new: BotVersion) -> dict[str, Any]:
+    """`diff` with what the store knows of the two models (their held-out metrics and gate
+    summaries from metadata.json) and the checks recorded on both versions."""
+    report = diff(old, new)
+    infos = {v.version: v.to_json() for v in await list_versions(bus, new.bot)}
+    report["model"]["metrics"] = {m: infos.get(m, {}).get("metrics", {})
+                                  for m in (old.model, new.model)}
+    store = VersionStore(bus)
+    report["checks"] = {v.id: {n: asdict(c) for n, c in (await store.checks(v.bot, v.id)).items()}
+                        for v in (old, new)}
+    return report
 
 
 async def publish_version(bus: Bus, bot: str, files: dict[str, str], model: str, kb: str = "",

@@ -106,6 +106,8 @@ async def test_conversations_finish_on_their_version_through_promote_canary_roll
     status, diff = await _admin(stack, "GET", f"/versions/{b}/diff?from={a}")
     assert status == 200 and list(diff["files"]["changed"]) == ["domain/responses.yml"]
     assert GREETINGS_B[0] in diff["files"]["changed"]["domain/responses.yml"]
+    assert diff["model"]["changed"] is False and set(diff["checks"]) == {a, b}
+    assert set(diff["model"]["metrics"]) == {diff["model"]["to"]}  # the one model's metrics
 
     status, env = await _admin(stack, "POST", "/environments/staging/promote", {"version": a})
     assert (status, env["version"]) == (200, a), env

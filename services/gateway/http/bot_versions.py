@@ -185,7 +185,7 @@ async def diff_versions(request: web.Request) -> web.Response:
             raise bv.VersionNotFound(f"{new.id} has no earlier version to compare with; "
                                      "name one with ?from=")
         old = earlier[-1]
-    return json_response(bv.diff(old, new))
+    return json_response(await bv.diff_report(_bus(request), old, new))
 
 
 async def record_check(request: web.Request) -> web.Response:
