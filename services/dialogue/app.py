@@ -76,8 +76,11 @@ class DialogueServer:
             ack_wait_s=self.config.ack_wait_s, session_idle_s=self.config.session_idle_s,
             tracker_memory=self.config.tracker_memory, versions=self.versions))
         # Announce the bots once the worker answers them (the gateway 404s the others).
-        announcer = await self.parts.start(ServedAnnouncer(bus, self.registry.names))
+        versions = self.versions
+        announcer = await self.parts.start(ServedAnnouncer(
+            bus, lambda: sorted({*self.registry.names(), *versions.bots()})))
         self.registry.on_change(announcer.changed)
+        versions.on_change(announcer.changed)
         await self.grpc.start()
         log.info("dialogue_started", grpc_port=self.port, metrics_port=self.metrics_server.port,
                  bots=self.registry.names(), partitions=partitions)

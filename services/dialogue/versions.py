@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,16 @@ class VersionedBots:
         self._loading: dict[tuple[str, str], asyncio.Future[tuple[DialogueEngine, str] | None]]
         self._loading = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener` when the bots served through environments may have changed."""
+        self._listeners.append(listener)
+
+    def bots(self) -> list[str]:
+        """The bots an environment serves a version of (served without a deployed
+        definition too)."""
+        return sorted({bot for (bot, _), env in self._envs.items() if env.version})
 
     async def start(self) -> None:
         """Follow the environments (initial values first), then their updates."""
@@ -106,6 +117,8 @@ class VersionedBots:
         self._envs[(bot, name)] = record
         for version in {record.version, record.canary_version} - {""}:
             asyncio.get_running_loop().create_task(self._warm(bot, version))
+        for listener in self._listeners:
+            listener()
 
     async def _warm(self, bot: str, version: str) -> None:
         await self._engine(bot, version)

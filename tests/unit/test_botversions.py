@@ -103,3 +103,19 @@ async def test_promote_and_roll_back_in_memory() -> None:
     with pytest.raises(VersionConflict):
         await store.rollback("tiny", "dev", actor="t")
     assert {v.id for v in await store.versions("tiny")} == {a.id, b.id, c.id}
+
+
+async def test_the_dialogue_serves_the_bots_environments_serve() -> None:
+    from services.common.botversions import ENV_PREFIX
+    from services.dialogue.bots import BotRegistry
+    from services.dialogue.versions import VersionedBots
+
+    versions = VersionedBots(MemoryBus(), BotRegistry())  # type: ignore[arg-type]
+    changes: list[int] = []
+    versions.on_change(lambda: changes.append(1))
+    record = Environment("newbot", "staging", version="v0123456789abcdef")
+    versions._apply(ENV_PREFIX, "newbot.staging", record.to_bytes())
+    versions._apply(ENV_PREFIX, "other.dev", Environment("other", "dev").to_bytes())
+    assert versions.bots() == ["newbot"] and changes
+    # a version that cannot be loaded: nothing serves the bot (no deployed definition)
+    assert await versions.serving("newbot", "c1", "staging", None) is None
