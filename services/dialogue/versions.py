@@ -126,15 +126,17 @@ class VersionedBots:
     def environment_of(self, bot: str, requested: str) -> str:
         return requested or self._defaults.get(bot, DEFAULT_ENVIRONMENT)
 
-    async def serving(self, bot: str, conversation_id: str, requested_env: str,
+    async def serving(self, bot: str, conversation_id: str, requested_env: str | None,
                       pinned: tuple[str, str] | None) -> Serving | None:
         """What runs this turn: the pinned version (`(version, environment)` of the record,
         None for a new conversation or session), else the environment's choice, else the
-        deployed definition. None when nothing serves the bot."""
-        environment = self.environment_of(bot, requested_env)
+        deployed definition. None when nothing serves the bot. `requested_env`: the sender's
+        environment ("" for the default), None for messages that come from no key (workflow
+        results, notices)."""
+        environment = self.environment_of(bot, requested_env or "")
         if pinned is not None and pinned[0]:
             version, pinned_env = pinned
-            if requested_env and pinned_env and requested_env != pinned_env:
+            if requested_env is not None and pinned_env and environment != pinned_env:
                 raise WrongEnvironment(f"conversation belongs to environment {pinned_env!r}")
             loaded = await self._engine(bot, version)
             if loaded is not None:

@@ -319,8 +319,9 @@ class DialogueWorker:
         if record is not None and record.version and \
                 time.time() - record.tracker.last_active <= self._idle:
             pinned = (record.version, record.environment)
+        sender_env = inbound.environment if inbound.kind == KIND_MESSAGE else None
         return await self._versions.serving(inbound.bot_id, inbound.conversation_id,
-                                            inbound.environment, pinned)
+                                            sender_env, pinned)
 
     async def _understand(self, inbound: Inbound, model_version: str = "") -> NluResult | None:
         if inbound.kind != KIND_MESSAGE or inbound.user is None:

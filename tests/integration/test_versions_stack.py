@@ -216,6 +216,7 @@ async def test_a_key_bound_to_an_environment_gets_its_version_and_not_another(
     refused = await _greeting(stack, "p1", staging)
     assert "another environment" in refused
     assert "another environment" in await _greeting(stack, "s1", prod)
+    assert "another environment" in await _greeting(stack, "s1", default)  # default: prod
     assert await _greeting(stack, "p1", prod) == GREETING
     # promotion checks: prod requires the conversation tests to have passed on a version
     status, _ = await _admin(stack, "PUT", "/environments", {"environments": [
