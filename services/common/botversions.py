@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
-from services.common.definitions import DefinitionStore
+from services.common.definitions import DefinitionStore, definition_key
 from services.common.errors import DomainError, InvalidArgument, NotFound
 from services.common.modelartifacts import (
     BOT_ID,
@@ -43,7 +43,7 @@ from services.common.modelartifacts import (
     require_version,
 )
 from services.common.modelstore import activate
-from services.common.nats import KV_BOT_VERSIONS, OBJ_MODELS, Bus
+from services.common.nats import KV_BOT_VERSIONS, KV_BOTS, OBJ_MODELS, Bus
 from services.knowledge.store import activate_kb, active_kb_version, kb_object_name
 
 VERSION_PREFIX = "v."
@@ -576,6 +576,16 @@ async def kb_exists(bus: Bus, ref: ModelRef) -> bool:
     return info is not None and not info.deleted
 
 
+async def deployed_files(bus: Bus, bot: str) -> dict[str, str] | None:
+    """The files of `def.<bot>` (KV `bots`), None when none is deployed."""
+    kv = await bus.kv(KV_BOTS)
+    try:
+        entry = await kv.get(definition_key(bot))
+    except KeyNotFoundError:
+        return None
+    return DefinitionStore.decode(entry.value) if entry.value else None
+
+
 async def mirror_default(bus: Bus, environment: Environment, *, actor: str) -> bool:
     """When `environment` is the bot's default one, make its version what serves the bot the
     old way: `def.<bot>` (the dialogue's and the runner's definition), `model.<bot>` and
@@ -585,7 +595,8 @@ async def mirror_default(bus: Bus, environment: Environment, *, actor: str) -> b
     if environment.name != config.default or not environment.version:
         return False
     version = await store.get(environment.bot, environment.version)
-    await DefinitionStore(bus).put(version.bot, version.files)
+    if await deployed_files(bus, version.bot) != version.files:  # a canary change: unchanged
+        await DefinitionStore(bus).put(version.bot, version.files)
     if await active_version(bus, version.bot) != version.model:
         await activate(bus, ModelRef(version.bot, version.model), actor=actor,
                        reason="activate")
