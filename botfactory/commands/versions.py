@@ -32,6 +32,13 @@ def _register_versions(subparsers: Any) -> None:
     parser = subparsers.add_parser("versions", help="list, show, compare bot versions and "
                                    "record checks on them", description=__doc__)
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="= publish BOT_DIR --model M [--kb K]")
+    create.add_argument("model_dir", type=Path, metavar="BOT_DIR")
+    create.add_argument("--model", required=True, help="a model version id in the store, or "
+                                                       "a trained model folder to upload")
+    create.add_argument("--kb", help="a knowledge index version id, or an index folder")
+    create.add_argument("--description", default="")
+    create.set_defaults(shadow=False, canary=None, no_activate=False, gate=False)
     listing = actions.add_parser("list", help="the bot's versions, oldest first")
     listing.add_argument("bot")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -53,8 +60,8 @@ def _register_versions(subparsers: Any) -> None:
     outcome.add_argument("--passed", action="store_true")
     outcome.add_argument("--failed", action="store_true")
     check.add_argument("--detail", default="")
-    for sub, func in ((listing, run_list), (show, run_show), (compare, run_diff),
-                      (check, run_check)):
+    for sub, func in ((create, publish_bot), (listing, run_list), (show, run_show),
+                      (compare, run_diff), (check, run_check)):
         _nats_option(sub)
         sub.set_defaults(func=func)
 

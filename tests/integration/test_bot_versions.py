@@ -204,6 +204,8 @@ def test_cli_publishes_a_bot_version_and_moves_environments(
     # by id: a model version already in the store; an unknown one is refused
     assert main(["publish", str(bot_dir), "--model", model_v2, *nats]) == 0
     assert f"tiny@{v2} (exists already)" in capsys.readouterr().out
+    assert main(["versions", "create", str(bot_dir), "--model", model_v2, *nats]) == 0
+    assert f"tiny@{v2} (exists already)" in capsys.readouterr().out
     assert main(["publish", str(bot_dir), "--model", "nosuch", *nats]) == 2
     assert "no model version" in capsys.readouterr().err
 
