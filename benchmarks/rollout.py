@@ -1,7 +1,9 @@
 """Rollout benchmark: Parse latency with no rollout, in shadow mode and as a 50% canary, and
-failed Parse calls while a version is activated, canaried, promoted and rolled back under load.
+failed Parse calls while a version is activated, canaried, promoted and rolled back under load;
+then failed conversation turns while a bot version is promoted, canaried and rolled back
+(gateway, dialogue and NLU; benchmarks/bot_versions.py, docs/versions.md).
 
-    python benchmarks/rollout.py [--quick] [--model DIR] [--concurrency N]
+    python benchmarks/rollout.py [--quick] [--model DIR] [--concurrency N] [--no-bot-versions]
 
 Runs a nats-server and the NLU service (in this process, clients on the same event loop) with
 the model DIR (default .botfactory/models/banking, `botfactory train` it first) as the active
@@ -107,7 +109,8 @@ def serves(server: Any, bot: str, version: str) -> bool:
     return entry is not None and bool(entry.model.version == version)
 
 
-async def run(model_dir: Path, concurrency: int, seconds: float) -> dict[str, Any]:
+async def run(model_dir: Path, concurrency: int, seconds: float,
+              bot_versions: bool = True) -> dict[str, Any]:
     import grpc
 
     from botfactory.local.nats_server import NatsServer
@@ -177,6 +180,11 @@ async def run(model_dir: Path, concurrency: int, seconds: float) -> dict[str, An
         results["swaps_under_load"] = {"changes": changes, "parses": len(load.latencies),
                                        "failed": len(load.failures),
                                        **summary(load.latencies)}
+        if bot_versions:
+            from benchmarks.bot_versions import run_phase
+
+            results["bot_versions_under_load"] = await run_phase(
+                nats.url, model_dir, work, concurrency=concurrency, seconds=seconds)
         return results
     finally:
         await channel.close()
@@ -191,13 +199,16 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short phases")
     parser.add_argument("--model", type=Path, default=ROOT / ".botfactory" / "models" / "banking")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--no-bot-versions", action="store_true",
+                        help="skip the bot-version phase (whole conversations)")
     args = parser.parse_args()
     if not (args.model / "metadata.json").is_file():
         print(f"error: no model at {args.model}; run `botfactory train bots/banking --out "
               f"{args.model}` first", file=sys.stderr)
         return 2
     seconds = 3.0 if args.quick else 15.0
-    results = asyncio.run(run(args.model, args.concurrency, seconds))
+    results = asyncio.run(run(args.model, args.concurrency, seconds,
+                              bot_versions=not args.no_bot_versions))
     for name, figures in results.items():
         print(f"{name:18} " + json.dumps(figures))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

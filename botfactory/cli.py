@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 COMMAND_MODULES = ("importers", "validate", "train", "evaluate", "models", "chat", "report",
                    "conversations", "review", "data", "gate", "kb", "new", "run", "channels",
-                   "bots")
+                   "bots", "versions")
 
 
 def build_parser() -> argparse.ArgumentParser:

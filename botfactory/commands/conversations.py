@@ -85,6 +85,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--workflow-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="how long a step waits for the workflows it started "
                              "(default: %(default)s)")
+    parser.add_argument("--record-version", default=None, metavar="VERSION",
+                        help="record the outcome on this bot version (its files must be "
+                             "BOT_DIR's) as the check conversation_tests (docs/versions.md)")
+    parser.add_argument("--nats", default=os.environ.get("BOTFACTORY_NATS_URL",
+                                                         "nats://127.0.0.1:4222"),
+                        help="with --record-version: NATS URL (default: $BOTFACTORY_NATS_URL "
+                             "or %(default)s)")
     parser.set_defaults(func=run_test_conversations)
 
 
@@ -115,7 +122,42 @@ def run_test_conversations(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"error: cannot write the report: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    if args.record_version and record_on_version(args, report, plan.bot) != 0:
+        return EXIT_USAGE
     return 0 if report.passed else EXIT_FAILED
+
+
+def record_on_version(args: argparse.Namespace, report: TestReport, bot: str) -> int:
+    """Record the run's outcome on `--record-version` as its `conversation_tests` check."""
+    from botfactory.commands.models import _audit, _run, actor
+    from services.common.definitions import read_folder
+
+    files = read_folder(args.bot_dir)
+    total, failed = len(report.results), len(report.failed)
+    where = "offline" if args.offline else args.gateway
+    detail = f"{total - failed} of {total} passed ({where})"
+
+    async def work(bus: Any) -> Any:
+        from services.common import audit
+        from services.common.botversions import CheckResult, VersionConflict, VersionStore
+
+        store = VersionStore(bus)
+        version = await store.get(bot, args.record_version)
+        if version.files != files:
+            raise VersionConflict(f"{args.bot_dir} is not the definition of {version.id}: "
+                                  "not recorded")
+        result = await store.record_check(version.bot, version.id, CheckResult(
+            "conversation_tests", report.passed, detail, actor()))
+        await _audit(bus, audit.VERSION_CHECKED, {
+            "bot_id": version.bot, "version": version.id, "check": result.name,
+            "passed": result.passed})
+        return result
+
+    code, result = _run(args.nats, work)
+    if code == 0:
+        print(f"recorded on {args.record_version}: conversation_tests "
+              f"{'passed' if result.passed else 'failed'} ({detail})")
+    return code
 
 
 def prepare(args: argparse.Namespace) -> Plan:

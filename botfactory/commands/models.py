@@ -59,9 +59,15 @@ def _rollout_options(parser: argparse.ArgumentParser, *, required: bool) -> None
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("publish", help="publish a trained model to the model store",
+    parser = subparsers.add_parser("publish", help="publish a trained model to the model store, "
+                                   "or a bot version (BOT_DIR --model M [--kb K])",
                                    description=__doc__)
-    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("model_dir", type=Path, metavar="MODEL_DIR|BOT_DIR")
+    parser.add_argument("--model", help="BOT_DIR: the version's model (a version id in the "
+                                        "store, or a trained model folder to upload)")
+    parser.add_argument("--kb", help="BOT_DIR: the version's knowledge index (a version id in "
+                                     "the store, or an index folder to upload)")
+    parser.add_argument("--description", default="", help="BOT_DIR: a note on the version")
     _nats_option(parser)
     parser.add_argument("--no-activate", action="store_true",
                         help="upload only; do not make it the bot's active version")
@@ -137,6 +143,7 @@ def _quiet_logs() -> None:
 
 def _run(url: str, work: Callable[[Any], Awaitable[Any]]) -> tuple[int, Any]:
     """Run `work(bus)` against NATS; (exit code, result) with errors printed."""
+    from services.common.botversions import VersionError
     from services.common.modelstore import ModelStoreError
 
     _quiet_logs()
@@ -153,7 +160,7 @@ def _run(url: str, work: Callable[[Any], Awaitable[Any]]) -> tuple[int, Any]:
 
     try:
         return 0, asyncio.run(connected())
-    except (ModelStoreError, OwnedElsewhere) as exc:
+    except (ModelStoreError, OwnedElsewhere, VersionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2, None
     except (OSError, TimeoutError) as exc:
@@ -211,8 +218,11 @@ async def _start_rollout(bus: Any, bot: str, rollout: Any) -> Any:
 
 def run_publish(args: argparse.Namespace) -> int:
     from botfactory.commands.kb import is_knowledge_index, publish_index
+    from botfactory.commands.versions import is_bot_folder, publish_bot
     from services.nlu.engine import ModelLoadError, NluModel
 
+    if is_bot_folder(args.model_dir):  # a bot version (docs/versions.md)
+        return publish_bot(args)
     if is_knowledge_index(args.model_dir):  # written by `botfactory kb build`
         return publish_index(args.model_dir, args.nats, activate=not args.no_activate)
     try:

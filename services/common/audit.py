@@ -33,6 +33,16 @@ ROLLOUT_PROMOTED = "model.rollout_promoted"
 ROLLOUT_ABORTED = "model.rollout_aborted"
 MODEL_ACTIONS = (MODEL_ACTIVATED, MODEL_ROLLED_BACK, ROLLOUT_STARTED, ROLLOUT_PROMOTED,
                  ROLLOUT_ABORTED)
+# bot versions and environments (services/common/botversions.py, docs/versions.md)
+VERSION_CREATED = "version.created"
+VERSION_CHECKED = "version.check_recorded"
+ENV_CONFIGURED = "environment.configured"
+ENV_PROMOTED = "environment.promoted"
+ENV_ROLLED_BACK = "environment.rolled_back"
+ENV_CANARY_SET = "environment.canary_set"
+ENV_CANARY_CLEARED = "environment.canary_cleared"
+VERSION_ACTIONS = (VERSION_CREATED, VERSION_CHECKED, ENV_CONFIGURED, ENV_PROMOTED,
+                   ENV_ROLLED_BACK, ENV_CANARY_SET, ENV_CANARY_CLEARED)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ KV_CHANNELS = "channels"  # channel conversations' addresses (services/gateway/c
 KV_CHANNEL_SENT = "channel_sent"  # replies a channel's platform took (gateway/channels/outbox)
 KV_SERVED = "served"  # which dialogue replicas serve which bots (services/common/served.py)
 KV_TRAININGS = "trainings"  # training jobs: records, inputs, logs (services/common/trainings.py)
+KV_BOT_VERSIONS = "bot_versions"  # bot versions and environments (services/common/botversions)
 OBJ_MODELS = "models"
 
 STREAM_CONV, STREAM_CONV_IN = "CONV", "CONV_IN"
@@ -68,7 +69,7 @@ STREAMS = (
 )
 KV_BUCKETS = ((KV_TRACKERS, 1), (KV_RPA_RUNS, 1), (KV_BOTS, 5), (KV_HANDOFFS, 1),
               (KV_REVIEW, 1), (KV_APIKEYS, 5), (KV_SERVED, 1),
-              (KV_CHANNELS, 1), (KV_CHANNEL_SENT, 1), (KV_TRAININGS, 1))
+              (KV_CHANNELS, 1), (KV_CHANNEL_SENT, 1), (KV_TRAININGS, 1), (KV_BOT_VERSIONS, 1))
 SERVED_TTL_S = 30.0
 """How long a served-bot announcement lives (services/common/served.py)."""
 CHANNEL_SENT_TTL_S = 24 * 3600.0

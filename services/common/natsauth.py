@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.nats import (
+    KV_BOT_VERSIONS,
     KV_BUCKETS,
     KV_CHANNEL_SENT,
     KV_CHANNELS,
@@ -128,6 +129,7 @@ def _identities() -> tuple[Identity, ...]:
             # training jobs (admin API): queue, record, cancel (services/common/trainings.py)
             "train.jobs.>", "events.training.>", *kv_read(KV_TRAININGS),
             *kv_write(KV_TRAININGS),
+            *kv_read(KV_BOT_VERSIONS), *kv_write(KV_BOT_VERSIONS),
         ), (inbox(GATEWAY), "conv.out.>"), "public API: publishes user messages, reads replies"),
         Identity(DIALOGUE, (
             "conv.out.>", "conv.event.>", "rpa.jobs.>", "events.deadletter.dialogue",
@@ -139,9 +141,11 @@ def _identities() -> tuple[Identity, ...]:
             *kv_write("bots", "rollout.>"), "events.audit.>",
             # the bots this replica serves (services/common/served.py)
             *kv_write(KV_SERVED),
+            # which bot version a new conversation starts on (services/common/botversions.py)
+            *kv_read(KV_BOT_VERSIONS),
         ), (inbox(DIALOGUE),), "consumes user messages, writes trackers, publishes replies"),
         Identity(NLU, (*stream_info(), *kv_read("bots"), *obj_read(OBJ_MODELS),
-                       "events.nlu.shadow.>"), (inbox(NLU),),
+                       "events.nlu.shadow.>", *kv_read(KV_BOT_VERSIONS)), (inbox(NLU),),
                  "loads the active models and knowledge bases; reports shadow disagreements"),
         Identity(RPA_RUNNER, (
             "conv.in.>", "rpa.jobs.>", "events.rpa.>", "events.deadletter.rpa", *stream_info(),
@@ -155,6 +159,7 @@ def _identities() -> tuple[Identity, ...]:
             # the training jobs' queue, records and progress events (services/trainer)
             *consume("TRAIN"), *kv_read(KV_TRAININGS), *kv_write(KV_TRAININGS),
             "events.training.>",
+            *kv_read(KV_BOT_VERSIONS), *kv_write(KV_BOT_VERSIONS),
         ), (inbox(TRAINER),), "runs training jobs; publishes trained models"),
     )
 

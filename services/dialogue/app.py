@@ -22,6 +22,7 @@ from services.dialogue.nlu_client import NluClient
 from services.dialogue.review import ReviewCollector
 from services.dialogue.rollout_guard import RolloutGuard
 from services.dialogue.store import TrackerStore
+from services.dialogue.versions import VersionedBots
 from services.dialogue.worker import DialogueWorker
 
 log = get_logger(__name__)
@@ -43,6 +44,7 @@ class DialogueServer:
         self.analytics: AnalyticsConsumer | None = None
         self.rollout_guard: RolloutGuard | None = None
         self.review: ReviewCollector | None = None
+        self.versions: VersionedBots | None = None
         self.metrics_server: MetricsServer | None = None
         self.parts = Components()
 
@@ -67,13 +69,18 @@ class DialogueServer:
             DialogueAdminServicer(store), self.grpc.server)
         self.parts.on_stop(functools.partial(self.grpc.stop, self.config.shutdown_grace_s))
         await self._start_consumers(bus)
+        # bot versions and environments (docs/versions.md)
+        self.versions = await self.parts.start(VersionedBots(bus, self.registry))
         self.worker = await self.parts.start(DialogueWorker(
             bus, self.registry, self.nlu, store, self.metrics, partitions=partitions,
             ack_wait_s=self.config.ack_wait_s, session_idle_s=self.config.session_idle_s,
-            tracker_memory=self.config.tracker_memory))
+            tracker_memory=self.config.tracker_memory, versions=self.versions))
         # Announce the bots once the worker answers them (the gateway 404s the others).
-        announcer = await self.parts.start(ServedAnnouncer(bus, self.registry.names))
+        versions = self.versions
+        announcer = await self.parts.start(ServedAnnouncer(
+            bus, lambda: sorted({*self.registry.names(), *versions.bots()})))
         self.registry.on_change(announcer.changed)
+        versions.on_change(announcer.changed)
         await self.grpc.start()
         log.info("dialogue_started", grpc_port=self.port, metrics_port=self.metrics_server.port,
                  bots=self.registry.names(), partitions=partitions)

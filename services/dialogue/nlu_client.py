@@ -39,6 +39,7 @@ class _Asked:
     correlation_id: str
     deadline: float  # event-loop time
     future: asyncio.Future[nlu_pb2.ParseResponse]
+    model_version: str = ""  # a conversation pinned to a bot version: its model
 
 
 class NluClient:
@@ -61,11 +62,12 @@ class NluClient:
         self._calls: set[asyncio.Task[None]] = set()
 
     async def parse(self, bot_id: str, text: str, correlation_id: str,
-                    conversation_id: str = "") -> NluResult:
-        """`conversation_id` keys the sticky canary choice during a rollout."""
+                    conversation_id: str = "", model_version: str = "") -> NluResult:
+        """`conversation_id` keys the sticky canary choice during a rollout; `model_version`
+        (a conversation pinned to a bot version) names the model instead."""
         loop = asyncio.get_running_loop()
         asked = _Asked(bot_id, text, conversation_id, correlation_id,
-                       loop.time() + self._timeout, loop.create_future())
+                       loop.time() + self._timeout, loop.create_future(), model_version)
         self._waiting.append(asked)
         self._dispatch()
         return to_result(await asked.future)
@@ -104,7 +106,9 @@ class NluClient:
             if asked.deadline <= now:
                 asked.future.set_exception(NluUnavailable("DEADLINE_EXCEEDED: no NLU call "
                                                           "free before the deadline"))
-            elif len(batch) < self._max_batch and (not batch or asked.bot_id == batch[0].bot_id):
+            elif len(batch) < self._max_batch and (not batch or (
+                    asked.bot_id, asked.model_version) == (batch[0].bot_id,
+                                                           batch[0].model_version)):
                 batch.append(asked)
             else:
                 rest.append(asked)
@@ -145,11 +149,13 @@ class NluClient:
         if len(batch) == 1:
             return [await self._stub.Parse(
                 nlu_pb2.ParseRequest(bot_id=first.bot_id, text=first.text,
-                                     conversation_id=first.conversation_id),
+                                     conversation_id=first.conversation_id,
+                                     model_version=first.model_version),
                 timeout=timeout, metadata=((CORRELATION_METADATA, first.correlation_id),))]
         reply = await self._stub.ParseBatch(
             nlu_pb2.ParseBatchRequest(bot_id=first.bot_id, texts=[a.text for a in batch],
-                                      conversation_ids=[a.conversation_id for a in batch]),
+                                      conversation_ids=[a.conversation_id for a in batch],
+                                      model_version=first.model_version),
             timeout=timeout)
         if len(reply.results) != len(batch):
             raise NluUnavailable(f"INTERNAL: {len(reply.results)} results for {len(batch)} texts")

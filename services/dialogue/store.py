@@ -69,6 +69,10 @@ class Record:
     outbox_for: str | None = None
     outbox: tuple[Outgoing, ...] = ()
     origins: dict[str, Origin] = field(default_factory=dict)
+    # The bot version the conversation runs on and its environment, chosen at its first turn
+    # ("": the bot's deployed definition, no versions; docs/versions.md).
+    version: str = ""
+    environment: str = ""
 
     def seen(self, message_id: str) -> bool:
         return message_id in self.applied
@@ -84,6 +88,7 @@ class Record:
             "outbox_for": self.outbox_for,
             "outbox": [o.to_json() for o in self.outbox],
             "origins": {run: [o.message_id, o.reply_inbox] for run, o in self.origins.items()},
+            **({"bv": self.version, "env": self.environment} if self.version else {}),
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -93,7 +98,8 @@ class Record:
         origins = {str(run): Origin(str(ids[0]), str(ids[1]))
                    for run, ids in (raw.get("origins") or {}).items()}
         return cls(tracker, revision, tuple(raw.get("applied", ())), raw.get("outbox_for"),
-                   tuple(Outgoing.from_json(o) for o in raw.get("outbox", ())), origins)
+                   tuple(Outgoing.from_json(o) for o in raw.get("outbox", ())), origins,
+                   str(raw.get("bv", "")), str(raw.get("env", "")))
 
     def after_turn(self, tracker: Tracker, message_id: str, outbox: tuple[Outgoing, ...],
                    started: dict[str, Origin] | None = None) -> Record:
@@ -101,7 +107,8 @@ class Record:
         the workflow runs it started, by run id, with their origin."""
         applied = (*self.applied, message_id)[-RECENT_IDS:] if message_id else self.applied
         origins = dict(list({**self.origins, **(started or {})}.items())[-RECENT_RUNS:])
-        return Record(tracker, self.revision, applied, message_id or None, outbox, origins)
+        return Record(tracker, self.revision, applied, message_id or None, outbox, origins,
+                      self.version, self.environment)
 
 
 class TrackerStore:

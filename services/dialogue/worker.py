@@ -80,11 +80,13 @@ from services.dialogue.store import (
     Record,
     TrackerStore,
 )
+from services.dialogue.versions import Serving, VersionedBots, WrongEnvironment
 
 log = get_logger(__name__)
 MAX_ATTEMPTS_BEFORE_DEAD_LETTER = 5
 CAS_RETRIES = 5
 UNKNOWN_BOT_TEXT = "Sorry, this assistant is not available right now."
+WRONG_ENVIRONMENT_TEXT = "Sorry, this conversation belongs to another environment of this bot."
 BROKEN_TEXT = "Sorry, something went wrong on our side. Your message was kept; please try again."
 # Event fields that are identifiers, never redacted (a digit-only id would read as a phone).
 EVENT_IDS = frozenset({"message_id", "run_id", "in_reply_to"})
@@ -105,6 +107,7 @@ class Inbound:
     workflow: WorkflowResult | None
     progress_run_id: str = ""  # a `workflow_progress` notice: the run that is taking long
     notify_run_id: str = ""  # a `notify` message: the run that sent it (header Bf-Run-Id)
+    environment: str = ""  # the sender's key's environment (UserMessage; "": the default)
 
     @property
     def run_id(self) -> str:
@@ -155,15 +158,17 @@ def decode(msg: Msg) -> Inbound:
     notify_run = headers.get(HEADER_RUN_ID, "") if kind == KIND_NOTIFY else ""
     return Inbound(bot_id, conversation_id, kind, message_id,
                    headers.get(HEADER_CORRELATION, ""), headers.get(HEADER_REPLY_INBOX), user,
-                   workflow, progress, notify_run)
+                   workflow, progress, notify_run, user.environment if user is not None else "")
 
 
 class DialogueWorker:
     def __init__(self, bus: Bus, registry: BotRegistry, nlu: NluClient, store: TrackerStore,
                  metrics: DialogueMetrics, *, partitions: int, ack_wait_s: float,
-                 session_idle_s: float, tracker_memory: int = 0) -> None:
+                 session_idle_s: float, tracker_memory: int = 0,
+                 versions: VersionedBots | None = None) -> None:
         self._bus = bus
         self._registry = registry
+        self._versions = versions
         self._nlu = nlu
         self._knowledge = KnowledgeSearcher(nlu, metrics)
         self._store = store
@@ -261,26 +266,38 @@ class DialogueWorker:
         return record or await self._store.load(key)
 
     async def _process(self, inbound: Inbound, part: int) -> str:
-        engine = self._registry.get(inbound.bot_id)
-        if engine is None:
-            await self._reply_unavailable(inbound)
-            return "unknown_bot"
-        nlu = await self._understand(engine, inbound)
         key = tracker_key(inbound.bot_id, inbound.conversation_id)
         found: dict[str, Hits] = {}  # knowledge-base searches of this message
+        understood: dict[str, NluResult | None] = {}  # its parse, by model version
         for attempt in range(CAS_RETRIES):
-            record = await self._load(key, part, attempt == 0) or Record(
+            loaded = await self._load(key, part, attempt == 0)
+            record = loaded or Record(
                 Tracker.new(inbound.bot_id, inbound.conversation_id, time.time()), None)
             origin = inbound.origin(record)
             if record.seen(inbound.message_id):
                 if record.outbox_for == inbound.message_id:
                     await self._publish(record.outbox, origin.reply_inbox)
                 return "duplicate"
+            try:
+                serving = await self._serving(inbound, loaded)
+            except WrongEnvironment:
+                await self._reply_unavailable(inbound, WRONG_ENVIRONMENT_TEXT)
+                return "wrong_environment"
+            if serving is None:
+                await self._reply_unavailable(inbound)
+                return "unknown_bot"
+            engine = serving.engine
+            if serving.model not in understood:
+                understood[serving.model] = await self._understand(inbound, serving.model)
+            nlu = understood[serving.model]
             result = await self._searching_turn(engine, record.tracker, inbound, nlu, found)
             outbox = self._outgoing(inbound, result, nlu, origin, engine,
                                     relay=record.tracker.handed_off and result.tracker.handed_off)
             written = record.after_turn(result.tracker, inbound.message_id, outbox,
                                         {job.run_id: origin for job in result.workflows})
+            if serving.version:
+                written = dataclasses.replace(written, version=serving.version,
+                                              environment=serving.environment)
             try:
                 revision = await self._store.save(key, written)
             except ConcurrentUpdate:
@@ -292,14 +309,29 @@ class DialogueWorker:
             return "ok"
         raise ConcurrentUpdate(key)
 
-    async def _understand(self, engine: DialogueEngine, inbound: Inbound) -> NluResult | None:
+    async def _serving(self, inbound: Inbound, record: Record | None) -> Serving | None:
+        """What runs the turn: the conversation's pinned bot version while its session lasts,
+        else its environment's version (docs/versions.md), else the deployed definition."""
+        if self._versions is None:
+            engine = self._registry.get(inbound.bot_id)
+            return Serving(engine) if engine is not None else None
+        pinned = None
+        if record is not None and record.version and \
+                time.time() - record.tracker.last_active <= self._idle:
+            pinned = (record.version, record.environment)
+        sender_env = inbound.environment if inbound.kind == KIND_MESSAGE else None
+        return await self._versions.serving(inbound.bot_id, inbound.conversation_id,
+                                            sender_env, pinned)
+
+    async def _understand(self, inbound: Inbound, model_version: str = "") -> NluResult | None:
         if inbound.kind != KIND_MESSAGE or inbound.user is None:
             return None
         if inbound.user.text.startswith("/"):
             return None  # a button payload names its intent: no NLU needed
         try:
             return await self._nlu.parse(inbound.bot_id, inbound.user.text,
-                                         inbound.correlation_id, inbound.conversation_id)
+                                         inbound.correlation_id, inbound.conversation_id,
+                                         model_version)
         except NluUnavailable as exc:
             self._metrics.nlu_failures.inc()
             log.warning("nlu_unavailable", error=str(exc))

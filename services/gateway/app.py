@@ -30,6 +30,7 @@ from services.gateway.channels.store import ChannelStore, ConversationRefs
 from services.gateway.config import GatewayConfig
 from services.gateway.grpc_api import SERVICE_NAME, ChatServicer, add_chat_service
 from services.gateway.http.app import build_authenticator, build_limiter, create_app
+from services.gateway.http.bot_versions import BOT_VERSIONS
 from services.gateway.http.metrics import GatewayMetrics
 from services.gateway.http.model_versions import MODEL_ROLLOUTS
 from services.gateway.http.review import REVIEW
@@ -115,6 +116,7 @@ class GatewayServer:
         app[MODEL_ROLLOUTS] = BusModelRollouts(bus)
         # training jobs (http/trainings.py, docs/training.md)
         app[TRAININGS] = BusTrainings(bus)
+        app[BOT_VERSIONS] = bus  # bot versions and environments (http/bot_versions.py)
         self.runner = web.AppRunner(app, access_log=None,
                                     shutdown_timeout=self.config.shutdown_grace_s)
         await self.runner.setup()

@@ -23,6 +23,7 @@ from services.common.audit import (  # the event shape and its store are shared 
     MODEL_ACTIVATED,
     PLATFORM_TENANT,
     SUBJECT_PREFIX,
+    VERSION_ACTIONS,
     AuditEvent,
     BusAuditLog,
     event_json,
@@ -47,7 +48,7 @@ TRAINING_STARTED = "training.started"
 TRAINING_CANCELLED = "training.cancelled"
 ACTIONS = (KEY_CREATED, KEY_REVOKED, BOT_DEPLOYED, BOT_OWNER_SET, WEBHOOK_SET,
            WEBHOOK_DELETED, CHANNEL_SET, CHANNEL_DELETED, TRAINING_STARTED, TRAINING_CANCELLED,
-           *MODEL_ACTIONS)
+           *MODEL_ACTIONS, *VERSION_ACTIONS)
 
 
 def new_event(principal: Principal, action: str, target: dict[str, Any], *,

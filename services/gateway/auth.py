@@ -126,17 +126,20 @@ class Principal:
     conversation: str | None = None
     grants: Grants | None = None
     email: str | None = None
+    environment: str = ""  # the key's bot environment ("": the bot's default; versions.md)
 
     @classmethod
     def of(cls, record: ApiKeyRecord) -> Principal:
-        return cls(record.key_id, record.tenant, record.bots, record.role)
+        return cls(record.key_id, record.tenant, record.bots, record.role,
+                   environment=record.environment)
 
     @classmethod
     def visitor(cls, claims: VisitorClaims, tenant: str) -> Principal:
         """A visitor's principal; its key id (the rate-limit bucket, the logs) names the
         issuing key and the conversation."""
         return cls(f"{claims.issuer}:{claims.bot}:{claims.conversation}", tenant,
-                   (claims.bot,), Role.CLIENT, claims.conversation)
+                   (claims.bot,), Role.CLIENT, claims.conversation,
+                   environment=claims.environment)
 
     @classmethod
     def person(cls, subject: str, grants: Grants, email: str | None = None) -> Principal:
@@ -356,7 +359,8 @@ class Authenticator:
         if principal.is_person:
             raise PermissionDenied("visitor tokens are issued with API keys (a person's "
                                    "sign-in cannot vouch for them once it ends)")
-        token, expires = self.tokens.mint(principal.key_id, bot, conversation)
+        token, expires = self.tokens.mint(principal.key_id, bot, conversation,
+                                          principal.environment)
         log.info("visitor_token_issued", key_id=principal.key_id, bot=bot,
                  conversation=conversation, expires_unix_s=expires)
         return token, expires
@@ -381,13 +385,14 @@ class Authenticator:
         return principal
 
     async def issue(self, tenant: str, bots: Iterable[str], role: Role,
-                    description: str = "") -> IssuedKey:
+                    description: str = "", environment: str = "") -> IssuedKey:
         """Create and store a new key; the returned secret is never stored nor shown again."""
         for _ in range(3):
             key_id, token = new_token(key_prefix(role))
             record = ApiKeyRecord(key_id=key_id, key_hash=hash_secret(self._pepper, token),
                                   tenant=tenant, bots=tuple(bots), role=role,
-                                  created_at_unix_ms=now_ms(), description=description)
+                                  created_at_unix_ms=now_ms(), description=description,
+                                  environment=environment)
             try:
                 await self.store.create(record)
             except KeyExists:
@@ -471,6 +476,7 @@ def record_to_json(record: ApiKeyRecord) -> bytes:
         "bots": list(record.bots), "role": record.role.value,
         "created_at_unix_ms": record.created_at_unix_ms,
         "revoked_at_unix_ms": record.revoked_at_unix_ms, "description": record.description,
+        **({"environment": record.environment} if record.environment else {}),
     }
     return json.dumps(data, separators=(",", ":")).encode()
 
@@ -483,6 +489,7 @@ def record_from_json(raw: bytes) -> ApiKeyRecord:
         created_at_unix_ms=int(data["created_at_unix_ms"]),
         revoked_at_unix_ms=data.get("revoked_at_unix_ms"),
         description=str(data.get("description", "")),
+        environment=str(data.get("environment", "")),
     )
 
 

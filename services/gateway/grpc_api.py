@@ -169,8 +169,9 @@ class ChatServicer(gateway_pb2_grpc.ChatServiceServicer):
     @grpc_errors
     async def SendMessage(self, request: gateway_pb2.SendMessageRequest,
                           context: grpc.aio.ServicerContext) -> gateway_pb2.SendMessageResponse:
-        await self._admit(context, request.bot_id, request.conversation_id)
+        principal = await self._admit(context, request.bot_id, request.conversation_id)
         message = user_message(request, request.bot_id, request.conversation_id, self.config)
+        message.environment = principal.environment
         wait_s = 0.0 if request.no_wait else self._wait_s(context)
         with retry_hint(context):
             result = await self.hub.send(message, wait_s=wait_s,
@@ -352,6 +353,7 @@ class _Session:
         try:
             service.limiter.check(principal.key_id)
             message = user_message(request, self.bot, self.conversation, service.config)
+            message.environment = principal.environment
             return await self._send(message)
         except RateLimited as exc:
             service.metrics.rate_limited.inc()

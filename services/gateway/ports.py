@@ -126,6 +126,8 @@ class ApiKeyRecord:
     created_at_unix_ms: int
     revoked_at_unix_ms: int | None = None
     description: str = ""
+    # The bot environment its conversations use (docs/versions.md); "": the bot's default.
+    environment: str = ""
 
     @property
     def revoked(self) -> bool:

@@ -42,6 +42,7 @@ class VisitorClaims:
     bot: str
     conversation: str
     expires_unix_s: int
+    environment: str = ""  # the issuing key's bot environment (docs/versions.md)
 
 
 def is_visitor_token(token: str) -> bool:
@@ -71,13 +72,15 @@ class VisitorTokens:
     def enabled(self) -> bool:
         return bool(self._key)
 
-    def mint(self, issuer: str, bot: str, conversation: str) -> tuple[str, int]:
+    def mint(self, issuer: str, bot: str, conversation: str,
+             environment: str = "") -> tuple[str, int]:
         """A token for one conversation, and its expiry (unix seconds)."""
         if not self.enabled:
             raise Unavailable("visitor tokens are off: the gateway has no "
                               "BOTFACTORY_GATEWAY_VISITOR_TOKEN_SECRET")
         expires = int(self.clock() + self.ttl_s)
-        claims = {"k": issuer, "b": bot, "c": conversation, "exp": expires}
+        claims = {"k": issuer, "b": bot, "c": conversation, "exp": expires,
+                  **({"e": environment} if environment else {})}
         payload = _b64encode(json.dumps(claims, separators=(",", ":")).encode())
         return f"{VISITOR_PREFIX}{payload}.{self._sign(payload)}", expires
 
@@ -103,7 +106,8 @@ def _claims(payload: str) -> VisitorClaims:
     """The claims of a correctly signed payload (a signed payload we did not write: 401)."""
     try:
         data = json.loads(_b64decode(payload))
-        claims = VisitorClaims(str(data["k"]), str(data["b"]), str(data["c"]), int(data["exp"]))
+        claims = VisitorClaims(str(data["k"]), str(data["b"]), str(data["c"]), int(data["exp"]),
+                               str(data.get("e", "")))
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise Unauthenticated(INVALID_TOKEN) from None
     return claims

@@ -16,6 +16,7 @@ from services.nlu.config import NluConfig
 from services.nlu.engine import NluModel
 from services.nlu.knowledge import KnowledgeRegistry, KnowledgeWatcher
 from services.nlu.metrics import NluMetrics
+from services.nlu.prewarm import VersionPrewarmer
 from services.nlu.registry import BatchSettings, ModelRegistry
 from services.nlu.rollout import Rollouts, ShadowRunner
 from services.nlu.servicer import NluServicer
@@ -53,6 +54,7 @@ class NluServer:
             self.servicer, self.grpc.server)
         self.bus: Bus | None = None
         self.watcher: ModelWatcher | None = None
+        self.prewarmer: VersionPrewarmer | None = None
         self.metrics_server: MetricsServer | None = None
 
     @property
@@ -74,7 +76,11 @@ class NluServer:
             self.watcher = ModelWatcher(self.bus, self.registry, self.config.model_cache_dir,
                                         self.rollouts)
             await self.watcher.start()
+            self.servicer.attach_version_loader(self.watcher.load_version)
             await self.watcher.initial_load_done.wait()
+            # the models of the bot versions environments serve (docs/versions.md)
+            self.prewarmer = VersionPrewarmer(self.bus, self.registry, self.servicer.load_version)
+            await self.prewarmer.start()
             await self._follow_knowledge(self.bus)
         self.metrics_server = start_metrics_server(self.metrics.registry,
                                                    self.config.metrics_host,
@@ -104,6 +110,8 @@ class NluServer:
         await self.grpc.stop(self.config.shutdown_grace_s)
         if self.watcher is not None:
             await self.watcher.stop()
+        if self.prewarmer is not None:
+            await self.prewarmer.stop()
         if self.kb_watcher is not None:
             await self.kb_watcher.stop()
         if self.shadow is not None:

@@ -25,6 +25,8 @@ from services.nlu.metrics import NluMetrics
 SENTIMENT = "platform-sentiment"
 ACTIVE = "active"
 CANARY = "canary"
+PINNED = "pinned"  # a model version a request names (a conversation pinned to a bot version)
+PINNED_PER_BOT = 4  # versions beside the active and candidate kept loaded per bot
 
 
 @dataclass
@@ -51,6 +53,7 @@ class ModelRegistry:
         self._loader = loader
         self._models: dict[str, LoadedModel] = {}
         self._candidates: dict[str, LoadedModel] = {}
+        self._pinned: dict[tuple[str, str], LoadedModel] = {}  # least recently used first
         self._lock = asyncio.Lock()
 
     def get(self, bot: str) -> LoadedModel | None:
@@ -60,7 +63,38 @@ class ModelRegistry:
         return self._candidates.get(bot)
 
     def loaded(self) -> list[LoadedModel]:
-        return [*self._models.values(), *self._candidates.values()]
+        return [*self._models.values(), *self._candidates.values(), *self._pinned.values()]
+
+    def version(self, bot: str, version: str) -> tuple[LoadedModel, str] | None:
+        """The loaded model of `bot` that is `version` and its variant (None: not loaded)."""
+        for entry, variant in ((self._models.get(bot), ACTIVE),
+                               (self._candidates.get(bot), CANARY)):
+            if entry is not None and entry.model.version == version:
+                return entry, variant
+        pinned = self._pinned.pop((bot, version), None)
+        if pinned is None:
+            return None
+        self._pinned[(bot, version)] = pinned  # most recently used
+        return pinned, PINNED
+
+    async def load_pinned(self, directory: Path, source: str) -> LoadedModel:
+        """Load `directory` as a pinned version of its bot (kept beside the active and
+        candidate models; the least recently used beyond PINNED_PER_BOT is closed)."""
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(self._executor, self._loader, directory)
+        entry = LoadedModel(model, MicroBatcher[Prediction](
+            model.predict, self._executor, max_batch_size=self._settings.max_batch_size,
+            max_wait=self._settings.max_wait, max_in_flight=self._settings.max_in_flight,
+            on_batch=self._metrics.batch_size.labels(bot=model.bot).observe),
+            source, time.time())
+        async with self._lock:
+            old = self._pinned.pop((model.bot, model.version), None)
+            self._pinned[(model.bot, model.version)] = entry
+            mine = [key for key in self._pinned if key[0] == model.bot]
+            evicted = [self._pinned.pop(key) for key in mine[:-PINNED_PER_BOT]]
+        for gone in [e for e in (old, *evicted) if e is not None]:
+            await gone.batcher.close()
+        return entry
 
     async def load(self, directory: Path, source: str, *, candidate: bool = False) -> LoadedModel:
         """Load `directory` off the event loop and make it its bot's active model (or its
@@ -121,12 +155,16 @@ class ModelRegistry:
 
     async def predict_variant(self, bot: str, texts: Sequence[str],
                               variant: str) -> tuple[LoadedModel, list[Prediction], str]:
-        """Predictions of the bot's `variant` (ACTIVE or CANARY) and the variant that made
-        them: the active model when the candidate is gone (a rollout just ended)."""
-        entry = self._candidates.get(bot) if variant == CANARY else None
-        if entry is not None:
+        """Predictions of the bot's `variant` (ACTIVE, CANARY or `pinned:<version>`) and the
+        variant that made them: the active model when the candidate or the pinned version is
+        gone (a rollout just ended, a version was unloaded)."""
+        entry, used = (self._candidates.get(bot), CANARY) if variant == CANARY else (None, ACTIVE)
+        if variant.startswith(f"{PINNED}:"):
+            found = self.version(bot, variant[len(PINNED) + 1:])
+            entry, used = found if found is not None else (None, ACTIVE)
+        if entry is not None and used != ACTIVE:
             try:
-                return entry, await entry.batcher.submit(texts), CANARY
+                return entry, await entry.batcher.submit(texts), used
             except BatcherClosed:
                 pass
         active, predictions = await self.predict(bot, texts)
@@ -147,6 +185,6 @@ class ModelRegistry:
     async def close(self) -> None:
         async with self._lock:
             entries = self.loaded()
-            self._models, self._candidates = {}, {}
+            self._models, self._candidates, self._pinned = {}, {}, {}
         for entry in entries:
             await entry.batcher.close()

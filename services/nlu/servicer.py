@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
 from services.common.errors import InvalidArgument, NotFound, Unavailable, grpc_errors
+from services.common.modelartifacts import BOT_ID, VERSION_ID
 from services.common.pb.botfactory.v1 import nlu_pb2, nlu_pb2_grpc
 from services.nlu.batcher import BatcherClosed
 from services.nlu.engine import Prediction
 from services.nlu.knowledge import SearchRpc
 from services.nlu.metrics import NluMetrics
-from services.nlu.registry import ACTIVE, SENTIMENT, LoadedModel, ModelRegistry
+from services.nlu.registry import ACTIVE, PINNED, SENTIMENT, LoadedModel, ModelRegistry
 from services.nlu.rollout import Rollouts, ShadowItem, ShadowRunner
+
+# Loads a bot's model version from the store into the registry (False: it cannot be loaded).
+VersionLoader = Callable[[str, str], Awaitable[bool]]
 
 
 class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
@@ -29,7 +33,13 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
         self._max_text_chars = max_text_chars
         self._max_batch_texts = max_batch_texts
         self._ranking_length = ranking_length  # 0: every intent
+        self._load_version: VersionLoader | None = None
+        self._loading: dict[tuple[str, str], asyncio.Future[bool]] = {}
         self.accepting = True
+
+    def attach_version_loader(self, loader: VersionLoader) -> None:
+        """How a model version a request names is loaded (set once there is a bus)."""
+        self._load_version = loader
 
     def attach_shadow(self, shadow: ShadowRunner) -> None:
         """Where shadow-mode texts go (set once the service has a bus to publish on)."""
@@ -39,7 +49,8 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
     async def Parse(self, request: nlu_pb2.ParseRequest,
                     context: grpc.aio.ServicerContext) -> nlu_pb2.ParseResponse:
         results = await self._observe("Parse", request.bot_id, [request.text],
-                                      [request.conversation_id], request.ranking_length)
+                                      [request.conversation_id], request.ranking_length,
+                                      request.model_version)
         return results[0]
 
     @grpc_errors
@@ -52,7 +63,8 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
             raise InvalidArgument(f"conversation_ids has {len(conversations)} entries for "
                                   f"{len(texts)} texts: give none or one per text")
         results = await self._observe("ParseBatch", request.bot_id, texts,
-                                      conversations or [""] * len(texts), request.ranking_length)
+                                      conversations or [""] * len(texts), request.ranking_length,
+                                      request.model_version)
         return nlu_pb2.ParseBatchResponse(results=results)
 
     @grpc_errors
@@ -67,12 +79,13 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
         return nlu_pb2.ListModelsResponse(models=models)
 
     async def _observe(self, method: str, bot: str, texts: list[str], conversations: list[str],
-                       ranking_length: int) -> list[nlu_pb2.ParseResponse]:
+                       ranking_length: int, model_version: str = "",
+                       ) -> list[nlu_pb2.ParseResponse]:
         started = time.perf_counter()
         status = "OK"
         try:
             return await self._parse(bot, texts, conversations,
-                                     self._ranking_limit(ranking_length))
+                                     self._ranking_limit(ranking_length), model_version)
         except Exception as exc:
             status = getattr(exc, "grpc_code", grpc.StatusCode.INTERNAL).name
             raise
@@ -89,12 +102,18 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
         return (requested or self._ranking_length) or None
 
     async def _parse(self, bot: str, texts: list[str], conversations: list[str],
-                     ranking_limit: int | None) -> list[nlu_pb2.ParseResponse]:
-        """Each text parsed by its conversation's variant (one group per variant in use)."""
+                     ranking_limit: int | None,
+                     model_version: str = "") -> list[nlu_pb2.ParseResponse]:
+        """Each text parsed by its conversation's variant (one group per variant in use), or
+        all by the model version the request names."""
         if not self.accepting:
             raise Unavailable("server is shutting down")
-        self._validate(bot, texts)
-        groups = self._variant_groups(bot, conversations)
+        self._validate(bot, texts, model_version)
+        if model_version:
+            await self._ensure_version(bot, model_version)
+            groups = {f"{PINNED}:{model_version}": list(range(len(texts)))}
+        else:
+            groups = self._variant_groups(bot, conversations)
         try:
             if self._registry.get(SENTIMENT) is None:  # one model to run: no tasks to spawn
                 parsed = await self._predict_groups(bot, texts, groups)
@@ -155,10 +174,31 @@ class NluServicer(SearchRpc, nlu_pb2_grpc.NluServiceServicer):
             self._shadow.offer(ShadowItem(bot, text, conversation, entry.model.version,
                                           prediction))
 
-    def _validate(self, bot: str, texts: Sequence[str]) -> None:
+    async def load_version(self, bot: str, version: str) -> bool:
+        """Load `version` of the bot (shared with the requests asking for it meanwhile)."""
+        await self._ensure_version(bot, version)
+        return self._registry.version(bot, version) is not None
+
+    async def _ensure_version(self, bot: str, version: str) -> None:
+        """Load `version` of the bot unless loaded (one load however many ask at once)."""
+        if self._registry.version(bot, version) is not None or self._load_version is None:
+            return
+        key = (bot, version)
+        pending = self._loading.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._load_version(bot, version))
+            self._loading[key] = pending
+            pending.add_done_callback(lambda _: self._loading.pop(key, None))
+        await asyncio.shield(pending)
+
+    def _validate(self, bot: str, texts: Sequence[str], model_version: str = "") -> None:
         if not bot:
             raise InvalidArgument("bot_id is required")
-        if bot == SENTIMENT or self._registry.get(bot) is None:
+        if model_version and not VERSION_ID.match(model_version):
+            raise InvalidArgument(f"model_version {model_version!r} is not a version id")
+        if model_version and not BOT_ID.match(bot):
+            raise NotFound(f"unknown bot {bot!r}")
+        if bot == SENTIMENT or (self._registry.get(bot) is None and not model_version):
             raise NotFound(f"unknown bot {bot!r}")
         if not texts:
             raise InvalidArgument("no texts given")

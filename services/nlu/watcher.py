@@ -136,6 +136,18 @@ class ModelWatcher:
                 await self._registry.drop_candidate(bot)
                 log.info("rollout_ended", bot=bot)
 
+    async def load_version(self, bot: str, version: str) -> bool:
+        """Load a version a request names (a conversation pinned to a bot version) beside the
+        active and candidate models; False when it cannot be fetched or loaded."""
+        try:
+            directory = await fetch(self._bus, ModelRef(bot, version), self._cache_dir)
+            await self._registry.load_pinned(directory, source=f"store:{version}")
+        except Exception as exc:  # the active model answers instead
+            log.error("model_rejected", bot=bot, version=version, error=str(exc), pinned=True)
+            return False
+        log.info("model_pinned_loaded", bot=bot, version=version)
+        return True
+
     async def _load(self, ref: ModelRef, *, candidate: bool) -> bool:
         try:
             directory = await fetch(self._bus, ref, self._cache_dir)

@@ -105,12 +105,15 @@ def banking_files(name: str = "banking", extra: str = "") -> dict[str, str]:
     return files
 
 
+VERSION_ID = "v0123456789abcdef"  # a bot version id (docs/versions.md)
+
+
 def route_call(spec: RouteSpec, *, bot: str, conversation: str, message_id: str,
                key_id: str, tenant_name: str) -> tuple[str, Any]:
     """The path and a valid body of a call of `spec` (so that only the key can refuse it)."""
     ids = {"bot": bot, "conversation": conversation, "message_id": message_id,
            "key_id": key_id, "run_id": "run-1", "channel": "telegram",
-           "training_id": "tr-18f3a2b4c5d-0a1b2c"}
+           "training_id": "tr-18f3a2b4c5d-0a1b2c", "version": VERSION_ID, "environment": "prod"}
     path = re.sub(r"\{(\w+)\}", lambda m: ids.get(m.group(1), "id-1"), spec.path)
     bodies: dict[str, Any] = {
         "post_message": {"text": "hi"}, "post_feedback": {"rating": 1},
@@ -119,6 +122,11 @@ def route_call(spec: RouteSpec, *, bot: str, conversation: str, message_id: str,
         "put_model": {"version": "v1"}, "put_definition": {"files": banking_files()},
         "put_webhook": {"url": "https://evil.example.com/steal", "secret": "s" * 32},
         "put_channel": {"bot_token": "123456:" + "a" * 30, "secret_token": "evil-secret"},
+        "create_bot_version": {"files": banking_files(), "model": "m1"},
+        "record_bot_version_check": {"name": "conversation_tests", "passed": True},
+        "configure_environments": {"environments": [{"name": "prod"}]},
+        "promote_environment": {"version": VERSION_ID},
+        "put_environment_canary": {"version": VERSION_ID, "share": 0.5},
     }
     if spec.name in ("list_keys", "list_bots"):
         path += f"?tenant={tenant_name}"

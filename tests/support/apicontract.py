@@ -35,7 +35,8 @@ CHECKS = [st_checks.not_a_server_error, st_checks.status_code_conformance,
           # the document is the contract both ways (issue 17): what it allows is accepted,
           # what it does not allow is refused with a 4xx
           st_checks.negative_data_rejection, st_checks.positive_data_acceptance]
-# What a schema cannot state: a bot definition that does not load (422: deployed, or sent to
-# train), a span outside the review item's text, the settings each channel requires (they
-# differ by the path's channel). Their negative cases are still checked.
-SEMANTIC = {"put_definition", "decide_review", "put_channel", "start_training"}
+# What a schema cannot state: a bot definition that does not load (422: deployed, sent to
+# train, or in a version), a span outside the review item's text, the settings each channel
+# requires (they differ by the path's channel). Their negative cases are still checked.
+SEMANTIC = {"put_definition", "decide_review", "put_channel", "start_training",
+            "create_bot_version", "configure_environments"}

@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from typing import Any
+
+from nats.js.errors import NotFoundError
 
 from services.common import trainings
 from services.common.audit import AuditEvent
@@ -23,6 +26,7 @@ from services.common.trainings import Options, Training
 from services.gateway.auth import KeyExists, now_ms
 from services.gateway.ports import ApiKeyRecord, Webhook
 from services.gateway.webhook_store import Subscription, stored_subscription
+from tests.support.memkv import MemoryKeyValue
 
 
 class InMemoryKeyStore:
@@ -190,3 +194,20 @@ class MemoryTrainings:
     async def logs(self, bot: str, job_id: str) -> str:
         await self.get(bot, job_id)
         return ""
+class _EmptyObjectStore:
+    async def get_info(self, name: str) -> Any:
+        raise NotFoundError
+
+
+class MemoryBus:
+    """The KV buckets of a Bus in memory (and an empty object store): what the bot-version
+    routes (services/gateway/http/bot_versions.py) use, for tests without a server."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, MemoryKeyValue] = {}
+
+    async def kv(self, name: str) -> MemoryKeyValue:
+        return self._buckets.setdefault(name, MemoryKeyValue())
+
+    async def object_store(self, name: str) -> _EmptyObjectStore:
+        return _EmptyObjectStore()

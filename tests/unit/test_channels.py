@@ -290,3 +290,16 @@ async def test_the_hot_path_keeps_settings_a_few_seconds_but_never_an_absence() 
     # a change made here applies here at once
     await store.put("banking", "telegram", {"bot_token": "t2"})
     assert (await store.current("banking", "telegram") or {})["bot_token"] == "t2"
+
+
+def test_a_channel_may_belong_to_a_bot_environment() -> None:
+    from services.gateway.http.channels import checked_settings
+    from services.gateway.http.problems import RequestInvalid
+
+    telegram = Telegram()
+    settings = checked_settings(telegram, {"bot_token": "1:" + "a" * 30,
+                                           "secret_token": "s" * 16, "environment": "staging"})
+    assert settings["environment"] == "staging"
+    with pytest.raises(RequestInvalid, match="environment"):
+        checked_settings(telegram, {"bot_token": "1:" + "a" * 30, "secret_token": "s" * 16,
+                                    "environment": "Not An Env"})

@@ -44,6 +44,7 @@ from services.common.pb.botfactory.v1 import rpa_pb2
 from services.common.reviewqueue import ReviewQueue
 from services.gateway.config import GatewayConfig
 from services.gateway.http import GatewayMetrics, create_app
+from services.gateway.http.bot_versions import BOT_VERSIONS
 from services.gateway.http.model_versions import MODEL_ROLLOUTS
 from services.gateway.http.openapi import build_document
 from services.gateway.http.review import REVIEW
@@ -55,6 +56,7 @@ from tests.support.memkv import MemoryKeyValue
 from tests.support.memstores import (
     InMemoryKeyStore,
     InMemoryWebhookStore,
+    MemoryBus,
     MemoryModelRollouts,
     MemoryTrainings,
 )
@@ -119,6 +121,7 @@ def api_url() -> Iterator[str]:
                          definitions=FakeDefinitions(), webhooks=InMemoryWebhookStore(),
                          runs=FakeRuns())
         app[MODEL_ROLLOUTS] = MemoryModelRollouts()
+        app[BOT_VERSIONS] = MemoryBus()  # type: ignore[assignment]
         app[REVIEW] = ReviewQueue(MemoryKeyValue())  # type: ignore[arg-type]
         app[TRAININGS] = MemoryTrainings()
         runner = web.AppRunner(app, access_log=None)

@@ -327,3 +327,19 @@ def test_config_validation_names_the_variable(env: dict[str, str], variable: str
     base = {} if variable.endswith("PEPPER") else SECRETS
     with pytest.raises(ConfigError, match=variable):
         load({**base, **env})
+
+
+async def test_a_key_bound_to_an_environment_passes_it_to_its_visitor_tokens(
+        visitors: Authenticator) -> None:
+    issued = await visitors.issue("t1", ["alpha"], Role.CLIENT, environment="staging")
+    assert record_from_json(record_to_json(issued.record)).environment == "staging"
+    client = await visitors.authenticate(issued.secret)
+    assert client.environment == "staging"
+    token, _ = visitors.mint(client, "alpha", "c1")
+    assert (await visitors.authenticate(token)).environment == "staging"
+    plain = await visitors.issue("t1", ["alpha"], Role.CLIENT)  # as before: no environment
+    assert b"environment" not in record_to_json(plain.record)
+    principal = await visitors.authenticate(plain.secret)
+    assert principal.environment == ""
+    token, _ = visitors.mint(principal, "alpha", "c2")
+    assert (await visitors.authenticate(token)).environment == ""

@@ -355,7 +355,8 @@ async def test_missing_invalid_and_revoked_keys_are_the_same_401(gw: Gateway) ->
 
 def _fill(path: str, bot: str) -> str:
     values = {"bot": bot, "conversation": "c1", "message_id": "m1", "key_id": "abc",
-              "run_id": "r1", "channel": "telegram", "training_id": "tr-18f3a2b4c5d-0a1b2c"}
+              "run_id": "r1", "channel": "telegram", "training_id": "tr-18f3a2b4c5d-0a1b2c",
+              "version": "v0123456789abcdef", "environment": "staging"}
     return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
 
 

@@ -118,7 +118,8 @@ async def test_a_publishable_key_starts_sessions_from_the_bots_origins(widget: W
 
 async def test_a_publishable_key_may_do_nothing_else(widget: Widget) -> None:
     ids = {"bot": BOT, "conversation": "c1", "message_id": "m1", "key_id": "0123abcd",
-           "run_id": "run-1", "channel": "widget", "training_id": "tr-18f3a2b4c5d-0a1b2c"}
+           "run_id": "run-1", "channel": "widget", "training_id": "tr-18f3a2b4c5d-0a1b2c",
+           "version": "v0123456789abcdef", "environment": "prod"}
     tried = 0
     for spec in ROUTES:
         if spec.role is None or spec.role is Role.PUBLISHABLE:

@@ -65,7 +65,8 @@ async def audited(request: web.Request, action: str, target: dict[str, Any],
 
 def key_target(record: ApiKeyRecord) -> dict[str, Any]:
     return {"key_id": record.key_id, "tenant": record.tenant, "bots": list(record.bots),
-            "role": record.role.value}
+            "role": record.role.value,
+            **({"environment": record.environment} if record.environment else {})}
 
 
 def key_json(record: ApiKeyRecord) -> dict[str, Any]:
@@ -74,6 +75,7 @@ def key_json(record: ApiKeyRecord) -> dict[str, Any]:
         "role": record.role.value, "description": record.description,
         "created_at_unix_ms": record.created_at_unix_ms,
         "revoked_at_unix_ms": record.revoked_at_unix_ms, "revoked": record.revoked,
+        "environment": record.environment,
     }
 
 
@@ -83,6 +85,7 @@ async def create_key(request: web.Request) -> web.Response:
     fields = CREATE_KEY.read(body, state.config)
     tenant, bots, role = fields["tenant"], fields["bots"], fields["role"]
     description = fields["description"]
+    environment = fields["environment"] or ""
     principal = principal_of(request)
     if not principal.manages_tenant(tenant):
         raise PermissionDenied(f"this API key cannot manage tenant {tenant!r}")
@@ -90,7 +93,7 @@ async def create_key(request: web.Request) -> web.Response:
         raise PermissionDenied("a new key's bots must be within this API key's bots")
     if role == Role.PUBLISHABLE.value:
         check_publishable_bots(body["bots"])
-    issued = await state.auth.issue(tenant, bots, Role(role), description or "")
+    issued = await state.auth.issue(tenant, bots, Role(role), description or "", environment)
     await audited(request, audit.KEY_CREATED, key_target(issued.record), tenant)
     return json_response({**key_json(issued.record), "secret": issued.secret}, status=201)
 

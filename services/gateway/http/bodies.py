@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from services.common.botversions import BOT_VERSION_ID, ENV_NAME
 from services.gateway.auth import TENANT_RE
 from services.gateway.config import GatewayConfig
 from services.gateway.http.problems import RequestInvalid
@@ -51,7 +52,8 @@ VISITOR_TOKEN = re.compile(r"^bfv_[A-Za-z0-9_.-]{1,1020}$")  # services/gateway/
 TRAINING_ID = re.compile(r"^tr-[0-9a-f]{1,16}-[0-9a-f]{1,16}$")  # services/common/trainings.py
 PATH_IDS: dict[str, re.Pattern[str]] = {
     "bot": BOT_ID, "conversation": CONVERSATION_ID, "message_id": RATED_MESSAGE_ID,
-    "key_id": KEY_ID, "run_id": RUN_ID, "channel": CHANNEL_NAME, "training_id": TRAINING_ID}
+    "key_id": KEY_ID, "run_id": RUN_ID, "channel": CHANNEL_NAME, "training_id": TRAINING_ID,
+    "version": BOT_VERSION_ID, "environment": ENV_NAME}  # services/common/botversions.py
 
 Limit = int | str  # a number of characters, or the GatewayConfig attribute that sets it
 
@@ -235,7 +237,10 @@ ACTIVATE_MODEL = Body(required={"version": Identifier(VERSION)}, optional={})
 CREATE_KEY = Body(required={"tenant": Identifier(TENANT_RE),
                             "bots": StringList(BOT_SCOPE, description='Bot ids, or ["*"]'),
                             "role": Choice(tuple(role.value for role in Role))},
-                  optional={"description": Text(MAX_DESCRIPTION_CHARS, blank=True)},
+                  optional={"description": Text(MAX_DESCRIPTION_CHARS, blank=True),
+                            "environment": Identifier(ENV_NAME, "The bot environment its "
+                                                      "conversations use (docs/versions.md); "
+                                                      "absent: each bot's default (prod)")},
                   # a publishable key sits in web pages: one bot, never `*` (admin.py)
                   constraints={"if": {"required": ["role"],
                                       "properties": {"role": {"const": "publishable"}}},

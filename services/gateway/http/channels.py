@@ -13,6 +13,7 @@ import nats.errors
 import nats.js.errors
 from aiohttp import web
 
+from services.common.botversions import ENV_NAME
 from services.common.errors import NotFound, Unavailable
 from services.common.logging import get_logger
 from services.common.pb.botfactory.v1 import conversation_pb2
@@ -37,6 +38,9 @@ from services.gateway.hub import BUS_DOWN, BUS_RETRY_AFTER_S
 
 log = get_logger(__name__)
 API_BASE = "api_base"
+# Any channel: the bot environment its conversations use (docs/versions.md; absent: the
+# bot's default environment).
+ENVIRONMENT = "environment"
 
 _STR = {"type": "string"}
 SCHEMAS: dict[str, Any] = {
@@ -91,8 +95,8 @@ def entry_of(channels: Channels, name: str) -> SettingsEntry:
 def checked_settings(adapter: SettingsEntry, body: Any) -> dict[str, str]:
     if not isinstance(body, dict):
         raise RequestInvalid.one("body", "must be a JSON object of settings")
-    platform = () if adapter.name == WIDGET else (API_BASE,)  # the widget calls no API
-    known = {*adapter.required, *adapter.secrets, *adapter.optional, *platform}
+    platform = () if adapter.name == WIDGET else (API_BASE, ENVIRONMENT)  # the widget calls
+    known = {*adapter.required, *adapter.secrets, *adapter.optional, *platform}  # no API
     problems = [(name, "unknown setting") for name in body if name not in known]
     problems += [(name, "required") for name in adapter.required if not body.get(name)]
     problems += [(name, f"must be a string of at most {MAX_CHANNEL_SETTING_CHARS} characters")
@@ -101,6 +105,9 @@ def checked_settings(adapter: SettingsEntry, body: Any) -> dict[str, str]:
     base = body.get(API_BASE)
     if isinstance(base, str) and not base.startswith(("https://", "http://")):
         problems.append((API_BASE, "must be an http:// or https:// URL"))
+    environment = body.get(ENVIRONMENT)
+    if isinstance(environment, str) and environment and not ENV_NAME.match(environment):
+        problems.append((ENVIRONMENT, f"must match {ENV_NAME.pattern}"))
     if problems:
         raise RequestInvalid([FieldError(name, text) for name, text in problems])
     settings = {name: str(value) for name, value in body.items() if value != ""}
@@ -229,7 +236,7 @@ async def _take(request: web.Request, channels: Channels, target: Target, bot: s
     message = conversation_pb2.UserMessage(
         bot_id=bot, conversation_id=conversation, text=text, channel=target.channel,
         message_id=conversation_id(target.channel, incoming.native_id),
-        sender=incoming.sender[:200])
+        sender=incoming.sender[:200], environment=target.settings.get(ENVIRONMENT, ""))
     outbox = channels.outbox
     # The reply address and the message at once: a reply that finds no address yet is taken
     # again shortly (the outbox's ADDRESS_TRIES); either failing, the platform sends it again.

@@ -34,6 +34,7 @@ from services.gateway.http.bodies import (
     object_schema,
     text_schema,
 )
+from services.gateway.http.bot_versions import REQUEST_SCHEMAS as VERSION_REQUESTS
 from services.gateway.http.review import INTENT, ITEM_ID, MAX_APPLIED, MAX_ENTITIES
 from services.gateway.http.trainings import REQUEST_PROPERTIES as TRAINING_PROPERTIES
 
@@ -119,12 +120,14 @@ def restated_schemas() -> dict[str, Any]:
             "if": {"properties": {"mode": {"const": "canary"}}},
             "then": {"required": ["share"],
                      "properties": {"share": {"type": "number", "exclusiveMinimum": 0}}}},
+        **VERSION_REQUESTS,
     }
 
 
 PATH_EXAMPLES = {"bot": "banking", "conversation": "c1", "message_id": "m1:0",
                  "key_id": "0123456789abcdef", "run_id": "run-0", "name": "chat.js",
-                 "channel": "telegram", "training_id": "tr-18f3a2b4c5d-0a1b2c"}
+                 "channel": "telegram", "training_id": "tr-18f3a2b4c5d-0a1b2c",
+                 "version": "v0123456789abcdef", "environment": "staging"}
 
 # A WebSocket route answers 400 to a plain GET: the handshake headers are part of the request.
 WEBSOCKET_HEADERS = (

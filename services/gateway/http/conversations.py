@@ -129,6 +129,7 @@ async def post_message(request: web.Request) -> web.Response:
     body = await read_json(request, state.config.body_limit_bytes)
     message = user_message(body, bot, conversation, config=state.config,
                            channel="http")
+    message.environment = principal_of(request).environment
     if waited:
         result = await state.hub.send(message, wait_s=state.config.sync_wait_s,
                                       workflow_wait_s=state.config.workflow_wait_s)
@@ -251,6 +252,7 @@ async def socket_message(raw: str, request: web.Request, state: GatewayState) ->
     body = parse_json(raw)
     message = user_message(body, bot, conversation, config=state.config,
                            channel="websocket")
+    message.environment = principal.environment
     result = await state.hub.send(message, wait_s=0.0)
     return {"type": "ack", "message_id": message.message_id, "duplicate": result.duplicate}
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from services.gateway.config import GatewayConfig
 from services.gateway.http.bodies import PATH_IDS
+from services.gateway.http.bot_versions import SCHEMAS as VERSION_SCHEMAS
 from services.gateway.http.bots import SCHEMAS as BOT_SCHEMAS
 from services.gateway.http.channels import SCHEMAS as CHANNEL_SCHEMAS
 from services.gateway.http.contract import (
@@ -48,7 +49,9 @@ PATH_TEXT = {"bot": "Bot id", "conversation": "Conversation id (chosen by the cl
              "message_id": "A bot message's id", "key_id": "API key id",
              "run_id": "Workflow run id", "name": "File name",
              "channel": "Messaging channel (telegram, ...)",
-             "training_id": "Training job id (tr-...)"}
+             "training_id": "Training job id (tr-...)",
+             "version": "Bot version id (v + 16 hex digits)",
+             "environment": "Environment name (dev, staging, prod, ...)"}
 PATH_PATTERNS = {**{name: pattern.pattern for name, pattern in PATH_IDS.items()},
                  "name": r"^[A-Za-z0-9_.-]+$"}
 
@@ -72,7 +75,9 @@ _REPLY = _obj(["message_id", "text", "buttons", "role"], message_id=_STR, text=_
 _KEY = _obj(["key_id", "tenant", "bots", "role", "revoked"], key_id=_STR, tenant=_STR,
             bots={"type": "array", "items": _STR}, role={"enum": [role.value for role in Role]},
             description=_STR, created_at_unix_ms=_INT,
-            revoked_at_unix_ms={"type": ["integer", "null"]}, revoked={"type": "boolean"})
+            revoked_at_unix_ms={"type": ["integer", "null"]}, revoked={"type": "boolean"},
+            environment={"type": "string", "description": "The bot environment its "
+                         "conversations use (\"\": each bot's default)"})
 _NULLABLE_STR = {"type": ["string", "null"]}
 _OBJECT = {"type": "object"}
 _STEP_RECORD = _obj(["step", "kind", "status", "attempts", "visit"], step=_STR, kind=_STR,
@@ -172,6 +177,7 @@ SCHEMAS: dict[str, Any] = {
     **WIDGET_SCHEMAS,
     **MODEL_SCHEMAS,  # ModelVersions, Activation, Rollout, ...
     **TRAINING_SCHEMAS,  # Training, TrainingList
+    **VERSION_SCHEMAS,  # BotVersion, BotEnvironment, ...
 }
 
 

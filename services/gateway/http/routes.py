@@ -15,6 +15,7 @@ from services.gateway.access import Permission, least_key_role
 from services.gateway.auth import ROLE_NEEDS
 from services.gateway.http import (
     admin,
+    bot_versions,
     bots,
     channels,
     conversations,
@@ -38,6 +39,9 @@ RUN = f"{RUNS}/{{run_id}}"
 REVIEW = "/v1/admin/bots/{bot}/review"
 ROLLOUT = "/v1/admin/bots/{bot}/rollout"
 CHANNEL = "/v1/admin/bots/{bot}/channels/{channel}"
+VERSIONS = "/v1/admin/bots/{bot}/versions"
+ENVIRONMENTS = "/v1/admin/bots/{bot}/environments"
+ENVIRONMENT = f"{ENVIRONMENTS}/{{environment}}"
 INBOUND = "/v1/channels/{channel}/{bot}"
 WIDGET = "/v1/bots/{bot}/widget"
 TRAININGS = "/v1/admin/bots/{bot}/trainings"
@@ -275,6 +279,58 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("GET", f"{TRAINING}/logs", trainings.get_training_logs, "get_training_logs",
               "The tail of the training's output (text)", "admin", Permission.READ,
               {200: ("The log", None)}, content_type="text/plain", extra_errors=(404, 503)),
+    RouteSpec("GET", VERSIONS, bot_versions.list_versions, "list_bot_versions",
+              "The bot's immutable versions (definition files, model, knowledge index), "
+              "oldest first", "versions", Permission.READ, {200: ("Versions", "BotVersions")},
+              extra_errors=(400, 503)),
+    RouteSpec("POST", VERSIONS, bot_versions.create_version, "create_bot_version",
+              "Create a version from definition files, a model version and a knowledge index "
+              "version in the store (content-addressed: the same content answers 200 with the "
+              "existing version)", "versions", Permission.EDIT,
+              {201: ("Created", "BotVersion"), 200: ("Exists already", "BotVersion")},
+              request="CreateVersionRequest", extra_errors=(404, 413, 422, 503)),
+    RouteSpec("GET", f"{VERSIONS}/{{version}}", bot_versions.get_version, "get_bot_version",
+              "One version with its files and recorded checks", "versions", Permission.READ,
+              {200: ("Version", "BotVersion")}, extra_errors=(400, 404, 503)),
+    RouteSpec("GET", f"{VERSIONS}/{{version}}/diff", bot_versions.diff_versions,
+              "diff_bot_versions", "What changed from ?from= (default: the version before) "
+              "to this version: files (unified diffs), model, knowledge index", "versions",
+              Permission.READ, {200: ("Difference", "BotVersionDiff")},
+              query=(Query("from", "The version to compare with", {
+                  "type": "string", "pattern": "^v[0-9a-f]{16}$"}),),
+              extra_errors=(400, 404, 503)),
+    RouteSpec("POST", f"{VERSIONS}/{{version}}/checks", bot_versions.record_check,
+              "record_bot_version_check", "Record a check result on a version "
+              "(conversation_tests, model_gate, ...)", "versions", Permission.OPERATE,
+              {200: ("Recorded", "CheckRecorded")}, request="RecordCheckRequest",
+              extra_errors=(404, 413, 503)),
+    RouteSpec("GET", ENVIRONMENTS, bot_versions.list_environments, "list_environments",
+              "The bot's environments, the version each serves, canaries and history",
+              "versions", Permission.READ, {200: ("Environments", "BotEnvironments")},
+              extra_errors=(400, 503)),
+    RouteSpec("PUT", ENVIRONMENTS, bot_versions.configure_environments,
+              "configure_environments", "Set the bot's environments, the checks each requires "
+              "before a promotion, and the default one", "versions", Permission.OPERATE,
+              {200: ("Configured", "BotEnvironments")}, request="ConfigureEnvironmentsRequest",
+              extra_errors=(413, 503)),
+    RouteSpec("POST", f"{ENVIRONMENT}/promote", bot_versions.promote, "promote_environment",
+              "Point the environment at a version (or at another environment's version); "
+              "new conversations start on it, running ones stay on theirs", "versions",
+              Permission.OPERATE, {200: ("Promoted", "BotEnvironment")}, request="PromoteRequest",
+              extra_errors=(404, 409, 413, 503)),
+    RouteSpec("POST", f"{ENVIRONMENT}/rollback", bot_versions.rollback,
+              "rollback_environment", "Point the environment back at its previous version",
+              "versions", Permission.OPERATE, {200: ("Rolled back", "BotEnvironment")},
+              extra_errors=(400, 404, 409, 503)),
+    RouteSpec("PUT", f"{ENVIRONMENT}/canary", bot_versions.put_canary, "put_environment_canary",
+              "Start (or change) a bot-version canary: a sticky share of new conversations "
+              "starts on the version", "versions", Permission.OPERATE,
+              {200: ("Canary in effect", "BotEnvironment")}, request="CanaryRequest",
+              extra_errors=(404, 409, 413, 503)),
+    RouteSpec("DELETE", f"{ENVIRONMENT}/canary", bot_versions.delete_canary,
+              "delete_environment_canary", "End the canary (its conversations finish on it)",
+              "versions", Permission.OPERATE, {200: ("Canary ended", "BotEnvironment")},
+              extra_errors=(400, 404, 409, 503)),
     RouteSpec("PUT", "/v1/admin/bots/{bot}/definition", admin.put_definition, "put_definition",
               "Validate and deploy a bot definition", "admin", Permission.EDIT,
               {200: ("Deployed", "DeployedDefinition")}, request="DefinitionRequest",

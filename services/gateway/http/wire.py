@@ -230,6 +230,16 @@ class Fields:
             return None
         return value
 
+    def array(self, name: str, *, max_items: int) -> list[Any]:
+        """A required JSON array of 1 to `max_items` items (its items unchecked)."""
+        value = self._get(name, True)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not 1 <= len(value) <= max_items:
+            self.fail(name, f"must be a list of 1 to {max_items} items")
+            return []
+        return value
+
     def string_dict(self, name: str, *, required: bool = True) -> dict[str, str] | None:
         value = self._get(name, required)
         if value is None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n botfactory/v1/conversation.proto\x12\rbotfactory.v1\"(\n\x06\x42utton\x12\r\n\x05title\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\t\"\x8d\x02\n\x0bUserMessage\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x05 \x01(\t\x12\x0e\n\x06sender\x18\x06 \x01(\t\x12\x17\n\x0fsent_at_unix_ms\x18\x07 \x01(\x03\x12\x0c\n\x04role\x18\x08 \x01(\t\x12:\n\x08metadata\x18\t \x03(\x0b\x32(.botfactory.v1.UserMessage.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x02\n\nBotMessage\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x13\n\x0bin_reply_to\x18\x04 \x01(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\x12&\n\x07\x62uttons\x18\x06 \x03(\x0b\x32\x15.botfactory.v1.Button\x12\r\n\x05index\x18\x07 \x01(\x05\x12\x0c\n\x04last\x18\x08 \x01(\x08\x12\x17\n\x0fsent_at_unix_ms\x18\t \x01(\x03\x12\x0c\n\x04role\x18\n \x01(\t\x12*\n\tcitations\x18\x0b \x03(\x0b\x32\x17.botfactory.v1.Citation\"N\n\x08\x43itation\x12\r\n\x05title\x18\x01 \x01(\t\x12\x10\n\x08\x64ocument\x18\x02 \x01(\t\x12\x14\n\x0cheading_path\x18\x03 \x03(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\"\x90\x01\n\x0bTurnSummary\x12\x13\n\x0bin_reply_to\x18\x01 \x01(\t\x12\x0f\n\x07replies\x18\x02 \x01(\x05\x12\x15\n\rawaiting_runs\x18\x03 \x03(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x0f\n\x07handoff\x18\x05 \x01(\x08\x12#\n\x03nlu\x18\x06 \x01(\x0b\x32\x16.botfactory.v1.TurnNlu\"\xe2\x01\n\x07TurnNlu\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12*\n\x07ranking\x18\x03 \x03(\x0b\x32\x19.botfactory.v1.TurnIntent\x12+\n\x08\x65ntities\x18\x04 \x03(\x0b\x32\x19.botfactory.v1.TurnEntity\x12\x14\n\x0cout_of_scope\x18\x05 \x01(\x08\x12\x11\n\tsentiment\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x0c\n\x04\x66low\x18\x08 \x01(\t\x12\x0c\n\x04step\x18\t \x01(\t\".\n\nTurnIntent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\"T\n\nTurnEntity\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0b\n\x03raw\x18\x03 \x01(\t\x12\r\n\x05start\x18\x04 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x05\"\x89\x01\n\x11\x43onversationEvent\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x12\n\nat_unix_ms\x18\x04 \x01(\x03\x12\x16\n\x0e\x63orrelation_id\x18\x05 \x01(\t\x12\x11\n\tdata_json\x18\x06 \x01(\t\"F\n\x12\x43onversationEvents\x12\x30\n\x06\x65vents\x18\x01 \x03(\x0b\x32 .botfactory.v1.ConversationEvent\"h\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0e\n\x06rating\x18\x04 \x01(\x05\x12\x0f\n\x07\x63omment\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n botfactory/v1/conversation.proto\x12\rbotfactory.v1\"(\n\x06\x42utton\x12\r\n\x05title\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\t\"\xa2\x02\n\x0bUserMessage\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x05 \x01(\t\x12\x0e\n\x06sender\x18\x06 \x01(\t\x12\x17\n\x0fsent_at_unix_ms\x18\x07 \x01(\x03\x12\x0c\n\x04role\x18\x08 \x01(\t\x12:\n\x08metadata\x18\t \x03(\x0b\x32(.botfactory.v1.UserMessage.MetadataEntry\x12\x13\n\x0b\x65nvironment\x18\n \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x02\n\nBotMessage\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x13\n\x0bin_reply_to\x18\x04 \x01(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\x12&\n\x07\x62uttons\x18\x06 \x03(\x0b\x32\x15.botfactory.v1.Button\x12\r\n\x05index\x18\x07 \x01(\x05\x12\x0c\n\x04last\x18\x08 \x01(\x08\x12\x17\n\x0fsent_at_unix_ms\x18\t \x01(\x03\x12\x0c\n\x04role\x18\n \x01(\t\x12*\n\tcitations\x18\x0b \x03(\x0b\x32\x17.botfactory.v1.Citation\"N\n\x08\x43itation\x12\r\n\x05title\x18\x01 \x01(\t\x12\x10\n\x08\x64ocument\x18\x02 \x01(\t\x12\x14\n\x0cheading_path\x18\x03 \x03(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\"\x90\x01\n\x0bTurnSummary\x12\x13\n\x0bin_reply_to\x18\x01 \x01(\t\x12\x0f\n\x07replies\x18\x02 \x01(\x05\x12\x15\n\rawaiting_runs\x18\x03 \x03(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x0f\n\x07handoff\x18\x05 \x01(\x08\x12#\n\x03nlu\x18\x06 \x01(\x0b\x32\x16.botfactory.v1.TurnNlu\"\xe2\x01\n\x07TurnNlu\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12*\n\x07ranking\x18\x03 \x03(\x0b\x32\x19.botfactory.v1.TurnIntent\x12+\n\x08\x65ntities\x18\x04 \x03(\x0b\x32\x19.botfactory.v1.TurnEntity\x12\x14\n\x0cout_of_scope\x18\x05 \x01(\x08\x12\x11\n\tsentiment\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x0c\n\x04\x66low\x18\x08 \x01(\t\x12\x0c\n\x04step\x18\t \x01(\t\".\n\nTurnIntent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\"T\n\nTurnEntity\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0b\n\x03raw\x18\x03 \x01(\t\x12\r\n\x05start\x18\x04 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x05\"\x89\x01\n\x11\x43onversationEvent\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x12\n\nat_unix_ms\x18\x04 \x01(\x03\x12\x16\n\x0e\x63orrelation_id\x18\x05 \x01(\t\x12\x11\n\tdata_json\x18\x06 \x01(\t\"F\n\x12\x43onversationEvents\x12\x30\n\x06\x65vents\x18\x01 \x03(\x0b\x32 .botfactory.v1.ConversationEvent\"h\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x0e\n\x06rating\x18\x04 \x01(\x05\x12\x0f\n\x07\x63omment\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,25 +36,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BUTTON']._serialized_start=51
   _globals['_BUTTON']._serialized_end=91
   _globals['_USERMESSAGE']._serialized_start=94
-  _globals['_USERMESSAGE']._serialized_end=363
-  _globals['_USERMESSAGE_METADATAENTRY']._serialized_start=316
-  _globals['_USERMESSAGE_METADATAENTRY']._serialized_end=363
-  _globals['_BOTMESSAGE']._serialized_start=366
-  _globals['_BOTMESSAGE']._serialized_end=626
-  _globals['_CITATION']._serialized_start=628
-  _globals['_CITATION']._serialized_end=706
-  _globals['_TURNSUMMARY']._serialized_start=709
-  _globals['_TURNSUMMARY']._serialized_end=853
-  _globals['_TURNNLU']._serialized_start=856
-  _globals['_TURNNLU']._serialized_end=1082
-  _globals['_TURNINTENT']._serialized_start=1084
-  _globals['_TURNINTENT']._serialized_end=1130
-  _globals['_TURNENTITY']._serialized_start=1132
-  _globals['_TURNENTITY']._serialized_end=1216
-  _globals['_CONVERSATIONEVENT']._serialized_start=1219
-  _globals['_CONVERSATIONEVENT']._serialized_end=1356
-  _globals['_CONVERSATIONEVENTS']._serialized_start=1358
-  _globals['_CONVERSATIONEVENTS']._serialized_end=1428
-  _globals['_FEEDBACK']._serialized_start=1430
-  _globals['_FEEDBACK']._serialized_end=1534
+  _globals['_USERMESSAGE']._serialized_end=384
+  _globals['_USERMESSAGE_METADATAENTRY']._serialized_start=337
+  _globals['_USERMESSAGE_METADATAENTRY']._serialized_end=384
+  _globals['_BOTMESSAGE']._serialized_start=387
+  _globals['_BOTMESSAGE']._serialized_end=647
+  _globals['_CITATION']._serialized_start=649
+  _globals['_CITATION']._serialized_end=727
+  _globals['_TURNSUMMARY']._serialized_start=730
+  _globals['_TURNSUMMARY']._serialized_end=874
+  _globals['_TURNNLU']._serialized_start=877
+  _globals['_TURNNLU']._serialized_end=1103
+  _globals['_TURNINTENT']._serialized_start=1105
+  _globals['_TURNINTENT']._serialized_end=1151
+  _globals['_TURNENTITY']._serialized_start=1153
+  _globals['_TURNENTITY']._serialized_end=1237
+  _globals['_CONVERSATIONEVENT']._serialized_start=1240
+  _globals['_CONVERSATIONEVENT']._serialized_end=1377
+  _globals['_CONVERSATIONEVENTS']._serialized_start=1379
+  _globals['_CONVERSATIONEVENTS']._serialized_end=1449
+  _globals['_FEEDBACK']._serialized_start=1451
+  _globals['_FEEDBACK']._serialized_end=1555
 # @@protoc_insertion_point(module_scope)

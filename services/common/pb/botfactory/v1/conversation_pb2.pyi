@@ -15,7 +15,7 @@ class Button(_message.Message):
     def __init__(self, title: _Optional[str] = ..., payload: _Optional[str] = ...) -> None: ...
 
 class UserMessage(_message.Message):
-    __slots__ = ("bot_id", "conversation_id", "message_id", "text", "channel", "sender", "sent_at_unix_ms", "role", "metadata")
+    __slots__ = ("bot_id", "conversation_id", "message_id", "text", "channel", "sender", "sent_at_unix_ms", "role", "metadata", "environment")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class UserMessage(_message.Message):
     SENT_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     bot_id: str
     conversation_id: str
     message_id: str
@@ -41,7 +42,8 @@ class UserMessage(_message.Message):
     sent_at_unix_ms: int
     role: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, bot_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., text: _Optional[str] = ..., channel: _Optional[str] = ..., sender: _Optional[str] = ..., sent_at_unix_ms: _Optional[int] = ..., role: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    environment: str
+    def __init__(self, bot_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., text: _Optional[str] = ..., channel: _Optional[str] = ..., sender: _Optional[str] = ..., sent_at_unix_ms: _Optional[int] = ..., role: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., environment: _Optional[str] = ...) -> None: ...
 
 class BotMessage(_message.Message):
     __slots__ = ("bot_id", "conversation_id", "message_id", "in_reply_to", "text", "buttons", "index", "last", "sent_at_unix_ms", "role", "citations")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.common.pb.botfactory.v1 import conversation_pb2 as botfactory_dot_v1_dot_conversation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62otfactory/v1/nlu.proto\x12\rbotfactory.v1\x1a botfactory/v1/conversation.proto\"]\n\x0cParseRequest\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x16\n\x0eranking_length\x18\x04 \x01(\x05\"/\n\x0bIntentScore\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\"w\n\x06\x45ntity\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0b\n\x03raw\x18\x03 \x01(\t\x12\r\n\x05start\x18\x04 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x05\x12\x11\n\textractor\x18\x06 \x01(\t\x12\x12\n\nconfidence\x18\x07 \x01(\x02\")\n\tSentiment\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\x9a\x02\n\rParseResponse\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12*\n\x06intent\x18\x03 \x01(\x0b\x32\x1a.botfactory.v1.IntentScore\x12+\n\x07ranking\x18\x04 \x03(\x0b\x32\x1a.botfactory.v1.IntentScore\x12\'\n\x08\x65ntities\x18\x05 \x03(\x0b\x32\x15.botfactory.v1.Entity\x12+\n\tsentiment\x18\x06 \x01(\x0b\x32\x18.botfactory.v1.Sentiment\x12\x14\n\x0cout_of_scope\x18\x07 \x01(\x08\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x0f\n\x07variant\x18\t \x01(\t\"d\n\x11ParseBatchRequest\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x18\n\x10\x63onversation_ids\x18\x03 \x03(\t\x12\x16\n\x0eranking_length\x18\x04 \x01(\x05\"C\n\x12ParseBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.botfactory.v1.ParseResponse\"\x13\n\x11ListModelsRequest\"g\n\x0bLoadedModel\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x19\n\x11loaded_at_unix_ms\x18\x05 \x01(\x03\"@\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.botfactory.v1.LoadedModel\"9\n\rSearchRequest\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\"\xd1\x01\n\tSearchHit\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x10\n\x08\x64ocument\x18\x04 \x01(\t\x12\x14\n\x0cheading_path\x18\x05 \x03(\t\x12\x10\n\x08position\x18\x06 \x01(\x05\x12\x0c\n\x04text\x18\x07 \x01(\t\x12\x0f\n\x07snippet\x18\x08 \x01(\t\x12\r\n\x05title\x18\t \x01(\t\x12&\n\x07\x62uttons\x18\n \x03(\x0b\x32\x15.botfactory.v1.Button\x12\x0b\n\x03url\x18\x0b \x01(\t\"_\n\x0eSearchResponse\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12&\n\x04hits\x18\x03 \x03(\x0b\x32\x18.botfactory.v1.SearchHit2\xbd\x02\n\nNluService\x12\x42\n\x05Parse\x12\x1b.botfactory.v1.ParseRequest\x1a\x1c.botfactory.v1.ParseResponse\x12Q\n\nParseBatch\x12 .botfactory.v1.ParseBatchRequest\x1a!.botfactory.v1.ParseBatchResponse\x12Q\n\nListModels\x12 .botfactory.v1.ListModelsRequest\x1a!.botfactory.v1.ListModelsResponse\x12\x45\n\x06Search\x12\x1c.botfactory.v1.SearchRequest\x1a\x1d.botfactory.v1.SearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62otfactory/v1/nlu.proto\x12\rbotfactory.v1\x1a botfactory/v1/conversation.proto\"t\n\x0cParseRequest\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x16\n\x0eranking_length\x18\x04 \x01(\x05\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"/\n\x0bIntentScore\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\"w\n\x06\x45ntity\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x0b\n\x03raw\x18\x03 \x01(\t\x12\r\n\x05start\x18\x04 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x05\x12\x11\n\textractor\x18\x06 \x01(\t\x12\x12\n\nconfidence\x18\x07 \x01(\x02\")\n\tSentiment\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\x9a\x02\n\rParseResponse\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12*\n\x06intent\x18\x03 \x01(\x0b\x32\x1a.botfactory.v1.IntentScore\x12+\n\x07ranking\x18\x04 \x03(\x0b\x32\x1a.botfactory.v1.IntentScore\x12\'\n\x08\x65ntities\x18\x05 \x03(\x0b\x32\x15.botfactory.v1.Entity\x12+\n\tsentiment\x18\x06 \x01(\x0b\x32\x18.botfactory.v1.Sentiment\x12\x14\n\x0cout_of_scope\x18\x07 \x01(\x08\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x0f\n\x07variant\x18\t \x01(\t\"{\n\x11ParseBatchRequest\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x18\n\x10\x63onversation_ids\x18\x03 \x03(\t\x12\x16\n\x0eranking_length\x18\x04 \x01(\x05\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"C\n\x12ParseBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.botfactory.v1.ParseResponse\"\x13\n\x11ListModelsRequest\"g\n\x0bLoadedModel\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x19\n\x11loaded_at_unix_ms\x18\x05 \x01(\x03\"@\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.botfactory.v1.LoadedModel\"9\n\rSearchRequest\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\"\xd1\x01\n\tSearchHit\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x10\n\x08\x64ocument\x18\x04 \x01(\t\x12\x14\n\x0cheading_path\x18\x05 \x03(\t\x12\x10\n\x08position\x18\x06 \x01(\x05\x12\x0c\n\x04text\x18\x07 \x01(\t\x12\x0f\n\x07snippet\x18\x08 \x01(\t\x12\r\n\x05title\x18\t \x01(\t\x12&\n\x07\x62uttons\x18\n \x03(\x0b\x32\x15.botfactory.v1.Button\x12\x0b\n\x03url\x18\x0b \x01(\t\"_\n\x0eSearchResponse\x12\x0e\n\x06\x62ot_id\x18\x01 \x01(\t\x12\x15\n\rindex_version\x18\x02 \x01(\t\x12&\n\x04hits\x18\x03 \x03(\x0b\x32\x18.botfactory.v1.SearchHit2\xbd\x02\n\nNluService\x12\x42\n\x05Parse\x12\x1b.botfactory.v1.ParseRequest\x1a\x1c.botfactory.v1.ParseResponse\x12Q\n\nParseBatch\x12 .botfactory.v1.ParseBatchRequest\x1a!.botfactory.v1.ParseBatchResponse\x12Q\n\nListModels\x12 .botfactory.v1.ListModelsRequest\x1a!.botfactory.v1.ListModelsResponse\x12\x45\n\x06Search\x12\x1c.botfactory.v1.SearchRequest\x1a\x1d.botfactory.v1.SearchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,31 +33,31 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'botfactory.v1.nlu_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PARSEREQUEST']._serialized_start=76
-  _globals['_PARSEREQUEST']._serialized_end=169
-  _globals['_INTENTSCORE']._serialized_start=171
-  _globals['_INTENTSCORE']._serialized_end=218
-  _globals['_ENTITY']._serialized_start=220
-  _globals['_ENTITY']._serialized_end=339
-  _globals['_SENTIMENT']._serialized_start=341
-  _globals['_SENTIMENT']._serialized_end=382
-  _globals['_PARSERESPONSE']._serialized_start=385
-  _globals['_PARSERESPONSE']._serialized_end=667
-  _globals['_PARSEBATCHREQUEST']._serialized_start=669
-  _globals['_PARSEBATCHREQUEST']._serialized_end=769
-  _globals['_PARSEBATCHRESPONSE']._serialized_start=771
-  _globals['_PARSEBATCHRESPONSE']._serialized_end=838
-  _globals['_LISTMODELSREQUEST']._serialized_start=840
-  _globals['_LISTMODELSREQUEST']._serialized_end=859
-  _globals['_LOADEDMODEL']._serialized_start=861
-  _globals['_LOADEDMODEL']._serialized_end=964
-  _globals['_LISTMODELSRESPONSE']._serialized_start=966
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1030
-  _globals['_SEARCHREQUEST']._serialized_start=1032
-  _globals['_SEARCHREQUEST']._serialized_end=1089
-  _globals['_SEARCHHIT']._serialized_start=1092
-  _globals['_SEARCHHIT']._serialized_end=1301
-  _globals['_SEARCHRESPONSE']._serialized_start=1303
-  _globals['_SEARCHRESPONSE']._serialized_end=1398
-  _globals['_NLUSERVICE']._serialized_start=1401
-  _globals['_NLUSERVICE']._serialized_end=1718
+  _globals['_PARSEREQUEST']._serialized_end=192
+  _globals['_INTENTSCORE']._serialized_start=194
+  _globals['_INTENTSCORE']._serialized_end=241
+  _globals['_ENTITY']._serialized_start=243
+  _globals['_ENTITY']._serialized_end=362
+  _globals['_SENTIMENT']._serialized_start=364
+  _globals['_SENTIMENT']._serialized_end=405
+  _globals['_PARSERESPONSE']._serialized_start=408
+  _globals['_PARSERESPONSE']._serialized_end=690
+  _globals['_PARSEBATCHREQUEST']._serialized_start=692
+  _globals['_PARSEBATCHREQUEST']._serialized_end=815
+  _globals['_PARSEBATCHRESPONSE']._serialized_start=817
+  _globals['_PARSEBATCHRESPONSE']._serialized_end=884
+  _globals['_LISTMODELSREQUEST']._serialized_start=886
+  _globals['_LISTMODELSREQUEST']._serialized_end=905
+  _globals['_LOADEDMODEL']._serialized_start=907
+  _globals['_LOADEDMODEL']._serialized_end=1010
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1012
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1076
+  _globals['_SEARCHREQUEST']._serialized_start=1078
+  _globals['_SEARCHREQUEST']._serialized_end=1135
+  _globals['_SEARCHHIT']._serialized_start=1138
+  _globals['_SEARCHHIT']._serialized_end=1347
+  _globals['_SEARCHRESPONSE']._serialized_start=1349
+  _globals['_SEARCHRESPONSE']._serialized_end=1444
+  _globals['_NLUSERVICE']._serialized_start=1447
+  _globals['_NLUSERVICE']._serialized_end=1764
 # @@protoc_insertion_point(module_scope)

@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ParseRequest(_message.Message):
-    __slots__ = ("bot_id", "text", "conversation_id", "ranking_length")
+    __slots__ = ("bot_id", "text", "conversation_id", "ranking_length", "model_version")
     BOT_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     RANKING_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     bot_id: str
     text: str
     conversation_id: str
     ranking_length: int
-    def __init__(self, bot_id: _Optional[str] = ..., text: _Optional[str] = ..., conversation_id: _Optional[str] = ..., ranking_length: _Optional[int] = ...) -> None: ...
+    model_version: str
+    def __init__(self, bot_id: _Optional[str] = ..., text: _Optional[str] = ..., conversation_id: _Optional[str] = ..., ranking_length: _Optional[int] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class IntentScore(_message.Message):
     __slots__ = ("name", "confidence")
@@ -76,16 +78,18 @@ class ParseResponse(_message.Message):
     def __init__(self, bot_id: _Optional[str] = ..., text: _Optional[str] = ..., intent: _Optional[_Union[IntentScore, _Mapping]] = ..., ranking: _Optional[_Iterable[_Union[IntentScore, _Mapping]]] = ..., entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., sentiment: _Optional[_Union[Sentiment, _Mapping]] = ..., out_of_scope: _Optional[bool] = ..., model_version: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class ParseBatchRequest(_message.Message):
-    __slots__ = ("bot_id", "texts", "conversation_ids", "ranking_length")
+    __slots__ = ("bot_id", "texts", "conversation_ids", "ranking_length", "model_version")
     BOT_ID_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_IDS_FIELD_NUMBER: _ClassVar[int]
     RANKING_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     bot_id: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     conversation_ids: _containers.RepeatedScalarFieldContainer[str]
     ranking_length: int
-    def __init__(self, bot_id: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., conversation_ids: _Optional[_Iterable[str]] = ..., ranking_length: _Optional[int] = ...) -> None: ...
+    model_version: str
+    def __init__(self, bot_id: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., conversation_ids: _Optional[_Iterable[str]] = ..., ranking_length: _Optional[int] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ParseBatchResponse(_message.Message):
     __slots__ = ("results",)
