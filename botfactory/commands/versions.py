@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from botfactory.commands.models import _audit, _nats_option, _run, _share, actor
+from botfactory.commands.models import _audit, _nats_option, _run, _share, actor, claim_bot
 
 
 def is_bot_folder(directory: Path) -> bool:
@@ -132,6 +132,8 @@ def publish_bot(args: argparse.Namespace) -> int:
     async def work(bus: Any) -> Any:
         from services.common import audit, botversions
 
+        if getattr(args, "tenant", None) is not None:
+            await claim_bot(bus, bot, args.tenant)
         model = await _model_version(bus, bot, args.model, model_folder)
         kb = await _kb_version(bus, bot, args.kb, kb_folder) if args.kb else ""
         version, created = await botversions.publish_version(

@@ -69,3 +69,9 @@ async def test_the_cli_records_and_moves_bot_owners(
         {"bot_id": "banking", "tenant": "evil", "from": "acme", "recorded_before": True}]
     with pytest.raises(SystemExit):
         main(["bots", "owner", "banking", "not a tenant"])
+    # a bot version (BOT_DIR --model M) is refused for another tenant's bot too
+    bot_dir = Path(__file__).resolve().parents[2] / "bots" / "banking"
+    capsys.readouterr()
+    assert await cli("publish", str(bot_dir), "--model", str(tiny_banking_model),
+                     "--tenant", "acme") == 2
+    assert "belongs to tenant 'evil'" in capsys.readouterr().err

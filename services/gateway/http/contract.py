@@ -165,5 +165,7 @@ def request_schemas(config: GatewayConfig) -> dict[str, Any]:
 
 
 def body_required(name: str) -> bool:
-    """A body whose fields are all optional may be left out (runs.optional_body)."""
-    return bool(request_schemas(GatewayConfig())[name].get("required"))
+    """A body whose fields are all optional may be left out (runs.optional_body); one that
+    must hold one of several field sets (`oneOf`) may not."""
+    schema = request_schemas(GatewayConfig())[name]
+    return bool(schema.get("required") or schema.get("oneOf"))
