@@ -42,6 +42,7 @@ from services.common.modelartifacts import (
     list_versions,
     require_version,
 )
+from services.common.modelrollouts import canary_point
 from services.common.modelstore import activate
 from services.common.nats import KV_BOT_VERSIONS, KV_BOTS, OBJ_MODELS, Bus
 from services.knowledge.store import activate_kb, active_kb_version, kb_object_name
@@ -57,7 +58,6 @@ DEFAULT_ENVIRONMENTS = ("dev", "staging", "prod")
 DEFAULT_ENVIRONMENT = "prod"
 KNOWN_CHECKS = ("conversation_tests", "model_gate")
 HISTORY_LIMIT = 50
-HASH_SPACE = float(2 ** 64)
 _CAS_TRIES = 10
 
 
@@ -222,13 +222,6 @@ class Environment:
             return cls(**data, history=history)
         except (ValueError, TypeError) as exc:
             raise VersionError(f"unreadable environment record: {exc}") from exc
-
-
-def canary_point(bot: str, version: str, conversation_id: str) -> float:
-    """Where a conversation falls in [0, 1) for a bot-version canary (stable everywhere)."""
-    digest = hashlib.blake2b(f"{bot}\0{version}\0{conversation_id}".encode(),
-                             digest_size=8).digest()
-    return int.from_bytes(digest, "big") / HASH_SPACE
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ dialogue service (compare-and-set on its revision)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, replace
@@ -98,6 +99,17 @@ class Rollout:
 def _unit(value: object) -> bool:
     return (isinstance(value, int | float) and not isinstance(value, bool)
             and math.isfinite(value) and 0.0 <= value <= 1.0)
+
+
+HASH_SPACE = float(2 ** 64)
+
+
+def canary_point(bot: str, candidate: str, conversation_id: str) -> float:
+    """Where a conversation falls in [0, 1) for a canary of `candidate` (a model version, or
+    a bot version: services/common/botversions.py): stable across processes and hosts."""
+    digest = hashlib.blake2b(f"{bot}\0{candidate}\0{conversation_id}".encode(),
+                             digest_size=8).digest()
+    return int.from_bytes(digest, "big") / HASH_SPACE
 
 
 def rollout_key(bot: str) -> str:

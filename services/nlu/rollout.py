@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import threading
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.logging import get_logger
+from services.common.modelrollouts import canary_point
 from services.common.pii import redact
 from services.nlu.engine import Prediction
 from services.nlu.metrics import RolloutMetrics
@@ -32,16 +32,8 @@ from services.nlu.registry import ACTIVE, CANARY, ModelRegistry
 log = get_logger(__name__)
 
 SHADOW_SUBJECT = "events.nlu.shadow"
-HASH_SPACE = float(2 ** 64)
 
 Publish = Callable[[str, bytes], Awaitable[Any]]
-
-
-def canary_point(bot: str, candidate: str, conversation_id: str) -> float:
-    """Where the conversation falls in [0, 1) for this rollout (stable across processes)."""
-    digest = hashlib.blake2b(f"{bot}\0{candidate}\0{conversation_id}".encode(),
-                             digest_size=8).digest()
-    return int.from_bytes(digest, "big") / HASH_SPACE
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,13 @@ from services.gateway.http.bodies import (
 )
 from services.gateway.http.problems import RequestInvalid
 from services.gateway.http.state import CORRELATION, principal_of, state_of
-from services.gateway.http.wire import json_response, parse_json, read_body, read_json
+from services.gateway.http.wire import (
+    json_response,
+    limit_query,
+    parse_json,
+    read_body,
+    read_json,
+)
 from services.gateway.runs import RunsApi
 
 log = get_logger(__name__)
@@ -121,15 +127,6 @@ async def start_run(request: web.Request) -> web.Response:
     return json_response(run_json(run), status=202)
 
 
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise RequestInvalid.one("limit", f"must be an integer 1..{MAX_LIMIT}")
-    return int(raw)
-
-
 async def list_runs(request: web.Request) -> web.Response:
     bot = request.match_info["bot"]
     workflow = request.query.get("workflow", "")
@@ -139,7 +136,8 @@ async def list_runs(request: web.Request) -> web.Response:
     if status and status not in STATUSES:
         raise RequestInvalid.one("status", f"must be one of {', '.join(STATUSES)}")
     runs = await runs_api(request).list(rpa_pb2.ListRunsRequest(
-        bot_id=bot, workflow=workflow, status=status, limit=_limit(request)))
+        bot_id=bot, workflow=workflow, status=status,
+        limit=limit_query(request, DEFAULT_LIMIT, MAX_LIMIT)))
     return json_response({"bot_id": bot, "runs": [run_json(run, steps=False) for run in runs
                                                   if run.bot_id == bot]})
 

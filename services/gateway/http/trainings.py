@@ -20,7 +20,7 @@ from services.gateway import audit
 from services.gateway.http.admin import audited, checked_files, validate_definition
 from services.gateway.http.problems import DefinitionInvalid, RequestInvalid
 from services.gateway.http.state import principal_of, state_of
-from services.gateway.http.wire import Fields, json_response, parse_json, read_body
+from services.gateway.http.wire import Fields, json_response, limit_query, parse_json, read_body
 from services.gateway.ports import Trainings
 
 TRAININGS: web.AppKey[Trainings] = web.AppKey("trainings")
@@ -128,21 +128,12 @@ async def start_training(request: web.Request) -> web.Response:
     return response
 
 
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise RequestInvalid.one("limit", f"must be an integer 1..{MAX_LIMIT}")
-    return int(raw)
-
-
 async def list_trainings(request: web.Request) -> web.Response:
     bot = request.match_info["bot"]
     status = request.query.get("status", "")
     if status and status not in STATUSES:
         raise RequestInvalid.one("status", f"must be one of {', '.join(STATUSES)}")
-    records = await trainings_of(request).list(bot, _limit(request))
+    records = await trainings_of(request).list(bot, limit_query(request, DEFAULT_LIMIT, MAX_LIMIT))
     return json_response({"bot_id": bot, "trainings": [
         training_json(r) for r in records if not status or r.status == status]})
 

@@ -257,6 +257,16 @@ class Fields:
             raise RequestInvalid(self.errors)
 
 
+def limit_query(request: web.Request, default: int, maximum: int) -> int:
+    """The `?limit=` of a list route: an integer 1..`maximum` (`default` when absent)."""
+    raw = request.query.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise RequestInvalid.one("limit", f"must be an integer 1..{maximum}")
+    return int(raw)
+
+
 def button_json(button: conversation_pb2.Button) -> dict[str, str]:
     return {"title": button.title, "payload": button.payload}
 
