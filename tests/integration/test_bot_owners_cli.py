@@ -17,6 +17,8 @@ from services.common.nats import connect
 from services.gateway.owners import NatsBotOwners
 from tests.support.stack import provision_as_admin
 
+BANKING = Path(__file__).resolve().parents[2] / "bots" / "banking"
+
 
 async def audit_targets(url: str) -> list[dict[str, object]]:
     bus = await connect(url, name="owners-test")
@@ -70,7 +72,7 @@ async def test_the_cli_records_and_moves_bot_owners(
     with pytest.raises(SystemExit):
         main(["bots", "owner", "banking", "not a tenant"])
     # a bot version (BOT_DIR --model M) is refused for another tenant's bot too
-    bot_dir = Path(__file__).resolve().parents[2] / "bots" / "banking"
+    bot_dir = BANKING
     capsys.readouterr()
     assert await cli("publish", str(bot_dir), "--model", str(tiny_banking_model),
                      "--tenant", "acme") == 2
