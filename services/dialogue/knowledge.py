@@ -33,10 +33,13 @@ class KnowledgeSearcher:
         self._nlu = nlu
         self._metrics = metrics
 
-    async def search(self, bot_id: str, query: KnowledgeQuery, correlation_id: str) -> Hits:
+    async def search(self, bot_id: str, query: KnowledgeQuery, correlation_id: str,
+                     kb_version: str = "") -> Hits:
+        """`kb_version`: the index version of the conversation's bot version ("": active)."""
         started = time.perf_counter()
         try:
-            hits = await self._nlu.search(bot_id, query.query, query.k, correlation_id)
+            hits = await self._nlu.search(bot_id, query.query, query.k, correlation_id,
+                                          kb_version)
         except NluUnavailable as exc:
             self._count(bot_id, "failed", started)
             log.warning("knowledge_search_failed", bot=bot_id, error=str(exc))

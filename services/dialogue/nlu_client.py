@@ -161,13 +161,16 @@ class NluClient:
             raise NluUnavailable(f"INTERNAL: {len(reply.results)} results for {len(batch)} texts")
         return list(reply.results)
 
-    async def search(self, bot_id: str, query: str, k: int,
-                     correlation_id: str) -> tuple[KnowledgeHit, ...]:
+    async def search(self, bot_id: str, query: str, k: int, correlation_id: str,
+                     kb_version: str = "") -> tuple[KnowledgeHit, ...]:
         """The bot's knowledge-base hits for `query`, best first (none for a bot without a
-        knowledge base); NluUnavailable when Search fails or misses the deadline."""
+        knowledge base), in its index version `kb_version` ("": the active one; the active
+        one answers too when that version cannot be loaded); NluUnavailable when Search
+        fails or misses the deadline."""
+        request = nlu_pb2.SearchRequest(bot_id=bot_id, query=query, k=k, kb_version=kb_version)
         try:
             reply = await self._stub.Search(
-                nlu_pb2.SearchRequest(bot_id=bot_id, query=query, k=k), timeout=self._timeout,
+                request, timeout=self._timeout,
                 metadata=((CORRELATION_METADATA, correlation_id),))
         except grpc.aio.AioRpcError as exc:
             raise _unavailable(exc) from exc

@@ -5,8 +5,8 @@ version its environment serves then, or to the environment's canary version for 
 share of conversations; the pin is kept in its tracker record, so later turns run on that
 version whatever is promoted meanwhile. Environments are followed live from KV
 `bot_versions` (`env.<bot>.<env>`, `config.<bot>`); a version's definition is compiled once
-per replica (the versions in use are loaded ahead of their first conversation) and its model
-version is named in each Parse call. A bot whose environment serves no version runs on its
+per replica (the versions in use are loaded ahead of their first conversation), its model
+version is named in each Parse call and its knowledge-index version in each Search. A bot whose environment serves no version runs on its
 deployed definition (`def.<bot>`) as before versions existed.
 """
 
@@ -41,12 +41,23 @@ ENGINES_KEPT = 32  # compiled versions kept per replica (least recently used dro
 
 @dataclass(frozen=True)
 class Serving:
-    """What runs a conversation's turn: `version` "" is the deployed definition."""
+    """What runs a conversation's turn: `version` "" is the deployed definition; `model` and
+    `kb` name the version's model and knowledge index ("": the bot's active one)."""
 
     engine: DialogueEngine
     version: str = ""
     environment: str = ""
     model: str = ""
+    kb: str = ""
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A version's compiled definition and the model and index it names."""
+
+    engine: DialogueEngine
+    model: str
+    kb: str
 
 
 class WrongEnvironment(Exception):
@@ -59,8 +70,8 @@ class VersionedBots:
         self._registry = registry
         self._envs: dict[tuple[str, str], Environment] = {}
         self._defaults: dict[str, str] = {}
-        self._engines: OrderedDict[tuple[str, str], tuple[DialogueEngine, str]] = OrderedDict()
-        self._loading: dict[tuple[str, str], asyncio.Future[tuple[DialogueEngine, str] | None]]
+        self._engines: OrderedDict[tuple[str, str], _Compiled] = OrderedDict()
+        self._loading: dict[tuple[str, str], asyncio.Future[_Compiled | None]]
         self._loading = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[Callable[[], None]] = []
@@ -140,18 +151,18 @@ class VersionedBots:
                 raise WrongEnvironment(f"conversation belongs to environment {pinned_env!r}")
             loaded = await self._engine(bot, version)
             if loaded is not None:
-                return Serving(loaded[0], version, pinned_env, loaded[1])
+                return Serving(loaded.engine, version, pinned_env, loaded.model, loaded.kb)
         current = self._envs.get((bot, environment))
         if current is not None and current.version:
             version = current.choose(conversation_id)
             loaded = await self._engine(bot, version)
             if loaded is not None:
-                return Serving(loaded[0], version, environment, loaded[1])
+                return Serving(loaded.engine, version, environment, loaded.model, loaded.kb)
         engine = self._registry.get(bot)
         return Serving(engine) if engine is not None else None
 
-    async def _engine(self, bot: str, version: str) -> tuple[DialogueEngine, str] | None:
-        """The compiled engine of a version and its model (one load however many ask)."""
+    async def _engine(self, bot: str, version: str) -> _Compiled | None:
+        """The compiled engine of a version, its model and index (one load however many ask)."""
         key = (bot, version)
         found = self._engines.get(key)
         if found is not None:
@@ -164,7 +175,7 @@ class VersionedBots:
             pending.add_done_callback(lambda _: self._loading.pop(key, None))
         return await asyncio.shield(pending)
 
-    async def _load(self, bot: str, version: str) -> tuple[DialogueEngine, str] | None:
+    async def _load(self, bot: str, version: str) -> _Compiled | None:
         try:
             record = await VersionStore(self._bus).get(bot, version)
             engine = await asyncio.to_thread(
@@ -172,8 +183,9 @@ class VersionedBots:
         except Exception as exc:  # the deployed definition serves instead
             log.error("version_rejected", bot=bot, version=version, error=str(exc))
             return None
-        self._engines[(bot, version)] = (engine, record.model)
+        compiled = _Compiled(engine, record.model, record.kb)
+        self._engines[(bot, version)] = compiled
         while len(self._engines) > ENGINES_KEPT:
             self._engines.popitem(last=False)
-        log.info("version_loaded", bot=bot, version=version, model=record.model)
-        return engine, record.model
+        log.info("version_loaded", bot=bot, version=version, model=record.model, kb=record.kb)
+        return compiled

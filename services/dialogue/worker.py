@@ -290,7 +290,8 @@ class DialogueWorker:
             if serving.model not in understood:
                 understood[serving.model] = await self._understand(inbound, serving.model)
             nlu = understood[serving.model]
-            result = await self._searching_turn(engine, record.tracker, inbound, nlu, found)
+            result = await self._searching_turn(engine, record.tracker, inbound, nlu, found,
+                                                serving.kb)
             outbox = self._outgoing(inbound, result, nlu, origin, engine,
                                     relay=record.tracker.handed_off and result.tracker.handed_off)
             written = record.after_turn(result.tracker, inbound.message_id, outbox,
@@ -339,10 +340,13 @@ class DialogueWorker:
 
     async def _searching_turn(self, engine: DialogueEngine, tracker: Tracker,
                               inbound: Inbound, nlu: NluResult | None,
-                              found: dict[str, Hits]) -> TurnResult:
-        """The turn, with the knowledge-base searches it needs run on the way (knowledge.py)."""
+                              found: dict[str, Hits], kb_version: str = "") -> TurnResult:
+        """The turn, with the knowledge-base searches it needs run on the way (knowledge.py),
+        in `kb_version` of the bot's index (the conversation's bot version's; "": the active
+        one)."""
         async def search(query: KnowledgeQuery) -> Hits:
-            return await self._knowledge.search(inbound.bot_id, query, inbound.correlation_id)
+            return await self._knowledge.search(inbound.bot_id, query, inbound.correlation_id,
+                                                kb_version)
 
         return await complete(
             lambda knowledge: self._turn(engine, tracker, inbound, nlu, knowledge), search, found)

@@ -78,10 +78,11 @@ class NluServer:
             await self.watcher.start()
             self.servicer.attach_version_loader(self.watcher.load_version)
             await self.watcher.initial_load_done.wait()
-            # the models of the bot versions environments serve (docs/versions.md)
-            self.prewarmer = VersionPrewarmer(self.bus, self.registry, self.servicer.load_version)
-            await self.prewarmer.start()
             await self._follow_knowledge(self.bus)
+            # the models and indexes of the bot versions environments serve (docs/versions.md)
+            self.prewarmer = VersionPrewarmer(self.bus, self.registry, self.servicer.load_version,
+                                              self.knowledge.load_version)
+            await self.prewarmer.start()
         self.metrics_server = start_metrics_server(self.metrics.registry,
                                                    self.config.metrics_host,
                                                    self.config.metrics_port)
@@ -102,6 +103,7 @@ class NluServer:
         self.kb_watcher = KnowledgeWatcher(bus, self.knowledge,
                                            self.config.model_cache_dir / "knowledge")
         await self.kb_watcher.start()
+        self.knowledge.attach_version_loader(self.kb_watcher.load_version)
         await self.kb_watcher.initial_load_done.wait()
 
     async def stop(self) -> None:

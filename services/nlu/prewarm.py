@@ -1,8 +1,10 @@
-"""Loads the models of the bot versions that environments serve before their first
-conversation (docs/versions.md): follows KV `bot_versions` (`env.<bot>.<environment>`) and,
-for each version an environment serves or canaries, loads its model beside the active and
-candidate ones unless it is loaded already. A request naming a version not loaded yet still
-loads it on first use (servicer.py); this keeps that load off the conversation's path."""
+"""Loads the models and knowledge indexes of the bot versions that environments serve before
+their first conversation (docs/versions.md): follows KV `bot_versions`
+(`env.<bot>.<environment>`) and, for each version an environment serves or canaries, loads its
+model beside the active and candidate ones, and its knowledge index (if it names one) beside
+the active index, unless they are loaded already. A request naming a version not loaded yet
+still loads it on first use (servicer.py, knowledge.py); this keeps that load off the
+conversation's path."""
 
 from __future__ import annotations
 
@@ -16,15 +18,19 @@ from services.common.logging import get_logger
 from services.common.nats import KV_BOT_VERSIONS, Bus
 from services.nlu.registry import ModelRegistry
 
+# Loads a bot's model or knowledge-index version beside the active one (False: it cannot be).
+Loader = Callable[[str, str], Awaitable[bool]]
+
 log = get_logger(__name__)
 
 
 class VersionPrewarmer:
-    def __init__(self, bus: Bus, registry: ModelRegistry,
-                 load: Callable[[str, str], Awaitable[bool]]) -> None:
+    def __init__(self, bus: Bus, registry: ModelRegistry, load: Loader,
+                 load_kb: Loader | None = None) -> None:
         self._bus = bus
         self._registry = registry
         self._load = load
+        self._load_kb = load_kb  # loads nothing already loaded
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -50,6 +56,8 @@ class VersionPrewarmer:
     async def _warm(self, environment: Environment) -> None:
         store = VersionStore(self._bus)
         for version in {environment.version, environment.canary_version} - {""}:
-            model = (await store.get(environment.bot, version)).model
-            if self._registry.version(environment.bot, model) is None:
-                await self._load(environment.bot, model)
+            record = await store.get(environment.bot, version)
+            if self._registry.version(environment.bot, record.model) is None:
+                await self._load(environment.bot, record.model)
+            if record.kb and self._load_kb is not None:
+                await self._load_kb(environment.bot, record.kb)

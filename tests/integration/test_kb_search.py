@@ -1,5 +1,6 @@
 """NluService.Search over real gRPC: indexes published to a real nats-server's model store,
-hot-swapped on activation; bad requests and bots without a knowledge base."""
+hot-swapped on activation; the index version a request names (a bot version's), loaded beside
+the active one; bad requests and bots without a knowledge base."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from botfactory.kb.build import BuildOptions, build_index
 from botfactory.local.nats_server import NatsServer
+from services.common.botversions import BotVersion, VersionStore
 from services.common.nats import connect, provision
 from services.common.pb.botfactory.v1 import nlu_pb2, nlu_pb2_grpc
 from services.knowledge.store import activate_kb, publish_kb, upload_kb
@@ -89,6 +91,50 @@ async def test_search_hot_swaps_published_indexes(indexes: Indexes, nats_server:
         await eventually(lambda: failures._value.get() >= 1)
         still = await stub.Search(query)
         assert still.index_version == v2.version and still.hits[0].id == "faq:overdraft"
+    finally:
+        await channel.close()
+        await server.stop()
+        await bus.drain()
+
+
+async def test_search_answers_from_the_index_version_a_request_names(
+        indexes: Indexes, nats_server: NatsServer, tmp_path: Path) -> None:
+    bus = await connect(nats_server.url, name="test")
+    await provision(bus)
+    v1 = (await publish_kb(bus, indexes.v1)).version  # active
+    v2 = (await upload_kb(bus, indexes.v2)).version  # only a bot version names it
+    server = NluServer(NluConfig(grpc_port=0, metrics_port=0, nats_url=nats_server.url,
+                                 model_cache_dir=tmp_path / "cache", shutdown_grace_s=2.0))
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = nlu_pb2_grpc.NluServiceStub(channel)
+
+    async def top(kb_version: str = "") -> tuple[str, str]:
+        reply = await stub.Search(nlu_pb2.SearchRequest(
+            bot_id="kbtest", query="can I go overdrawn?", k=1, kb_version=kb_version))
+        return reply.index_version, reply.hits[0].id
+
+    try:
+        active = await top()
+        assert active[0] == v1 and active[1] != "faq:overdraft"
+        assert server.knowledge.version("kbtest", v2) is None
+        # an environment serving a version with index v2: the NLU loads it before any request
+        version = BotVersion.build("kbtest", {"bot.yml": "name: kbtest\n"}, "m1", v2,
+                                   actor="t")
+        await VersionStore(bus).create(version)
+        await VersionStore(bus).promote("kbtest", "staging", version.id, actor="t")
+        await eventually(lambda: server.knowledge.version("kbtest", v2), "v2 loaded ahead")
+        assert await asyncio.gather(top(v2), top(v2)) == [(v2, "faq:overdraft")] * 2
+        assert await top(v1) == active and await top() == active  # the active one is v1
+        assert server.knowledge.get("kbtest").version == v1  # type: ignore[union-attr]
+        assert await top("0123456789ab") == active  # not in the store: the active answers
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Search(nlu_pb2.SearchRequest(bot_id="kbtest", query="hi",
+                                                    kb_version="../x"))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        none = await stub.Search(nlu_pb2.SearchRequest(bot_id="nobot", query="hi",
+                                                       kb_version=v2))
+        assert none.index_version == "" and not none.hits  # no such index: no knowledge base
     finally:
         await channel.close()
         await server.stop()

@@ -122,14 +122,16 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("bot_id", "query", "k")
+    __slots__ = ("bot_id", "query", "k", "kb_version")
     BOT_ID_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    KB_VERSION_FIELD_NUMBER: _ClassVar[int]
     bot_id: str
     query: str
     k: int
-    def __init__(self, bot_id: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+    kb_version: str
+    def __init__(self, bot_id: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ..., kb_version: _Optional[str] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("kind", "id", "score", "document", "heading_path", "position", "text", "snippet", "title", "buttons", "url")
