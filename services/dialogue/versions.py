@@ -6,8 +6,9 @@ share of conversations; the pin is kept in its tracker record, so later turns ru
 version whatever is promoted meanwhile. Environments are followed live from KV
 `bot_versions` (`env.<bot>.<env>`, `config.<bot>`); a version's definition is compiled once
 per replica (the versions in use are loaded ahead of their first conversation), its model
-version is named in each Parse call and its knowledge-index version in each Search. A bot whose environment serves no version runs on its
-deployed definition (`def.<bot>`) as before versions existed.
+version is named in each Parse call and its knowledge-index version in each Search. A bot
+whose environment serves no version runs on its deployed definition (`def.<bot>`) as before
+versions existed.
 """
 
 from __future__ import annotations

@@ -1,20 +1,25 @@
 """Knowledge-base answers end to end: gateway (HTTP, gRPC) → JetStream → dialogue worker →
 NLU Search (a scripted NluService gRPC server) → the reply with its citation, in the HTTP
 reply, the transcripts (HTTP and gRPC) and the analytics counters; a weak hit or a failing
-Search is the normal fallback, and the message is still answered. And the web chat page's
-"Source:" line (headless Chromium)."""
+Search is the normal fallback, and the message is still answered. A conversation pinned to a
+bot version searches that version's knowledge index (docs/versions.md). And the web chat
+page's "Source:" line (headless Chromium)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from playwright.async_api import BrowserContext, expect
 
 from botfactory.local.nats_server import NatsServer
+from services.common.botversions import BotVersion, VersionStore
+from services.common.definitions import read_folder
+from services.common.nats import connect
 from services.common.pb.botfactory.v1 import (
     conversation_pb2,
     gateway_pb2,
@@ -24,7 +29,8 @@ from services.common.pb.botfactory.v1 import (
 from services.gateway.http.state import STATE
 from services.gateway.ports import Role
 from tests.support.fake_nlu import FakeNlu, start_fake_nlu
-from tests.support.stack import Stack, running_stack
+from tests.support.polling import eventually
+from tests.support.stack import BOOTSTRAP, ROOT, Stack, running_stack
 from tests.support.webchat import Served, open_chat
 
 QUESTION = "how much does it cost to pay by card abroad?"
@@ -115,6 +121,79 @@ async def test_answer_with_citation_fallbacks_and_feedback(
     assert counter(stack, "botfactory_knowledge_answers_total") == 1
     assert counter(stack, "botfactory_feedback_events_total", rating="up") == 1
     assert counter(stack, "botfactory_dialogue_knowledge_searches_total", outcome="failed") == 1
+
+
+def _fee_hit(snippet: str) -> nlu_pb2.SearchHit:
+    return nlu_pb2.SearchHit(kind="passage", id="docs/cards/fees.md#1", score=0.82,
+                             document="docs/cards/fees.md", snippet=snippet, text=snippet,
+                             title="Card fees")
+
+
+# The same question in three knowledge indexes: the active one and those of two bot versions.
+ANSWERS = {"": "Card payments abroad cost 1.5% of the amount.",
+           "kb0000000000a": "Card payments abroad cost 2% of the amount.",
+           "kb0000000000b": "Card payments abroad are free of charge."}
+
+
+async def _staging_key(stack: Stack) -> str:
+    assert stack.session is not None
+    body = {"tenant": "acme", "bots": ["banking"], "role": "client", "environment": "staging"}
+    async with stack.session.post(f"{stack.base_url}/v1/admin/keys", json=body,
+                                  headers={"Authorization": f"Bearer {BOOTSTRAP}"}) as resp:
+        assert resp.status == 201, await resp.text()
+        return str((await resp.json())["secret"])
+
+
+async def test_a_conversation_searches_the_knowledge_index_of_its_bot_version(
+        stack: Stack, nats_server: NatsServer, fake_nlu: tuple[FakeNlu, str]) -> None:
+    fake, _ = fake_nlu
+    fake.indexes = {kb: {QUESTION: [_fee_hit(text)]} for kb, text in ANSWERS.items()}
+
+    async def answer(conversation: str, key: str | None = None) -> str:
+        status, body = await stack.post(conversation, QUESTION, key=key)
+        assert status == 200, body
+        return str(body["replies"][0]["text"])
+
+    # no version serves the bot yet: the active index answers
+    assert await answer("plain") == ANSWERS[""]
+    assert fake.searches[-1].kb_version == ""
+    bus = await connect(nats_server.url, name="test")
+    try:
+        files, store = read_folder(ROOT / "bots" / "banking"), VersionStore(bus)
+        a, b, bare = (BotVersion.build("banking", files, "m1", kb, actor="t")
+                      for kb in ("kb0000000000a", "kb0000000000b", ""))
+        for version in (a, b, bare):
+            await store.create(version)
+        await store.promote("banking", "prod", a.id, actor="t")
+        await store.promote("banking", "staging", b.id, actor="t")
+        staging = await _staging_key(stack)
+        counter = iter(range(1000))
+        await eventually(lambda: _answers(answer, f"p{next(counter)}", ANSWERS["kb0000000000a"]),
+                         "prod serves version A")
+        await eventually(lambda: _answers(answer, f"s{next(counter)}", ANSWERS["kb0000000000b"],
+                                          staging), "staging serves version B")
+        # the same question, answered by each conversation's version's index
+        assert await answer("on-a") == ANSWERS["kb0000000000a"]
+        assert fake.searches[-1].kb_version == a.kb
+        assert await answer("on-b", staging) == ANSWERS["kb0000000000b"]
+        assert fake.searches[-1].kb_version == b.kb
+        # promote B into prod: the conversation started on A keeps A's index, new ones take B
+        await store.promote("banking", "prod", b.id, actor="t")
+        await eventually(lambda: _answers(answer, f"q{next(counter)}", ANSWERS["kb0000000000b"]),
+                         "prod serves version B")
+        assert await answer("on-a") == ANSWERS["kb0000000000a"]
+        # a version without a knowledge index: the active index answers
+        await store.promote("banking", "prod", bare.id, actor="t")
+        await eventually(lambda: _answers(answer, f"r{next(counter)}", ANSWERS[""]),
+                         "prod serves the version without an index")
+        assert fake.searches[-1].kb_version == ""
+    finally:
+        await bus.drain()
+
+
+async def _answers(answer: Any, conversation: str, expected: str,
+                   key: str | None = None) -> bool | None:
+    return await answer(conversation, key) == expected or None
 
 
 async def test_web_chat_shows_the_source_of_an_answer(served: Served,

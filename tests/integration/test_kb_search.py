@@ -124,7 +124,7 @@ async def test_search_answers_from_the_index_version_a_request_names(
         await VersionStore(bus).create(version)
         await VersionStore(bus).promote("kbtest", "staging", version.id, actor="t")
         await eventually(lambda: server.knowledge.version("kbtest", v2), "v2 loaded ahead")
-        assert await asyncio.gather(top(v2), top(v2)) == [(v2, "faq:overdraft")] * 2
+        assert list(await asyncio.gather(top(v2), top(v2))) == [(v2, "faq:overdraft")] * 2
         assert await top(v1) == active and await top() == active  # the active one is v1
         assert server.knowledge.get("kbtest").version == v1  # type: ignore[union-attr]
         assert await top("0123456789ab") == active  # not in the store: the active answers

@@ -13,7 +13,9 @@ from services.common.pb.botfactory.v1 import nlu_pb2, nlu_pb2_grpc
 
 @dataclass
 class FakeNlu(nlu_pb2_grpc.NluServiceServicer):
-    """Parse: `intents[text]` (default out of scope); Search: `hits[query]` (default none).
+    """Parse: `intents[text]` (default out of scope); Search: `hits[query]` (default none),
+    or `indexes[kb_version][query]` when `indexes` names the request's index version ("": the
+    active index; a version it does not name is answered by the active one, as the NLU does).
     `search_error` makes Search fail with that code; `search_delay_s` delays it. Every Search
     request is kept in `searches`. Parse and ParseBatch calls are kept in `parses` as (method,
     texts, conversation ids); `parse_delay_s[text]` delays a call holding that text and a text
@@ -24,6 +26,7 @@ class FakeNlu(nlu_pb2_grpc.NluServiceServicer):
     rejected: set[str] = field(default_factory=set)
     parses: list[tuple[str, list[str], list[str]]] = field(default_factory=list)
     hits: dict[str, list[nlu_pb2.SearchHit]] = field(default_factory=dict)
+    indexes: dict[str, dict[str, list[nlu_pb2.SearchHit]]] = field(default_factory=dict)
     search_error: grpc.StatusCode | None = None
     search_delay_s: float = 0.0
     searches: list[nlu_pb2.SearchRequest] = field(default_factory=list)
@@ -68,8 +71,11 @@ class FakeNlu(nlu_pb2_grpc.NluServiceServicer):
             await asyncio.sleep(self.search_delay_s)
         if self.search_error is not None:
             await context.abort(self.search_error, "scripted failure")
-        hits = self.hits.get(request.query, [])[: request.k or 5]
-        return nlu_pb2.SearchResponse(bot_id=request.bot_id, index_version="fake" if hits else "",
+        index = request.kb_version if request.kb_version in self.indexes else ""
+        table = self.indexes.get(index, self.hits)
+        hits = table.get(request.query, [])[: request.k or 5]
+        name = (index or "active") if self.indexes else "fake"
+        return nlu_pb2.SearchResponse(bot_id=request.bot_id, index_version=name if hits else "",
                                       hits=hits)
 
 
