@@ -134,6 +134,7 @@ class KnowledgeRegistry:
         entry = LoadedKnowledge(searcher, source, time.time())
         old = self._indexes.get(bot)
         self._indexes[bot] = entry
+        self._pinned.pop((bot, entry.version), None)  # now the active one
         if old is not None:
             self._metrics.search.index_info.remove(bot, old.version, old.searcher.mode)
         self._metrics.search.index_info.labels(bot, entry.version, searcher.mode).set(1)

@@ -20,6 +20,7 @@ from services.common.botversions import BotVersion, VersionStore
 from services.common.nats import connect, provision
 from services.common.pb.botfactory.v1 import nlu_pb2, nlu_pb2_grpc
 from services.knowledge.store import activate_kb, publish_kb, upload_kb
+from services.nlu import knowledge
 from services.nlu.app import NluServer
 from services.nlu.config import NluConfig
 from tests.support.polling import eventually
@@ -29,12 +30,17 @@ EXTRA_FAQ = """  - id: overdraft
     questions: [can I go overdrawn on my account?]
     answer: Yes, an arranged overdraft of up to 1,000 EUR costs 9.9% a year.
 """
+SAVINGS_FAQ = """  - id: savings-rate
+    questions: [what interest does a savings account pay?]
+    answer: Our savings account pays 2.1% a year.
+"""
 
 
 @dataclass(frozen=True)
 class Indexes:
     v1: Path
     v2: Path
+    v3: Path  # v1 and another FAQ entry (not the overdraft one)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +52,12 @@ def indexes(tmp_path_factory: pytest.TempPathFactory) -> Indexes:
     bot2 = Path(shutil.copytree(FIXTURE, root / "bot2"))
     faq = bot2 / "knowledge" / "faq.yml"
     faq.write_text(faq.read_text() + EXTRA_FAQ)
+    bot3 = Path(shutil.copytree(FIXTURE, root / "bot3"))
+    faq3 = bot3 / "knowledge" / "faq.yml"
+    faq3.write_text(faq3.read_text() + SAVINGS_FAQ)
     return Indexes(build_index(FIXTURE, root / "v1", options).directory,
-                   build_index(bot2, root / "v2", options).directory)
+                   build_index(bot2, root / "v2", options).directory,
+                   build_index(bot3, root / "v3", options).directory)
 
 
 async def test_search_hot_swaps_published_indexes(indexes: Indexes, nats_server: NatsServer,
@@ -98,7 +108,8 @@ async def test_search_hot_swaps_published_indexes(indexes: Indexes, nats_server:
 
 
 async def test_search_answers_from_the_index_version_a_request_names(
-        indexes: Indexes, nats_server: NatsServer, tmp_path: Path) -> None:
+        indexes: Indexes, nats_server: NatsServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     bus = await connect(nats_server.url, name="test")
     await provision(bus)
     v1 = (await publish_kb(bus, indexes.v1)).version  # active
@@ -135,6 +146,13 @@ async def test_search_answers_from_the_index_version_a_request_names(
         none = await stub.Search(nlu_pb2.SearchRequest(bot_id="nobot", query="hi",
                                                        kb_version=v2))
         assert none.index_version == "" and not none.hits  # no such index: no knowledge base
+        # versions beside the active one are bounded per bot: the least recently used goes
+        monkeypatch.setattr(knowledge, "PINNED_PER_BOT", 1)
+        v3 = (await upload_kb(bus, indexes.v3)).version
+        assert (await top(v3))[0] == v3
+        assert server.knowledge.version("kbtest", v2) is None
+        assert {e.version for e in server.knowledge.loaded()} == {v1, v3}
+        assert await top(v2) == (v2, "faq:overdraft")  # loaded again on use
     finally:
         await channel.close()
         await server.stop()
