@@ -151,6 +151,8 @@ def _identities() -> tuple[Identity, ...]:
             "conv.in.>", "rpa.jobs.>", "events.rpa.>", "events.deadletter.rpa", *stream_info(),
             *consume("RPA"), *kv_read("rpa_runs"), *kv_write("rpa_runs"), *kv_read("bots"),
             *partitions_key,
+            # the workflows of the bot version a job names (services/common/botversions.py)
+            *kv_read(KV_BOT_VERSIONS),
         ), (inbox(RPA_RUNNER),), "runs workflows; posts their results into conversations"),
         Identity(TRAINER, (
             "events.model.published.>", "events.kb.published.>", *stream_info(),

@@ -293,7 +293,8 @@ class DialogueWorker:
             result = await self._searching_turn(engine, record.tracker, inbound, nlu, found,
                                                 serving.kb)
             outbox = self._outgoing(inbound, result, nlu, origin, engine,
-                                    relay=record.tracker.handed_off and result.tracker.handed_off)
+                                    relay=record.tracker.handed_off and result.tracker.handed_off,
+                                    bot_version=serving.version)
             written = record.after_turn(result.tracker, inbound.message_id, outbox,
                                         {job.run_id: origin for job in result.workflows})
             if serving.version:
@@ -375,11 +376,12 @@ class DialogueWorker:
                                      nlu or payload_nlu(text), now, knowledge=knowledge)
 
     def _outgoing(self, inbound: Inbound, result: TurnResult, nlu: NluResult | None,
-                  origin: Origin, engine: DialogueEngine, *,
-                  relay: bool = False) -> tuple[Outgoing, ...]:
+                  origin: Origin, engine: DialogueEngine, *, relay: bool = False,
+                  bot_version: str = "") -> tuple[Outgoing, ...]:
         """The turn's outbox: replies (conv.out), a user message relayed to the human agent
-        when `relay` (the conversation was handed off), the turn's events, workflow jobs and,
-        last, the TurnSummary for the waiting gateway. Every `Nats-Msg-Id` is scoped by bot and
+        when `relay` (the conversation was handed off), the turn's events, workflow jobs (with
+        the `bot_version` the turn ran on: the runner runs that version's workflow) and, last,
+        the TurnSummary for the waiting gateway. Every `Nats-Msg-Id` is scoped by bot and
         conversation (subjects.scoped_id): message ids are unique per conversation only."""
         bot, conv = inbound.bot_id, inbound.conversation_id
         redact_pii = engine.bot.redacts_pii
@@ -409,6 +411,8 @@ class DialogueWorker:
             body = {"run_id": job.run_id, "workflow": job.workflow, "inputs": job.inputs,
                     "bot_id": bot, "conversation_id": conv,
                     "correlation_id": inbound.correlation_id}
+            if bot_version:
+                body["bot_version"] = bot_version
             out.append(Outgoing(f"rpa.jobs.{bot}", scoped_id(bot, conv, job.run_id),
                                 json.dumps(body, default=str).encode(), headers))
         if origin.reply_inbox:

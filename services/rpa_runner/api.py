@@ -11,12 +11,12 @@ from typing import Any
 
 import grpc
 
-from services.botdef.workflows import coerce_inputs
+from services.botdef.workflows import WorkflowDef, coerce_inputs
 from services.common.errors import DomainError, InvalidArgument, NotFound, grpc_errors
 from services.common.logging import get_logger
 from services.common.pb.botfactory.v1 import rpa_pb2, rpa_pb2_grpc
 from services.common.subjects import check_id
-from services.rpa_runner.bots import WorkflowRegistry
+from services.rpa_runner.bots import VersionUnavailable, WorkflowRegistry
 from services.rpa_runner.jobs import WAKE, Job, Publisher
 from services.rpa_runner.state import (
     FAILED,
@@ -53,6 +53,7 @@ def run_message(state: RunState, step_ids: list[str] | None = None) -> rpa_pb2.R
         current = step_ids[state.pc]
     run = rpa_pb2.Run(
         run_id=state.run_id, bot_id=state.bot, workflow=state.workflow, status=state.status,
+        bot_version=state.bot_version,
         inputs_json=_json(state.inputs), outputs_json=_json(state.outputs),
         error=state.error or "", conversation_id=state.conversation, current_step=current,
         parent_run_id=state.parent, root_run_id=state.root, steps_executed=state.executed,
@@ -85,12 +86,17 @@ class RpaRunnerServicer(rpa_pb2_grpc.RpaRunnerServicer):
         self.registry = registry
         self.publisher = publisher
 
-    def _step_ids(self, state: RunState) -> list[str]:
-        workflow = self.registry.workflow(state.bot, state.workflow)
-        return [] if workflow is None else [s.id for s in workflow.steps]
+    async def _workflow(self, state: RunState) -> WorkflowDef | None:
+        """The workflow the run executes (its bot version's, else the deployed one)."""
+        try:
+            bot = await self.registry.resolve(state.bot, state.bot_version)
+        except VersionUnavailable:
+            return None
+        return None if bot is None else bot.workflows.get(state.workflow)
 
-    def _view(self, state: RunState) -> rpa_pb2.Run:
-        return run_message(state, self._step_ids(state))
+    async def _view(self, state: RunState) -> rpa_pb2.Run:
+        workflow = await self._workflow(state)
+        return run_message(state, [] if workflow is None else [s.id for s in workflow.steps])
 
     async def _get(self, run_id: str) -> RunState:
         check_id(run_id, "run_id")
@@ -116,7 +122,7 @@ class RpaRunnerServicer(rpa_pb2_grpc.RpaRunnerServicer):
             check_id(request.conversation_id, "conversation_id")
         existing = await self.store.get(run_id)
         if existing is not None:
-            return self._view(existing)
+            return await self._view(existing)
         job = Job(run_id, bot, workflow=workflow.name, inputs=inputs,
                   conversation_id=request.conversation_id,
                   correlation_id=request.correlation_id)
@@ -124,12 +130,12 @@ class RpaRunnerServicer(rpa_pb2_grpc.RpaRunnerServicer):
         log.info("run_requested", run_id=run_id, bot=bot, workflow=workflow.name)
         state = RunState.new(run_id, bot, workflow.name, inputs,
                              conversation=request.conversation_id, status=PENDING)
-        return self._view(state)
+        return await self._view(state)
 
     @grpc_errors
     async def GetRun(self, request: rpa_pb2.GetRunRequest,
                      context: grpc.aio.ServicerContext) -> rpa_pb2.Run:
-        return self._view(await self._get(request.run_id))
+        return await self._view(await self._get(request.run_id))
 
     @grpc_errors
     async def ListRuns(self, request: rpa_pb2.ListRunsRequest,
@@ -142,7 +148,7 @@ class RpaRunnerServicer(rpa_pb2_grpc.RpaRunnerServicer):
                 and (not request.workflow or r.workflow == request.workflow)
                 and (not request.status or r.status == request.status)]
         runs.sort(key=lambda r: r.created, reverse=True)
-        return rpa_pb2.ListRunsResponse(runs=[self._view(r) for r in runs[:limit]])
+        return rpa_pb2.ListRunsResponse(runs=[await self._view(r) for r in runs[:limit]])
 
     @grpc_errors
     async def CancelRun(self, request: rpa_pb2.CancelRunRequest,
@@ -158,7 +164,7 @@ class RpaRunnerServicer(rpa_pb2_grpc.RpaRunnerServicer):
 
         state = await self._control(request.run_id, cancel)
         await self._wake(state, "cancel")
-        return self._view(state)
+        return await self._view(state)
 
     @grpc_errors
     async def Approve(self, request: rpa_pb2.ApprovalDecision,
@@ -175,7 +181,7 @@ class RpaRunnerServicer(rpa_pb2_grpc.RpaRunnerServicer):
         run (and so on down) its current step waits on."""
         for _ in range(10):
             state = await self._get(run_id)
-            workflow = self.registry.workflow(state.bot, state.workflow)
+            workflow = await self._workflow(state)
             if state.approval is not None or state.status != WAITING_APPROVAL \
                     or workflow is None or state.pc >= len(workflow.steps):
                 return run_id
@@ -204,7 +210,7 @@ class RpaRunnerServicer(rpa_pb2_grpc.RpaRunnerServicer):
         await self._wake(state, "decision")
         log.info("approval_decided", run_id=state.run_id, approved=approved,
                  approver=request.approver)
-        return self._view(state)
+        return await self._view(state)
 
     @grpc_errors
     async def RetryRun(self, request: rpa_pb2.RetryRunRequest,
@@ -220,7 +226,7 @@ class RpaRunnerServicer(rpa_pb2_grpc.RpaRunnerServicer):
 
         state = await self._control(request.run_id, retry)
         await self._wake(state, f"retry{state.control.retry}")
-        return self._view(state)
+        return await self._view(state)
 
     async def _control(self, run_id: str, change: Any) -> RunState:
         await self._get(run_id)

@@ -62,6 +62,7 @@ class ChildRuns:
                 return Failed(f"subworkflow {spec.name}: invalid inputs: {exc}")
             state = RunState.new(run_id, parent.bot, spec.name, inputs, status=RUNNING,
                                  conversation=parent.conversation, root=parent.root,
+                                 bot_version=parent.bot_version,
                                  correlation=parent.correlation, parent=parent.run_id,
                                  depth=parent.depth + 1, owner=self._driver.owner, epoch=1)
             self._driver.metrics.runs_started.labels(bot=state.bot, workflow=state.workflow).inc()

@@ -37,7 +37,7 @@ from services.botdef.workflows import (
 )
 from services.common.logging import get_logger
 from services.rpa_runner import steps
-from services.rpa_runner.bots import WorkflowRegistry
+from services.rpa_runner.bots import BotWorkflows, VersionUnavailable, WorkflowRegistry
 from services.rpa_runner.browser import BrowserPool
 from services.rpa_runner.children import ChildRuns
 from services.rpa_runner.compensation import Compensation
@@ -121,15 +121,24 @@ class Engine:
             delivery = Delivery(first=False)
         return Verdict("nak", 1.0)
 
+    async def _bot(self, bot_id: str, version: str) -> tuple[BotWorkflows | None, str | None]:
+        """The workflows a run executes: its bot version's, else the deployed ones; with the
+        reason when a version cannot be loaded."""
+        try:
+            return await self.registry.resolve(bot_id, version), None
+        except VersionUnavailable as exc:
+            return None, str(exc)
+
     async def _start(self, job: Job) -> Verdict:
-        bot = self.registry.get(job.bot_id)
+        bot, unavailable = await self._bot(job.bot_id, job.bot_version)
         workflow = None if bot is None else bot.workflows.get(job.workflow)
         state = RunState.new(job.run_id, job.bot_id, job.workflow, dict(job.inputs or {}),
                              conversation=job.conversation_id, correlation=job.correlation_id,
-                             status=RUNNING, owner=self.owner, epoch=1)
+                             bot_version=job.bot_version, status=RUNNING, owner=self.owner,
+                             epoch=1)
         held = Held(state, workflow, bot)
         self.metrics.runs_started.labels(bot=state.bot, workflow=state.workflow).inc()
-        problem = self._start_problem(held, job)
+        problem = unavailable or self._start_problem(held, job)
         try:
             if problem is not None:
                 await self.finish(held, FAILED, problem)
@@ -142,7 +151,8 @@ class Engine:
         if held.bot is None:
             return f"unknown bot {job.bot_id!r}"
         if held.workflow is None:
-            return f"bot {job.bot_id!r} has no workflow {job.workflow!r}"
+            where = f" in bot version {job.bot_version}" if job.bot_version else ""
+            return f"bot {job.bot_id!r} has no workflow {job.workflow!r}{where}"
         try:
             held.state.inputs = coerce_inputs(held.workflow, held.state.inputs)
         except ValueError as exc:
@@ -172,8 +182,12 @@ class Engine:
             await self.store.save(state)
         except Conflict:
             return None
-        bot = self.registry.get(state.bot)
+        # the run's own bot version (stored with it): a resumed run goes on with its workflow
+        bot, unavailable = await self._bot(state.bot, state.bot_version)
         held = Held(state, None if bot is None else bot.workflows.get(state.workflow), bot)
+        if unavailable is not None:
+            await self.finish(held, FAILED, unavailable)
+            return ACK
         if crashed:
             log.warning("run_resumed", run_id=state.run_id, resumes=state.resumes, pc=state.pc)
         if state.resumes > self.config.max_resumes:
@@ -260,7 +274,8 @@ class Engine:
         """Run until the run stops (None) or parks (Park)."""
         state = held.state
         if held.workflow is None:
-            await self.finish(held, FAILED, f"workflow {state.workflow!r} is not deployed")
+            where = f" in bot version {state.bot_version}" if state.bot_version else ""
+            await self.finish(held, FAILED, f"workflow {state.workflow!r} is not deployed{where}")
             return None
         self._apply_retry(state)
         if state.status == NEEDS_ATTENTION and state.control.cancel:

@@ -9,6 +9,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
+from services.common.botversions import BOT_VERSION_ID
 from services.common.nats import Bus
 from services.common.pb.botfactory.v1 import conversation_pb2
 from services.common.subjects import (
@@ -48,6 +49,7 @@ class Job:
     inputs: dict[str, Any] | None = None
     conversation_id: str = ""
     correlation_id: str = ""
+    bot_version: str = ""  # the bot version whose workflows run ("": the deployed `def.<bot>`)
 
 
 def job_subject(bot_id: str) -> str:
@@ -67,8 +69,12 @@ def decode_job(msg: Msg) -> Job:
             raise JobError(f"bad job kind {kind!r} or inputs")
         if kind == START and not raw.get("workflow"):
             raise JobError("a job needs a workflow")
+        version = str(raw.get("bot_version") or "")
+        if version and not BOT_VERSION_ID.match(version):
+            raise JobError(f"bad bot_version {version[:40]!r}")
         return Job(run_id, bot, kind, str(raw.get("workflow") or ""), inputs,
-                   str(raw.get("conversation_id") or ""), str(raw.get("correlation_id") or ""))
+                   str(raw.get("conversation_id") or ""), str(raw.get("correlation_id") or ""),
+                   version)
     except JobError:
         raise
     except Exception as exc:
@@ -79,7 +85,8 @@ def encode_job(job: Job) -> bytes:
     return json.dumps({"run_id": job.run_id, "kind": job.kind, "workflow": job.workflow,
                        "inputs": job.inputs or {}, "bot_id": job.bot_id,
                        "conversation_id": job.conversation_id,
-                       "correlation_id": job.correlation_id}, default=str).encode()
+                       "correlation_id": job.correlation_id,
+                       "bot_version": job.bot_version}, default=str).encode()
 
 
 def conversation_msg_id(state: RunState, message_id: str) -> str:

@@ -62,6 +62,7 @@ class RunState:
     workflow: str
     inputs: dict[str, Any]
     conversation: str = ""
+    bot_version: str = ""  # the bot version whose workflow runs ("": the deployed one)
     correlation: str = ""
     root: str = ""  # the top-level run (itself when not a subworkflow)
     parent: str = ""

@@ -25,12 +25,24 @@ def test_the_dialogue_job_format_decodes() -> None:
     assert again == job
     wake = decode_job(msg(b'{"run_id": "abc123", "kind": "wake"}'))  # type: ignore[arg-type]
     assert (wake.kind, wake.bot_id) == (WAKE, "banking")  # the bot from the subject
+    assert job.bot_version == ""  # no version: the deployed definition's workflows
+
+
+def test_a_job_names_its_bot_version() -> None:
+    body = {"run_id": "abc123", "workflow": "get_balance", "bot_version": "v0123456789abcdef"}
+    job = decode_job(msg(json.dumps(body).encode()))  # type: ignore[arg-type]
+    assert job.bot_version == "v0123456789abcdef"
+    assert decode_job(msg(encode_job(job))) == job  # type: ignore[arg-type]
+    state = RunState.new("r1", "banking", "get_balance", {}, bot_version=job.bot_version)
+    assert RunState.from_json(state.to_json()).bot_version == job.bot_version
+    assert run_message(state).bot_version == job.bot_version
 
 
 @pytest.mark.parametrize("data", [
     b"not json", b"[]", b'{"workflow": "w"}', b'{"run_id": "a b", "workflow": "w"}',
     b'{"run_id": "a"}', b'{"run_id": "a", "workflow": "w", "kind": "explode"}',
     b'{"run_id": "a", "workflow": "w", "inputs": [1]}',
+    b'{"run_id": "a", "workflow": "w", "bot_version": "../v1"}',
 ])
 def test_bad_jobs_are_refused(data: bytes) -> None:
     with pytest.raises(JobError):

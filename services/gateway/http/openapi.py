@@ -98,6 +98,9 @@ _RUN = _obj(["run_id", "bot_id", "workflow", "status", "inputs", "outputs"],
             parent_run_id=_NULLABLE_STR, root_run_id=_NULLABLE_STR, steps_executed=_INT,
             resumes=_INT, created_at_unix_ms=_INT, updated_at_unix_ms=_INT,
             finished_at_unix_ms={"type": ["integer", "null"]},
+            bot_version={**_NULLABLE_STR,
+                         "description": "The bot version whose workflow runs (docs/versions.md);"
+                                        " null: the deployed definition"},
             steps={"type": "array", "items": {"$ref": "#/components/schemas/RunStep"},
                    "description": "The step history (not in lists)"})
 

@@ -104,6 +104,7 @@ def run_json(run: rpa_pb2.Run, *, steps: bool = True) -> dict[str, Any]:
         "resumes": run.resumes, "created_at_unix_ms": run.created_at_unix_ms,
         "updated_at_unix_ms": run.updated_at_unix_ms,
         "finished_at_unix_ms": run.finished_at_unix_ms or None,
+        "bot_version": run.bot_version or None,
     }
     if steps:
         body["steps"] = [step_json(step) for step in run.steps]

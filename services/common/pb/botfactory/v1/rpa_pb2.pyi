@@ -115,7 +115,7 @@ class PendingApproval(_message.Message):
     def __init__(self, step: _Optional[str] = ..., message: _Optional[str] = ..., approvers: _Optional[_Iterable[str]] = ..., deadline_unix_ms: _Optional[int] = ..., escalation_level: _Optional[int] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "bot_id", "workflow", "status", "inputs_json", "outputs_json", "error", "conversation_id", "current_step", "steps", "approval", "parent_run_id", "root_run_id", "steps_executed", "resumes", "created_at_unix_ms", "updated_at_unix_ms", "finished_at_unix_ms")
+    __slots__ = ("run_id", "bot_id", "workflow", "status", "inputs_json", "outputs_json", "error", "conversation_id", "current_step", "steps", "approval", "parent_run_id", "root_run_id", "steps_executed", "resumes", "created_at_unix_ms", "updated_at_unix_ms", "finished_at_unix_ms", "bot_version")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     BOT_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,7 @@ class Run(_message.Message):
     CREATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    BOT_VERSION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     bot_id: str
     workflow: str
@@ -152,4 +153,5 @@ class Run(_message.Message):
     created_at_unix_ms: int
     updated_at_unix_ms: int
     finished_at_unix_ms: int
-    def __init__(self, run_id: _Optional[str] = ..., bot_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[str] = ..., inputs_json: _Optional[str] = ..., outputs_json: _Optional[str] = ..., error: _Optional[str] = ..., conversation_id: _Optional[str] = ..., current_step: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepRecord, _Mapping]]] = ..., approval: _Optional[_Union[PendingApproval, _Mapping]] = ..., parent_run_id: _Optional[str] = ..., root_run_id: _Optional[str] = ..., steps_executed: _Optional[int] = ..., resumes: _Optional[int] = ..., created_at_unix_ms: _Optional[int] = ..., updated_at_unix_ms: _Optional[int] = ..., finished_at_unix_ms: _Optional[int] = ...) -> None: ...
+    bot_version: str
+    def __init__(self, run_id: _Optional[str] = ..., bot_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[str] = ..., inputs_json: _Optional[str] = ..., outputs_json: _Optional[str] = ..., error: _Optional[str] = ..., conversation_id: _Optional[str] = ..., current_step: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepRecord, _Mapping]]] = ..., approval: _Optional[_Union[PendingApproval, _Mapping]] = ..., parent_run_id: _Optional[str] = ..., root_run_id: _Optional[str] = ..., steps_executed: _Optional[int] = ..., resumes: _Optional[int] = ..., created_at_unix_ms: _Optional[int] = ..., updated_at_unix_ms: _Optional[int] = ..., finished_at_unix_ms: _Optional[int] = ..., bot_version: _Optional[str] = ...) -> None: ...
