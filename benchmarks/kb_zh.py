@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
 import platform
 import re
 import sys
@@ -39,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.paths import shown  # noqa: E402
+from benchmarks.paths import shown, write_results  # noqa: E402
 from botfactory.kb.evaluate import load_cases, pick_threshold, report, run_cases  # noqa: E402
 from botfactory.kb.settings import read_bot_knowledge  # noqa: E402
 from services.knowledge import bm25 as bm25_module  # noqa: E402
@@ -189,9 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{best['correct_share']:>7.3f}")
     if skipped:
         print(f"skipped (package not installed): {', '.join(skipped)}")
-    args.out.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n",
-                        encoding="utf-8")
-    print(f"wrote {shown(args.out)}")
+    write_results(args.out, document)
     return 0
 
 

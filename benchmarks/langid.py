@@ -18,7 +18,6 @@ benchmarks/results/langid.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -31,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.paths import shown  # noqa: E402
+from benchmarks.paths import shown, write_results  # noqa: E402
 from services.common import langid  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "langid.json"
@@ -174,9 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for miss in mine["misses"]:
         print(f"  ours: {miss['text']}: expected {miss['expected']}, got {miss['got']}")
     print(f"latency {document['latency_us_per_text']} µs per text")
-    args.out.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n",
-                        encoding="utf-8")
-    print(f"wrote {shown(args.out)}")
+    write_results(args.out, document)
     return 0
 
 

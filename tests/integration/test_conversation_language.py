@@ -6,13 +6,11 @@ bot in a Chinese conversation is Chinese, and payloads force the rest."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from botfactory.local.nats_server import NatsServer
-from services.common.nats import KV_TRACKERS, connect
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Stack, running_stack, tracker_record
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 SAVINGS = '/check_balance{"account_type": "savings"}'
@@ -20,16 +18,9 @@ PENDING_ZH = "我还在处理您上一个请求，请稍等。"
 
 
 async def _tracker(stack: Stack, conversation: str) -> dict[str, object]:
-    bus = await connect(stack.nats_url, name="test")
-    try:
-        entry = await (await bus.kv(KV_TRACKERS)).get(f"banking.{conversation}")
-        assert entry.value is not None
-        record: dict[str, object] = json.loads(entry.value)
-        tracker = record["tracker"]
-        assert isinstance(tracker, dict)
-        return tracker
-    finally:
-        await bus.drain()
+    tracker = (await tracker_record(stack.nats_url, "banking", conversation))["tracker"]
+    assert isinstance(tracker, dict)
+    return tracker
 
 
 async def test_chinese_message_sets_the_language_and_it_survives_a_restart(

@@ -14,20 +14,13 @@ import pytest
 from botfactory.local.nats_server import NatsServer
 from services.common.nats import KV_TRACKERS, connect
 from services.common.subjects import HEADER_KIND, KIND_WORKFLOW_RESULT, inbound
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Stack, running_stack, tracker_record
 
 TRANSFER = '/transfer_money{"amount": "50", "recipient": "anna"}'
 
 
 async def _tracker(stack: Stack, conversation: str) -> dict[str, object]:
-    bus = await connect(stack.nats_url, name="test")
-    try:
-        entry = await (await bus.kv(KV_TRACKERS)).get(f"banking.{conversation}")
-        assert entry.value is not None
-        record: dict[str, object] = json.loads(entry.value)
-        return record
-    finally:
-        await bus.drain()
+    return await tracker_record(stack.nats_url, "banking", conversation)
 
 
 async def test_sync_reply_flow_and_async_workflow_result(nats_server: NatsServer,

@@ -4,6 +4,7 @@ nats-server, every server on port 0."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from botfactory.local.natsconf import service_url
-from services.common.nats import Bus, connect, provision
+from services.common.nats import KV_TRACKERS, Bus, connect, provision
 from services.common.served import ServedAnnouncer
 from services.dialogue.app import DialogueServer
 from services.dialogue.config import DialogueConfig
@@ -179,3 +180,16 @@ async def channel_stack(nats_url: str, model: Path, channel: str,
             assert resp.status == 200, await resp.text()
             shown: dict[str, Any] = await resp.json()
         yield running, shown
+
+
+async def tracker_record(nats_url: str, bot: str, conversation: str) -> dict[str, Any]:
+    """The dialogue's stored record of a conversation (KV `trackers`: the tracker, the turn's
+    outbox)."""
+    bus = await connect(nats_url, name="test")
+    try:
+        entry = await (await bus.kv(KV_TRACKERS)).get(f"{bot}.{conversation}")
+        assert entry.value is not None
+        record: dict[str, Any] = json.loads(entry.value)
+        return record
+    finally:
+        await bus.drain()

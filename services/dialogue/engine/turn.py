@@ -104,7 +104,10 @@ class Turn:
 
     def displayed(self, values: dict[str, Any]) -> dict[str, Any]:
         """`display.NAME` of the templates: each slot's value as written in the conversation's
-        language (EntityMatcher.written_in)."""
+        language (EntityMatcher.written_in): the values themselves outside Chinese, the only
+        language with a script of its own among the bots' today."""
+        if self.language.split("-")[0] != "zh":
+            return values
         shown = dict(values)
         for name, slot in self.bot.conversation.slots.items():
             matcher = self.bot.matcher(slot)
